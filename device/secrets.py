@@ -1,0 +1,160 @@
+"""The API key: where it comes from, and keeping it (and signed-URL tokens) out of logs.
+
+Order: the systemd credential ``$CREDENTIALS_DIRECTORY/elevenlabs_api_key``
+(``LoadCredential=``), then ``agent.api_key_file`` (must not be readable by
+group or others), then ``ELEVENLABS_API_KEY`` in the environment (development
+only). The key is never taken from argv or the config file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from device.errors import CredentialError
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_NAME = "elevenlabs_api_key"
+ENV_VAR = "ELEVENLABS_API_KEY"
+REDACTED = "<redacted>"
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+        register_secret(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED}, source={self.source!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _read_key(path: Path, what: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise CredentialError(
+            f"cannot read the {what} {path}: permission denied; the service reads it as root "
+            f"(or use LoadCredential=, see README)"
+        ) from None
+    except OSError as e:
+        raise CredentialError(f"cannot read the {what} {path}: {e.strerror}") from None
+    if not text or any(c.isspace() for c in text):
+        raise CredentialError(
+            f"the {what} {path} must hold the API key alone on one line; it is "
+            + ("empty" if not text else "not a single word")
+        )
+    return text
+
+
+def load_api_key(
+    api_key_file: str, environ: Mapping[str, str] | None = None
+) -> Secret | None:
+    """Find the API key; None when there is none (public agent or broker mode)."""
+    env = os.environ if environ is None else environ
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / CREDENTIAL_NAME
+        if path.exists():
+            return Secret(_read_key(path, "systemd credential"), f"credential {CREDENTIAL_NAME}")
+    if api_key_file:
+        path = Path(api_key_file)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise CredentialError(
+                f"agent.api_key_file {path} does not exist; create it with: "
+                f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
+            ) from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CredentialError(
+                f"the key file {path} is readable by others (mode {stat.filemode(st.st_mode)}); "
+                f"fix it with: sudo chmod 600 {path}"
+            )
+        return Secret(_read_key(path, "key file"), f"file {path}")
+    if env.get(ENV_VAR):
+        log.warning("using the API key from $%s: for development only", ENV_VAR)
+        return Secret(env[ENV_VAR].strip(), f"environment {ENV_VAR}")
+    return None
+
+
+# -- redaction ----------------------------------------------------------------
+
+_registry_lock = threading.Lock()
+_registered: set[str] = set()
+
+# Query parameters and JSON/header fields whose values are secrets. Signed URLs
+# are opaque (their token's name varies), so every value after '?' in a ws(s)
+# URL is redacted as well.
+_PARAM_RE = re.compile(
+    r"(?i)((?:token|signature|conversation_signature|sig|api_key|xi-api-key|key)=)[^&\s'\"<>]+"
+)
+_HEADER_RE = re.compile(r"(?i)((?:xi-api-key|authorization)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)[^\s'\",}]+")
+_WS_QUERY_RE = re.compile(r"(wss?://[^\s'\"?]+\?)([^\s'\"<>]+)")
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret so every log line has it replaced."""
+    if len(value) >= 6:
+        with _registry_lock:
+            _registered.add(value)
+
+
+def _keep_public_params(query: str) -> str:
+    out = []
+    for part in query.split("&"):
+        name, _, _value = part.partition("=")
+        out.append(part if name in ("agent_id", "source", "version") else f"{name}={REDACTED}")
+    return "&".join(out)
+
+
+def redact(text: str) -> str:
+    """Replace known secrets and signed-URL tokens in ``text``."""
+    with _registry_lock:
+        secrets = sorted(_registered, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, REDACTED)
+    text = _WS_QUERY_RE.sub(lambda m: m.group(1) + _keep_public_params(m.group(2)), text)
+    text = _PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    return _HEADER_RE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Handler filter: renders each record and redacts message, args and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not hide the line
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info:
+            formatter = logging.Formatter()
+            record.exc_text = redact(formatter.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True

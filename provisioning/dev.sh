@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Developer / CI entry point. Idempotent: every command first makes sure the
+# machine has what it needs (Debian packages, a virtual environment with the
+# project and its extras), then does its job.
+#
+#   provisioning/dev.sh setup   install system packages and .venv only
+#   provisioning/dev.sh demo    set up, then run the bench demo (the main job)
+#   provisioning/dev.sh test    set up, then lint, type-check and run every test
+#   provisioning/dev.sh bench   set up, then run the benchmarks in tests/bench
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+venv="$here/.venv"
+
+# Build and test needs: ALSA headers (pyalsaaudio is built from PyPI: Debian's
+# 0.8.4 is too old), libsystemd headers (systemd-python), real speech fixtures
+# (espeak-ng, sox), ALSA plugins for `type file`/plug devices, debootstrap
+# for the boot test.
+APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins
+              alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_apt() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+need_venv() {
+    # Debian's own Python 3.11, as on Raspberry Pi OS Bookworm.
+    local py=/usr/bin/python3
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating $venv"
+        "$py" -m venv "$venv"
+    fi
+    local stamp="$venv/.installed" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing the project and its extras into $venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip
+        "$venv/bin/python" -m pip install -q -e ".[bench,test]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+setup() { need_apt; need_venv; }
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    demo)
+        setup
+        exec "$venv/bin/voice-appliance" bench "$@"
+        ;;
+    test)
+        setup
+        log "ruff"
+        "$venv/bin/ruff" check device tests
+        log "mypy"
+        "$venv/bin/mypy"
+        log "pytest"
+        exec "$venv/bin/python" -m pytest "$@"
+        ;;
+    bench)
+        setup
+        exec "$venv/bin/python" -m pytest -p no:cacheprovider tests/bench -s "$@"
+        ;;
+    *)
+        echo "usage: provisioning/dev.sh setup|demo|test|bench [args…]" >&2
+        exit 2
+        ;;
+esac
