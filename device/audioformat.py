@@ -14,7 +14,7 @@ from device.errors import ProtocolError
 Encoding = Literal["pcm", "ulaw"]
 
 PCM_RATES_HZ = (8000, 16000, 22050, 24000, 44100, 48000)
-SUPPORTED = tuple(f"pcm_{r}" for r in PCM_RATES_HZ) + ("ulaw_8000",)
+SUPPORTED = (*(f"pcm_{r}" for r in PCM_RATES_HZ), "ulaw_8000")
 
 # What the device captures and sends: 4000-frame blocks of S16_LE mono 16 kHz.
 CAPTURE_RATE_HZ = 16000

@@ -36,7 +36,7 @@ BargeIn = Literal["none", "button", "voice"]
 StereoMode = Literal["mix", "left", "right"]
 LedKind = Literal["led", "pwmled", "rgbled"]
 LedPreset = Literal["rgb", "three", "none", "custom"]
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -184,7 +184,9 @@ class LedsConfig:
 class SessionConfig:
     """Conversation lifecycle and its timeouts."""
 
-    idle_timeout_s: float = _f(20.0, "end the conversation when nobody speaks this long after the agent", min=1, max=3600)
+    idle_timeout_s: float = _f(
+        20.0, "end the conversation when nobody speaks this long after the agent", min=1, max=3600
+    )
     max_duration_s: float = _f(600.0, "longest conversation", min=10, max=86400)
     connecting_timeout_s: float = _f(20.0, "give up connecting after this long", min=1, max=300)
     thinking_timeout_s: float = _f(30.0, "longest wait for the agent to answer", min=1, max=600)
@@ -347,9 +349,8 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
             return types.MappingProxyType(
                 {str(k): _convert(v, vt, f"{key}.{k}", {}) for k, v in value.items()}
             )
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, Mapping):
-            return build_section(tp, value, key)
+    elif dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        return build_section(typing.cast(type, tp), value, key)
     raise ConfigError(
         f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}; write it as {_type_name(tp)}",
         key,

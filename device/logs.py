@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import typing
 from collections.abc import Mapping
 
 from device.secrets import RedactingFilter
@@ -33,7 +34,13 @@ def under_journald(environ: Mapping[str, str] | None = None) -> bool:
 class _SyslogPrefixFormatter(logging.Formatter):
     """``<N>`` priority prefixes that journald understands on plain stderr."""
 
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    PRIORITY: typing.ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         prio = self.PRIORITY.get(record.levelno, 6)

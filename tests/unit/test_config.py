@@ -1,0 +1,135 @@
+"""Configuration loading: every error class names the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from device.config import DEFAULT_CONFIG_PATH, Config, load_config
+from device.errors import ConfigError, ExitCode
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "config.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_example_loads_and_names_an_agent() -> None:
+    cfg = load_config(EXAMPLE, environ={})
+    assert cfg.require_agent().agent.agent_id.startswith("agent_")
+    assert cfg.gate.mode == "push_to_talk"
+    assert cfg.tools.builtin == ("set_volume", "device_status", "end_conversation")
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config(None, environ={})
+    assert cfg == Config()
+    assert Path("/etc/voice-appliance/config.toml") == DEFAULT_CONFIG_PATH
+
+
+def test_config_error_exit_code_is_78() -> None:
+    assert ConfigError("x").exit_code == ExitCode.CONFIG == 78
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ('[agent]\nagent_id = "a"\nregon = "us"\n', "agent.regon", "did you mean 'region'"),
+        ('[agnet]\nagent_id = "a"\n', "agnet", "did you mean [agent]"),
+        ('[audio]\nvolume_percent = "loud"\n', "audio.volume_percent", "expected a whole number"),
+        ("[audio]\nvolume_percent = 150\n", "audio.volume_percent", "from 0 to 100"),
+        ('[gate]\nmode = "push-to-talk"\n', "gate.mode", "did you mean 'push_to_talk'"),
+        ("[gate]\nvad_aggressiveness = 1.5\n", "gate.vad_aggressiveness", "whole number"),
+        ("[button]\npull_up = 1\n", "button.pull_up", "true or false"),
+        ('[agent]\nconnection = "broker"\n', "agent.broker_url", "set agent.broker_url"),
+        ('[agent]\nbase_url = "127.0.0.1:80"\n', "agent.base_url", "http(s)://"),
+        ('[tools]\nbuiltin = ["reboot"]\n', "tools.builtin", "unknown built-in tool"),
+        ('[[tools.tool]]\nname = "x"\n', "tools.tool", "exactly one of"),
+        ('[[tools.tool]]\nname = "x"\ncallable = "nocolon"\n', "tools.tool.callable", "module:function"),
+        ('[[leds.output]]\nkind = "rgbled"\npins = [1]\n', "leds.output.pins", "takes 3 pin"),
+        ('agent = 3\n', "agent", "expected a [agent] table"),
+    ],
+)
+def test_invalid_values_name_key_and_fix(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    assert err.value.key == key
+    assert fragment in str(err.value)
+
+
+def test_bad_toml_reports_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nagent_id = "a"\nlocation = "unterminated\n')
+    with pytest.raises(ConfigError, match=r"line 3") as err:
+        load_config(path, environ={})
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_says_how_to_create_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist; copy the example"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "dir.toml"
+    path.mkdir()
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(path, environ={})
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b'[agent]\nlocation = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, environ={})
+
+
+def test_missing_agent_id_is_required_by_the_daemon() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={}).require_agent()
+    assert err.value.key == "agent.agent_id"
+
+
+def test_precedence_defaults_file_env_cli(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nagent_id = "from_file"\nlocation = "file"\n[audio]\nvolume_percent = 10\n')
+    env = {"VOICE_APPLIANCE_AGENT_LOCATION": "env", "VOICE_APPLIANCE_AUDIO_VOLUME_PERCENT": "20"}
+    cfg = load_config(path, environ=env, overrides=["audio.volume_percent=30"])
+    assert cfg.agent.agent_id == "from_file"  # file over default
+    assert cfg.agent.location == "env"  # env over file
+    assert cfg.audio.volume_percent == 30  # command line over env
+    assert cfg.audio.ring_s == 180.0  # default stays
+
+
+def test_environment_values_are_typed_and_validated() -> None:
+    cfg = load_config(None, environ={"VOICE_APPLIANCE_BUTTON_PIN": "none", "VOICE_APPLIANCE_GATE_MODE": "toggle"})
+    assert cfg.button.pin is None
+    assert cfg.gate.mode == "toggle"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"VOICE_APPLIANCE_SESSION_MAX_DURATION_S": "long"})
+    assert err.value.key == "session.max_duration_s"
+
+
+def test_unknown_environment_and_override_keys() -> None:
+    with pytest.raises(ConfigError, match="names no config section"):
+        load_config(None, environ={"VOICE_APPLIANCE_NOPE_X": "1"})
+    with pytest.raises(ConfigError, match="did you mean 'mode'"):
+        load_config(None, environ={}, overrides=["gate.mdoe=voice"])
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        load_config(None, environ={}, overrides=["gate.mode"])
+
+
+def test_nested_tables_and_maps_are_frozen(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[agent.dynamic_variables]\nfloor = 2\nopen = true\n'
+        '[[tools.tool]]\nname = "door"\ncommand = ["/bin/true", "--x"]\n',
+    )
+    cfg = load_config(path, environ={})
+    assert dict(cfg.agent.dynamic_variables) == {"floor": 2, "open": True}
+    assert cfg.tools.tool[0].command == ("/bin/true", "--x")
+    with pytest.raises(TypeError):
+        cfg.agent.dynamic_variables["floor"] = 3  # type: ignore[index]
