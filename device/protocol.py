@@ -1,0 +1,702 @@
+"""The ElevenAgents conversation protocol, pure: messages in and out, outcomes.
+
+No sockets, threads or clocks here (times are passed in), so every rule is
+tested directly. See ``shared/docs/protocol.md`` for the wire format.
+
+- :func:`decode_server_message` turns one text frame into a typed event, an
+  :class:`UnknownEvent`, or raises :class:`MalformedMessage`.
+- ``encode_*`` build the client messages.
+- :class:`InterruptionFilter` applies the interruption rule (drop ``id < N``).
+- :class:`Outcome` and the ``classify_*`` functions turn close codes and HTTP
+  statuses into something the controller can show and act on.
+- :func:`convert_capture` adapts 16 kHz capture blocks to the agent's input format.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import binascii
+import enum
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from device.audioformat import CAPTURE_RATE_HZ, PCM_16000, AudioFormat
+from device.errors import ProtocolError
+
+# Largest server message accepted (the service sends frames over 1 MiB).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SOURCE_NAME = "voice-appliance"
+# Longest text kept from a close reason or server error in a detail string.
+_MAX_REASON_CHARS = 200
+
+
+# -- outcomes -----------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    """How a conversation ended (or failed to start), with what to tell the user."""
+
+    NORMAL = ("the conversation ended", False)
+    AGENT_ENDED = ("the agent ended the conversation", False)
+    MAX_DURATION = (
+        "the conversation reached the agent's maximum duration; press the button to start a new one",
+        False,
+    )
+    QUOTA = (
+        "the ElevenLabs account has no quota left; add credits or raise the usage limit "
+        "in the ElevenLabs dashboard",
+        False,
+    )
+    AUTH = (
+        "the agent service rejected this device's credentials; check the API key (or the broker "
+        "token) and that it may use this agent",
+        False,
+    )
+    NOT_FOUND = (
+        "the agent was not found; check agent.agent_id and agent.region (an EU-resident agent "
+        "needs region = \"eu\")",
+        False,
+    )
+    RATE_LIMITED = (
+        "the agent service is rate limiting this account; the device waits as asked and tries again",
+        True,
+    )
+    MISCONFIGURED = (
+        "the agent refused the conversation settings; allow the overrides the config uses "
+        "(prompt, first_message, language, voice_id) in the agent's Security settings, "
+        "or remove them from [agent]",
+        False,
+    )
+    SERVER_ERROR = (
+        "the agent service failed; the device tries again with backoff "
+        "(see status.elevenlabs.io if it persists)",
+        True,
+    )
+    NETWORK = (
+        "the network connection to the agent service failed; check the network, DNS, proxy "
+        "and clock; the device tries again",
+        True,
+    )
+    PROTOCOL = (
+        "the agent service sent something this device cannot use; see the log line before this "
+        "one (change the agent's settings or update the firmware)",
+        False,
+    )
+    LOCAL = ("the conversation was ended on the device", False)
+
+    def __init__(self, advice: str, retryable: bool) -> None:
+        self.advice = advice
+        self.retryable = retryable
+
+
+def _reason_text(reason: str) -> str:
+    text = " ".join(reason.split())
+    return text[:_MAX_REASON_CHARS]
+
+
+_AUTH_WORDS = ("auth", "api key", "api_key", "signature", "token", "expired", "credential", "permission")
+_QUOTA_WORDS = ("quota", "credits")
+_DURATION_WORDS = ("max duration", "maximum duration", "max_duration", "duration limit", "time limit")
+_AGENT_WORDS = ("end_call", "end call", "agent ended", "ended by agent", "agent_ended", "silence")
+_TIMEOUT_WORDS = ("timeout", "timed out", "receive_timeout")
+
+
+def classify_close(code: int | None, reason: str) -> tuple[Outcome, str]:
+    """A server close frame → (outcome, detail for the log). ``code`` None: no close frame."""
+    low = reason.lower()
+    text = _reason_text(reason)
+    said = f": {text}" if text else ""
+    if code is None:
+        return Outcome.NETWORK, "the connection was lost without a close frame"
+    if any(w in low for w in _QUOTA_WORDS):
+        return Outcome.QUOTA, f"the service closed the conversation ({code}){said}"
+    if code == 1000:
+        if any(w in low for w in _DURATION_WORDS):
+            return Outcome.MAX_DURATION, f"the conversation reached its maximum duration{said}"
+        if any(w in low for w in _AGENT_WORDS):
+            return Outcome.AGENT_ENDED, f"the agent ended the conversation{said}"
+        return Outcome.NORMAL, f"the service ended the conversation{said}"
+    if code == 1002 and any(w in low for w in _TIMEOUT_WORDS):
+        return Outcome.NETWORK, (
+            f"the service stopped receiving audio from the device (1002){said}"
+        )
+    if code == 1008:
+        if any(w in low for w in _AUTH_WORDS):
+            return Outcome.AUTH, f"the service refused the credentials (1008){said}"
+        return Outcome.MISCONFIGURED, f"the service refused the conversation settings (1008){said}"
+    if code == 1009:
+        return Outcome.PROTOCOL, f"a message was too large (1009){said}"
+    if code in (1001, 1011, 1012, 1013, 1014) or code == 1002:
+        return Outcome.SERVER_ERROR, f"the service closed the conversation with an error ({code}){said}"
+    if code == 1006:
+        return Outcome.NETWORK, "the connection was lost (1006)"
+    return Outcome.SERVER_ERROR, f"the service closed the conversation ({code}){said}"
+
+
+def classify_http_status(status: int) -> Outcome:
+    """HTTP status of a REST call or a refused WebSocket upgrade → outcome."""
+    if status in (401, 403):
+        return Outcome.AUTH
+    if status == 404:
+        return Outcome.NOT_FOUND
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status in (400, 422):
+        return Outcome.MISCONFIGURED
+    if status >= 500:
+        return Outcome.SERVER_ERROR
+    return Outcome.PROTOCOL
+
+
+def parse_retry_after(value: str | None, now_epoch_s: float | None = None) -> float | None:
+    """``Retry-After`` seconds (delta or HTTP date) → seconds, None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if now_epoch_s is None:
+        return None
+    return max(0.0, when.timestamp() - now_epoch_s)
+
+
+# -- events (server → controller) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    """``conversation_initiation_metadata``: the conversation is running."""
+
+    conversation_id: str
+    output_format: AudioFormat
+    input_format: AudioFormat
+
+
+@dataclass(frozen=True)
+class AgentAudio:
+    """A chunk of the agent's speech, still in ``fmt`` (μ-law still encoded)."""
+
+    audio: bytes = field(repr=False)
+    event_id: int
+    fmt: AudioFormat
+    received_at_s: float
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """The user interrupted: flush playback; audio with a lower id is dropped."""
+
+    event_id: int
+
+
+@dataclass(frozen=True)
+class AgentResponse:
+    text: str
+
+
+@dataclass(frozen=True)
+class AgentResponseCorrection:
+    """The agent's last response was cut short; ``text`` is what was actually said."""
+
+    text: str
+    original: str = ""
+
+
+@dataclass(frozen=True)
+class AgentResponsePart:
+    """``agent_chat_response_part``: streamed text; ``part`` is start, delta or stop."""
+
+    text: str
+    part: str
+
+
+@dataclass(frozen=True)
+class TentativeAgentResponse:
+    """``internal_tentative_agent_response``: what the agent is about to say."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class UserTranscript:
+    text: str
+    tentative: bool = False
+
+
+@dataclass(frozen=True)
+class VadScore:
+    score: float
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A ping from the server (already answered); ``ping_ms`` is its latency estimate."""
+
+    ping_ms: int | None
+    event_id: int = 0
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """``client_tool_call`` (handled by the session; the controller sees ToolCallStarted)."""
+
+    name: str
+    call_id: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    name: str
+    call_id: str
+
+
+@dataclass(frozen=True)
+class ToolCallFinished:
+    name: str
+    call_id: str
+    is_error: bool
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """An ``error`` event; the service usually closes the socket right after it."""
+
+    code: int | None
+    message: str
+    error_type: str
+
+
+@dataclass(frozen=True)
+class UnknownEvent:
+    """A message type this firmware does not know (counted and ignored)."""
+
+    type: str
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """The last event of every session."""
+
+    outcome: Outcome
+    detail: str
+    close_code: int | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def message(self) -> str:
+        """One line for the log and the status display: what happened and what to do."""
+        return f"{self.detail}; {self.outcome.advice}" if self.detail else self.outcome.advice
+
+
+ServerEvent = (
+    Connected
+    | AgentAudio
+    | Interruption
+    | AgentResponse
+    | AgentResponseCorrection
+    | AgentResponsePart
+    | TentativeAgentResponse
+    | UserTranscript
+    | VadScore
+    | Ping
+    | ToolCall
+    | ServerError
+    | UnknownEvent
+)
+SessionEvent = (
+    Connected
+    | AgentAudio
+    | Interruption
+    | AgentResponse
+    | AgentResponseCorrection
+    | AgentResponsePart
+    | TentativeAgentResponse
+    | UserTranscript
+    | VadScore
+    | Ping
+    | ToolCallStarted
+    | ToolCallFinished
+    | ServerError
+    | SessionEnded
+)
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+class MalformedMessage(ProtocolError):
+    """A server message that breaks the schema; ``kind`` names the defect for counters."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        super().__init__(detail)
+
+
+class UnsupportedFormat(ProtocolError):
+    """The agent announced an audio format this device cannot use."""
+
+
+def _wrapper(msg: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
+    for name in names:
+        value = msg.get(name)
+        if isinstance(value, Mapping):
+            return value
+    raise MalformedMessage("missing_field", f"{msg.get('type')!r} message without {names[0]!r}")
+
+
+def _str(wrapper: Mapping[str, Any], name: str, kind_type: str, default: str | None = None) -> str:
+    value = wrapper.get(name, default)
+    if not isinstance(value, str):
+        if value is None and default is not None:
+            return default
+        raise MalformedMessage("missing_field", f"{kind_type!r} message: {name!r} is not a string")
+    return value
+
+
+def _int(wrapper: Mapping[str, Any], name: str, kind_type: str) -> int:
+    value = wrapper.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        # Be liberal: integral floats and digit strings occur in older servers.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise MalformedMessage("missing_field", f"{kind_type!r} message: {name!r} is not an integer")
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def decode_format(name: Any, which: str) -> AudioFormat:
+    """An announced format name → AudioFormat; :class:`UnsupportedFormat` otherwise."""
+    from device.audioformat import parse_format
+
+    if not isinstance(name, str):
+        raise UnsupportedFormat(
+            f"the agent announced no {which} audio format (got {name!r}); "
+            "set the agent's audio formats in the ElevenLabs dashboard"
+        )
+    try:
+        return parse_format(name)
+    except ProtocolError as e:
+        raise UnsupportedFormat(f"{which}: {e}") from None
+
+
+def decode_audio(b64: Any, fmt: AudioFormat) -> bytes:
+    """Base64 agent audio → bytes; whole samples only."""
+    if not isinstance(b64, str):
+        raise MalformedMessage("missing_field", "'audio' message: 'audio_base_64' is not a string")
+    try:
+        audio = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedMessage("bad_base64", "'audio' message: audio_base_64 is not valid base64") from None
+    if len(audio) % fmt.bytes_per_frame:
+        raise MalformedMessage(
+            "odd_length_audio",
+            f"'audio' message: {len(audio)} bytes is not a whole number of {fmt.name} samples",
+        )
+    return audio
+
+
+def decode_server_message(
+    raw: str | bytes, output_format: AudioFormat | None, received_at_s: float
+) -> ServerEvent:
+    """Decode one server message.
+
+    ``output_format`` is the format announced in the metadata (None before it:
+    audio then is malformed). Raises :class:`MalformedMessage` for broken
+    messages and :class:`UnsupportedFormat` for metadata this device cannot use.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedMessage("bad_json", "message is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise MalformedMessage("bad_json", "message is not a JSON object")
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        raise MalformedMessage("missing_type", "message without a string 'type'")
+
+    if kind == "audio":
+        w = _wrapper(msg, "audio_event")
+        event_id = _int(w, "event_id", kind)
+        if output_format is None:
+            raise MalformedMessage("audio_before_metadata", "'audio' before conversation_initiation_metadata")
+        return AgentAudio(decode_audio(w.get("audio_base_64"), output_format), event_id, output_format, received_at_s)
+    if kind == "ping":
+        w = _wrapper(msg, "ping_event")
+        return Ping(_optional_int(w.get("ping_ms")), _int(w, "event_id", kind))
+    if kind == "interruption":
+        w = _wrapper(msg, "interruption_event")
+        return Interruption(_int(w, "event_id", kind))
+    if kind == "conversation_initiation_metadata":
+        w = _wrapper(msg, "conversation_initiation_metadata_event")
+        conversation_id = _str(w, "conversation_id", kind)
+        out_fmt = decode_format(w.get("agent_output_audio_format"), "agent output")
+        in_fmt = decode_format(w.get("user_input_audio_format"), "user input")
+        return Connected(conversation_id, out_fmt, in_fmt)
+    if kind == "agent_response":
+        w = _wrapper(msg, "agent_response_event")
+        return AgentResponse(_str(w, "agent_response", kind))
+    if kind == "agent_response_correction":
+        w = _wrapper(msg, "agent_response_correction_event", "correction_event")
+        corrected = w.get("corrected_agent_response", w.get("corrected_response"))
+        if not isinstance(corrected, str):
+            raise MalformedMessage("missing_field", f"{kind!r} message without the corrected response")
+        original = w.get("original_agent_response", w.get("original_response", ""))
+        return AgentResponseCorrection(corrected, original if isinstance(original, str) else "")
+    if kind == "agent_chat_response_part":
+        w = _wrapper(msg, "text_response_part")
+        return AgentResponsePart(_str(w, "text", kind, default=""), _str(w, "type", kind, default="delta"))
+    if kind == "user_transcript":
+        w = _wrapper(msg, "user_transcription_event")
+        return UserTranscript(_str(w, "user_transcript", kind), False)
+    if kind == "tentative_user_transcript":
+        w = _wrapper(msg, "tentative_user_transcription_event")
+        return UserTranscript(_str(w, "user_transcript", kind), True)
+    if kind == "vad_score":
+        w = _wrapper(msg, "vad_score_event")
+        score = w.get("vad_score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise MalformedMessage("missing_field", "'vad_score' message: 'vad_score' is not a number")
+        return VadScore(float(score))
+    if kind == "client_tool_call":
+        w = _wrapper(msg, "client_tool_call")
+        params = w.get("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise MalformedMessage("missing_field", "'client_tool_call' message: 'parameters' is not an object")
+        return ToolCall(_str(w, "tool_name", kind), _str(w, "tool_call_id", kind), dict(params))
+    if kind == "internal_tentative_agent_response":
+        w = _wrapper(msg, "tentative_agent_response_internal_event")
+        return TentativeAgentResponse(_str(w, "tentative_agent_response", kind))
+    if kind == "error":
+        ew = msg.get("error_event")
+        w = ew if isinstance(ew, Mapping) else msg
+        message = w.get("message") or w.get("reason") or ""
+        etype = w.get("error_type") or w.get("type") or ""
+        return ServerError(_optional_int(w.get("code")), str(message)[:500], str(etype)[:100])
+    return UnknownEvent(kind[:100])
+
+
+# -- encoding -----------------------------------------------------------------
+
+
+def _dumps(msg: Mapping[str, Any]) -> str:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    """Frozen config values (MappingProxyType, tuples) → JSON-able data."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode_audio_chunk(pcm: bytes) -> str:
+    return _dumps({"user_audio_chunk": base64.b64encode(pcm).decode("ascii")})
+
+
+def initiation_message(
+    *,
+    prompt: str = "",
+    first_message: str = "",
+    language: str = "",
+    voice_id: str = "",
+    dynamic_variables: Mapping[str, Any] | None = None,
+    custom_llm_extra_body: Mapping[str, Any] | None = None,
+    user_id: str = "",
+    version: str = "",
+) -> dict[str, Any]:
+    """The ``conversation_initiation_client_data`` message as a dict (empty overrides allowed)."""
+    agent: dict[str, Any] = {}
+    if prompt:
+        agent["prompt"] = {"prompt": prompt}
+    if first_message:
+        agent["first_message"] = first_message
+    if language:
+        agent["language"] = language
+    override: dict[str, Any] = {}
+    if agent:
+        override["agent"] = agent
+    if voice_id:
+        override["tts"] = {"voice_id": voice_id}
+    msg: dict[str, Any] = {
+        "type": "conversation_initiation_client_data",
+        "conversation_config_override": override,
+    }
+    if custom_llm_extra_body:
+        msg["custom_llm_extra_body"] = _plain(custom_llm_extra_body)
+    if dynamic_variables:
+        for name, value in dynamic_variables.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise ValueError(f"dynamic variable {name!r} must be a string, number or boolean")
+        msg["dynamic_variables"] = dict(dynamic_variables)
+    if user_id:
+        msg["user_id"] = user_id
+    msg["source_info"] = {"source": SOURCE_NAME, "version": version}
+    return msg
+
+
+def dynamic_variables_for(
+    kiosk_id: str, location: str, configured: Mapping[str, Any], hostname: str
+) -> dict[str, Any]:
+    """Built-ins (kiosk_id, default the hostname; location when set), then configured ones (they win)."""
+    out: dict[str, Any] = {"kiosk_id": kiosk_id or hostname}
+    if location:
+        out["location"] = location
+    out.update(configured)
+    return out
+
+
+def encode_initiation(msg: Mapping[str, Any]) -> str:
+    return _dumps(msg)
+
+
+def encode_pong(event_id: int) -> str:
+    return _dumps({"type": "pong", "event_id": event_id})
+
+
+def encode_tool_result(call_id: str, result: str, is_error: bool) -> str:
+    return _dumps({"type": "client_tool_result", "tool_call_id": call_id, "result": result, "is_error": is_error})
+
+
+def _text(text: str, what: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} needs non-empty text")
+    return text
+
+
+def encode_contextual_update(text: str) -> str:
+    return _dumps({"type": "contextual_update", "text": _text(text, "contextual_update")})
+
+
+def encode_user_message(text: str) -> str:
+    return _dumps({"type": "user_message", "text": _text(text, "user_message")})
+
+
+def encode_user_activity() -> str:
+    return _dumps({"type": "user_activity"})
+
+
+def encode_feedback(event_id: int, like: bool) -> str:
+    if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 0:
+        raise ValueError("feedback needs the event_id (a non-negative integer) of an agent response")
+    return _dumps({"type": "feedback", "event_id": event_id, "score": "like" if like else "dislike"})
+
+
+# -- interruption rule ----------------------------------------------------------
+
+
+class InterruptionFilter:
+    """After ``interruption`` N, audio with ``event_id < N`` is stale; ``>= N`` is the new reply.
+
+    (The official Python SDK drops ``<= N`` and so loses replies that reuse the id.)
+    """
+
+    def __init__(self) -> None:
+        self.floor_id: int | None = None
+        self.dropped_chunks = 0
+
+    def interrupt(self, event_id: int) -> None:
+        if self.floor_id is None or event_id > self.floor_id:
+            self.floor_id = event_id
+
+    def admit(self, event_id: int) -> bool:
+        if self.floor_id is not None and event_id < self.floor_id:
+            self.dropped_chunks += 1
+            return False
+        return True
+
+
+# -- user audio conversion ------------------------------------------------------
+
+
+def _ulaw_encode_sample(sample: int) -> int:
+    bias, clip = 0x84, 32635
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(clip, -sample if sample < 0 else sample) + bias
+    exponent = 7
+    mask = 0x4000
+    while exponent > 0 and not magnitude & mask:
+        exponent -= 1
+        mask >>= 1
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+_ULAW_TABLE = bytes(_ulaw_encode_sample(s - 32768) for s in range(65536))
+
+
+def _samples(pcm: bytes) -> array.array[int]:
+    a = array.array("h")
+    a.frombytes(pcm[: len(pcm) - len(pcm) % 2])
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a
+
+
+def _to_bytes(a: array.array[int]) -> bytes:
+    if sys.byteorder == "big":
+        a = array.array("h", a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def resample_pcm16(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
+    """Linear-interpolation resampling of one S16LE mono block (speech quality)."""
+    if from_hz == to_hz:
+        return pcm
+    src = _samples(pcm)
+    n_in = len(src)
+    if n_in == 0:
+        return b""
+    if to_hz * 2 == from_hz:  # 16 → 8 kHz: average pairs (a cheap low-pass)
+        out = array.array("h", ((src[i] + src[i + 1]) // 2 for i in range(0, n_in - 1, 2)))
+        return _to_bytes(out)
+    n_out = n_in * to_hz // from_hz
+    step = from_hz / to_hz
+    res = array.array("h", bytes(2 * n_out))
+    last = n_in - 1
+    for j in range(n_out):
+        pos = j * step
+        i = int(pos)
+        if i >= last:
+            res[j] = src[last]
+            continue
+        frac = pos - i
+        res[j] = int(src[i] + (src[i + 1] - src[i]) * frac)
+    return _to_bytes(res)
+
+
+def convert_capture(pcm16k: bytes, fmt: AudioFormat) -> bytes:
+    """16 kHz S16LE capture → the agent's announced user input format."""
+    if fmt == PCM_16000:
+        return pcm16k
+    pcm = resample_pcm16(pcm16k, CAPTURE_RATE_HZ, fmt.rate_hz)
+    if fmt.encoding == "ulaw":
+        return bytes(_ULAW_TABLE[(s + 32768) & 0xFFFF] for s in _samples(pcm))
+    return pcm
