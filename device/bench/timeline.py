@@ -1,0 +1,401 @@
+"""The timeline picture: one SVG a person reads at a glance (pure, plus an optional PNG).
+
+Rows, top to bottom, on one time axis (seconds from the start of the run):
+daemon state, LED colour/pattern, button, gate, microphone level (green when
+the agent received it, grey when the gate sent zeros), speaker level (with a
+tick for each chunk of agent audio received), and labelled events
+(interruptions, flushes, tool calls, transcripts, xruns, session end).
+
+Input is the daemon's telemetry: objects with ``t_s`` (monotonic), ``kind``
+and ``data`` (see device/telemetry.py). Written directly as SVG so a Pi needs
+no plotting library; ``rsvg-convert`` (librsvg2-bin) makes a PNG when present.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from xml.sax.saxutils import escape
+
+log = logging.getLogger(__name__)
+
+
+class Event(Protocol):
+    @property
+    def t_s(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+STATE_COLOURS = {
+    "idle": "#d9d9d9",
+    "connecting": "#f2c744",
+    "listening": "#5cb85c",
+    "thinking": "#5b9bd5",
+    "speaking": "#9b59b6",
+    "error": "#d9534f",
+    "muted": "#555555",
+    "stopping": "#999999",
+}
+LEVEL_FLOOR_DBFS = -60.0
+WIDTH_PX = 1200
+LABEL_PX = 120
+RIGHT_PX = 20
+ROW_PX = 26
+LEVEL_ROW_PX = 54
+FONT = "DejaVu Sans, Verdana, Arial, sans-serif"
+CHAR_PX = 6.2  # average glyph width at 11 px, to keep labels from overlapping
+
+
+@dataclass
+class _Canvas:
+    t0: float
+    t1: float
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def plot_px(self) -> float:
+        return WIDTH_PX - LABEL_PX - RIGHT_PX
+
+    def x(self, t_s: float) -> float:
+        span = max(self.t1 - self.t0, 1e-6)
+        return LABEL_PX + (min(max(t_s, self.t0), self.t1) - self.t0) / span * self.plot_px
+
+    def add(self, s: str) -> None:
+        self.parts.append(s)
+
+    def rect(self, x: float, y: float, w: float, h: float, fill: str, title: str = "", extra: str = "") -> None:
+        tip = f"<title>{escape(title)}</title>" if title else ""
+        self.add(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(w, 0.6):.1f}" height="{h:.1f}" fill="{fill}"{extra}>'
+            f"{tip}</rect>"
+        )
+
+    def text(self, x: float, y: float, s: str, size: int = 11, anchor: str = "start", fill: str = "#222",
+             weight: str = "normal") -> None:
+        self.add(
+            f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{fill}" '
+            f'font-weight="{weight}">{escape(s)}</text>'
+        )
+
+    def line(self, x1: float, y1: float, x2: float, y2: float, stroke: str, width: float = 1,
+             dash: str = "") -> None:
+        d = f' stroke-dasharray="{dash}"' if dash else ""
+        self.add(
+            f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}" '
+            f'stroke-width="{width}"{d}/>'
+        )
+
+
+def _field(data: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if n in data and data[n] is not None:
+            return data[n]
+    return default
+
+
+def _segments(
+    points: Sequence[tuple[float, Any]], t_end: float
+) -> list[tuple[float, float, Any]]:
+    """Step function (time, value) → [(start, end, value)], merging repeats."""
+    out: list[tuple[float, float, Any]] = []
+    for i, (t, v) in enumerate(points):
+        end = points[i + 1][0] if i + 1 < len(points) else t_end
+        if out and out[-1][2] == v:
+            out[-1] = (out[-1][0], end, v)
+        else:
+            out.append((t, end, v))
+    return out
+
+
+def nice_step_s(span_s: float, target_ticks: int = 12) -> float:
+    """A 1-2-5 tick spacing giving about ``target_ticks`` ticks."""
+    raw = max(span_s, 1e-3) / target_ticks
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * mag >= raw:
+            return m * mag
+    return 10 * mag  # pragma: no cover - the loop always returns
+
+
+def _led_colour(data: Mapping[str, Any]) -> str:
+    colour = _field(data, "colour", "color", "rgb", "value")
+    if isinstance(colour, str) and colour.startswith("#"):
+        return colour
+    if isinstance(colour, (list, tuple)) and len(colour) == 3:
+        r, g, b = (max(0, min(255, round(float(c) * 255 if float(c) <= 1 else float(c)))) for c in colour)
+        return f"#{r:02x}{g:02x}{b:02x}"
+    if isinstance(colour, (int, float)) and not isinstance(colour, bool):
+        v = max(0, min(255, round(float(colour) * 255)))
+        return f"#{v:02x}{v:02x}00"
+    on = _field(data, "on", "lit")
+    pattern = str(_field(data, "pattern", default="")).split(" ")[0]
+    if on is False or pattern == "off":
+        return "#333333"
+    return "#f5d000"
+
+
+def _level_h(dbfs: float, row_px: float) -> float:
+    frac = (max(LEVEL_FLOOR_DBFS, min(0.0, dbfs)) - LEVEL_FLOOR_DBFS) / -LEVEL_FLOOR_DBFS
+    return frac * (row_px - 4)
+
+
+def _event_label(ev: Event, t0: float) -> tuple[str, str, str] | None:
+    """(label, colour, tooltip) for events worth a marker, else None."""
+    d = ev.data
+    when = f"{ev.t_s - t0:.2f} s"
+    if ev.kind == "interruption":
+        return f"interruption #{_field(d, 'event_id', default='?')}", "#d9534f", when
+    if ev.kind == "flushed":
+        ms = _field(d, "old_audio_ms_after")
+        return (f"flush +{ms:.0f} ms" if isinstance(ms, (int, float)) else "flush"), "#e67e22", when
+    if ev.kind == "tool_call":
+        err = " (error)" if _field(d, "is_error") else ""
+        return f"tool {_field(d, 'name', default='?')}{err}", "#2e86c1", when
+    if ev.kind == "transcript":
+        role = _field(d, "role", default="?")
+        text = str(_field(d, "text", default=""))
+        short = text if len(text) <= 38 else text[:37] + "…"
+        return f"{'you' if role == 'user' else role}: {short}", ("#1e8449" if role == "user" else "#7d3c98"), (
+            f"{when} {role}: {text}"
+        )
+    if ev.kind == "session_end":
+        return f"end: {_field(d, 'outcome', default='?')}", "#000000", f"{when} {_field(d, 'detail', default='')}"
+    if ev.kind == "xrun":
+        return f"xrun {_field(d, 'kind', default='')}".strip(), "#c0392b", when
+    if ev.kind == "error":
+        return f"error {_field(d, 'message', 'detail', default='')}"[:40], "#c0392b", when
+    return None
+
+
+def render_svg(
+    events: Iterable[Event],
+    *,
+    t0_s: float,
+    t1_s: float | None = None,
+    speaker_levels: Sequence[tuple[float, float]] = (),
+    spans: Sequence[tuple[float, float, str]] = (),
+    title: str = "voice-appliance bench",
+    subtitle: str = "",
+) -> str:
+    """The timeline as an SVG document.
+
+    ``speaker_levels`` are (monotonic time, dBFS) points of the audio written
+    to the speaker; ``spans`` are (start, end, label) brackets drawn in a
+    "latency" row (e.g. speech end → first reply sample); everything else
+    comes from ``events``.
+    """
+    evs = sorted(events, key=lambda e: e.t_s)
+    last = max([e.t_s for e in evs] + [t for t, _ in speaker_levels] + [t0_s + 1.0])
+    t1 = t1_s if t1_s is not None else last
+    c = _Canvas(t0_s, max(t1, t0_s + 0.5))
+    y = 58.0
+
+    def row_label(name: str, yy: float, h: float) -> None:
+        c.text(8, yy + h / 2 + 4, name, size=12, weight="bold", fill="#333")
+
+    # -- state ----------------------------------------------------------
+    states = [(e.t_s, str(_field(e.data, "state", "to", "new", default="?"))) for e in evs if e.kind == "state"]
+    row_label("state", y, ROW_PX)
+    for a, b, v in _segments(states, c.t1):
+        xa, xb = c.x(a), c.x(b)
+        c.rect(xa, y, xb - xa, ROW_PX, STATE_COLOURS.get(v, "#bbbbbb"), f"{v} {a - t0_s:.2f}–{b - t0_s:.2f} s")
+        if xb - xa > len(v) * CHAR_PX + 4:
+            c.text(xa + 3, y + ROW_PX / 2 + 4, v, fill="#fff" if v in ("muted", "speaking", "error") else "#222")
+    y += ROW_PX + 6
+
+    # -- LEDs (one row per output) ----------------------------------------
+    leds: dict[str, list[tuple[float, tuple[str, str]]]] = {}
+    for e in evs:
+        if e.kind == "led":
+            name = str(_field(e.data, "name", "output", default="led"))
+            label = str(_field(e.data, "pattern", default=""))
+            leds.setdefault(name, []).append((e.t_s, (_led_colour(e.data), label)))
+    for name, points in leds.items():
+        row_label(f"LED {name}" if name != "led" else "LED", y, ROW_PX)
+        c.rect(LABEL_PX, y, c.plot_px, ROW_PX, "#333333")
+        for a, b, (colour, label) in _segments(points, c.t1):
+            xa, xb = c.x(a), c.x(b)
+            c.rect(xa, y + 2, xb - xa, ROW_PX - 4, colour, f"{label or colour} {a - t0_s:.2f} s")
+            if label and xb - xa > len(label) * CHAR_PX + 4:
+                c.text(xa + 3, y + ROW_PX / 2 + 4, label, size=10, fill="#fff" if colour == "#333333" else "#111")
+        y += ROW_PX + 6
+
+    # -- button ------------------------------------------------------------
+    row_label("button", y, ROW_PX)
+    c.rect(LABEL_PX, y, c.plot_px, ROW_PX, "#f4f4f4")
+    pressed_at: float | None = None
+    for e in evs:
+        if e.kind != "button":
+            continue
+        action = str(_field(e.data, "action", "kind", "event", default=""))
+        if action == "press":
+            pressed_at = e.t_s
+        elif action == "release" and pressed_at is not None:
+            c.rect(c.x(pressed_at), y + 3, c.x(e.t_s) - c.x(pressed_at), ROW_PX - 6, "#34495e",
+                   f"held {e.t_s - pressed_at:.2f} s")
+            pressed_at = None
+        elif action == "long_press":
+            c.text(c.x(e.t_s), y + ROW_PX / 2 + 4, "long", size=10, fill="#fff")
+    if pressed_at is not None:
+        c.rect(c.x(pressed_at), y + 3, c.x(c.t1) - c.x(pressed_at), ROW_PX - 6, "#34495e", "held")
+    y += ROW_PX + 6
+
+    # -- gate and microphone level ------------------------------------------
+    gates = [e for e in evs if e.kind == "gate"]
+    row_label("gate", y, ROW_PX)
+    c.rect(LABEL_PX, y, c.plot_px, ROW_PX, "#f4f4f4")
+    block_s = 0.25
+    for e in gates:
+        if _field(e.data, "open", default=False):
+            c.rect(c.x(e.t_s - block_s), y + 3, c.x(e.t_s) - c.x(e.t_s - block_s), ROW_PX - 6, "#27ae60")
+    y += ROW_PX + 6
+    row_label("mic", y, LEVEL_ROW_PX)
+    c.text(8, y + LEVEL_ROW_PX / 2 + 18, "(→ agent)", size=10, fill="#666")
+    c.rect(LABEL_PX, y, c.plot_px, LEVEL_ROW_PX, "#fafafa")
+    for e in gates:
+        level = _field(e.data, "level_dbfs")
+        if not isinstance(level, (int, float)):
+            continue
+        h = _level_h(float(level), LEVEL_ROW_PX)
+        sent = bool(_field(e.data, "open", default=False))
+        xa, xb = c.x(e.t_s - block_s), c.x(e.t_s)
+        c.rect(xa, y + LEVEL_ROW_PX - 2 - h, max(xb - xa - 0.5, 0.6), h, "#27ae60" if sent else "#b3b3b3",
+               f"{level:.0f} dBFS {'sent' if sent else 'gated (zeros sent)'}")
+    y += LEVEL_ROW_PX + 6
+
+    # -- speaker level and arrivals -----------------------------------------
+    row_label("speaker", y, LEVEL_ROW_PX)
+    c.rect(LABEL_PX, y, c.plot_px, LEVEL_ROW_PX, "#fafafa")
+    if speaker_levels:
+        pts = sorted(speaker_levels)
+        step = min((b[0] - a[0] for a, b in itertools.pairwise(pts) if b[0] > a[0]), default=0.05)
+        for t, level in pts:
+            h = _level_h(level, LEVEL_ROW_PX)
+            if h <= 0:
+                continue
+            xa, xb = c.x(t), c.x(t + step)
+            c.rect(xa, y + LEVEL_ROW_PX - 2 - h, max(xb - xa, 0.6), h, "#8e44ad")
+    for e in evs:
+        if e.kind == "agent_audio":
+            x = c.x(e.t_s)
+            c.line(x, y, x, y + 6, "#e67e22", 1)
+        elif e.kind == "reply_started":
+            x = c.x(e.t_s)
+            c.line(x, y, x, y + LEVEL_ROW_PX, "#8e44ad", 1, "3,2")
+    c.text(8, y + LEVEL_ROW_PX / 2 + 18, "(heard)", size=10, fill="#666")
+    y += LEVEL_ROW_PX + 6
+
+    # -- latency brackets ------------------------------------------------------
+    if spans:
+        row_label("latency", y, ROW_PX)
+        for a, b, label in spans:
+            xa, xb = c.x(a), c.x(b)
+            yy = y + 8
+            c.line(xa, yy, xb, yy, "#c0392b", 2)
+            c.line(xa, yy - 5, xa, yy + 5, "#c0392b", 1.5)
+            c.line(xb, yy - 5, xb, yy + 5, "#c0392b", 1.5)
+            c.text((xa + xb) / 2 if xb - xa > len(label) * CHAR_PX else xb + 4, yy + 15, label, size=10,
+                   anchor="middle" if xb - xa > len(label) * CHAR_PX else "start", fill="#c0392b")
+        y += ROW_PX + 6
+
+    # -- events ---------------------------------------------------------------
+    marks = [(e, lab) for e in evs if (lab := _event_label(e, t0_s)) is not None]
+    rows_end: list[float] = []
+    placed: list[tuple[float, int, str, str, str]] = []
+    for e, (label, colour, tip) in marks:
+        x = c.x(e.t_s)
+        width = len(label) * CHAR_PX + 10
+        for i, end in enumerate(rows_end):
+            if end < x:
+                rows_end[i] = x + width
+                row = i
+                break
+        else:
+            rows_end.append(x + width)
+            row = len(rows_end) - 1
+        placed.append((x, row, label, colour, tip))
+    n_rows = max(1, len(rows_end))
+    ev_h = n_rows * 16 + 8
+    row_label("events", y, min(ev_h, ROW_PX))
+    for x, row, label, colour, tip in placed:
+        yy = y + 12 + row * 16
+        c.line(x, y, x, yy + 2, colour, 1)
+        c.add(f'<circle cx="{x:.1f}" cy="{yy - 4:.1f}" r="3" fill="{colour}"><title>{escape(tip)}</title></circle>')
+        c.text(x + 5, yy, label, size=11, fill=colour)
+    y += ev_h + 4
+
+    # -- axis, vertical guides for interruptions -----------------------------------
+    top = 58.0
+    for e in evs:
+        if e.kind == "interruption":
+            c.line(c.x(e.t_s), top, c.x(e.t_s), y - 4, "#d9534f", 1, "4,3")
+    step = nice_step_s(c.t1 - t0_s)
+    c.line(LABEL_PX, y, LABEL_PX + c.plot_px, y, "#444")
+    k = 0
+    while (t := k * step) <= c.t1 - t0_s + 1e-9:
+        x = c.x(t0_s + t)
+        c.line(x, y, x, y + 5, "#444")
+        c.line(x, top, x, y, "#000", 0.3, "1,4")
+        c.text(x, y + 17, f"{t:g}", size=10, anchor="middle")
+        k += 1
+    c.text(LABEL_PX + c.plot_px, y + 30, "time (s)", size=10, anchor="end", fill="#555")
+
+    # -- legend ---------------------------------------------------------------------
+    ly = y + 30
+    lx: float = LABEL_PX
+    for name in ("idle", "connecting", "listening", "thinking", "speaking", "error", "muted"):
+        c.rect(lx, ly - 9, 12, 12, STATE_COLOURS[name])
+        c.text(lx + 16, ly + 1, name, size=10)
+        lx += 24 + len(name) * CHAR_PX
+    c.rect(lx, ly - 9, 12, 12, "#27ae60")
+    c.text(lx + 16, ly + 1, "mic sent", size=10)
+    lx += 80
+    c.rect(lx, ly - 9, 12, 12, "#b3b3b3")
+    c.text(lx + 16, ly + 1, "mic gated (zeros)", size=10)
+    lx += 120
+    c.line(lx, ly - 9, lx, ly + 3, "#e67e22", 2)
+    c.text(lx + 6, ly + 1, "agent audio received", size=10)
+    height = ly + 14
+
+    header = (
+        f'<text x="{LABEL_PX}" y="24" font-size="16" font-weight="bold" fill="#111">{escape(title)}</text>'
+        f'<text x="{LABEL_PX}" y="44" font-size="12" fill="#444">{escape(subtitle)}</text>'
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH_PX}" height="{height:.0f}" '
+        f'viewBox="0 0 {WIDTH_PX} {height:.0f}" font-family="{FONT}">'
+        f'<rect width="100%" height="100%" fill="#ffffff"/>' + header + "".join(c.parts) + "</svg>\n"
+    )
+
+
+def png_converter() -> str | None:
+    """Path of rsvg-convert when installed (Debian: librsvg2-bin)."""
+    return shutil.which("rsvg-convert")
+
+
+def write(svg: str, svg_path: Path, png: bool = True, timeout_s: float = 30.0) -> Path | None:
+    """Write the SVG; also a PNG next to it when possible. Returns the PNG path or None."""
+    svg_path.write_text(svg, encoding="utf-8")
+    tool = png_converter() if png else None
+    if tool is None:
+        return None
+    png_path = svg_path.with_suffix(".png")
+    try:
+        subprocess.run(
+            [tool, "--format", "png", "--output", str(png_path), str(svg_path)],
+            check=True, capture_output=True, timeout=timeout_s,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("could not render %s as PNG (%s); the SVG is there", svg_path, e)
+        return None
+    return png_path
