@@ -1,0 +1,505 @@
+"""REST side of the agent service: hosts, signed URLs, the token broker.
+
+The only module that imports ``requests``. TLS verification is always on
+(``agent.ca_bundle`` may name an extra CA bundle, e.g. for a TLS-inspecting
+proxy); proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``).
+
+Every failure becomes an :class:`AgentHttpError` carrying an
+:class:`~device.protocol.Outcome` and a message that says what to do. Neither
+the API key nor a signed URL ever appears in a message or a log line.
+
+:class:`SignedUrlSource` is a worker that keeps one fresh signed URL ready,
+so a button press connects without waiting for the REST round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+
+import device
+from device.config import AgentConfig
+from device.errors import SessionError
+from device.protocol import SOURCE_NAME, Outcome, classify_http_status, parse_retry_after
+from device.retry import backoff_delay_s
+from device.secrets import Secret, redact
+from device.worker import Worker, WorkerExited
+
+log = logging.getLogger(__name__)
+
+REGION_HOSTS: dict[str, str] = {
+    "global": "api.elevenlabs.io",
+    "us": "api.us.elevenlabs.io",
+    "eu": "api.eu.residency.elevenlabs.io",
+    "in": "api.in.residency.elevenlabs.io",
+    "sg": "api.sg.residency.elevenlabs.io",
+}
+CONVERSATION_PATH = "/v1/convai/conversation"
+SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
+# A signed URL must be opened within this time after it was issued.
+SIGNED_URL_VALIDITY_S = 15 * 60.0
+_MAX_BODY_CHARS = 300
+
+
+# -- URLs (pure) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where REST calls and the conversation socket go."""
+
+    rest_base: str  # e.g. https://api.eu.residency.elevenlabs.io
+    ws_base: str  # e.g. wss://api.eu.residency.elevenlabs.io
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.rest_base).netloc
+
+
+def endpoints_for(agent: AgentConfig) -> Endpoints:
+    """The region's hosts, or ``agent.base_url`` (http:// maps to ws://, https:// to wss://)."""
+    if agent.base_url:
+        parts = urlsplit(agent.base_url.rstrip("/"))
+        scheme = parts.scheme.lower()
+        secure = scheme in ("https", "wss")
+        base_path = parts.path.rstrip("/")
+        rest = urlunsplit(("https" if secure else "http", parts.netloc, base_path, "", ""))
+        ws = urlunsplit(("wss" if secure else "ws", parts.netloc, base_path, "", ""))
+        return Endpoints(rest, ws)
+    host = REGION_HOSTS[agent.region]
+    return Endpoints(f"https://{host}", f"wss://{host}")
+
+
+def add_client_params(url: str, version: str = device.__version__) -> str:
+    """Append ``source`` and ``version`` to a (signed) conversation URL, keeping it otherwise opaque."""
+    parts = urlsplit(url)
+    present = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    extra = [(k, v) for k, v in (("source", SOURCE_NAME), ("version", version)) if k not in present]
+    if not extra:
+        return url
+    query = parts.query + ("&" if parts.query else "") + urlencode(extra)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def public_conversation_url(endpoints: Endpoints, agent_id: str, version: str = device.__version__) -> str:
+    return add_client_params(f"{endpoints.ws_base}{CONVERSATION_PATH}?{urlencode({'agent_id': agent_id})}", version)
+
+
+def signed_url_request(endpoints: Endpoints, agent_id: str) -> str:
+    return f"{endpoints.rest_base}{SIGNED_URL_PATH}?{urlencode({'agent_id': agent_id})}"
+
+
+def broker_request(broker_url: str, agent_id: str) -> str:
+    """The broker URL with ``agent_id`` added unless the operator already put it there."""
+    parts = urlsplit(broker_url)
+    if "agent_id" in {k for k, _ in parse_qsl(parts.query)} or not agent_id:
+        return broker_url
+    query = parts.query + ("&" if parts.query else "") + urlencode({"agent_id": agent_id})
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+class AgentHttpError(SessionError):
+    """A REST call failed; ``outcome`` says how, the message what to do."""
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.detail = redact(detail)
+        self.status = status
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{self.detail}; {outcome.advice}")
+
+
+def _service_message(resp: requests.Response) -> str:
+    """The service's own explanation from an error body (ElevenLabs: {"detail": {"message": …}})."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        text = resp.text.strip()
+        return redact(" ".join(text.split())[:_MAX_BODY_CHARS]) if text and len(text) < 2000 else ""
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        detail = detail.get("message") or detail.get("status") or detail.get("error") or ""
+    if isinstance(detail, list):
+        detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail[:3])
+    return redact(" ".join(str(detail).split())[:_MAX_BODY_CHARS])
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
+            nxt = cur.args[0]
+        if nxt is None and hasattr(cur, "reason") and isinstance(cur.reason, BaseException):
+            nxt = cur.reason
+        cur = nxt
+    return out
+
+
+def classify_request_error(e: requests.RequestException, what: str, host: str, timeout_s: float) -> AgentHttpError:
+    """A requests exception → an error naming the failure class (DNS, TLS, proxy, connect, timeout)."""
+    names = " ".join(type(x).__name__ for x in _chain(e))
+    text = " ".join(str(x) for x in _chain(e)).lower()
+    if isinstance(e, requests.exceptions.SSLError):
+        reason = "certificate verify failed" if "certificate verify failed" in text else "handshake failed"
+        if "hostname mismatch" in text or "doesn't match" in text:
+            reason = "the certificate does not match the host name"
+        elif "expired" in text:
+            reason = "the certificate has expired (or the device clock is wrong)"
+        return AgentHttpError(
+            Outcome.NETWORK,
+            f"TLS check of {host} failed ({reason}) while {what}; check the device clock, and if a proxy "
+            "inspects TLS set agent.ca_bundle to its CA certificate",
+        )
+    if isinstance(e, requests.exceptions.ProxyError):
+        return AgentHttpError(
+            Outcome.NETWORK, f"the HTTP(S) proxy failed while {what}; check HTTPS_PROXY/HTTP_PROXY and NO_PROXY"
+        )
+    if "NameResolutionError" in names or "gaierror" in names or "name or service not known" in text or (
+        "temporary failure in name resolution" in text
+    ):
+        return AgentHttpError(
+            Outcome.NETWORK,
+            f"cannot resolve {host} (DNS) while {what}; check the network connection and DNS, "
+            "and agent.region / agent.base_url",
+        )
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return AgentHttpError(
+            Outcome.NETWORK, f"connecting to {host} timed out after {timeout_s:g} s while {what}; check the network"
+        )
+    if isinstance(e, requests.exceptions.Timeout):
+        return AgentHttpError(
+            Outcome.NETWORK,
+            f"{host} did not answer within {timeout_s:g} s while {what} (agent.http_timeout_s)",
+        )
+    if isinstance(e, requests.exceptions.ConnectionError):
+        why = "refused" if "refused" in text else "reset" if "reset" in text else "failed"
+        if "unreachable" in text:
+            why = "network unreachable"
+        return AgentHttpError(Outcome.NETWORK, f"connection to {host} {why} while {what}; check the network")
+    return AgentHttpError(Outcome.NETWORK, f"request to {host} failed while {what} ({type(e).__name__})")
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    """A conversation URL carrying a secret token; never log ``url``."""
+
+    url: str = field(repr=False)
+    fetched_at_s: float  # time.monotonic() when it was issued
+
+    def age_s(self, now_s: float | None = None) -> float:
+        return (time.monotonic() if now_s is None else now_s) - self.fetched_at_s
+
+
+class AgentHttp:
+    """REST calls to the agent service (or the operator's token broker)."""
+
+    def __init__(
+        self,
+        agent: AgentConfig,
+        api_key: Secret | None,
+        *,
+        attempts: int = 3,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 8.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.agent = agent
+        self.endpoints = endpoints_for(agent)
+        self._api_key = api_key
+        self._attempts = max(1, attempts)
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._rng = rng or random.Random()
+        self._http = requests.Session()
+        # Proxies and REQUESTS_CA_BUNDLE from the environment; verification can never be turned off.
+        self._http.trust_env = True
+        self._http.headers["User-Agent"] = f"{SOURCE_NAME}/{device.__version__}"
+        self._lock = threading.Lock()  # one request at a time per client
+        self.requests_made = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgentHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def needs_fetch(self) -> bool:
+        return self.agent.connection != "public"
+
+    def public_url(self) -> str:
+        return public_conversation_url(self.endpoints, self.agent.agent_id)
+
+    def conversation_url(self, cancel: threading.Event | None = None) -> str:
+        """The URL to open now: public, or a freshly fetched signed one."""
+        if not self.needs_fetch:
+            return self.public_url()
+        return self.fetch_signed_url(cancel).url
+
+    def fetch_signed_url(self, cancel: threading.Event | None = None) -> SignedUrl:
+        """GET a signed URL (API key or broker); retries 5xx and network errors with backoff."""
+        if self.agent.connection == "broker":
+            url = broker_request(self.agent.broker_url, self.agent.agent_id)
+            host = urlsplit(self.agent.broker_url).netloc
+            what = "asking the token broker for a signed URL"
+            headers = {"Authorization": f"Bearer {self._api_key.reveal()}"} if self._api_key else {}
+        else:
+            if self._api_key is None:
+                raise AgentHttpError(
+                    Outcome.AUTH,
+                    "agent.connection = \"signed_url\" needs an API key, and none was found; give it as "
+                    "the systemd credential elevenlabs_api_key or in agent.api_key_file (or use "
+                    "connection = \"public\" / \"broker\")",
+                )
+            url = signed_url_request(self.endpoints, self.agent.agent_id)
+            host = self.endpoints.host
+            what = "fetching a signed URL"
+            headers = {"xi-api-key": self._api_key.reveal()}
+        cancel = cancel or threading.Event()
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(url, headers, host, what)
+            except AgentHttpError as e:
+                attempt += 1
+                retry = e.outcome in (Outcome.SERVER_ERROR, Outcome.NETWORK) and "TLS" not in e.detail
+                if not retry or attempt >= self._attempts:
+                    raise
+                delay_s = backoff_delay_s(attempt - 1, self._retry_initial_s, self._retry_max_s, rng=self._rng)
+                if e.retry_after_s is not None:
+                    if e.retry_after_s > self._retry_max_s:
+                        raise
+                    delay_s = max(delay_s, e.retry_after_s)
+                log.info("%s; retry %d of %d in %.1f s", e.detail, attempt, self._attempts - 1, delay_s)
+                if cancel.wait(delay_s):
+                    raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
+
+    def _fetch_once(self, url: str, headers: dict[str, str], host: str, what: str) -> SignedUrl:
+        timeout_s = self.agent.http_timeout_s
+        verify: bool | str = self.agent.ca_bundle or True
+        with self._lock:
+            self.requests_made += 1
+            try:
+                resp = self._http.get(url, headers=headers, timeout=timeout_s, verify=verify, allow_redirects=False)
+            except requests.RequestException as e:
+                raise classify_request_error(e, what, host, timeout_s) from None
+            except OSError as e:  # e.g. an unreadable ca_bundle
+                raise AgentHttpError(
+                    Outcome.NETWORK, f"{what} failed: {e.strerror or e}; check agent.ca_bundle"
+                ) from None
+        fetched_at_s = time.monotonic()
+        broker = self.agent.connection == "broker"
+        with resp:
+            if resp.status_code != 200:
+                raise self._status_error(resp, host, broker)
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+        signed = body.get("signed_url") if isinstance(body, dict) else None
+        if not isinstance(signed, str) or not signed.startswith(("ws://", "wss://")):
+            source = "the token broker" if broker else host
+            raise AgentHttpError(
+                Outcome.PROTOCOL,
+                f"{source} answered without a usable signed URL; it must return "
+                "{\"signed_url\": \"wss://…\"}",
+            )
+        return SignedUrl(add_client_params(signed), fetched_at_s)
+
+    def _status_error(self, resp: requests.Response, host: str, broker: bool) -> AgentHttpError:
+        status = resp.status_code
+        outcome = classify_http_status(status)
+        said = _service_message(resp)
+        said = f" ({said})" if said else ""
+        retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+        who = f"the token broker {host}" if broker else host
+        if outcome is Outcome.AUTH:
+            what = "refused this device's token" if broker else "rejected the API key"
+            detail = f"{who} {what} (HTTP {status}){said}"
+        elif outcome is Outcome.NOT_FOUND:
+            detail = f"{who} does not know agent {self.agent.agent_id!r} (HTTP 404){said}"
+        elif outcome is Outcome.RATE_LIMITED:
+            wait = f"; retry after {retry_after_s:g} s" if retry_after_s is not None else ""
+            detail = f"{who} is rate limiting (HTTP 429){wait}{said}"
+        elif outcome is Outcome.SERVER_ERROR:
+            detail = f"{who} failed (HTTP {status}){said}"
+        elif outcome is Outcome.MISCONFIGURED:
+            detail = f"{who} refused the request (HTTP {status}){said}"
+        else:
+            detail = f"{who} answered HTTP {status} unexpectedly{said}"
+        return AgentHttpError(outcome, detail, status=status, retry_after_s=retry_after_s)
+
+
+# -- prefetch ---------------------------------------------------------------------------
+
+
+class SignedUrlSource(Worker):
+    """Keeps one fresh signed URL so a press connects without the REST round trip.
+
+    A URL is handed out at most once (:meth:`take`) and only while it has
+    ``margin_s`` of its 15-minute validity left; the worker fetches the next one
+    at once and refreshes a waiting one after ``refresh_after_s``. Failures are
+    retried with capped, jittered backoff (honouring Retry-After).
+    """
+
+    def __init__(
+        self,
+        http: AgentHttp,
+        *,
+        refresh_after_s: float = 10 * 60.0,
+        margin_s: float = 90.0,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        on_exit: Callable[[WorkerExited], None] | None = None,
+        name: str = "signed-url",
+    ) -> None:
+        super().__init__(name, on_exit)
+        self._http = http
+        self._refresh_after_s = refresh_after_s
+        self._max_age_s = SIGNED_URL_VALIDITY_S - margin_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._cond = threading.Condition()
+        self._url: SignedUrl | None = None
+        self._fetching = False
+        self._kicked = False
+        self._cancel = threading.Event()  # interrupts the client's retry backoff on stop
+        self.last_error: AgentHttpError | None = None
+        self.hits = 0
+        self.misses = 0
+        self.fetches = 0
+        self.failures = 0
+        self._attempts_done = 0
+
+    def wake(self) -> None:
+        self._cancel.set()
+        with self._cond:
+            self._kicked = True
+            self._cond.notify_all()
+
+    def take(self, wait_s: float = 0.0) -> str | None:
+        """A fresh signed URL (consumed), or None; waits up to ``wait_s`` for a fetch in flight."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                url = self._url
+                if url is not None and url.age_s() < self._max_age_s:
+                    self._url = None
+                    self.hits += 1
+                    self._kicked = True
+                    self._cond.notify_all()
+                    return url.url
+                remaining = deadline - time.monotonic()
+                if not self._fetching or remaining <= 0 or self.stopping:
+                    self.misses += 1
+                    self._kicked = True
+                    self._cond.notify_all()
+                    return None
+                self._cond.wait(remaining)
+
+    @property
+    def ready(self) -> bool:
+        with self._cond:
+            return self._url is not None and self._url.age_s() < self._max_age_s
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """True once a URL is ready (for start-up and tests)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self.stopping or (self._url is not None and self._url.age_s() < self._max_age_s),
+                timeout_s,
+            ) and not self.stopping
+
+    def wait_attempts(self, n: int, timeout_s: float) -> bool:
+        """True once ``n`` fetches have finished, successful or not (for start-up checks and tests)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._attempts_done >= n, timeout_s)
+
+    def _sleep(self, delay_s: float) -> None:
+        """Wait up to delay_s (in slices, beating) unless kicked or stopped."""
+        deadline = time.monotonic() + delay_s
+        with self._cond:
+            while not self._kicked and not self.stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 5.0))
+                self.beat()
+            self._kicked = False
+
+    def run(self) -> None:
+        attempt = 0
+        while not self.stopping:
+            self.beat()
+            with self._cond:
+                current = self._url
+            if current is not None and current.age_s() < self._refresh_after_s:
+                self._sleep(self._refresh_after_s - current.age_s())
+                continue
+            with self._cond:
+                self._fetching = True
+            try:
+                self.fetches += 1
+                url = self._http.fetch_signed_url(self._cancel)
+            except AgentHttpError as e:
+                self.failures += 1
+                self.last_error = e
+                delay_s = backoff_delay_s(attempt, self._retry_initial_s, self._retry_max_s)
+                if e.retry_after_s is not None:
+                    delay_s = max(delay_s, e.retry_after_s)
+                attempt += 1
+                log.warning("prefetching a signed URL failed: %s (next try in %.0f s)", e, delay_s)
+                with self._cond:
+                    self._fetching = False
+                    self._kicked = False
+                    self._attempts_done += 1
+                    self._cond.notify_all()
+                deadline = time.monotonic() + delay_s
+                while not self.wait(min(5.0, max(0.0, deadline - time.monotonic()))):
+                    self.beat()
+                    if time.monotonic() >= deadline:
+                        break
+                continue
+            attempt = 0
+            self.last_error = None
+            with self._cond:
+                self._url = url
+                self._fetching = False
+                self._kicked = False
+                self._attempts_done += 1
+                self._cond.notify_all()
+            log.debug("signed URL prefetched")
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop (a request in flight may take up to agent.http_timeout_s) and close the client."""
+        self.stop(self._http.agent.http_timeout_s + 5.0)
+        self._http.close()
