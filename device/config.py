@@ -144,10 +144,16 @@ class ButtonConfig:
     """The push button and the optional mute switch (BCM pin numbers)."""
 
     pin: int | None = _f(17, "BCM pin of the button (omit or set -1 to disable)", min=-1, max=53)
-    pull_up: bool = _f(True, "button connects the pin to ground (internal pull-up)")
+    pull_up: bool = _f(True, "button connects the pin to ground (internal pull-up); false: to 3.3 V (pull-down)")
+    external_pull: bool = _f(
+        False, "the board has its own pull resistor: no internal pull; pull_up still says which level is pressed"
+    )
     bounce_ms: int = _f(20, "debounce time", min=0, max=1000)
-    long_press_s: float = _f(2.0, "holding this long ends the conversation", min=0.3, max=30)
-    mute_pin: int | None = _f(None, "BCM pin of a mute switch (omit to disable)", min=-1, max=53)
+    long_press_s: float = _f(
+        2.0, "holding this long ends the conversation (not in push_to_talk mode, where holding is talking)",
+        min=0.3, max=30,
+    )
+    mute_pin: int | None = _f(None, "BCM pin of a mute switch, closed = muted (omit to disable)", min=-1, max=53)
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,11 @@ class LedsConfig:
         metadata={"help": "per state, per output: off, on, blink PERIOD_S, pulse PERIOD_S, with an optional #rrggbb"},
     )
 
+    def __post_init__(self) -> None:
+        from device.ledpatterns import resolve  # pure; imported here to avoid an import cycle
+
+        resolve(self)  # raises ConfigError naming the bad key
+
 
 @dataclass(frozen=True)
 class SessionConfig:
@@ -194,6 +205,12 @@ class SessionConfig:
     retry_max_s: float = _f(60.0, "longest automatic retry delay", min=0.1, max=3600)
     send_backlog_s: float = _f(10.0, "audio held for the socket before the oldest is dropped", min=1, max=120)
     error_hold_s: float = _f(5.0, "the error state shows this long before idle", min=0, max=600)
+    retry_attempts: int = _f(
+        3, "automatic reconnects after a failed connection attempt (0: only the next press retries)", min=0, max=20
+    )
+    speaking_timeout_s: float = _f(
+        180.0, "longest single reply; afterwards the device stops it and listens again", min=5, max=3600
+    )
 
 
 @dataclass(frozen=True)
@@ -248,6 +265,10 @@ class SystemdConfig:
     prometheus_textfile: str = _f("", "node-exporter textfile to write metrics to (empty: off)")
     control_socket: str = _f("/run/voice-appliance/control.sock", "local control socket (empty: off)")
     control_group: str = _f("voice-appliance", "group allowed to use the control socket")
+    worker_stall_s: float = _f(
+        10.0, "a worker silent this long counts as stuck: watchdog pings stop so systemd restarts the service",
+        min=0.1, max=600,
+    )
 
 
 @dataclass(frozen=True)
