@@ -1,0 +1,343 @@
+"""From telemetry (and the emulator's turn records) to the figures of report.json (pure).
+
+All inputs are plain data: telemetry events with ``t_s``/``kind``/``data``
+(device/telemetry.py) and, when the agent is the built-in emulator, its turn
+records as mappings (device/emulator/recording.py ``TurnRecord`` fields).
+Times in the output are seconds from ``t0_s``; durations are milliseconds.
+
+Definitions (also in the README):
+
+- user speech end: capture time of the block that carried the last voiced
+  audio the agent heard (the emulator knows when that audio arrived; the
+  block sent just before is the one). Without the emulator: the last open,
+  loud block before the reply.
+- latency: user speech end → first sample of the reply written to ALSA.
+- device share: that block's capture → wire, plus the reply's first audio
+  received → first sample written. The rest is network and agent.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from device.bench.report import stats
+
+# Session outcomes that are a normal end of a conversation (the rest are failures).
+OK_OUTCOMES = frozenset({"normal", "agent_ended", "local", "max_duration"})
+SPEECH_DBFS = -45.0  # a gate block louder than this counts as speech (no-emulator fallback)
+FLUSH_PAIR_S = 0.5  # a flush this soon after an interruption belongs to it
+
+
+class Event(Protocol):
+    @property
+    def t_s(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+def _get(data: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if n in data and data[n] is not None:
+            return data[n]
+    return default
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def outcome_name(value: Any) -> str:
+    """``Outcome.AGENT_ENDED`` / ``"AGENT_ENDED"`` / ``"agent_ended"`` → ``"agent_ended"``."""
+    name = getattr(value, "name", None) or getattr(value, "value", None) or value
+    return str(name).lower()
+
+
+@dataclass
+class Figures:
+    """Everything report.json derives from telemetry."""
+
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
+    press_to_first_frame_sent_ms: list[float] = field(default_factory=list)
+    block_capture_to_wire_ms: dict[str, Any] = field(default_factory=lambda: stats([]))
+    reply_received_to_written_ms: dict[str, Any] = field(default_factory=lambda: stats([]))
+    xruns: dict[str, int] = field(default_factory=lambda: {"capture_overruns": 0, "playback_underruns": 0})
+    ping_ms: dict[str, Any] = field(default_factory=lambda: stats([]))
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    conversations: int = 0
+    session_outcomes: list[str] = field(default_factory=list)
+    conversation_s: float = 0.0
+    replies_played: int = 0
+
+
+def _times(events: Sequence[Event], kind: str) -> list[Event]:
+    return [e for e in events if e.kind == kind]
+
+
+def _first_at_or_after(events: Sequence[Event], t_s: float, before_s: float | None = None) -> Event | None:
+    keys = [e.t_s for e in events]
+    i = bisect.bisect_left(keys, t_s)
+    if i < len(events) and (before_s is None or events[i].t_s < before_s):
+        return events[i]
+    return None
+
+
+def _conversation_spans(events: Sequence[Event]) -> list[tuple[float, float | None]]:
+    """(start, end) of each conversation: entering "connecting" → the next session_end."""
+    spans: list[tuple[float, float | None]] = []
+    open_at: float | None = None
+    for e in events:
+        if e.kind == "state":
+            state = str(_get(e.data, "state", "to", "new", default=""))
+            if state == "connecting" and open_at is None:
+                open_at = e.t_s
+        elif e.kind == "session_end":
+            spans.append((open_at if open_at is not None else e.t_s, e.t_s))
+            open_at = None
+    if open_at is not None:
+        spans.append((open_at, None))
+    return spans
+
+
+def analyse(
+    events: Iterable[Event],
+    *,
+    t0_s: float,
+    agent_turns: Sequence[Mapping[str, Any]] | None = None,
+    end_s: float | None = None,
+) -> Figures:
+    """Compute the report's figures; ``agent_turns`` come from the emulator when it was used."""
+    evs = sorted(events, key=lambda e: e.t_s)
+    end = end_s if end_s is not None else (evs[-1].t_s if evs else t0_s)
+    fig = Figures()
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round(t - t0_s, 3)
+
+    # -- conversations ----------------------------------------------------------
+    spans = _conversation_spans(evs)
+    fig.conversations = len(spans)
+    fig.conversation_s = sum((b if b is not None else end) - a for a, b in spans)
+    fig.session_outcomes = [
+        outcome_name(_get(e.data, "outcome", default="unknown")) for e in _times(evs, "session_end")
+    ]
+
+    # -- uplink -----------------------------------------------------------------
+    sent = _times(evs, "block_sent")
+    first_sent_per_conv: list[float] = []
+    for a, b in spans:
+        first = _first_at_or_after(sent, a, b)
+        if first is not None:
+            first_sent_per_conv.append(first.t_s)
+    wire_ms: list[float] = []
+    sent_delay: list[tuple[float, float, float]] = []  # (sent t, captured t, delay ms)
+    for e in sent:
+        captured = _num(_get(e.data, "captured_at_s"))
+        if captured is None:
+            continue
+        sent_delay.append((e.t_s, captured, 1000 * (e.t_s - captured)))
+        # Blocks held while the socket opened would measure the connection, not the path.
+        held = any(captured < f <= e.t_s for f in first_sent_per_conv)
+        if not held:
+            wire_ms.append(1000 * (e.t_s - captured))
+    fig.block_capture_to_wire_ms = stats(wire_ms)
+    sent_times = [s[0] for s in sent_delay]
+
+    def block_before(arrival_s: float) -> tuple[float, float, float] | None:
+        i = bisect.bisect_right(sent_times, arrival_s)
+        return sent_delay[i - 1] if i > 0 else None
+
+    # -- press → first frame sent -------------------------------------------------
+    state = "idle"
+    for e in evs:
+        if e.kind == "state":
+            state = str(_get(e.data, "state", "to", "new", default=state))
+        elif (
+            e.kind == "button"
+            and str(_get(e.data, "action", "kind", "event", default="")) == "press"
+            and state in ("idle", "error")
+        ):
+            first = _first_at_or_after(sent, e.t_s)
+            if first is not None:
+                fig.press_to_first_frame_sent_ms.append(round(1000 * (first.t_s - e.t_s), 1))
+
+    # -- replies ---------------------------------------------------------------------
+    audio = _times(evs, "agent_audio")
+    started = _times(evs, "reply_started")
+    interruptions = _times(evs, "interruption")
+    received_to_written: list[float] = []
+    if agent_turns is not None:
+        anchors = [
+            t for t in agent_turns if _num(t.get("reply_first_audio_sent_t_s")) is not None
+        ]
+        anchors.sort(key=lambda t: float(t["reply_first_audio_sent_t_s"]))
+        for i, t in enumerate(anchors):
+            sent_at = float(t["reply_first_audio_sent_t_s"])
+            nxt = float(anchors[i + 1]["reply_first_audio_sent_t_s"]) if i + 1 < len(anchors) else None
+            rx = _first_at_or_after(audio, sent_at, nxt)
+            wr = _first_at_or_after(started, rx.t_s, nxt) if rx is not None else None
+            speech_end = _num(t.get("speech_end_t_s"))
+            user_end: float | None = None
+            uplink_ms: float | None = None
+            if speech_end is not None:
+                blk = block_before(speech_end)
+                if blk is not None:
+                    user_end, uplink_ms = blk[1], blk[2]
+                else:
+                    user_end = speech_end
+            fig.turns.append(
+                _turn(len(fig.turns), user_end, rx, wr, uplink_ms, bool(t.get("interrupted")),
+                      t.get("user_transcript"), t.get("reply_text") or None, rel)
+            )
+    else:
+        # Without the agent's records a reply is the first audio after a quiet spell.
+        gates = [e for e in _times(evs, "gate") if _get(e.data, "open")
+                 and (_num(_get(e.data, "level_dbfs")) or -120.0) > SPEECH_DBFS]
+        reply_starts: list[Event] = []
+        last_t: float | None = None
+        for e in audio:
+            interrupted_between = last_t is not None and any(last_t < x.t_s <= e.t_s for x in interruptions)
+            if last_t is None or e.t_s - last_t > 1.0 or interrupted_between:
+                reply_starts.append(e)
+            last_t = e.t_s
+        for i, start in enumerate(reply_starts):
+            next_s = reply_starts[i + 1].t_s if i + 1 < len(reply_starts) else None
+            prev = reply_starts[i - 1].t_s if i > 0 else float("-inf")
+            rx = start
+            wr = _first_at_or_after(started, rx.t_s, next_s)
+            loud = [g for g in gates if prev < g.t_s <= rx.t_s]
+            user_end = uplink_ms = None
+            if loud:
+                user_end = loud[-1].t_s
+                blk = next((s for s in sent_delay if s[1] >= user_end - 1e-6), None)
+                uplink_ms = blk[2] if blk is not None else None
+            cut = any(rx.t_s <= x.t_s < (next_s if next_s is not None else end + 1) for x in interruptions)
+            fig.turns.append(_turn(i, user_end, rx, wr, uplink_ms, cut, None, None, rel))
+    for t in fig.turns:
+        rx_s, wr_s = t["first_agent_audio_received_s"], t["first_agent_audio_written_s"]
+        if rx_s is not None and wr_s is not None:
+            received_to_written.append(1000 * (wr_s - rx_s))
+    fig.reply_received_to_written_ms = stats(received_to_written)
+    fig.replies_played = sum(1 for t in fig.turns if t["first_agent_audio_written_s"] is not None)
+
+    # -- interruptions and flushes ----------------------------------------------------------
+    flushes = _times(evs, "flushed")
+    presses = [e for e in _times(evs, "button") if str(_get(e.data, "action", "kind", "event", default="")) == "press"]
+    used: set[int] = set()
+    for x in interruptions:
+        idx = next((i for i, f in enumerate(flushes) if i not in used and 0 <= f.t_s - x.t_s <= FLUSH_PAIR_S), None)
+        old_ms = None
+        if idx is not None:
+            used.add(idx)
+            old_ms = _num(_get(flushes[idx].data, "old_audio_ms_after", "ms"))
+        fig.interruptions.append({
+            "at_s": rel(x.t_s),
+            "source": "agent",
+            "event_id": _get(x.data, "event_id"),
+            "old_audio_ms_after": _r(old_ms),
+        })
+    for i, f in enumerate(flushes):
+        if i in used:
+            continue
+        reason = str(_get(f.data, "reason", "cause", default=""))
+        if reason and reason not in ("barge_in", "local", "button"):
+            continue  # e.g. the end of a session: nobody was interrupted
+        press = next((p for p in reversed(presses) if 0 <= f.t_s - p.t_s <= FLUSH_PAIR_S), None)
+        if press is None and not reason:
+            continue
+        fig.interruptions.append({
+            "at_s": rel(press.t_s if press is not None else f.t_s),
+            "source": "local",
+            "event_id": None,
+            "old_audio_ms_after": _r(_num(_get(f.data, "old_audio_ms_after", "ms"))),
+        })
+    fig.interruptions.sort(key=lambda d: d["at_s"])
+
+    # -- the rest -----------------------------------------------------------------------
+    for e in _times(evs, "xrun"):
+        kind = str(_get(e.data, "kind", default=""))
+        if "over" in kind:
+            fig.xruns["capture_overruns"] += 1
+        elif "under" in kind:
+            fig.xruns["playback_underruns"] += 1
+    pings = [v for e in _times(evs, "ping") if (v := _num(_get(e.data, "ping_ms"))) is not None]
+    fig.ping_ms = stats(pings)
+    for e in _times(evs, "tool_call"):
+        fig.tool_calls.append({
+            "at_s": rel(e.t_s),
+            "name": str(_get(e.data, "name", default="?")),
+            "is_error": bool(_get(e.data, "is_error", default=False)),
+        })
+    for e in _times(evs, "transcript"):
+        if _get(e.data, "tentative", default=False):
+            continue
+        role = str(_get(e.data, "role", default="agent"))
+        fig.transcript.append({
+            "at_s": rel(e.t_s),
+            "role": "user" if role == "user" else "agent",
+            "text": str(_get(e.data, "text", default="")),
+        })
+    return fig
+
+
+def _turn(
+    index: int,
+    user_end: float | None,
+    rx: Event | None,
+    wr: Event | None,
+    uplink_ms: float | None,
+    interrupted: bool,
+    user_text: Any,
+    agent_text: Any,
+    rel: Any,
+) -> dict[str, Any]:
+    latency = device = None
+    if wr is not None and user_end is not None:
+        latency = 1000 * (wr.t_s - user_end)
+    if wr is not None and rx is not None:
+        device = 1000 * (wr.t_s - rx.t_s) + (uplink_ms if uplink_ms is not None and user_end is not None else 0.0)
+        if user_end is None:
+            device = None  # the first message: nobody waited for it
+    return {
+        "index": index,
+        "user_speech_end_s": rel(user_end),
+        "first_agent_audio_received_s": rel(rx.t_s if rx is not None else None),
+        "first_agent_audio_written_s": rel(wr.t_s if wr is not None else None),
+        "latency_ms": _r(latency),
+        "device_share_ms": _r(device),
+        "interrupted": interrupted,
+        "user_text": str(user_text) if user_text else None,
+        "agent_text": str(agent_text) if agent_text else None,
+    }
+
+
+def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -> tuple[bool, str, str]:
+    """(ok, ended_by, detail) of a run."""
+    if error is not None:
+        return False, "error", error
+    if timed_out:
+        return False, "timeout", "the run did not finish in time: the conversation was still going"
+    if fig.conversations == 0:
+        return False, "no_conversation", "no conversation started: check the timeline presses and the gate mode"
+    ended_by = fig.session_outcomes[-1] if fig.session_outcomes else "unknown"
+    bad = [o for o in fig.session_outcomes if o not in OK_OUTCOMES]
+    if bad:
+        return False, bad[-1], f"a conversation failed ({bad[-1]}); see the log above for what to do"
+    if fig.replies_played == 0:
+        return False, ended_by, "no agent reply was played"
+    if violations:
+        return False, ended_by, f"the emulator saw {violations} protocol violation(s)"
+    n = fig.replies_played
+    return True, ended_by, f"{fig.conversations} conversation(s), {n} repl{'y' if n == 1 else 'ies'} played"

@@ -1,0 +1,104 @@
+"""From telemetry to the report's figures, on a synthetic conversation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from device.bench import analysis
+from tests.unit.bench.synthetic import T0, Ev, conversation
+
+
+def _agent_turns() -> list[dict[str, Any]]:
+    return [
+        {"speech_end_t_s": T0 + 5.0, "reply_first_audio_sent_t_s": T0 + 6.39, "interrupted": True,
+         "user_transcript": "Please turn the volume down", "reply_text": "Done."},
+        {"speech_end_t_s": T0 + 11.0, "reply_first_audio_sent_t_s": T0 + 12.29, "interrupted": False,
+         "user_transcript": "Sorry, is there a cafe?", "reply_text": "Yes."},
+    ]
+
+
+def test_turn_latency_and_the_device_share_with_the_emulator_s_records() -> None:
+    fig = analysis.analyse(conversation(), t0_s=T0, agent_turns=_agent_turns())
+    first, second = fig.turns
+    # the block carrying the last voiced audio was captured at 4.75 s and sent 4 ms later
+    assert first["user_speech_end_s"] == pytest.approx(4.75)
+    assert first["first_agent_audio_received_s"] == pytest.approx(6.4)
+    assert first["first_agent_audio_written_s"] == pytest.approx(6.55)
+    assert first["latency_ms"] == pytest.approx(1800.0)
+    assert first["device_share_ms"] == pytest.approx(154.0)
+    assert first["interrupted"] is True and first["user_text"] == "Please turn the volume down"
+    assert second["first_agent_audio_written_s"] == pytest.approx(12.42)
+    assert second["latency_ms"] == pytest.approx(1000 * (12.42 - 10.75))
+    assert fig.reply_received_to_written_ms["count"] == 2
+    assert fig.replies_played == 2
+
+
+def test_without_the_emulator_replies_are_found_from_telemetry_alone() -> None:
+    fig = analysis.analyse(conversation(), t0_s=T0)
+    assert len(fig.turns) == 2
+    assert fig.turns[0]["first_agent_audio_written_s"] == pytest.approx(6.55)
+    assert fig.turns[0]["interrupted"] is True
+    assert fig.turns[1]["interrupted"] is False
+    # the last loud block the gate let through before each reply
+    assert fig.turns[0]["user_speech_end_s"] == pytest.approx(5.0)
+
+
+def test_interruptions_agent_and_local() -> None:
+    fig = analysis.analyse(conversation(), t0_s=T0)
+    assert fig.interruptions == [
+        {"at_s": pytest.approx(9.0), "source": "local", "event_id": None, "old_audio_ms_after": 0.0},
+        {"at_s": pytest.approx(9.7), "source": "agent", "event_id": 3, "old_audio_ms_after": 0.0},
+    ]
+
+
+def test_press_to_first_frame_counts_only_presses_that_start_a_conversation() -> None:
+    fig = analysis.analyse(conversation(), t0_s=T0)
+    assert fig.press_to_first_frame_sent_ms == [pytest.approx(340.0)]
+    # blocks held while connecting are left out of capture → wire
+    assert fig.block_capture_to_wire_ms["p99"] == pytest.approx(4.0)
+
+
+def test_counters_and_texts() -> None:
+    fig = analysis.analyse(conversation(), t0_s=T0)
+    assert fig.conversations == 1
+    assert fig.conversation_s == pytest.approx(18.6)
+    assert fig.session_outcomes == ["local"]
+    assert fig.xruns == {"capture_overruns": 0, "playback_underruns": 1}
+    assert fig.ping_ms["count"] == 8 and fig.ping_ms["max"] == 27
+    assert [c["name"] for c in fig.tool_calls] == ["set_volume"]
+    assert [t["role"] for t in fig.transcript] == ["user", "agent", "user", "agent"]
+
+
+def test_outcome_names_accept_enums_and_strings() -> None:
+    import enum
+
+    class Outcome(enum.Enum):
+        AGENT_ENDED = "agent_ended"
+
+    assert analysis.outcome_name(Outcome.AGENT_ENDED) == "agent_ended"
+    assert analysis.outcome_name("NETWORK") == "network"
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "played", "violations", "ok", "ended_by"),
+    [
+        (["agent_ended"], 2, 0, True, "agent_ended"),
+        (["network"], 1, 0, False, "network"),
+        (["local"], 0, 0, False, "local"),
+        (["normal"], 1, 2, False, "normal"),
+        ([], 0, 0, False, "no_conversation"),
+    ],
+)
+def test_the_verdict(outcomes: list[str], played: int, violations: int, ok: bool, ended_by: str) -> None:
+    fig = analysis.Figures(conversations=len(outcomes), session_outcomes=outcomes, replies_played=played)
+    got_ok, got_by, detail = analysis.verdict(fig, violations, timed_out=False, error=None)
+    assert (got_ok, got_by) == (ok, ended_by), detail
+    assert analysis.verdict(fig, 0, timed_out=True, error=None)[:2] == (False, "timeout")
+    assert analysis.verdict(fig, 0, timed_out=False, error="boom") == (False, "error", "boom")
+
+
+def test_a_session_end_flush_is_not_an_interruption() -> None:
+    events = [Ev(T0 + 1, "flushed", {"old_audio_ms_after": 10.0, "reason": "session_end"})]
+    assert analysis.analyse(events, t0_s=T0).interruptions == []
