@@ -1,0 +1,91 @@
+"""Telemetry: time-stamped observations the daemon publishes for benches and tests.
+
+The controller (and the daemon) publish small records; subscribers such as
+the bench's report writer receive them synchronously on the publishing
+thread, so a callback must be quick and must not block. A failing callback
+is logged (rate-limited) and never disturbs the publisher.
+
+Kinds and their data:
+
+=============  ==============================================================
+state          state, previous, cause, conversation_id
+led            state, outputs {name: pattern}
+gate           open, level_dbfs, seq, speech
+block_sent     seq, captured_at_s, open, nbytes
+agent_audio    event_id, nbytes, received_at_s
+reply_started  reply_id, latency_ms
+reply_finished reply_id, frames
+interruption   event_id, local (True: a press cut the agent off)
+flushed        old_audio_ms_after, latency_ms, dropped_frames
+button         action (press, release, long_press), source
+mute           muted, source
+ping           ping_ms
+xrun           kind (underrun, overrun), detail
+session_end    outcome, detail, close_code
+transcript     role (user, agent), text, tentative
+tool_call      name, is_error, phase (started, finished)
+error          message, source
+=============  ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One observation: ``t_s`` is ``time.monotonic()`` of this process."""
+
+    t_s: float
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+Subscriber = Callable[[Telemetry], None]
+
+
+class TelemetryBus:
+    """Fan-out of telemetry records to subscribers (thread-safe, copy-on-write)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._failures = 0
+
+    @property
+    def active(self) -> bool:
+        """Anyone listening (lets publishers skip work nobody reads)."""
+        return bool(self._subscribers)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        with self._lock:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    def publish(self, kind: str, t_s: float | None = None, **data: Any) -> None:
+        subscribers = self._subscribers
+        if not subscribers:
+            return
+        record = Telemetry(time.monotonic() if t_s is None else t_s, kind, types.MappingProxyType(data))
+        for callback in subscribers:
+            try:
+                callback(record)
+            except Exception:
+                self._failures += 1
+                if self._failures <= 3 or self._failures % 1000 == 0:
+                    log.warning("telemetry subscriber failed (%d so far)", self._failures, exc_info=True)

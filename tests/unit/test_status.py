@@ -1,0 +1,98 @@
+"""Status JSON, Prometheus textfile and the STATUS= line; atomic writes; telemetry fan-out."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from device.status import METRICS, Status, StatusFiles, status_line, to_json, to_prometheus, write_atomic
+from device.telemetry import Telemetry, TelemetryBus
+
+ST = Status(
+    state="listening",
+    muted=False,
+    conversation_id="conv_123",
+    last_error="",
+    state_for_s=3.25,
+    gate_mode="push_to_talk",
+    counters={"conversations": 2, "errors": 1, "xruns": 3, "ping_ms": 42.0, "uptime_s": 10.0},
+)
+
+
+def test_status_json_has_state_and_counters() -> None:
+    doc = json.loads(to_json(ST, now_epoch_s=0.0))
+    assert doc["version"] == 1 and doc["updated_at"] == "1970-01-01T00:00:00Z"
+    assert doc["state"] == "listening" and doc["conversation_id"] == "conv_123"
+    assert doc["counters"]["conversations"] == 2 and doc["counters"]["xruns"] == 3
+    assert doc["counters"]["ping_ms"] == 42.0
+    assert set(doc["counters"]) == set(METRICS)  # every counter present, zero when unknown
+    assert doc["counters"]["barge_ins"] == 0
+
+
+def test_prometheus_textfile_is_well_formed() -> None:
+    text = to_prometheus(ST)
+    sample = re.compile(r'^[a-z_]+(\{state="[a-z]+"\})? -?[0-9.e+]+$')
+    for line in text.splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    assert 'voice_appliance_state{state="listening"} 1' in text
+    assert 'voice_appliance_state{state="idle"} 0' in text
+    assert "voice_appliance_conversations_total 2" in text
+    assert "# TYPE voice_appliance_conversations_total counter" in text
+    assert "voice_appliance_ping_ms 42" in text
+
+
+def test_status_line_says_state_conversation_and_last_error() -> None:
+    assert status_line(ST) == "listening, conversation conv_123, ping 42 ms, 2 conversations"
+    line = status_line(Status(state="error", last_error="key rejected; check the API key", muted=True))
+    assert line == "error (muted), 0 conversations, last error: key rejected; check the API key"
+
+
+def test_write_atomic_replaces_in_one_rename(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    path.write_text("old")
+    inode_before = path.stat().st_ino
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and path.stat().st_ino != inode_before
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert os.listdir(tmp_path) == ["status.json"]  # no temporary file left behind
+
+
+def test_status_files_write_both_and_survive_an_unwritable_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = StatusFiles(str(tmp_path / "run" / "status.json"), str(tmp_path / "node.prom"))
+    files.write(ST)
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "listening"
+    assert "voice_appliance_errors_total 1" in (tmp_path / "node.prom").read_text()
+    files.remove()
+    assert not (tmp_path / "run" / "status.json").exists()
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad = StatusFiles(str(blocker / "status.json"))
+    bad.write(ST)
+    bad.write(ST)
+    warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not on every write
+
+
+def test_telemetry_bus_fans_out_and_survives_a_bad_subscriber() -> None:
+    bus = TelemetryBus()
+    assert not bus.active
+    bus.publish("state", state="idle")  # nobody listens: nothing happens
+    got: list[Telemetry] = []
+
+    def bad(_: Telemetry) -> None:
+        raise RuntimeError("subscriber bug")
+
+    bus.subscribe(bad)
+    unsubscribe = bus.subscribe(got.append)
+    bus.publish("button", t_s=5.0, action="press", source="gpio")
+    assert got == [Telemetry(5.0, "button", {"action": "press", "source": "gpio"})]
+    unsubscribe()
+    bus.publish("button", action="release")
+    assert len(got) == 1
