@@ -1,0 +1,222 @@
+"""ALSA ``type file`` devices: real ALSA without a sound card (tests and the bench).
+
+One static configuration file defines templates that take the file as an
+argument, so any number of devices can be named in one process without
+rewriting ALSA's configuration (which alsa-lib loads once and reloads only
+when ``ALSA_CONFIG_PATH`` or the files change)::
+
+    va_in:IN="/abs/in.raw"            capture: S16_LE mono 16 kHz from a raw file
+    va_in:IN="/abs/in.raw",RATE=48000,CHANNELS=2
+                                      capture from a raw file in another format;
+                                      ALSA's plug layer converts to what is asked
+    va_out:OUT="/abs/out.raw"         playback: raw frames exactly as written
+    va_out16:OUT="/abs/out.raw"       playback through plug: always S16_LE mono 16 kHz
+
+Use::
+
+    conf = filedevices.install(tmp_dir)          # writes the file, sets ALSA_CONFIG_PATH
+    raw = filedevices.prepare_input(Path("question.wav"), tmp_dir / "in.raw")
+    cfg = AudioConfig(capture_device=filedevices.capture_device(raw),
+                      playback_device=filedevices.playback_device(tmp_dir / "out.raw", fixed_16k=True),
+                      pace_realtime=True)
+    …
+    pcm = filedevices.read_output(tmp_dir / "out.raw")
+
+Behaviour of alsa-lib's file plugin that these helpers absorb:
+
+- The ``null`` slave has no clock; set ``audio.pace_realtime`` for real time.
+- After the input ends the plugin repeats stale buffer contents rather than
+  silence, so :func:`prepare_input` appends a silent tail long enough that
+  the stale contents are silence too.
+- Output is only written to the file when the PCM's buffer overflows into it,
+  on ``drop()`` and on close: read it after the playback worker stopped.
+  Everything written to the PCM lands in the file, also what ``drop()``
+  discards on a real card.
+- Each open of an output device with an existing file creates a new segment
+  ``out.raw.0001``, ``out.raw.0002`` … (the plugin's ``truncate false``);
+  :func:`read_output` joins them, :func:`playback_device` removes old ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import wave
+from pathlib import Path
+
+from device.errors import AudioError
+
+CONFIG_NAME = "voice-appliance-filedevices.conf"
+ALSA_TOP_CONFIG = Path("/usr/share/alsa/alsa.conf")
+SILENT_TAIL_S = 2.0  # > the longest period plus buffer a capture may use
+
+ASOUNDRC = """\
+# ALSA file devices of voice-appliance (device/audio/filedevices.py).
+# The file is an argument of the device name: va_in:IN="/abs/in.raw"
+
+pcm.va_in {
+    @args [ IN RATE CHANNELS ]
+    @args.IN { type string }
+    @args.RATE { type integer default 16000 }
+    @args.CHANNELS { type integer default 1 }
+    type plug
+    slave {
+        pcm {
+            type file
+            slave.pcm "null"
+            file "/dev/null"
+            infile $IN
+            format "raw"
+        }
+        format S16_LE
+        rate $RATE
+        channels $CHANNELS
+    }
+    hint.description "voice-appliance: capture from a raw S16_LE file"
+}
+
+pcm.va_out {
+    @args [ OUT ]
+    @args.OUT { type string }
+    type file
+    slave.pcm "null"
+    file $OUT
+    format "raw"
+    truncate false
+    hint.description "voice-appliance: playback into a raw file, as written"
+}
+
+pcm.va_out16 {
+    @args [ OUT ]
+    @args.OUT { type string }
+    type plug
+    slave {
+        pcm {
+            type file
+            slave.pcm "null"
+            file $OUT
+            format "raw"
+            truncate false
+        }
+        format S16_LE
+        rate 16000
+        channels 1
+    }
+    hint.description "voice-appliance: playback into a raw S16_LE 16 kHz mono file"
+}
+"""
+
+_SEGMENT = re.compile(r"\.(\d{4})$")
+
+
+def install(directory: Path) -> Path:
+    """Write the device definitions into ``directory`` and point this process's ALSA at them.
+
+    Child processes inherit the setting through the environment; pass
+    :func:`alsa_env` to processes started with their own environment.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / CONFIG_NAME
+    if not conf.exists() or conf.read_text() != ASOUNDRC:
+        tmp = conf.with_suffix(".tmp")
+        tmp.write_text(ASOUNDRC)
+        tmp.replace(conf)
+    os.environ.update(alsa_env(conf))
+    return conf
+
+
+def alsa_env(conf: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``ALSA_CONFIG_PATH`` that loads ALSA's own configuration and then ``conf``."""
+    current = (os.environ if environ is None else environ).get("ALSA_CONFIG_PATH", "")
+    parts = [p for p in current.split(":") if p] or [str(ALSA_TOP_CONFIG)]
+    if str(conf) not in parts:
+        parts.append(str(conf))
+    return {"ALSA_CONFIG_PATH": ":".join(parts)}
+
+
+def _quoted(path: Path) -> str:
+    text = str(path)
+    if not path.is_absolute():
+        raise AudioError(f"file device paths must be absolute, got {text!r}")
+    # ALSA's argument parser has no escapes; '%' would be expanded by the file plugin
+    if any(c in text for c in '"\\%\n\'') :
+        raise AudioError(f"file device path {text!r} contains a quote, backslash or %; choose another path")
+    return f'"{text}"'
+
+
+def capture_device(raw_path: Path, rate_hz: int = 16000, channels: int = 1) -> str:
+    """Name of a capture device reading S16_LE frames of ``rate_hz``/``channels`` from ``raw_path``."""
+    name = f"va_in:IN={_quoted(raw_path)}"
+    if (rate_hz, channels) != (16000, 1):
+        name += f",RATE={int(rate_hz)},CHANNELS={int(channels)}"
+    return name
+
+
+def playback_device(out_path: Path, *, fixed_16k: bool = False) -> str:
+    """Name of a playback device writing into ``out_path`` (old output and segments removed).
+
+    ``fixed_16k``: the file always holds S16_LE mono 16 kHz whatever the agent's
+    format (ALSA converts), so it can become a WAV without knowing the format.
+    """
+    for old in output_segments(out_path):
+        old.unlink()
+    return f"{'va_out16' if fixed_16k else 'va_out'}:OUT={_quoted(out_path)}"
+
+
+def output_segments(out_path: Path) -> list[Path]:
+    """``out_path`` and its ``.0001``… continuations, in the order they were written."""
+    segments = [out_path] if out_path.exists() else []
+    if out_path.parent.is_dir():
+        extra = []
+        for p in out_path.parent.iterdir():
+            if p.name.startswith(out_path.name + "."):
+                m = _SEGMENT.search(p.name)
+                if m and p.name == f"{out_path.name}.{m.group(1)}":
+                    extra.append((int(m.group(1)), p))
+        segments += [p for _, p in sorted(extra)]
+    return segments
+
+
+def read_output(out_path: Path) -> bytes:
+    """Everything the playback devices wrote into ``out_path``, segments joined."""
+    return b"".join(p.read_bytes() for p in output_segments(out_path))
+
+
+def read_wav(path: Path) -> tuple[bytes, int, int]:
+    """(S16_LE frames, rate_hz, channels) of a 16-bit PCM WAV file."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise AudioError(
+                    f"{path} is {8 * w.getsampwidth()}-bit; use 16-bit PCM "
+                    f"(sox {path.name} -b 16 out.wav)"
+                )
+            return w.readframes(w.getnframes()), w.getframerate(), w.getnchannels()
+    except (wave.Error, EOFError) as e:
+        raise AudioError(f"{path} is not a PCM WAV file ({e}); convert it with sox") from None
+
+
+def write_wav(path: Path, pcm: bytes, rate_hz: int = 16000, channels: int = 1) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(pcm)
+
+
+def prepare_input(src: Path, dest_raw: Path, *, tail_s: float = SILENT_TAIL_S) -> tuple[int, int]:
+    """Turn a WAV (or raw S16_LE 16 kHz mono) file into a capture file with a silent tail.
+
+    Returns (rate_hz, channels) of the written frames, the arguments for
+    :func:`capture_device`.
+    """
+    if src.suffix.lower() == ".wav":
+        pcm, rate_hz, channels = read_wav(src)
+    else:
+        pcm, rate_hz, channels = src.read_bytes(), 16000, 1
+    frame_bytes = 2 * channels
+    pcm = pcm[: len(pcm) - len(pcm) % frame_bytes]
+    tail = bytes(frame_bytes * int(tail_s * rate_hz))
+    dest_raw.parent.mkdir(parents=True, exist_ok=True)
+    dest_raw.write_bytes(pcm + tail)
+    return rate_hz, channels
