@@ -28,7 +28,7 @@ from device.bench.report import stats
 # Session outcomes that are a normal end of a conversation (the rest are failures).
 OK_OUTCOMES = frozenset({"normal", "agent_ended", "local", "max_duration"})
 SPEECH_DBFS = -45.0  # a gate block louder than this counts as speech (no-emulator fallback)
-FLUSH_PAIR_S = 0.5  # a flush this soon after an interruption belongs to it
+FLUSH_PAIR_S = 1.0  # a flush this soon after an interruption belongs to it
 
 
 class Event(Protocol):
@@ -233,37 +233,25 @@ def analyse(
     fig.replies_played = sum(1 for t in fig.turns if t["first_agent_audio_written_s"] is not None)
 
     # -- interruptions and flushes ----------------------------------------------------------
+    # Each interruption (the agent's event, or a press that cut the agent off: data.local)
+    # is followed by the playback's flush report; other flushes (e.g. at the end of a
+    # session) interrupted nobody.
     flushes = _times(evs, "flushed")
-    presses = [e for e in _times(evs, "button") if str(_get(e.data, "action", "kind", "event", default="")) == "press"]
     used: set[int] = set()
     for x in interruptions:
         idx = next((i for i, f in enumerate(flushes) if i not in used and 0 <= f.t_s - x.t_s <= FLUSH_PAIR_S), None)
         old_ms = None
         if idx is not None:
             used.add(idx)
-            old_ms = _num(_get(flushes[idx].data, "old_audio_ms_after", "ms"))
+            old_ms = _num(_get(flushes[idx].data, "old_audio_ms_after"))
+        local = bool(_get(x.data, "local", default=False))
+        event_id = _get(x.data, "event_id")
         fig.interruptions.append({
             "at_s": rel(x.t_s),
-            "source": "agent",
-            "event_id": _get(x.data, "event_id"),
+            "source": "local" if local else "agent",
+            "event_id": event_id if isinstance(event_id, int) and not isinstance(event_id, bool) else None,
             "old_audio_ms_after": _r(old_ms),
         })
-    for i, f in enumerate(flushes):
-        if i in used:
-            continue
-        reason = str(_get(f.data, "reason", "cause", default=""))
-        if reason and reason not in ("barge_in", "local", "button"):
-            continue  # e.g. the end of a session: nobody was interrupted
-        press = next((p for p in reversed(presses) if 0 <= f.t_s - p.t_s <= FLUSH_PAIR_S), None)
-        if press is None and not reason:
-            continue
-        fig.interruptions.append({
-            "at_s": rel(press.t_s if press is not None else f.t_s),
-            "source": "local",
-            "event_id": None,
-            "old_audio_ms_after": _r(_num(_get(f.data, "old_audio_ms_after", "ms"))),
-        })
-    fig.interruptions.sort(key=lambda d: d["at_s"])
 
     # -- the rest -----------------------------------------------------------------------
     for e in _times(evs, "xrun"):
@@ -275,6 +263,8 @@ def analyse(
     pings = [v for e in _times(evs, "ping") if (v := _num(_get(e.data, "ping_ms"))) is not None]
     fig.ping_ms = stats(pings)
     for e in _times(evs, "tool_call"):
+        if _get(e.data, "phase", default="finished") != "finished":
+            continue
         fig.tool_calls.append({
             "at_s": rel(e.t_s),
             "name": str(_get(e.data, "name", default="?")),

@@ -67,9 +67,11 @@ def notable(ev: Event, t0_s: float) -> str | None:
     if ev.kind == "transcript" and not d.get("tentative"):
         who = "you" if d.get("role") == "user" else "agent"
         return f"{at}  {who:>5}: {d.get('text', '')}"
-    if ev.kind == "tool_call":
+    if ev.kind == "tool_call" and d.get("phase", "finished") == "finished":
         return f"{at}   tool: {d.get('name', '?')}{' (failed)' if d.get('is_error') else ''}"
     if ev.kind == "interruption":
+        if d.get("local"):
+            return f"{at}   barge-in: a press cut the agent off, playback flushed"
         return f"{at}   interruption (event {d.get('event_id', '?')}): playback flushed"
     if ev.kind == "session_end":
         detail = d.get("detail") or ""
@@ -110,7 +112,7 @@ class Progress:
                 c.replies += 1
             elif ev.kind == "interruption":
                 c.interruptions += 1
-            elif ev.kind == "tool_call":
+            elif ev.kind == "tool_call" and ev.data.get("phase", "finished") == "finished":
                 c.tool_calls += 1
             elif ev.kind == "xrun":
                 c.xruns += 1

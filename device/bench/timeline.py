@@ -127,6 +127,15 @@ def nice_step_s(span_s: float, target_ticks: int = 12) -> float:
     return 10 * mag  # pragma: no cover - the loop always returns
 
 
+def pattern_colour(pattern: str) -> str:
+    """Fill colour of an LED pattern such as ``"pulse 1.0 #00ff00"`` (off: dark, lit: its colour)."""
+    words = pattern.split()
+    if not words or words[0] == "off":
+        return "#333333"
+    colour = next((w for w in words if w.startswith("#") and len(w) == 7), None)
+    return colour or "#f5d000"
+
+
 def _led_colour(data: Mapping[str, Any]) -> str:
     colour = _field(data, "colour", "color", "rgb", "value")
     if isinstance(colour, str) and colour.startswith("#"):
@@ -154,11 +163,15 @@ def _event_label(ev: Event, t0: float) -> tuple[str, str, str] | None:
     d = ev.data
     when = f"{ev.t_s - t0:.2f} s"
     if ev.kind == "interruption":
+        if _field(d, "local"):
+            return "barge-in (press)", "#d9534f", when
         return f"interruption #{_field(d, 'event_id', default='?')}", "#d9534f", when
     if ev.kind == "flushed":
         ms = _field(d, "old_audio_ms_after")
         return (f"flush +{ms:.0f} ms" if isinstance(ms, (int, float)) else "flush"), "#e67e22", when
     if ev.kind == "tool_call":
+        if _field(d, "phase", default="finished") != "finished":
+            return None
         err = " (error)" if _field(d, "is_error") else ""
         return f"tool {_field(d, 'name', default='?')}{err}", "#2e86c1", when
     if ev.kind == "transcript":
@@ -216,7 +229,15 @@ def render_svg(
     # -- LEDs (one row per output) ----------------------------------------
     leds: dict[str, list[tuple[float, tuple[str, str]]]] = {}
     for e in evs:
-        if e.kind == "led":
+        if e.kind != "led":
+            continue
+        outputs = e.data.get("outputs")
+        if isinstance(outputs, Mapping):  # {name: pattern}, the daemon's form
+            for name, pattern in outputs.items():
+                text = str(pattern)
+                label = " ".join(w for w in text.split() if not w.startswith("#"))
+                leds.setdefault(str(name), []).append((e.t_s, (pattern_colour(text), label)))
+        else:
             name = str(_field(e.data, "name", "output", default="led"))
             label = str(_field(e.data, "pattern", default=""))
             leds.setdefault(name, []).append((e.t_s, (_led_colour(e.data), label)))

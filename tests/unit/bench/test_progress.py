@@ -26,7 +26,8 @@ def test_counters_and_notable_lines_on_a_plain_stream() -> None:
     # one every few seconds (the second draw came too soon), plus the final one
     assert len(status) == 2
     assert "19.5/20 s  idle" in status[1]
-    assert "2 replies, 1 interruption, 1 tool call, 1 xrun, ping 27 ms" in status[1]
+    assert "2 replies, 2 interruptions, 1 tool call, 1 xrun, ping 27 ms" in status[1]
+    assert "barge-in: a press cut the agent off" in text
 
 
 def test_on_a_terminal_the_status_line_is_redrawn_in_place() -> None:

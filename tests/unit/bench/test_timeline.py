@@ -36,6 +36,9 @@ def test_every_row_and_the_important_events_are_drawn() -> None:
     assert "interruption #3" in texts
     assert "tool set_volume" in texts
     assert "flush +0 ms" in texts
+    assert "flush +12 ms" in texts
+    assert "barge-in (press)" in texts
+    assert "pulse 1" in texts  # the LED's pattern, drawn in its colour
     assert "end: local" in texts
     assert "xrun underrun" in texts
     assert "1050 ms" in texts
@@ -43,6 +46,17 @@ def test_every_row_and_the_important_events_are_drawn() -> None:
     # the state row shows each state for as long as it lasted
     assert "speaking 6.55–9.00 s" in _titles(root)
     assert "held 4.75 s" in _titles(root)
+
+
+def test_led_patterns_are_drawn_in_their_colour() -> None:
+    assert timeline.pattern_colour("pulse 1.0 #00ff00") == "#00ff00"
+    assert timeline.pattern_colour("off") == "#333333"
+    assert timeline.pattern_colour("on") == "#f5d000"
+    root = _render([Ev(T0, "led", {"state": "listening", "outputs": {"red": "on #ff0000", "green": "off"}})])
+    texts = _texts(root)
+    assert "LED red" in texts and "LED green" in texts
+    fills = {r.get("fill") for r in root.iter(f"{SVG}rect")}
+    assert "#ff0000" in fills
 
 
 def test_blocks_the_gate_closed_are_shown_as_zeros_sent() -> None:
@@ -56,7 +70,8 @@ def test_blocks_the_gate_closed_are_shown_as_zeros_sent() -> None:
 
 
 def test_labels_never_overlap_in_the_event_row() -> None:
-    events = [Ev(T0 + 1 + 0.01 * i, "tool_call", {"name": f"tool{i}", "is_error": False}) for i in range(5)]
+    events = [Ev(T0 + 1 + 0.01 * i, "tool_call", {"name": f"tool{i}", "is_error": False, "phase": "finished"})
+              for i in range(5)]
     root = _render(events, t1_s=T0 + 10)
     ys = sorted(
         float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if (t.text or "").startswith("tool tool")
