@@ -1,0 +1,1 @@
+"""A local, protocol-faithful ElevenAgents server for benches, tests and kiosks."""
