@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Apply voice-appliance settings dropped on the boot partition, once.
+#
+# Write these with any computer that can read the SD card (the boot
+# partition is FAT; Windows line endings and a UTF-8 BOM are fine):
+#   voice-appliance.toml         the configuration (see examples/config.toml)
+#   voice-appliance-api-key.txt  the ElevenLabs API key, alone on one line
+#
+# The key goes to /etc/voice-appliance/api_key (root-only, 0600) and is then
+# deleted from the boot partition, which anyone can read. The configuration
+# is validated first: a valid one replaces /etc/voice-appliance/config.toml
+# (the old one is kept as config.toml.bak) and the file is renamed
+# voice-appliance.toml.applied; an invalid one is renamed
+# voice-appliance.toml.invalid next to voice-appliance-error.txt saying why,
+# and the current configuration stays.
+#
+# Installed by install.sh as /usr/local/sbin/voice-appliance-first-boot and
+# run by voice-appliance-firstboot.service before the kiosk starts.
+#
+#   voice-appliance-first-boot [--boot DIR] [--etc DIR]
+set -euo pipefail
+
+# install.sh writes its --prefix here; tests point FIRSTBOOT_PREFIX elsewhere (not
+# VOICE_APPLIANCE_…: every such variable must name a config key).
+PREFIX=${FIRSTBOOT_PREFIX:-/opt/voice-appliance}
+boot=""
+etc=/etc/voice-appliance
+SERVICE_GROUP=voice-appliance
+
+while (($#)); do
+    case "$1" in
+        --boot) boot=${2:?--boot needs a directory}; shift ;;
+        --etc) etc=${2:?--etc needs a directory}; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "first-boot: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -z "$boot" ]; then
+    # Bookworm mounts the boot partition at /boot/firmware; older releases at /boot.
+    if [ -d /boot/firmware ]; then boot=/boot/firmware; else boot=/boot; fi
+fi
+
+say() { printf 'voice-appliance-first-boot: %s\n' "$*"; }
+
+key_src="$boot/voice-appliance-api-key.txt"
+cfg_src="$boot/voice-appliance.toml"
+install -d -m 0750 "$etc"
+
+# Remove a file holding a secret as well as a FAT file system allows.
+wipe() {
+    local size
+    size=$(stat -c %s "$1")
+    dd if=/dev/zero of="$1" bs=1 count="$size" conv=notrunc,fsync status=none 2>/dev/null || true
+    rm -f "$1"
+    sync "$(dirname "$1")" 2>/dev/null || sync
+}
+
+status=0
+if [ -f "$key_src" ]; then
+    key=$(sed -e '1s/^\xEF\xBB\xBF//' -e 's/\r$//' "$key_src" | tr -d '[:space:]')
+    if [ -z "$key" ]; then
+        say "$key_src is empty; nothing installed (write the API key alone on one line)"
+        status=1
+    else
+        tmp=$(umask 077 && mktemp "$etc/.api_key.XXXXXX")
+        printf '%s\n' "$key" > "$tmp"
+        chown 0:0 "$tmp" && chmod 0600 "$tmp" && mv -f "$tmp" "$etc/api_key"
+        say "installed the API key as $etc/api_key (root-only)"
+    fi
+    unset key
+    wipe "$key_src"
+    say "deleted $key_src from the boot partition"
+fi
+
+if [ -f "$cfg_src" ]; then
+    tmp=$(mktemp "$etc/.config.toml.XXXXXX")
+    sed -e '1s/^\xEF\xBB\xBF//' "$cfg_src" > "$tmp"
+    # Readable by the service, as the installed file will be (doctor checks that too).
+    chmod 0640 "$tmp"
+    chgrp "$SERVICE_GROUP" "$tmp" 2>/dev/null || true
+    if out=$("$PREFIX/bin/voice-appliance" doctor --only config --config "$tmp" 2>&1); then
+        if [ -e "$etc/config.toml" ]; then cp -p "$etc/config.toml" "$etc/config.toml.bak"; fi
+        mv -f "$tmp" "$etc/config.toml"
+        mv -f "$cfg_src" "$cfg_src.applied"
+        rm -f "$boot/voice-appliance-error.txt"
+        say "applied $cfg_src as $etc/config.toml"
+    else
+        out=${out//"$tmp"/voice-appliance.toml}  # name the file the user wrote, not our copy
+        rm -f "$tmp"
+        mv -f "$cfg_src" "$cfg_src.invalid"
+        {
+            echo "voice-appliance.toml was NOT applied: the configuration is invalid."
+            echo "Fix it, save it again as voice-appliance.toml, and restart the Pi."
+            echo
+            printf '%s\n' "$out"
+        } | sed 's/$/\r/' > "$boot/voice-appliance-error.txt"
+        say "$cfg_src is invalid, kept the current configuration; see $boot/voice-appliance-error.txt"
+        printf '%s\n' "$out"
+        status=1
+    fi
+fi
+sync
+exit "$status"

@@ -1,0 +1,148 @@
+"""The provisioning scripts and ALSA templates, run for real on this machine (no systemd needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.system.unitfile import REPO
+
+SCRIPTS = sorted((REPO / "provisioning").glob("*.sh"))
+TEMPLATES = sorted((REPO / "provisioning" / "asound").glob("*.conf"))
+FIRST_BOOT = REPO / "provisioning" / "first-boot.sh"
+KEY = "sk_test_0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="first-boot.sh chowns the key to root: run as root")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse_and_pass_shellcheck(script: Path) -> None:
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    res = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout
+
+
+def test_install_lists_what_building_pyalsaaudio_and_the_service_need() -> None:
+    res = subprocess.run(
+        [str(REPO / "provisioning" / "install.sh"), "--print-apt-packages"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    packages = set(res.stdout.split())
+    assert {"libasound2-dev", "python3-dev", "gcc", "python3-venv", "python3-systemd", "alsa-utils"} <= packages
+
+
+def test_install_rejects_an_unknown_option_with_usage() -> None:
+    res = subprocess.run(
+        [str(REPO / "provisioning" / "install.sh"), "--frobnicate"], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode != 0
+    assert "unknown option --frobnicate" in res.stderr and "--root DIR" in res.stderr
+
+
+@pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils (arecord)")
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
+def test_asound_templates_parse_down_to_the_sound_card(tmp_path: Path, template: Path) -> None:
+    """alsa-lib reads each template; opening stops only at the missing card, not at a syntax error."""
+    shutil.copy(template, tmp_path / ".asoundrc")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
+    for argv in (
+        ["arecord", "-D", "kiosk_mic", "-f", "S16_LE", "-r", "16000", "-c", "1", "-s", "160", "/dev/null"],
+        ["aplay", "-D", "kiosk_speaker", "-f", "S16_LE", "-r", "16000", "-c", "1", "-s", "160", "/dev/zero"],
+        ["arecord", "-D", "default", "-f", "S16_LE", "-r", "16000", "-c", "1", "-s", "160", "/dev/null"],
+    ):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+        # No card here: alsa-lib must get as far as looking the card up.
+        assert res.returncode != 0
+        assert "Unknown PCM" not in res.stderr and "parse error" not in res.stderr.lower(), res.stderr
+        assert "card" in res.stderr.lower(), res.stderr
+
+
+# -- first-boot.sh ----------------------------------------------------------------
+
+
+def _first_boot(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    boot = tmp_path / "boot"
+    etc = tmp_path / "etc"
+    boot.mkdir()
+    prefix = tmp_path / "prefix"
+    (prefix / "bin").mkdir(parents=True)
+    wrapper = prefix / "bin" / "voice-appliance"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m device "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "FIRSTBOOT_PREFIX": str(prefix),
+        "PYTHONPATH": str(REPO),
+    }
+    return boot, etc, env
+
+
+def _run_first_boot(boot: Path, etc: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(FIRST_BOOT), "--boot", str(boot), "--etc", str(etc)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+@needs_root
+def test_first_boot_installs_a_notepad_key_root_only_and_wipes_it(tmp_path: Path) -> None:
+    boot, etc, env = _first_boot(tmp_path)
+    (boot / "voice-appliance-api-key.txt").write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n")
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    key_file = etc / "api_key"
+    assert key_file.read_text() == KEY + "\n"
+    st = key_file.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    assert not (boot / "voice-appliance-api-key.txt").exists()
+    assert KEY not in res.stdout + res.stderr
+
+
+@needs_root
+def test_first_boot_applies_a_valid_config_once_and_keeps_the_old_one(tmp_path: Path) -> None:
+    boot, etc, env = _first_boot(tmp_path)
+    etc.mkdir()
+    (etc / "config.toml").write_text('[agent]\nagent_id = "agent_old"\n')
+    (boot / "voice-appliance.toml").write_bytes(b'\xef\xbb\xbf[agent]\r\nagent_id = "agent_new"\r\n')
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "agent_new" in (etc / "config.toml").read_text()
+    assert "agent_old" in (etc / "config.toml.bak").read_text()
+    assert stat.S_IMODE((etc / "config.toml").stat().st_mode) == 0o640
+    assert not (boot / "voice-appliance.toml").exists() and (boot / "voice-appliance.toml.applied").exists()
+    # Once: a second boot finds nothing to do and changes nothing.
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 0 and res.stdout == ""
+
+
+@needs_root
+def test_first_boot_refuses_an_invalid_config_and_says_why_on_the_boot_partition(tmp_path: Path) -> None:
+    boot, etc, env = _first_boot(tmp_path)
+    etc.mkdir()
+    (etc / "config.toml").write_text('[agent]\nagent_id = "agent_old"\n')
+    (boot / "voice-appliance.toml").write_text('[agent]\nagent_id = "agent_new"\nregoin = "eu"\n')
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 1
+    assert "agent_old" in (etc / "config.toml").read_text()
+    assert (boot / "voice-appliance.toml.invalid").exists()
+    error = (boot / "voice-appliance-error.txt").read_bytes().decode()
+    assert "NOT applied" in error and "agent.regoin" in error and "region" in error
+    assert "voice-appliance.toml" in error and ".config.toml." not in error  # names the user's file
+    assert error.endswith("\r\n")  # readable in Notepad
+
+
+@needs_root
+def test_first_boot_refuses_an_empty_key_and_still_wipes_the_file(tmp_path: Path) -> None:
+    boot, etc, env = _first_boot(tmp_path)
+    (boot / "voice-appliance-api-key.txt").write_text("\r\n")
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 1 and "empty" in res.stdout
+    assert not (etc / "api_key").exists() and not (boot / "voice-appliance-api-key.txt").exists()
