@@ -126,6 +126,8 @@ def classify_close(code: int | None, reason: str) -> tuple[Outcome, str]:
             f"the service stopped receiving audio from the device (1002){said}"
         )
     if code == 1008:
+        if "not found" in low or "does not exist" in low:
+            return Outcome.NOT_FOUND, f"the service does not know this agent (1008){said}"
         if any(w in low for w in _AUTH_WORDS):
             return Outcome.AUTH, f"the service refused the credentials (1008){said}"
         return Outcome.MISCONFIGURED, f"the service refused the conversation settings (1008){said}"
@@ -297,7 +299,10 @@ class SessionEnded:
     @property
     def message(self) -> str:
         """One line for the log and the status display: what happened and what to do."""
-        return f"{self.detail}; {self.outcome.advice}" if self.detail else self.outcome.advice
+        advice = self.outcome.advice
+        if not self.detail or self.detail in advice:
+            return advice
+        return self.detail if advice in self.detail else f"{self.detail}; {advice}"
 
 
 ServerEvent = (

@@ -374,6 +374,8 @@ def test_interruption_rule_property(before: list[int], n: int, later: int) -> No
         (1008, "Override for field 'prompt' is not allowed by config.", Outcome.MISCONFIGURED),
         (1008, "Invalid conversation signature", Outcome.AUTH),
         (1008, "Authentication failed", Outcome.AUTH),
+        (1008, "The conversation signature is expired", Outcome.AUTH),
+        (1008, "Agent 'agent_x' not found", Outcome.NOT_FOUND),
         (1011, "internal error", Outcome.SERVER_ERROR),
         (1001, "going away", Outcome.SERVER_ERROR),
         (1009, "", Outcome.PROTOCOL),
