@@ -14,15 +14,37 @@ Two layers:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import queue
 import random
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from device.config import Config, SessionConfig
+from device.gate import Gate, GateOutput
+from device.protocol import (
+    AgentAudio,
+    AgentResponse,
+    AgentResponseCorrection,
+    Connected,
+    Interruption,
+    Outcome,
+    Ping,
+    ServerError,
+    SessionEnded,
+    ToolCallFinished,
+    ToolCallStarted,
+    UserTranscript,
+)
 from device.retry import backoff_delay_s
+from device.status import Status
+from device.telemetry import TelemetryBus
+from device.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +227,7 @@ class Machine:
         self.conversations = 0
         self.errors = 0
         self.last_rule: Rule = STAY
+        self.last_kind = Kind.SHUTDOWN  # the input handled last (the cause of a transition)
         self._rng = rng or random.Random()
 
     @property
@@ -248,6 +271,7 @@ class Machine:
 
     def handle(self, event: Input, now_s: float) -> list[Action]:
         """Apply one input; return the actions in the order to carry them out."""
+        self.last_kind = event.kind
         if event.kind is Kind.MUTE:
             self.muted = True
         elif event.kind is Kind.UNMUTE:
@@ -366,44 +390,61 @@ class ButtonTracker:
 
 
 class SessionLike(Protocol):
+    """What the controller needs of :class:`device.session.Session`."""
+
     def start(self) -> None: ...
-    def stop(self) -> None: ...
+    def stop(self, timeout_s: float | None = None) -> None: ...
     def send_audio(self, pcm: bytes, captured_at_s: float) -> None: ...
     def send_contextual_update(self, text: str) -> None: ...
     def send_user_message(self, text: str) -> None: ...
 
 
 class PlaybackLike(Protocol):
+    """What the controller needs of :class:`device.audio.Playback`."""
+
     def set_format(self, fmt: Any) -> None: ...
-    def write(self, audio: bytes) -> None: ...
+    def write(self, audio: bytes, received_at_s: float | None = None) -> None: ...
     def flush(self) -> Any: ...
-    def play_earcon(self, name: str) -> None: ...
+    def play_earcon(self, name: str) -> bool: ...
+
+
+SessionFactory = Callable[[Callable[[Any], None]], SessionLike]
 
 
 @dataclass(frozen=True)
 class ButtonEvent:
-    source: str  # "gpio", "ctl"
+    """The button (``source`` "gpio") or the on-screen button ("ctl") went down or up."""
+
+    source: str
     pressed: bool
     t_s: float
 
 
 @dataclass(frozen=True)
 class MuteEvent:
-    source: str  # "switch", "ctl"
+    """The mute switch ("switch") or a control command ("ctl") muted or unmuted."""
+
+    source: str
     muted: bool
     t_s: float
 
 
+Reply = Callable[[bool, str], None]
+
+
 @dataclass(frozen=True)
 class Command:
-    """A control command: start, stop, context TEXT, message TEXT."""
+    """A control command: start, stop, context TEXT, message TEXT; ``reply(ok, text)`` answers it."""
 
     name: str
     text: str = ""
+    reply: Reply | None = None
 
 
 @dataclass(frozen=True)
 class BlockEvent:
+    """One captured block (see :class:`device.audio.Block`)."""
+
     pcm: bytes = field(repr=False)
     seq: int
     captured_at_s: float
@@ -411,16 +452,14 @@ class BlockEvent:
 
 @dataclass(frozen=True)
 class PlaybackNote:
-    """A playback event (reply_started, reply_finished, flushed, underrun)."""
+    """A :class:`device.audio.PlaybackEvent` for the controller."""
 
-    kind: str
-    t_s: float
-    data: Mapping[str, Any] = field(default_factory=dict)
+    event: Any
 
 
 @dataclass(frozen=True)
 class SessionNote:
-    """An event of conversation number ``gen`` (stale ones are ignored)."""
+    """An event of conversation number ``gen``; events of an older one are ignored."""
 
     gen: int
     event: Any
@@ -428,7 +467,7 @@ class SessionNote:
 
 @dataclass(frozen=True)
 class Fault:
-    """A worker or device failure that the controller shows (audio device lost, worker died)."""
+    """A device or worker failure to show (microphone lost, a worker died)."""
 
     source: str
     message: str
@@ -441,27 +480,553 @@ class _Wake:
 
 
 QUEUE_SIZE = 1024
-# The controller beats at least this often even when nothing happens.
+# The controller beats at least this often when nothing happens.
 BEAT_S = 0.5
+# Local barge-in: after a press cut the agent off, its reply's later audio is dropped until
+# the service starts a new turn (interruption, the user's transcript, or a reply with a newer id).
+_NO_EVENT_ID = -1
+_ENDED_OK = (Outcome.NORMAL, Outcome.AGENT_ENDED, Outcome.MAX_DURATION, Outcome.LOCAL)
+_DROP_LOG_EVERY = 100
 
-__all__ = [
-    "CONVERSATION",
-    "DISPLAY",
-    "TABLE",
-    "Action",
-    "BlockEvent",
-    "ButtonEvent",
-    "ButtonTracker",
-    "Command",
-    "Fault",
-    "Input",
-    "Kind",
-    "Machine",
-    "MachineSettings",
-    "MuteEvent",
-    "PlaybackNote",
-    "Rule",
-    "SessionNote",
-    "State",
-]
 
+class SessionCloser(Worker):
+    """Ends old sessions off the controller thread (closing can wait on the network)."""
+
+    def __init__(self, on_exit: Callable[[WorkerExited], None] | None = None) -> None:
+        super().__init__("session-closer", on_exit)
+        self._queue: queue.Queue[SessionLike | None] = queue.Queue()
+        self.closed = 0
+
+    def submit(self, session: SessionLike) -> None:
+        self._queue.put(session)
+
+    def wake(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        while True:
+            self.beat()
+            try:
+                session = self._queue.get(timeout=BEAT_S) if not self.stopping else self._queue.get_nowait()
+            except queue.Empty:
+                if self.stopping:
+                    return
+                continue
+            if session is None:
+                continue
+            try:
+                session.stop()
+            except Exception:
+                log.exception("ending a conversation failed")
+            self.closed += 1
+
+
+class Controller(Worker):
+    """Owns the state: consumes the event queue, drives the machine, gate, session, playback and LEDs."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        make_session: SessionFactory,
+        playback: PlaybackLike | None,
+        telemetry: TelemetryBus | None = None,
+        *,
+        show: Callable[[str], None] | None = None,
+        on_exit: Callable[[WorkerExited], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__("controller", on_exit)
+        self.cfg = cfg
+        self._make_session = make_session
+        self._playback = playback
+        self.telemetry = telemetry or TelemetryBus()
+        self._show = show
+        self._clock = clock
+        self._queue: queue.Queue[object] = queue.Queue(QUEUE_SIZE)
+        self.machine = Machine(MachineSettings.from_config(cfg), clock())
+        self.gate = Gate(cfg.gate)
+        self.button = ButtonTracker(cfg.button.long_press_s, cfg.gate.mode != "push_to_talk")
+        self.closer = SessionCloser()
+        self._session: SessionLike | None = None
+        self._deferred: list[Input] = []
+        self._gen = 0
+        self._mute_sources: set[str] = set()
+        self.conversation_id = ""
+        self._discard_le_id = _NO_EVENT_ID  # local barge-in: drop audio with event_id <= this
+        self._last_audio_id = _NO_EVENT_ID
+        self._shown = ""
+        self._started_at_s = clock()
+        self.counters: dict[str, float] = {
+            "barge_ins": 0,
+            "interruptions": 0,
+            "blocks_sent": 0,
+            "blocks_open": 0,
+            "dropped_events": 0,
+            "playback_underruns": 0,
+            "capture_overruns": 0,
+            "audio_errors": 0,
+            "ping_ms": 0,
+        }
+        self._lock = threading.Lock()
+        self._snapshot = Status(gate_mode=cfg.gate.mode)
+        self.idle = threading.Event()  # set while nothing is running (tests, reload)
+        self.idle.set()
+
+    # -- for other threads ------------------------------------------------------------
+    def post(self, event: object) -> bool:
+        """Queue an event; never blocks. False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(event)
+            return True
+        except queue.Full:
+            with self._lock:
+                self.counters["dropped_events"] += 1
+                dropped = self.counters["dropped_events"]
+            if dropped == 1 or dropped % _DROP_LOG_EVERY == 0:
+                log.warning("controller queue full: %d event(s) dropped (is a worker stuck?)", dropped)
+            return False
+
+    def press(self, source: str = "ctl") -> None:
+        self.post(ButtonEvent(source, True, self._clock()))
+
+    def release(self, source: str = "ctl") -> None:
+        self.post(ButtonEvent(source, False, self._clock()))
+
+    def session_callback(self, gen: int) -> Callable[[Any], None]:
+        def on_event(event: Any) -> None:
+            self.post(SessionNote(gen, event))
+
+        return on_event
+
+    @property
+    def status(self) -> Status:
+        """The latest snapshot (built on the controller thread)."""
+        return self._snapshot
+
+    def start(self) -> None:
+        self.closer.start()
+        super().start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        try:
+            super().stop(timeout_s)
+        finally:
+            self.closer.stop(max(timeout_s, 30.0))  # a session may take its connect timeout to end
+
+    def wake(self) -> None:
+        with contextlib.suppress(queue.Full):  # a full queue: the loop is busy and will see the flag
+            self._queue.put_nowait(_Wake())
+
+    # -- the thread -----------------------------------------------------------------------
+    def run(self) -> None:
+        self._publish_state("start")
+        try:
+            while not self.stopping:
+                self.beat()
+                now = self._clock()
+                wait_s = BEAT_S
+                for due in (self.machine.next_deadline_s(), self.button.long_press_due_s()):
+                    if due is not None:
+                        wait_s = min(wait_s, max(0.0, due - now))
+                try:
+                    event = self._queue.get(timeout=wait_s)
+                except queue.Empty:
+                    event = None
+                if event is not None and not isinstance(event, _Wake):
+                    try:
+                        self._dispatch(event)
+                    except Exception:
+                        log.exception("the controller failed on %s; carrying on", type(event).__name__)
+                self._poll()
+        finally:
+            self._shutdown()
+
+    def _poll(self) -> None:
+        now = self._clock()
+        if self.button.poll(now):
+            self.telemetry.publish("button", now, action="long_press", source="any")
+            self._feed(Input(Kind.LONG_PRESS), now)
+        before = self.machine.state
+        actions = self.machine.poll(now)
+        if actions or self.machine.state is not before:
+            self._apply(before, actions, now, self.machine.last_kind)
+
+    def _shutdown(self) -> None:
+        now = self._clock()
+        try:
+            self._feed(Input(Kind.SHUTDOWN), now)
+        finally:
+            if self._session is not None:
+                self._end_session()
+            self.idle.set()
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, BlockEvent):
+            self._on_block(event)
+        elif isinstance(event, SessionNote):
+            if event.gen == self._gen and self._session is not None:
+                self._on_session_event(event.event)
+            else:
+                log.debug("ignored %s of an old conversation", type(event.event).__name__)
+        elif isinstance(event, PlaybackNote):
+            self._on_playback_event(event.event)
+        elif isinstance(event, ButtonEvent):
+            self._on_button(event)
+        elif isinstance(event, MuteEvent):
+            self._on_mute(event)
+        elif isinstance(event, Command):
+            self._on_command(event)
+        elif isinstance(event, Fault):
+            self._on_fault(event)
+        else:
+            log.warning("the controller got an unknown event %r", type(event).__name__)
+
+    def _feed(self, event: Input, now: float) -> None:
+        before = self.machine.state
+        actions = self.machine.handle(event, now)
+        self._apply(before, actions, now, event.kind)
+
+    def _apply(self, before: State, actions: list[Action], now: float, cause: Kind) -> None:
+        for action in actions:
+            self._act(action, now, cause)
+        if self.machine.state is not before:
+            self._entered(before, now, cause)
+        self._refresh_snapshot()
+        while self._deferred:  # inputs raised while carrying out the actions, in order
+            self._feed(self._deferred.pop(0), now)
+
+    def _entered(self, before: State, now: float, cause: Kind) -> None:
+        state = self.machine.state
+        reason = cause.value
+        log.info("state %s -> %s (%s)", before.value, state.value, reason)
+        if state in CONVERSATION:
+            self.gate.set_active(True)
+            self.idle.clear()
+        else:
+            self.gate.reset(now)
+            self._discard_le_id = _NO_EVENT_ID
+            if state in (State.IDLE, State.MUTED):
+                self.idle.set()
+        self._publish_state(reason, before)
+
+    def _publish_state(self, cause: str, before: State | None = None) -> None:
+        display = self.machine.display
+        self.telemetry.publish(
+            "state",
+            state=display,
+            machine_state=self.machine.state.value,
+            previous=DISPLAY[before] if before is not None else "",
+            cause=cause,
+            conversation_id=self.conversation_id,
+        )
+        if display != self._shown:
+            self._shown = display
+            if self._show is not None:
+                try:
+                    self._show(display)
+                except Exception:
+                    log.exception("showing %s on the LEDs failed", display)
+            self.telemetry.publish("led", state=display)
+
+    def _act(self, action: Action, now: float, cause: Kind) -> None:
+        if action is Action.START_SESSION:
+            self._start_session(now)
+        elif action is Action.STOP_SESSION:
+            self._end_session()
+        elif action is Action.FLUSH:
+            self._flush(now, cause)
+        elif action in (Action.EARCON_LISTENING, Action.EARCON_DONE, Action.EARCON_ERROR):
+            self._earcon(action.value.removeprefix("earcon_"))
+        elif action is Action.REPORT_ERROR:
+            m = self.machine
+            retry = ""
+            if m.retry_pending and m.deadline_s is not None:
+                retry = f" (trying again in {max(0.0, m.deadline_s - now):.1f} s)"
+            log.error("%s%s", m.last_error, retry)
+            self.telemetry.publish("error", message=m.last_error, source="session")
+        elif action is Action.REPORT_MUTED:
+            log.warning("the microphone is muted; turn the mute switch off (or run `voice-appliance ctl unmute`)")
+
+    # -- conversation ------------------------------------------------------------------------
+    def _start_session(self, now: float) -> None:
+        if self._session is not None:
+            self._end_session()
+        self._gen += 1
+        self.conversation_id = ""
+        self._discard_le_id = _NO_EVENT_ID
+        self._last_audio_id = _NO_EVENT_ID
+        try:
+            session = self._make_session(self.session_callback(self._gen))
+            session.start()
+        except Exception as e:  # e.g. a configuration the session refuses: show it, do not crash
+            log.debug("starting the conversation failed", exc_info=True)
+            message = str(e) or type(e).__name__
+            self._deferred.append(Input(Kind.FAILED, retryable=False, message=message))
+            return
+        self._session = session
+
+    def _end_session(self) -> None:
+        session, self._session = self._session, None
+        self._gen += 1  # whatever it still says is stale
+        if session is not None:
+            self.closer.submit(session)
+
+    def _flush(self, now: float, cause: Kind) -> None:
+        if self._playback is not None:
+            try:
+                self._playback.flush()
+            except Exception:
+                log.exception("flushing playback failed")
+        self.gate.agent_stopped(now, flushed=True)
+        if cause in (Kind.PRESS, Kind.TIMEOUT):
+            # We cut the reply short, not the service: drop the rest of it when it still arrives.
+            self._discard_le_id = self._last_audio_id
+        if cause is Kind.PRESS:
+            with self._lock:
+                self.counters["barge_ins"] += 1
+            log.info("barge-in: the agent's reply was cut off by a press")
+            self.telemetry.publish("interruption", now, event_id=self._last_audio_id, local=True)
+
+    def _earcon(self, name: str) -> None:
+        if self._playback is None or not self.cfg.audio.earcons:
+            return
+        try:
+            self._playback.play_earcon(name)
+        except Exception:
+            log.exception("playing the %s earcon failed", name)
+
+    def _on_session_event(self, event: Any) -> None:
+        now = self._clock()
+        session = self._session
+        if isinstance(event, AgentAudio):
+            if event.event_id <= self._discard_le_id:
+                return  # the rest of a reply the user cut off
+            self._discard_le_id = _NO_EVENT_ID
+            self._last_audio_id = event.event_id
+            if self._playback is not None:
+                self._playback.write(event.audio, event.received_at_s)
+            self.telemetry.publish(
+                "agent_audio", now, event_id=event.event_id, nbytes=len(event.audio), received_at_s=event.received_at_s
+            )
+        elif isinstance(event, Connected):
+            self.conversation_id = event.conversation_id
+            if self._playback is not None:
+                self._playback.set_format(event.output_format)
+            self._feed(Input(Kind.CONNECTED), now)
+        elif isinstance(event, Interruption):
+            self._discard_le_id = _NO_EVENT_ID  # the session's own rule takes over
+            with self._lock:
+                self.counters["interruptions"] += 1
+            self.telemetry.publish("interruption", now, event_id=event.event_id, local=False)
+            self._feed(Input(Kind.INTERRUPTION), now)
+        elif isinstance(event, UserTranscript):
+            self.telemetry.publish("transcript", now, role="user", text=event.text, tentative=event.tentative)
+            if event.tentative:
+                self._feed(Input(Kind.ACTIVITY), now)
+            else:
+                self._discard_le_id = _NO_EVENT_ID
+                self._feed(Input(Kind.TURN_END), now)
+        elif isinstance(event, (AgentResponse, AgentResponseCorrection)):
+            self.telemetry.publish(
+                "transcript", now, role="agent", text=event.text, correction=isinstance(event, AgentResponseCorrection)
+            )
+        elif isinstance(event, Ping):
+            if event.ping_ms is not None:
+                with self._lock:
+                    self.counters["ping_ms"] = event.ping_ms
+            self.telemetry.publish("ping", now, ping_ms=event.ping_ms)
+        elif isinstance(event, (ToolCallStarted, ToolCallFinished)):
+            finished = isinstance(event, ToolCallFinished)
+            self.telemetry.publish(
+                "tool_call",
+                now,
+                name=event.name,
+                call_id=event.call_id,
+                phase="finished" if finished else "started",
+                is_error=bool(getattr(event, "is_error", False)),
+            )
+        elif isinstance(event, ServerError):
+            self.telemetry.publish("error", now, message=event.message, source="agent")
+        elif isinstance(event, SessionEnded):
+            self.telemetry.publish(
+                "session_end", now, outcome=event.outcome.name, detail=event.detail, close_code=event.close_code
+            )
+            if event.outcome in _ENDED_OK:
+                log.info("conversation %s ended: %s", self.conversation_id or "-", event.message)
+                self._feed(Input(Kind.ENDED), now)
+            else:
+                self._feed(
+                    Input(Kind.FAILED, event.outcome.retryable, event.retry_after_s, event.message), now
+                )
+        else:
+            log.debug("session event %s not used", type(event).__name__)
+        del session
+
+    def _on_playback_event(self, event: Any) -> None:
+        kind = getattr(event, "kind", "")
+        t_s = float(getattr(event, "t_s", self._clock()))
+        now = self._clock()
+        if kind == "reply_started":
+            self.gate.agent_started(t_s)
+            self.telemetry.publish(
+                "reply_started", t_s, reply_id=event.reply_id, latency_ms=event.latency_ms, rate_hz=event.rate_hz
+            )
+            self._feed(Input(Kind.REPLY_STARTED), now)
+        elif kind == "reply_finished":
+            self.gate.agent_stopped(t_s)
+            self.telemetry.publish("reply_finished", t_s, reply_id=event.reply_id, frames=event.frames)
+            self._feed(Input(Kind.REPLY_FINISHED), now)
+        elif kind == "flushed":
+            self.telemetry.publish(
+                "flushed",
+                t_s,
+                old_audio_ms_after=event.ms,
+                frames_after=event.frames,
+                latency_ms=event.latency_ms,
+                dropped_frames=event.dropped_frames,
+            )
+        elif kind == "underrun":
+            with self._lock:
+                self.counters["playback_underruns"] += 1
+            self.telemetry.publish("xrun", t_s, kind="underrun", detail=event.detail)
+        elif kind == "device_error":
+            self._on_fault(Fault("speaker", event.detail or "the speaker failed"))
+        elif kind == "earcon_started":
+            # an earcon is audible: keep it out of the microphone like the agent's voice
+            self.gate.agent_started(t_s)
+        else:
+            self.telemetry.publish("playback", t_s, kind=kind, detail=getattr(event, "detail", ""))
+
+    def on_capture_event(self, event: Any) -> None:
+        """Capture events arrive on the capture thread: turn them into queue events."""
+        kind = getattr(event, "kind", "")
+        if kind == "overrun":
+            with self._lock:
+                self.counters["capture_overruns"] += 1
+            self.telemetry.publish("xrun", getattr(event, "t_s", None), kind="overrun", detail="")
+        elif kind == "device_error":
+            self.post(Fault("microphone", getattr(event, "detail", "") or "the microphone failed"))
+
+    # -- blocks ----------------------------------------------------------------------------------
+    def _on_block(self, block: BlockEvent) -> None:
+        state = self.machine.state
+        listening_idle = state in (State.IDLE,) and self.cfg.gate.start_on_speech
+        if state not in CONVERSATION and not listening_idle and not self.gate.talking:
+            return  # nothing runs and nothing could start: the microphone goes nowhere
+        out = self.gate.process(block.pcm, block.captured_at_s, block.seq)
+        now = self._clock()
+        if self.telemetry.active:
+            self.telemetry.publish(
+                "gate", block.captured_at_s, open=out.open, level_dbfs=round(out.level_dbfs, 1), seq=block.seq,
+                speech=out.speech,
+            )
+        if out.turn_started:
+            self._feed(Input(Kind.TURN_START), now)
+        self._send(out)
+        if out.turn_ended:
+            self._feed(Input(Kind.TURN_END), now)
+        if out.speech or (out.open and self.gate.talking):
+            self._feed(Input(Kind.ACTIVITY), now)
+
+    def _send(self, out: GateOutput) -> None:
+        session = self._session
+        if session is None or self.machine.state not in CONVERSATION:
+            return
+        for chunk in out.chunks:
+            session.send_audio(chunk.pcm, chunk.captured_at_s)
+            with self._lock:
+                self.counters["blocks_sent"] += 1
+                self.counters["blocks_open"] += int(chunk.open)
+            if self.telemetry.active:
+                self.telemetry.publish(
+                    "block_sent", seq=chunk.seq, captured_at_s=chunk.captured_at_s, open=chunk.open,
+                    nbytes=len(chunk.pcm),
+                )
+
+    # -- inputs --------------------------------------------------------------------------------------
+    def _on_button(self, event: ButtonEvent) -> None:
+        now = self._clock()
+        if event.pressed:
+            if not self.button.press(event.source, event.t_s):
+                return
+            self.telemetry.publish("button", event.t_s, action="press", source=event.source)
+            changed = self.gate.press(event.t_s)
+            self._feed(Input(Kind.PRESS), now)
+            if changed is False:  # toggle: the second press ends the user's turn
+                self._feed(Input(Kind.TURN_END), now)
+        else:
+            if not self.button.release(event.source, event.t_s):
+                return
+            self.telemetry.publish("button", event.t_s, action="release", source=event.source)
+            if self.gate.release(event.t_s) is False:
+                self._feed(Input(Kind.TURN_END), now)
+
+    def _on_mute(self, event: MuteEvent) -> None:
+        was = bool(self._mute_sources)
+        if event.muted:
+            self._mute_sources.add(event.source)
+        else:
+            self._mute_sources.discard(event.source)
+        muted = bool(self._mute_sources)
+        if muted == was:
+            return  # e.g. ctl unmute while the switch still mutes: the switch wins
+        self.gate.set_muted(event.t_s, muted)
+        log.info("microphone %s (%s)", "muted" if muted else "unmuted", event.source)
+        self.telemetry.publish("mute", event.t_s, muted=muted, source=event.source)
+        self._feed(Input(Kind.MUTE if muted else Kind.UNMUTE), self._clock())
+
+    def _on_command(self, cmd: Command) -> None:
+        now = self._clock()
+        ok, text = True, ""
+        if cmd.name == "start":
+            if self.machine.state in CONVERSATION:
+                text = f"already in a conversation ({self.machine.display})"
+            self._feed(Input(Kind.START), now)
+            if self.machine.state is State.MUTED:
+                ok, text = False, "muted: unmute first"
+        elif cmd.name == "stop":
+            self._feed(Input(Kind.STOP), now)
+        elif cmd.name in ("context", "message"):
+            session = self._session
+            if session is None or self.machine.state not in CONVERSATION:
+                ok, text = False, "no conversation is running; start one first"
+            elif cmd.name == "context":
+                session.send_contextual_update(cmd.text)
+            else:
+                session.send_user_message(cmd.text)
+        else:
+            ok, text = False, f"unknown command {cmd.name!r}"
+        if cmd.reply is not None:
+            cmd.reply(ok, text or self.machine.display)
+
+    def _on_fault(self, fault: Fault) -> None:
+        now = self._clock()
+        with self._lock:
+            self.counters["audio_errors"] += 1
+        self.telemetry.publish("error", now, message=fault.message, source=fault.source)
+        if self.machine.state in CONVERSATION:
+            # Without a microphone or speaker the conversation cannot go on: show it.
+            self._feed(Input(Kind.FAILED, retryable=False, message=f"{fault.source}: {fault.message}"), now)
+        else:
+            self.machine.last_error = f"{fault.source}: {fault.message}"
+            self._refresh_snapshot()
+
+    # -- status ---------------------------------------------------------------------------------------
+    def _refresh_snapshot(self) -> None:
+        m = self.machine
+        with self._lock:
+            counters = dict(self.counters)
+        counters["conversations"] = m.conversations
+        counters["errors"] = m.errors + counters["audio_errors"]
+        counters["xruns"] = counters["playback_underruns"] + counters["capture_overruns"]
+        counters["uptime_s"] = round(self._clock() - self._started_at_s, 1)
+        self._snapshot = Status(
+            state=m.display,
+            muted=m.muted,
+            conversation_id=self.conversation_id if m.state in CONVERSATION else "",
+            last_error=m.last_error,
+            state_for_s=self._clock() - m.since_s,
+            gate_mode=self.cfg.gate.mode,
+            counters=counters,
+        )

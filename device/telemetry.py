@@ -77,7 +77,8 @@ class TelemetryBus:
 
         return unsubscribe
 
-    def publish(self, kind: str, t_s: float | None = None, **data: Any) -> None:
+    def publish(self, kind: str, /, t_s: float | None = None, **data: Any) -> None:
+        """Send one record (``t_s`` defaults to now); data keys may include ``kind``."""
         subscribers = self._subscribers
         if not subscribers:
             return
