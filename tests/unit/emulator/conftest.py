@@ -1,4 +1,4 @@
-"""Fixtures for the emulator's unit tests: real speech, a settable clock."""
+"""Fixtures for the emulator's unit tests: real speech, a fast agent voice."""
 
 from __future__ import annotations
 
@@ -7,25 +7,6 @@ import pytest
 from device.emulator.speech import Synthesizer
 
 USER_SENTENCE = "Could you tell me what is on show in the museum today?"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start_s: float = 1000.0) -> None:
-        self.now_s = start_s
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, delta_s: float) -> float:
-        self.now_s += delta_s
-        return self.now_s
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture(scope="session")

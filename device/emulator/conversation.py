@@ -1,0 +1,955 @@
+"""One conversation's behaviour, as a state machine without I/O.
+
+The server feeds it what the client sent (:meth:`Conversation.receive`) and
+wakes it at :meth:`Conversation.next_deadline_s` (:meth:`Conversation.tick`);
+both return the :data:`Action` list to perform on the socket, in order. Time
+comes from an injected clock, so tests can run it without a socket or sleeps.
+
+What it models (protocol.md): the initiation handshake and overrides, the
+metadata, turn-taking with webrtcvad, replies streamed faster than real time
+in variable-size chunks with a per-reply playback clock, interruptions,
+pings, client tools, the service's timeouts, injected faults, and a check of
+every client message against the protocol (violations are recorded).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from device.audioformat import AudioFormat
+from device.emulator import pcm as pcmlib
+from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
+from device.emulator.scenario import QUOTA_REASON, Fault, Scenario, Turn
+from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
+
+log = logging.getLogger(__name__)
+
+TO_AGENT = "to_agent"
+FROM_AGENT = "from_agent"
+
+INIT_TYPE = "conversation_initiation_client_data"
+INITIATION_FIELDS = frozenset(
+    {"type", "conversation_config_override", "custom_llm_extra_body", "dynamic_variables", "user_id", "source_info"}
+)
+# Override paths the emulator understands, by the name used in allowed_overrides.
+OVERRIDE_PATHS = {
+    ("agent", "prompt", "prompt"): "prompt",
+    ("agent", "first_message"): "first_message",
+    ("agent", "language"): "language",
+    ("tts", "voice_id"): "voice_id",
+}
+
+# Close codes and reasons the emulator uses (what the device must classify).
+CLOSE_NO_INITIATION = (1008, "No conversation initiation received")
+CLOSE_INACTIVITY = 1002
+CLOSE_MAX_DURATION = (1000, "Maximum conversation duration reached")
+CLOSE_STOPPING = (1001, "Emulator shutting down")
+CLOSE_INTERNAL = (1011, "Internal error")
+AFTER_LAST_GOODBYE = "That is all I can help with today. Goodbye!"
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send one JSON message as a text frame."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SendRaw:
+    """Send a text frame exactly as given (faults that are not valid JSON)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Cut the TCP connection without a close frame."""
+
+
+Action = Send | SendRaw | Close | Drop
+
+
+@dataclass
+class _Pending:
+    """A reply waiting for its thinking time or for a tool result."""
+
+    turn: Turn
+    record: TurnRecord
+    start_at_s: float
+    cursor_before: int
+    tool_call: ToolCallRecord | None = None
+    tool_deadline_s: float | None = None
+
+
+@dataclass
+class _Reply:
+    """A reply being streamed and (on the client's side) played."""
+
+    text: str
+    event_id: int
+    index: int  # replies started in this conversation before this one
+    audio: bytes
+    fmt: AudioFormat
+    bounds: list[tuple[int, int]]  # byte ranges of the chunks
+    play_start_s: float
+    play_end_s: float
+    record: TurnRecord
+    end_call: bool
+    next_chunk: int = 0
+    response_sent: bool = False
+    interrupted: bool = False
+    oversized_chunks: dict[int, int] = field(default_factory=dict)  # chunk index → frame size
+
+    def chunk_due_s(self, i: int, speed: float) -> float:
+        start_byte = self.bounds[i][0]
+        return self.play_start_s + self.fmt.duration_s(start_byte) / speed
+
+    @property
+    def streaming(self) -> bool:
+        return self.next_chunk < len(self.bounds) and not self.interrupted
+
+
+def _words_prefix(text: str, fraction: float) -> str:
+    words = text.split()
+    keep = max(0, min(len(words), math.floor(len(words) * fraction)))
+    return " ".join(words[:keep])
+
+
+class Conversation:
+    """The agent's side of one conversation (not thread-safe: one thread drives it)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        record: ConversationRecord,
+        *,
+        render: Callable[[str, AudioFormat], bytes],
+        clock: Callable[[], float],
+        seed: int = 0,
+    ) -> None:
+        self.scenario = scenario
+        self.agent = scenario.agent
+        self.timing = scenario.timing
+        self.record = record
+        self._render = render
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self.input_fmt = self.agent.input
+        self.output_fmt = self.agent.output
+        self.state = "new"  # new → awaiting_init → awaiting_metadata → active → closed
+        self._out: list[Action] = []
+        self._event_id = 0
+        self._first_message = self.agent.first_message
+        self._vad = TurnDetector(
+            self.input_fmt.rate_hz,
+            aggressiveness=self.timing.vad_aggressiveness,
+            speech_start_ms=self.timing.speech_start_ms,
+            end_silence_ms=self.timing.end_of_turn_silence_ms,
+            min_speech_ms=self.timing.min_speech_ms,
+        )
+        self._faults = [f for f in scenario.faults if f.applies_to(record.index)]
+        self._fired: set[int] = set()
+        now = clock()
+        self._opened_s = now
+        self._init_deadline_s = now + self.timing.init_timeout_s
+        self._metadata_due_s: float | None = None
+        self._last_audio_s = now
+        self._first_audio_s: float | None = None
+        self._audio_in_s = 0.0
+        self._rate_flagged = False
+        self._early_flagged = False
+        self._next_score_s = 0.0
+        self._tentative_sent = False
+        self._speech_start_t_s: float | None = None
+        self._pings: dict[int, float] = {}
+        self._pings_flagged: set[int] = set()
+        self._next_ping_s: float | None = None
+        self._rtt_ms: int | None = None
+        self._cursor = 0
+        self._pending: _Pending | None = None
+        self._reply: _Reply | None = None
+        self._replies_started = 0
+        self._reprompt_at_s: float | None = None
+        self._interrupted_id: int | None = None
+        self._reply_ids: set[int] = set()
+        self._calls_open: dict[str, ToolCallRecord] = {}
+        self._calls_done: set[str] = set()
+        self._calls_timed_out: set[str] = set()
+        self._call_seq = 0
+
+    # -- entry points --------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def open(self) -> list[Action]:
+        self.state = "awaiting_init"
+        self._event(self._clock(), FROM_AGENT, "connected")
+        return self._flush()
+
+    def receive(self, data: str | bytes) -> list[Action]:
+        now = self._clock()
+        if self.closed:
+            return []
+        if isinstance(data, bytes):
+            self._event(now, TO_AGENT, "binary_frame", bytes=len(data))
+            self._violate(now, "binary_frame", f"a {len(data)}-byte binary frame; every message is JSON text")
+            return self._flush()
+        try:
+            msg = json.loads(data)
+        except ValueError as e:
+            self._event(now, TO_AGENT, "invalid_json", bytes=len(data))
+            self._violate(now, "invalid_json", f"not JSON ({e}): {data[:80]!r}")
+            return self._flush()
+        if not isinstance(msg, dict):
+            self._event(now, TO_AGENT, "not_an_object")
+            self._violate(now, "not_an_object", f"a JSON {type(msg).__name__}, not an object: {data[:80]!r}")
+            return self._flush()
+        if "user_audio_chunk" in msg:
+            self._on_audio(now, msg)
+        else:
+            self._on_message(now, msg)
+        self._advance(now)
+        return self._flush()
+
+    def tick(self) -> list[Action]:
+        if not self.closed:
+            self._advance(self._clock())
+        return self._flush()
+
+    def stop(self) -> list[Action]:
+        """The emulator is shutting down."""
+        if not self.closed:
+            self._close(self._clock(), *CLOSE_STOPPING)
+        return self._flush()
+
+    def client_closed(self, code: int | None, reason: str) -> None:
+        if not self.closed:
+            self._event(self._clock(), TO_AGENT, "close", code=code, reason=reason)
+            self.state = "closed"
+
+    def next_deadline_s(self) -> float | None:
+        if self.closed:
+            return None
+        t = self.timing
+        times: list[float] = []
+        if self.state == "awaiting_init":
+            times.append(self._init_deadline_s)
+        if self._metadata_due_s is not None:
+            times.append(self._metadata_due_s)
+        if t.inactivity_timeout_s:
+            times.append(self._last_audio_s + t.inactivity_timeout_s)
+        if t.max_duration_s:
+            times.append(self._opened_s + t.max_duration_s)
+        if self._next_ping_s is not None:
+            times.append(self._next_ping_s)
+        times += [sent + t.pong_timeout_s for eid, sent in self._pings.items() if eid not in self._pings_flagged]
+        if self._pending is not None:
+            if self._pending.tool_deadline_s is not None:
+                times.append(self._pending.tool_deadline_s)
+            elif self._pending.tool_call is None:
+                times.append(self._pending.start_at_s)
+        if self._reply is not None:
+            if self._reply.streaming:
+                times.append(self._reply.chunk_due_s(self._reply.next_chunk, t.speed))
+            times.append(self._reply.play_end_s)
+        if self._reprompt_at_s is not None:
+            times.append(self._reprompt_at_s)
+        return min(times) if times else None
+
+    # -- client messages -----------------------------------------------------
+    def _on_audio(self, now: float, msg: dict[str, Any]) -> None:
+        value = msg["user_audio_chunk"]
+        extra = sorted(set(msg) - {"user_audio_chunk"})
+        if extra:
+            self._violate(now, "unknown_field", f"user_audio_chunk message has extra field(s) {extra}")
+        if not isinstance(value, str):
+            self._event(now, TO_AGENT, "user_audio_chunk", error="not a string")
+            self._violate(now, "audio_not_string", f"user_audio_chunk is a {type(value).__name__}, not base64 text")
+            return
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            self._event(now, TO_AGENT, "user_audio_chunk", error="bad base64", chars=len(value))
+            self._violate(now, "audio_bad_base64", f"user_audio_chunk of {len(value)} characters is not base64: {e}")
+            return
+        if self.input_fmt.encoding == "pcm" and len(raw) % 2:
+            self._violate(
+                now,
+                "audio_odd_length",
+                f"user_audio_chunk of {len(raw)} bytes is not a whole number of 16-bit samples",
+            )
+            raw = raw[:-1]
+        if not raw:
+            self._event(now, TO_AGENT, "user_audio_chunk", bytes=0)
+            self._violate(now, "audio_empty", "user_audio_chunk with no audio")
+            return
+        pcm = pcmlib.to_pcm(raw, self.input_fmt)
+        duration_s = self.input_fmt.duration_s(len(raw))
+        with self.record.locked():  # audio and its event land together in snapshots
+            self.record.add_audio(pcm)
+            self._event(
+                now,
+                TO_AGENT,
+                "user_audio_chunk",
+                bytes=len(raw),
+                duration_ms=round(duration_s * 1000, 1),
+                peak=pcmlib.peak(pcm),
+            )
+        if self.state == "awaiting_init":
+            self._early(now, "user_audio_chunk")
+            return
+        self._last_audio_s = now
+        self._check_rate(now, duration_s)
+        if self.state != "active":
+            return
+        for ev in self._vad.feed(pcm, now):
+            if isinstance(ev, SpeechStarted):
+                self._on_speech_started(now, ev)
+            elif isinstance(ev, SpeechEnded):
+                self._on_speech_ended(now, ev)
+        self._maybe_tentative(now)
+        if self.agent.send_vad_scores and now >= self._next_score_s:
+            score = self._vad.take_score()
+            if score is not None:
+                self._send(now, {"type": "vad_score", "vad_score_event": {"vad_score": round(score, 3)}})
+                self._next_score_s = now + self.timing.vad_score_interval_ms / 1000
+
+    def _check_rate(self, now: float, duration_s: float) -> None:
+        strict = self.scenario.strict
+        if self._first_audio_s is None:
+            self._first_audio_s = now
+        self._audio_in_s += duration_s
+        if not strict.audio_rate_factor or self._rate_flagged:
+            return
+        elapsed_s = now - self._first_audio_s
+        allowed_s = elapsed_s * strict.audio_rate_factor + strict.audio_burst_s
+        if self._audio_in_s > allowed_s:
+            self._rate_flagged = True
+            self._violate(
+                now,
+                "audio_rate",
+                f"{self._audio_in_s:.2f} s of audio arrived in {elapsed_s:.2f} s; at "
+                f"{self.input_fmt.name} a client sends about real time (allowed: "
+                f"{strict.audio_rate_factor}× plus a {strict.audio_burst_s} s burst)",
+            )
+
+    def _on_message(self, now: float, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == INIT_TYPE:
+            self._on_initiation(now, msg)
+            return
+        summary = {k: v for k, v in msg.items() if k != "type"}
+        if not isinstance(kind, str):
+            self._event(now, TO_AGENT, "untyped", keys=sorted(msg))
+            self._violate(now, "unknown_message", f"message without user_audio_chunk or type: keys {sorted(msg)}")
+            return
+        handler = {
+            "pong": self._on_pong,
+            "client_tool_result": self._on_tool_result,
+            "contextual_update": self._on_contextual_update,
+            "user_message": self._on_user_message,
+            "user_activity": self._on_user_activity,
+            "feedback": self._on_feedback,
+        }.get(kind)
+        self._event(now, TO_AGENT, kind, **_clip(summary))
+        if handler is None:
+            self._violate(now, "unknown_type", f"client message type {kind!r} is not in the protocol")
+            return
+        if self.state == "awaiting_init":
+            self._early(now, kind)
+            return
+        handler(now, msg)
+
+    def _early(self, now: float, what: str) -> None:
+        if not self._early_flagged:
+            self._early_flagged = True
+            self._violate(
+                now,
+                "first_message_not_initiation",
+                f"the first client message was {what}; it must be {INIT_TYPE}",
+            )
+
+    def _on_initiation(self, now: float, msg: dict[str, Any]) -> None:
+        self._event(now, TO_AGENT, INIT_TYPE, **_clip({k: v for k, v in msg.items() if k != "type"}))
+        if self.state != "awaiting_init":
+            self._violate(now, "initiation_repeated", f"{INIT_TYPE} sent again after the conversation started")
+            return
+        with self.record.locked():
+            self.record.initiation = json.loads(json.dumps(msg))
+        if self.scenario.strict.unknown_initiation_fields:
+            unknown = sorted(set(msg) - INITIATION_FIELDS)
+            if unknown:
+                self._violate(now, "unknown_field", f"{INIT_TYPE} has unknown field(s) {unknown}")
+        self._check_initiation_fields(now, msg)
+        overrides = msg.get("conversation_config_override") or {}
+        found: dict[str, Any] = {}
+        if isinstance(overrides, dict):
+            for path, value in _leaves(overrides):
+                name = OVERRIDE_PATHS.get(path, ".".join(path))
+                found[name] = value
+        for name in found:
+            if name not in self.agent.allowed_overrides:
+                self._close(now, 1008, f"Override for field '{name}' is not allowed by config.")
+                return
+        if isinstance(found.get("first_message"), str):
+            self._first_message = found["first_message"]
+        if any(f.kind == "quota" for f in self._faults):
+            self._close(now, 1002, QUOTA_REASON)
+            return
+        self.state = "awaiting_metadata"
+        if any(f.kind == "missing_metadata" for f in self._faults):
+            return
+        delays = [f.delay_s for f in self._faults if f.kind == "slow_metadata"]
+        self._metadata_due_s = now + max(delays, default=0.0)
+
+    def _check_initiation_fields(self, now: float, msg: dict[str, Any]) -> None:
+        for key in ("conversation_config_override", "custom_llm_extra_body", "source_info"):
+            if key in msg and not isinstance(msg[key], dict):
+                self._violate(now, "bad_field", f"{INIT_TYPE}.{key} must be an object, not {_tname(msg[key])}")
+        if "dynamic_variables" in msg:
+            dv = msg["dynamic_variables"]
+            if not isinstance(dv, dict):
+                self._violate(now, "bad_field", f"{INIT_TYPE}.dynamic_variables must be an object")
+            else:
+                for k, v in dv.items():
+                    if not isinstance(v, (str, int, float, bool)):
+                        self._violate(
+                            now,
+                            "bad_field",
+                            f"dynamic variable {k!r} is {_tname(v)}; values must be strings, numbers or booleans",
+                        )
+        if "user_id" in msg and not isinstance(msg["user_id"], str):
+            self._violate(now, "bad_field", f"{INIT_TYPE}.user_id must be a string")
+
+    def _on_pong(self, now: float, msg: dict[str, Any]) -> None:
+        eid = msg.get("event_id")
+        if not isinstance(eid, int) or isinstance(eid, bool):
+            self._violate(now, "pong_bad_event_id", f"pong event_id must be the ping's integer, got {eid!r}")
+            return
+        sent = self._pings.pop(eid, None)
+        if sent is None:
+            self._violate(now, "pong_unknown_event_id", f"pong for event_id {eid}, which is not an outstanding ping")
+            return
+        rtt_ms = (now - sent) * 1000
+        self._rtt_ms = round(rtt_ms)
+        with self.record.locked():
+            self.record.ping_rtts_ms.append(round(rtt_ms, 3))
+
+    def _on_tool_result(self, now: float, msg: dict[str, Any]) -> None:
+        call_id = msg.get("tool_call_id")
+        result = msg.get("result")
+        is_error = msg.get("is_error", False)
+        if not isinstance(call_id, str):
+            self._violate(
+                now, "tool_result_bad_field", f"client_tool_result needs a string tool_call_id, got {call_id!r}"
+            )
+            return
+        if not isinstance(result, str):
+            self._violate(
+                now, "tool_result_bad_field", f"client_tool_result.result must be a string, got {_tname(result)}"
+            )
+            result = json.dumps(result)
+        if not isinstance(is_error, bool):
+            self._violate(
+                now, "tool_result_bad_field", f"client_tool_result.is_error must be true or false, got {is_error!r}"
+            )
+            is_error = bool(is_error)
+        if call_id in self._calls_done:
+            self._violate(now, "tool_result_duplicate", f"second client_tool_result for tool_call_id {call_id!r}")
+            return
+        call = self._calls_open.pop(call_id, None)
+        if call is None:
+            if call_id in self._calls_timed_out:
+                self._calls_done.add(call_id)
+                self._event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
+                return
+            self._violate(now, "tool_result_unknown_id", f"client_tool_result for unknown tool_call_id {call_id!r}")
+            return
+        self._calls_done.add(call_id)
+        with self.record.locked():
+            call.result, call.is_error, call.result_t_s = result, is_error, now
+        p = self._pending
+        if p is not None and p.tool_call is call:
+            p.tool_deadline_s = None
+            self._begin_reply(now, self._tool_reply_text(p.turn, result, is_error), p.record, p.turn.end_call)
+            self._pending = None
+
+    def _on_contextual_update(self, now: float, msg: dict[str, Any]) -> None:
+        if not isinstance(msg.get("text"), str) or not msg["text"].strip():
+            self._violate(now, "bad_field", "contextual_update needs a non-empty string text")
+
+    def _on_user_message(self, now: float, msg: dict[str, Any]) -> None:
+        text = msg.get("text")
+        if not isinstance(text, str) or not text.strip():
+            self._violate(now, "bad_field", "user_message needs a non-empty string text")
+            return
+        self._reprompt_at_s = None
+        if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
+            self._interrupt(now)
+        self._user_turn(now, "user_message", text, None)
+
+    def _on_user_activity(self, now: float, msg: dict[str, Any]) -> None:
+        if self._reprompt_at_s is not None:
+            self._reprompt_at_s = now + self.timing.turn_timeout_s
+
+    def _on_feedback(self, now: float, msg: dict[str, Any]) -> None:
+        eid = msg.get("event_id")
+        if msg.get("score") not in ("like", "dislike"):
+            self._violate(now, "bad_field", f'feedback score must be "like" or "dislike", got {msg.get("score")!r}')
+        if not isinstance(eid, int) or isinstance(eid, bool) or eid not in self._reply_ids:
+            self._violate(now, "bad_field", f"feedback event_id {eid!r} is not the event_id of an agent reply")
+
+    # -- turn-taking ---------------------------------------------------------
+    def _on_speech_started(self, now: float, ev: SpeechStarted) -> None:
+        self._event(now, FROM_AGENT, "vad_speech_started", audio_pos_s=round(ev.audio_pos_s, 3))
+        self._reprompt_at_s = None
+        self._tentative_sent = False
+        self._speech_start_t_s = ev.t_s
+        if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
+            self._interrupt(now)
+        p = self._pending
+        if p is not None and p.tool_call is None:
+            # The user went on talking before the agent began: that turn is not over.
+            with self.record.locked():
+                p.record.cancelled = True
+            self._cursor = p.cursor_before
+            self._pending = None
+
+    def _on_speech_ended(self, now: float, ev: SpeechEnded) -> None:
+        self._event(now, FROM_AGENT, "vad_speech_ended", speech_s=round(ev.speech_s, 3), is_turn=ev.is_turn)
+        if not ev.is_turn:
+            self._arm_reprompt(now)
+            return
+        record = self._user_turn(now, "speech", None, ev)
+        with self.record.locked():
+            record.speech_end_t_s = ev.t_s
+            record.turn_end_t_s = ev.decided_t_s
+            record.speech_s = ev.speech_s
+
+    def _maybe_tentative(self, now: float) -> None:
+        if (
+            self.agent.send_tentative_transcripts
+            and not self._tentative_sent
+            and self._vad.in_speech
+            and self._vad.speech_so_far_s() * 1000 >= self.timing.tentative_after_ms
+        ):
+            self._tentative_sent = True
+            text = self._peek_turn().transcript or "…"
+            self._send(
+                now,
+                {
+                    "type": "tentative_user_transcript",
+                    "tentative_user_transcription_event": {"user_transcript": _words_prefix(text, 0.5)},
+                },
+            )
+
+    def _peek_turn(self) -> Turn:
+        turns = self.scenario.turns
+        if self._cursor < len(turns):
+            return turns[self._cursor]
+        if self.agent.after_last_turn == "cycle":
+            return turns[0]
+        if self.agent.after_last_turn == "repeat_last":
+            return turns[-1]
+        return Turn(reply=AFTER_LAST_GOODBYE, end_call=True)
+
+    def _next_turn(self) -> Turn:
+        turn = self._peek_turn()
+        turns = self.scenario.turns
+        if self._cursor < len(turns):
+            self._cursor += 1
+        elif self.agent.after_last_turn == "cycle":
+            self._cursor = 1
+        return turn
+
+    def _user_turn(self, now: float, trigger: str, typed: str | None, ev: SpeechEnded | None) -> TurnRecord:
+        p = self._pending
+        if p is not None:  # still waiting on a tool: that reply is abandoned, the call stays open
+            with self.record.locked():
+                p.record.cancelled = True
+            self._pending = None
+        cursor_before = self._cursor
+        turn = self._next_turn()
+        if typed is not None:
+            transcript = typed
+        else:
+            speech_s = ev.speech_s if ev else 0.0
+            transcript = turn.transcript or f"[{speech_s:.1f} s of speech]"
+            self._send(now, {"type": "user_transcript", "user_transcription_event": {"user_transcript": transcript}})
+        record = TurnRecord(index=len(self.record.turns), trigger=trigger, user_transcript=transcript)
+        if ev is not None:
+            record.speech_start_t_s = self._speech_start_t_s
+        with self.record.locked():
+            self.record.turns.append(record)
+        self._pending = _Pending(turn, record, now + self.timing.response_delay_ms / 1000, cursor_before)
+        return record
+
+    def _arm_reprompt(self, now: float) -> None:
+        if (
+            self.timing.turn_timeout_s
+            and self._reply is None
+            and self._pending is None
+            and not self._vad.in_speech
+            and self.state == "active"
+        ):
+            self._reprompt_at_s = now + self.timing.turn_timeout_s
+
+    # -- time-driven ---------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        t = self.timing
+        if self.closed:
+            return
+        if self.state == "awaiting_init" and now >= self._init_deadline_s:
+            self._violate(now, "initiation_missing", f"no {INIT_TYPE} within {t.init_timeout_s:g} s of connecting")
+            self._close(now, *CLOSE_NO_INITIATION)
+            return
+        if self._metadata_due_s is not None and now >= self._metadata_due_s:
+            self._metadata_due_s = None
+            self._activate(now)
+        if t.inactivity_timeout_s and now - self._last_audio_s >= t.inactivity_timeout_s:
+            message = f"No user audio received for {t.inactivity_timeout_s:g} s"
+            self._send(
+                now,
+                {
+                    "type": "error",
+                    "error_event": {
+                        "code": 1002,
+                        "error_type": "transport_receive_timeout",
+                        "message": message,
+                        "reason": "transport_receive_timeout",
+                    },
+                },
+            )
+            self._close(now, CLOSE_INACTIVITY, f"{message} (transport_receive_timeout)")
+            return
+        if t.max_duration_s and now - self._opened_s >= t.max_duration_s:
+            self._close(now, *CLOSE_MAX_DURATION)
+            return
+        self._check_pings(now)
+        p = self._pending
+        if p is not None:
+            if p.tool_deadline_s is not None and now >= p.tool_deadline_s:
+                self._tool_timed_out(now, p)
+            elif p.tool_call is None and now >= p.start_at_s:
+                self._start_pending(now, p)
+        self._stream(now)
+        if self.closed:
+            return
+        r = self._reply
+        if r is not None and not r.streaming and now >= r.play_end_s:
+            self._reply = None
+            if r.end_call and not r.interrupted:
+                self._close(now, 1000, self.agent.end_call_reason)
+                return
+            self._arm_reprompt(now)
+        if self._reprompt_at_s is not None and now >= self._reprompt_at_s:
+            self._reprompt_at_s = None
+            if self._reply is None and self._pending is None and not self._vad.in_speech:
+                record = TurnRecord(index=len(self.record.turns), trigger="reprompt")
+                with self.record.locked():
+                    self.record.turns.append(record)
+                self._begin_reply(now, self.agent.reprompt, record, False)
+
+    def _activate(self, now: float) -> None:
+        self._send(
+            now,
+            {
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": {
+                    "conversation_id": self.record.conversation_id,
+                    "agent_output_audio_format": self.output_fmt.name,
+                    "user_input_audio_format": self.input_fmt.name,
+                },
+            },
+        )
+        self.state = "active"
+        if self.timing.ping_interval_s:
+            self._next_ping_s = now + self.timing.ping_interval_s
+        if self._first_message.strip():
+            record = TurnRecord(index=0, trigger="first_message")
+            with self.record.locked():
+                self.record.turns.append(record)
+            self._begin_reply(now, self._first_message, record, False)
+        else:
+            self._arm_reprompt(now)
+
+    def _check_pings(self, now: float) -> None:
+        t = self.timing
+        for eid, sent in self._pings.items():
+            if eid not in self._pings_flagged and now - sent >= t.pong_timeout_s:
+                self._pings_flagged.add(eid)
+                self._violate(now, "pong_missing", f"no pong for ping {eid} within {t.pong_timeout_s:g} s")
+        if self._next_ping_s is not None and now >= self._next_ping_s:
+            eid = self._new_event_id()
+            self._pings[eid] = now
+            self._send(now, {"type": "ping", "ping_event": {"event_id": eid, "ping_ms": self._rtt_ms}})
+            self._next_ping_s = max(self._next_ping_s + t.ping_interval_s, now + t.ping_interval_s / 2)
+
+    # -- tools ---------------------------------------------------------------
+    def _start_pending(self, now: float, p: _Pending) -> None:
+        tool = p.turn.tool
+        if tool is None:
+            self._pending = None
+            self._begin_reply(now, p.turn.reply, p.record, p.turn.end_call)
+            return
+        self._call_seq += 1
+        call_id = f"toolu_{self.record.conversation_id[-8:]}_{self._call_seq:03d}"
+        params = json.loads(json.dumps(dict(tool.parameters)))
+        call = ToolCallRecord(name=tool.name, call_id=call_id, parameters=params, sent_t_s=now)
+        with self.record.locked():
+            p.record.tool_calls.append(call)
+        p.tool_call = call
+        p.tool_deadline_s = now + self.timing.tool_timeout_s
+        self._calls_open[call_id] = call
+        self._send(
+            now,
+            {
+                "type": "client_tool_call",
+                "client_tool_call": {"tool_name": tool.name, "tool_call_id": call_id, "parameters": params},
+            },
+        )
+
+    def _tool_timed_out(self, now: float, p: _Pending) -> None:
+        call = p.tool_call
+        assert call is not None
+        self._calls_open.pop(call.call_id, None)
+        self._calls_timed_out.add(call.call_id)
+        with self.record.locked():
+            call.timed_out = True
+        self._violate(
+            now,
+            "tool_result_missing",
+            f"no client_tool_result for {call.name} ({call.call_id}) within {self.timing.tool_timeout_s:g} s",
+        )
+        self._pending = None
+        text = self.agent.tool_timeout_reply.replace("{name}", call.name)
+        self._begin_reply(now, text, p.record, p.turn.end_call)
+
+    def _tool_reply_text(self, turn: Turn, result: str, is_error: bool) -> str:
+        assert turn.tool is not None
+        template = (turn.tool.error_reply or self.agent.tool_error_reply) if is_error else turn.reply
+        return template.replace("{name}", turn.tool.name).replace("{result}", result)
+
+    # -- replies -------------------------------------------------------------
+    def _new_event_id(self) -> int:
+        self._event_id += 1
+        return self._event_id
+
+    def _begin_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
+        audio = self._render(text, self.output_fmt)
+        audio = audio[: len(audio) - len(audio) % self.output_fmt.bytes_per_frame]
+        if not audio:  # nothing to say still takes a moment of sound
+            audio = bytes(self.output_fmt.bytes_per_frame * (self.output_fmt.rate_hz // 10))
+        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
+            event_id = self._interrupted_id
+        else:
+            event_id = self._new_event_id()
+        self._interrupted_id = None
+        bounds = self._plan_chunks(len(audio))
+        duration_s = self.output_fmt.duration_s(len(audio))
+        speed = self.timing.speed
+        last_s = self.output_fmt.duration_s(bounds[-1][1] - bounds[-1][0]) if bounds else 0.0
+        play_end = now + max(duration_s, (duration_s - last_s) / speed + last_s)
+        reply = _Reply(
+            text, event_id, self._replies_started, audio, self.output_fmt, bounds, now, play_end, record, end_call
+        )
+        self._replies_started += 1
+        self._reply_ids.add(event_id)
+        with self.record.locked():
+            record.reply_text = text
+            record.event_id = event_id
+            record.reply_audio_s = duration_s
+            record.chunks_total = len(bounds)
+            record.reply_play_end_t_s = play_end
+        self._reply = reply
+        self._stream(now)
+
+    def _plan_chunks(self, nbytes: int) -> list[tuple[int, int]]:
+        fmt = self.output_fmt
+        bytes_per_ms = fmt.rate_hz * fmt.bytes_per_frame / 1000
+        bounds: list[tuple[int, int]] = []
+        pos = 0
+        while pos < nbytes:
+            ms = self._rng.uniform(self.timing.chunk_min_ms, self.timing.chunk_max_ms)
+            size = max(fmt.bytes_per_frame, int(ms * bytes_per_ms) // fmt.bytes_per_frame * fmt.bytes_per_frame)
+            bounds.append((pos, min(nbytes, pos + size)))
+            pos += size
+        return bounds
+
+    def _stream(self, now: float) -> None:
+        r = self._reply
+        while r is not None and r.streaming and not self.closed:
+            i = r.next_chunk
+            if r.chunk_due_s(i, self.timing.speed) > now:
+                return
+            self._inject_faults(now, r, i)
+            if self.closed or r.interrupted:
+                return
+            start, end = r.bounds[i]
+            self._send_audio(now, r, r.audio[start:end], oversized=r.oversized_chunks.pop(i, 0))
+            r.next_chunk += 1
+            with self.record.locked():
+                r.record.chunks_sent = r.next_chunk
+                if r.record.reply_first_audio_sent_t_s is None:
+                    r.record.reply_first_audio_sent_t_s = now
+                r.record.reply_last_audio_sent_t_s = now
+            if not r.response_sent:
+                r.response_sent = True
+                self._send(now, {"type": "agent_response", "agent_response_event": {"agent_response": r.text}})
+            if not r.streaming:
+                self._inject_faults(now, r, r.next_chunk, at_end=True)
+
+    def _send_audio(self, now: float, r: _Reply, chunk: bytes, oversized: int = 0) -> None:
+        event: dict[str, Any] = {"audio_base_64": base64.b64encode(chunk).decode("ascii"), "event_id": r.event_id}
+        if oversized:
+            event["alignment"] = _padding_alignment(oversized)
+        msg = {"type": "audio", "audio_event": event}
+        summary: dict[str, Any] = {
+            "event_id": r.event_id,
+            "bytes": len(chunk),
+            "duration_ms": round(r.fmt.duration_s(len(chunk)) * 1000, 1),
+        }
+        if oversized:
+            summary["oversized_to_bytes"] = oversized
+        self._out.append(Send(msg))
+        self.record.add_event(now, FROM_AGENT, "audio", **summary)
+
+    def _interrupt(self, now: float) -> None:
+        r = self._reply
+        assert r is not None
+        r.interrupted = True
+        self._reply = None
+        self._interrupted_id = r.event_id
+        self._send(now, {"type": "interruption", "interruption_event": {"event_id": r.event_id}})
+        with self.record.locked():
+            r.record.interrupted = True
+            r.record.interrupted_t_s = now
+        if r.response_sent:
+            heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
+            self._send(
+                now,
+                {
+                    "type": "agent_response_correction",
+                    "agent_response_correction_event": {
+                        "original_agent_response": r.text,
+                        "corrected_agent_response": _words_prefix(r.text, heard),
+                    },
+                },
+            )
+
+    # -- faults --------------------------------------------------------------
+    def _inject_faults(self, now: float, r: _Reply, chunk: int, at_end: bool = False) -> None:
+        for n, f in enumerate(self._faults):
+            if n in self._fired or f.kind not in _REPLY_FAULT_KINDS or f.reply != r.index:
+                continue
+            if not (f.after_chunks == chunk or (at_end and f.after_chunks >= chunk)):
+                continue
+            self._fired.add(n)
+            self._fire(now, f, r, chunk)
+            if self.closed:
+                return
+
+    def _fire(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self.record.add_event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
+        if f.kind == "close":
+            reason = f.reason or ("Internal error" if f.code == 1011 else "")
+            self._close(now, f.code, reason)
+        elif f.kind == "drop":
+            self._out.append(Drop())
+            self.state = "closed"
+        elif f.kind == "malformed_json":
+            self._out.append(SendRaw('{"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": '))
+        elif f.kind == "unknown_event":
+            self._send(now, {"type": f.event_type, f"{f.event_type}_event": {"emulated": True, "value": 42}})
+        elif f.kind == "bad_base64":
+            self._out.append(
+                Send({"type": "audio", "audio_event": {"audio_base_64": "@@not*base64!!", "event_id": r.event_id}})
+            )
+        elif f.kind == "odd_length_audio":
+            odd = base64.b64encode(b"\x00\x01\x00").decode("ascii")
+            self._out.append(Send({"type": "audio", "audio_event": {"audio_base_64": odd, "event_id": r.event_id}}))
+        elif f.kind == "oversized_frame":
+            if chunk < len(r.bounds):
+                r.oversized_chunks[chunk] = f.size_bytes
+            else:  # after the last chunk: a short tail of silence carries the padding
+                tail = bytes(r.fmt.bytes_per_frame * (r.fmt.rate_hz // 100))
+                self._send_audio(now, r, tail, oversized=f.size_bytes)
+
+    # -- helpers -------------------------------------------------------------
+    def _send(self, now: float, msg: dict[str, Any]) -> None:
+        self._out.append(Send(msg))
+        body = {k: v for k, v in msg.items() if k != "type"}
+        inner = next(iter(body.values()), {}) if len(body) == 1 else body
+        self._event(now, FROM_AGENT, str(msg["type"]), **_clip(inner if isinstance(inner, dict) else body))
+
+    def _close(self, now: float, code: int, reason: str) -> None:
+        self._out.append(Close(code, reason))
+        self.state = "closed"
+        self._event(now, FROM_AGENT, "close", code=code, reason=reason)
+
+    def _event(self, now: float, direction: str, type_: str, **summary: Any) -> None:
+        self.record.add_event(now, direction, type_, **summary)
+
+    def _violate(self, now: float, rule: str, detail: str) -> None:
+        v = Violation(self.record.conversation_id, rule, detail, now)
+        self.record.add_violation(v)
+        self.record.add_event(now, TO_AGENT, "violation", rule=rule, detail=detail)
+        log.warning("protocol violation in %s: %s: %s", v.conversation_id, rule, detail)
+
+    def _flush(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+
+_REPLY_FAULT_KINDS = frozenset(
+    {"close", "drop", "malformed_json", "unknown_event", "bad_base64", "odd_length_audio", "oversized_frame"}
+)
+
+
+def _padding_alignment(size_bytes: int) -> dict[str, list[Any]]:
+    """Alignment data (a legitimate field) big enough to make the frame ``size_bytes``."""
+    n = max(1, size_bytes // 12)
+    return {
+        "chars": ["a"] * n,
+        "char_start_times_ms": list(range(n)),
+        "char_durations_ms": [1] * n,
+    }
+
+
+def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for k, v in tree.items():
+        path = (*prefix, str(k))
+        if isinstance(v, dict) and path not in OVERRIDE_PATHS:
+            out += _leaves(v, path)
+        else:
+            out.append((path, v))
+    return out
+
+
+def _tname(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _clip(summary: dict[str, Any], limit: int = 2000) -> dict[str, Any]:
+    """Keep event-log entries small: long values are cut."""
+    text = json.dumps(summary, default=str)
+    if len(text) <= limit:
+        return summary
+    return {"truncated_json": text[:limit]}
