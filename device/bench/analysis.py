@@ -331,3 +331,47 @@ def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -
         return False, ended_by, f"the emulator saw {violations} protocol violation(s)"
     n = fig.replies_played
     return True, ended_by, f"{fig.conversations} conversation(s), {n} repl{'y' if n == 1 else 'ies'} played"
+
+
+def playback_segments(
+    events: Iterable[Event], total_frames: int, rate_hz: int, ahead_frames: int = 0
+) -> list[tuple[float, int, int]]:
+    """Where each reply sits in the playback file: (start time, first frame, frames).
+
+    The file holds the replies back to back (nothing is written between them).
+    A finished reply's length comes from ``reply_finished``; an interrupted one's
+    is estimated from when it was flushed (plus ``ahead_frames`` the device had
+    buffered, which the file keeps); the last unknown length takes what is left.
+    """
+    evs = sorted(events, key=lambda e: e.t_s)
+    starts = _times(evs, "reply_started")
+    finished = {(_get(e.data, "reply_id")): _num(_get(e.data, "frames")) for e in _times(evs, "reply_finished")}
+    flushes = _times(evs, "flushed")
+    lengths: list[int | None] = []
+    estimates: list[int] = []
+    for i, s in enumerate(starts):
+        nxt = starts[i + 1].t_s if i + 1 < len(starts) else float("inf")
+        known = finished.get(_get(s.data, "reply_id"))
+        if known is not None and _get(s.data, "reply_id") is not None:
+            lengths.append(int(known))
+            estimates.append(int(known))
+            continue
+        lengths.append(None)
+        flush = next((f for f in flushes if s.t_s <= f.t_s < nxt), None)
+        end = flush.t_s if flush is not None else min(nxt, evs[-1].t_s if evs else s.t_s)
+        old_ms = (_num(_get(flush.data, "old_audio_ms_after")) or 0.0) if flush is not None else 0.0
+        estimates.append(max(0, int((end - s.t_s) * rate_hz + ahead_frames + old_ms * rate_hz / 1000)))
+    unknown = [i for i, n in enumerate(lengths) if n is None]
+    if unknown:
+        left = max(0, total_frames - sum(n for n in lengths if n is not None))
+        guess = sum(estimates[i] for i in unknown[:-1])
+        for i in unknown[:-1]:
+            lengths[i] = min(estimates[i], left) if guess <= left else round(estimates[i] * left / max(guess, 1))
+        lengths[unknown[-1]] = max(0, left - sum(lengths[i] or 0 for i in unknown[:-1]))
+    out: list[tuple[float, int, int]] = []
+    offset = 0
+    for s, n in zip(starts, lengths, strict=True):
+        n = min(n or 0, max(0, total_frames - offset))
+        out.append((s.t_s, offset, n))
+        offset += n
+    return out

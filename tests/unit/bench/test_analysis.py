@@ -102,3 +102,21 @@ def test_the_verdict(outcomes: list[str], played: int, violations: int, ok: bool
 def test_a_flush_without_an_interruption_is_not_one() -> None:
     events = [Ev(T0 + 1, "flushed", {"old_audio_ms_after": 10.0})]
     assert analysis.analyse(events, t0_s=T0).interruptions == []
+
+
+def test_replies_are_placed_in_the_playback_file() -> None:
+    events = [
+        Ev(T0 + 1.0, "reply_started", {"reply_id": 1}),
+        Ev(T0 + 3.0, "flushed", {"old_audio_ms_after": 62.5}),
+        Ev(T0 + 5.0, "reply_started", {"reply_id": 2}),
+        Ev(T0 + 7.0, "reply_finished", {"reply_id": 2, "frames": 32000}),
+        Ev(T0 + 8.0, "reply_started", {"reply_id": 3}),
+        Ev(T0 + 9.0, "reply_finished", {"reply_id": 3, "frames": 16000}),
+    ]
+    # reply 1 was cut after 2 s (+ one chunk): whatever the others leave is its part
+    segs = analysis.playback_segments(events, total_frames=33000 + 32000 + 16000, rate_hz=16000)
+    assert segs == [(T0 + 1.0, 0, 33000), (T0 + 5.0, 33000, 32000), (T0 + 8.0, 65000, 16000)]
+    # a short file (e.g. the run stopped early) never yields frames it does not hold
+    segs = analysis.playback_segments(events, total_frames=40000, rate_hz=16000)
+    assert segs[-1][1] + segs[-1][2] <= 40000
+    assert analysis.playback_segments([], 1000, 16000) == []

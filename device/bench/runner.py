@@ -1,0 +1,495 @@
+"""One bench run: the real daemon, an agent, loopback audio files, a scripted person.
+
+The daemon (:class:`device.daemon.Daemon`) runs in this process exactly as
+``voice-appliance run`` would run it, except that its configuration points
+the microphone and speaker at ALSA ``type file`` devices
+(:mod:`device.audio.filedevices`), its agent at the built-in emulator (or
+``--agent-url``), and its pins at gpiozero's mock factory, whose button pin
+the script presses. Nothing of the daemon's logic is re-implemented here:
+the bench only feeds inputs, listens to telemetry and writes the results.
+
+Artefacts in the output folder: ``agent_audio.wav`` (what the speaker
+played), ``user_audio.wav`` (what the agent received; built-in emulator only),
+``report.json`` (see :mod:`device.bench.report`), ``timeline.svg`` (and
+``timeline.png`` when ``rsvg-convert`` is installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import importlib
+import logging
+import os
+import platform
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from device import __version__
+from device.audioformat import CAPTURE_RATE_HZ
+from device.bench import analysis, fixtures, report, resources, script, timeline, wavfile
+from device.bench.progress import Progress
+from device.config import AudioConfig, Config, load_config
+from device.errors import ConfigError, DeviceError, ExitCode, UnavailableError
+from device.secrets import Secret, load_api_key, redact
+
+log = logging.getLogger(__name__)
+
+SETTLE_S = 0.5  # telemetry that trails the end of a conversation (reply_finished, flushes)
+POLL_S = 0.1
+DEVICE_BUFFER_FRAMES = 4000  # what playback keeps queued in ALSA (4 × 62.5 ms at 16 kHz)
+_NOT_DEVICE_THREADS = ("MainThread", "emulator", "bench-", "Thread-", "pytest", "asyncio")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``voice-appliance bench`` was asked to do (see commands/bench.py)."""
+
+    out_dir: Path = Path("bench-out")
+    input_wav: Path | None = None
+    timeline: Path | None = None
+    scenario: Path | None = None
+    agent_url: str | None = None
+    api_key_file: str | None = None
+    gate_mode: str | None = None
+    realtime: bool = True
+    config_path: Path | None = None
+    overrides: tuple[str, ...] = ()
+    max_tail_s: float = 90.0  # longest wait for the conversation to end after the last step
+    progress: TextIO | None = None
+
+
+@dataclass
+class BenchResult:
+    report: dict[str, Any]
+    exit_code: int
+    out_dir: Path
+    summary: str
+
+
+@dataclass
+class _Recorder:
+    """Telemetry subscriber: keeps every record, wakes the runner on changes that matter."""
+
+    progress: Progress | None = None
+    events: list[Any] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Event = field(default_factory=threading.Event)
+    state: str = "idle"
+    open_conversations: int = 0
+
+    def __call__(self, ev: Any) -> None:
+        with self.lock:
+            self.events.append(ev)
+            if ev.kind == "state":
+                new = str(ev.data.get("state", self.state))
+                if new == "connecting" and self.state not in ("connecting",):
+                    self.open_conversations += 1
+                self.state = new
+                self.changed.set()
+            elif ev.kind == "session_end":
+                self.open_conversations = max(0, self.open_conversations - 1)
+                self.changed.set()
+        if self.progress is not None:
+            self.progress.on_event(ev)
+
+    def snapshot(self) -> list[Any]:
+        with self.lock:
+            return list(self.events)
+
+
+def _is_device_thread(name: str) -> bool:
+    return not name.startswith(_NOT_DEVICE_THREADS)
+
+
+def _emulator_api() -> tuple[Any, Any, Any]:
+    """(Emulator, load_scenario, default_scenario) — imported late: the emulator needs the bench extra."""
+    try:
+        emu = importlib.import_module("device.emulator")
+        if not hasattr(emu, "Emulator"):  # the package's modules, when its __init__ does not re-export them
+            server = importlib.import_module("device.emulator.server")
+            scenario = importlib.import_module("device.emulator.scenario")
+            return server.Emulator, scenario.load_scenario, scenario.default_scenario
+    except ImportError as e:
+        raise UnavailableError(
+            f"the built-in agent emulator cannot be loaded ({e}); install the bench extra "
+            "(pip install 'voice-appliance[bench]') or use --agent-url"
+        ) from None
+    return emu.Emulator, emu.load_scenario, emu.default_scenario
+
+
+def _mock_pin_factory() -> Any:
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    return MockFactory(pin_class=MockPWMPin)
+
+
+class Runner:
+    """Prepares, runs and reports one bench run (use :func:`run`)."""
+
+    def __init__(self, opts: BenchOptions) -> None:
+        self.opts = opts
+        self.demo = opts.input_wav is None
+        self.out_dir = opts.out_dir
+        self._work = tempfile.TemporaryDirectory(prefix="voice-appliance-bench-")
+        self.work = Path(self._work.name)
+        self.emulator: Any = None
+        self.daemon: Any = None
+        self.error: str | None = None
+        self.timed_out = False
+        self.interrupted = False
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.t0_s = 0.0
+        self.end_s = 0.0
+        self.cpu_at_end_s = 0.0
+        self.peak_rss_at_end_mb = 0.0
+        self.monitor = resources.ResourceMonitor(interval_s=0.5)
+        self.recorder = _Recorder()
+        self.first_conversation = 0
+        self.pin_factory: Any = None
+
+    # -- preparation ------------------------------------------------------------
+    def _input(self) -> tuple[bytes, dict[str, Any]]:
+        if self.opts.input_wav is None:
+            demo = fixtures.demo_input()
+            return demo.pcm, {
+                "path": f"{fixtures.QUESTION_WAV.name} + {fixtures.BARGE_IN_WAV.name} (bundled demo)",
+                "rate_hz": CAPTURE_RATE_HZ, "channels": 1, "duration_s": round(demo.duration_s, 3),
+            }
+        pcm, info = wavfile.read_wav(self.opts.input_wav)
+        return pcm, {"path": str(self.opts.input_wav), "rate_hz": info.rate_hz, "channels": info.channels,
+                     "duration_s": round(info.duration_s, 3)}
+
+    def _steps(self, input_s: float, gate_mode: str) -> tuple[script.Step, ...]:
+        if self.opts.timeline is not None:
+            return script.load_steps(self.opts.timeline)
+        if self.demo:
+            return script.load_steps(fixtures.DEMO_TIMELINE)
+        # Own audio, no timeline: hold the button while it plays (push to talk),
+        # otherwise a click starts the conversation.
+        if gate_mode == "push_to_talk":
+            return (script.Step(0.2, "press"), script.Step(round(input_s + 0.3, 3), "release"))
+        return (script.Step(0.2, "press"), script.Step(0.2 + script.CLICK_S, "release"))
+
+    def _scenario(self, load_scenario: Callable[[Path], Any], default_scenario: Callable[[], Any]) -> Any:
+        if self.opts.scenario is not None:
+            sc = load_scenario(self.opts.scenario)
+        elif self.demo:
+            sc = load_scenario(fixtures.DEMO_SCENARIO)
+        else:
+            sc = default_scenario()
+        if not self.opts.realtime:
+            # Fast: the agent answers without thinking time and streams as fast as it can.
+            sc = sc.with_changes(timing={"speed": 50.0, "response_delay_ms": 30})
+        return sc
+
+    def _config(self, capture: str, playback: str, agent: dict[str, Any]) -> Config:
+        """The user's configuration (file, environment, --set) with the bench's devices, agent and pins."""
+        user = load_config(self.opts.config_path, overrides=list(self.opts.overrides))
+        forced: dict[str, dict[str, Any]] = {
+            "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": True,
+                      "capture_channels": 1, "mixer_control": ""},
+            "agent": agent,
+            "systemd": {"status_file": "", "control_socket": "", "prometheus_textfile": "", "watchdog": False},
+        }
+        # Earcons would sit between the replies in the speaker file: off unless asked for.
+        asked = {o.partition("=")[0].strip() for o in self.opts.overrides}
+        if "audio.earcons" not in asked and user.audio.earcons == AudioConfig().earcons:
+            forced["audio"]["earcons"] = False
+        if self.opts.gate_mode:
+            forced["gate"] = {"mode": self.opts.gate_mode}
+        if user.button.pin is None:
+            forced["button"] = {"pin": 17}
+        changes = {}
+        for section, values in forced.items():
+            current = getattr(user, section)
+            try:
+                changes[section] = dataclasses.replace(current, **values)
+            except ConfigError:
+                raise
+            except TypeError as e:  # a field this build's config does not have
+                raise ConfigError(f"the bench cannot set {section}: {e}", section) from None
+        cfg = dataclasses.replace(user, **changes)
+        return cfg.require_agent()
+
+    # -- the run ----------------------------------------------------------------
+    def run(self) -> BenchResult:
+        try:
+            return self._run()
+        finally:
+            self._work.cleanup()
+
+    def _run(self) -> BenchResult:
+        from device.audio import filedevices
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        pcm, input_info = self._input()
+        filedevices.install(self.work)
+        in_raw = self.work / "in.raw"
+        wavfile.write_wav(self.work / "in.wav", pcm, CAPTURE_RATE_HZ)
+        filedevices.prepare_input(self.work / "in.wav", in_raw)
+        out_raw = self.work / "out.raw"
+        capture = filedevices.capture_device(in_raw)
+        playback = filedevices.playback_device(out_raw, fixed_16k=True)
+
+        api_key: Secret | None
+        scenario_name: str | None = None
+        if self.opts.agent_url:
+            agent: dict[str, Any] = {"base_url": self.opts.agent_url}
+            if self.opts.api_key_file:
+                agent.update(api_key_file=self.opts.api_key_file, connection="signed_url")
+            api_key = load_api_key(self.opts.api_key_file or "")
+            agent_info = {"kind": "external", "url": redact(self.opts.agent_url), "scenario": None}
+        else:
+            emulator_cls, load_scenario, default_scenario = _emulator_api()
+            sc = self._scenario(load_scenario, default_scenario)
+            scenario_name = str(self.opts.scenario) if self.opts.scenario else sc.name
+            key = secrets.token_urlsafe(24)
+            api_key = Secret(key, "bench emulator key")
+            self.emulator = emulator_cls(sc, api_key=key)
+            self.emulator.start()
+            self.first_conversation = len(self.emulator.conversations)
+            agent = {"base_url": self.emulator.base_url, "agent_id": self.emulator.agent_id,
+                     "connection": "public" if sc.agent.public else "signed_url", "api_key_file": ""}
+            agent_info = {"kind": "emulator", "url": self.emulator.base_url, "scenario": scenario_name}
+        try:
+            cfg = self._config(capture, playback, agent)
+            steps = self._steps(input_info["duration_s"], cfg.gate.mode)
+            expected_s = max(script.last_at_s(steps) + 6.0, 10.0)
+            self._drive(cfg, api_key, steps, expected_s)
+        finally:
+            if self.emulator is not None:
+                self.emulator.stop()
+        return self._finish(cfg, input_info, agent_info, out_raw, filedevices.read_output)
+
+    def _drive(self, cfg: Config, api_key: Secret | None, steps: tuple[script.Step, ...], expected_s: float) -> None:
+        daemon_cls = importlib.import_module("device.daemon").Daemon
+        factory = self.pin_factory = _mock_pin_factory()
+        self.daemon = daemon_cls(cfg, api_key, pin_factory=factory)
+        self.t0_s = time.monotonic()
+        progress = None
+        if self.opts.progress is not None:
+            progress = Progress(self.opts.progress, t0_s=self.t0_s, expected_s=expected_s)
+        self.recorder.progress = progress
+        unsubscribe = self.daemon.telemetry.subscribe(self.recorder)
+        self.monitor.start()
+        button_pin = factory.pin(cfg.button.pin)
+        pressed_low = cfg.button.pull_up
+        try:
+            self.daemon.start()
+            pending = list(steps)
+            last_step_s = script.last_at_s(steps)
+            settle_until: float | None = None
+            while True:
+                now = time.monotonic()
+                elapsed = now - self.t0_s
+                while pending and pending[0].at_s <= elapsed:
+                    step = pending.pop(0)
+                    if step.action == "end":
+                        if progress is not None:
+                            progress.note("end of the timeline")
+                        return
+                    self._perform(step, button_pin, pressed_low, cfg, progress)
+                if not pending and elapsed >= last_step_s:
+                    done = self._conversation_over()
+                    if done and settle_until is None:
+                        settle_until = now + SETTLE_S
+                    elif not done:
+                        settle_until = None
+                    if settle_until is not None and now >= settle_until:
+                        return
+                    if elapsed > last_step_s + self.opts.max_tail_s:
+                        self.timed_out = True
+                        return
+                if progress is not None:
+                    progress.tick(now)
+                next_step_in = pending[0].at_s - elapsed if pending else POLL_S
+                self.recorder.changed.wait(max(0.0, min(POLL_S, next_step_in)))
+                self.recorder.changed.clear()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.error = "interrupted by the user (Ctrl-C)"
+        except DeviceError as e:
+            self.error = str(e)
+        finally:
+            try:
+                self.daemon.stop()
+            except DeviceError as e:
+                self.error = self.error or f"the daemon did not stop cleanly: {e}"
+            finally:
+                self.end_s = time.monotonic()
+                self.monitor.stop()
+                self.cpu_at_end_s = resources.cpu_s()
+                self.peak_rss_at_end_mb = resources.peak_rss_mb()
+                unsubscribe()
+                if progress is not None:
+                    progress.finish()
+
+    def _conversation_over(self) -> bool:
+        """No conversation open: back to idle, or failed (the bench does not wait for retries)."""
+        with self.recorder.lock:
+            state, started = self.recorder.state, any(e.kind == "state" for e in self.recorder.events)
+            failed = any(e.kind == "session_end" for e in self.recorder.events) and state == "error"
+            open_ = self.recorder.open_conversations
+        return started and (failed or (state in ("idle", "error") and open_ == 0))
+
+    def _perform(self, step: script.Step, pin: Any, pressed_low: bool, cfg: Config,
+                 progress: Progress | None) -> None:
+        log.debug("bench step at %.2f s: %s", step.at_s, step.describe())
+        if step.action in ("press", "release"):
+            down = step.action == "press"
+            (pin.drive_low if down == pressed_low else pin.drive_high)()
+            return
+        if step.action in ("mute", "unmute") and cfg.button.mute_pin is not None:
+            # The mute switch closes to ground like the button (pull-up).
+            mute_pin = self.pin_factory.pin(cfg.button.mute_pin)
+            (mute_pin.drive_low if step.action == "mute" else mute_pin.drive_high)()
+            return
+        command = step.command if step.action == "ctl" else step.action
+        if progress is not None:
+            progress.note(f"ctl {command}")
+        self._control(command)
+
+    def _control(self, command: str) -> None:
+        """A control command, as `voice-appliance ctl` would send it over the daemon's socket."""
+        for name in ("control", "command", "handle_command"):
+            fn = getattr(self.daemon, name, None)
+            if callable(fn):
+                reply = fn(command)
+                log.info("ctl %s → %s", command.split(" ", 1)[0], reply)
+                return
+        verb, _, rest = command.partition(" ")
+        fn = getattr(self.daemon, verb, None)
+        if callable(fn):
+            fn(rest) if rest else fn()
+            return
+        raise ConfigError(f"this daemon has no control command {verb!r}", "timeline")
+
+    # -- results ------------------------------------------------------------------------
+    def _agent_records(self) -> list[Any]:
+        if self.emulator is None:
+            return []
+        return list(self.emulator.conversations[self.first_conversation :])
+
+    def _finish(self, cfg: Config, input_info: dict[str, Any], agent_info: dict[str, Any], out_raw: Path,
+                read_output: Callable[[Path], bytes]) -> BenchResult:
+        events = self.recorder.snapshot()
+        records = self._agent_records()
+        agent_turns = None
+        violations: list[dict[str, Any]] = []
+        if self.emulator is not None:
+            agent_turns = [dataclasses.asdict(t) for r in records for t in r.turns]
+            violations = [
+                {"conversation_id": v.conversation_id, "rule": v.rule, "detail": v.detail}
+                for r in records for v in r.violations
+            ]
+        fig = analysis.analyse(events, t0_s=self.t0_s, agent_turns=agent_turns, end_s=self.end_s)
+        state = self.recorder.state
+        error = self.error
+        if error is None and state == "error" and not fig.session_outcomes:
+            error = "the daemon reported an error and no conversation ended normally; see the log above"
+        ok, ended_by, detail = analysis.verdict(fig, len(violations), self.timed_out, error)
+        exit_code = 130 if self.interrupted else int(ExitCode.OK if ok else ExitCode.FAILURE)
+
+        # artefacts
+        agent_pcm = read_output(out_raw)
+        agent_wav = self.out_dir / "agent_audio.wav"
+        wavfile.write_wav(agent_wav, agent_pcm, CAPTURE_RATE_HZ)
+        user_wav_name = None
+        if records:
+            user_pcm = b"".join(r.user_audio_pcm for r in records)
+            rate = records[0].input_rate_hz
+            wavfile.write_wav(self.out_dir / "user_audio.wav", user_pcm, rate)
+            user_wav_name = "user_audio.wav"
+        else:
+            (self.out_dir / "user_audio.wav").unlink(missing_ok=True)
+        device_cpu = self.monitor.cpu_of(_is_device_thread)
+        conv_min = fig.conversation_s / 60
+        doc: dict[str, Any] = {
+            "schema_version": report.SCHEMA_VERSION,
+            "tool_version": __version__,
+            "started_at": self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": {"platform": platform.platform(terse=True) + " " + platform.machine(),
+                        "python": platform.python_version(), "cpus": os.cpu_count() or 1},
+            "mode": "realtime" if self.opts.realtime else "fast",
+            "gate_mode": cfg.gate.mode,
+            "input": input_info,
+            "agent": agent_info,
+            "outcome": {"ok": ok, "ended_by": ended_by, "detail": detail, "exit_code": exit_code},
+            "duration_s": round(self.end_s - self.t0_s, 3),
+            "conversations": fig.conversations,
+            "turns": fig.turns,
+            "interruptions": fig.interruptions,
+            "press_to_first_frame_sent_ms": fig.press_to_first_frame_sent_ms,
+            "block_capture_to_wire_ms": fig.block_capture_to_wire_ms,
+            "reply_received_to_written_ms": fig.reply_received_to_written_ms,
+            "xruns": fig.xruns,
+            "ping_ms": fig.ping_ms,
+            "cpu_s": {
+                "process": round(self.cpu_at_end_s, 3),
+                "device": round(device_cpu, 3),
+                "per_conversation_minute": round(device_cpu / conv_min, 3) if conv_min > 0 else None,
+            },
+            "peak_rss_mb": round(self.peak_rss_at_end_mb, 1),
+            "protocol_violations": violations,
+            "tool_calls": fig.tool_calls,
+            "transcript": fig.transcript,
+            "artefacts": {"agent_audio_wav": agent_wav.name, "user_audio_wav": user_wav_name,
+                          "timeline_svg": "timeline.svg", "timeline_png": None},
+        }
+        png = self._timeline(events, fig, agent_pcm, doc)
+        doc["artefacts"]["timeline_png"] = png.name if png is not None else None
+        report.write(doc, self.out_dir / "report.json")
+        return BenchResult(doc, exit_code, self.out_dir, report.summary(doc))
+
+    def _timeline(self, events: list[Any], fig: analysis.Figures, agent_pcm: bytes,
+                  doc: dict[str, Any]) -> Path | None:
+        total = len(agent_pcm) // 2
+        window_s = 0.0625
+        levels: list[tuple[float, float]] = []
+        for start_s, first, n in analysis.playback_segments(events, total, CAPTURE_RATE_HZ, DEVICE_BUFFER_FRAMES):
+            seg = agent_pcm[2 * first : 2 * (first + n)]
+            for i, level in enumerate(wavfile.levels(seg, CAPTURE_RATE_HZ, window_s)):
+                levels.append((start_s + i * window_s, level))
+        spans = []
+        for t in fig.turns:
+            if t["latency_ms"] is not None:
+                spans.append((self.t0_s + t["user_speech_end_s"], self.t0_s + t["first_agent_audio_written_s"],
+                              f"{t['latency_ms']:.0f} ms"))
+        out = doc["outcome"]
+        subtitle = (f"{'PASS' if out['ok'] else 'FAIL'}: {out['detail']} · ended by {out['ended_by']} · "
+                    f"{doc['mode']} · gate {doc['gate_mode']} · agent {doc['agent']['kind']}"
+                    + (f" ({doc['agent']['scenario']})" if doc["agent"]["scenario"] else ""))
+        svg = timeline.render_svg(events, t0_s=self.t0_s, t1_s=self.end_s, speaker_levels=levels, spans=spans,
+                                  title=f"voice-appliance {__version__} bench — {self.started_at:%Y-%m-%d %H:%M} UTC",
+                                  subtitle=subtitle)
+        return timeline.write(svg, self.out_dir / "timeline.svg")
+
+
+def run(opts: BenchOptions) -> BenchResult:
+    """Run the bench once; the report is written even when the conversation failed."""
+    return Runner(opts).run()
+
+
+@contextlib.contextmanager
+def quiet_device_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Keep the daemon's info lines from tearing the progress display (restored afterwards)."""
+    logger = logging.getLogger("device")
+    old = logger.level
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        logger.setLevel(level)
+        logging.getLogger(__name__).setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+__all__ = ["BenchOptions", "BenchResult", "Runner", "quiet_device_logs", "run"]
