@@ -79,3 +79,4 @@ class FlushReport:
     reply_id: int  # the reply that was cut (0: none was playing)
     discarded_frames: int  # agent audio removed from the ring, never written
     was_playing: bool
+    reply_frames_written: int = 0  # frames of the cut reply already written to ALSA at the request

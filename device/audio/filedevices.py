@@ -5,18 +5,16 @@ argument, so any number of devices can be named in one process without
 rewriting ALSA's configuration (which alsa-lib loads once and reloads only
 when ``ALSA_CONFIG_PATH`` or the files change)::
 
-    va_in:IN="/abs/in.raw"            capture: S16_LE mono 16 kHz from a raw file
-    va_in:IN="/abs/in.raw",RATE=48000,CHANNELS=2
-                                      capture from a raw file in another format;
-                                      ALSA's plug layer converts to what is asked
+    va_in:IN="/abs/in.raw"            capture: raw frames in the format the PCM is
+                                      opened with (S16_LE 16 kHz, 1 or 2 channels)
     va_out:OUT="/abs/out.raw"         playback: raw frames exactly as written
     va_out16:OUT="/abs/out.raw"       playback through plug: always S16_LE mono 16 kHz
 
 Use::
 
     conf = filedevices.install(tmp_dir)          # writes the file, sets ALSA_CONFIG_PATH
-    raw = filedevices.prepare_input(Path("question.wav"), tmp_dir / "in.raw")
-    cfg = AudioConfig(capture_device=filedevices.capture_device(raw),
+    filedevices.prepare_input(Path("question.wav"), tmp_dir / "in.raw")
+    cfg = AudioConfig(capture_device=filedevices.capture_device(tmp_dir / "in.raw"),
                       playback_device=filedevices.playback_device(tmp_dir / "out.raw", fixed_16k=True),
                       pace_realtime=True)
     …
@@ -25,9 +23,13 @@ Use::
 Behaviour of alsa-lib's file plugin that these helpers absorb:
 
 - The ``null`` slave has no clock; set ``audio.pace_realtime`` for real time.
+- The plugin reads its input file only on plain reads, not when a plug/rate
+  plugin above it uses mmap: capture through ``plug`` loses the input, so
+  :func:`prepare_input` converts WAVs to 16 kHz itself.
 - After the input ends the plugin repeats stale buffer contents rather than
   silence, so :func:`prepare_input` appends a silent tail long enough that
-  the stale contents are silence too.
+  the stale contents are silence too. The input file is read when the
+  capture PCM opens: it must exist by then.
 - Output is only written to the file when the PCM's buffer overflows into it,
   on ``drop()`` and on close: read it after the playback worker stopped.
   Everything written to the PCM lands in the file, also what ``drop()``
@@ -44,6 +46,8 @@ import re
 import wave
 from pathlib import Path
 
+from device.audio.convert import resample_linear, to_mono
+from device.audioformat import CAPTURE_RATE_HZ
 from device.errors import AudioError
 
 CONFIG_NAME = "voice-appliance-filedevices.conf"
@@ -55,24 +59,14 @@ ASOUNDRC = """\
 # The file is an argument of the device name: va_in:IN="/abs/in.raw"
 
 pcm.va_in {
-    @args [ IN RATE CHANNELS ]
+    @args [ IN ]
     @args.IN { type string }
-    @args.RATE { type integer default 16000 }
-    @args.CHANNELS { type integer default 1 }
-    type plug
-    slave {
-        pcm {
-            type file
-            slave.pcm "null"
-            file "/dev/null"
-            infile $IN
-            format "raw"
-        }
-        format S16_LE
-        rate $RATE
-        channels $CHANNELS
-    }
-    hint.description "voice-appliance: capture from a raw S16_LE file"
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile $IN
+    format "raw"
+    hint.description "voice-appliance: capture from a raw S16_LE 16 kHz file"
 }
 
 pcm.va_out {
@@ -144,12 +138,9 @@ def _quoted(path: Path) -> str:
     return f'"{text}"'
 
 
-def capture_device(raw_path: Path, rate_hz: int = 16000, channels: int = 1) -> str:
-    """Name of a capture device reading S16_LE frames of ``rate_hz``/``channels`` from ``raw_path``."""
-    name = f"va_in:IN={_quoted(raw_path)}"
-    if (rate_hz, channels) != (16000, 1):
-        name += f",RATE={int(rate_hz)},CHANNELS={int(channels)}"
-    return name
+def capture_device(raw_path: Path) -> str:
+    """Name of a capture device reading raw S16_LE 16 kHz frames from ``raw_path``."""
+    return f"va_in:IN={_quoted(raw_path)}"
 
 
 def playback_device(out_path: Path, *, fixed_16k: bool = False) -> str:
@@ -204,19 +195,36 @@ def write_wav(path: Path, pcm: bytes, rate_hz: int = 16000, channels: int = 1) -
         w.writeframes(pcm)
 
 
-def prepare_input(src: Path, dest_raw: Path, *, tail_s: float = SILENT_TAIL_S) -> tuple[int, int]:
-    """Turn a WAV (or raw S16_LE 16 kHz mono) file into a capture file with a silent tail.
-
-    Returns (rate_hz, channels) of the written frames, the arguments for
-    :func:`capture_device`.
+def prepare_input(src: Path, dest_raw: Path, *, channels: int = 1, tail_s: float = SILENT_TAIL_S) -> None:
+    """Turn a 16-bit WAV (any rate, mono or stereo) or a raw S16_LE 16 kHz mono file
+    into a capture file: S16_LE 16 kHz with ``channels`` channels and a silent tail.
     """
+    if channels not in (1, 2):
+        raise AudioError(f"a capture file has 1 or 2 channels, not {channels}")
     if src.suffix.lower() == ".wav":
-        pcm, rate_hz, channels = read_wav(src)
+        pcm, rate_hz, src_channels = read_wav(src)
     else:
-        pcm, rate_hz, channels = src.read_bytes(), 16000, 1
-    frame_bytes = 2 * channels
-    pcm = pcm[: len(pcm) - len(pcm) % frame_bytes]
-    tail = bytes(frame_bytes * int(tail_s * rate_hz))
+        pcm, rate_hz, src_channels = src.read_bytes(), CAPTURE_RATE_HZ, 1
+    pcm = pcm[: len(pcm) - len(pcm) % (2 * src_channels)]
+    sides = [pcm] if src_channels == 1 else [to_mono(pcm, 2, "left"), to_mono(pcm, 2, "right")]
+    if channels == 1 and src_channels == 2:
+        sides = [to_mono(pcm, 2, "mix")]
+    elif channels == 2 and src_channels == 1:
+        sides = [pcm, pcm]
+    if rate_hz != CAPTURE_RATE_HZ:
+        sides = [resample_linear(side, rate_hz, CAPTURE_RATE_HZ) for side in sides]
+    out = sides[0] if channels == 1 else _interleave(sides[0], sides[1])
+    tail = bytes(2 * channels * int(tail_s * CAPTURE_RATE_HZ))
     dest_raw.parent.mkdir(parents=True, exist_ok=True)
-    dest_raw.write_bytes(pcm + tail)
-    return rate_hz, channels
+    tmp = dest_raw.with_name(dest_raw.name + ".tmp")
+    tmp.write_bytes(out + tail)
+    tmp.replace(dest_raw)  # a capture device opening it meanwhile sees all or nothing
+
+
+def _interleave(left: bytes, right: bytes) -> bytes:
+    n = min(len(left), len(right))
+    out = bytearray(2 * n)
+    view = memoryview(out).cast("h")
+    view[0::2] = memoryview(left[:n]).cast("h")
+    view[1::2] = memoryview(right[:n]).cast("h")
+    return bytes(out)

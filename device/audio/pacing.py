@@ -114,9 +114,11 @@ class PacedPlayback:
             self._clock.drop()
             return -1
         room = self._clock.room_frames(now)
-        if room <= 0:
+        frames = len(data) // 2
+        if room < min(frames, self.period_frames):
+            # ALSA in non-blocking mode: EAGAIN until a period (or the whole request) fits
             return 0
-        n = min(len(data) // 2, room)
+        n = min(frames, room)
         written = self._inner.write(data[: 2 * n])
         if written > 0:
             self._clock.wrote(written, now)

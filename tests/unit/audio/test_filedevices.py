@@ -14,7 +14,6 @@ from device.errors import AudioError
 def test_device_names_quote_the_path(tmp_path: Path) -> None:
     raw = tmp_path / "in put,1.raw"
     assert filedevices.capture_device(raw) == f'va_in:IN="{raw}"'
-    assert filedevices.capture_device(raw, 48000, 2) == f'va_in:IN="{raw}",RATE=48000,CHANNELS=2'
     assert filedevices.playback_device(tmp_path / "o.raw") == f'va_out:OUT="{tmp_path}/o.raw"'
     assert filedevices.playback_device(tmp_path / "o.raw", fixed_16k=True).startswith("va_out16:")
 
@@ -37,17 +36,28 @@ def test_alsa_env_keeps_alsa_own_config_first(tmp_path: Path) -> None:
 
 def test_prepare_input_appends_a_silent_tail(tmp_path: Path) -> None:
     pcm = struct.pack("<4h", 1, 2, 3, 4)
-    filedevices.write_wav(tmp_path / "a.wav", pcm, 8000, 2)
-    rate, channels = filedevices.prepare_input(tmp_path / "a.wav", tmp_path / "a.raw", tail_s=0.5)
-    assert (rate, channels) == (8000, 2)
+    filedevices.write_wav(tmp_path / "a.wav", pcm, 16000, 2)
+    filedevices.prepare_input(tmp_path / "a.wav", tmp_path / "a.raw", channels=2, tail_s=0.5)
     data = (tmp_path / "a.raw").read_bytes()
     assert data[: len(pcm)] == pcm
-    assert data[len(pcm) :] == bytes(4 * 4000)
+    assert data[len(pcm) :] == bytes(4 * 8000)
+
+
+def test_prepare_input_converts_rate_and_channels(tmp_path: Path) -> None:
+    stereo_8k = struct.pack("<hh", 100, 300) * 800  # 0.1 s
+    filedevices.write_wav(tmp_path / "s.wav", stereo_8k, 8000, 2)
+    filedevices.prepare_input(tmp_path / "s.wav", tmp_path / "mono.raw", tail_s=0)
+    assert (tmp_path / "mono.raw").read_bytes() == struct.pack("<h", 200) * 1600
+    filedevices.write_wav(tmp_path / "m.wav", struct.pack("<h", 5) * 1600, 16000, 1)
+    filedevices.prepare_input(tmp_path / "m.wav", tmp_path / "st.raw", channels=2, tail_s=0)
+    assert (tmp_path / "st.raw").read_bytes() == struct.pack("<hh", 5, 5) * 1600
+    with pytest.raises(AudioError):
+        filedevices.prepare_input(tmp_path / "m.wav", tmp_path / "x.raw", channels=3)
 
 
 def test_prepare_input_takes_raw_as_16k_mono(tmp_path: Path) -> None:
     (tmp_path / "a.raw").write_bytes(b"\x01\x00\x02\x00\x03")
-    assert filedevices.prepare_input(tmp_path / "a.raw", tmp_path / "b.raw", tail_s=0.001) == (16000, 1)
+    filedevices.prepare_input(tmp_path / "a.raw", tmp_path / "b.raw", tail_s=0.001)
     assert (tmp_path / "b.raw").read_bytes() == b"\x01\x00\x02\x00" + bytes(32)
 
 

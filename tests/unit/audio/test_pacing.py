@@ -76,10 +76,13 @@ def test_paced_playback_accepts_one_buffer_then_the_rate() -> None:
     assert dev.write(b"\x01\x00" * 100) == 40  # only the buffer fits
     assert dev.write(b"\x01\x00" * 10) == 0
     assert dev.seconds_until_room(10) == pytest.approx(0.010)
-    now[0] = 0.010
-    assert dev.write(b"\x01\x00" * 100) == 10
+    now[0] = 0.005
+    assert dev.write(b"\x01\x00" * 10) == 0  # room for 5 frames: less than a period, nothing
+    assert dev.write(b"\x01\x00" * 5) == 5  # a request that fits whole goes in
+    now[0] = 0.020
+    assert dev.write(b"\x01\x00" * 100) == 15  # a period or more free: as much as fits
     assert dev.delay_frames() == 40
-    assert len(sink.data) == 2 * 50
+    assert len(sink.data) == 2 * 60
 
 
 def test_paced_playback_reports_an_underrun_like_alsa() -> None:

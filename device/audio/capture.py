@@ -1,0 +1,206 @@
+"""The capture worker: the microphone as a stream of 4000-frame blocks.
+
+It owns the capture PCM. Each block is exactly 4000 frames (250 ms) of S16_LE
+mono 16 kHz, handed to ``on_block`` from this thread (the callee must not
+block: it queues). Overruns are recovered and counted. A microphone that is
+missing at start or vanishes mid-run is reopened with capped, jittered
+backoff; every failure is reported through ``on_event`` so the controller can
+show an error state. The worker never exits because of the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from device.audio.backend import Backend, CaptureDevice
+from device.audio.convert import to_mono
+from device.audio.events import Block, CaptureEvent
+from device.audio.pacing import BlockPacer
+from device.audio.waker import Waker
+from device.audioformat import CAPTURE_BLOCK_FRAMES, CAPTURE_RATE_HZ
+from device.config import AudioConfig
+from device.errors import AudioError
+from device.retry import backoff_delay_s
+from device.worker import Worker, WorkerExited
+
+log = logging.getLogger(__name__)
+
+BLOCK_S = CAPTURE_BLOCK_FRAMES / CAPTURE_RATE_HZ
+PERIODS = 4  # ALSA buffer: 4 blocks = 1 s before an overrun
+STALL_S = 2.0  # a clocked device silent this long is treated as gone
+FIRST_RETRY_S = 0.25
+LOG_EVERY_S = 10.0
+
+
+class Capture(Worker):
+    """Reads blocks from ``cfg.capture_device`` until stopped."""
+
+    def __init__(
+        self,
+        cfg: AudioConfig,
+        on_block: Callable[[Block], None],
+        on_exit: Callable[[WorkerExited], None] | None = None,
+        on_event: Callable[[CaptureEvent], None] | None = None,
+        *,
+        backend: Backend | None = None,
+        name: str = "audio-capture",
+    ) -> None:
+        super().__init__(name, on_exit)
+        if backend is None:
+            from device.audio.alsa import AlsaBackend
+
+            backend = AlsaBackend()
+        self._cfg = cfg
+        self._on_block = on_block
+        self._on_event = on_event
+        self._backend = backend
+        self._channels = cfg.capture_channels
+        self._block_bytes = CAPTURE_BLOCK_FRAMES * self._channels * 2
+        self._waker = Waker()
+        self._dev: CaptureDevice | None = None
+        self._buf = bytearray()
+        self._pacer = BlockPacer(BLOCK_S)
+        self._seq = 0
+        self._failures = 0  # consecutive failures without a block in between
+        self._last_log_s = -LOG_EVERY_S
+        self._stats = {"blocks": 0, "overruns": 0, "reopen_count": 0, "device_errors": 0}
+
+    # -- for owners -----------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: blocks, overruns, reopen_count, device_errors, open (0/1)."""
+        return {**self._stats, "open": int(self._dev is not None)}
+
+    @property
+    def device_open(self) -> bool:
+        return self._dev is not None
+
+    def wake(self) -> None:
+        self._waker.wake()
+
+    # -- the thread -----------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                self.beat()
+                if self._dev is None and not self._open():
+                    continue
+                try:
+                    block = self._next_block()
+                except AudioError as e:
+                    self._device_failed(e, lost=True)
+                    continue
+                if block is not None:
+                    self._failures = 0
+                    self._stats["blocks"] += 1
+                    self._on_block(block)
+        finally:
+            self._close()
+            self._waker.close()
+
+    def _open(self) -> bool:
+        cfg = self._cfg
+        try:
+            self._dev = self._backend.open_capture(
+                cfg.capture_device, CAPTURE_RATE_HZ, self._channels, CAPTURE_BLOCK_FRAMES, PERIODS
+            )
+        except AudioError as e:
+            self._device_failed(e, lost=False)
+            return False
+        if self._stats["blocks"] or self._stats["device_errors"]:
+            self._stats["reopen_count"] += 1
+        self._buf.clear()
+        self._pacer.start(time.monotonic())
+        log.info("microphone %s open (%d channel(s))", cfg.capture_device, self._channels)
+        self._emit(CaptureEvent("opened", time.monotonic(), cfg.capture_device))
+        return True
+
+    def _device_failed(self, error: AudioError, lost: bool) -> None:
+        self._close()
+        self._stats["device_errors"] += 1
+        delay_s = backoff_delay_s(self._failures, FIRST_RETRY_S, self._cfg.reopen_max_s)
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1 or now - self._last_log_s >= LOG_EVERY_S:
+            self._last_log_s = now
+            log.error("%s%s; retrying in %.1f s", "lost " if lost else "", error, delay_s)
+        self._emit(
+            CaptureEvent(
+                "device_error", now, self._cfg.capture_device, str(error), delay_s, self._failures
+            )
+        )
+        self.wait(delay_s)
+
+    def _next_block(self) -> Block | None:
+        """Collect one block; None when stopping."""
+        dev = self._dev
+        assert dev is not None
+        paced = self._cfg.pace_realtime
+        last_data_s = time.monotonic()
+        idle_polls = 0
+        while len(self._buf) < self._block_bytes:
+            if self.stopping:
+                return None
+            if paced:
+                # a clockless device has every frame at once: hand them out at the nominal rate
+                wait_s = self._pacer.next_deadline_s - time.monotonic()
+                if wait_s > 0:
+                    self._waker.wait(wait_s)
+                    continue
+            data = dev.read()
+            if data is None:
+                self._overrun()
+                continue
+            if data:
+                self._buf += data
+                last_data_s = time.monotonic()
+                idle_polls = 0
+                continue
+            if paced:
+                raise AudioError(f"microphone {dev.device!r} returned no frames")
+            ready = self._waker.wait(STALL_S, dev.pollfds())
+            if ready and not dev.readable(ready):
+                idle_polls += 1
+                if idle_polls > 100:  # descriptors keep firing without data: do not spin
+                    self._waker.wait(0.01)
+            if not self.stopping and time.monotonic() - last_data_s > STALL_S:
+                raise AudioError(
+                    f"microphone {dev.device!r} delivered no audio for {STALL_S:.0f} s"
+                )
+        if paced:
+            captured_at_s = self._pacer.next_deadline_s
+            self._pacer.advance()
+        else:
+            captured_at_s = time.monotonic()
+        raw = bytes(self._buf[: self._block_bytes])
+        del self._buf[: self._block_bytes]
+        pcm = to_mono(raw, self._channels, self._cfg.stereo_mode)
+        block = Block(pcm, self._seq, captured_at_s)
+        self._seq += 1
+        return block
+
+    def _overrun(self) -> None:
+        self._stats["overruns"] += 1
+        now = time.monotonic()
+        if now - self._last_log_s >= LOG_EVERY_S:
+            self._last_log_s = now
+            log.warning(
+                "microphone overrun (%d so far): audio was lost because this thread fell behind",
+                self._stats["overruns"],
+            )
+        self._emit(CaptureEvent("overrun", now, self._cfg.capture_device))
+
+    def _close(self) -> None:
+        if self._dev is not None:
+            dev, self._dev = self._dev, None
+            dev.close()
+
+    def _emit(self, event: CaptureEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("capture event handler failed on %s", event.kind)
