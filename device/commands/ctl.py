@@ -1,15 +1,66 @@
-"""``voice-appliance ctl``."""
+"""``voice-appliance ctl``: drive a running daemon through its control socket."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 
-from device.errors import UnavailableError
+from device.config import DEFAULT_CONFIG_PATH, SystemdConfig
+
+ACTIONS = ("start", "stop", "press", "release", "mute", "unmute", "context", "message", "status")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "action",
+        choices=ACTIONS,
+        help="start/stop a conversation; press/release the button; mute/unmute the microphone; "
+        "context TEXT (background for the agent); message TEXT (typed user words); status (JSON)",
+    )
+    parser.add_argument("text", nargs="*", help="the text for context and message")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="control socket (default: systemd.control_socket of the configuration)",
+    )
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    explicit = args.config or os.environ.get("VOICE_APPLIANCE_CONFIG")
+    if not explicit and not DEFAULT_CONFIG_PATH.exists():
+        return SystemdConfig().control_socket  # no config on this machine: the default place
+    from device.commands.common import load_from_args
+
+    path = load_from_args(args).systemd.control_socket
+    if not path:
+        from device.control import ControlError
+
+        raise ControlError("the control socket is turned off (systemd.control_socket = \"\") in the configuration")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UnavailableError("`ctl` is not part of this build yet")
+    from device.control import request
+
+    text = " ".join(args.text).strip()
+    if args.action in ("context", "message") and not text:
+        example = f'ctl {args.action} "The shop closes at 6"'
+        print(f"voice-appliance ctl: error: {args.action} needs text, e.g. {example}", file=sys.stderr)
+        return 2
+    if args.action not in ("context", "message") and text:
+        print(f"voice-appliance ctl: error: {args.action} takes no text", file=sys.stderr)
+        return 2
+    ok, answer = request(_socket_path(args), f"{args.action} {text}".strip())
+    if not ok:
+        print(f"voice-appliance ctl: error: {answer}", file=sys.stderr)
+        return 1
+    if args.action == "status":
+        print(json.dumps(json.loads(answer), indent=2))
+    elif answer:
+        print(answer)
+    return 0

@@ -1,0 +1,176 @@
+"""The control socket's line protocol over a real Unix socket, and `voice-appliance ctl`."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.cli import main
+from device.control import ControlServer, request
+from device.controller import ButtonEvent, Command, MuteEvent
+
+
+class FakeController:
+    """Stands in for the controller's queue: records events and answers commands."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.state = "idle"
+
+    def post(self, event: object) -> bool:
+        self.events.append(event)
+        if isinstance(event, Command) and event.reply is not None:
+            if event.name == "start":
+                self.state = "connecting"
+                event.reply(True, self.state)
+            elif event.name == "context":
+                event.reply(False, "no conversation is running; start one first")
+            else:
+                event.reply(True, self.state)
+        return True
+
+    def status(self) -> dict[str, object]:
+        return {"state": self.state, "counters": {"conversations": 0}}
+
+
+def own_group() -> str:
+    return grp.getgrgid(os.getgid()).gr_name
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[ControlServer, FakeController]]:
+    fake = FakeController()
+    srv = ControlServer(str(tmp_path / "run" / "control.sock"), own_group(), fake.post, fake.status)
+    srv.start()
+    yield srv, fake
+    srv.close()
+
+
+def test_socket_is_group_restricted(server: tuple[ControlServer, FakeController]) -> None:
+    srv, _ = server
+    st = srv.path.stat()
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()
+
+
+def test_unknown_group_leaves_the_socket_owner_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeController()
+    srv = ControlServer(str(tmp_path / "c.sock"), "no-such-group-xyz", fake.post, fake.status)
+    srv.bind()
+    try:
+        assert stat.S_IMODE(srv.path.stat().st_mode) == 0o600
+        assert "group 'no-such-group-xyz' does not exist" in caplog.text
+    finally:
+        srv.close()
+    assert not srv.path.exists()
+
+
+def test_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a killed daemon leaves its socket file behind
+    fake = FakeController()
+    srv = ControlServer(str(path), own_group(), fake.post, fake.status)
+    srv.start()
+    try:
+        assert request(str(path), "press") == (True, "")
+    finally:
+        srv.close()
+
+
+def test_press_release_mute_unmute_post_the_same_events_as_the_hardware(
+    server: tuple[ControlServer, FakeController],
+) -> None:
+    srv, fake = server
+    path = str(srv.path)
+    for line in ("press", "release", "mute", "unmute"):
+        assert request(path, line) == (True, "")
+    kinds = [(type(e).__name__, getattr(e, "pressed", getattr(e, "muted", None)), e.source) for e in fake.events]  # type: ignore[attr-defined]
+    assert kinds == [
+        ("ButtonEvent", True, "ctl"),
+        ("ButtonEvent", False, "ctl"),
+        ("MuteEvent", True, "ctl"),
+        ("MuteEvent", False, "ctl"),
+    ]
+    assert isinstance(fake.events[0], ButtonEvent) and isinstance(fake.events[2], MuteEvent)
+
+
+def test_commands_get_the_controllers_answer(server: tuple[ControlServer, FakeController]) -> None:
+    srv, fake = server
+    path = str(srv.path)
+    assert request(path, "start") == (True, "connecting")
+    assert request(path, "context The shop closes at six") == (False, "no conversation is running; start one first")
+    cmd = fake.events[-1]
+    assert isinstance(cmd, Command) and cmd.name == "context" and cmd.text == "The shop closes at six"
+    ok, text = request(path, "status")
+    assert ok and json.loads(text) == {"state": "connecting", "counters": {"conversations": 0}}
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("", "empty command"),
+        ("dance", "unknown command 'dance'"),
+        ("context", "context needs text"),
+        ("press hard", "press takes no arguments"),
+    ],
+)
+def test_bad_requests_say_what_to_send(server: tuple[ControlServer, FakeController], line: str, fragment: str) -> None:
+    srv, fake = server
+    ok, text = request(str(srv.path), line)
+    assert not ok and fragment in text
+    assert fake.events == []
+
+
+def test_several_requests_on_one_connection_and_long_lines(server: tuple[ControlServer, FakeController]) -> None:
+    srv, _ = server
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(srv.path))
+        s.sendall(b"press\nrelease\nhelp\n")
+        f = s.makefile("rb")
+        assert f.readline() == b"ok\n"
+        assert f.readline() == b"ok\n"
+        assert f.readline().startswith(b"ok start: ")
+        s.sendall(b"x" * 5000)
+        assert f.readline().startswith(b"error line longer than 4096 bytes")
+        assert f.readline() == b""  # and the connection is closed
+
+
+def test_ctl_command_line(server: tuple[ControlServer, FakeController], capsys: pytest.CaptureFixture[str]) -> None:
+    srv, fake = server
+    path = str(srv.path)
+    assert main(["ctl", "--socket", path, "press"]) == 0
+    assert main(["ctl", "--socket", path, "status"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"state": "idle", "counters": {"conversations": 0}}
+    assert main(["ctl", "--socket", path, "context", "Opening", "hours", "9-5"]) == 1
+    assert "no conversation is running" in capsys.readouterr().err
+    assert isinstance(fake.events[-1], Command) and fake.events[-1].text == "Opening hours 9-5"
+    assert main(["ctl", "--socket", path, "context"]) == 2
+
+
+def test_ctl_without_a_daemon_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ctl", "--socket", str(tmp_path / "none.sock"), "status"]) == 69
+    assert "is the daemon running?" in capsys.readouterr().err
+
+
+def test_server_stops_cleanly_and_removes_its_socket(tmp_path: Path) -> None:
+    fake = FakeController()
+    srv = ControlServer(str(tmp_path / "c.sock"), own_group(), fake.post, fake.status)
+    srv.start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(srv.path))  # a client that stays connected does not keep it alive
+    try:
+        srv.close()
+        assert not srv.alive and not srv.path.exists()
+    finally:
+        client.close()
