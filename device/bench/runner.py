@@ -131,6 +131,41 @@ def _mock_pin_factory() -> Any:
     return MockFactory(pin_class=MockPWMPin)
 
 
+def bench_config(
+    config_path: Path | None,
+    overrides: tuple[str, ...] | list[str],
+    *,
+    capture: str,
+    playback: str,
+    agent: dict[str, Any],
+    gate_mode: str | None = None,
+) -> Config:
+    """The user's configuration (file, environment, --set) with the bench's devices, agent and pins."""
+    user = load_config(config_path, overrides=list(overrides))
+    forced: dict[str, dict[str, Any]] = {
+        "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": True,
+                  "capture_channels": 1, "mixer_control": ""},
+        "agent": agent,
+        # Nothing under /run, no watchdog: the bench is not a service.
+        "systemd": {"status_file": "", "control_socket": "", "prometheus_textfile": "", "watchdog": False},
+    }
+    # Earcons would sit between the replies in the speaker file: off unless asked for.
+    asked = {o.partition("=")[0].strip() for o in overrides}
+    if "audio.earcons" not in asked and user.audio.earcons == AudioConfig().earcons:
+        forced["audio"]["earcons"] = False
+    if gate_mode:
+        forced["gate"] = {"mode": gate_mode}
+    if user.button.pin is None:
+        forced["button"] = {"pin": 17}
+    changes = {}
+    for section, values in forced.items():
+        try:
+            changes[section] = dataclasses.replace(getattr(user, section), **values)
+        except TypeError as e:  # a field this build's config does not have
+            raise ConfigError(f"the bench cannot set {section}: {e}", section) from None
+    return dataclasses.replace(user, **changes).require_agent()
+
+
 class Runner:
     """Prepares, runs and reports one bench run (use :func:`run`)."""
 
@@ -190,35 +225,6 @@ class Runner:
             sc = sc.with_changes(timing={"speed": 50.0, "response_delay_ms": 30})
         return sc
 
-    def _config(self, capture: str, playback: str, agent: dict[str, Any]) -> Config:
-        """The user's configuration (file, environment, --set) with the bench's devices, agent and pins."""
-        user = load_config(self.opts.config_path, overrides=list(self.opts.overrides))
-        forced: dict[str, dict[str, Any]] = {
-            "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": True,
-                      "capture_channels": 1, "mixer_control": ""},
-            "agent": agent,
-            "systemd": {"status_file": "", "control_socket": "", "prometheus_textfile": "", "watchdog": False},
-        }
-        # Earcons would sit between the replies in the speaker file: off unless asked for.
-        asked = {o.partition("=")[0].strip() for o in self.opts.overrides}
-        if "audio.earcons" not in asked and user.audio.earcons == AudioConfig().earcons:
-            forced["audio"]["earcons"] = False
-        if self.opts.gate_mode:
-            forced["gate"] = {"mode": self.opts.gate_mode}
-        if user.button.pin is None:
-            forced["button"] = {"pin": 17}
-        changes = {}
-        for section, values in forced.items():
-            current = getattr(user, section)
-            try:
-                changes[section] = dataclasses.replace(current, **values)
-            except ConfigError:
-                raise
-            except TypeError as e:  # a field this build's config does not have
-                raise ConfigError(f"the bench cannot set {section}: {e}", section) from None
-        cfg = dataclasses.replace(user, **changes)
-        return cfg.require_agent()
-
     # -- the run ----------------------------------------------------------------
     def run(self) -> BenchResult:
         try:
@@ -260,7 +266,8 @@ class Runner:
                      "connection": "public" if sc.agent.public else "signed_url", "api_key_file": ""}
             agent_info = {"kind": "emulator", "url": self.emulator.base_url, "scenario": scenario_name}
         try:
-            cfg = self._config(capture, playback, agent)
+            cfg = bench_config(self.opts.config_path, self.opts.overrides, capture=capture, playback=playback,
+                               agent=agent, gate_mode=self.opts.gate_mode)
             steps = self._steps(input_info["duration_s"], cfg.gate.mode)
             expected_s = max(script.last_at_s(steps) + 6.0, 10.0)
             self._drive(cfg, api_key, steps, expected_s)
