@@ -19,6 +19,7 @@ import base64
 import binascii
 import enum
 import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def classify_close(code: int | None, reason: str) -> tuple[Outcome, str]:
     if any(w in low for w in _QUOTA_WORDS):
         return Outcome.QUOTA, f"the service closed the conversation ({code}){said}"
     if code == 1000:
-        if any(w in low for w in _DURATION_WORDS):
+        if any(w in low for w in _DURATION_WORDS) or re.search(r"max(imum)?[\w ]{0,30}duration", low):
             return Outcome.MAX_DURATION, f"the conversation reached its maximum duration{said}"
         if any(w in low for w in _AGENT_WORDS):
             return Outcome.AGENT_ENDED, f"the agent ended the conversation{said}"

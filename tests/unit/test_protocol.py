@@ -369,6 +369,7 @@ def test_interruption_rule_property(before: list[int], n: int, later: int) -> No
         (1000, "", Outcome.NORMAL),
         (1000, "Conversation ended by agent (end_call)", Outcome.AGENT_ENDED),
         (1000, "Maximum duration reached", Outcome.MAX_DURATION),
+        (1000, "Maximum conversation duration reached", Outcome.MAX_DURATION),
         (1002, "This request exceeds your quota limit.", Outcome.QUOTA),
         (1002, "transport_receive_timeout", Outcome.NETWORK),
         (1008, "Override for field 'prompt' is not allowed by config.", Outcome.MISCONFIGURED),
