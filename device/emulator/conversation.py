@@ -191,6 +191,7 @@ class Conversation:
         self._calls_done: set[str] = set()
         self._calls_timed_out: set[str] = set()
         self._call_seq = 0
+        self._muted = False
 
     # -- entry points --------------------------------------------------------
     @property
@@ -237,6 +238,10 @@ class Conversation:
         if not self.closed:
             self._close(self._clock(), *CLOSE_STOPPING)
         return self._flush()
+
+    def mute(self) -> None:
+        """The socket is gone: keep checking what the client sent, but say and log nothing more."""
+        self._muted = True
 
     def client_closed(self, code: int | None, reason: str) -> None:
         if not self.closed:
@@ -828,7 +833,7 @@ class Conversation:
         if oversized:
             summary["oversized_to_bytes"] = oversized
         self._out.append(Send(msg))
-        self.record.add_event(now, FROM_AGENT, "audio", **summary)
+        self._event(now, FROM_AGENT, "audio", **summary)
 
     def _interrupt(self, now: float) -> None:
         r = self._reply
@@ -866,7 +871,7 @@ class Conversation:
                 return
 
     def _fire(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self.record.add_event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
+        self._event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
         if f.kind == "close":
             reason = f.reason or ("Internal error" if f.code == 1011 else "")
             self._close(now, f.code, reason)
@@ -904,6 +909,8 @@ class Conversation:
         self._event(now, FROM_AGENT, "close", code=code, reason=reason)
 
     def _event(self, now: float, direction: str, type_: str, **summary: Any) -> None:
+        if self._muted and direction == FROM_AGENT:
+            return
         self.record.add_event(now, direction, type_, **summary)
 
     def _violate(self, now: float, rule: str, detail: str) -> None:
@@ -914,7 +921,7 @@ class Conversation:
 
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
-        return out
+        return [] if self._muted else out
 
 
 _REPLY_FAULT_KINDS = frozenset(

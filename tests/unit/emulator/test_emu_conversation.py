@@ -779,3 +779,17 @@ def test_ulaw_input_is_decoded_and_any_length_is_whole(clock: FakeClock, tone_sy
     h.audio(b"\xff" * 333)
     assert h.rules() == []
     assert h.record.user_audio_pcm == bytes(666)
+
+
+def test_after_the_socket_is_gone_messages_are_still_checked_but_nothing_is_said(
+    clock: FakeClock, tone_synth: Synthesizer
+) -> None:
+    h = harness(clock, tone_synth)
+    h.init()
+    before = len(h.actions), len(h.record.events_of("audio"))
+    h.conv.mute()
+    h.send({"type": "user_message", "text": "hello?"})  # would start a reply
+    h.send({"type": "pong", "event_id": 77})
+    h.run(5)
+    assert (len(h.actions), len(h.record.events_of("audio"))) == before
+    assert h.rules() == ["pong_unknown_event_id"]
