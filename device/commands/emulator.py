@@ -16,6 +16,7 @@ from device.errors import ConfigError, ExitCode
 DEFAULT_PORT = 8765
 DEFAULT_API_KEY = "emulator-key"
 API_KEY_ENV = "VOICE_APPLIANCE_EMULATOR_API_KEY"
+KEEP_IN_MEMORY = 50  # conversations whose records (with audio) stay in memory; --record-dir keeps all
 
 EPILOG = """\
 Point a kiosk at it (in /etc/voice-appliance/config.toml):
@@ -244,7 +245,13 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
     emu = Emulator(
-        scenario, host=args.host, port=args.port, api_key=key, record_dir=args.record_dir, speech=args.speech
+        scenario,
+        host=args.host,
+        port=args.port,
+        api_key=key,
+        record_dir=args.record_dir,
+        speech=args.speech,
+        keep_conversations=KEEP_IN_MEMORY,
     )
     emu.start()
     try:
@@ -262,10 +269,8 @@ def run(args: argparse.Namespace) -> int:
             args.port_file.write_text(f"{emu.port}\n", encoding="utf-8")
         try:
             while not stop.wait(0.2):
-                if args.max_conversations:
-                    ended = sum(1 for r in emu.conversations if r.ended)
-                    if ended >= args.max_conversations:
-                        break
+                if args.max_conversations and emu.conversations_ended >= args.max_conversations:
+                    break
         except KeyboardInterrupt:
             pass
     finally:
@@ -275,7 +280,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(emu: Any) -> int:
     records = emu.conversations
-    print(f"emulator: {len(records)} conversation(s)")
+    print(
+        f"emulator: {emu.conversations_started} conversation(s)"
+        + (f" (the last {len(records)} listed)" if len(records) < emu.conversations_started else "")
+    )
     for r in records:
         interrupted = sum(1 for t in r.turns if t.interrupted)
         print(

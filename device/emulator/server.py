@@ -79,6 +79,7 @@ class Emulator:
         record_dir: Path | None = None,
         speech: Backend = "auto",
         synthesizer: Synthesizer | None = None,
+        keep_conversations: int | None = None,
     ) -> None:
         self.scenario = scenario or default_scenario()
         self.host = host
@@ -90,6 +91,12 @@ class Emulator:
         self._secret = secrets.token_bytes(32)
         self._cond = threading.Condition()
         self._records: list[ConversationRecord] = []
+        # A long-running emulator forgets the oldest finished records (audio is big);
+        # their violations are kept for the report.
+        self._keep = keep_conversations
+        self._started = 0
+        self._ended = 0
+        self._archived_violations: list[Violation] = []
         self._connections: list[ServerConnection] = []
         self._http_log: list[dict[str, Any]] = []
         self._refusals: list[dict[str, Any]] = []
@@ -227,7 +234,20 @@ class Emulator:
 
     @property
     def violations(self) -> list[Violation]:
-        return [v for r in self.conversations for v in r.violations]
+        """Every violation by every client since start (also of records no longer kept)."""
+        with self._cond:
+            archived = list(self._archived_violations)
+        return archived + [v for r in self.conversations for v in r.violations]
+
+    @property
+    def conversations_started(self) -> int:
+        with self._cond:
+            return self._started
+
+    @property
+    def conversations_ended(self) -> int:
+        with self._cond:
+            return self._ended
 
     @property
     def http_requests(self) -> list[dict[str, Any]]:
@@ -262,14 +282,27 @@ class Emulator:
     def wait_for_conversation_end(self, index: int = -1, timeout_s: float = 10.0) -> ConversationRecord:
         """The record of conversation ``index`` (-1: the latest) once its socket has closed."""
 
-        def ended(snaps: list[ConversationRecord]) -> bool:
-            try:
-                return snaps[index].ended
-            except IndexError:
-                return False
+        def pick(snaps: list[ConversationRecord]) -> ConversationRecord | None:
+            if index < 0:
+                return snaps[index] if len(snaps) >= -index else None
+            return next((r for r in snaps if r.index == index), None)
 
-        snaps = self.wait_until(ended, timeout_s, f"the end of conversation {index}")
-        return snaps[index]
+        def ended(snaps: list[ConversationRecord]) -> bool:
+            r = pick(snaps)
+            return r is not None and r.ended
+
+        found = pick(self.wait_until(ended, timeout_s, f"the end of conversation {index}"))
+        assert found is not None
+        return found
+
+    def _forget_old(self) -> None:
+        with self._cond:
+            self._ended += 1
+            if self._keep is None:
+                return
+            while len(self._records) > self._keep and self._records[0].ended:
+                old = self._records.pop(0)
+                self._archived_violations += old.violations
 
     def _changed(self) -> None:
         with self._cond:
@@ -404,6 +437,7 @@ class Emulator:
         n = next(self._conn_seq)
         threading.current_thread().name = f"emulator-conn-{n}"
         with self._lock:
+            self._connections = [c for c in self._connections if c.recv_events_thread.is_alive()]
             self._connections.append(ws)
         refusal = getattr(ws, "emulator_refusal", None)
         if refusal is not None:
@@ -412,7 +446,8 @@ class Emulator:
             return
         agent = self.scenario.agent
         with self._cond:
-            index = len(self._records)
+            index = self._started
+            self._started += 1
             record = ConversationRecord(
                 conversation_id="conv_" + secrets.token_hex(12),
                 agent_id=agent.agent_id,
@@ -442,6 +477,7 @@ class Emulator:
                     log.error("cannot write the recording of %s to %s: %s", record.conversation_id, self.record_dir, e)
             with record.locked():
                 record.complete = True
+            self._forget_old()
             log.info(
                 "conversation %s ended: %s %s (%s), %d violation(s)",
                 record.conversation_id,

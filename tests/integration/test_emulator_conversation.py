@@ -305,3 +305,17 @@ def test_the_agent_speaks_with_espeak() -> None:
     vad = webrtcvad.Vad(2)
     frames = [audio[i : i + 960] for i in range(0, len(audio) - 960, 960)]
     assert sum(vad.is_speech(f, 16000) for f in frames) / len(frames) > 0.4
+
+
+def test_a_long_running_emulator_keeps_the_latest_records_and_every_violation() -> None:
+    with Emulator(scenario(), speech="tone", keep_conversations=2) as emu:
+        for n in range(4):
+            with ProtocolClient(emu.signed_url()) as c:
+                c.send_init()
+                if n == 0:
+                    c.send({"type": "shout"})
+                c.recv_until("agent_response")
+            assert emu.wait_for_conversation_end(n, timeout_s=5).index == n
+        assert [r.index for r in emu.conversations] == [2, 3]
+        assert (emu.conversations_started, emu.conversations_ended) == (4, 4)
+        assert [v.rule for v in emu.violations] == ["unknown_type"]
