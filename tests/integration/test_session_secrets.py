@@ -1,0 +1,128 @@
+"""The API key, broker tokens and signed-URL signatures never reach a log line or an error.
+
+Every library that could print them logs at DEBUG into a handler with the
+project's RedactingFilter — the session's and REST client's own loggers,
+websocket-client (``websocket``, even with its trace mode switched on for the
+test: it dumps the handshake, which carries the signed URL), requests and
+urllib3 — while conversations succeed and fail in every way that touches a
+secret. Error texts (SessionEnded, AgentHttpError) are collected as well.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+import websocket
+from test_session_support import WAIT_S, agent_for, fast_scenario, make_session, running, started
+
+from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
+from device.emulator.scenario import Fault
+from device.protocol import Connected
+from device.secrets import RedactingFilter, Secret
+
+KEY = "sk_live_secret_key_7f3a9c1b2d"
+DEVICE_TOKEN = "brk_device_token_5e8d2a41"
+WATCHED = ("device.session", "device.agent_http", "device.tools", "device.protocol", "websocket", "urllib3",
+           "requests")
+SIGNATURE_RE = re.compile(r"~[0-9a-f]{40}")
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.stream = io.StringIO()
+        self.addFilter(RedactingFilter())
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.records = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(WATCHED):
+            self.records += 1
+            self.stream.write(self.format(record) + "\n")
+
+
+class FixedUrl:
+    """Stands in for the prefetch cache to hand the session one given (expired) URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def take(self, wait_s: float = 0.0) -> str:
+        return self.url
+
+
+@pytest.fixture
+def captured() -> Iterator[Capture]:
+    handler = Capture()
+    root = logging.getLogger()
+    old_levels = {name: logging.getLogger(name).level for name in WATCHED}
+    root.addHandler(handler)
+    for name in WATCHED:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    websocket.enableTrace(True, handler=handler)
+    try:
+        yield handler
+    finally:
+        websocket.enableTrace(False)
+        root.removeHandler(handler)
+        for name, level in old_levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_no_secret_in_any_log_line_or_error(captured: Capture) -> None:
+    texts: list[str] = []
+    with running(fast_scenario(), api_key=KEY) as emu:
+        # 1. a conversation over a fetched signed URL (handshake dumped by the trace)
+        session, events = make_session(emu, key=KEY)
+        with started(session):
+            events.wait_for(Connected)
+        texts += [events.ended().message, repr(session.stats)]
+
+        # 2. a prefetched signed URL, and the cache's own logs
+        agent = agent_for(emu)
+        source = SignedUrlSource(AgentHttp(agent, Secret(KEY, "test")))
+        source.start()
+        try:
+            assert source.wait_ready(WAIT_S)
+            session, events = make_session(emu, key=KEY, signed_urls=source)
+            with started(session):
+                events.wait_for(Connected)
+            texts.append(events.ended().message)
+        finally:
+            source.close()
+
+        # 3. a rejected key: the error names the failure, never the key
+        session, events = make_session(emu, key=KEY + "_wrong")
+        with started(session):
+            texts.append(events.ended().message)
+        try:
+            AgentHttp(agent, Secret(KEY + "_wrong", "test")).fetch_signed_url()
+        except AgentHttpError as e:
+            texts += [str(e), repr(e)]
+
+    # 4. an expired signed URL refused after the upgrade, and a refused upgrade (HTTP 403)
+    for scenario in (fast_scenario(), fast_scenario(faults=(Fault(kind="refuse_upgrade", status=403),))):
+        with running(scenario, api_key=KEY) as emu:
+            session, events = make_session(emu, key=KEY, signed_urls=FixedUrl(emu.signed_url(ttl_s=-1)))  # type: ignore[arg-type]
+            with started(session):
+                texts.append(events.ended().message)
+
+    # 5. broker mode with a device token the broker refuses (the emulator plays a broker that says 401)
+    with running(fast_scenario(), api_key=KEY) as emu:
+        broker = agent_for(emu, connection="broker", broker_url=f"{emu.base_url}/v1/convai/conversation/get-signed-url")
+        session, events = make_session(emu, agent=broker, key=DEVICE_TOKEN)
+        with started(session):
+            texts.append(events.ended().message)
+
+    log_text = captured.stream.getvalue()
+    everything = log_text + "\n".join(texts)
+    assert captured.records > 20, "the libraries did log (the test must see their lines)"
+    assert "conversation_signature=<redacted>" in log_text, "the trace dumped the handshake (redacted)"
+    for secret in (KEY, DEVICE_TOKEN):
+        assert secret not in everything
+    assert not SIGNATURE_RE.search(everything), SIGNATURE_RE.search(everything)
+    assert not re.search(r"conversation_signature=(?!<redacted>)", everything)

@@ -1,0 +1,206 @@
+"""Shared pieces of the session integration tests (no tests here).
+
+The emulator is the agent service; the only stand-ins are the device hooks (a
+recording implementation of the DeviceHooks protocol) and, where the emulator
+cannot express a case, a scripted ``websockets`` server (the cloud's edge).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from device.config import AgentConfig, SessionConfig, ToolsConfig
+from device.emulator.scenario import Scenario, Turn, default_scenario
+from device.emulator.server import Emulator
+from device.emulator.speech import speechlike_pcm
+from device.protocol import SessionEnded, SessionEvent
+from device.secrets import Secret
+from device.session import Session
+from device.tools import ToolRegistry
+
+EMULATOR_KEY = "emulator-key"
+WAIT_S = 30.0  # every wait is bounded; generous because the machine is shared
+BLOCK_BYTES = 8000  # one capture block: 4000 frames S16LE mono 16 kHz
+
+E = TypeVar("E")
+
+
+def fast_scenario(**changes: Any) -> Scenario:
+    """Short replies delivered quickly, quick turn-taking, no audio-rate policing."""
+    base = default_scenario().with_changes(
+        agent={"first_message": "Hello.", "words_per_minute": 300},
+        timing={
+            "speed": 20.0,
+            "response_delay_ms": 50,
+            "end_of_turn_silence_ms": 300,
+            "turn_timeout_s": 0.0,
+            "ping_interval_s": 0.5,
+        },
+        strict={"audio_rate_factor": 0.0},
+        turns=(
+            Turn(transcript="What can you do?", reply="I can help."),
+            Turn(transcript="Thanks, bye.", reply="Bye.", end_call=True),
+        ),
+    )
+    return base.with_changes(**changes) if changes else base
+
+
+class Events:
+    """Collects session events; waits on a Condition (never sleeps)."""
+
+    def __init__(self) -> None:
+        self.items: list[SessionEvent] = []
+        self.threads: set[str] = set()
+        self._cond = threading.Condition()
+
+    def __call__(self, event: SessionEvent) -> None:
+        with self._cond:
+            self.items.append(event)
+            self.threads.add(threading.current_thread().name)
+            self._cond.notify_all()
+
+    def of(self, kind: type[E]) -> list[E]:
+        with self._cond:
+            return [e for e in self.items if isinstance(e, kind)]
+
+    def wait_for(self, kind: type[E], pred: Callable[[E], bool] = lambda e: True, timeout_s: float = WAIT_S) -> E:
+        with self._cond:
+            found: list[E] = []
+
+            def check() -> bool:
+                found[:] = [e for e in self.items if isinstance(e, kind) and pred(e)]
+                return bool(found)
+
+            if not self._cond.wait_for(check, timeout_s):
+                got = sorted({type(e).__name__ for e in self.items})
+                raise AssertionError(f"no {kind.__name__} within {timeout_s:g} s; got {got}")
+            return found[0]
+
+    def wait_count(
+        self, kind: type[E], n: int, pred: Callable[[E], bool] = lambda e: True, timeout_s: float = WAIT_S
+    ) -> list[E]:
+        """Until at least ``n`` events of ``kind`` matching ``pred`` have arrived."""
+        with self._cond:
+
+            def matching() -> list[E]:
+                return [e for e in self.items if isinstance(e, kind) and pred(e)]
+
+            if not self._cond.wait_for(lambda: len(matching()) >= n, timeout_s):
+                raise AssertionError(f"only {len(matching())} of {n} {kind.__name__} events in {timeout_s:g} s")
+            return matching()
+
+    def ended(self, timeout_s: float = WAIT_S) -> SessionEnded:
+        return self.wait_for(SessionEnded, timeout_s=timeout_s)
+
+
+class Hooks:
+    """A recording DeviceHooks implementation."""
+
+    def __init__(self) -> None:
+        self.volumes: list[int] = []
+        self.end_requests = 0
+
+    def set_volume(self, percent: int) -> None:
+        self.volumes.append(percent)
+
+    def device_status(self) -> dict[str, Any]:
+        return {"state": "listening", "volume_percent": 80}
+
+    def end_conversation(self) -> None:
+        self.end_requests += 1
+
+
+@contextmanager
+def running(scenario: Scenario | None = None, **kw: Any) -> Iterator[Emulator]:
+    emu = Emulator(scenario or fast_scenario(), speech="tone", **kw)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def agent_for(emu: Emulator, **kw: Any) -> AgentConfig:
+    kw.setdefault("agent_id", emu.agent_id)
+    kw.setdefault("base_url", emu.base_url)
+    kw.setdefault("connect_timeout_s", 5.0)
+    kw.setdefault("http_timeout_s", 5.0)
+    return AgentConfig(**kw)
+
+
+def make_session(
+    emu: Emulator | None,
+    *,
+    agent: AgentConfig | None = None,
+    tools: ToolRegistry | None = None,
+    key: str | None = EMULATOR_KEY,
+    session_cfg: SessionConfig | None = None,
+    **kw: Any,
+) -> tuple[Session, Events]:
+    events = Events()
+    if agent is None:
+        assert emu is not None
+        agent = agent_for(emu)
+    registry = tools if tools is not None else ToolRegistry(ToolsConfig(), Hooks())
+    session = Session(
+        agent,
+        session_cfg or SessionConfig(),
+        registry,
+        Secret(key, "test") if key else None,
+        events,
+        **kw,
+    )
+    return session, events
+
+
+@contextmanager
+def started(session: Session) -> Iterator[Session]:
+    session.start()
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def blocks(pcm: bytes) -> Iterator[bytes]:
+    for i in range(0, len(pcm), BLOCK_BYTES):
+        yield pcm[i : i + BLOCK_BYTES]
+
+
+def speak(session: Session, text: str, silence_s: float = 0.75) -> bytes:
+    """Send one utterance (speech-like audio) then enough silence to end the turn; returns the audio."""
+    pcm = speechlike_pcm(text, 16000) + bytes(int(silence_s * 32000))
+    for block in blocks(pcm):
+        session.send_audio(block, time.monotonic())
+    return pcm
+
+
+def silence(session: Session, seconds: float) -> None:
+    for block in blocks(bytes(int(seconds * 32000))):
+        session.send_audio(block, time.monotonic())
+
+
+def wait_reply_played(emu: Emulator, turn_index: int) -> None:
+    """Until the emulator's playback clock says reply ``turn_index`` has been heard in full."""
+
+    def played(snaps: list[Any]) -> bool:
+        turns = snaps[-1].turns if snaps else []
+        if len(turns) <= turn_index:
+            return False
+        end = turns[turn_index].reply_play_end_t_s
+        return end is not None and time.monotonic() >= end
+
+    emu.wait_until(played, WAIT_S, f"the end of reply {turn_index}")
+
+
+def messages_to_agent(record: Any, kind: str) -> list[dict[str, Any]]:
+    return [e for e in record.events if e["direction"] == "to_agent" and e["type"] == kind]
+
+
+def dumps(msg: dict[str, Any]) -> str:
+    return json.dumps(msg)
