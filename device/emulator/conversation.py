@@ -758,6 +758,7 @@ class Conversation:
 
     def _begin_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
         audio = self._render(text, self.output_fmt)
+        now = self._clock()  # synthesis takes a while: the reply starts when it is done
         audio = audio[: len(audio) - len(audio) % self.output_fmt.bytes_per_frame]
         if not audio:  # nothing to say still takes a moment of sound
             audio = bytes(self.output_fmt.bytes_per_frame * (self.output_fmt.rate_hz // 10))

@@ -113,6 +113,12 @@ class Emulator:
         """Listen and serve in the background; returns once the port is bound."""
         if self._server is not None:
             raise RuntimeError("emulator already started")
+        # Synthesise what every conversation starts with now, so the metadata and the
+        # first audio are not held up by espeak-ng when a client connects.
+        agent = self.scenario.agent
+        for text in (agent.first_message, agent.reprompt):
+            if text.strip():
+                self.synthesizer.render(text, agent.output)
         try:
             self._server = serve(
                 self._handle,
