@@ -64,7 +64,11 @@ class AgentConfig:
     base_url: str = _f(
         "", "explicit REST base URL instead of the region (e.g. http://127.0.0.1:8765 for the emulator)"
     )
-    broker_url: str = _f("", "HTTPS endpoint returning {\"signed_url\": …} (connection = broker)")
+    broker_url: str = _f(
+        "",
+        "HTTPS endpoint returning {\"signed_url\": …} (connection = broker); the device sends its broker "
+        "token (the credential, in place of an API key) as Authorization: Bearer, and agent_id",
+    )
     api_key_file: str = _f(
         "", "root-only file holding the API key (when no systemd credential is given)"
     )
@@ -86,7 +90,12 @@ class AgentConfig:
         metadata={"help": "custom_llm_extra_body passed to a custom LLM"},
     )
     http_timeout_s: float = _f(10.0, "timeout of each REST request", min=0.5, max=120)
-    connect_timeout_s: float = _f(10.0, "timeout for opening the conversation socket", min=0.5, max=120)
+    connect_timeout_s: float = _f(
+        10.0,
+        "timeout for opening the conversation socket, for the agent's first answer, and for a stalled send",
+        min=0.5,
+        max=120,
+    )
 
     def __post_init__(self) -> None:
         if self.connection == "broker" and not self.broker_url:
@@ -220,7 +229,7 @@ class ToolSpec:
     name: str = _f("", "tool name as configured in the agent")
     callable: str = _f("", "module:function called with the parameters as keyword arguments")
     command: tuple[str, ...] = _f((), "argv run without a shell; parameters arrive as JSON on stdin")
-    timeout_s: float = _f(10.0, "the call fails after this long", min=0.1, max=600)
+    timeout_s: float = _f(0.0, "the call fails after this long (0: tools.timeout_s)", min=0, max=600)
 
     def __post_init__(self) -> None:
         if not self.name:

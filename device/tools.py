@@ -328,7 +328,7 @@ class ToolRegistry:
                     "built-in from tools.builtin",
                     f"{key}.name",
                 )
-            timeout_s = spec.timeout_s
+            timeout_s = spec.timeout_s or tools_cfg.timeout_s
             if spec.callable:
                 fn = _resolve_callable(spec, f"{key}.callable")
                 self._tools[spec.name] = _FunctionTool(spec.name, timeout_s, fn, kwargs=True)

@@ -209,6 +209,15 @@ def test_callable_timeout_answers_once_and_late_result_is_discarded(user_module:
     assert [r.result for r in replies.results] == [result.result]
 
 
+def test_a_tool_without_its_own_timeout_uses_the_tools_default(user_module: ModuleType) -> None:
+    spec = ToolSpec(name="slow", callable=f"{user_module.__name__}:slow")
+    reg = ToolRegistry(ToolsConfig(timeout_s=0.25, tool=(spec,)), Hooks())
+    result = call(reg, "slow", {})
+    assert result.is_error and "timed out after 0.25 s" in result.result
+    user_module.release.set()
+    reg.close()
+
+
 def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=60)), Hooks())
     replies = Replies()
