@@ -149,6 +149,14 @@ class AlsaPlayback:
     def pollfds(self) -> Sequence[PollFd]:
         return self._fds
 
+    def writable(self, ready: Sequence[PollFd]) -> bool:
+        if not ready:
+            return False
+        try:
+            return bool(self._pcm.polldescriptors_revents(list(ready)))
+        except alsaaudio.ALSAAudioError as e:
+            raise AudioError(f"speaker {self.device!r} failed: {e}") from e
+
     def seconds_until_room(self, frames: int) -> float:
         return 0.0
 

@@ -50,6 +50,9 @@ class PlaybackDevice(Protocol):
 
     def pollfds(self) -> Sequence[PollFd]: ...
 
+    def writable(self, ready: Sequence[PollFd]) -> bool:
+        """Decode poll() results for this PCM: True when write() may take frames."""
+
     def seconds_until_room(self, frames: int) -> float:
         """For unclocked devices: when ``frames`` will fit. Clocked devices return 0."""
 

@@ -130,6 +130,9 @@ class PacedPlayback:
     def pollfds(self) -> Sequence[PollFd]:
         return ()
 
+    def writable(self, ready: Sequence[PollFd]) -> bool:
+        return False
+
     def seconds_until_room(self, frames: int) -> float:
         return self._clock.seconds_until_room(min(frames, self.buffer_frames), self._now())
 

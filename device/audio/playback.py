@@ -135,6 +135,7 @@ class Playback(Worker):
         self._reply_first_audio_s = 0.0
         self._failures = 0
         self._retry_at_s = 0.0
+        self._spurious_wakes = 0
         self._last_log_s = -LOG_EVERY_S
 
     # -- for owners ---------------------------------------------------------
@@ -156,9 +157,11 @@ class Playback(Worker):
         with self._lock:
             if fmt == self._fmt:
                 return
+            if self._reply_active or len(self._ring) or self._earcon_left is not None:
+                self._request_flush_locked(time.monotonic())  # audio in the old format is cut
             self._fmt = fmt
             self._format_changed = True
-            self._request_flush_locked(time.monotonic())
+            self._carry = b""
             self._ring = RingBuffer(self._ring_bytes(fmt))
         self._waker.wake()
 
@@ -346,7 +349,8 @@ class Playback(Worker):
         if self._pending is not None:
             dropped += self._pending.remaining // 2
             self._pending = None
-        self._earcon_left = None
+        with self._lock:
+            self._earcon_left = None
         rate_hz = self._dev_rate_hz
         if self._dev is not None:
             try:
@@ -375,8 +379,14 @@ class Playback(Worker):
         with self._lock:
             fmt, changed = self._fmt, self._format_changed
             self._format_changed = False
-        if changed and self._dev is not None:
-            self._close_device()
+        if changed:
+            self._pending = None
+            with self._lock:
+                self._earcon_left = None
+                self._reply_active = False
+            self._reply_started_sent = False
+            if self._dev is not None:
+                self._close_device()
         if self._dev is not None:
             return True
         now = time.monotonic()
@@ -393,6 +403,8 @@ class Playback(Worker):
             return False
         if cfg.pace_realtime:
             dev = PacedPlayback(dev)
+        for name in self._earcons.names:
+            self._earcons.pcm_at(name, fmt.rate_hz)  # convert the cues now, not under the lock
         if self._stats["device_errors"] or self._stats["chunks_written"]:
             self._stats["reopen_count"] += 1
         self._dev, self._dev_rate_hz = dev, fmt.rate_hz
@@ -416,7 +428,7 @@ class Playback(Worker):
             self._reply_active = False
             self._first_audio_at_s = None
             self._earcon_queue.clear()
-        self._earcon_left = None
+            self._earcon_left = None
         self._reply_started_sent = False
         if self._failures == 1 or now - self._last_log_s >= LOG_EVERY_S:
             self._last_log_s = now
@@ -440,8 +452,8 @@ class Playback(Worker):
         now = time.monotonic()
         started: PlaybackEvent | None = None
         with self._lock:
-            if self._flush_req is not None:
-                return None
+            if self._flush_req is not None or self._format_changed:
+                return None  # the loop drops or reopens first
             gain, mute = self._gain, self._soft_muted
             if not self._reply_active:
                 if self._earcon_left is None and self._earcon_queue:
@@ -565,7 +577,15 @@ class Playback(Worker):
     def _wait_for_room(self, dev: PlaybackDevice, chunk: _Chunk) -> None:
         period_s = dev.period_frames / self._dev_rate_hz
         if dev.clocked:
-            self._waker.wait(2 * period_s, dev.pollfds())
+            ready = self._waker.wait(2 * period_s, dev.pollfds())
+            try:
+                spurious = bool(ready) and not dev.writable(ready)
+            except AudioError as e:
+                self._lost_device(e)
+                return
+            self._spurious_wakes = self._spurious_wakes + 1 if spurious else 0
+            if self._spurious_wakes > 100:  # descriptors keep firing without room: do not spin
+                self._waker.wait(0.005)
         else:
             wait_s = dev.seconds_until_room(min(chunk.remaining // 2, dev.period_frames))
             self._waker.wait(max(wait_s, 0.001))

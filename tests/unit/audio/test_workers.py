@@ -161,6 +161,9 @@ class FakeSpeaker:
     def pollfds(self) -> Sequence[PollFd]:
         return ()
 
+    def writable(self, ready: Sequence[PollFd]) -> bool:
+        return False
+
     def seconds_until_room(self, frames: int) -> float:
         return 0.0
 
@@ -368,3 +371,33 @@ def test_overflowing_ring_is_reported_not_silent() -> None:
     overflow = next(e for e in events.items if isinstance(e, PlaybackEvent) and e.kind == "overflow")
     assert overflow.frames == 8000
     assert pb.stats["overflow_frames"] == 8000
+
+
+def test_format_change_mid_reply_cuts_it_and_reopens_at_the_new_rate() -> None:
+    from device.audioformat import AudioFormat
+
+    hold = threading.Event()
+
+    def busy_until_released() -> int:  # ALSA busy with chunk 2 while the format changes
+        hold.wait(TIMEOUT_S)
+        return 0
+
+    old_speaker = FakeSpeaker(16000, {2: busy_until_released})
+    new_speaker = FakeSpeaker(22050)
+    events = Q()
+    pb = playback(SpeakerBackend([old_speaker, new_speaker]), events)
+    try:
+        pb.write(bytes(2 * 16000))
+        events.wait_for(lambda items: "reply_started" in [getattr(e, "kind", "") for e in items])
+        pb.set_format(AudioFormat("pcm", 22050))
+        hold.set()
+        events.wait_for(lambda items: "flushed" in [getattr(e, "kind", "") for e in items])
+        events.wait_for(lambda items: [getattr(e, "kind", "") for e in items].count("opened") == 2)
+        pb.write(b"\x03\x00" * 22050)
+        pb.end_of_input()
+        events.wait_for(finished(1))
+    finally:
+        pb.stop()
+    assert bytes(old_speaker.data) == bytes(2 * 1000)  # one chunk, then cut
+    assert bytes(new_speaker.data) == b"\x03\x00" * 22050
+    assert pb.format == AudioFormat("pcm", 22050)
