@@ -15,6 +15,7 @@ PlaybackEventKind = Literal[
     "underrun",
     "overflow",
     "earcon_started",
+    "earcon_finished",
     "mixer_unavailable",
 ]
 
@@ -54,6 +55,12 @@ class PlaybackEvent:
       ``drop()`` done; ``dropped_frames`` is what the ring and ALSA discarded.
     - ``underrun``: the device ran dry inside a reply (``frames`` written so far).
     - ``overflow``: the ring was full, ``frames`` of agent audio were discarded.
+    - ``earcon_started`` / ``earcon_finished``: a cue (``detail``) began / was
+      heard to its end (or a reply followed it at once).
+    - ``opened``, ``device_error`` (``detail`` says what to do),
+      ``mixer_unavailable`` (software volume is used instead).
+
+    A reply ends with either ``reply_finished`` or ``flushed``.
     """
 
     kind: PlaybackEventKind

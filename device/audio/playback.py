@@ -129,7 +129,8 @@ class Playback(Worker):
         self._dev: PlaybackDevice | None = None
         self._dev_rate_hz = 0
         self._pending: _Chunk | None = None
-        self._earcon_left: memoryview | None = None
+        self._earcon_left: memoryview | None = None  # the cue's frames not yet written
+        self._earcon_name: str | None = None  # the cue being heard (until it drained)
         self._reply_frames = 0
         self._reply_started_sent = False
         self._reply_first_audio_s = 0.0
@@ -216,7 +217,7 @@ class Playback(Worker):
                 self._reply_active
                 or len(self._ring)
                 or self._earcon_queue
-                or self._earcon_left is not None
+                or self._earcon_name is not None
             )
 
     def flush(self) -> FlushReport:
@@ -351,6 +352,7 @@ class Playback(Worker):
             self._pending = None
         with self._lock:
             self._earcon_left = None
+            self._earcon_name = None
         rate_hz = self._dev_rate_hz
         if self._dev is not None:
             try:
@@ -383,6 +385,7 @@ class Playback(Worker):
             self._pending = None
             with self._lock:
                 self._earcon_left = None
+                self._earcon_name = None
                 self._reply_active = False
             self._reply_started_sent = False
             if self._dev is not None:
@@ -429,6 +432,7 @@ class Playback(Worker):
             self._first_audio_at_s = None
             self._earcon_queue.clear()
             self._earcon_left = None
+            self._earcon_name = None
         self._reply_started_sent = False
         if self._failures == 1 or now - self._last_log_s >= LOG_EVERY_S:
             self._last_log_s = now
@@ -450,23 +454,29 @@ class Playback(Worker):
         rate_hz = self._dev_rate_hz
         chunk_bytes = 2 * round(rate_hz * 0.0625)
         now = time.monotonic()
-        started: PlaybackEvent | None = None
+        notes: list[PlaybackEvent] = []
         with self._lock:
             if self._flush_req is not None or self._format_changed:
                 return None  # the loop drops or reopens first
             gain, mute = self._gain, self._soft_muted
             if not self._reply_active:
                 if self._earcon_left is None and self._earcon_queue:
+                    if self._earcon_name is not None:  # back to back: the previous one is over
+                        notes.append(PlaybackEvent("earcon_finished", now, rate_hz=rate_hz, detail=self._earcon_name))
                     name = self._earcon_queue.popleft()
                     self._earcon_left = memoryview(self._earcons.pcm_at(name, rate_hz))
+                    self._earcon_name = name
                     self._stats["earcons"] += 1
-                    started = PlaybackEvent("earcon_started", now, rate_hz=rate_hz, detail=name)
+                    notes.append(PlaybackEvent("earcon_started", now, rate_hz=rate_hz, detail=name))
                 if self._earcon_left is not None:
                     data = bytes(self._earcon_left[:chunk_bytes])
                     rest = self._earcon_left[chunk_bytes:]
                     self._earcon_left = rest if len(rest) else None
                     chunk: _Chunk | None = _Chunk(data, is_reply=False)
                 elif len(self._ring) and self._prebuffered_locked(now, rate_hz):
+                    if self._earcon_name is not None:  # the reply follows the cue seamlessly
+                        notes.append(PlaybackEvent("earcon_finished", now, rate_hz=rate_hz, detail=self._earcon_name))
+                        self._earcon_name = None
                     self._reply_active = True
                     self._reply_id += 1
                     self._stats["replies"] += 1
@@ -482,8 +492,8 @@ class Playback(Worker):
                 chunk = _Chunk(self._ring.read(chunk_bytes), is_reply=True)
             else:
                 chunk = None
-        if started is not None:
-            self._emit(started)
+        for note in notes:
+            self._emit(note)
         if chunk is not None and (mute or gain.gain < 1.0):
             chunk.data = bytes(len(chunk.data)) if mute else gain.apply(chunk.data)
         return chunk
@@ -508,7 +518,24 @@ class Playback(Worker):
             reply_active = self._reply_active
             first_audio_s = self._first_audio_at_s
             ring_has_audio = len(self._ring) > 0
-        if reply_active:
+            earcon_name = self._earcon_name if self._earcon_left is None else None
+        if earcon_name is not None and not reply_active:
+            try:
+                delay = dev.delay_frames()
+            except AudioError as e:
+                self._lost_device(e)
+                return
+            if delay == 0:
+                with self._lock:
+                    self._earcon_name = None
+                self._emit(
+                    PlaybackEvent("earcon_finished", time.monotonic(), rate_hz=self._dev_rate_hz, detail=earcon_name)
+                )
+                return
+            timeout_s = delay / self._dev_rate_hz
+            if ring_has_audio and first_audio_s is not None:  # a reply may be due before the cue ends
+                timeout_s = min(timeout_s, first_audio_s + self._cfg.prebuffer_ms / 1000.0 - time.monotonic())
+        elif reply_active:
             try:
                 delay = dev.delay_frames()
             except AudioError as e:
@@ -520,7 +547,7 @@ class Playback(Worker):
             timeout_s = delay / self._dev_rate_hz
         elif ring_has_audio and first_audio_s is not None:
             timeout_s = max(0.0, first_audio_s + self._cfg.prebuffer_ms / 1000.0 - time.monotonic())
-        self._waker.wait(min(timeout_s, IDLE_WAIT_S))
+        self._waker.wait(max(0.0, min(timeout_s, IDLE_WAIT_S)))
 
     def _finish_reply(self) -> None:
         now = time.monotonic()

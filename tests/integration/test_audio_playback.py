@@ -243,6 +243,24 @@ def test_earcon_plays_through_the_same_path(alsa_dir: Path) -> None:
         pb.stop()
     cue = load_earcons(cfg)["listening"].pcm
     assert filedevices.read_output(out) == cue + pcm([7] * 1600)
+    kinds = [e.kind for e in events.items if e.kind != "opened"]
+    assert kinds[:3] == ["earcon_started", "earcon_finished", "reply_started"]
+
+
+def test_earcon_finishes_when_heard(alsa_dir: Path) -> None:
+    cfg = AudioConfig(playback_device=filedevices.playback_device(alsa_dir / "cue.raw"), pace_realtime=True)
+    events = Events()
+    pb = run_playback(cfg, events)
+    try:
+        pb.play_earcon("error")
+        assert pb.is_playing
+        started, finished = events.kind("earcon_started"), events.kind("earcon_finished")
+        assert not pb.is_playing
+    finally:
+        pb.stop()
+    assert started.detail == finished.detail == "error"
+    cue_s = load_earcons(cfg)["error"].duration_s
+    assert finished.t_s - started.t_s >= cue_s - 0.25 - 0.07  # paced: heard, not just written
 
 
 def test_disabled_earcons_play_nothing(alsa_dir: Path) -> None:
