@@ -275,7 +275,9 @@ class SystemdConfig:
     control_socket: str = _f("/run/voice-appliance/control.sock", "local control socket (empty: off)")
     control_group: str = _f("voice-appliance", "group allowed to use the control socket")
     worker_stall_s: float = _f(
-        10.0, "a worker silent this long counts as stuck: watchdog pings stop so systemd restarts the service",
+        20.0,
+        "a worker silent this long counts as stuck: watchdog pings stop so systemd restarts the service "
+        "(at least 1.25 × audio.reopen_max_s + 2 s is used; keep it below the unit's WatchdogSec)",
         min=0.1, max=600,
     )
 

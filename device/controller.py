@@ -232,6 +232,9 @@ class Machine:
 
     @property
     def display(self) -> str:
+        """What the LEDs show: the state, except that a muted microphone shows as muted (errors still win)."""
+        if self.muted and self.state is not State.ERROR:
+            return "muted"
         return DISPLAY[self.state]
 
     def timeout_for(self, state: State) -> float | None:
@@ -692,6 +695,8 @@ class Controller(Worker):
             self._act(action, now, cause)
         if self.machine.state is not before:
             self._entered(before, now, cause)
+        elif self.machine.display != self._shown:  # e.g. muted during a conversation
+            self._publish_state(cause.value, before)
         self._refresh_snapshot()
         while self._deferred:  # inputs raised while carrying out the actions, in order
             self._feed(self._deferred.pop(0), now)

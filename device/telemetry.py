@@ -10,6 +10,7 @@ Kinds and their data:
 =============  ==============================================================
 state          state, previous, cause, conversation_id
 led            state, outputs {name: pattern}
+captured       seq (a block left the microphone; t_s is its capture time)
 gate           open, level_dbfs, seq, speech
 block_sent     seq, captured_at_s, open, nbytes
 agent_audio    event_id, nbytes, received_at_s

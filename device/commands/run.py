@@ -6,9 +6,8 @@ import argparse
 import json
 
 from device.commands.common import add_set_option, config_path, load_from_args
-from device.config import config_to_dict
-from device.errors import UnavailableError
-from device.secrets import load_api_key
+from device.config import Config, config_to_dict
+from device.secrets import Secret, load_api_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="validate the configuration and credentials, print what would run, and exit",
     )
+    parser.add_argument(
+        "--mock-gpio",
+        action="store_true",
+        help="use gpiozero's mock pins (a laptop, a bench): no button or LEDs, drive it with `ctl`",
+    )
 
 
-def run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> tuple[Config, Secret | None]:
     cfg = load_from_args(args).require_agent()
     key = load_api_key(cfg.agent.api_key_file)
     if cfg.agent.connection == "signed_url" and key is None:
@@ -31,9 +35,21 @@ def run(args: argparse.Namespace) -> int:
             "(see systemd/voice-appliance.service) or agent.api_key_file, or switch to "
             "connection = \"broker\" or \"public\""
         )
+    return cfg, key
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, key = _load(args)
     if args.check:
         print(f"config: {config_path(args)} OK")
         print(f"api key: {'from ' + key.source if key else 'none (not needed for ' + cfg.agent.connection + ')'}")
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=False))
         return 0
-    raise UnavailableError("the daemon is not part of this build yet; use `run --check` to validate a config")
+    from device.daemon import serve
+
+    pin_factory = None
+    if args.mock_gpio:
+        from device.gpio import mock_factory
+
+        pin_factory = mock_factory()
+    return serve(cfg, key, lambda: _load(args), pin_factory=pin_factory)

@@ -244,7 +244,10 @@ def test_start_on_speech() -> None:
 def test_mute_during_a_conversation_shows_muted_when_it_ends() -> None:
     m = machine(S.LISTENING)
     m.handle(Input(K.MUTE), 1.0)
-    assert m.state is S.LISTENING and m.muted
+    assert m.state is S.LISTENING and m.muted and m.display == "muted"  # the LEDs say the mic is off
+    m.handle(Input(K.FAILED), 1.5)
+    assert m.display == "error"  # a failure still shows
+    m.handle(Input(K.PRESS), 1.8)
     m.handle(Input(K.STOP), 2.0)
     assert m.state is S.MUTED and m.display == "muted"
     m.handle(Input(K.UNMUTE), 3.0)

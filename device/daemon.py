@@ -1,0 +1,477 @@
+"""The appliance daemon: wires capture, gate, controller, session, playback, GPIO and systemd together.
+
+::
+
+    d = Daemon(cfg, api_key, pin_factory=mock_factory())
+    d.start()            # READY=1 once audio and GPIO are up (the network may come later)
+    d.press(); d.release()
+    d.stop()             # STOPPING=1, every thread joined, every device closed
+
+Everything posts small events to the controller's queue; only the controller
+changes state. :func:`serve` is the process main loop used by
+``voice-appliance run``: SIGTERM/SIGINT stop, SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from device.config import Config
+from device.controller import (
+    BlockEvent,
+    ButtonEvent,
+    Command,
+    Controller,
+    MuteEvent,
+    PlaybackNote,
+    SessionLike,
+)
+from device.errors import DeviceError, ExitCode, WorkerStuckError
+from device.notify import Notifier, Watchdog
+from device.secrets import Secret
+from device.status import Status, StatusFiles, status_line
+from device.telemetry import TelemetryBus
+from device.worker import Worker, WorkerExited
+
+log = logging.getLogger(__name__)
+
+STATUS_REWRITE_S = 10.0  # rewrite the status files at least this often (counters, ping)
+STOP_JOIN_S = 5.0
+
+
+class Daemon:
+    """The kiosk: build, start, stop (and reload) every part."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        api_key: Secret | None,
+        *,
+        pin_factory: Any = None,
+        notifier: Notifier | None = None,
+        telemetry: TelemetryBus | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.api_key = api_key
+        self.pin_factory = pin_factory
+        self.notifier = notifier or Notifier()
+        self.telemetry = telemetry or TelemetryBus()
+        self.fatal = threading.Event()  # a worker died: the process should exit and be restarted
+        self.fatal_reason = ""
+        self.started_at_s = 0.0
+        self.sessions_made = 0
+        self._running = False
+        self._lock = threading.Lock()
+        self._last_written: tuple[object, ...] = ()
+        self._last_write_s = 0.0
+        self._last_status_line = ""
+        self._clear_parts()
+
+    def _clear_parts(self) -> None:
+        self.controller: Controller | None = None
+        self.capture: Any = None
+        self.playback: Any = None
+        self.gpio: Any = None
+        self.control: Any = None
+        self.signed_urls: Any = None
+        self.watchdog: Watchdog | None = None
+        self.status_files: StatusFiles | None = None
+        self._http: Any = None
+        self._prefetch_http: Any = None
+        self._tools: Any = None
+
+    # -- lifetime -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every part; READY=1 when audio and GPIO are up."""
+        if self._running:
+            raise RuntimeError("the daemon is already running")
+        t0 = time.monotonic()
+        self.started_at_s = t0
+        try:
+            self._build()
+            self._start_parts()
+        except BaseException:
+            self._stop_parts()
+            raise
+        self._running = True
+        self.notifier.ready(status_line(self.status()))
+        log.info("voice appliance ready in %.0f ms (gate %s)", (time.monotonic() - t0) * 1000, self.cfg.gate.mode)
+
+    def stop(self) -> None:
+        """Stop every part (idempotent); STOPPING=1 first."""
+        if not self._running and self.controller is None:
+            return
+        self.notifier.stopping()
+        self._running = False
+        self._stop_parts()
+        self.notifier.close()
+        log.info("voice appliance stopped")
+
+    def reload(self, cfg: Config, api_key: Secret | None) -> None:
+        """Apply a new configuration: RELOADING=1, restart the parts (a conversation ends), READY=1."""
+        self.notifier.reloading()
+        log.info("reloading the configuration (a running conversation ends)")
+        self._running = False
+        self._stop_parts()
+        self.cfg, self.api_key = cfg, api_key
+        self._build()
+        self._start_parts()
+        self._running = True
+        self.notifier.ready(status_line(self.status()))
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inputs (any thread) -------------------------------------------------------------------
+    def press(self, source: str = "api") -> None:
+        self._post(ButtonEvent(source, True, time.monotonic()))
+
+    def release(self, source: str = "api") -> None:
+        self._post(ButtonEvent(source, False, time.monotonic()))
+
+    def mute(self, muted: bool = True, source: str = "api") -> None:
+        self._post(MuteEvent(source, muted, time.monotonic()))
+
+    def command(self, name: str, text: str = "") -> None:
+        """start, stop, context TEXT, message TEXT (answer discarded)."""
+        self._post(Command(name, text))
+
+    def _post(self, event: object) -> None:
+        if self.controller is None:
+            raise RuntimeError("the daemon is not running")
+        self.controller.post(event)
+
+    # -- observing ----------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.controller.status.state if self.controller is not None else "stopped"
+
+    def wait_for_state(self, predicate: Callable[[str], bool], timeout_s: float) -> bool:
+        """Block until ``predicate(state)`` holds (the state is read from telemetry and the snapshot)."""
+        done = threading.Event()
+
+        def watch(record: Any) -> None:
+            if record.kind == "state" and predicate(str(record.data.get("state"))):
+                done.set()
+
+        unsubscribe = self.telemetry.subscribe(watch)
+        try:
+            if predicate(self.state):
+                return True
+            return done.wait(timeout_s)
+        finally:
+            unsubscribe()
+
+    def workers(self) -> list[Worker]:
+        """The threads whose heartbeat the watchdog checks.
+
+        Not the signed-URL prefetcher nor the sessions' threads: they block in
+        bounded network calls (up to the HTTP/connect timeouts, with retries),
+        which is slow, not stuck. Their death still ends the process.
+        """
+        parts = [self.controller, self.capture, self.playback, self.control]
+        return [w for w in parts if isinstance(w, Worker)]
+
+    @property
+    def stall_s(self) -> float:
+        """systemd.worker_stall_s, raised above the audio workers' longest silent wait (device reopen backoff)."""
+        return max(self.cfg.systemd.worker_stall_s, self.cfg.audio.reopen_max_s * 1.25 + 2.0)
+
+    def status(self) -> Status:
+        """The controller's snapshot plus the audio engine's counters."""
+        c = self.controller
+        base = c.status if c is not None else Status(state="stopped", gate_mode=self.cfg.gate.mode)
+        counters = dict(base.counters)
+        if self.capture is not None:
+            counters["capture_overruns"] = self.capture.stats.get("overruns", 0)
+        if self.playback is not None:
+            counters["playback_underruns"] = self.playback.stats.get("underruns", 0)
+        counters["xruns"] = counters.get("capture_overruns", 0) + counters.get("playback_underruns", 0)
+        counters["uptime_s"] = round(time.monotonic() - self.started_at_s, 1)
+        return Status(
+            state=base.state,
+            muted=base.muted,
+            conversation_id=base.conversation_id,
+            last_error=self.fatal_reason or base.last_error,
+            state_for_s=base.state_for_s,
+            gate_mode=base.gate_mode,
+            counters=counters,
+        )
+
+    def status_dict(self) -> dict[str, object]:
+        return self.status().to_dict()
+
+    # -- DeviceHooks for the built-in tools (called on tool threads) ------------------------
+    def set_volume(self, percent: int) -> None:
+        if self.playback is None:
+            raise DeviceError("the speaker is not running")
+        self.playback.set_volume(percent)
+
+    def device_status(self) -> dict[str, Any]:
+        st = self.status()
+        return {
+            "state": st.state,
+            "muted": st.muted,
+            "volume_percent": getattr(self.playback, "volume_percent", None),
+            "uptime_s": st.counters.get("uptime_s", 0),
+            "conversations": st.counters.get("conversations", 0),
+            "location": self.cfg.agent.location,
+        }
+
+    def end_conversation(self) -> None:
+        self.command("stop")
+
+    # -- building ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        from device.agent_http import AgentHttp, SignedUrlSource
+        from device.audio import Capture, Playback
+        from device.control import ControlServer
+        from device.gpio import Gpio
+        from device.tools import ToolRegistry
+
+        cfg = self.cfg
+        self._tools = ToolRegistry(cfg.tools, self)
+        self._http = AgentHttp(cfg.agent, self.api_key)
+        if cfg.agent.connection != "public" and cfg.agent.prefetch_signed_url:
+            self._prefetch_http = AgentHttp(cfg.agent, self.api_key)
+            self.signed_urls = SignedUrlSource(
+                self._prefetch_http,
+                retry_initial_s=cfg.session.retry_initial_s,
+                retry_max_s=cfg.session.retry_max_s,
+                on_exit=self._worker_exited,
+            )
+        self.playback = Playback(cfg.audio, on_event=self._on_playback_event, on_exit=self._worker_exited)
+        self.gpio = Gpio(
+            cfg.button,
+            cfg.leds,
+            self._on_gpio_button,
+            self._on_gpio_mute,
+            pin_factory=self.pin_factory,
+        )
+        controller = Controller(
+            cfg,
+            self._make_session,
+            self.playback,
+            self.telemetry,
+            show=self.gpio.show,
+            on_exit=self._worker_exited,
+        )
+        self.controller = controller
+        self.capture = Capture(
+            cfg.audio,
+            self._on_block,
+            on_exit=self._worker_exited,
+            on_event=controller.on_capture_event,
+        )
+        if cfg.systemd.control_socket:
+            self.control = ControlServer(
+                cfg.systemd.control_socket,
+                cfg.systemd.control_group,
+                controller.post,
+                self.status_dict,
+                on_exit=self._worker_exited,
+            )
+        self.status_files = StatusFiles(cfg.systemd.status_file, cfg.systemd.prometheus_textfile)
+        self.watchdog = Watchdog(
+            self.notifier,
+            self.workers,
+            self.stall_s,
+            tick=self._housekeeping,
+            enabled=cfg.systemd.watchdog,
+            on_exit=self._worker_exited,
+        )
+
+    def _start_parts(self) -> None:
+        from device.control import ControlError
+
+        assert self.controller is not None and self.watchdog is not None
+        self.gpio.open()  # before the controller: its first state shows on the LEDs
+        self.playback.start()
+        self.controller.start()
+        if self.signed_urls is not None:
+            self.signed_urls.start()
+        if self.control is not None:
+            try:
+                self.control.start()
+            except ControlError as e:
+                log.warning("%s; running without it", e)
+                self.control = None
+        self.capture.start()
+        self.watchdog.start()
+
+    def _stop_parts(self) -> None:
+        """Stop in reverse order: inputs first, then the brain, then outputs. Every part is tried."""
+        errors: list[str] = []
+
+        def attempt(what: str, fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except WorkerStuckError as e:
+                errors.append(str(e))
+                log.error("%s", e)
+            except Exception:
+                log.exception("stopping %s failed", what)
+
+        for name in ("capture", "control", "signed_urls"):
+            part = getattr(self, name)
+            if part is not None:
+                attempt(name, part.close)
+        if self.controller is not None:
+            attempt("controller", lambda: self.controller.stop(STOP_JOIN_S))  # type: ignore[union-attr]
+        if self.playback is not None:
+            attempt("playback", self.playback.close)
+        if self.watchdog is not None:
+            attempt("watchdog", self.watchdog.close)
+        if self.gpio is not None:
+            attempt("gpio", self.gpio.close)
+        if self._tools is not None:
+            attempt("tools", self._tools.close)
+        for http in (self._http, self._prefetch_http):
+            if http is not None:
+                attempt("http", http.close)
+        if self.status_files is not None:
+            attempt("status files", self.status_files.remove)
+        self._clear_parts()
+        if errors:
+            self.fatal_reason = "; ".join(errors)
+            self.fatal.set()
+
+    # -- wiring callbacks (other threads) -------------------------------------------------------------
+    def _make_session(self, on_event: Callable[[Any], None]) -> SessionLike:
+        from device.session import Session
+
+        with self._lock:
+            self.sessions_made += 1
+            n = self.sessions_made
+        return Session(
+            self.cfg.agent,
+            self.cfg.session,
+            self._tools,
+            self.api_key,
+            on_event,
+            self.signed_urls,
+            http=self._http,
+            name=f"session-{n}",
+        )
+
+    def _on_block(self, block: Any) -> None:
+        controller = self.controller
+        if controller is not None:
+            controller.post(BlockEvent(block.pcm, block.seq, block.captured_at_s))
+        if self.telemetry.active:
+            self.telemetry.publish("captured", block.captured_at_s, seq=block.seq)
+
+    def _on_playback_event(self, event: Any) -> None:
+        controller = self.controller
+        if controller is not None:
+            controller.post(PlaybackNote(event))
+
+    def _on_gpio_button(self, pressed: bool, t_s: float) -> None:
+        controller = self.controller
+        if controller is not None:
+            controller.post(ButtonEvent("gpio", pressed, t_s))
+
+    def _on_gpio_mute(self, muted: bool, t_s: float) -> None:
+        controller = self.controller
+        if controller is not None:
+            controller.post(MuteEvent("switch", muted, t_s))
+
+    def _worker_exited(self, event: WorkerExited) -> None:
+        if event.stopped and event.error is None:
+            return
+        reason = f"thread {event.name} ended unexpectedly" + (f" ({event.error})" if event.error else "")
+        log.error("%s; the service stops so systemd restarts it (please report this with the log)", reason)
+        self.fatal_reason = reason
+        self.fatal.set()
+
+    # -- housekeeping (watchdog thread, about once a second) --------------------------------------------
+    def _housekeeping(self) -> None:
+        st = self.status()
+        line = status_line(st)
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self.notifier.status(line)
+        key = (st.state, st.muted, st.conversation_id, st.last_error)
+        now = time.monotonic()
+        if key != self._last_written or now - self._last_write_s >= STATUS_REWRITE_S:
+            self._last_written = key
+            self._last_write_s = now
+            if self.status_files is not None:
+                self.status_files.write(st)
+
+
+# -- the process main loop ------------------------------------------------------------------------------
+
+
+Loader = Callable[[], tuple[Config, Secret | None]]
+
+
+def serve(
+    cfg: Config,
+    api_key: Secret | None,
+    reload_config: Loader | None = None,
+    *,
+    pin_factory: Any = None,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT (clean stop) or a fatal failure; SIGHUP reloads."""
+    stop = stop_event or threading.Event()
+    reload_requested = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_requested.set()
+
+    installed = threading.current_thread() is threading.main_thread()
+    previous: dict[signal.Signals, Any] = {}
+    if installed:
+        handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+        for sig, handler in handlers.items():
+            previous[sig] = signal.signal(sig, handler)
+    daemon = Daemon(cfg, api_key, pin_factory=pin_factory)
+    try:
+        daemon.start()
+        while not stop.is_set() and not daemon.fatal.is_set():
+            stop.wait(0.5)
+            if reload_requested.is_set():
+                reload_requested.clear()
+                _reload(daemon, reload_config)
+    finally:
+        try:
+            daemon.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    left = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if left:  # the interpreter would wait for them: say which, so it can be fixed
+        log.error("threads still running after the stop: %s (please report this)", ", ".join(left))
+    if daemon.fatal.is_set():
+        log.error("stopped after a failure: %s", daemon.fatal_reason)
+        return int(ExitCode.SOFTWARE)
+    return int(ExitCode.OK)
+
+
+def _reload(daemon: Daemon, reload_config: Loader | None) -> None:
+    if reload_config is None:
+        log.warning("SIGHUP: this daemon was started without a configuration file to reload")
+        return
+    try:
+        cfg, key = reload_config()
+    except DeviceError as e:  # a bad edit must not take the kiosk down
+        log.error("reload refused, keeping the running configuration: %s", e)
+        daemon.notifier.status(f"reload refused: {e}")
+        return
+    daemon.reload(cfg, key)

@@ -1,0 +1,259 @@
+"""The daemon as a service: watchdog, READY/STOPPING/RELOADING, signals, status files, the control socket."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_daemon_support import WAIT_S, Rig, fast_scenario, silence, speech
+
+from device.audio import filedevices
+from device.config import SystemdConfig, load_config
+from device.control import request
+from device.controller import Command
+from device.daemon import serve
+from device.emulator.server import Emulator
+from device.notify import Notifier
+from device.secrets import Secret
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket: a real AF_UNIX datagram socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(WAIT_S)
+        self.messages: list[str] = []
+
+    def next(self, timeout_s: float = WAIT_S) -> str:
+        self.sock.settimeout(timeout_s)
+        msg = self.sock.recv(4096).decode()
+        self.messages.append(msg)
+        return msg
+
+    def wait_for(self, fragment: str, timeout_s: float = WAIT_S) -> str:
+        """The next message containing ``fragment`` (others are kept in ``messages``)."""
+        while True:
+            msg = self.next(timeout_s)
+            if fragment in msg:
+                return msg
+
+    def drain(self) -> list[str]:
+        out = []
+        self.sock.settimeout(0)
+        try:
+            while True:
+                out.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        self.messages += out
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    n = NotifySocket(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifySocket) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})  # ping every 0.2 s
+    systemd = SystemdConfig(status_file="", control_socket="", watchdog=True, worker_stall_s=1.0)
+    with Rig(tmp_path, silence(30.0), systemd=systemd, notifier=notifier, audio={"reopen_max_s": 0.1}) as rig:
+        assert notify.wait_for("READY=1")
+        notify.wait_for("WATCHDOG=1")
+        assert rig.d.watchdog is not None and rig.d.stall_s == pytest.approx(2.125)
+
+        # Make the controller hang the way a bug would: a command whose answer never returns.
+        release = threading.Event()
+        hanging = threading.Event()
+
+        def stuck_reply(ok: bool, text: str) -> None:
+            hanging.set()
+            release.wait(WAIT_S)
+
+        rig.d.controller.post(Command("start", reply=stuck_reply))  # type: ignore[union-attr]
+        try:
+            assert hanging.wait(WAIT_S)
+            dog = rig.d.watchdog
+            assert dog.wait_rounds(1, WAIT_S)
+            while "controller" not in dog.stuck:
+                assert dog.wait_rounds(1, WAIT_S)
+            notify.drain()
+            assert dog.wait_rounds(5, WAIT_S)
+            assert [m for m in notify.drain() if "WATCHDOG=1" in m] == []  # silence: systemd will restart us
+        finally:
+            release.set()
+        notify.wait_for("WATCHDOG=1")  # the controller answers again: pings resume
+        assert rig.d.watchdog.stuck == []
+
+
+def write_config(tmp_path: Path, emu: Emulator, input_pcm: bytes) -> Path:
+    conf = filedevices.install(tmp_path / "alsa")
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(input_pcm + silence(4.0))
+    key = tmp_path / "api_key"
+    key.write_text("emulator-key\n")
+    key.chmod(0o600)
+    group = grp.getgrgid(os.getgid()).gr_name
+    text = f"""
+[agent]
+agent_id = "{emu.agent_id}"
+base_url = "{emu.base_url}"
+connection = "signed_url"
+api_key_file = "{key}"
+
+[audio]
+capture_device = '{filedevices.capture_device(raw)}'
+playback_device = '{filedevices.playback_device(tmp_path / "out.raw", fixed_16k=True)}'
+pace_realtime = true
+earcons = false
+
+[gate]
+mode = "toggle"
+
+[systemd]
+status_file = "{tmp_path / "run" / "status.json"}"
+control_socket = "{tmp_path / "run" / "control.sock"}"
+control_group = "{group}"
+watchdog = true
+"""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert conf.exists()
+    return path
+
+
+def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: NotifySocket) -> None:
+    emu = Emulator(fast_scenario(), speech="tone").start()
+    try:
+        config = write_config(tmp_path, emu, silence(60.0))
+        env = {
+            **os.environ,
+            **filedevices.alsa_env(tmp_path / "alsa" / filedevices.CONFIG_NAME),
+            "NOTIFY_SOCKET": notify.path,
+            "WATCHDOG_USEC": "2000000",
+        }
+        for var in [v for v in env if v.startswith("VOICE_APPLIANCE_")]:
+            del env[var]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert notify.wait_for("READY=1").startswith("READY=1")
+            sock = str(tmp_path / "run" / "control.sock")
+            ok, text = request(sock, "status")
+            assert ok and json.loads(text)["state"] == "idle"
+            assert request(sock, "press") == (True, "")  # the on-screen button
+            notify.wait_for("STATUS=listening")
+            status = json.loads(request(sock, "status")[1])
+            assert status["state"] == "listening" and status["conversation_id"].startswith("conv_")
+            notify.wait_for("WATCHDOG=1")
+
+            proc.send_signal(signal.SIGHUP)  # reload: the conversation ends, the daemon comes back
+            assert notify.wait_for("RELOADING=1")
+            assert notify.wait_for("READY=1")
+            assert emu.wait_for_conversation_end(timeout_s=WAIT_S).closed_by == "client"
+
+            proc.send_signal(signal.SIGTERM)
+            assert notify.wait_for("STOPPING=1")
+            code = proc.wait(timeout=15)  # the unit's TimeoutStopSec
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert code == 0, stderr
+        assert "threads still running" not in stderr and "Traceback" not in stderr
+        assert not (tmp_path / "run" / "control.sock").exists()
+        assert not (tmp_path / "run" / "status.json").exists()
+    finally:
+        emu.stop()
+
+
+def open_fds() -> set[str]:
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+    return fds
+
+
+def test_sigterm_in_process_leaves_no_thread_and_no_open_device(
+    tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = Emulator(fast_scenario(), speech="tone").start()
+    try:
+        cfg = load_config(write_config(tmp_path, emu, speech("Hello there.") + silence(30.0)), environ={})
+        monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
+        before = open_fds()
+        threads_before = set(threading.enumerate())
+
+        def operator() -> None:
+            notify.wait_for("READY=1")
+            ok, _ = request(cfg.systemd.control_socket, "start")
+            assert ok
+            notify.wait_for("STATUS=listening")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        helper = threading.Thread(target=operator, name="test-operator")
+        helper.start()
+        from device.gpio import mock_factory
+
+        code = serve(cfg, Secret("emulator-key", "test"), pin_factory=mock_factory())
+        helper.join(WAIT_S)
+        assert code == 0
+        assert notify.wait_for("STOPPING=1")
+        assert set(threading.enumerate()) <= threads_before  # every thread of the daemon joined
+        leaked = open_fds() - before
+        assert not [fd for fd in leaked if "in.raw" in fd or "out.raw" in fd or "/dev/snd" in fd], leaked
+        assert not [fd for fd in leaked if "socket" in fd], leaked
+        assert emu.wait_for_conversation_end(timeout_s=WAIT_S).closed_by == "client"
+    finally:
+        emu.stop()
+
+
+def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
+    prom = tmp_path / "node" / "voice_appliance.prom"
+    prom.parent.mkdir()
+    systemd = SystemdConfig(
+        status_file=str(tmp_path / "run" / "status.json"), prometheus_textfile=str(prom), control_socket=""
+    )
+    with Rig(tmp_path, silence(20.0), systemd=systemd) as rig:
+        rig.d.command("start")
+        rig.wait_state("listening")
+        dog = rig.d.watchdog
+        assert dog is not None
+        assert dog.wait_rounds(2, WAIT_S)
+        doc = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert doc["state"] == "listening" and doc["conversation_id"].startswith("conv_")
+        assert set(doc["counters"]) >= {"conversations", "errors", "xruns", "ping_ms"}
+        assert doc["counters"]["conversations"] == 1
+        text = prom.read_text()
+        assert 'voice_appliance_state{state="listening"} 1' in text
+        assert "voice_appliance_conversations_total 1" in text
+        rig.d.command("stop")
+        rig.wait_state("idle")
+    assert not (tmp_path / "run" / "status.json").exists()  # a stopped daemon leaves no stale status

@@ -1,0 +1,227 @@
+"""Shared pieces of the daemon's end-to-end tests (no tests here).
+
+A :class:`Rig` runs the real daemon in this process: real ALSA through
+``type file`` devices (a microphone reading a prepared raw file in real time,
+a speaker writing into a raw file), gpiozero's MockFactory pins (the button
+pressed with ``drive_low()``), the real session against the emulator. The
+input file is a script: speech at known places; the tests press the button
+when the capture reaches them (synchronised on the daemon's telemetry).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from device.audio import filedevices
+from device.config import AgentConfig, AudioConfig, ButtonConfig, Config, GateConfig, SessionConfig, SystemdConfig
+from device.daemon import Daemon
+from device.emulator.scenario import Scenario, Turn, default_scenario
+from device.emulator.server import Emulator
+from device.emulator.speech import speechlike_pcm
+from device.gpio import mock_factory
+from device.notify import Notifier
+from device.secrets import Secret
+from device.telemetry import Telemetry
+
+RATE_HZ = 16000
+BLOCK_FRAMES = 4000
+BLOCK_BYTES = BLOCK_FRAMES * 2
+BLOCK_S = BLOCK_FRAMES / RATE_HZ
+CHUNK_FRAMES = 1000  # one playback chunk at 16 kHz (62.5 ms)
+WAIT_S = 30.0  # every wait is bounded; generous because the machine is shared
+BUTTON_PIN = 17
+MUTE_PIN = 27
+RED, GREEN, BLUE = 5, 6, 13  # the rgb preset's pins
+
+
+def speech(text: str) -> bytes:
+    """Deterministic speech-like S16LE mono 16 kHz that webrtcvad hears as speech."""
+    return speechlike_pcm(text, RATE_HZ)
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(2 * int(seconds * RATE_HZ))
+
+
+def fast_scenario(*turns: Turn, **changes: Any) -> Scenario:
+    """Short replies sent fast, quick turn-taking, no re-prompts."""
+    base = default_scenario().with_changes(
+        agent={"first_message": "", "words_per_minute": 300},
+        timing={
+            "speed": 20.0,
+            "response_delay_ms": 50,
+            "end_of_turn_silence_ms": 400,
+            "turn_timeout_s": 0.0,
+            "ping_interval_s": 1.0,
+        },
+        turns=turns or (Turn(transcript="What can you do?", reply="I can help."),),
+    )
+    return base.with_changes(**changes) if changes else base
+
+
+class Recorder:
+    """Telemetry collected in order; waits on a Condition (never sleeps)."""
+
+    def __init__(self) -> None:
+        self.items: list[Telemetry] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, record: Telemetry) -> None:
+        with self._cond:
+            self.items.append(record)
+            self._cond.notify_all()
+
+    def of(self, kind: str) -> list[Telemetry]:
+        with self._cond:
+            return [r for r in self.items if r.kind == kind]
+
+    def wait(
+        self, kind: str, pred: Callable[[Telemetry], bool] = lambda r: True, timeout_s: float = WAIT_S, after: int = 0
+    ) -> Telemetry:
+        """The first record of ``kind`` (from index ``after``) matching ``pred``."""
+        found: list[Telemetry] = []
+
+        def check() -> bool:
+            found[:] = [r for r in self.items[after:] if r.kind == kind and pred(r)]
+            return bool(found)
+
+        with self._cond:
+            if not self._cond.wait_for(check, timeout_s):
+                states = [r.data.get("state") for r in self.items if r.kind == "state"]
+                raise AssertionError(f"no {kind} telemetry within {timeout_s:g} s (states so far: {states})")
+            return found[0]
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.items)
+
+    def states(self) -> list[str]:
+        return [str(r.data["state"]) for r in self.of("state")]
+
+
+class Rig:
+    """The daemon on file devices and mock pins, talking to the emulator."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        input_pcm: bytes,
+        scenario: Scenario | None = None,
+        *,
+        gate: GateConfig | None = None,
+        session: SessionConfig | None = None,
+        button: ButtonConfig | None = None,
+        systemd: SystemdConfig | None = None,
+        audio: dict[str, Any] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.input_pcm = input_pcm
+        self.emu = Emulator(scenario or fast_scenario(), speech="tone")
+        self.factory = mock_factory()
+        self.tel = Recorder()
+        self.out_path = tmp / "out.raw"
+        filedevices.install(tmp / "alsa")
+        raw = tmp / "in.raw"
+        raw.write_bytes(input_pcm + silence(4.0))  # silent tail: the file plugin repeats its buffer at the end
+        self.cfg_parts: dict[str, Any] = {
+            "gate": gate or GateConfig(),
+            "session": session or SessionConfig(),
+            "button": button or ButtonConfig(pin=BUTTON_PIN, bounce_ms=0, long_press_s=0.5),
+            "systemd": systemd
+            or SystemdConfig(status_file=str(tmp / "status.json"), control_socket="", watchdog=False),
+            "audio": AudioConfig(
+                capture_device=filedevices.capture_device(raw),
+                playback_device=filedevices.playback_device(self.out_path, fixed_16k=True),
+                pace_realtime=True,
+                earcons=False,
+                **(audio or {}),
+            ),
+        }
+        self.notifier = notifier or Notifier({})
+        self.daemon: Daemon | None = None
+
+    @property
+    def button(self) -> Any:
+        return self.factory.pin(BUTTON_PIN)
+
+    @property
+    def d(self) -> Daemon:
+        assert self.daemon is not None
+        return self.daemon
+
+    def config(self) -> Config:
+        agent = AgentConfig(agent_id=self.emu.agent_id, base_url=self.emu.base_url, connection="signed_url")
+        return Config(agent=agent, **self.cfg_parts)
+
+    def start(self) -> Rig:
+        self.emu.start()
+        self.daemon = Daemon(
+            self.config(), Secret("emulator-key", "test"), pin_factory=self.factory, notifier=self.notifier
+        )
+        self.d.telemetry.subscribe(self.tel)
+        self.d.start()
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self.daemon is not None:
+                self.daemon.stop()
+        finally:
+            self.emu.stop()
+            self.factory.reset()
+
+    def __enter__(self) -> Rig:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- driving ------------------------------------------------------------------------------------
+    def wait_captured(self, seconds: float) -> Telemetry:
+        """Until the microphone has delivered the input up to ``seconds`` into the file."""
+        last_seq = max(0, int(seconds / BLOCK_S) - 1)
+        return self.tel.wait("captured", lambda r: r.data["seq"] >= last_seq)
+
+    def press_at(self, seconds: float) -> None:
+        """Press the button when the capture reaches ``seconds`` of the input (block precision)."""
+        self.wait_captured(seconds)
+        self.button.drive_low()
+
+    def release_at(self, seconds: float) -> None:
+        self.wait_captured(seconds)
+        self.button.drive_high()
+
+    def wait_state(self, state: str, timeout_s: float = WAIT_S, after: int = 0) -> Telemetry:
+        return self.tel.wait("state", lambda r: r.data["state"] == state, timeout_s, after)
+
+    def output(self) -> bytes:
+        """Everything the speaker got (complete once the daemon stopped)."""
+        return filedevices.read_output(self.out_path)
+
+
+def samples_equal_somewhere(needle: bytes, haystack: bytes) -> bool:
+    """``needle`` occurs in ``haystack`` at a sample boundary."""
+    start = haystack.find(needle)
+    while start >= 0:
+        if start % 2 == 0:
+            return True
+        start = haystack.find(needle, start + 1)
+    return False
+
+
+def is_silent(pcm: bytes) -> bool:
+    return not any(pcm)
+
+
+def with_session(**changes: Any) -> SessionConfig:
+    return replace(SessionConfig(), **changes)
+
+
+def monotonic() -> float:
+    return time.monotonic()
