@@ -40,7 +40,7 @@ import device
 from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
 from device.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.config import AgentConfig, SessionConfig
-from device.errors import WorkerStuckError
+from device.errors import SessionError, WorkerStuckError
 from device.protocol import (
     MAX_MESSAGE_BYTES,
     AgentAudio,
@@ -352,7 +352,10 @@ class Session:
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; events arrive through ``on_event``."""
-        self._started_s = time.monotonic()
+        with self._lock:
+            if self._end is not None or self._started_s is not None:
+                raise SessionError("this session was already started or stopped; create a new Session")
+            self._started_s = time.monotonic()
         self._rx.start()
 
     def send_audio(self, pcm: bytes, captured_at_s: float) -> None:

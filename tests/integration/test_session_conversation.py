@@ -281,13 +281,14 @@ def test_user_audio_is_converted_to_the_announced_input_format(input_format: str
             wait_reply_played(emu, 0)
             pcm = speak(session, "What can you do?")
             events.wait_for(UserTranscript, lambda e: e.text == "What can you do?")
+            # The emulator decodes what it got at the announced rate: the duration is what was captured.
+            fmt = parse_format(input_format)
+            expected_bytes = 2 * sum(len(b) // 2 * fmt.rate_hz // 16000 for b in blocks(pcm))
+            emu.wait_until(lambda s: len(s[-1].user_audio_pcm) >= expected_bytes, WAIT_S, "all the audio")
         record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
-    fmt = parse_format(input_format)
     assert session.input_format == fmt
     assert not record.violations, record.violations
-    # The emulator decodes what it got at the announced rate: the duration is what was captured.
-    expected_frames = sum(len(b) // 2 * fmt.rate_hz // 16000 for b in blocks(pcm))
-    assert len(record.user_audio_pcm) // 2 == expected_frames
+    assert len(record.user_audio_pcm) == expected_bytes
 
 
 # -- a scripted server for what the emulator never announces ---------------------------------
