@@ -78,6 +78,7 @@ class Figures:
     transcript: list[dict[str, Any]] = field(default_factory=list)
     conversations: int = 0
     session_outcomes: list[str] = field(default_factory=list)
+    session_details: list[str] = field(default_factory=list)
     conversation_s: float = 0.0
     replies_played: int = 0
 
@@ -130,9 +131,9 @@ def analyse(
     spans = _conversation_spans(evs)
     fig.conversations = len(spans)
     fig.conversation_s = sum((b if b is not None else end) - a for a, b in spans)
-    fig.session_outcomes = [
-        outcome_name(_get(e.data, "outcome", default="unknown")) for e in _times(evs, "session_end")
-    ]
+    ends = _times(evs, "session_end")
+    fig.session_outcomes = [outcome_name(_get(e.data, "outcome", default="unknown")) for e in ends]
+    fig.session_details = [str(_get(e.data, "detail", default="")) for e in ends]
 
     # -- uplink -----------------------------------------------------------------
     sent = _times(evs, "block_sent")
@@ -278,6 +279,7 @@ def analyse(
             "at_s": rel(e.t_s),
             "role": "user" if role == "user" else "agent",
             "text": str(_get(e.data, "text", default="")),
+            "cut": bool(_get(e.data, "correction", default=False)),
         })
     return fig
 
@@ -322,9 +324,13 @@ def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -
     if fig.conversations == 0:
         return False, "no_conversation", "no conversation started: check the timeline presses and the gate mode"
     ended_by = fig.session_outcomes[-1] if fig.session_outcomes else "unknown"
-    bad = [o for o in fig.session_outcomes if o not in OK_OUTCOMES]
+    bad = [i for i, o in enumerate(fig.session_outcomes) if o not in OK_OUTCOMES]
     if bad:
-        return False, bad[-1], f"a conversation failed ({bad[-1]}); see the log above for what to do"
+        outcome = fig.session_outcomes[bad[-1]]
+        why = fig.session_details[bad[-1]] if bad[-1] < len(fig.session_details) else ""
+        return False, outcome, f"a conversation failed ({outcome}): {why}" if why else (
+            f"a conversation failed ({outcome}); see the log above for what to do"
+        )
     if fig.replies_played == 0:
         return False, ended_by, "no agent reply was played"
     if violations:

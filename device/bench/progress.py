@@ -65,8 +65,8 @@ def notable(ev: Event, t0_s: float) -> str | None:
     d = ev.data
     at = f"{ev.t_s - t0_s:6.1f} s"
     if ev.kind == "transcript" and not d.get("tentative"):
-        who = "you" if d.get("role") == "user" else "agent"
-        return f"{at}  {who:>5}: {d.get('text', '')}"
+        who = "you" if d.get("role") == "user" else ("agent, cut" if d.get("correction") else "agent")
+        return f"{at}  {who:>5}: {d.get('text', '')}" + (" …" if d.get("correction") else "")
     if ev.kind == "tool_call" and d.get("phase", "finished") == "finished":
         return f"{at}   tool: {d.get('name', '?')}{' (failed)' if d.get('is_error') else ''}"
     if ev.kind == "interruption":

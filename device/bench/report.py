@@ -205,6 +205,7 @@ SCHEMA: dict[str, Any] = {
                         "at_s": _num("when"),
                         "role": {"enum": ["user", "agent"], "description": "who spoke"},
                         "text": _str("text"),
+                        "cut": {"type": "boolean", "description": "an agent reply cut short: the part actually said"},
                     },
                 ),
             ),
@@ -367,7 +368,7 @@ def summary(doc: Mapping[str, Any]) -> str:
     if doc["transcript"]:
         lines.append("transcript:")
         for t in doc["transcript"]:
-            lines.append(f"  {t['at_s']:6.1f} s  {t['role']:>5}: {t['text']}")
+            lines.append(f"  {t['at_s']:6.1f} s  {t['role']:>5}: {t['text']}" + (" …" if t["cut"] else ""))
     if doc["turns"]:
         lines.append("turns:                    latency   device share   interrupted")
         for t in doc["turns"]:

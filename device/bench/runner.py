@@ -125,6 +125,25 @@ def _emulator_api() -> tuple[Any, Any, Any]:
     return emu.Emulator, emu.load_scenario, emu.default_scenario
 
 
+def _with_led_patterns(events: list[Any], cfg: Config) -> list[Any]:
+    """``led`` telemetry names the state; add what each LED output shows in it (for the picture)."""
+    from device.ledpatterns import resolve
+    from device.telemetry import Telemetry
+
+    try:
+        plan = resolve(cfg.leds)
+    except DeviceError:
+        return events
+    out = []
+    for e in events:
+        if e.kind == "led" and "outputs" not in e.data:
+            shown = plan.for_state(str(e.data.get("state", "")))
+            outputs = {o.name: str(shown[o.name]) if o.name in shown else "off" for o in plan.outputs}
+            e = Telemetry(e.t_s, "led", {**e.data, "outputs": outputs})
+        out.append(e)
+    return out
+
+
 def _mock_pin_factory() -> Any:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
@@ -139,6 +158,7 @@ def bench_config(
     playback: str,
     agent: dict[str, Any],
     gate_mode: str | None = None,
+    control_socket: Path | None = None,
 ) -> Config:
     """The user's configuration (file, environment, --set) with the bench's devices, agent and pins."""
     user = load_config(config_path, overrides=list(overrides))
@@ -146,8 +166,10 @@ def bench_config(
         "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": True,
                   "capture_channels": 1, "mixer_control": ""},
         "agent": agent,
-        # Nothing under /run, no watchdog: the bench is not a service.
-        "systemd": {"status_file": "", "control_socket": "", "prometheus_textfile": "", "watchdog": False},
+        # Nothing under /run, no watchdog: the bench is not a service. The control socket (for
+        # timeline ctl steps) lives in the bench's own folder, for this user only.
+        "systemd": {"status_file": "", "prometheus_textfile": "", "watchdog": False,
+                    "control_socket": str(control_socket) if control_socket else "", "control_group": ""},
     }
     # Earcons would sit between the replies in the speaker file: off unless asked for.
     asked = {o.partition("=")[0].strip() for o in overrides}
@@ -267,7 +289,7 @@ class Runner:
             agent_info = {"kind": "emulator", "url": self.emulator.base_url, "scenario": scenario_name}
         try:
             cfg = bench_config(self.opts.config_path, self.opts.overrides, capture=capture, playback=playback,
-                               agent=agent, gate_mode=self.opts.gate_mode)
+                               agent=agent, gate_mode=self.opts.gate_mode, control_socket=self.work / "control.sock")
             steps = self._steps(input_info["duration_s"], cfg.gate.mode)
             expected_s = max(script.last_at_s(steps) + 6.0, 10.0)
             self._drive(cfg, api_key, steps, expected_s)
@@ -297,6 +319,9 @@ class Runner:
             while True:
                 now = time.monotonic()
                 elapsed = now - self.t0_s
+                if self.daemon.fatal.is_set():
+                    self.error = f"the daemon stopped working: {self.daemon.fatal_reason}"
+                    return
                 while pending and pending[0].at_s <= elapsed:
                     step = pending.pop(0)
                     if step.action == "end":
@@ -362,22 +387,16 @@ class Runner:
         command = step.command if step.action == "ctl" else step.action
         if progress is not None:
             progress.note(f"ctl {command}")
-        self._control(command)
+        self._control(command, cfg)
 
-    def _control(self, command: str) -> None:
-        """A control command, as `voice-appliance ctl` would send it over the daemon's socket."""
-        for name in ("control", "command", "handle_command"):
-            fn = getattr(self.daemon, name, None)
-            if callable(fn):
-                reply = fn(command)
-                log.info("ctl %s → %s", command.split(" ", 1)[0], reply)
-                return
-        verb, _, rest = command.partition(" ")
-        fn = getattr(self.daemon, verb, None)
-        if callable(fn):
-            fn(rest) if rest else fn()
-            return
-        raise ConfigError(f"this daemon has no control command {verb!r}", "timeline")
+    def _control(self, command: str, cfg: Config) -> None:
+        """A control command over the daemon's control socket, exactly as `voice-appliance ctl` sends it."""
+        from device.control import request
+
+        ok, answer = request(cfg.systemd.control_socket, command)
+        log.info("ctl %s → %s %s", command.split(" ", 1)[0], "ok" if ok else "error", answer)
+        if not ok:
+            raise ConfigError(f"the daemon refused the timeline's ctl {command!r}: {answer}", "timeline")
 
     # -- results ------------------------------------------------------------------------
     def _agent_records(self) -> list[Any]:
@@ -418,7 +437,8 @@ class Runner:
         else:
             (self.out_dir / "user_audio.wav").unlink(missing_ok=True)
         device_cpu = self.monitor.cpu_of(_is_device_thread)
-        conv_min = fig.conversation_s / 60
+        # Per minute only means something for a conversation of some length.
+        conv_min = fig.conversation_s / 60 if fig.conversation_s >= 5.0 else 0.0
         doc: dict[str, Any] = {
             "schema_version": report.SCHEMA_VERSION,
             "tool_version": __version__,
@@ -451,7 +471,7 @@ class Runner:
             "artefacts": {"agent_audio_wav": agent_wav.name, "user_audio_wav": user_wav_name,
                           "timeline_svg": "timeline.svg", "timeline_png": None},
         }
-        png = self._timeline(events, fig, agent_pcm, doc)
+        png = self._timeline(_with_led_patterns(events, cfg), fig, agent_pcm, doc)
         doc["artefacts"]["timeline_png"] = png.name if png is not None else None
         report.write(doc, self.out_dir / "report.json")
         return BenchResult(doc, exit_code, self.out_dir, report.summary(doc))

@@ -136,6 +136,15 @@ def pattern_colour(pattern: str) -> str:
     return colour or "#f5d000"
 
 
+def text_colour_on(fill: str) -> str:
+    """Black or white, whichever reads better on ``fill`` (#rrggbb)."""
+    try:
+        r, g, b = (int(fill[i : i + 2], 16) for i in (1, 3, 5))
+    except (ValueError, IndexError):
+        return "#111"
+    return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
+
+
 def _led_colour(data: Mapping[str, Any]) -> str:
     colour = _field(data, "colour", "color", "rgb", "value")
     if isinstance(colour, str) and colour.startswith("#"):
@@ -175,7 +184,11 @@ def _event_label(ev: Event, t0: float) -> tuple[str, str, str] | None:
         err = " (error)" if _field(d, "is_error") else ""
         return f"tool {_field(d, 'name', default='?')}{err}", "#2e86c1", when
     if ev.kind == "transcript":
+        if _field(d, "tentative", default=False):
+            return None
         role = _field(d, "role", default="?")
+        if _field(d, "correction", default=False):
+            role = "agent (cut)"
         text = str(_field(d, "text", default=""))
         short = text if len(text) <= 38 else text[:37] + "…"
         return f"{'you' if role == 'user' else role}: {short}", ("#1e8449" if role == "user" else "#7d3c98"), (
@@ -248,7 +261,7 @@ def render_svg(
             xa, xb = c.x(a), c.x(b)
             c.rect(xa, y + 2, xb - xa, ROW_PX - 4, colour, f"{label or colour} {a - t0_s:.2f} s")
             if label and xb - xa > len(label) * CHAR_PX + 4:
-                c.text(xa + 3, y + ROW_PX / 2 + 4, label, size=10, fill="#fff" if colour == "#333333" else "#111")
+                c.text(xa + 3, y + ROW_PX / 2 + 4, label, size=10, fill=text_colour_on(colour))
         y += ROW_PX + 6
 
     # -- button ------------------------------------------------------------
@@ -348,11 +361,15 @@ def render_svg(
     n_rows = max(1, len(rows_end))
     ev_h = n_rows * 16 + 8
     row_label("events", y, min(ev_h, ROW_PX))
+    right = LABEL_PX + c.plot_px
     for x, row, label, colour, tip in placed:
         yy = y + 12 + row * 16
         c.line(x, y, x, yy + 2, colour, 1)
         c.add(f'<circle cx="{x:.1f}" cy="{yy - 4:.1f}" r="3" fill="{colour}"><title>{escape(tip)}</title></circle>')
-        c.text(x + 5, yy, label, size=11, fill=colour)
+        if x + 5 + len(label) * CHAR_PX > right + RIGHT_PX:  # would run off the picture: label on the left
+            c.text(x - 5, yy, label, size=11, fill=colour, anchor="end")
+        else:
+            c.text(x + 5, yy, label, size=11, fill=colour)
     y += ev_h + 4
 
     # -- axis, vertical guides for interruptions -----------------------------------

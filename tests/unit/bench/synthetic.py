@@ -45,7 +45,9 @@ def conversation() -> list[Ev]:
     at(5.8, "state", state="thinking")
     at(5.85, "tool_call", name="set_volume", phase="started")
     at(5.9, "tool_call", name="set_volume", is_error=False, phase="finished")
-    at(5.7, "transcript", role="user", text="Please turn the volume down, and tell me when the museum opens.")
+    at(2.0, "transcript", role="user", text="Please turn the", tentative=True)
+    at(5.7, "transcript", role="user", text="Please turn the volume down, and tell me when the museum opens.",
+       tentative=False)
     for i in range(12):
         at(6.4 + 0.05 * i, "agent_audio", event_id=3, nbytes=8000)
     at(6.55, "reply_started")
@@ -57,6 +59,7 @@ def conversation() -> list[Ev]:
     at(9.002, "flushed", old_audio_ms_after=12.5, latency_ms=0.4, dropped_frames=3000)
     at(9.0, "state", state="listening")
     at(9.7, "interruption", event_id=3)
+    at(9.7, "transcript", role="agent", text="I turned the volume down.", correction=True)
     at(9.71, "flushed", old_audio_ms_after=0.0, latency_ms=0.1, dropped_frames=0)
     at(11.25, "button", action="release")
     at(12.0, "transcript", role="user", text="Sorry, is there a cafe?")

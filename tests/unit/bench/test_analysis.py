@@ -68,7 +68,9 @@ def test_counters_and_texts() -> None:
     assert fig.xruns == {"capture_overruns": 0, "playback_underruns": 1}
     assert fig.ping_ms["count"] == 8 and fig.ping_ms["max"] == 27
     assert [c["name"] for c in fig.tool_calls] == ["set_volume"]
-    assert [t["role"] for t in fig.transcript] == ["user", "agent", "user", "agent"]
+    assert [(t["role"], t["cut"]) for t in fig.transcript] == [
+        ("user", False), ("agent", False), ("agent", True), ("user", False), ("agent", False)
+    ]
 
 
 def test_outcome_names_accept_enums_and_strings() -> None:
@@ -95,6 +97,10 @@ def test_the_verdict(outcomes: list[str], played: int, violations: int, ok: bool
     fig = analysis.Figures(conversations=len(outcomes), session_outcomes=outcomes, replies_played=played)
     got_ok, got_by, detail = analysis.verdict(fig, violations, timed_out=False, error=None)
     assert (got_ok, got_by) == (ok, ended_by), detail
+    fig.session_details = ["connection refused; check the network"] * len(outcomes)
+    if ended_by == "network":
+        detail = analysis.verdict(fig, 0, False, None)[2]
+        assert detail == "a conversation failed (network): connection refused; check the network"
     assert analysis.verdict(fig, 0, timed_out=True, error=None)[:2] == (False, "timeout")
     assert analysis.verdict(fig, 0, timed_out=False, error="boom") == (False, "error", "boom")
 

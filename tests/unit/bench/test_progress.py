@@ -28,6 +28,8 @@ def test_counters_and_notable_lines_on_a_plain_stream() -> None:
     assert "19.5/20 s  idle" in status[1]
     assert "2 replies, 2 interruptions, 1 tool call, 1 xrun, ping 27 ms" in status[1]
     assert "barge-in: a press cut the agent off" in text
+    assert "agent, cut: I turned the volume down. …" in text
+    assert "Please turn the\n" not in text  # tentative transcripts are not printed
 
 
 def test_on_a_terminal_the_status_line_is_redrawn_in_place() -> None:

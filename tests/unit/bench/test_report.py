@@ -59,7 +59,7 @@ def valid_doc() -> dict[str, Any]:
         "peak_rss_mb": 61.5,
         "protocol_violations": [],
         "tool_calls": [{"at_s": 5.9, "name": "set_volume", "is_error": False}],
-        "transcript": [{"at_s": 5.7, "role": "user", "text": "Please turn the volume down"}],
+        "transcript": [{"at_s": 5.7, "role": "user", "text": "Please turn the volume down", "cut": False}],
         "artefacts": {
             "agent_audio_wav": "agent_audio.wav",
             "user_audio_wav": "user_audio.wav",

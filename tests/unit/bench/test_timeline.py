@@ -43,6 +43,8 @@ def test_every_row_and_the_important_events_are_drawn() -> None:
     assert "xrun underrun" in texts
     assert "1050 ms" in texts
     assert any(t.startswith("you: Please turn the volume down") for t in texts)
+    assert "you: Please turn the" not in texts  # tentative transcripts are left out
+    assert "agent (cut): I turned the volume down." in texts
     # the state row shows each state for as long as it lasted
     assert "speaking 6.55–9.00 s" in _titles(root)
     assert "held 4.75 s" in _titles(root)
@@ -52,6 +54,8 @@ def test_led_patterns_are_drawn_in_their_colour() -> None:
     assert timeline.pattern_colour("pulse 1.0 #00ff00") == "#00ff00"
     assert timeline.pattern_colour("off") == "#333333"
     assert timeline.pattern_colour("on") == "#f5d000"
+    assert timeline.text_colour_on("#0000ff") == "#fff"
+    assert timeline.text_colour_on("#00ff00") == "#111"
     root = _render([Ev(T0, "led", {"state": "listening", "outputs": {"red": "on #ff0000", "green": "off"}})])
     texts = _texts(root)
     assert "LED red" in texts and "LED green" in texts
@@ -77,6 +81,12 @@ def test_labels_never_overlap_in_the_event_row() -> None:
         float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if (t.text or "").startswith("tool tool")
     )
     assert len(ys) == 5 and len(set(ys)) == 5
+
+
+def test_a_label_at_the_right_edge_stays_in_the_picture() -> None:
+    root = _render([Ev(T0 + 9.9, "session_end", {"outcome": "agent_ended"})], t1_s=T0 + 10)
+    label = next(t for t in root.iter(f"{SVG}text") if t.text == "end: agent_ended")
+    assert label.get("text-anchor") == "end"
 
 
 def test_text_from_the_agent_is_escaped() -> None:
