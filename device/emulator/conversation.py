@@ -225,7 +225,8 @@ class Conversation:
             self._on_audio(now, msg)
         else:
             self._on_message(now, msg)
-        self._advance(now)
+        if not self._muted:  # nobody is listening any more: no replies to prepare
+            self._advance(now)
         return self._flush()
 
     def tick(self) -> list[Action]:
