@@ -23,7 +23,7 @@ from device.audioformat import CAPTURE_BLOCK_FRAMES, CAPTURE_RATE_HZ
 from device.config import AudioConfig
 from device.errors import AudioError
 from device.retry import backoff_delay_s
-from device.worker import Worker, WorkerExited
+from device.worker import DEFAULT_JOIN_TIMEOUT_S, Worker, WorkerExited
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ class Capture(Worker):
 
     def wake(self) -> None:
         self._waker.wake()
+
+    def stop(self, timeout_s: float = DEFAULT_JOIN_TIMEOUT_S) -> None:
+        super().stop(timeout_s)
+        if not self._started:  # never ran: run() did not get to release the eventfd
+            self._waker.close()
 
     # -- the thread -----------------------------------------------------
     def run(self) -> None:
