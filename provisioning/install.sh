@@ -27,8 +27,9 @@ do_start=0
 # Debian packages: compilers and headers to build pyalsaaudio (Debian's
 # python3-alsaaudio 0.8.4 is too old), alsa-utils for `doctor`, and the
 # libraries whose Debian versions the project accepts (seen through
-# --system-site-packages, so the Pi compiles nothing but pyalsaaudio).
-APT_PACKAGES=(python3 python3-venv python3-dev python3-setuptools python3-wheel gcc libc6-dev
+# --system-site-packages, so the Pi compiles nothing but pyalsaaudio), and
+# procps for the unit's ExecReload=/bin/kill.
+APT_PACKAGES=(python3 python3-venv python3-dev python3-setuptools python3-wheel gcc libc6-dev procps
               libasound2-dev alsa-utils ca-certificates
               python3-systemd python3-requests python3-websocket python3-gpiozero)
 # Raspberry Pi OS only (gpiozero's default pin factory there); skipped elsewhere.

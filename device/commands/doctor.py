@@ -29,6 +29,7 @@ import grp
 import json
 import os
 import pwd
+import shlex
 import socket
 import ssl
 import stat
@@ -43,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from device.commands.common import add_set_option, config_path
-from device.config import Config, load_config
+from device.config import ENV_PREFIX, Config, load_config
 from device.errors import AudioError, ConfigError
 from device.secrets import CREDENTIAL_NAME, ENV_VAR, Secret, register_secret
 
@@ -890,10 +891,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument("--unit", default=UNIT, help=f"systemd unit to inspect (default: {UNIT})")
     parser.add_argument(
+        "--no-unit-env", action="store_true",
+        help="ignore the unit's Environment= (by default the checks see what the service sees)",
+    )
+    parser.add_argument(
         "--key-file", default=None, metavar="PATH",
         help="where the unit's key lives (default: read from the unit's LoadCredential=, else "
         f"{UNIT_KEY_FILE})",
     )
+
+
+# What the service's environment may set that changes what the checks should see.
+_UNIT_ENV_KEYS = ("ALSA_CONFIG_PATH", "GPIOZERO_PIN_FACTORY", "LG_WD")
+
+
+def unit_environment(ctx: Context) -> dict[str, str]:
+    """The unit's Environment= (drop-ins included) that matters here: config overrides, ALSA, pins."""
+    if not ctx.systemd_dir.is_dir():
+        return {}
+    res = ctx.run(["systemctl", "show", ctx.unit, "-p", "Environment", "--value"], ctx.timeout_s, None)
+    if res.returncode != 0:
+        return {}
+    try:
+        words = shlex.split(res.stdout)
+    except ValueError:
+        return {}
+    env = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and (key.startswith(ENV_PREFIX) or key in _UNIT_ENV_KEYS):
+            env[key] = value
+    return env
 
 
 def run(args: argparse.Namespace) -> int:
@@ -908,12 +936,24 @@ def run(args: argparse.Namespace) -> int:
         unit=args.unit,
         key_file=args.key_file,
     )
+    # Judge what the service will see: its Environment= (e.g. a drop-in's config path or
+    # overrides, ALSA_CONFIG_PATH) wins over this shell's, unless asked not to.
+    unit_env = {} if args.no_unit_env else unit_environment(ctx)
+    if unit_env:
+        ctx.environ = {**ctx.environ, **unit_env}
+        for key in _UNIT_ENV_KEYS:  # ALSA and gpiozero read these from the process environment
+            if key in unit_env:
+                os.environ[key] = unit_env[key]
+        if args.config is None and "VOICE_APPLIANCE_CONFIG" in unit_env:
+            ctx.config_path = Path(unit_env["VOICE_APPLIANCE_CONFIG"])
     findings = run_checks(ctx, only)
     if args.json:
         print(findings_to_json(findings))
     else:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         print(f"voice-appliance doctor — config {ctx.config_path}")
+        if unit_env:
+            print(f"with the environment of {ctx.unit}: {', '.join(sorted(unit_env))}")
         print()
         print(render_table(findings, color=color))
     return 1 if any(f.status is Status.FAIL for f in findings) else 0

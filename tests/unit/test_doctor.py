@@ -483,3 +483,22 @@ def test_service_check_reads_systemctl(tmp_path: Path) -> None:
     findings = run_checks(ctx, ["service"])
     assert findings[0].status is Status.FAIL and "exit 78" in findings[0].detail
     assert calls and calls[0][:3] == ["systemctl", "show", "voice-appliance.service"]
+
+
+def test_unit_environment_keeps_what_changes_the_checks(tmp_path: Path) -> None:
+    shown = ('VOICE_APPLIANCE_CONFIG=/srv/kiosk.toml "VOICE_APPLIANCE_AGENT_LOCATION=Front desk" '
+             "ALSA_CONFIG_PATH=/usr/share/alsa/alsa.conf:/etc/x.conf LANG=C.UTF-8 LG_WD=/run/voice-appliance\n")
+
+    def systemctl(argv: Sequence[str], timeout_s: float, stdin: bytes | None) -> CommandResult:
+        assert list(argv[:2]) == ["systemctl", "show"] and "Environment" in argv
+        return CommandResult(0, shown, "")
+
+    (tmp_path / "systemd").mkdir()
+    env = doctor.unit_environment(make_ctx(tmp_path, systemd_dir=tmp_path / "systemd", run=systemctl))
+    assert env == {
+        "VOICE_APPLIANCE_CONFIG": "/srv/kiosk.toml",
+        "VOICE_APPLIANCE_AGENT_LOCATION": "Front desk",
+        "ALSA_CONFIG_PATH": "/usr/share/alsa/alsa.conf:/etc/x.conf",
+        "LG_WD": "/run/voice-appliance",
+    }
+    assert doctor.unit_environment(make_ctx(tmp_path)) == {}  # no systemd: nothing

@@ -1,0 +1,388 @@
+"""Boot a real systemd with the installed appliance and prove the unit does what it promises.
+
+A minimal Debian bookworm (debootstrap, cached under
+/var/cache/voice-appliance-test/) gets the project through
+``provisioning/install.sh --root``; settings and the API key are dropped on
+its boot partition as a user would; then systemd boots as PID 1 in its own
+namespaces (tests/system/machine.py). With the real unit:
+
+- first boot applies the boot partition's config and key, and wipes the key;
+- the daemon reaches READY=1 (ActiveState=active) with a STATUS= line, over
+  ALSA ``type file`` devices, gpiozero mock pins and the agent emulator;
+- ``systemctl reload`` keeps it running; a stopped (SIGSTOP) daemon is
+  killed by the watchdog and restarted; ``systemctl stop`` is clean;
+- an invalid config exits 78 and a missing key 77, and neither is restarted.
+
+Needs root, debootstrap, unshare/nsenter and overlayfs; skips otherwise.
+First run builds the root (1–3 min); later runs take well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.audio import filedevices
+from tests.system.machine import (
+    BASE_PACKAGES,
+    CACHE_DIR,
+    Machine,
+    Overlay,
+    Unavailable,
+    booted,
+    cached_root,
+    install_packages,
+    remove_stale_cgroups,
+    wait_for,
+)
+from tests.system.unitfile import REPO
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
+
+UNIT = "voice-appliance.service"
+FIRSTBOOT = "voice-appliance-firstboot.service"
+EMU_KEY = "sk_boot_test_7f3a9c1e5b2d4f6a8c0e1b3d"
+TEST_DIR = "/var/lib/voice-appliance-test"
+ALSA_CONF = "/etc/voice-appliance-test/filedevices.conf"
+WATCHDOG_S = 5
+DROP_IN = f"""\
+# Written by tests/system/test_boot.py: ALSA file devices, mock GPIO pins, short timeouts.
+[Service]
+Environment=ALSA_CONFIG_PATH=/usr/share/alsa/alsa.conf:{ALSA_CONF}
+Environment=GPIOZERO_PIN_FACTORY=mock
+ReadWritePaths={TEST_DIR}
+WatchdogSec={WATCHDOG_S}
+TimeoutAbortSec=2
+RestartSec=1
+"""
+PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts", "MainPID", "StatusText")
+
+
+def _why_not_here() -> str | None:
+    if os.geteuid() != 0:
+        return "the boot test needs root (namespaces, mounts, chroot)"
+    for tool in ("debootstrap", "unshare", "nsenter", "chroot", "mount"):
+        if shutil.which(tool) is None:
+            return f"the boot test needs {tool} (apt-get install debootstrap util-linux)"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "the boot test needs overlayfs"
+    return None
+
+
+@pytest.fixture(scope="module")
+def base_root() -> Path:
+    reason = _why_not_here()
+    if reason:
+        pytest.skip(reason)
+    remove_stale_cgroups()
+    try:
+        return cached_root([*BASE_PACKAGES, *install_packages()])
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+def _install_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_FIND_LINKS", "VIRTUAL_ENV"))}
+    env["HOME"] = "/root"
+    return env
+
+
+@pytest.fixture(scope="module")
+def root(base_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh writable copy of the cached root with the appliance installed by install.sh --root."""
+    overlay = Overlay(base_root, tmp_path_factory.mktemp("overlay"))
+    try:
+        r = overlay.path
+        # This host's resolver and trusted CAs (e.g. a TLS-inspecting proxy) for pip inside the root.
+        shutil.copy("/etc/resolv.conf", r / "etc" / "resolv.conf")
+        host_cas = Path("/etc/ssl/certs/ca-certificates.crt")
+        if host_cas.exists():
+            shutil.copy(host_cas, r / "etc" / "ssl" / "certs" / "ca-certificates.crt")
+        (r / "etc" / "hostname").write_text("kiosk-test\n")
+        pip_cache = CACHE_DIR / "pip"
+        pip_cache.mkdir(parents=True, exist_ok=True)
+        overlay.bind(pip_cache, "/root/.cache/pip")
+        res = subprocess.run(
+            [str(REPO / "provisioning" / "install.sh"), "--root", str(r)],
+            capture_output=True, text=True, timeout=600, env=_install_env(),
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield r
+    finally:
+        overlay.close()
+
+
+def in_root(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_install_builds_the_venv_user_and_config(root: Path) -> None:
+    imports = "import alsaaudio, webrtcvad, gpiozero, systemd.journal, websocket, requests, device.cli"
+    version = "from importlib.metadata import version; print(version('pyalsaaudio'))"
+    res = in_root(root, "/opt/voice-appliance/bin/python", "-c", f"{imports}; {version}")
+    assert res.returncode == 0, res.stderr
+    assert tuple(int(x) for x in res.stdout.split(".")[:2]) >= (0, 10)  # built from PyPI, not Debian's 0.8.4
+    groups = {line.split(":")[0]: line.strip().split(":")[3].split(",")
+              for line in (root / "etc" / "group").read_text().splitlines()}
+    assert "voice-appliance" in groups["audio"] and "voice-appliance" in groups["gpio"]
+    etc = root / "etc" / "voice-appliance"
+    gid = int(next(line.split(":")[2] for line in (root / "etc" / "group").read_text().splitlines()
+                   if line.startswith("voice-appliance:")))
+    for path, mode in ((etc, 0o750), (etc / "config.toml", 0o640)):
+        st = path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 0, gid), path
+    assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink()
+    assert os.readlink(root / "usr/local/bin/voice-appliance") == "/opt/voice-appliance/bin/voice-appliance"
+
+
+def test_install_again_keeps_the_config_and_tightens_the_key(root: Path) -> None:
+    config = root / "etc" / "voice-appliance" / "config.toml"
+    config.write_text(config.read_text() + "\n# edited on the kiosk\n")
+    key = root / "etc" / "voice-appliance" / "api_key"
+    key.write_text("placeholder\n")
+    key.chmod(0o644)
+    res = subprocess.run(
+        [str(REPO / "provisioning" / "install.sh"), "--root", str(root)],
+        capture_output=True, text=True, timeout=600, env=_install_env(),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert config.read_text().endswith("# edited on the kiosk\n")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    key.unlink()  # the boot partition brings the real one
+
+
+def test_units_verify_clean_inside_the_installed_system(root: Path) -> None:
+    res = in_root(root, "systemd-analyze", "verify", "--man=no", UNIT, FIRSTBOOT)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+# -- the booted machine -------------------------------------------------------------
+
+
+class Agent:
+    """Where the kiosk's agent is: the emulator when this build has it, else a closed port."""
+
+    def __init__(self) -> None:
+        self.emulator: object | None = None
+        try:
+            from device.emulator import Emulator  # type: ignore[attr-defined]
+
+            self.emulator = Emulator(api_key=EMU_KEY).start()
+            self.base_url: str = self.emulator.base_url  # type: ignore[attr-defined]
+            self.agent_id: str = self.emulator.agent_id  # type: ignore[attr-defined]
+        except ImportError:
+            with socket.socket() as s:  # a port nothing listens on: READY=1 does not need the network
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            self.base_url, self.agent_id = f"http://127.0.0.1:{port}", "agent_boot_test"
+
+    def close(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Agent]:
+    a = Agent()
+    yield a
+    a.close()
+
+
+def kiosk_config(agent: Agent) -> str:
+    mic = filedevices.capture_device(Path(TEST_DIR) / "in.raw")
+    speaker = f'va_out16:OUT="{TEST_DIR}/out.raw"'  # filedevices' naming; the file is inside the root
+    return (
+        f'[agent]\nagent_id = "{agent.agent_id}"\nbase_url = "{agent.base_url}"\nconnection = "signed_url"\n'
+        f"[audio]\ncapture_device = '{mic}'\nplayback_device = '{speaker}'\npace_realtime = true\n"
+        '[button]\npin = 17\n[leds]\npreset = "none"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def machine(root: Path, agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    # What a user does with an SD card reader: config and key on the boot partition.
+    boot = root / "boot" / "firmware"
+    boot.mkdir(parents=True, exist_ok=True)
+    (boot / "voice-appliance.toml").write_text(kiosk_config(agent))
+    (boot / "voice-appliance-api-key.txt").write_bytes(b"\xef\xbb\xbf" + EMU_KEY.encode() + b"\r\n")
+    # The test bench around the kiosk: ALSA file devices and a drop-in with mock pins and short timeouts.
+    (root / ALSA_CONF.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / ALSA_CONF.lstrip("/")).write_text(filedevices.ASOUNDRC)
+    test_dir = root / TEST_DIR.lstrip("/")
+    test_dir.mkdir(parents=True, exist_ok=True)
+    (test_dir / "in.raw").write_bytes(bytes(2 * 16000 * 5))
+    assert in_root(root, "chown", "voice-appliance:voice-appliance", TEST_DIR).returncode == 0
+    drop_in = root / "etc" / "systemd" / "system" / f"{UNIT}.d" / "boot-test.conf"
+    drop_in.parent.mkdir(parents=True, exist_ok=True)
+    drop_in.write_text(DROP_IN)
+    # A kiosk's touchscreen app: a user in the group that may use the control socket.
+    res = subprocess.run(
+        ["useradd", "--root", str(root), "--system", "--groups", "voice-appliance", "--no-create-home",
+         "--shell", "/usr/sbin/nologin", "kioskui"], capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    with booted(root, tmp_path_factory.mktemp("boot") / "namespace.log") as m:
+        m.boot_finished(timeout_s=90)
+        yield m
+    # Torn down: no process, cgroup or mount of the machine may survive it.
+    assert not Path(f"/proc/{m.pid1}").exists()
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{m.group}"))
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert f" {root}/proc " not in mounts and f" {root}/run " not in mounts
+
+
+def state(m: Machine) -> dict[str, str]:
+    return m.show(UNIT, *PROPS)
+
+
+@pytest.fixture(scope="module")
+def daemon(machine: Machine) -> Machine:
+    """The service once it reached READY=1; skips (with the reason) while this build has no daemon."""
+
+    def settled() -> str:
+        s = state(machine)
+        if s["ActiveState"] == "active":
+            return "ready"
+        if "not part of this build" in machine.journal(UNIT):
+            return "no daemon"
+        if s["ActiveState"] == "failed":
+            return "failed"
+        return ""
+
+    outcome = wait_for(settled, 90, f"{UNIT} to become active (READY=1) or fail")
+    if outcome == "no daemon":
+        pytest.skip("device/daemon.py is not in this build: `voice-appliance run` exits 69 without a daemon")
+    assert outcome == "ready", f"{state(machine)}\n{machine.journal(UNIT)}"
+    return machine
+
+
+def test_first_boot_applied_the_boot_partition_and_wiped_the_key(machine: Machine, root: Path) -> None:
+    fb = machine.show(FIRSTBOOT, "Result", "ExecMainStatus")
+    assert fb == {"Result": "success", "ExecMainStatus": "0"}, machine.journal(FIRSTBOOT)
+    boot = root / "boot" / "firmware"
+    assert not (boot / "voice-appliance-api-key.txt").exists()
+    assert (boot / "voice-appliance.toml.applied").exists()
+    key = root / "etc" / "voice-appliance" / "api_key"
+    st = key.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0) and key.read_text() == EMU_KEY + "\n"
+    assert "agent_id" in (root / "etc" / "voice-appliance" / "config.toml").read_text()
+    assert EMU_KEY not in machine.journal(FIRSTBOOT)
+
+
+def test_service_is_ready_with_a_status_line(daemon: Machine, root: Path) -> None:
+    s = state(daemon)
+    assert s["SubState"] == "running" and s["StatusText"], s
+    status = daemon.run("cat", "/run/voice-appliance/status.json").stdout
+    assert '"state"' in status
+    assert EMU_KEY not in daemon.journal(UNIT)
+
+
+def test_doctor_sees_what_the_service_sees(daemon: Machine) -> None:
+    res = daemon.run("voice-appliance", "doctor", "--offline", "--json", "--only",
+                     "config,user,credentials,audio,service", check=False)
+    rows = json.loads(res.stdout)
+    assert {r["status"] for r in rows} == {"OK"}, res.stdout
+    details = {r["check"]: " | ".join(x["detail"] for x in rows if x["check"] == r["check"]) for r in rows}
+    assert "/etc/voice-appliance/api_key" in details["credentials"]  # found through LoadCredential=
+    # the audio devices exist only in the unit's ALSA_CONFIG_PATH (the drop-in): doctor used it
+    assert "va_in:" in details["audio"] and "active (running)" in details["service"]
+    assert res.returncode == 0 and EMU_KEY not in res.stdout + res.stderr
+
+
+def as_user(user: str, *argv: str, group: str = "") -> tuple[str, ...]:
+    return ("setpriv", f"--reuid={user}", f"--regid={group or user}", "--init-groups", *argv)
+
+
+def test_control_socket_is_for_its_group_and_drives_a_conversation(daemon: Machine, agent: Agent) -> None:
+    sock = "/run/voice-appliance/control.sock"
+    assert daemon.run("stat", "-c", "%a %G", sock).stdout.split() == ["660", "voice-appliance"]
+    status = daemon.run(*as_user("kioskui", "voice-appliance", "ctl", "status"))
+    assert json.loads(status.stdout)["state"] == "idle"
+    outsider = daemon.run(
+        *as_user("nobody", "voice-appliance", "ctl", "--socket", sock, "status", group="nogroup"), check=False
+    )
+    assert outsider.returncode == 77 and "not allowed" in outsider.stderr
+    if agent.emulator is None:
+        pytest.skip("device.emulator.Emulator is not in this build: no agent to hold a conversation with")
+    emu = agent.emulator
+    daemon.run(*as_user("kioskui", "voice-appliance", "ctl", "start"))
+    wait_for(lambda: "conversation" in state(daemon)["StatusText"], 30, "STATUS= to show the conversation")
+
+    def streaming() -> bool:  # the microphone stream (zeros while the gate is shut) reaches the agent
+        records = emu.conversations  # type: ignore[attr-defined]
+        return bool(records) and len(records[-1].user_audio_pcm) >= 8000
+
+    wait_for(streaming, 30, "the kiosk's audio stream to reach the agent")
+    daemon.run(*as_user("kioskui", "voice-appliance", "ctl", "stop"))
+    record = emu.wait_for_conversation_end(timeout_s=30)  # type: ignore[attr-defined]
+    assert (record.agent_id, record.close_code, record.closed_by) == (agent.agent_id, 1000, "client")
+    wait_for(lambda: state(daemon)["StatusText"].startswith("idle"), 30, "STATUS= back to idle")
+
+
+def test_reload_keeps_the_same_process(daemon: Machine) -> None:
+    before = state(daemon)
+    daemon.run("systemctl", "reload", UNIT, timeout_s=60)
+    after = wait_for(lambda: (s := state(daemon))["ActiveState"] == "active" and s, 30, "active after reload")
+    assert after["MainPID"] == before["MainPID"] and after["NRestarts"] == before["NRestarts"]
+
+
+def test_watchdog_restarts_a_stuck_daemon(daemon: Machine) -> None:
+    before = state(daemon)
+    daemon.run("systemctl", "kill", "--signal=SIGSTOP", UNIT)
+
+    def restarted() -> dict[str, str] | None:
+        s = state(daemon)
+        ok = s["ActiveState"] == "active" and s["MainPID"] not in ("0", before["MainPID"])
+        return s if ok else None
+
+    after = wait_for(restarted, WATCHDOG_S + 30, "the watchdog to kill and restart the stopped daemon")
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+    assert "Watchdog timeout" in daemon.journal(UNIT)
+
+
+def test_stop_is_clean_within_the_stop_timeout(daemon: Machine) -> None:
+    daemon.run("systemctl", "stop", UNIT, timeout_s=60)
+    s = state(daemon)
+    # "success": the daemon exited by itself on SIGTERM; "timeout" would mean systemd had to SIGKILL it.
+    assert (s["ActiveState"], s["Result"]) == ("inactive", "success"), f"{s}\n{daemon.journal(UNIT)[-3000:]}"
+    assert daemon.run("test", "-e", "/run/voice-appliance", check=False).returncode != 0  # RuntimeDirectory gone
+
+
+def _start_and_settle(m: Machine) -> dict[str, str]:
+    m.run("systemctl", "stop", UNIT, timeout_s=60)
+    m.run("systemctl", "reset-failed", UNIT, check=False)
+    m.run("systemctl", "start", "--no-block", UNIT)
+    # A restart would show as activating/auto-restart; "failed" means systemd decided not to.
+    return wait_for(lambda: (s := state(m))["ActiveState"] == "failed" and s, 60, f"{UNIT} to fail")
+
+
+def test_config_error_exits_78_and_is_not_restarted(machine: Machine, root: Path) -> None:
+    config = root / "etc" / "voice-appliance" / "config.toml"
+    good = config.read_text()
+    try:
+        config.write_text(good.replace("[audio]\n", "[audio]\ncapture_devise = 'oops'\n"))
+        s = _start_and_settle(machine)
+        assert (s["Result"], s["ExecMainStatus"], s["NRestarts"]) == ("exit-code", "78", "0"), s
+        assert "audio.capture_devise" in machine.journal(UNIT)
+    finally:
+        config.write_text(good)
+
+
+def test_missing_key_exits_77_and_is_not_restarted(machine: Machine, root: Path) -> None:
+    key = root / "etc" / "voice-appliance" / "api_key"
+    saved = key.read_bytes()
+    try:
+        key.unlink()
+        s = _start_and_settle(machine)
+        assert (s["Result"], s["ExecMainStatus"], s["NRestarts"]) == ("exit-code", "77", "0"), s
+    finally:
+        key.write_bytes(saved)
+        key.chmod(0o600)
