@@ -221,6 +221,7 @@ class Machine:
         self.deadline_s: float | None = None
         self.conversation_deadline_s: float | None = None
         self.muted = False
+        self.device_fault = False  # a microphone or speaker is missing (shown as an error)
         self.attempts = 0  # automatic retries made for the current press
         self.retry_pending = False
         self.last_error = ""
@@ -232,7 +233,10 @@ class Machine:
 
     @property
     def display(self) -> str:
-        """What the LEDs show: the state, except that a muted microphone shows as muted (errors still win)."""
+        """What the LEDs show: the state, except that a missing audio device shows as an error
+        and a muted microphone as muted (errors win)."""
+        if self.device_fault and self.state not in CONVERSATION:
+            return "error"
         if self.muted and self.state is not State.ERROR:
             return "muted"
         return DISPLAY[self.state]
@@ -470,11 +474,11 @@ class SessionNote:
 
 @dataclass(frozen=True)
 class Fault:
-    """A device or worker failure to show (microphone lost, a worker died)."""
+    """A device failed (``ok`` False: microphone or speaker missing) or works again (``ok`` True)."""
 
-    source: str
-    message: str
-    fatal: bool = False
+    source: str  # "microphone", "speaker"
+    message: str = ""
+    ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -554,6 +558,9 @@ class Controller(Worker):
         self._deferred: list[Input] = []
         self._gen = 0
         self._mute_sources: set[str] = set()
+        self._playing: set[str] = set()  # what the speaker plays now: "reply", "earcon"
+        self._faults: dict[str, str] = {}  # devices missing now: source -> message
+        self._started_by_speech = False
         self.conversation_id = ""
         self._discard_le_id = _NO_EVENT_ID  # local barge-in: drop audio with event_id <= this
         self._last_audio_id = _NO_EVENT_ID
@@ -693,11 +700,11 @@ class Controller(Worker):
     def _apply(self, before: State, actions: list[Action], now: float, cause: Kind) -> None:
         for action in actions:
             self._act(action, now, cause)
+        self._refresh_snapshot()  # before telling anyone: whoever hears of the change can read it
         if self.machine.state is not before:
             self._entered(before, now, cause)
         elif self.machine.display != self._shown:  # e.g. muted during a conversation
             self._publish_state(cause.value, before)
-        self._refresh_snapshot()
         while self._deferred:  # inputs raised while carrying out the actions, in order
             self._feed(self._deferred.pop(0), now)
 
@@ -736,12 +743,17 @@ class Controller(Worker):
 
     def _act(self, action: Action, now: float, cause: Kind) -> None:
         if action is Action.START_SESSION:
-            self._start_session(now)
+            self._start_session(now, cause)
         elif action is Action.STOP_SESSION:
             self._end_session()
         elif action is Action.FLUSH:
             self._flush(now, cause)
-        elif action in (Action.EARCON_LISTENING, Action.EARCON_DONE, Action.EARCON_ERROR):
+        elif action is Action.EARCON_LISTENING:
+            # "Talk now" is for someone who pressed; whoever started it by speaking is talking already,
+            # and a cue would only close the echo guard over their words.
+            if not self._started_by_speech:
+                self._earcon("listening")
+        elif action in (Action.EARCON_DONE, Action.EARCON_ERROR):
             self._earcon(action.value.removeprefix("earcon_"))
         elif action is Action.REPORT_ERROR:
             m = self.machine
@@ -754,9 +766,10 @@ class Controller(Worker):
             log.warning("the microphone is muted; turn the mute switch off (or run `voice-appliance ctl unmute`)")
 
     # -- conversation ------------------------------------------------------------------------
-    def _start_session(self, now: float) -> None:
+    def _start_session(self, now: float, cause: Kind) -> None:
         if self._session is not None:
             self._end_session()
+        self._started_by_speech = cause is Kind.TURN_START
         self._gen += 1
         self.conversation_id = ""
         self._discard_le_id = _NO_EVENT_ID
@@ -783,6 +796,7 @@ class Controller(Worker):
                 self._playback.flush()
             except Exception:
                 log.exception("flushing playback failed")
+        self._playing.clear()  # the flush cleared replies and queued cues alike
         self.gate.agent_stopped(now, flushed=True)
         if cause in (Kind.PRESS, Kind.TIMEOUT):
             # We cut the reply short, not the service: drop the rest of it when it still arrives.
@@ -873,13 +887,13 @@ class Controller(Worker):
         t_s = float(getattr(event, "t_s", self._clock()))
         now = self._clock()
         if kind == "reply_started":
-            self.gate.agent_started(t_s)
+            self._audible(t_s, "reply", True)
             self.telemetry.publish(
                 "reply_started", t_s, reply_id=event.reply_id, latency_ms=event.latency_ms, rate_hz=event.rate_hz
             )
             self._feed(Input(Kind.REPLY_STARTED), now)
         elif kind == "reply_finished":
-            self.gate.agent_stopped(t_s)
+            self._audible(t_s, "reply", False)
             self.telemetry.publish("reply_finished", t_s, reply_id=event.reply_id, frames=event.frames)
             self._feed(Input(Kind.REPLY_FINISHED), now)
         elif kind == "flushed":
@@ -897,11 +911,29 @@ class Controller(Worker):
             self.telemetry.publish("xrun", t_s, kind="underrun", detail=event.detail)
         elif kind == "device_error":
             self._on_fault(Fault("speaker", event.detail or "the speaker failed"))
-        elif kind == "earcon_started":
-            # an earcon is audible: keep it out of the microphone like the agent's voice
-            self.gate.agent_started(t_s)
+        elif kind == "opened":
+            self._on_fault(Fault("speaker", ok=True))
+            self.telemetry.publish("playback", t_s, kind=kind, detail=getattr(event, "detail", ""))
+        elif kind in ("earcon_started", "earcon_finished"):
+            # a cue is audible: keep it out of the microphone like the agent's voice
+            self._audible(t_s, "earcon", kind == "earcon_started")
+            self.telemetry.publish(
+                "earcon", t_s, name=event.detail, phase="started" if kind == "earcon_started" else "finished"
+            )
         else:
             self.telemetry.publish("playback", t_s, kind=kind, detail=getattr(event, "detail", ""))
+
+    def _audible(self, t_s: float, source: str, playing: bool) -> None:
+        """The speaker plays (a reply, a cue) or fell silent: the echo guard follows the union."""
+        was = bool(self._playing)
+        if playing:
+            self._playing.add(source)
+        else:
+            self._playing.discard(source)
+        if self._playing and not was:
+            self.gate.agent_started(t_s)
+        elif was and not self._playing:
+            self.gate.agent_stopped(t_s)
 
     def on_capture_event(self, event: Any) -> None:
         """Capture events arrive on the capture thread: turn them into queue events."""
@@ -912,6 +944,8 @@ class Controller(Worker):
             self.telemetry.publish("xrun", getattr(event, "t_s", None), kind="overrun", detail="")
         elif kind == "device_error":
             self.post(Fault("microphone", getattr(event, "detail", "") or "the microphone failed"))
+        elif kind == "opened":
+            self.post(Fault("microphone", ok=True))
 
     # -- blocks ----------------------------------------------------------------------------------
     def _on_block(self, block: BlockEvent) -> None:
@@ -1006,16 +1040,30 @@ class Controller(Worker):
             cmd.reply(ok, text or self.machine.display)
 
     def _on_fault(self, fault: Fault) -> None:
+        """A device failed or came back: the error shows for as long as one is missing."""
         now = self._clock()
-        with self._lock:
-            self.counters["audio_errors"] += 1
-        self.telemetry.publish("error", now, message=fault.message, source=fault.source)
-        if self.machine.state in CONVERSATION:
-            # Without a microphone or speaker the conversation cannot go on: show it.
-            self._feed(Input(Kind.FAILED, retryable=False, message=f"{fault.source}: {fault.message}"), now)
+        before = self.machine.state
+        if fault.ok:
+            if self._faults.pop(fault.source, None) is None:
+                return
+            log.info("the %s works again", fault.source)
         else:
+            new = fault.source not in self._faults
+            self._faults[fault.source] = fault.message
+            if not new:
+                return  # still failing: the audio worker retries (and logs, rate-limited)
+            with self._lock:
+                self.counters["audio_errors"] += 1
+            self.telemetry.publish("error", now, message=fault.message, source=fault.source)
             self.machine.last_error = f"{fault.source}: {fault.message}"
-            self._refresh_snapshot()
+        self.machine.device_fault = bool(self._faults)
+        if not fault.ok and self.machine.state in CONVERSATION:
+            # Without a microphone or speaker the conversation cannot go on.
+            self._feed(Input(Kind.FAILED, retryable=False, message=self.machine.last_error), now)
+            return
+        self._refresh_snapshot()
+        if self.machine.display != self._shown:
+            self._publish_state(f"{fault.source} {'back' if fault.ok else 'failed'}", before)
 
     # -- status ---------------------------------------------------------------------------------------
     def _refresh_snapshot(self) -> None:

@@ -16,6 +16,7 @@ block_sent     seq, captured_at_s, open, nbytes
 agent_audio    event_id, nbytes, received_at_s
 reply_started  reply_id, latency_ms
 reply_finished reply_id, frames
+earcon         name (listening, done, error), phase (started, finished)
 interruption   event_id, local (True: a press cut the agent off)
 flushed        old_audio_ms_after, latency_ms, dropped_frames
 button         action (press, release, long_press), source

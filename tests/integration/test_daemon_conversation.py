@@ -113,6 +113,23 @@ def test_voice_mode_starts_on_speech_and_the_idle_timeout_ends_it(tmp_path: Path
         assert record.closed_by == "client" and record.violations == []
 
 
+def test_voice_mode_after_a_press_hears_the_user_once_the_listening_cue_is_over(tmp_path: Path) -> None:
+    question_at_s = 2.5  # the cue plays at about 1 s; the user answers it
+    gate = GateConfig(mode="voice", preroll_ms=250, hangover_ms=500)
+    pcm = input_with(silence(question_at_s), QUESTION, silence(6.0))
+    with Rig(tmp_path, pcm, gate=gate, audio={"earcons": True}) as rig:
+        rig.press_at(PRESS_S)
+        rig.button.drive_high()
+        cue = rig.tel.wait("earcon", lambda r: r.data["phase"] == "finished")
+        rig.wait_state("thinking")  # the gate opened on speech and closed after the hang-over
+        rig.tel.wait("reply_finished")
+        rig.d.command("stop")
+        record = rig.emu.wait_for_conversation_end(timeout_s=WAIT_S)
+        assert cue.data["name"] == "listening"
+        assert samples_equal_somewhere(QUESTION, record.user_audio_pcm)
+        assert record.turns[0].user_transcript == "What can you do?"
+
+
 def test_a_press_while_the_agent_speaks_cuts_it_off_and_the_next_reply_plays(tmp_path: Path) -> None:
     long_reply = " ".join(["This is a very long answer that goes on and on about the exhibition."] * 4)
     scenario = fast_scenario(

@@ -257,3 +257,18 @@ def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
         rig.d.command("stop")
         rig.wait_state("idle")
     assert not (tmp_path / "run" / "status.json").exists()  # a stopped daemon leaves no stale status
+
+
+def test_a_missing_microphone_shows_the_error_until_it_appears(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, silence(10.0), audio={"reopen_max_s": 0.2})
+    raw = tmp_path / "in.raw"
+    content = raw.read_bytes()
+    raw.unlink()  # the sound card has not appeared yet at boot
+    with rig:
+        rig.wait_state("error")
+        assert rig.d.status().last_error.startswith("microphone:")
+        assert rig.d.controller is not None and rig.d.controller.machine.state.value == "idle"
+        mark = rig.tel.mark()
+        raw.write_bytes(content)  # ... now it has
+        rig.wait_state("idle", after=mark)
+        rig.wait_captured(1.0)

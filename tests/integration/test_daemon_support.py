@@ -136,11 +136,13 @@ class Rig:
             "systemd": systemd
             or SystemdConfig(status_file=str(tmp / "status.json"), control_socket="", watchdog=False),
             "audio": AudioConfig(
-                capture_device=filedevices.capture_device(raw),
-                playback_device=filedevices.playback_device(self.out_path, fixed_16k=True),
-                pace_realtime=True,
-                earcons=False,
-                **(audio or {}),
+                **{
+                    "capture_device": filedevices.capture_device(raw),
+                    "playback_device": filedevices.playback_device(self.out_path, fixed_16k=True),
+                    "pace_realtime": True,
+                    "earcons": False,
+                    **(audio or {}),
+                }
             ),
         }
         self.notifier = notifier or Notifier({})
