@@ -165,7 +165,8 @@ install_venv() {
         --no-build-isolation --upgrade "${stage#"$R"}"
     ln -sfn "$prefix/bin/voice-appliance" "$R/usr/local/bin/voice-appliance"
     install -d "$R$prefix/share/voice-appliance"
-    cp -r "$src/systemd/drop-ins" "$src/provisioning/asound" "$src/examples" "$R$prefix/share/voice-appliance/"
+    cp -r "$src/systemd/drop-ins" "$src/provisioning/asound" "$src/examples" "$src/README.md" \
+        "$R$prefix/share/voice-appliance/"
 }
 
 install_config() {
@@ -210,7 +211,8 @@ install_units() {
     install -d "$R$UNIT_DIR" "$R/usr/local/sbin"
     sed "s#/opt/voice-appliance#$prefix#g" "$src/systemd/$UNIT" > "$R$UNIT_DIR/$UNIT.new"
     chmod 0644 "$R$UNIT_DIR/$UNIT.new" && mv -f "$R$UNIT_DIR/$UNIT.new" "$R$UNIT_DIR/$UNIT"
-    install -m 0644 "$src/systemd/$FIRSTBOOT_UNIT" "$R$UNIT_DIR/$FIRSTBOOT_UNIT"
+    sed "s#/opt/voice-appliance#$prefix#g" "$src/systemd/$FIRSTBOOT_UNIT" > "$R$UNIT_DIR/$FIRSTBOOT_UNIT"
+    chmod 0644 "$R$UNIT_DIR/$FIRSTBOOT_UNIT"
     sed "s#^PREFIX=.*#PREFIX=\${FIRSTBOOT_PREFIX:-$prefix}#" "$src/provisioning/first-boot.sh" \
         > "$R/usr/local/sbin/voice-appliance-first-boot"
     chmod 0755 "$R/usr/local/sbin/voice-appliance-first-boot"

@@ -386,3 +386,42 @@ def test_missing_key_exits_77_and_is_not_restarted(machine: Machine, root: Path)
     finally:
         key.write_bytes(saved)
         key.chmod(0o600)
+
+
+def test_no_key_drop_in_lets_a_public_agent_start_without_a_credential(daemon: Machine, root: Path) -> None:
+    """drop-ins/token-broker.conf removes the credential; with connection = public READY=1 follows."""
+    drop_dir = root / "etc" / "systemd" / "system" / f"{UNIT}.d"
+    shutil.copy(REPO / "systemd" / "drop-ins" / "token-broker.conf", drop_dir / "token-broker.conf")
+    (drop_dir / "public.conf").write_text("[Service]\nEnvironment=VOICE_APPLIANCE_AGENT_CONNECTION=public\n")
+    key = root / "etc" / "voice-appliance" / "api_key"
+    saved = key.read_bytes()
+    key.unlink()
+    try:
+        daemon.run("systemctl", "daemon-reload")
+        daemon.run("systemctl", "reset-failed", UNIT, check=False)
+        daemon.run("systemctl", "restart", UNIT, timeout_s=60)
+        s = wait_for(lambda: (x := state(daemon))["ActiveState"] in ("active", "failed") and x, 60, "a settled unit")
+        assert s["ActiveState"] == "active", f"{s}\n{daemon.journal(UNIT)[-2000:]}"
+        assert daemon.run("test", "-e", "/run/credentials/voice-appliance.service/elevenlabs_api_key",
+                          check=False).returncode != 0
+    finally:
+        (drop_dir / "token-broker.conf").unlink()
+        (drop_dir / "public.conf").unlink()
+        key.write_bytes(saved)
+        key.chmod(0o600)
+        daemon.run("systemctl", "stop", UNIT, timeout_s=60)
+        daemon.run("systemctl", "daemon-reload")
+
+
+def test_uninstall_removes_the_install_and_purge_the_rest(machine: Machine, root: Path) -> None:
+    uninstall = str(REPO / "provisioning" / "uninstall.sh")
+    res = subprocess.run([uninstall, "--root", str(root)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for gone in ("opt/voice-appliance", "usr/local/bin/voice-appliance", f"usr/local/lib/systemd/system/{UNIT}",
+                 f"etc/systemd/system/multi-user.target.wants/{UNIT}", "usr/local/sbin/voice-appliance-first-boot"):
+        assert not os.path.lexists(root / gone), gone
+    assert (root / "etc" / "voice-appliance" / "config.toml").exists()  # kept without --purge
+    res = subprocess.run([uninstall, "--root", str(root), "--purge"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not (root / "etc" / "voice-appliance").exists()
+    assert "voice-appliance:" not in (root / "etc" / "passwd").read_text()
