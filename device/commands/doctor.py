@@ -23,6 +23,7 @@ service      the systemd unit's state, and why it stopped if it did
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import enum
 import grp
@@ -36,7 +37,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -508,6 +509,24 @@ class AudioProbe:
         raise NotImplementedError
 
 
+@contextlib.contextmanager
+def _alsa_lib_quiet() -> Iterator[None]:
+    """alsa-lib prints its own error lines on fd 2; the finding already says it better."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class AlsaHelperProbe(AudioProbe):
     """Through the audio engine's own ALSA module: exactly what the daemon opens."""
 
@@ -519,16 +538,20 @@ class AlsaHelperProbe(AudioProbe):
         self._alsa = alsa
 
     def capture(self, device: str, channels: int) -> None:
-        self._alsa.AlsaBackend().open_capture(device, CHECK_RATE_HZ, channels, 4000, 4).close()
+        with _alsa_lib_quiet():
+            self._alsa.AlsaBackend().open_capture(device, CHECK_RATE_HZ, channels, 4000, 4).close()
 
     def playback(self, device: str) -> None:
-        self._alsa.AlsaBackend().open_playback(device, CHECK_RATE_HZ, 1000, 4).close()
+        with _alsa_lib_quiet():
+            self._alsa.AlsaBackend().open_playback(device, CHECK_RATE_HZ, 1000, 4).close()
 
     def mixer(self, card: str, control: str) -> None:
-        self._alsa.AlsaBackend().open_mixer(card, control).close()
+        with _alsa_lib_quiet():
+            self._alsa.AlsaBackend().open_mixer(card, control).close()
 
     def devices(self, capture: bool) -> list[str]:
-        return list(self._alsa.list_devices(capture))
+        with _alsa_lib_quiet():
+            return list(self._alsa.list_devices(capture))
 
 
 class AlsaUtilsProbe(AudioProbe):
