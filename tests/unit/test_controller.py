@@ -300,3 +300,16 @@ def test_long_press_disabled_in_push_to_talk() -> None:
     b = ButtonTracker(long_press_s=2.0, long_press_enabled=False)
     b.press("gpio", 0.0)
     assert b.long_press_due_s() is None and b.poll(100.0) is False
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking_the_poster() -> None:
+    from device.config import Config
+    from device.controller import QUEUE_SIZE, Controller, MuteEvent
+
+    def no_session(on_event: object) -> object:
+        raise AssertionError("not used")
+
+    c = Controller(Config(), no_session, None)  # type: ignore[arg-type]  # not started: nothing drains the queue
+    assert all(c.post(MuteEvent("ctl", True, 0.0)) for _ in range(QUEUE_SIZE))
+    assert c.post(MuteEvent("ctl", True, 0.0)) is False
+    assert c.counters["dropped_events"] == 1
