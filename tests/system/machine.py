@@ -164,13 +164,16 @@ def remove_stale_cgroups() -> None:
                 _remove_cgroup_tree(group)
 
 
-# Runs as root on the host: join our own cgroups, then unshare and boot.
+# Runs as root on the host: join our own cgroups, then unshare and boot. If the
+# test process dies without tearing down, unshare dies with it (--pdeathsig) and
+# takes PID 1, so the whole namespace (--kill-child), along.
 _BOOT_SCRIPT = r"""
 set -e
 root=$1; group=$2; shift 2
 for h in "$@"; do mkdir -p "$h/$group"; echo $$ > "$h/$group/cgroup.procs"; done
 exec env -i container=voice-appliance-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    unshare --cgroup --pid --fork --mount --uts --propagation private \
+    setpriv --pdeathsig KILL \
+    unshare --cgroup --pid --fork --kill-child=KILL --mount --uts --propagation private \
     sh -c 'mount --make-rshared "$0" && mount -t proc proc "$0/proc" &&
            exec chroot "$0" /lib/systemd/systemd --system --log-target=journal' "$root"
 """
