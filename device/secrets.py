@@ -76,7 +76,16 @@ def load_api_key(
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         path = Path(cred_dir) / CREDENTIAL_NAME
-        if path.exists():
+        try:
+            present = path.stat().st_size > 0
+        except FileNotFoundError:
+            present = False
+        except OSError as e:
+            raise CredentialError(
+                f"cannot read the systemd credential {path}: {e.strerror}; check the unit's LoadCredential="
+            ) from None
+        # The unit's empty SetCredential= fallback stands for "no key file installed".
+        if present:
             return Secret(_read_key(path, "systemd credential"), f"credential {CREDENTIAL_NAME}")
     if api_key_file:
         path = Path(api_key_file)

@@ -17,7 +17,7 @@ venv="$here/.venv"
 # 0.8.4 is too old), libsystemd headers (systemd-python), real speech fixtures
 # (espeak-ng, sox), ALSA plugins for `type file`/plug devices, debootstrap
 # for the boot test.
-APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins
+APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins shellcheck procps librsvg2-bin
               alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -31,9 +31,10 @@ def _load(args: argparse.Namespace) -> tuple[Config, Secret | None]:
         from device.errors import CredentialError
 
         raise CredentialError(
-            "connection = \"signed_url\" needs an API key: use systemd LoadCredential= "
-            "(see systemd/voice-appliance.service) or agent.api_key_file, or switch to "
-            "connection = \"broker\" or \"public\""
+            "connection = \"signed_url\" needs an API key and none was found: put it in "
+            "/etc/voice-appliance/api_key (sudo install -m 600 /dev/null /etc/voice-appliance/api_key "
+            "&& sudoedit /etc/voice-appliance/api_key; the unit loads it with LoadCredential=), or set "
+            "agent.api_key_file, or switch to connection = \"broker\" or \"public\""
         )
     return cfg, key
 

@@ -92,7 +92,7 @@ def test_check_validates_and_prints_without_the_key(tmp_path: Path) -> None:
 
 def test_check_needs_a_key_for_signed_urls() -> None:
     r = cli("run", "--check", "--config", str(EXAMPLE))
-    assert r.returncode == 77 and "LoadCredential" in r.stderr
+    assert r.returncode == 77 and "/etc/voice-appliance/api_key" in r.stderr
 
 
 def test_config_from_environment_variable(tmp_path: Path) -> None:

@@ -116,3 +116,13 @@ def test_no_log_path_leaks_the_key_or_token(captured_root: io.StringIO) -> None:
     assert KEY not in out
     assert TOKEN not in out
     assert "connect failed" in out and "Traceback" in out  # the line itself survives
+
+
+def test_empty_credential_counts_as_no_key(tmp_path: Path) -> None:
+    cred = tmp_path / "creds"
+    cred.mkdir()
+    (cred / "elevenlabs_api_key").write_text("")  # the unit's empty SetCredential= fallback
+    assert load_api_key("", {"CREDENTIALS_DIRECTORY": str(cred)}) is None
+    other = key_file(tmp_path, 0o600)
+    key = load_api_key(str(other), {"CREDENTIALS_DIRECTORY": str(cred)})
+    assert key is not None and key.reveal() == KEY
