@@ -120,11 +120,16 @@ def install(directory: Path) -> Path:
 
 
 def alsa_env(conf: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """``ALSA_CONFIG_PATH`` that loads ALSA's own configuration and then ``conf``."""
+    """``ALSA_CONFIG_PATH`` that loads ALSA's own configuration and then ``conf``.
+
+    An earlier file-device configuration in the variable is replaced, not kept:
+    its directory may be gone, and alsa-lib complains about every missing file.
+    """
     current = (os.environ if environ is None else environ).get("ALSA_CONFIG_PATH", "")
-    parts = [p for p in current.split(":") if p] or [str(ALSA_TOP_CONFIG)]
-    if str(conf) not in parts:
-        parts.append(str(conf))
+    stale = {str(conf), CONFIG_NAME}
+    parts = [p for p in current.split(":") if p and p not in stale and Path(p).name not in stale]
+    parts = parts or [str(ALSA_TOP_CONFIG)]
+    parts.append(str(conf))
     return {"ALSA_CONFIG_PATH": ":".join(parts)}
 
 

@@ -32,6 +32,10 @@ def test_alsa_env_keeps_alsa_own_config_first(tmp_path: Path) -> None:
     assert again == env  # idempotent
     other = filedevices.alsa_env(conf, {"ALSA_CONFIG_PATH": "/etc/mine.conf"})
     assert other["ALSA_CONFIG_PATH"] == f"/etc/mine.conf:{conf}"
+    newer = tmp_path / "newer" / filedevices.CONFIG_NAME
+    mine = {"ALSA_CONFIG_PATH": "/etc/mine.conf"}
+    replaced = filedevices.alsa_env(newer, filedevices.alsa_env(tmp_path / "gone" / filedevices.CONFIG_NAME, mine))
+    assert replaced["ALSA_CONFIG_PATH"] == f"/etc/mine.conf:{newer}"  # an older one is not kept
 
 
 def test_prepare_input_appends_a_silent_tail(tmp_path: Path) -> None:
