@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from device.bench.report import stats
 
 # Session outcomes that are a normal end of a conversation (the rest are failures).
-OK_OUTCOMES = frozenset({"normal", "agent_ended", "local", "max_duration"})
+OK_OUTCOMES = frozenset({"normal", "agent_ended", "local", "max_duration", "idle_timeout", "unfinished"})
 SPEECH_DBFS = -45.0  # a gate block louder than this counts as speech (no-emulator fallback)
 FLUSH_PAIR_S = 1.0  # a flush this soon after an interruption belongs to it
 
@@ -95,20 +95,60 @@ def _first_at_or_after(events: Sequence[Event], t_s: float, before_s: float | No
     return None
 
 
-def _conversation_spans(events: Sequence[Event]) -> list[tuple[float, float | None]]:
-    """(start, end) of each conversation: entering "connecting" → the next session_end."""
-    spans: list[tuple[float, float | None]] = []
+CONVERSATION_STATES = frozenset({"connecting", "listening", "thinking", "speaking", "ending"})
+
+
+def machine_state(data: Mapping[str, Any]) -> str:
+    """The controller's own state (the displayed one says "muted" during a muted conversation)."""
+    return str(_get(data, "machine_state", "state", "to", "new", default=""))
+# How a conversation ended when the session itself reported nothing: the cause of the
+# controller's move out of the conversation (device/controller.py Kind values).
+END_CAUSES = {
+    "timeout": "idle_timeout",
+    "long_press": "local",
+    "stop": "local",
+    "shutdown": "local",
+    "max_duration": "max_duration",
+    "ended": "normal",
+    "failed": "failed",
+}
+
+
+@dataclass(frozen=True)
+class Span:
+    """One conversation: from entering connecting to leaving the conversation states."""
+
+    start_s: float
+    end_s: float | None
+    outcome: str
+    detail: str
+
+
+def conversation_spans(events: Sequence[Event]) -> list[Span]:
+    """Every conversation, with how it ended (the session's word for it when it gave one)."""
+    spans: list[Span] = []
     open_at: float | None = None
+    ended: Event | None = None  # the session's own report, when it came
     for e in events:
-        if e.kind == "state":
-            state = str(_get(e.data, "state", "to", "new", default=""))
-            if state == "connecting" and open_at is None:
-                open_at = e.t_s
-        elif e.kind == "session_end":
-            spans.append((open_at if open_at is not None else e.t_s, e.t_s))
-            open_at = None
+        if e.kind == "session_end" and open_at is not None and ended is None:
+            ended = e
+        if e.kind != "state":
+            continue
+        state = machine_state(e.data)
+        if open_at is None and state in CONVERSATION_STATES:
+            open_at, ended = e.t_s, None
+        elif open_at is not None and state not in CONVERSATION_STATES:
+            if ended is not None:
+                outcome = outcome_name(_get(ended.data, "outcome", default="unknown"))
+                detail = str(_get(ended.data, "detail", default=""))
+            else:
+                cause = str(_get(e.data, "cause", default=""))
+                outcome = END_CAUSES.get(cause, cause or "unknown")
+                detail = f"the device ended it ({cause})" if cause else ""
+            spans.append(Span(open_at, e.t_s, outcome, detail))
+            open_at, ended = None, None
     if open_at is not None:
-        spans.append((open_at, None))
+        spans.append(Span(open_at, None, "unfinished", "still going when the run ended"))
     return spans
 
 
@@ -125,15 +165,15 @@ def analyse(
     fig = Figures()
 
     def rel(t: float | None) -> float | None:
-        return None if t is None else round(t - t0_s, 3)
+        return None if t is None else round(t - t0_s, 4)
 
     # -- conversations ----------------------------------------------------------
-    spans = _conversation_spans(evs)
-    fig.conversations = len(spans)
-    fig.conversation_s = sum((b if b is not None else end) - a for a, b in spans)
-    ends = _times(evs, "session_end")
-    fig.session_outcomes = [outcome_name(_get(e.data, "outcome", default="unknown")) for e in ends]
-    fig.session_details = [str(_get(e.data, "detail", default="")) for e in ends]
+    conv = conversation_spans(evs)
+    spans = [(c.start_s, c.end_s) for c in conv]
+    fig.conversations = len(conv)
+    fig.conversation_s = sum((c.end_s if c.end_s is not None else end) - c.start_s for c in conv)
+    fig.session_outcomes = [c.outcome for c in conv]
+    fig.session_details = [c.detail for c in conv]
 
     # -- uplink -----------------------------------------------------------------
     sent = _times(evs, "block_sent")
@@ -202,8 +242,11 @@ def analyse(
                 _turn(len(fig.turns), user_end, rx, wr, uplink_ms, bool(t.get("interrupted")),
                       t.get("user_transcript"), t.get("reply_text") or None, rel)
             )
+            if rx is not None and wr is not None:
+                received_to_written.append(1000 * (wr.t_s - rx.t_s))
     else:
         # Without the agent's records a reply is the first audio after a quiet spell.
+        transcripts = [e for e in _times(evs, "transcript") if not _get(e.data, "tentative", default=False)]
         gates = [e for e in _times(evs, "gate") if _get(e.data, "open")
                  and (_num(_get(e.data, "level_dbfs")) or -120.0) > SPEECH_DBFS]
         reply_starts: list[Event] = []
@@ -224,12 +267,16 @@ def analyse(
                 user_end = loud[-1].t_s
                 blk = next((s for s in sent_delay if s[1] >= user_end - 1e-6), None)
                 uplink_ms = blk[2] if blk is not None else None
-            cut = any(rx.t_s <= x.t_s < (next_s if next_s is not None else end + 1) for x in interruptions)
-            fig.turns.append(_turn(i, user_end, rx, wr, uplink_ms, cut, None, None, rel))
-    for t in fig.turns:
-        rx_s, wr_s = t["first_agent_audio_received_s"], t["first_agent_audio_written_s"]
-        if rx_s is not None and wr_s is not None:
-            received_to_written.append(1000 * (wr_s - rx_s))
+            until = next_s if next_s is not None else end + 1
+            cut = any(rx.t_s <= x.t_s < until for x in interruptions)
+            said = [e for e in transcripts if prev < e.t_s <= rx.t_s and _get(e.data, "role") == "user"]
+            answer = [e for e in transcripts if rx.t_s - 1.0 <= e.t_s < until and _get(e.data, "role") != "user"
+                      and not _get(e.data, "correction", default=False)]
+            fig.turns.append(_turn(i, user_end, rx, wr, uplink_ms, cut,
+                                   _get(said[-1].data, "text") if said else None,
+                                   _get(answer[0].data, "text") if answer else None, rel))
+            if wr is not None:
+                received_to_written.append(1000 * (wr.t_s - rx.t_s))
     fig.reply_received_to_written_ms = stats(received_to_written)
     fig.replies_played = sum(1 for t in fig.turns if t["first_agent_audio_written_s"] is not None)
 
@@ -319,11 +366,10 @@ def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -
     """(ok, ended_by, detail) of a run."""
     if error is not None:
         return False, "error", error
-    if timed_out:
-        return False, "timeout", "the run did not finish in time: the conversation was still going"
     if fig.conversations == 0:
         return False, "no_conversation", "no conversation started: check the timeline presses and the gate mode"
-    ended_by = fig.session_outcomes[-1] if fig.session_outcomes else "unknown"
+    # Still going at --max-wait-s is no failure by itself: the bench ended it.
+    ended_by = "max_wait" if timed_out else (fig.session_outcomes[-1] if fig.session_outcomes else "unknown")
     bad = [i for i, o in enumerate(fig.session_outcomes) if o not in OK_OUTCOMES]
     if bad:
         outcome = fig.session_outcomes[bad[-1]]
@@ -336,7 +382,8 @@ def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -
     if violations:
         return False, ended_by, f"the emulator saw {violations} protocol violation(s)"
     n = fig.replies_played
-    return True, ended_by, f"{fig.conversations} conversation(s), {n} repl{'y' if n == 1 else 'ies'} played"
+    still = " (still going at --max-wait-s: the bench ended it)" if timed_out else ""
+    return True, ended_by, f"{fig.conversations} conversation(s), {n} repl{'y' if n == 1 else 'ies'} played{still}"
 
 
 def playback_segments(

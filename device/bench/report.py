@@ -107,7 +107,7 @@ SCHEMA: dict[str, Any] = {
                     "ok": {"type": "boolean", "description": "conversation succeeded and no protocol violation"},
                     "ended_by": _str(
                         "session outcome of the last conversation (normal, agent_ended, local, network, …), "
-                        "or no_conversation / timeout / error"
+                        "or no_conversation, max_wait (still going at --max-wait-s: the bench ended it), error"
                     ),
                     "detail": _str("one line saying what happened"),
                     "exit_code": _int("the process exit code"),
@@ -165,9 +165,9 @@ SCHEMA: dict[str, Any] = {
             ),
             "ping_ms": _stats("the agent's round-trip estimates from ping events"),
             "cpu_s": _obj(
-                "CPU time of the bench process (daemon and, when built in, the emulator)",
+                "CPU time while the daemon ran (from its start to its stop)",
                 {
-                    "process": _num("user + system seconds of the whole process", 0),
+                    "process": _num("user + system seconds of the whole process (with a built-in emulator)", 0),
                     "device": _num("user + system seconds of the daemon's own threads", 0, nullable=True),
                     "per_conversation_minute": _num(
                         "device (or process) CPU s per minute of conversation", 0, nullable=True

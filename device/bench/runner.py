@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 SETTLE_S = 0.5  # telemetry that trails the end of a conversation (reply_finished, flushes)
 POLL_S = 0.1
 DEVICE_BUFFER_FRAMES = 4000  # what playback keeps queued in ALSA (4 × 62.5 ms at 16 kHz)
-_NOT_DEVICE_THREADS = ("MainThread", "emulator", "bench-", "Thread-", "pytest", "asyncio")
+# Threads that are not the daemon's: the bench's own, the built-in emulator's (its connection
+# threads and the websockets server's reader threads), pytest's. Library threads the daemon
+# starts (gpiozero's LED blinkers and button hold timers) count as the device.
+_NOT_DEVICE_PREFIXES = ("MainThread", "emulator", "bench-", "pytest", "asyncio")
+_NOT_DEVICE_TARGETS = ("(recv_events)", "(handler)", "(conn_handler)")
 
 
 @dataclass(frozen=True)
@@ -83,19 +87,16 @@ class _Recorder:
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Event = field(default_factory=threading.Event)
     state: str = "idle"
-    open_conversations: int = 0
+    conversations: int = 0
 
     def __call__(self, ev: Any) -> None:
         with self.lock:
             self.events.append(ev)
             if ev.kind == "state":
-                new = str(ev.data.get("state", self.state))
-                if new == "connecting" and self.state not in ("connecting",):
-                    self.open_conversations += 1
+                new = analysis.machine_state(ev.data) or self.state
+                if new in analysis.CONVERSATION_STATES and self.state not in analysis.CONVERSATION_STATES:
+                    self.conversations += 1
                 self.state = new
-                self.changed.set()
-            elif ev.kind == "session_end":
-                self.open_conversations = max(0, self.open_conversations - 1)
                 self.changed.set()
         if self.progress is not None:
             self.progress.on_event(ev)
@@ -105,8 +106,9 @@ class _Recorder:
             return list(self.events)
 
 
-def _is_device_thread(name: str) -> bool:
-    return not name.startswith(_NOT_DEVICE_THREADS)
+def is_device_thread(name: str) -> bool:
+    """Whether a thread (by name) belongs to the daemon rather than the bench or the emulator."""
+    return not name.startswith(_NOT_DEVICE_PREFIXES) and not name.endswith(_NOT_DEVICE_TARGETS)
 
 
 def _emulator_api() -> tuple[Any, Any, Any]:
@@ -205,6 +207,7 @@ class Runner:
         self.started_at = datetime.datetime.now(datetime.UTC)
         self.t0_s = 0.0
         self.end_s = 0.0
+        self.cpu_at_start_s = 0.0
         self.cpu_at_end_s = 0.0
         self.peak_rss_at_end_mb = 0.0
         self.monitor = resources.ResourceMonitor(interval_s=0.5)
@@ -241,7 +244,9 @@ class Runner:
         elif self.demo:
             sc = load_scenario(fixtures.DEMO_SCENARIO)
         else:
-            sc = default_scenario()
+            # Own audio: the default agent, without re-prompts (they would keep the
+            # conversation alive forever; the daemon's idle timeout ends it instead).
+            sc = default_scenario().with_changes(timing={"turn_timeout_s": 0.0})
         if not self.opts.realtime:
             # Fast: the agent answers without thinking time and streams as fast as it can.
             sc = sc.with_changes(timing={"speed": 50.0, "response_delay_ms": 30})
@@ -303,6 +308,7 @@ class Runner:
         factory = self.pin_factory = _mock_pin_factory()
         self.daemon = daemon_cls(cfg, api_key, pin_factory=factory)
         self.t0_s = time.monotonic()
+        self.cpu_at_start_s = resources.cpu_s()
         progress = None
         if self.opts.progress is not None:
             progress = Progress(self.opts.progress, t0_s=self.t0_s, expected_s=expected_s)
@@ -365,12 +371,9 @@ class Runner:
                     progress.finish()
 
     def _conversation_over(self) -> bool:
-        """No conversation open: back to idle, or failed (the bench does not wait for retries)."""
+        """A conversation happened and none is open: idle again, or failed (no waiting for retries)."""
         with self.recorder.lock:
-            state, started = self.recorder.state, any(e.kind == "state" for e in self.recorder.events)
-            failed = any(e.kind == "session_end" for e in self.recorder.events) and state == "error"
-            open_ = self.recorder.open_conversations
-        return started and (failed or (state in ("idle", "error") and open_ == 0))
+            return self.recorder.conversations > 0 and self.recorder.state not in analysis.CONVERSATION_STATES
 
     def _perform(self, step: script.Step, pin: Any, pressed_low: bool, cfg: Config,
                  progress: Progress | None) -> None:
@@ -436,7 +439,7 @@ class Runner:
             user_wav_name = "user_audio.wav"
         else:
             (self.out_dir / "user_audio.wav").unlink(missing_ok=True)
-        device_cpu = self.monitor.cpu_of(_is_device_thread)
+        device_cpu = self.monitor.cpu_of(is_device_thread)
         # Per minute only means something for a conversation of some length.
         conv_min = fig.conversation_s / 60 if fig.conversation_s >= 5.0 else 0.0
         doc: dict[str, Any] = {
@@ -460,7 +463,7 @@ class Runner:
             "xruns": fig.xruns,
             "ping_ms": fig.ping_ms,
             "cpu_s": {
-                "process": round(self.cpu_at_end_s, 3),
+                "process": round(self.cpu_at_end_s - self.cpu_at_start_s, 3),
                 "device": round(device_cpu, 3),
                 "per_conversation_minute": round(device_cpu / conv_min, 3) if conv_min > 0 else None,
             },

@@ -23,8 +23,10 @@ Figures (median over rounds):
   ``interrupt()`` plus what the card still held — the SDK never drops it);
 - received → played: reply's first audio off the socket → first sample
   written to the card;
-- CPU s per conversation minute: the client process's CPU from its start to
-  the end of the conversation, over the conversation's length;
+- CPU s per conversation minute: CPU from the start of the session to its
+  end (imports and interpreter start-up left out), over the conversation's
+  length; the SDK: its whole process; the device: the daemon's threads (the
+  bench driving it runs in the same process and is left out);
 - peak RSS of the client process;
 - start-up → first audio sent: process spawn → the emulator receiving the
   first user_audio_chunk;
@@ -223,6 +225,7 @@ def run_sdk_client(args: argparse.Namespace) -> int:
         client_tools=tools,
         callback_disconnect=lambda details: ended.set(),
     )
+    before = resource.getrusage(resource.RUSAGE_SELF)
     conv.start_session()
     if not ended.wait(args.timeout_s):
         conv.end_session()
@@ -230,7 +233,7 @@ def run_sdk_client(args: argparse.Namespace) -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     figures = sdk_figures(log)
     figures.update(
-        cpu_s=usage.ru_utime + usage.ru_stime,
+        cpu_s=(usage.ru_utime + usage.ru_stime) - (before.ru_utime + before.ru_stime),
         peak_rss_mb=usage.ru_maxrss / 1024,
         completed=ended.is_set(),
     )
@@ -270,7 +273,7 @@ def _record_figures(emu: Any, index: int, spawn_s: float) -> tuple[float, float 
 def run_device(emu: Any, work: Path, key_file: Path, wav: Path, timeline: Path, index: int) -> Round:
     out = work / f"device-{index}"
     cmd = [
-        sys.executable, "-m", "device", "--log-level", "warning", "bench",
+        sys.executable, "-m", "device", "bench", "--log-level", "warning",
         "--agent-url", emu.base_url, "--api-key-file", str(key_file),
         "--set", f"agent.agent_id={emu.agent_id}",
         "--input", str(wav), "--timeline", str(timeline),
@@ -294,7 +297,7 @@ def run_device(emu: Any, work: Path, key_file: Path, wav: Path, timeline: Path, 
         received_to_played_ms=[1000 * (t["first_agent_audio_written_s"] - t["first_agent_audio_received_s"])
                                for t in turns if t["first_agent_audio_written_s"] is not None
                                and t["first_agent_audio_received_s"] is not None],
-        cpu_s=rep["cpu_s"]["process"],
+        cpu_s=rep["cpu_s"]["device"],  # the daemon's threads: the bench's own loop is no part of it
         peak_rss_mb=rep["peak_rss_mb"],
         conversation_s=length_s,
         startup_ms=startup_ms,
@@ -356,8 +359,8 @@ def table(rounds: list[Round]) -> str:
         return _median(values)
 
     rows = [
-        ("interruption → silence (ms of old reply heard)", lambda r: r.old_audio_ms, 0),
-        ("received → played (ms)", lambda r: r.received_to_played_ms, 0),
+        ("interruption → silence (ms of old reply heard)", lambda r: r.old_audio_ms, 1),
+        ("received → played (ms)", lambda r: r.received_to_played_ms, 1),
         ("CPU s per conversation minute", lambda r: r.cpu_per_minute, 2),
         ("peak RSS (MB)", lambda r: r.peak_rss_mb, 1),
         ("start-up → first audio sent (ms)", lambda r: r.startup_ms, 0),
@@ -367,7 +370,8 @@ def table(rounds: list[Round]) -> str:
     lines = [f"{'metric':<{width}}  {'device':>9}  {'SDK':>9}  {'device/SDK':>10}"]
     for name, get, digits in rows:
         d, s = med("device", get), med("sdk", get)
-        ratio = "—" if d is None or s in (None, 0) else f"{d / s:.2f}"
+        # A ratio of two figures below the resolution of the measurement means nothing.
+        ratio = "—" if d is None or s is None or s < 0.5 else f"{d / s:.2f}"
         lines.append(f"{name:<{width}}  {_fmt(d, digits):>9}  {_fmt(s, digits):>9}  {ratio:>10}")
     return "\n".join(lines)
 

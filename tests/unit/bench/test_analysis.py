@@ -43,6 +43,11 @@ def test_without_the_emulator_replies_are_found_from_telemetry_alone() -> None:
     assert fig.turns[1]["interrupted"] is False
     # the last loud block the gate let through before each reply
     assert fig.turns[0]["user_speech_end_s"] == pytest.approx(5.0)
+    # and what was said, from the transcripts
+    assert fig.turns[0]["user_text"] == "Please turn the volume down, and tell me when the museum opens."
+    assert fig.turns[0]["agent_text"] == "I turned the volume down. The museum opens at nine."
+    assert fig.turns[1]["user_text"] == "Sorry, is there a cafe?"
+    assert fig.reply_received_to_written_ms["p50"] == pytest.approx(120.0)
 
 
 def test_interruptions_agent_and_local() -> None:
@@ -101,7 +106,10 @@ def test_the_verdict(outcomes: list[str], played: int, violations: int, ok: bool
     if ended_by == "network":
         detail = analysis.verdict(fig, 0, False, None)[2]
         assert detail == "a conversation failed (network): connection refused; check the network"
-    assert analysis.verdict(fig, 0, timed_out=True, error=None)[:2] == (False, "timeout")
+    still_going = analysis.verdict(fig, violations, timed_out=True, error=None)
+    assert still_going[0] == ok
+    if ok:
+        assert still_going[1] == "max_wait" and "still going" in still_going[2]
     assert analysis.verdict(fig, 0, timed_out=False, error="boom") == (False, "error", "boom")
 
 
@@ -126,3 +134,20 @@ def test_replies_are_placed_in_the_playback_file() -> None:
     segs = analysis.playback_segments(events, total_frames=40000, rate_hz=16000)
     assert segs[-1][1] + segs[-1][2] <= 40000
     assert analysis.playback_segments([], 1000, 16000) == []
+
+
+def test_conversations_end_where_the_controller_leaves_them() -> None:
+    events = [
+        Ev(T0 + 0.0, "state", {"state": "connecting", "machine_state": "connecting"}),
+        Ev(T0 + 1.0, "state", {"state": "muted", "machine_state": "listening"}),  # muted mid-conversation
+        Ev(T0 + 4.0, "state", {"state": "idle", "machine_state": "idle", "cause": "timeout"}),
+        Ev(T0 + 5.0, "state", {"state": "connecting", "machine_state": "connecting"}),
+        Ev(T0 + 5.5, "session_end", {"outcome": "NETWORK", "detail": "connection refused"}),
+        Ev(T0 + 5.5, "state", {"state": "error", "machine_state": "error", "cause": "failed"}),
+        Ev(T0 + 7.0, "state", {"state": "connecting", "machine_state": "connecting"}),
+    ]
+    spans = analysis.conversation_spans(events)
+    assert [(s.start_s - T0, None if s.end_s is None else s.end_s - T0, s.outcome) for s in spans] == [
+        (0.0, 4.0, "idle_timeout"), (5.0, 5.5, "network"), (7.0, None, "unfinished")
+    ]
+    assert spans[1].detail == "connection refused"

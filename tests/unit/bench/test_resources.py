@@ -57,3 +57,14 @@ def test_the_monitor_samples_until_stopped() -> None:
         mon.stop()
     assert len(mon.samples) >= 3  # plus the final one taken on the way out
     assert all(b.t_s >= a.t_s for a, b in zip(mon.samples, mon.samples[1:], strict=False))
+
+
+def test_threads_are_told_apart_by_name() -> None:
+    from device.bench.runner import is_device_thread
+
+    for name in ("controller", "audio-playback", "session-3-rx", "tool:set_volume", "Thread-10 (_blink_device)",
+                 "Thread-1 (held)"):
+        assert is_device_thread(name), name
+    for name in ("MainThread", "emulator-conn-0", "emulator-accept", "bench-resources", "Thread-6 (recv_events)",
+                 "Thread-3 (handler)"):
+        assert not is_device_thread(name), name
