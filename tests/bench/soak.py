@@ -96,7 +96,7 @@ def run_device(args: argparse.Namespace) -> int:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     from device.audio import filedevices
-    from device.bench import resources, script
+    from device.bench import analysis, resources, script
     from device.bench.fixtures import DEMO_TIMELINE
     from device.bench.runner import bench_config
     from device.secrets import Secret
@@ -122,10 +122,18 @@ def run_device(args: argparse.Namespace) -> int:
         counts: dict[str, int] = {"overrun": 0, "underrun": 0, "replies": 0, "interruptions": 0,
                                   "conversations": 0, "failed": 0}
         old_audio_max_ms = [0.0]
+        in_conversation = [False]
         lock = threading.Lock()
 
         def on_event(ev: Any) -> None:
             with lock:
+                if ev.kind == "state":
+                    talking = analysis.machine_state(ev.data) in analysis.CONVERSATION_STATES
+                    if in_conversation[0] and not talking:
+                        counts["conversations"] += 1
+                        if analysis.machine_state(ev.data) == "error":
+                            counts["failed"] += 1
+                    in_conversation[0] = talking
                 if ev.kind == "xrun":
                     k = str(ev.data.get("kind", ""))
                     counts["overrun" if "over" in k else "underrun"] += 1
@@ -135,11 +143,6 @@ def run_device(args: argparse.Namespace) -> int:
                     counts["interruptions"] += 1
                 elif ev.kind == "flushed":
                     old_audio_max_ms[0] = max(old_audio_max_ms[0], float(ev.data.get("old_audio_ms_after") or 0))
-                elif ev.kind == "session_end":
-                    counts["conversations"] += 1
-                    outcome = str(getattr(ev.data.get("outcome"), "name", ev.data.get("outcome"))).lower()
-                    if outcome not in ("normal", "agent_ended", "local", "max_duration"):
-                        counts["failed"] += 1
 
         factory = MockFactory(pin_class=MockPWMPin)
         daemon = daemon_cls(cfg, Secret(Path(args.api_key_file).read_text().strip(), "soak"), pin_factory=factory)
@@ -256,11 +259,12 @@ def _verdict(samples: list[dict[str, Any]], final: dict[str, Any], agent: dict[s
     threads = [s["threads"] for s in samples]
     violations = agent.get("violations", [])
     cpu_per_min = final["cpu_s"] / (final["t_s"] / 60) if final["t_s"] else float("nan")
+    peak_mb = max([final["peak_rss_mb"], *(s["rss_mb"] for s in samples)])
     lines = [
         f"soak: {final['t_s'] / 60:.1f} min, other core busy; machine: {platform.platform(terse=True)} "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         f"RSS: {warm[0]['rss_mb']:.1f} → {warm[-1]['rss_mb']:.1f} MB after warm-up "
-        f"({growth_mb:+.2f} MB, {growth_mb / span_h:+.1f} MB/h), peak {final['peak_rss_mb']:.1f} MB",
+        f"({growth_mb:+.2f} MB, {growth_mb / span_h:+.1f} MB/h), peak {peak_mb:.1f} MB",
         f"fds: {min(fds)}–{max(fds)} (end {final['fds']}); threads: {min(threads)}–{max(threads)} "
         f"(end {final['threads']})",
         f"xruns: {final['overrun']} capture overruns, {final['underrun']} playback underruns",
