@@ -10,6 +10,7 @@ on the runner's thread in :meth:`Progress.tick`.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -134,6 +135,8 @@ class Progress:
             status = status_line(max(0.0, now - self._t0_s), self.expected_s, self._c)
         out = self._stream
         if self._tty:
+            # A status line longer than the terminal would wrap and defeat the redraw.
+            status = status[: max(20, shutil.get_terminal_size((100, 24)).columns - 1)]
             clear = "\r\033[K" if self._drawn else ""
             out.write(clear + "".join(f"{line}\n" for line in lines) + status)
             self._drawn = True

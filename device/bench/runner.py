@@ -397,7 +397,7 @@ class Runner:
         from device.control import request
 
         ok, answer = request(cfg.systemd.control_socket, command)
-        log.info("ctl %s → %s %s", command.split(" ", 1)[0], "ok" if ok else "error", answer)
+        log.debug("ctl %s → %s %s", command.split(" ", 1)[0], "ok" if ok else "error", answer)
         if not ok:
             raise ConfigError(f"the daemon refused the timeline's ctl {command!r}: {answer}", "timeline")
 
@@ -515,7 +515,6 @@ def quiet_device_logs(level: int = logging.WARNING) -> Iterator[None]:
     old = logger.level
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
         logger.setLevel(level)
-        logging.getLogger(__name__).setLevel(logging.INFO)
     try:
         yield
     finally:
