@@ -82,7 +82,10 @@ SCHEMA: dict[str, Any] = {
                     "cpus": _int("logical CPUs"),
                 },
             ),
-            "mode": {"enum": ["realtime", "fast"], "description": "audio paced to real time, or fast"},
+            "mode": {
+                "enum": ["realtime", "fast"],
+                "description": "fast: the emulated agent answers at once (audio is paced to real time either way)",
+            },
             "gate_mode": _str("gate.mode of the daemon"),
             "input": _obj(
                 "the user audio fed to the microphone",
@@ -122,7 +125,7 @@ SCHEMA: dict[str, Any] = {
                     {
                         "index": _int("0 for the first reply (often the agent's greeting)"),
                         "user_speech_end_s": _num(
-                            "when the agent detected the end of the user's speech", nullable=True
+                            "capture time of the block holding the last speech the agent heard", nullable=True
                         ),
                         "first_agent_audio_received_s": _num("first audio of the reply off the socket", nullable=True),
                         "first_agent_audio_written_s": _num("first sample of the reply written to ALSA", nullable=True),
@@ -170,7 +173,7 @@ SCHEMA: dict[str, Any] = {
                     "process": _num("user + system seconds of the whole process (with a built-in emulator)", 0),
                     "device": _num("user + system seconds of the daemon's own threads", 0, nullable=True),
                     "per_conversation_minute": _num(
-                        "device (or process) CPU s per minute of conversation", 0, nullable=True
+                        "device CPU s per minute of conversation (null under 5 s of conversation)", 0, nullable=True
                     ),
                 },
             ),

@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up this long after the last timeline step if the conversation goes on (default 90)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress display (the summary is still printed)")
+    parser.add_argument("--schema", action="store_true",
+                        help="print the JSON schema of report.json and exit")
     add_set_option(parser)
 
 
@@ -63,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from device.bench.runner import BenchOptions, quiet_device_logs
     from device.bench.runner import run as run_bench
 
+    if args.schema:
+        import json
+
+        from device.bench.report import SCHEMA
+
+        print(json.dumps(SCHEMA, indent=2, ensure_ascii=False))
+        return ExitCode.OK
     if args.scenario is not None and args.agent_url:
         print("voice-appliance bench: --scenario is for the built-in emulator; drop it with --agent-url",
               file=sys.stderr)

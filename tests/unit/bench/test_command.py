@@ -34,3 +34,13 @@ def test_realtime_and_fast_exclude_each_other(capsys: pytest.CaptureFixture[str]
         main(["bench", "--realtime", "--fast"])
     assert exc.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_the_schema_is_printed_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from device.bench import report
+
+    assert main(["bench", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["properties"]["schema_version"]["const"] == report.SCHEMA_VERSION
