@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -33,3 +34,17 @@ def no_thread_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     if left:
         names = ", ".join(f"{t.name} (daemon={t.daemon})" for t in left)
         pytest.fail(f"test left thread(s) running: {names}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """Tests that run the CLI in-process call setup_logging(); undo it afterwards.
+
+    Otherwise the root logger keeps a handler bound to a stream pytest has
+    already closed, and later tests print 'Logging error' noise.
+    """
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
