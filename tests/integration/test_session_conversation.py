@@ -341,3 +341,35 @@ def test_an_unsupported_audio_format_ends_the_session_with_a_clear_error() -> No
     assert "mp3_44100_128" in ended.detail and "ElevenLabs dashboard" in ended.detail
     assert closes == [1003]
     assert not events.of(Connected)
+
+
+def test_a_flood_of_malformed_messages_is_counted_logged_once_and_survived(caplog: pytest.LogCaptureFixture) -> None:
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT_S)
+        ws.send(json.dumps({
+            "type": "conversation_initiation_metadata",
+            "conversation_initiation_metadata_event": {
+                "conversation_id": "c", "agent_output_audio_format": "pcm_16000",
+                "user_input_audio_format": "pcm_16000"},
+        }))
+        for i in range(50):
+            ws.send("{not json" if i % 2 else json.dumps({"type": "audio", "audio_event": {"event_id": 1}}))
+        ws.send(json.dumps({"type": "agent_response", "agent_response_event": {"agent_response": "still here"}}))
+        for _ in ws:
+            pass
+
+    server, port, thread, _ = scripted(script)
+    try:
+        agent = AgentConfig(agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}")
+        session, events = make_session(None, agent=agent, key=None)
+        with caplog.at_level("WARNING", logger="device.session"), started(session):
+            events.wait_for(AgentResponse, lambda e: e.text == "still here")
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+        thread.join(WAIT_S)
+    stats = session.stats
+    assert stats["malformed_messages"] == 50
+    assert stats["malformed_bad_json"] == 25 and stats["malformed_missing_field"] == 25
+    warnings = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(warnings) == 2, "one line per kind, the rest counted"
+    assert events.ended().outcome is Outcome.LOCAL
