@@ -160,6 +160,10 @@ def run_device(args: argparse.Namespace) -> int:
                     _, action = schedule.pop(0)
                     (pin.drive_low if action == "press" else pin.drive_high)()
                 if now >= next_sample:
+                    # Mock pins keep every change they saw (LED pulses: dozens a second); a real
+                    # pin keeps nothing, so that history is not the daemon's memory.
+                    for mock_pin in list(factory.pins.values()):
+                        mock_pin.clear_states()
                     gc.collect()
                     s = resources.sample()
                     with lock:
