@@ -12,7 +12,8 @@ def _is_bench(path: Path) -> bool:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
-    if _is_bench(file_path):
+    # A file named on the command line is collected by pytest itself.
+    if _is_bench(file_path) and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
