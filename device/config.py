@@ -478,7 +478,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 # Environment variables with the prefix that are not configuration keys.
-_NON_CONFIG_ENV = {"VOICE_APPLIANCE_CONFIG", "VOICE_APPLIANCE_LOG_LEVEL", "VOICE_APPLIANCE_API_KEY"}
+_NON_CONFIG_ENV = {"VOICE_APPLIANCE_CONFIG", "VOICE_APPLIANCE_LOG_LEVEL", "VOICE_APPLIANCE_EMULATOR_API_KEY"}
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -133,3 +133,12 @@ def test_nested_tables_and_maps_are_frozen(tmp_path: Path) -> None:
     assert cfg.tools.tool[0].command == ("/bin/true", "--x")
     with pytest.raises(TypeError):
         cfg.agent.dynamic_variables["floor"] = 3  # type: ignore[index]
+
+
+def test_other_voice_appliance_variables_are_not_config_keys() -> None:
+    env = {
+        "VOICE_APPLIANCE_CONFIG": "/x.toml",
+        "VOICE_APPLIANCE_LOG_LEVEL": "debug",
+        "VOICE_APPLIANCE_EMULATOR_API_KEY": "k",  # read by `voice-appliance emulator`
+    }
+    assert load_config(None, environ=env) == Config()
