@@ -37,7 +37,7 @@ from device.audioformat import CAPTURE_RATE_HZ
 from device.bench import analysis, fixtures, report, resources, script, timeline, wavfile
 from device.bench.progress import Progress
 from device.config import AudioConfig, Config, load_config
-from device.errors import ConfigError, DeviceError, ExitCode, UnavailableError
+from device.errors import ConfigError, CredentialError, DeviceError, ExitCode, UnavailableError
 from device.secrets import Secret, load_api_key, redact
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,11 @@ class Runner:
         try:
             cfg = bench_config(self.opts.config_path, self.opts.overrides, capture=capture, playback=playback,
                                agent=agent, gate_mode=self.opts.gate_mode, control_socket=self.work / "control.sock")
+            if cfg.agent.connection == "signed_url" and api_key is None:
+                raise CredentialError(
+                    "this agent needs a signed URL, and no API key was found: give --api-key-file FILE "
+                    "(mode 600), or --set agent.connection=public for a public agent"
+                )
             steps = self._steps(input_info["duration_s"], cfg.gate.mode)
             expected_s = max(script.last_at_s(steps) + 6.0, 10.0)
             self._drive(cfg, api_key, steps, expected_s)

@@ -94,3 +94,15 @@ def test_an_agent_url_nobody_listens_on_fails_the_run(tmp_path: Path) -> None:
     assert doc["agent"]["kind"] == "external"
     assert doc["artefacts"]["user_audio_wav"] is None
     assert (out / "agent_audio.wav").exists() and (out / "timeline.svg").exists()
+
+
+def test_a_private_agent_without_a_key_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    code = main(["bench", "--agent-url", "http://127.0.0.1:9", "--set", "agent.agent_id=agent_x",
+                 "--out", str(tmp_path / "out")])
+    assert code == 77
+    assert "give --api-key-file FILE" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.json").exists()
