@@ -36,23 +36,26 @@ need_apt() {
 }
 
 need_venv() {
-    # Debian's own Python 3.11, as on Raspberry Pi OS Bookworm.
+    # $1: the extras to install (default bench,test; the benchmarks add the
+    # official SDK as `baseline`). Debian's own Python 3.11, as on Raspberry
+    # Pi OS Bookworm.
+    local extras=${1:-bench,test}
     local py=/usr/bin/python3
     if [ ! -x "$venv/bin/python" ]; then
         log "creating $venv"
         "$py" -m venv "$venv"
     fi
-    local stamp="$venv/.installed" want
+    local stamp="$venv/.installed-${extras//,/-}" want
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "installing the project and its extras into $venv"
+        log "installing the project with [$extras] into $venv"
         "$venv/bin/python" -m pip install -q --upgrade pip
-        "$venv/bin/python" -m pip install -q -e ".[bench,test]"
+        "$venv/bin/python" -m pip install -q -e ".[$extras]"
         echo "$want" > "$stamp"
     fi
 }
 
-setup() { need_apt; need_venv; }
+setup() { need_apt; need_venv "$@"; }
 
 cmd=${1:-}
 shift || true
@@ -72,7 +75,7 @@ case "$cmd" in
         exec "$venv/bin/python" -m pytest "$@"
         ;;
     bench)
-        setup
+        setup bench,test,baseline
         exec "$venv/bin/python" -m pytest -p no:cacheprovider tests/bench -s "$@"
         ;;
     *)
