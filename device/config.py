@@ -462,7 +462,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """``VOICE_APPLIANCE_AGENT_AGENT_ID=x`` → ``("agent.agent_id", "x")``."""
     out = []
     for var, text in environ.items():
-        if not var.startswith(ENV_PREFIX) or var in _NON_CONFIG_ENV:
+        if not var.startswith(ENV_PREFIX) or var in _NON_CONFIG_ENV or var.startswith(_TEST_ENV_PREFIX):
             continue
         rest = var[len(ENV_PREFIX):].lower()
         for section in SECTIONS:
@@ -479,6 +479,8 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 
 # Environment variables with the prefix that are not configuration keys.
 _NON_CONFIG_ENV = {"VOICE_APPLIANCE_CONFIG", "VOICE_APPLIANCE_LOG_LEVEL", "VOICE_APPLIANCE_EMULATOR_API_KEY"}
+# Reserved for the test suite's own settings (e.g. VOICE_APPLIANCE_TEST_CACHE).
+_TEST_ENV_PREFIX = "VOICE_APPLIANCE_TEST_"
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -140,5 +140,6 @@ def test_other_voice_appliance_variables_are_not_config_keys() -> None:
         "VOICE_APPLIANCE_CONFIG": "/x.toml",
         "VOICE_APPLIANCE_LOG_LEVEL": "debug",
         "VOICE_APPLIANCE_EMULATOR_API_KEY": "k",  # read by `voice-appliance emulator`
+        "VOICE_APPLIANCE_TEST_CACHE": "/var/cache/x",  # the boot test's debootstrap cache
     }
     assert load_config(None, environ=env) == Config()
