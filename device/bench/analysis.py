@@ -32,6 +32,8 @@ FLUSH_PAIR_S = 1.0  # a flush this soon after an interruption belongs to it
 
 
 class Event(Protocol):
+    """What the bench reads of a telemetry record (device.telemetry.Telemetry fits)."""
+
     @property
     def t_s(self) -> float: ...
     @property

@@ -13,18 +13,10 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import TextIO
 
-
-class Event(Protocol):
-    @property
-    def t_s(self) -> float: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def data(self) -> Mapping[str, Any]: ...
+from device.bench.analysis import Event
 
 
 @dataclass

@@ -21,19 +21,12 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from xml.sax.saxutils import escape
 
+from device.bench.analysis import Event
+
 log = logging.getLogger(__name__)
-
-
-class Event(Protocol):
-    @property
-    def t_s(self) -> float: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def data(self) -> Mapping[str, Any]: ...
 
 
 STATE_COLOURS = {

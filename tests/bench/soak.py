@@ -313,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def test_soak(tmp_path: Path) -> None:
     """pytest entry (provisioning/dev.sh bench): short by default."""
-    import pytest
 
-    pytest.importorskip("device.daemon", reason="the daemon is not part of this build yet")
     minutes = float(os.environ.get("SOAK_MINUTES", "2"))
     text, passed = soak(minutes, max(5.0, minutes * 2), 60.0 if minutes <= 5 else 300.0, tmp_path)
     print("\n" + text)
