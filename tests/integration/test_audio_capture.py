@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import os
 import queue
 import random
 import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +16,6 @@ from device.config import AudioConfig
 
 TIMEOUT_S = 20.0
 BLOCK_BYTES = 8000
-
-
-@pytest.fixture(scope="module")
-def alsa_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    old = os.environ.get("ALSA_CONFIG_PATH")
-    directory = tmp_path_factory.mktemp("alsa")
-    filedevices.install(directory)
-    yield directory
-    if old is None:
-        os.environ.pop("ALSA_CONFIG_PATH", None)
-    else:
-        os.environ["ALSA_CONFIG_PATH"] = old
 
 
 class Recorder:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,6 @@ from device.audioformat import AudioFormat
 from device.config import AudioConfig
 
 TIMEOUT_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def alsa_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    old = os.environ.get("ALSA_CONFIG_PATH")
-    directory = tmp_path_factory.mktemp("alsa")
-    filedevices.install(directory)
-    yield directory
-    if old is None:
-        os.environ.pop("ALSA_CONFIG_PATH", None)
-    else:
-        os.environ["ALSA_CONFIG_PATH"] = old
 
 
 class Events:
