@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import importlib
 import logging
 import os
 import platform
@@ -112,19 +111,17 @@ def is_device_thread(name: str) -> bool:
 
 
 def _emulator_api() -> tuple[Any, Any, Any]:
-    """(Emulator, load_scenario, default_scenario) — imported late: the emulator needs the bench extra."""
+    """(Emulator, load_scenario, default_scenario); the server needs the bench extra's websockets."""
+    from device.emulator import default_scenario, load_scenario
+
     try:
-        emu = importlib.import_module("device.emulator")
-        if not hasattr(emu, "Emulator"):  # the package's modules, when its __init__ does not re-export them
-            server = importlib.import_module("device.emulator.server")
-            scenario = importlib.import_module("device.emulator.scenario")
-            return server.Emulator, scenario.load_scenario, scenario.default_scenario
+        from device.emulator import Emulator
     except ImportError as e:
         raise UnavailableError(
             f"the built-in agent emulator cannot be loaded ({e}); install the bench extra "
             "(pip install 'voice-appliance[bench]') or use --agent-url"
         ) from None
-    return emu.Emulator, emu.load_scenario, emu.default_scenario
+    return Emulator, load_scenario, default_scenario
 
 
 def _with_led_patterns(events: list[Any], cfg: Config) -> list[Any]:
@@ -309,9 +306,10 @@ class Runner:
         return self._finish(cfg, input_info, agent_info, out_raw, filedevices.read_output)
 
     def _drive(self, cfg: Config, api_key: Secret | None, steps: tuple[script.Step, ...], expected_s: float) -> None:
-        daemon_cls = importlib.import_module("device.daemon").Daemon
+        from device.daemon import Daemon
+
         factory = self.pin_factory = _mock_pin_factory()
-        self.daemon = daemon_cls(cfg, api_key, pin_factory=factory)
+        self.daemon = Daemon(cfg, api_key, pin_factory=factory)
         self.t0_s = time.monotonic()
         self.cpu_at_start_s = resources.cpu_s()
         progress = None
