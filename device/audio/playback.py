@@ -191,7 +191,9 @@ class Playback(Worker):
             if self._device_failed:
                 self._stats["dropped_no_device_frames"] += len(pcm) // 2
                 return
-            if not self._reply_active and self._first_audio_at_s is None:
+            # a reply still marked active but already flushed is over: this audio starts the next one
+            starts_reply = not self._reply_active or self._flush_req is not None
+            if starts_reply and self._first_audio_at_s is None:
                 self._first_audio_at_s = received_at_s if received_at_s is not None else now
             self._end_of_input = False
             stored = self._ring.write(pcm)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -401,3 +402,32 @@ def test_format_change_mid_reply_cuts_it_and_reopens_at_the_new_rate() -> None:
     assert bytes(old_speaker.data) == bytes(2 * 1000)  # one chunk, then cut
     assert bytes(new_speaker.data) == b"\x03\x00" * 22050
     assert pb.format == AudioFormat("pcm", 22050)
+
+
+def test_reply_arriving_before_the_worker_served_a_flush_still_starts_on_its_own() -> None:
+    # The interruption and the next reply's first (short) audio both land while ALSA is
+    # taking chunk 3: the worker has not dropped yet. The new reply must still start
+    # once its prebuffer time has passed, without waiting for more audio or end_of_input.
+    holder: list[Playback] = []
+    arrived_at: list[float] = []
+
+    def interrupt_then_new_reply() -> None:
+        pb = holder[0]
+        pb.flush()
+        arrived_at.append(time.monotonic())
+        pb.write(b"\x01\x00" * 500, received_at_s=arrived_at[0])  # 31 ms, under the 125 ms prebuffer
+
+    speaker = FakeSpeaker(16000, {3: interrupt_then_new_reply})
+    events = Q()
+    pb = playback(SpeakerBackend([speaker]), events)
+    holder.append(pb)
+    try:
+        pb.write(bytes(2 * 16000))
+        events.wait_for(finished(1))
+    finally:
+        pb.stop()
+    assert bytes(speaker.data) == bytes(2 * 3000) + b"\x01\x00" * 500
+    started = [e for e in events.items if isinstance(e, PlaybackEvent) and e.kind == "reply_started"]
+    assert [e.reply_id for e in started] == [1, 2]
+    # measured from the audio's arrival, so it includes the prebuffer wait
+    assert started[1].latency_ms is not None and started[1].latency_ms >= 125 * 0.99
