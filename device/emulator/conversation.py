@@ -265,11 +265,9 @@ class Conversation:
         if self._next_ping_s is not None:
             times.append(self._next_ping_s)
         times += [sent + t.pong_timeout_s for eid, sent in self._pings.items() if eid not in self._pings_flagged]
-        if self._pending is not None:
-            if self._pending.tool_deadline_s is not None:
-                times.append(self._pending.tool_deadline_s)
-            elif self._pending.tool_call is None:
-                times.append(self._pending.start_at_s)
+        times += [call.sent_t_s + t.tool_timeout_s for call in self._calls_open.values()]
+        if self._pending is not None and self._pending.tool_call is None:
+            times.append(self._pending.start_at_s)
         if self._reply is not None:
             if self._reply.streaming:
                 times.append(self._reply.chunk_due_s(self._reply.next_chunk, t.speed))
@@ -648,6 +646,7 @@ class Conversation:
             self._close(now, *CLOSE_MAX_DURATION)
             return
         self._check_pings(now)
+        self._check_abandoned_calls(now)
         p = self._pending
         if p is not None:
             if p.tool_deadline_s is not None and now >= p.tool_deadline_s:
@@ -734,6 +733,12 @@ class Conversation:
     def _tool_timed_out(self, now: float, p: _Pending) -> None:
         call = p.tool_call
         assert call is not None
+        self._call_unanswered(now, call)
+        self._pending = None
+        text = self.agent.tool_timeout_reply.replace("{name}", call.name)
+        self._begin_reply(now, text, p.record, p.turn.end_call)
+
+    def _call_unanswered(self, now: float, call: ToolCallRecord) -> None:
         self._calls_open.pop(call.call_id, None)
         self._calls_timed_out.add(call.call_id)
         with self.record.locked():
@@ -743,9 +748,13 @@ class Conversation:
             "tool_result_missing",
             f"no client_tool_result for {call.name} ({call.call_id}) within {self.timing.tool_timeout_s:g} s",
         )
-        self._pending = None
-        text = self.agent.tool_timeout_reply.replace("{name}", call.name)
-        self._begin_reply(now, text, p.record, p.turn.end_call)
+
+    def _check_abandoned_calls(self, now: float) -> None:
+        """Calls whose reply was abandoned (the user spoke on) still owe exactly one result."""
+        waiting = self._pending.tool_call if self._pending is not None else None
+        for call in list(self._calls_open.values()):
+            if call is not waiting and now >= call.sent_t_s + self.timing.tool_timeout_s:
+                self._call_unanswered(now, call)
 
     def _tool_reply_text(self, turn: Turn, result: str, is_error: bool) -> str:
         assert turn.tool is not None

@@ -507,6 +507,23 @@ def test_missing_tool_result_is_a_violation_and_spoken_as_a_failure(
     assert h.rules() == ["tool_result_missing", "tool_result_duplicate"]
 
 
+def test_a_call_left_unanswered_when_the_user_speaks_on_is_still_reported(
+    clock: FakeClock, tone_synth: Synthesizer, user_speech_16k: bytes
+) -> None:
+    h = tool_harness(clock, tone_synth, user_speech_16k, tool_timeout_s=8.0)
+    call_id = h.messages("client_tool_call")[0]["client_tool_call"]["tool_call_id"]
+    h.speak(user_speech_16k)  # the user goes on before the client answered: that reply is abandoned
+    h.silence(1.0)
+    assert h.record.turns[0].cancelled and h.rules() == []
+    assert clock() < h.record.turns[0].tool_calls[0].sent_t_s + 8.0
+    h.run(h.record.turns[0].tool_calls[0].sent_t_s + 8.1 - clock())
+    assert h.rules() == ["tool_result_missing"]
+    assert call_id in h.record.violations[0].detail
+    assert h.record.turns[0].tool_calls[0].timed_out
+    h.send({"type": "client_tool_result", "tool_call_id": call_id, "result": "late", "is_error": False})
+    assert h.rules() == ["tool_result_missing"]  # a late result is still the one result
+
+
 def test_tool_result_rules(clock: FakeClock, tone_synth: Synthesizer, user_speech_16k: bytes) -> None:
     h = tool_harness(clock, tone_synth, user_speech_16k)
     call_id = h.messages("client_tool_call")[0]["client_tool_call"]["tool_call_id"]
@@ -686,6 +703,7 @@ def test_a_well_behaved_client_breaks_no_rule(
     h = harness(clock, tone_synth, timing={"ping_interval_s": 1.0})
     h.init(conversation_config_override={}, dynamic_variables={"kiosk_id": "k"})
     answered: set[int] = set()
+    results_sent: set[str] = set()
     for _ in range(3):
         h.speak(user_speech_16k)
         h.silence(1.5)
@@ -694,6 +712,13 @@ def test_a_well_behaved_client_breaks_no_rule(
             if eid not in answered:
                 answered.add(eid)
                 h.send({"type": "pong", "event_id": eid})
+        for m in h.messages("client_tool_call"):
+            call_id = m["client_tool_call"]["tool_call_id"]
+            if call_id not in results_sent:
+                results_sent.add(call_id)
+                h.send({"type": "client_tool_result", "tool_call_id": call_id, "result": "ok", "is_error": False})
+    h.run(10)  # past every tool timeout (or the goodbye hangs up): nothing is still owed
+    assert results_sent, "the default scenario calls a tool"
     h.send({"type": "contextual_update", "text": "The visitor is a child."})
     h.send({"type": "feedback", "event_id": 1, "score": "like"})
     assert h.rules() == []
