@@ -113,17 +113,33 @@ class Daemon:
         self.notifier.close()
         log.info("voice appliance stopped")
 
-    def reload(self, cfg: Config, api_key: Secret | None) -> None:
-        """Apply a new configuration: RELOADING=1, restart the parts (a conversation ends), READY=1."""
+    def reload(self, cfg: Config, api_key: Secret | None) -> bool:
+        """Apply a new configuration: RELOADING=1, restart the parts (a conversation ends), READY=1.
+
+        A configuration that loads but cannot be put to work (e.g. a tool that is not installed)
+        is refused: the running one comes back, and the error is logged and shown in STATUS=.
+        False then.
+        """
         self.notifier.reloading()
         log.info("reloading the configuration (a running conversation ends)")
+        old = self.cfg, self.api_key
         self._running = False
         self._stop_parts()
         self.cfg, self.api_key = cfg, api_key
-        self._build()
-        self._start_parts()
+        refused = ""
+        try:
+            self._build()
+            self._start_parts()
+        except Exception as e:  # a bad edit must not take the kiosk down
+            refused = f"reload refused: {e or type(e).__name__}"
+            log.error("%s; keeping the running configuration", refused)
+            self._stop_parts()
+            self.cfg, self.api_key = old
+            self._build()
+            self._start_parts()
         self._running = True
-        self.notifier.ready(status_line(self.status()))
+        self.notifier.ready(refused or status_line(self.status()))
+        return not refused
 
     def __enter__(self) -> Daemon:
         self.start()

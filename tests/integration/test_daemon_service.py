@@ -272,3 +272,75 @@ def test_a_missing_microphone_shows_the_error_until_it_appears(tmp_path: Path) -
         raw.write_bytes(content)  # ... now it has
         rig.wait_state("idle", after=mark)
         rig.wait_captured(1.0)
+
+
+def test_a_bad_reload_keeps_the_running_configuration(
+    tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = Emulator(fast_scenario(), speech="tone").start()
+    try:
+        path = write_config(tmp_path, emu, silence(60.0))
+        good = path.read_text()
+        cfg = load_config(path, environ={})
+        key = Secret("emulator-key", "test")
+        sock = cfg.systemd.control_socket
+        monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
+        failures: list[BaseException] = []
+
+        def gate_mode() -> str:
+            ok, text = request(sock, "status")
+            assert ok, text
+            return str(json.loads(text)["gate_mode"])
+
+        def operator() -> None:
+            try:
+                notify.wait_for("READY=1")
+                assert gate_mode() == "toggle"
+
+                # A broken edit: the file does not load, nothing is stopped.
+                path.write_text(good.replace('mode = "toggle"', 'mode = "shout"'))
+                os.kill(os.getpid(), signal.SIGHUP)
+                assert "gate.mode" in notify.wait_for("STATUS=reload refused")
+                assert gate_mode() == "toggle"
+
+                # An edit that loads but cannot be put to work (a tool that is not installed):
+                # the old configuration comes back instead of the service exiting.
+                path.write_text(
+                    good.replace('mode = "toggle"', 'mode = "push_to_talk"')
+                    + '\n[[tools.tool]]\nname = "lights"\ncommand = ["/nonexistent/lights-tool"]\n'
+                )
+                os.kill(os.getpid(), signal.SIGHUP)
+                notify.wait_for("RELOADING=1")
+                ready = notify.wait_for("READY=1")
+                assert "STATUS=reload refused" in ready and "lights-tool" in ready
+                assert gate_mode() == "toggle"
+                assert request(sock, "start")[0]  # ... and it still works
+                notify.wait_for("STATUS=listening")
+
+                # A good edit is applied.
+                path.write_text(good.replace('mode = "toggle"', 'mode = "push_to_talk"'))
+                os.kill(os.getpid(), signal.SIGHUP)
+                notify.wait_for("RELOADING=1")
+                notify.wait_for("READY=1")
+                assert gate_mode() == "push_to_talk"
+            except BaseException as e:  # reported by the test below
+                failures.append(e)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        helper = threading.Thread(target=operator, name="test-operator")
+        helper.start()
+        from device.gpio import mock_factory
+
+        # Should serve() end early, a late signal must not kill the test run: serve() restores these.
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGHUP, signal.SIGTERM)}
+        try:
+            code = serve(cfg, key, lambda: (load_config(path, environ={}), key), pin_factory=mock_factory())
+        finally:
+            helper.join(WAIT_S)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        assert not failures, failures
+        assert code == 0
+    finally:
+        emu.stop()
