@@ -230,11 +230,17 @@ class ControlServer(Worker):
         while b"\n" in client.buf:
             line, _, rest = bytes(client.buf).partition(b"\n")
             client.buf = bytearray(rest)
+            if len(line) > MAX_LINE_BYTES:  # its end may arrive in a later read than the limit
+                self._refuse_long_line(client)
+                return
             if not self._answer(client, self.handle(line.decode("utf-8", "replace"))):
                 return
         if len(client.buf) > MAX_LINE_BYTES:
-            self._answer(client, f"error line longer than {MAX_LINE_BYTES} bytes; send shorter lines")
-            self._drop(client)
+            self._refuse_long_line(client)
+
+    def _refuse_long_line(self, client: _Client) -> None:
+        self._answer(client, f"error line longer than {MAX_LINE_BYTES} bytes; send shorter lines")
+        self._drop(client)
 
     def _answer(self, client: _Client, text: str) -> bool:
         try:

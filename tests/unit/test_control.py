@@ -145,6 +145,20 @@ def test_several_requests_on_one_connection_and_long_lines(server: tuple[Control
         assert f.readline() == b""  # and the connection is closed
 
 
+def test_a_long_line_is_refused_even_when_it_ends_in_the_next_read(
+    server: tuple[ControlServer, FakeController],
+) -> None:
+    srv, fake = server
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(srv.path))
+        s.sendall(b"context " + b"x" * 4200 + b"\n")  # over the limit, but its newline comes after 4096 bytes
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"error line longer than 4096 bytes")
+        assert f.readline() == b""
+    assert fake.events == []  # nothing of it reached the agent
+
+
 def test_ctl_command_line(server: tuple[ControlServer, FakeController], capsys: pytest.CaptureFixture[str]) -> None:
     srv, fake = server
     path = str(srv.path)
