@@ -613,8 +613,9 @@ class Session:
         parts_len = 0
         while True:
             worker.beat()
+            # Every pass, not only when idle: a steady stream of pings must not hide a deadline.
+            self._check_deadlines(metadata_deadline_s)
             if not self._readable(ws):
-                self._check_deadlines(metadata_deadline_s)
                 continue
             try:
                 frame = ws.recv_frame()

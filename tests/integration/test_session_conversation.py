@@ -18,11 +18,12 @@ from test_session_support import (
     make_session,
     messages_to_agent,
     running,
+    scripted,
     speak,
     started,
     wait_reply_played,
 )
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 from device.audioformat import SUPPORTED, parse_format
 from device.config import AgentConfig, SessionConfig, ToolsConfig
@@ -294,22 +295,6 @@ def test_user_audio_is_converted_to_the_announced_input_format(input_format: str
 # -- a scripted server for what the emulator never announces ---------------------------------
 
 
-def scripted(script: callable) -> tuple[object, int, threading.Thread, list[object]]:  # type: ignore[valid-type]
-    closes: list[object] = []
-
-    def handler(ws: ServerConnection) -> None:
-        try:
-            script(ws)
-        finally:
-            closes.append(ws.close_code)
-
-    server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
-    port = server.socket.getsockname()[1]
-    thread = threading.Thread(target=server.serve_forever, name="scripted-server")
-    thread.start()
-    return server, port, thread, closes
-
-
 def test_an_unsupported_audio_format_ends_the_session_with_a_clear_error() -> None:
     def script(ws: ServerConnection) -> None:
         ws.recv(timeout=WAIT_S)  # the initiation
@@ -335,7 +320,7 @@ def test_an_unsupported_audio_format_ends_the_session_with_a_clear_error() -> No
         with started(session):
             ended = events.ended()
     finally:
-        server.shutdown()  # type: ignore[attr-defined]
+        server.shutdown()
         thread.join(WAIT_S)
     assert ended.outcome is Outcome.PROTOCOL and ended.close_code == 1003
     assert "mp3_44100_128" in ended.detail and "ElevenLabs dashboard" in ended.detail
@@ -365,7 +350,7 @@ def test_a_flood_of_malformed_messages_is_counted_logged_once_and_survived(caplo
         with caplog.at_level("WARNING", logger="device.session"), started(session):
             events.wait_for(AgentResponse, lambda e: e.text == "still here")
     finally:
-        server.shutdown()  # type: ignore[attr-defined]
+        server.shutdown()
         thread.join(WAIT_S)
     stats = session.stats
     assert stats["malformed_messages"] == 50

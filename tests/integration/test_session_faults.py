@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 
 import pytest
 from test_session_support import (
@@ -11,11 +13,15 @@ from test_session_support import (
     fast_scenario,
     make_session,
     running,
+    scripted,
     speak,
     started,
     wait_reply_played,
 )
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection
 
+from device.config import AgentConfig
 from device.emulator.scenario import Fault
 from device.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded
 
@@ -132,6 +138,37 @@ def test_missing_metadata_times_out() -> None:
     assert ended.outcome is Outcome.SERVER_ERROR and ended.outcome.retryable
     assert "did not start the conversation within 0.5 s" in ended.detail
     assert record is not None and record.close_code == 1000  # the device said goodbye properly
+
+
+def test_missing_metadata_times_out_even_while_pings_keep_coming() -> None:
+    # A steady stream of messages must not hide the deadline (it was only checked when the socket was idle).
+    done = threading.Event()
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT_S)  # the initiation
+        event_id = 0
+        try:
+            while not done.wait(0.05):
+                event_id += 1
+                ws.send(json.dumps({"type": "ping", "ping_event": {"event_id": event_id, "ping_ms": 5}}))
+        except ConnectionClosed:
+            pass
+
+    server, port, thread, closes = scripted(script)
+    try:
+        agent = AgentConfig(
+            agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}", connect_timeout_s=0.5
+        )
+        session, events = make_session(None, agent=agent, key=None)
+        with started(session):
+            ended = events.ended()
+    finally:
+        done.set()
+        server.shutdown()
+        thread.join(WAIT_S)
+    assert ended.outcome is Outcome.SERVER_ERROR and ended.outcome.retryable
+    assert "did not start the conversation within 0.5 s" in ended.detail
+    assert session.stats["pings"] > 0 and closes == [1000]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from websockets.sync.server import ServerConnection, serve
+
 from device.config import AgentConfig, SessionConfig, ToolsConfig
 from device.emulator.scenario import Scenario, Turn, default_scenario
 from device.emulator.server import Emulator
@@ -204,3 +206,22 @@ def messages_to_agent(record: Any, kind: str) -> list[dict[str, Any]]:
 
 def dumps(msg: dict[str, Any]) -> str:
     return json.dumps(msg)
+
+
+def scripted(
+    script: Callable[[ServerConnection], None],
+) -> tuple[Any, int, threading.Thread, list[int | None]]:
+    """A ``websockets`` server running ``script`` per connection: (server, port, thread, close codes)."""
+    closes: list[int | None] = []
+
+    def handler(ws: ServerConnection) -> None:
+        try:
+            script(ws)
+        finally:
+            closes.append(ws.close_code)
+
+    server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
+    port = server.socket.getsockname()[1]
+    thread = threading.Thread(target=server.serve_forever, name="scripted-server")
+    thread.start()
+    return server, port, thread, closes
