@@ -326,7 +326,7 @@ class Daemon:
         self.watchdog.start()
 
     def _stop_parts(self) -> None:
-        """Stop in reverse order: inputs first, then the brain, then outputs. Every part is tried."""
+        """Stop the watchdog, then inputs, the brain, outputs (the prefetcher alongside). Every part is tried."""
         errors: list[str] = []
 
         def attempt(what: str, fn: Callable[[], None]) -> None:
@@ -338,7 +338,17 @@ class Daemon:
             except Exception:
                 log.exception("stopping %s failed", what)
 
-        for name in ("capture", "control", "signed_urls"):
+        if self.watchdog is not None:  # first: a worker that has stopped is not a stuck one
+            attempt("watchdog", self.watchdog.close)
+        prefetcher: threading.Thread | None = None
+        if self.signed_urls is not None:
+            # It may wait out an HTTP request in flight (agent.http_timeout_s), and so may a
+            # conversation that is connecting: both at once, or the stop overruns TimeoutStopSec.
+            prefetcher = threading.Thread(
+                target=attempt, args=("signed_urls", self.signed_urls.close), name="stop-prefetcher"
+            )
+            prefetcher.start()
+        for name in ("capture", "control"):
             part = getattr(self, name)
             if part is not None:
                 attempt(name, part.close)
@@ -346,8 +356,8 @@ class Daemon:
             attempt("controller", lambda: self.controller.stop(STOP_JOIN_S))  # type: ignore[union-attr]
         if self.playback is not None:
             attempt("playback", self.playback.close)
-        if self.watchdog is not None:
-            attempt("watchdog", self.watchdog.close)
+        if prefetcher is not None:
+            prefetcher.join()  # bounded: close() gives up after http_timeout_s + 5 s
         if self.gpio is not None:
             attempt("gpio", self.gpio.close)
         if self._tools is not None:

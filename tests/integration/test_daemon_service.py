@@ -235,6 +235,50 @@ def test_sigterm_in_process_leaves_no_thread_and_no_open_device(
         emu.stop()
 
 
+def test_the_stop_does_not_wait_for_the_signed_url_prefetcher_before_ending_the_conversation(tmp_path: Path) -> None:
+    """On a hung network the prefetcher can take agent.http_timeout_s to stop, and so can a
+    conversation that is connecting; one after the other they would overrun TimeoutStopSec."""
+    with Rig(tmp_path, silence(30.0)) as rig:
+        rig.d.command("start")
+        rig.wait_state("listening")
+        prefetcher = rig.d.signed_urls
+        assert prefetcher is not None
+        seen: list[bool] = []
+
+        class HungPrefetcher:
+            """The real one, as if an HTTP request of it were still in flight at the stop."""
+
+            def close(self) -> None:
+                try:
+                    seen.append(rig.emu.wait_for_conversation_end(timeout_s=10.0).closed_by == "client")
+                except TimeoutError:
+                    seen.append(False)
+                finally:
+                    prefetcher.close()
+
+        rig.d.signed_urls = HungPrefetcher()
+    assert seen == [True]  # the conversation ended while the prefetcher was still being stopped
+
+
+def test_a_stop_is_no_stuck_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    systemd = SystemdConfig(status_file="", control_socket="", watchdog=True)
+    with Rig(tmp_path, silence(30.0), systemd=systemd) as rig:
+        dog, prefetcher = rig.d.watchdog, rig.d.signed_urls
+        assert dog is not None and dog.alive and prefetcher is not None
+        rounds: list[bool] = []
+
+        class SlowPrefetcher:
+            """The real one, slow to stop (a request in flight): the watchdog, if still running, looks."""
+
+            def close(self) -> None:
+                rounds.append(dog.alive and dog.wait_rounds(2, WAIT_S))
+                prefetcher.close()
+
+        rig.d.signed_urls = SlowPrefetcher()
+    assert len(rounds) == 1
+    assert "stopped responding" not in caplog.text  # the stopped capture is no stuck worker
+
+
 def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
     prom = tmp_path / "node" / "voice_appliance.prom"
     prom.parent.mkdir()
