@@ -85,6 +85,8 @@ CAPTURE_BYTES_PER_S = CAPTURE_RATE_HZ * 2
 CLOSE_WAIT_S = 2.0
 # Socket timeout while waiting for the metadata (the deadline is checked this often).
 POLL_S = 0.25
+# How long ending a conversation waits for each cancelled tool call to answer.
+TOOL_CANCEL_WAIT_S = 2.0
 # Control messages waiting to be sent (oldest dropped beyond, with a warning).
 MAX_CONTROL_BACKLOG = 1000
 # At most one warning per kind of malformed message in this interval.
@@ -336,6 +338,7 @@ class Session:
         self._started_s: float | None = None
         self._filter = InterruptionFilter()
         self._tool_calls: list[ToolCallHandle] = []
+        self._tool_lock = threading.RLock()  # starting a tool call vs. cancelling them all before the close frame
         self._malformed_log = _RateLimitedLog(MALFORMED_LOG_INTERVAL_S)
         self._input_fmt: AudioFormat | None = None
         self.output_format: AudioFormat | None = None
@@ -561,7 +564,8 @@ class Session:
 
     def _send_now(self, text: str) -> bool:
         """Send one message from any thread (websocket-client serialises senders). False when gone."""
-        ws = self._ws
+        with self._lock:
+            ws = None if self._close_sent else self._ws  # no data frame may follow a close frame
         if ws is None:
             return False
         try:
@@ -742,11 +746,13 @@ class Session:
     # -- tools ----------------------------------------------------------------------------
     def _on_tool_call(self, call: ToolCall) -> None:
         self._count("tool_calls")
-        self._emit(ToolCallStarted(call.name, call.call_id))
-        handle = self._tools.call(call.name, call.call_id, call.parameters, self._tool_reply)
-        with self._lock:
-            self._tool_calls = [h for h in self._tool_calls if not h.done]
-            self._tool_calls.append(handle)
+        # Atomic with respect to ending (see _wake_rx): a stop() after ToolCallStarted finds the call registered.
+        with self._tool_lock:
+            self._emit(ToolCallStarted(call.name, call.call_id))
+            handle = self._tools.call(call.name, call.call_id, call.parameters, self._tool_reply)
+            with self._lock:
+                self._tool_calls = [h for h in self._tool_calls if not h.done]
+                self._tool_calls.append(handle)
 
     def _tool_reply(self, result: ToolResult) -> None:
         if not self._send_now(encode_tool_result(result.call_id, result.result, result.is_error)):
@@ -797,9 +803,22 @@ class Session:
         if ws is None:
             return
         if first and open_:
-            self._send_close(ws, 1000)
+            # A running tool still owes the service its one result: cancel it so that goes out before the close.
+            with self._tool_lock:
+                self._cancel_tools()
+                self._send_close(ws, 1000)
         else:
             self._abort_socket()
+
+    def _cancel_tools(self) -> None:
+        """Cancel running tool calls and wait for them (each sends its one, cancelled, result)."""
+        with self._lock:
+            calls = list(self._tool_calls)
+        for handle in calls:
+            try:
+                handle.cancel(TOOL_CANCEL_WAIT_S)
+            except WorkerStuckError:
+                log.error("%s: a tool call did not stop", self.name)
 
     def _abort_socket(self) -> None:
         with self._lock:
@@ -826,13 +845,7 @@ class Session:
             log.error("%s: the sending thread did not stop", self.name)
         if ws is not None:
             ws.shutdown()
-        with self._lock:
-            calls = list(self._tool_calls)
-        for handle in calls:
-            try:
-                handle.cancel(2.0)
-            except WorkerStuckError:
-                log.error("%s: a tool call did not stop", self.name)
+        self._cancel_tools()
         if self._own_http and self._http is not None:
             self._http.close()
         self._deliver_end()

@@ -26,7 +26,7 @@ from test_session_support import (
 from device.config import ToolsConfig, ToolSpec
 from device.emulator.scenario import ToolCall as ScenarioToolCall
 from device.emulator.scenario import Turn
-from device.protocol import AgentResponse, ToolCallFinished, ToolCallStarted
+from device.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
 from device.tools import ToolRegistry
 
 
@@ -139,3 +139,32 @@ def test_builtin_set_volume_and_end_conversation() -> None:
     assert call.is_error is False and hooks.volumes == [30]
     call, _ = converse_with_tool("end_conversation", {}, registry)
     assert call.is_error is False and hooks.end_requests == 1
+
+
+def test_ending_the_conversation_while_a_tool_runs_still_answers_the_call_once(kiosk_tools: ModuleType) -> None:
+    scenario = fast_scenario(
+        timing={"tool_timeout_s": 30.0},
+        turns=(Turn(transcript="Question.", reply="Answer: {result}.", tool=ScenarioToolCall(name="slow")),),
+    )
+    registry = ToolRegistry(
+        tools_cfg(ToolSpec(name="slow", callable=f"{kiosk_tools.__name__}:slow", timeout_s=20.0)), Hooks()
+    )
+    with running(scenario) as emu:
+        session, events = make_session(emu, tools=registry)
+        with started(session):
+            events.wait_for(AgentResponse)
+            wait_reply_played(emu, 0)
+            speak(session, "Question.")
+            events.wait_for(ToolCallStarted)
+        # stop() ended the conversation while the tool was still running
+        record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
+    assert events.ended().outcome is Outcome.LOCAL
+    calls = [c for t in record.turns for c in t.tool_calls]
+    assert len(calls) == 1
+    results = [m for m in record.events if m["direction"] == "to_agent" and m["type"] == "client_tool_result"]
+    assert len(results) == 1, "the service got exactly one result, before the close frame"
+    assert calls[0].is_error is True and "cancelled" in str(calls[0].result)
+    kinds = [type(e) for e in events.items if isinstance(e, (ToolCallStarted, ToolCallFinished, SessionEnded))]
+    assert kinds == [ToolCallStarted, ToolCallFinished, SessionEnded]
+    assert events.of(ToolCallFinished)[0].is_error
+    assert not record.violations, record.violations
