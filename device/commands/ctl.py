@@ -47,7 +47,8 @@ def _socket_path(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from device.control import request
 
-    text = " ".join(args.text).strip()
+    # One request is one line: text from a file (ctl context "$(cat notes.txt)") has its line breaks as spaces.
+    text = " ".join(" ".join(args.text).splitlines()).strip()
     if args.action in ("context", "message") and not text:
         example = f'ctl {args.action} "The shop closes at 6"'
         print(f"voice-appliance ctl: error: {args.action} needs text, e.g. {example}", file=sys.stderr)

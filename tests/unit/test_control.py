@@ -170,6 +170,8 @@ def test_ctl_command_line(server: tuple[ControlServer, FakeController], capsys: 
     assert "no conversation is running" in capsys.readouterr().err
     assert isinstance(fake.events[-1], Command) and fake.events[-1].text == "Opening hours 9-5"
     assert main(["ctl", "--socket", path, "context"]) == 2
+    assert main(["ctl", "--socket", path, "context", "Opening hours:\n9-5,\r\nclosed Sundays\n"]) == 1
+    assert isinstance(fake.events[-1], Command) and fake.events[-1].text == "Opening hours: 9-5, closed Sundays"
 
 
 def test_ctl_without_a_daemon_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
