@@ -634,7 +634,8 @@ class Session:
                 raise _End(Outcome.NETWORK, f"the connection to the service was {kind} without a close frame") from e
             op = frame.opcode
             if op == websocket.ABNF.OPCODE_PING:
-                ws.pong(frame.data)
+                with contextlib.suppress(OSError, websocket.WebSocketException):
+                    ws.pong(frame.data)  # a dead connection shows on the next read, classified there
                 continue
             if op == websocket.ABNF.OPCODE_PONG:
                 continue

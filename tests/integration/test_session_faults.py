@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
+import socket
+import struct
 import threading
 
 import pytest
 from test_session_support import (
     WAIT_S,
+    Events,
+    Hooks,
     agent_for,
     fast_scenario,
     make_session,
@@ -21,9 +27,11 @@ from test_session_support import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
-from device.config import AgentConfig
+from device.config import AgentConfig, SessionConfig, ToolsConfig
 from device.emulator.scenario import Fault
-from device.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded
+from device.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded, SessionEvent
+from device.session import Session
+from device.tools import ToolRegistry
 
 
 def run_until_end(scenario_changes: dict[str, object], **agent_kw: object) -> tuple[SessionEnded, object, object]:
@@ -306,3 +314,63 @@ def test_public_agent_needs_no_key_and_no_rest_call() -> None:
         with started(session):
             events.wait_for(Connected)
         assert emu.http_requests == []
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked server frame (payload under 126 bytes)."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, len(payload)]) + payload
+
+
+def test_a_websocket_ping_on_a_dying_connection_is_a_network_loss() -> None:
+    # A raw server: websocket-level ping right after the metadata. The device's sending side is already
+    # dead when the ping is read, so its pong fails: that is the network, not an internal error.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(WAIT_S)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
+            assert key is not None
+            accept = base64.b64encode(hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            meta = json.dumps({
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": {
+                    "conversation_id": "c", "agent_output_audio_format": "pcm_16000",
+                    "user_input_audio_format": "pcm_16000"},
+            }).encode()
+            conn.sendall(bytes([0x81, 126]) + struct.pack("!H", len(meta)) + meta + _frame(0x9, b"are you there"))
+            while conn.recv(4096):  # until the device is gone
+                pass
+
+    server = threading.Thread(target=serve_one, name="raw-ws-server")
+    server.start()
+    events = Events()
+    holder: list[Session] = []
+
+    def on_event(event: SessionEvent) -> None:
+        events(event)
+        if isinstance(event, Connected):  # on the receiving thread, before it reads the ping
+            sock = holder[0]._ws.sock  # type: ignore[union-attr]
+            sock.shutdown(socket.SHUT_WR)
+
+    agent = AgentConfig(agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}")
+    session = Session(agent, SessionConfig(), ToolRegistry(ToolsConfig(), Hooks()), None, on_event)
+    holder.append(session)
+    try:
+        with started(session):
+            ended = events.ended()
+    finally:
+        listener.close()
+        server.join(WAIT_S)
+    assert ended.outcome is Outcome.NETWORK and ended.outcome.retryable, ended
+    assert "without a close frame" in ended.detail and "internal error" not in ended.detail
