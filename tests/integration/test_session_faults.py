@@ -109,6 +109,14 @@ def test_a_two_mib_frame_is_accepted() -> None:
             wait_reply_played(emu, 0)
             speak(session, "What can you do?")
             events.wait_for(AgentResponse, lambda e: e.text == "I can help.")
+            # the reply's audio is still streaming after its text: stop only once all of it has arrived
+            snaps = emu.wait_until(
+                lambda s: len(s[-1].turns) > 1 and s[-1].turns[1].reply_last_audio_sent_t_s is not None,
+                WAIT_S,
+                "the whole reply to be sent",
+            )
+            n_sent = len([e for e in snaps[-1].events if e["direction"] == "from_agent" and e["type"] == "audio"])
+            events.wait_count(AgentAudio, n_sent)
         record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
     assert session.stats["malformed_messages"] == 0
     sent = [e for e in record.events if e["direction"] == "from_agent" and e["type"] == "audio"]
