@@ -89,6 +89,18 @@ def add_client_params(url: str, version: str = device.__version__) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
+def plaintext_allowed(signed_url: str, asked_url: str) -> bool:
+    """Whether ``signed_url`` may be opened: wss:// always; ws:// only to a loopback host or when
+    the REST/broker URL that returned it was itself plain http:// (the operator chose plaintext,
+    e.g. an emulator on a laptop)."""
+    parts = urlsplit(signed_url)
+    if parts.scheme.lower() == "wss":
+        return True
+    host = (parts.hostname or "").lower()
+    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
+    return loopback or urlsplit(asked_url).scheme.lower() == "http"
+
+
 def public_conversation_url(endpoints: Endpoints, agent_id: str, version: str = device.__version__) -> str:
     return add_client_params(f"{endpoints.ws_base}{CONVERSATION_PATH}?{urlencode({'agent_id': agent_id})}", version)
 
@@ -324,12 +336,18 @@ class AgentHttp:
             except ValueError:
                 body = None
         signed = body.get("signed_url") if isinstance(body, dict) else None
+        source = "the token broker" if broker else host
         if not isinstance(signed, str) or not signed.startswith(("ws://", "wss://")):
-            source = "the token broker" if broker else host
             raise AgentHttpError(
                 Outcome.PROTOCOL,
                 f"{source} answered without a usable signed URL; it must return "
                 "{\"signed_url\": \"wss://…\"}",
+            )
+        if not plaintext_allowed(signed, url):
+            raise AgentHttpError(
+                Outcome.PROTOCOL,
+                f"{source} answered with an unencrypted ws:// signed URL; its token would cross the "
+                "network in the clear, so it is refused: the URL must start with wss://",
             )
         return SignedUrl(add_client_params(signed), fetched_at_s)
 

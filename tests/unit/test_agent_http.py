@@ -30,6 +30,7 @@ from device.agent_http import (
     add_client_params,
     broker_request,
     endpoints_for,
+    plaintext_allowed,
     public_conversation_url,
     signed_url_request,
 )
@@ -354,6 +355,36 @@ def test_ca_bundle_lets_a_private_ca_through(cert: tuple[Path, Path]) -> None:
             assert "SIGNED_TOKEN_1" in http.fetch_signed_url().url
     finally:
         srv.close()
+
+
+def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[Path, Path]) -> None:
+    srv = Server(tls=cert)
+    srv.script.default = Answer(body={"signed_url": "ws://agent.example.com/v1/convai/conversation?token=SIGNED_TOKEN_2"})
+    try:
+        cfg = AgentConfig(
+            agent_id="a", base_url=f"https://127.0.0.1:{srv.port}", http_timeout_s=5.0, ca_bundle=str(cert[0])
+        )
+        with client(cfg) as http, pytest.raises(AgentHttpError) as info:
+            http.fetch_signed_url()
+    finally:
+        srv.close()
+    assert info.value.outcome is Outcome.PROTOCOL
+    assert "wss://" in str(info.value) and "SIGNED_TOKEN_2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("signed", "asked", "allowed"),
+    [
+        ("wss://api.elevenlabs.io/v1/x?t=1", "https://api.elevenlabs.io/v1/y", True),
+        ("ws://api.elevenlabs.io/v1/x?t=1", "https://api.elevenlabs.io/v1/y", False),
+        ("ws://127.0.0.1:8765/v1/x?t=1", "https://broker.example.com/s", True),
+        ("ws://localhost:8765/v1/x?t=1", "https://broker.example.com/s", True),
+        ("ws://192.168.1.20:8765/v1/x?t=1", "http://192.168.1.20:8765/v1/y", True),  # chosen plaintext
+        ("ws://192.168.1.20:8765/v1/x?t=1", "https://broker.example.com/s", False),
+    ],
+)
+def test_plaintext_signed_urls_only_where_plaintext_was_chosen(signed: str, asked: str, allowed: bool) -> None:
+    assert plaintext_allowed(signed, asked) is allowed
 
 
 def test_unreadable_ca_bundle_names_the_setting(tmp_path: Path) -> None:
