@@ -49,6 +49,8 @@ TOKEN_PATH = "/v1/convai/conversation/token"
 SIGNATURE_PARAM = "conversation_signature"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _POLL_S = 0.05  # longest a conversation thread waits before checking for stop
+_CLOSE_TIMEOUT_S = 2.0  # closing handshake: how long a close waits for the client's answer
+_STOP_GRACE_S = _CLOSE_TIMEOUT_S + 1.0  # stop(): conversations close themselves within this
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -98,6 +100,8 @@ class Emulator:
         self._ended = 0
         self._archived_violations: list[Violation] = []
         self._connections: list[ServerConnection] = []
+        # conversation threads still running: (thread, socket, record once there is one)
+        self._live: dict[threading.Thread, tuple[ServerConnection, ConversationRecord | None]] = {}
         self._http_log: list[dict[str, Any]] = []
         self._refusals: list[dict[str, Any]] = []
         self._fault_uses: dict[int, int] = {}
@@ -128,7 +132,7 @@ class Emulator:
                 compression=None,
                 ping_interval=None,  # the protocol's own pings are used instead
                 max_size=MAX_MESSAGE_BYTES,
-                close_timeout=2,
+                close_timeout=_CLOSE_TIMEOUT_S,
                 server_header="voice-appliance-emulator",
                 logger=logging.getLogger("device.emulator.websockets"),
             )
@@ -154,6 +158,7 @@ class Emulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self._reset_stuck_senders()
         server.shutdown()  # returns once every connection handler has finished
         if self._accept is not None:
             self._accept.stop(timeout_s)
@@ -166,6 +171,30 @@ class Emulator:
         log.info("emulator stopped")
 
     close = stop
+
+    def _reset_stuck_senders(self) -> None:
+        """Give each conversation time to close (1001); reset those stuck sending to a client that stopped reading.
+
+        A send to such a client blocks in ``sendall()`` holding the connection's lock, so
+        neither our close nor the library's shutdown could ever get through.
+        """
+        deadline = time.monotonic() + _STOP_GRACE_S
+        with self._lock:
+            live = list(self._live.items())
+        for thread, _ in live:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for thread, (ws, record) in live:
+            if thread.is_alive() and thread is not threading.current_thread():
+                log.warning(
+                    "conversation %s did not close within %.0f s (a client that stopped reading?); "
+                    "resetting its connection",
+                    record.conversation_id if record else "(not started)",
+                    _STOP_GRACE_S,
+                )
+                if record is not None:
+                    self._finish(record, None, "emulator stopped; the client was not reading", "server")
+                _reset(ws)
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -441,10 +470,19 @@ class Emulator:
     # -- conversations -------------------------------------------------------------
     def _handle(self, ws: ServerConnection) -> None:
         n = next(self._conn_seq)
-        threading.current_thread().name = f"emulator-conn-{n}"
+        me = threading.current_thread()
+        me.name = f"emulator-conn-{n}"
         with self._lock:
             self._connections = [c for c in self._connections if c.recv_events_thread.is_alive()]
             self._connections.append(ws)
+            self._live[me] = (ws, None)
+        try:
+            self._converse(ws)
+        finally:
+            with self._lock:
+                self._live.pop(me, None)
+
+    def _converse(self, ws: ServerConnection) -> None:
         refusal = getattr(ws, "emulator_refusal", None)
         if refusal is not None:
             self._refused("close", *refusal)
@@ -464,6 +502,8 @@ class Emulator:
             )
             self._records.append(record)
             self._cond.notify_all()
+        with self._lock:
+            self._live[threading.current_thread()] = (ws, record)
         log.info("conversation %s started (#%d)", record.conversation_id, index)
         conv = Conversation(self.scenario, record, render=self.synthesizer.render, clock=time.monotonic, seed=index)
         record.add_event(time.monotonic(), "to_agent", "query", **getattr(ws, "emulator_query", {}))
@@ -562,6 +602,15 @@ class Emulator:
                 return
             record.close_code, record.close_reason, record.closed_by = code, reason, by
             record.ended_t_s = time.monotonic()
+
+
+def _reset(ws: ServerConnection) -> None:
+    """Reset a connection from another thread, waking a send blocked on it."""
+    with contextlib.suppress(OSError):
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):  # close() alone does not wake a thread blocked in sendall()
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.close_socket()
 
 
 def _abort(ws: ServerConnection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import socket
 import threading
 import time
 import wave
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 import webrtcvad
+from websockets.sync.client import connect
 
 from device.emulator import ConversationRecord, Emulator, ProtocolClient, Scenario, ToolCall, Turn, default_scenario
 from device.emulator import pcm as pcmlib
@@ -271,6 +273,41 @@ def test_stop_closes_conversations_joins_threads_and_frees_the_port() -> None:
     assert all(r.ended and r.close_code == 1001 for r in emu.conversations)
     with Emulator(scenario(), port=port, speech="tone") as again:  # the port is free to listen on again
         assert again.port == port
+
+
+def test_stop_does_not_hang_on_a_client_that_stopped_reading() -> None:
+    # A frozen kiosk: connected, then never reads again. The emulator's sender blocks in
+    # sendall() once the socket buffers are full (the reply is ~7 MB of base64, far more
+    # than they hold); stop() must still close it, join its thread and free the port.
+    sc = scenario(
+        agent={"first_message": " ".join(["word"] * 500), "public": True}, timing={"speed": 1000.0}
+    )
+    emu = Emulator(sc, speech="tone").start()
+    sock = socket.create_connection(("127.0.0.1", emu.port), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no receive-window autotuning
+    ws = connect(emu.public_url(), sock=sock, compression=None, max_queue=1, ping_interval=None, legacy=True)
+    stopper = threading.Thread(target=emu.stop, name="test-emulator-stopper")
+    stuck = False
+    try:
+        ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+
+        emu.wait_until(lambda rs: bool(rs and rs[0].turns and rs[0].turns[0].chunks_sent), 20, "the reply")
+        threading.Event().wait(1.0)  # every chunk is due after 0.3 s: long enough for the sender to stall
+        turn = emu.conversations[0].turns[0]
+        assert turn.chunks_sent < turn.chunks_total, "precondition: the sender is blocked on the socket"
+        stopper.start()
+        stopper.join(10)
+        stuck = stopper.is_alive()
+    finally:
+        ws.close_socket()  # frees a stuck emulator either way
+        if stopper.ident is not None:
+            stopper.join(10)
+        emu.stop()
+    assert not stuck, "Emulator.stop() hung on a client that does not read"
+    rec = emu.conversations[0]
+    assert rec.ended and rec.closed_by == "server"
+    with Emulator(scenario(), port=emu.port, speech="tone") as again:  # the port is free again
+        assert again.port == emu.port
 
 
 def test_waiting_for_a_conversation_that_never_comes_times_out(emu: Emulator) -> None:
