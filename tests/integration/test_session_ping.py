@@ -54,7 +54,9 @@ def test_every_ping_is_answered_while_audio_streams_both_ways() -> None:
     assert not record.violations, record.violations  # no pong missing or with a wrong id
     pongs = [m["event_id"] for m in messages_to_agent(record, "pong")]
     device_pings = [p.event_id for p in events.of(Ping)]
-    assert pongs[: len(device_pings)] == device_pings, "one pong per ping, same ids, same order"
+    # A ping that reaches the device while it closes may go unanswered; every earlier one may not.
+    assert len(pongs) >= len(pings), "every ping seen before the stop got its pong"
+    assert pongs == device_pings[: len(pongs)], "one pong per ping, same ids, same order"
     assert len(record.ping_rtts_ms) >= len(pings)
     reported = [p.ping_ms for p in events.of(Ping) if p.ping_ms is not None]
     assert reported and session.ping_ms == reported[-1] and session.stats["ping_ms"] == reported[-1]
