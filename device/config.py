@@ -483,26 +483,30 @@ _NON_CONFIG_ENV = {"VOICE_APPLIANCE_CONFIG", "VOICE_APPLIANCE_LOG_LEVEL", "VOICE
 _TEST_ENV_PREFIX = "VOICE_APPLIANCE_TEST_"
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file; errors name the file, the line and the fix."""
+def read_toml(
+    path: Path,
+    what: str = "config file",
+    missing_hint: str = "copy the example: sudo install -D -m 644 examples/config.toml {path}",
+) -> dict[str, Any]:
+    """Read a TOML file; errors name the file (as ``what``), the line and the fix.
+
+    ``missing_hint`` (with ``{path}``) says what to do when the file is absent.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} does not exist; copy the example: "
-            f"sudo install -D -m 644 examples/config.toml {path}"
-        ) from None
+        raise ConfigError(f"{what} {path} does not exist; {missing_hint.format(path=path)}") from None
     except OSError as e:
         raise ConfigError(
-            f"cannot read config file {path}: {e.strerror}; check its permissions "
+            f"cannot read {what} {path}: {e.strerror}; check its permissions "
             f"(the service user must be able to read it)"
         ) from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}; fix the syntax at that line") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}; fix the syntax at that line") from None
 
 
 def load_config(

@@ -30,12 +30,12 @@ after the last step.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from device.config import read_toml
 from device.errors import ConfigError
 
 Action = Literal["press", "release", "mute", "unmute", "ctl", "end"]
@@ -111,16 +111,7 @@ def steps_from_mapping(data: Mapping[str, Any], source: str = "timeline") -> tup
 
 def load_steps(path: Path) -> tuple[Step, ...]:
     """Read a timeline file; errors name the file, the step and the fix."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"timeline file {path} does not exist; see the README for the format") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read timeline file {path}: {e}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"timeline file {path} is not valid TOML: {e}; fix the syntax at that line") from None
+    data = read_toml(path, "timeline file", "see `voice-appliance bench --help` for the format")
     return steps_from_mapping(data, str(path))
 
 

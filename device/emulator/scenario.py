@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from device.audioformat import SUPPORTED, AudioFormat, parse_format
-from device.config import build_section
+from device.config import build_section, read_toml
 from device.errors import ConfigError, ProtocolError
 
 OVERRIDABLE = ("prompt", "first_message", "language", "voice_id")
@@ -408,16 +408,7 @@ def scenario_from_mapping(data: Mapping[str, Any], name: str = "scenario") -> Sc
 def load_scenario(path: Path | str) -> Scenario:
     """Read a scenario TOML file; errors name the file, the key and the fix."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"scenario file {p} does not exist; see examples/scenarios/ for examples") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read scenario file {p}: {e}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"scenario file {p} is not valid TOML: {e}; fix the syntax at that line") from None
+    data = read_toml(p, "scenario file", "see examples/scenarios/ for examples")
     try:
         return scenario_from_mapping(data, name=p.stem)
     except ConfigError as e:
