@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from device.audio.convert import ulaw_encode
 from device.audioformat import CAPTURE_RATE_HZ, PCM_16000, AudioFormat
 from device.errors import ProtocolError
 
@@ -641,22 +642,6 @@ class InterruptionFilter:
 # -- user audio conversion ------------------------------------------------------
 
 
-def _ulaw_encode_sample(sample: int) -> int:
-    bias, clip = 0x84, 32635
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(clip, -sample if sample < 0 else sample) + bias
-    exponent = 7
-    mask = 0x4000
-    while exponent > 0 and not magnitude & mask:
-        exponent -= 1
-        mask >>= 1
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
-_ULAW_TABLE = bytes(_ulaw_encode_sample(s - 32768) for s in range(65536))
-
-
 def _samples(pcm: bytes) -> array.array[int]:
     a = array.array("h")
     a.frombytes(pcm[: len(pcm) - len(pcm) % 2])
@@ -704,5 +689,5 @@ def convert_capture(pcm16k: bytes, fmt: AudioFormat) -> bytes:
         return pcm16k
     pcm = resample_pcm16(pcm16k, CAPTURE_RATE_HZ, fmt.rate_hz)
     if fmt.encoding == "ulaw":
-        return bytes(_ULAW_TABLE[(s + 32768) & 0xFFFF] for s in _samples(pcm))
+        return ulaw_encode(pcm)
     return pcm

@@ -54,6 +54,24 @@ def ulaw_decode(data: bytes | bytearray) -> bytes:
     return bytes(out)
 
 
+def _linear_to_ulaw(sample: int) -> int:
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(-sample if sample < 0 else sample, 32635) + 0x84  # clip, then bias
+    exponent = max(0, (magnitude >> 7).bit_length() - 1)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+# Indexed by the sample's 16-bit two's-complement pattern (s & 0xFFFF).
+_ULAW_ENCODE = bytes(_linear_to_ulaw(v - 65536 if v >= 32768 else v) for v in range(65536))
+
+
+def ulaw_encode(data: bytes) -> bytes:
+    """S16_LE → G.711 μ-law, one byte per sample (a trailing odd byte is ignored)."""
+    table = _ULAW_ENCODE
+    return bytes(table[s & 0xFFFF] for s in _samples(data[: len(data) - len(data) % 2]))
+
+
 # -- channels -----------------------------------------------------------------
 
 

@@ -13,31 +13,8 @@ import sys
 import wave
 from array import array
 
+from device.audio.convert import ulaw_decode, ulaw_encode
 from device.audioformat import AudioFormat
-
-_ULAW_BIAS = 0x84
-_ULAW_CLIP = 32635
-
-
-def _lin_to_ulaw(sample: int) -> int:
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(-sample if sample < 0 else sample, _ULAW_CLIP) + _ULAW_BIAS
-    exponent = max(0, (magnitude >> 7).bit_length() - 1)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
-def _ulaw_to_lin(code: int) -> int:
-    code = ~code & 0xFF
-    exponent = (code >> 4) & 0x07
-    magnitude = (((code & 0x0F) << 3) + _ULAW_BIAS) << exponent
-    magnitude -= _ULAW_BIAS
-    return -magnitude if code & 0x80 else magnitude
-
-
-# Indexed by the sample's 16-bit two's-complement pattern (s & 0xFFFF).
-_ENCODE = bytes(_lin_to_ulaw(v - 65536 if v >= 32768 else v) for v in range(65536))
-_DECODE = tuple(_ulaw_to_lin(c) for c in range(256))
 
 
 def _samples(pcm: bytes) -> array[int]:
@@ -54,18 +31,6 @@ def _to_bytes(a: array[int]) -> bytes:
         a = array("h", a)
         a.byteswap()
     return a.tobytes()
-
-
-def ulaw_encode(pcm: bytes) -> bytes:
-    """S16LE → G.711 μ-law, one byte per sample."""
-    table = _ENCODE
-    return bytes(table[s & 0xFFFF] for s in _samples(pcm))
-
-
-def ulaw_decode(data: bytes) -> bytes:
-    """G.711 μ-law → S16LE."""
-    table = _DECODE
-    return _to_bytes(array("h", (table[b] for b in data)))
 
 
 def resample(pcm: bytes, from_hz: int, to_hz: int) -> bytes:

@@ -41,6 +41,13 @@ def test_ulaw_decode_matches_audioop_when_available() -> None:
     assert convert.ulaw_decode(data) == audioop.ulaw2lin(data, 2)
 
 
+def test_ulaw_encode_then_decode_is_within_the_g711_step() -> None:
+    samples = list(range(-32768, 32768, 97))
+    back = unpack(convert.ulaw_decode(convert.ulaw_encode(struct.pack(f"<{len(samples)}h", *samples))))
+    for s, b in zip(samples, back, strict=True):
+        assert abs(s - b) <= max(16, abs(s) // 16), (s, b)
+
+
 def test_ulaw_landmarks() -> None:
     # 0xFF and 0x7F are the two zeros; 0x80 / 0x00 the loudest positive / negative
     assert unpack(convert.ulaw_decode(b"\xff\x7f\x80\x00")) == [0, 0, 32124, -32124]
