@@ -52,7 +52,7 @@ class Secret:
 
 def _read_key(path: Path, what: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        raw = path.read_bytes()
     except PermissionError:
         raise CredentialError(
             f"cannot read the {what} {path}: permission denied; the service reads it as root "
@@ -60,12 +60,53 @@ def _read_key(path: Path, what: str) -> str:
         ) from None
     except OSError as e:
         raise CredentialError(f"cannot read the {what} {path}: {e.strerror}") from None
+    return _parse_key(raw, path, what)
+
+
+def _parse_key(raw: bytes, path: Path, what: str) -> str:
+    """The key alone on one line; errors never quote the file's content (it may be most of a key)."""
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise CredentialError(
+            f"the {what} {path} is not UTF-8 text (byte {e.start} is not valid); it must hold the API key "
+            "alone on one line: save it again as plain text (e.g. sudoedit it and paste the key)"
+        ) from None
     if not text or any(c.isspace() for c in text):
         raise CredentialError(
             f"the {what} {path} must hold the API key alone on one line; it is "
             + ("empty" if not text else "not a single word")
         )
     return text
+
+
+def _is_plainly_a_path(value: str) -> bool:
+    """True when ``value`` reads as a file path, not as a key pasted where the path belongs.
+
+    An absolute path whose directory exists (other than ``/``) is a path with a typo at
+    worst; anything else (``sk_…``, a relative name, a token with a slash) may be a key,
+    and error messages must not echo it into the journal.
+    """
+    path = Path(value)
+    try:
+        return path.is_absolute() and path.parent != Path("/") and path.parent.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _missing_key_file(value: str) -> CredentialError:
+    example = "/etc/voice-appliance/api_key"
+    if _is_plainly_a_path(value):
+        return CredentialError(
+            f"agent.api_key_file {value} does not exist; create it with: "
+            f"sudo install -m 600 /dev/null {value} && sudoedit {value}"
+        )
+    return CredentialError(
+        f"agent.api_key_file is not the path of an existing file (its value is not shown: it may be the API "
+        f"key itself, which never belongs in the config). Put the key in a root-only file: sudo install -m 600 "
+        f"/dev/null {example} && sudoedit {example}; then set api_key_file = \"{example}\" (or remove it: "
+        f"the unit loads {example} with LoadCredential=)"
+    )
 
 
 def load_api_key(
@@ -77,25 +118,30 @@ def load_api_key(
     if cred_dir:
         path = Path(cred_dir) / CREDENTIAL_NAME
         try:
-            present = path.stat().st_size > 0
+            raw = path.read_bytes()
         except FileNotFoundError:
-            present = False
+            raw = b""
         except OSError as e:
             raise CredentialError(
                 f"cannot read the systemd credential {path}: {e.strerror}; check the unit's LoadCredential="
             ) from None
-        # The unit's empty SetCredential= fallback stands for "no key file installed".
-        if present:
-            return Secret(_read_key(path, "systemd credential"), f"credential {CREDENTIAL_NAME}")
+        # The unit's SetCredential= fallback (one newline) stands for "no key file installed": a
+        # credential of only whitespace is no key at all, so a public agent runs and a private one
+        # is told where the key goes. Anything else must be a well-formed key.
+        if raw.strip():
+            return Secret(_parse_key(raw, path, "systemd credential"), f"credential {CREDENTIAL_NAME}")
     if api_key_file:
         path = Path(api_key_file)
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise CredentialError(
-                f"agent.api_key_file {path} does not exist; create it with: "
-                f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
-            ) from None
+            raise _missing_key_file(api_key_file) from None
+        except (OSError, ValueError) as e:  # e.g. a name too long for a file, a NUL byte: maybe a pasted key
+            if _is_plainly_a_path(api_key_file):
+                raise CredentialError(
+                    f"cannot read the key file {path}: {getattr(e, 'strerror', None) or e}"
+                ) from None
+            raise _missing_key_file(api_key_file) from None
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise CredentialError(
                 f"the key file {path} is readable by others (mode {stat.filemode(st.st_mode)}); "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +128,91 @@ def test_empty_credential_counts_as_no_key(tmp_path: Path) -> None:
     other = key_file(tmp_path, 0o600)
     key = load_api_key(str(other), {"CREDENTIALS_DIRECTORY": str(cred)})
     assert key is not None and key.reveal() == KEY
+
+
+# -- the CLI as the unit runs it: exit codes and what reaches the journal ----------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "config.toml"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``voice-appliance …`` as a real process, with a clean credential environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
+    base.pop("CREDENTIALS_DIRECTORY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "device", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe" + KEY.encode("utf-16-le"), b"sk_live_\xe9\xe8\n"], ids=["utf-16", "latin-1"]
+)
+def test_a_key_file_that_is_not_utf8_exits_77_not_70(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "api_key"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    r = cli("run", "--check", "--log-level", "debug", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={path}")
+    assert r.returncode == 77, r.stderr
+    assert "not UTF-8" in r.stderr and str(path) in r.stderr and "internal error" not in r.stderr
+    with pytest.raises(CredentialError, match="not UTF-8"):
+        load_api_key(str(path), {})
+
+
+PASTED = [
+    KEY,  # the key itself where its file's path belongs
+    "sk_" + "0123456789abcdef" * 20,  # longer than a file name may be (the lookup fails differently)
+    "brk/Zm9vYmFy+c2VjcmV0dG9rZW4=",  # a base64 broker token has slashes
+    f"/{KEY}",  # pasted after a slash
+]
+
+
+@pytest.mark.parametrize("value", PASTED, ids=["key", "long-key", "token-with-slash", "slash-key"])
+def test_a_key_pasted_as_api_key_file_is_never_echoed(value: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(CredentialError) as err:
+        load_api_key(value, {})
+    assert value not in str(err.value) and value[1:] not in str(err.value)
+    assert "/etc/voice-appliance/api_key" in str(err.value)  # where the key belongs
+    assert value[1:] not in caplog.text
+    r = cli("run", "--check", "--log-level", "debug", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={value}")
+    assert r.returncode == 77, r.stderr
+    assert value[1:] not in r.stdout + r.stderr and "api_key_file" in r.stderr
+
+
+def test_a_missing_key_file_at_a_real_path_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "api-key"  # a typo of a real path: naming it helps and leaks nothing
+    with pytest.raises(CredentialError) as err:
+        load_api_key(str(path), {})
+    assert f"{path} does not exist" in str(err.value) and f"sudo install -m 600 /dev/null {path}" in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["\n", "", "  \n", "\t\r\n"])
+def test_a_whitespace_only_credential_is_no_key(tmp_path: Path, content: str) -> None:
+    """The unit's fallback SetCredential=elevenlabs_api_key:\\n stands for "no key installed"."""
+    cred = tmp_path / "creds"
+    cred.mkdir()
+    (cred / "elevenlabs_api_key").write_text(content)
+    env = {"CREDENTIALS_DIRECTORY": str(cred)}
+    assert load_api_key("", env) is None
+    public = cli("run", "--check", "--config", str(EXAMPLE), "--set", "agent.connection=public", env=env)
+    assert public.returncode == 0, public.stderr  # a public agent needs no key
+    assert "api key: none" in public.stdout
+    private = cli("run", "--check", "--config", str(EXAMPLE), env=env)
+    assert private.returncode == 77
+    assert "none was found: put it in /etc/voice-appliance/api_key" in private.stderr  # where the key goes
+    assert "empty" not in private.stderr and "alone on one line" not in private.stderr
+
+
+def test_a_malformed_credential_is_still_refused(tmp_path: Path) -> None:
+    cred = tmp_path / "creds"
+    cred.mkdir()
+    (cred / "elevenlabs_api_key").write_text("two words\n")
+    with pytest.raises(CredentialError, match="not a single word") as err:
+        load_api_key("", {"CREDENTIALS_DIRECTORY": str(cred)})
+    assert "two words" not in str(err.value)
