@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -339,7 +340,7 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(tp)
     if tp == Scalar:
         if isinstance(value, (str, int, float, bool)):
-            return value
+            return _freeze(value, key)
     elif origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if type(None) in args and (value is None or value == -1):
@@ -347,7 +348,7 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(value, inner, key, meta)
     if tp is Any:
-        return _freeze(value)
+        return _freeze(value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -389,16 +390,24 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
     )
 
 
-def _freeze(value: Any) -> Any:
+def _freeze(value: Any, key: str) -> Any:
     if isinstance(value, Mapping):
-        return types.MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+        return types.MappingProxyType({str(k): _freeze(v, f"{key}.{k}") for k, v in value.items()})
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(_freeze(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, float) and not math.isfinite(value):  # JSON to the agent has no nan or inf
+        raise ConfigError(f"{value} cannot be sent to the agent (JSON has no nan or inf); write a number", key)
     return value
 
 
 def _check_range(value: float, key: str, meta: Mapping[str, Any]) -> None:
     lo, hi = meta.get("min"), meta.get("max")
+    # nan compares false with every bound and inf passes an open one: both would slip through as
+    # "never time out" (idle_timeout_s = nan listens forever). Only a key that documents them may
+    # take them (metadata nonfinite=True; none does today).
+    if not math.isfinite(value) and not meta.get("nonfinite"):
+        span = f"from {lo} to {hi}" if lo is not None and hi is not None else "that is a finite number"
+        raise ConfigError(f"{value} is not a number this setting can use; choose a value {span}", key)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{value} is out of range; choose a value from {lo} to {hi}", key)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from device.config import DEFAULT_CONFIG_PATH, Config, load_config
+from device.config import DEFAULT_CONFIG_PATH, SECTIONS, Config, LedOutput, ToolSpec, load_config
 from device.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,3 +148,83 @@ def test_other_voice_appliance_variables_are_not_config_keys() -> None:
         "VOICE_APPLIANCE_TEST_CACHE": "/var/cache/x",  # the boot test's debootstrap cache
     }
     assert load_config(None, environ=env) == Config()
+
+
+# -- nan and inf: no setting takes them ----------------------------------------------------------------
+
+# The smallest valid [[section.key]] table of each nested kind, so only the float under test is wrong.
+_NESTED_BASE = {ToolSpec: 'name = "x"\ncommand = ["/bin/true"]\n', LedOutput: ""}
+
+
+def _float_keys() -> list[tuple[str, str]]:
+    """Every float key of the schema: (the key as errors name it, its TOML table up to ``name =``)."""
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if tp is float:
+                out.append((f"{section}.{f.name}", f"[{section}]\n{f.name}"))
+            elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                inner = typing.get_args(tp)[0]
+                assert inner in _NESTED_BASE, f"add a minimal {inner.__name__} table to _NESTED_BASE"
+                for g in dataclasses.fields(inner):
+                    if typing.get_type_hints(inner)[g.name] is float:
+                        table = f"[[{section}.{f.name}]]\n{_NESTED_BASE[inner]}{g.name}"
+                        out.append((f"{section}.{f.name}[0].{g.name}", table))
+    return out
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_the_schema_walk_finds_the_float_keys() -> None:
+    keys = {k for k, _ in FLOAT_KEYS}
+    assert {"session.idle_timeout_s", "session.connecting_timeout_s", "systemd.worker_stall_s",
+            "tools.tool[0].timeout_s", "agent.http_timeout_s"} <= keys
+    assert len(keys) >= 15
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "-inf", "+inf"])
+@pytest.mark.parametrize(("key", "table"), FLOAT_KEYS, ids=[k for k, _ in FLOAT_KEYS])
+def test_nan_and_inf_are_config_errors_for_every_float_key(tmp_path: Path, key: str, table: str, literal: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, f"{table} = {literal}\n"), environ={})
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{key}: {literal.lstrip('+')} ") and "choose a value from" in str(err.value)
+    assert err.value.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf"])
+def test_nan_from_the_environment_and_the_command_line(literal: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"VOICE_APPLIANCE_SESSION_IDLE_TIMEOUT_S": literal})
+    assert err.value.key == "session.idle_timeout_s"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={}, overrides=[f"systemd.worker_stall_s={literal}"])
+    assert err.value.key == "systemd.worker_stall_s"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[agent.dynamic_variables]\nfloor = nan\n", "agent.dynamic_variables.floor"),
+        ("[agent.custom_llm_extra_body]\ntemperature = inf\n", "agent.custom_llm_extra_body.temperature"),
+        ("[agent.custom_llm_extra_body]\nw = [1.0, -inf]\n", "agent.custom_llm_extra_body.w[1]"),
+    ],
+)
+def test_nan_and_inf_never_reach_the_agent_as_json(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    assert err.value.key == key and "JSON has no nan or inf" in str(err.value)
+
+
+def test_nan_makes_the_daemon_exit_78_naming_the_key() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
+    r = subprocess.run(
+        [sys.executable, "-m", "device", "run", "--check", "--config", str(EXAMPLE),
+         "--set", "agent.connection=public", "--set", "session.idle_timeout_s=nan"],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT,
+    )
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "session.idle_timeout_s: nan" in r.stderr and "choose a value from 1 to 3600" in r.stderr
