@@ -254,6 +254,10 @@ class ToolsConfig:
         ("set_volume", "device_status", "end_conversation"), "built-in device tools the agent may call"
     )
     timeout_s: float = _f(10.0, "default timeout of a tool call", min=0.1, max=600)
+    max_concurrent_calls: int = _f(
+        4, "tool calls running at once (each a thread, most a process); more are answered with an error at once",
+        min=1, max=64,
+    )
     tool: tuple[ToolSpec, ...] = _f((), "configured tools ([[tools.tool]] tables)")
 
     def __post_init__(self) -> None:

@@ -2,10 +2,19 @@
 
 Each call runs in its own named worker thread, never on the socket's receiving
 thread, and is bounded by its tool's timeout. Whatever happens — success,
-unknown tool, exception, non-zero exit, timeout, cancellation — the ``reply``
-callback is called exactly once, so exactly one ``client_tool_result`` goes
-back per call. Nothing the agent sends is run through a shell: a command tool
-is a fixed argv and receives the parameters as JSON on its stdin.
+unknown tool, exception, non-zero exit, timeout, cancellation, too many calls
+at once — the ``reply`` callback is called exactly once, so exactly one
+``client_tool_result`` goes back per call. Nothing the agent sends is run
+through a shell: a command tool is a fixed argv and receives the parameters as
+JSON on its stdin.
+
+Configured Python callables run in a child process too (:mod:`device.toolhost`),
+not in a thread of the daemon: a Python thread cannot be stopped from outside,
+so a hung function would outlive its timeout and hold the process at exit (a
+daemon thread would be abandoned instead, still running, against the house
+rule). A child process is killed — with everything it started — at the timeout
+or when the conversation or the daemon stops. Only the built-in tools, the
+device's own bounded code, run in the call's thread.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,12 +36,15 @@ from typing import Any, Protocol
 from device.config import ToolsConfig, ToolSpec
 from device.errors import ConfigError
 from device.secrets import redact
+from device.toolhost import BOOTSTRAP, ToolFailure, result_text
 from device.worker import Worker
 
 log = logging.getLogger(__name__)
 
 # Longest result string returned to the agent (longer output is cut, and says so).
 MAX_RESULT_CHARS = 16_000
+# Longest piece of agent-controlled text (a tool name) echoed into a result or a log line.
+MAX_ECHO_CHARS = 100
 # Environment variables a tool command must not inherit.
 _PRIVATE_ENV = ("ELEVENLABS_API_KEY", "CREDENTIALS_DIRECTORY")
 _KILL_WAIT_S = 2.0
@@ -57,25 +71,13 @@ class ToolResult:
     duration_ms: float = 0.0
 
 
-class ToolFailure(Exception):
-    """A tool ran and failed; the message is what the agent is told."""
+__all__ = ["DeviceHooks", "ToolCallHandle", "ToolFailure", "ToolRegistry", "ToolResult"]
 
 
-def _result_text(value: Any) -> str:
-    if value is None:
-        return "ok"
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _clip(text: str) -> str:
+def _clip(text: str, limit: int = MAX_RESULT_CHARS) -> str:
     text = redact(text)
-    if len(text) > MAX_RESULT_CHARS:
-        return text[:MAX_RESULT_CHARS] + f"… [cut: {len(text)} characters]"
+    if len(text) > limit:
+        return text[:limit] + f"… [cut: {len(text)} characters]"
     return text
 
 
@@ -93,22 +95,64 @@ class _Tool:
         raise NotImplementedError
 
 
-class _FunctionTool(_Tool):
-    def __init__(self, name: str, timeout_s: float, fn: Callable[..., Any], *, kwargs: bool) -> None:
+class _BuiltinTool(_Tool):
+    """A built-in device tool: the device's own code, whose blocking calls are bounded."""
+
+    def __init__(self, name: str, timeout_s: float, fn: Callable[[Mapping[str, Any]], Any]) -> None:
         super().__init__(name, timeout_s)
         self._fn = fn
-        self._kwargs = kwargs
 
     def invoke(self, parameters: Mapping[str, Any]) -> str:
-        if self._kwargs:
-            return _result_text(self._fn(**parameters))
-        return _result_text(self._fn(parameters))
+        return result_text(self._fn(parameters))
 
 
 class _CommandTool(_Tool):
+    """A fixed argv; the parameters arrive as JSON on stdin, the result is its stdout."""
+
     def __init__(self, name: str, timeout_s: float, argv: tuple[str, ...]) -> None:
         super().__init__(name, timeout_s)
         self.argv = argv
+
+    def request(self, parameters: Mapping[str, Any]) -> bytes:
+        return json.dumps(dict(parameters), ensure_ascii=False).encode("utf-8")
+
+    def answer(self, out: bytes, err: bytes, returncode: int) -> tuple[str, bool]:
+        text = out.decode("utf-8", "replace").strip()
+        if returncode != 0:
+            tail = err.decode("utf-8", "replace").strip()[-500:]
+            return f"tool {self.name} {_exit_text(returncode)}: {tail or text[-500:]}", True
+        return text or "ok", False
+
+
+class _PythonTool(_CommandTool):
+    """A configured ``module:function``, called in a child ``python -I`` (see :mod:`device.toolhost`)."""
+
+    def __init__(self, name: str, timeout_s: float, target: str) -> None:
+        super().__init__(name, timeout_s, (sys.executable, "-I", "-c", BOOTSTRAP))
+        self.target = target
+
+    def request(self, parameters: Mapping[str, Any]) -> bytes:
+        request = {"name": self.name, "target": self.target, "sys_path": sys.path, "parameters": dict(parameters)}
+        return json.dumps(request, ensure_ascii=False).encode("utf-8")
+
+    def answer(self, out: bytes, err: bytes, returncode: int) -> tuple[str, bool]:
+        try:
+            if returncode == 0:
+                answer = json.loads(out)
+                return str(answer["result"]), bool(answer["is_error"])
+        except (ValueError, TypeError, KeyError):  # it exited without a (whole) answer
+            pass
+        tail = err.decode("utf-8", "replace").strip()[-500:]  # it died, or exited, before answering
+        return f"tool {self.name} {_exit_text(returncode)} without an answer: {tail}".rstrip(": "), True
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was ended by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was ended by signal {-returncode}"
+    return f"exited with status {returncode}"
 
 
 def _percent(parameters: Mapping[str, Any]) -> int:
@@ -121,7 +165,7 @@ def _percent(parameters: Mapping[str, Any]) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ToolFailure(f"set_volume: {value!r} is not a number; give 0 to 100") from None
+        raise ToolFailure(f"set_volume: {_echo(repr(value))} is not a number; give 0 to 100") from None
     if not 0 <= number <= 100:
         raise ToolFailure(f"set_volume: {number:g} is out of range; give 0 to 100")
     return round(number)
@@ -143,7 +187,8 @@ def _builtins(hooks: DeviceHooks) -> dict[str, Callable[[Mapping[str, Any]], Any
     return {"set_volume": set_volume, "device_status": device_status, "end_conversation": end_conversation}
 
 
-def _resolve_callable(spec: ToolSpec, key: str) -> Callable[..., Any]:
+def _resolve_callable(spec: ToolSpec, key: str) -> str:
+    """Check at load that ``module:function`` imports (each call imports it again, in its own process)."""
     module_name, _, attr = spec.callable.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -156,7 +201,7 @@ def _resolve_callable(spec: ToolSpec, key: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"tool {spec.name!r}: {module_name} has no function {attr!r}", key)
-    return fn
+    return spec.callable
 
 
 def _resolve_command(spec: ToolSpec, key: str) -> tuple[str, ...]:
@@ -190,7 +235,7 @@ class ToolCallHandle:
 
 
 class _CallWorker(Worker):
-    """Runs one call: a helper thread for Python functions, a child process for commands."""
+    """Runs one call: a built-in in this thread, anything configured in a child process."""
 
     def __init__(
         self,
@@ -206,25 +251,22 @@ class _CallWorker(Worker):
         self._parameters = parameters
         self._reply = reply
         self._on_done = on_done
-        self._settled = threading.Event()
-        self._outcome: tuple[str, bool] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_lock = threading.Lock()
         self._started_s = time.monotonic()
         self.replied = False
 
     def wake(self) -> None:
-        self._settled.set()
         with self._proc_lock:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()
+            if self._proc is not None:
+                _kill_group(self._proc)
 
     def run(self) -> None:
         try:
             if isinstance(self._tool, _CommandTool):
-                text, is_error = self._run_command(self._tool)
+                text, is_error = self._run_process(self._tool)
             else:
-                text, is_error = self._run_function()
+                text, is_error = self._run_builtin()
             self._send(text, is_error)
         finally:
             if not self.replied:  # an unexpected failure above: still answer once
@@ -246,40 +288,19 @@ class _CallWorker(Worker):
         except Exception:
             log.exception("sending the result of tool %s failed", self._tool.name)
 
-    def _run_function(self) -> tuple[str, bool]:
-        def target() -> None:
-            try:
-                outcome = (self._tool.invoke(self._parameters), False)
-            except ToolFailure as e:
-                outcome = (str(e), True)
-            except TypeError as e:  # usually parameters that do not fit the signature
-                outcome = (f"tool {self._tool.name} rejected the parameters: {e}", True)
-            except Exception as e:
-                outcome = (f"tool {self._tool.name} failed: {type(e).__name__}: {e}", True)
-            self._outcome = outcome
-            self._settled.set()
+    def _run_builtin(self) -> tuple[str, bool]:
+        try:
+            return self._tool.invoke(self._parameters), False
+        except ToolFailure as e:
+            return str(e), True
+        except Exception as e:
+            return f"tool {self._tool.name} failed: {type(e).__name__}: {e}", True
 
-        helper = threading.Thread(target=target, name=f"tool-fn:{self._tool.name}", daemon=False)
-        helper.start()
-        self._settled.wait(self._tool.timeout_s)
-        if self._outcome is not None:
-            helper.join(1.0)
-            return self._outcome
-        if self.stopping:
-            return f"tool {self._tool.name} was cancelled: the conversation ended", True
-        log.error(
-            "tool %s did not return within %.1f s; its thread keeps running until it does "
-            "(make the function honour a timeout)",
-            self._tool.name,
-            self._tool.timeout_s,
-        )
-        return f"tool {self._tool.name} timed out after {self._tool.timeout_s:g} s", True
-
-    def _run_command(self, tool: _CommandTool) -> tuple[str, bool]:
+    def _run_process(self, tool: _CommandTool) -> tuple[str, bool]:
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         env["TOOL_NAME"] = tool.name
         env["TOOL_CALL_ID"] = self._call_id
-        payload = json.dumps(dict(self._parameters), ensure_ascii=False).encode("utf-8")
+        payload = tool.request(self._parameters)
         with self._proc_lock:
             if self.stopping:
                 return f"tool {tool.name} was cancelled: the conversation ended", True
@@ -291,24 +312,48 @@ class _CallWorker(Worker):
                     stderr=subprocess.PIPE,
                     env=env,
                     close_fds=True,
-                    start_new_session=True,
+                    start_new_session=True,  # its own process group: a kill ends what it started too
                 )
-            except OSError as e:
-                return f"tool {tool.name} could not start: {e.strerror}", True
+            except (OSError, ValueError) as e:  # ValueError: a NUL byte in the environment (the call id)
+                return f"tool {tool.name} could not start: {getattr(e, 'strerror', None) or e}", True
         proc = self._proc
         try:
             out, err = proc.communicate(payload, timeout=tool.timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=_KILL_WAIT_S)
+            self._reap(proc)
             return f"tool {tool.name} timed out after {tool.timeout_s:g} s", True
+        finally:
+            if proc.returncode is None:  # communicate() failed otherwise: never leave the child behind
+                self._reap(proc)
         if self.stopping and proc.returncode < 0:
             return f"tool {tool.name} was cancelled: the conversation ended", True
-        text = out.decode("utf-8", "replace").strip()
-        if proc.returncode != 0:
-            tail = err.decode("utf-8", "replace").strip()[-500:]
-            return f"tool {tool.name} exited with status {proc.returncode}: {tail or text[-500:]}", True
-        return text or "ok", False
+        return tool.answer(out, err, proc.returncode)
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._proc_lock:
+            _kill_group(proc)
+        try:
+            proc.communicate(timeout=_KILL_WAIT_S)
+        except subprocess.TimeoutExpired:  # a grandchild outside the group holds the pipes
+            proc.wait(_KILL_WAIT_S)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's process group (its pid: start_new_session), i.e. the child and what it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # it changed its own group and uid: the child itself at least
+            proc.kill()
+
+
+def _echo(text: str) -> str:
+    """Agent-controlled text (a tool name) as it may appear in a result or a log line."""
+    if len(text) > MAX_ECHO_CHARS:
+        return text[:MAX_ECHO_CHARS] + f"… [{len(text)} characters]"
+    return text
 
 
 class ToolRegistry:
@@ -316,10 +361,11 @@ class ToolRegistry:
 
     def __init__(self, tools_cfg: ToolsConfig, hooks: DeviceHooks | None = None) -> None:
         self._tools: dict[str, _Tool] = {}
+        self.max_concurrent_calls = tools_cfg.max_concurrent_calls
         if hooks is not None:
             builtins = _builtins(hooks)
             for name in tools_cfg.builtin:
-                self._tools[name] = _FunctionTool(name, tools_cfg.timeout_s, builtins[name], kwargs=False)
+                self._tools[name] = _BuiltinTool(name, tools_cfg.timeout_s, builtins[name])
         for i, spec in enumerate(tools_cfg.tool):
             key = f"tools.tool[{i}]"
             if spec.name in self._tools:
@@ -330,13 +376,14 @@ class ToolRegistry:
                 )
             timeout_s = spec.timeout_s or tools_cfg.timeout_s
             if spec.callable:
-                fn = _resolve_callable(spec, f"{key}.callable")
-                self._tools[spec.name] = _FunctionTool(spec.name, timeout_s, fn, kwargs=True)
+                target = _resolve_callable(spec, f"{key}.callable")
+                self._tools[spec.name] = _PythonTool(spec.name, timeout_s, target)
             else:
                 argv = _resolve_command(spec, f"{key}.command")
                 self._tools[spec.name] = _CommandTool(spec.name, timeout_s, argv)
         self._lock = threading.Lock()
         self._active: set[_CallWorker] = set()
+        self._refused = 0  # calls refused since the last one that ran (one warning per burst)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -349,23 +396,38 @@ class ToolRegistry:
         parameters: Mapping[str, Any],
         reply: Callable[[ToolResult], None],
     ) -> ToolCallHandle:
-        """Start a call; ``reply`` gets exactly one result, from another thread (or at once if unknown)."""
+        """Start a call; ``reply`` gets exactly one result, from another thread (or at once if refused)."""
         tool = self._tools.get(name)
         if tool is None:
+            shown = _echo(name)  # the name is the agent's: a megabyte of it is not echoed back
             offered = ", ".join(self.names) or "none"
-            log.warning("the agent called unknown tool %r; this device offers: %s", name[:100], offered)
-            reply(
-                ToolResult(
-                    name,
-                    call_id,
-                    f"unknown tool {name!r}: this device offers {offered}",
-                    True,
-                )
-            )
+            log.warning("the agent called unknown tool %r; this device offers: %s", shown, offered)
+            reply(ToolResult(shown, call_id, _clip(f"unknown tool {shown!r}: this device offers {offered}"), True))
             return ToolCallHandle(None)
         worker = _CallWorker(tool, call_id, parameters, reply, self._finished)
         with self._lock:
-            self._active.add(worker)
+            running = len(self._active)
+            admitted = running < self.max_concurrent_calls
+            if admitted:
+                self._active.add(worker)
+                self._refused = 0
+            else:
+                self._refused += 1
+                first_refusal = self._refused == 1
+        if not admitted:
+            # Each call runs a thread and maybe a process: past the limit the agent is answered at once.
+            (log.warning if first_refusal else log.debug)(
+                "tool %s refused: %d calls are already running (tools.max_concurrent_calls = %d)",
+                tool.name,
+                running,
+                self.max_concurrent_calls,
+            )
+            text = (
+                f"tool {tool.name} was not run: the device is already running {running} tool calls, its limit; "
+                "try again when one has answered"
+            )
+            reply(ToolResult(tool.name, call_id, text, True))
+            return ToolCallHandle(None)
         worker.start()
         return ToolCallHandle(worker)
 
@@ -379,7 +441,7 @@ class ToolRegistry:
             return len(self._active)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Cancel every running call and join its thread."""
+        """Cancel every running call (each child process is killed) and join its thread."""
         with self._lock:
             workers = list(self._active)
         for w in workers:

@@ -54,6 +54,8 @@ def test_config_error_exit_code_is_78() -> None:
         ('[agent]\nconnection = "broker"\n', "agent.broker_url", "set agent.broker_url"),
         ('[agent]\nbase_url = "127.0.0.1:80"\n', "agent.base_url", "http(s)://"),
         ('[tools]\nbuiltin = ["reboot"]\n', "tools.builtin", "unknown built-in tool"),
+        ("[tools]\nmax_concurrent_calls = 0\n", "tools.max_concurrent_calls", "from 1 to 64"),
+        ('[tools]\nmax_concurrent_calls = "many"\n', "tools.max_concurrent_calls", "whole number"),
         ('[[tools.tool]]\nname = "x"\n', "tools.tool", "exactly one of"),
         ('[[tools.tool]]\nname = "x"\ncallable = "nocolon"\n', "tools.tool.callable", "module:function"),
         ('[[leds.output]]\nkind = "rgbled"\npins = [1]\n', "leds.output.pins", "takes 3 pin"),

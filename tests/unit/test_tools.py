@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import select
+import socket
 import sys
+import tempfile
 import textwrap
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -62,19 +67,74 @@ class Replies:
         return result
 
 
+class Signals:
+    """A datagram socket the tools' processes report to ("started <pid>"); waits time out, never sleep."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="va-tools-")  # short: AF_UNIX paths are limited
+        self.path = os.path.join(self._dir.name, "s")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+
+    def next(self, timeout_s: float = WAIT_S) -> str:
+        self.sock.settimeout(timeout_s)
+        return self.sock.recv(4096).decode()
+
+    def pid(self, what: str = "started") -> int:
+        kind, _, pid = self.next().partition(" ")
+        assert kind == what
+        return int(pid)
+
+    def close(self) -> None:
+        self.sock.close()
+        self._dir.cleanup()
+
+
 @pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """A throwaway module of user tools, importable as module:function."""
+def signals() -> Iterator[Signals]:
+    s = Signals()
+    yield s
+    s.close()
+
+
+def gone(pid: int) -> bool:
+    """True when no process ``pid`` exists any more (killed and reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def exits(pid: int, timeout_s: float = WAIT_S) -> bool:
+    """Wait until process ``pid`` (not necessarily our child) has ended; False on timeout."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # ended and reaped already
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout_s)[0])  # a pidfd is readable once the process ended
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals: Signals) -> Iterator[ModuleType]:
+    """A throwaway module of user tools, importable as module:function (in the daemon and in each call)."""
     name = f"kiosk_tools_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(
         textwrap.dedent(
-            """
-            import threading
-            release = threading.Event()
-            started = threading.Event()
+            f"""
+            import os, socket, subprocess, sys, threading, time
+            from device.tools import ToolFailure
+
+            def tell(what, pid=None):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                s.sendto(f"{{what}} {{pid or os.getpid()}}".encode(), {signals.path!r})
+                s.close()
 
             def lookup(room, floor=0):
-                return {"room": room, "floor": floor, "open": True}
+                return {{"room": room, "floor": floor, "open": True}}
 
             def greet(name):
                 return "hello " + name
@@ -82,16 +142,36 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
             def broken():
                 raise RuntimeError("the door controller is offline")
 
+            def refuses():
+                raise ToolFailure("the door is locked for the night")
+
             def slow():
-                started.set()
-                release.wait(60)
+                tell("started")
+                time.sleep(120)
                 return "too late"
+
+            def spawner():
+                child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+                tell("grandchild", child.pid)
+                tell("started")
+                time.sleep(120)
+
+            def chatty():
+                print("a debugging print that must not become the result")
+                return "the answer"
+
+            def leaves_a_thread():
+                threading.Thread(target=time.sleep, args=(120,), name="left-behind").start()
+                return "answered"
 
             def leaky():
                 return "key is sk_leaky_secret_123456"
 
             def huge():
                 return "x" * 100000
+
+            def whoami():
+                return {{"pid": os.getpid(), "key": os.environ.get("ELEVENLABS_API_KEY", "absent")}}
             """
         )
     )
@@ -100,15 +180,14 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
     module = importlib.import_module(name)
     yield module
-    module.release.set()  # never leave a slow tool's thread behind
     sys.modules.pop(name, None)
 
 
 ALL_BUILTINS = ("set_volume", "device_status", "end_conversation")
 
 
-def cfg(*tools: ToolSpec, builtin: tuple[str, ...] = ALL_BUILTINS) -> ToolsConfig:
-    return ToolsConfig(builtin=builtin, timeout_s=5.0, tool=tools)
+def cfg(*tools: ToolSpec, builtin: tuple[str, ...] = ALL_BUILTINS, max_calls: int = 4) -> ToolsConfig:
+    return ToolsConfig(builtin=builtin, timeout_s=5.0, tool=tools, max_concurrent_calls=max_calls)
 
 
 def py_tool(name: str, module: ModuleType, fn: str, timeout_s: float = 5.0) -> ToolSpec:
@@ -193,19 +272,44 @@ def test_parameters_that_do_not_fit_are_an_error_result(user_module: ModuleType)
     assert result.is_error and "rejected the parameters" in result.result
 
 
-def test_callable_timeout_answers_once_and_late_result_is_discarded(user_module: ModuleType) -> None:
-    reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=0.2)), Hooks())
+def test_a_tool_failure_is_the_agents_message(user_module: ModuleType) -> None:
+    reg = ToolRegistry(cfg(py_tool("refuses", user_module, "refuses")), Hooks())
+    result = call(reg, "refuses", {})
+    assert result.is_error and result.result == "the door is locked for the night"
+
+
+def test_a_callables_prints_do_not_become_its_result(user_module: ModuleType) -> None:
+    result = call(ToolRegistry(cfg(py_tool("chatty", user_module, "chatty")), Hooks()), "chatty", {})
+    assert not result.is_error and result.result == "the answer"
+
+
+def test_a_callable_answers_without_waiting_for_threads_it_left(user_module: ModuleType) -> None:
+    reg = ToolRegistry(cfg(py_tool("leaves", user_module, "leaves_a_thread", timeout_s=60)), Hooks())
+    result = call(reg, "leaves", {})  # would time out after 60 s if its process waited for the thread
+    assert not result.is_error and result.result == "answered"
+
+
+def test_a_callable_runs_in_its_own_process_without_the_api_key(
+    user_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELEVENLABS_API_KEY", "sk_env_key_for_test_987")
+    result = call(ToolRegistry(cfg(py_tool("whoami", user_module, "whoami")), Hooks()), "whoami", {})
+    answer = json.loads(result.result)
+    assert answer["pid"] != os.getpid() and answer["key"] == "absent"
+
+
+def test_a_timed_out_callable_is_killed_and_answers_once(user_module: ModuleType, signals: Signals) -> None:
+    reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=2.0)), Hooks())
     replies = Replies()
     reg.call("slow", "c9", {}, replies)
     result = replies.one()
-    assert result.is_error and "timed out after 0.2 s" in result.result
-    assert user_module.started.is_set()
-    user_module.release.set()  # the function now returns "too late"
+    assert result.is_error and "timed out after 2 s" in result.result
     reg.close()
-    # Wait for the function's own thread to finish so its late result would show up.
-    for t in threading.enumerate():
-        if t.name == "tool-fn:slow":
-            t.join(WAIT_S)
+    try:
+        pid = signals.pid()  # sent before the timeout, unless the machine was too busy to start Python
+    except TimeoutError:
+        pid = None
+    assert pid is None or (pid != os.getpid() and gone(pid))  # its own process, killed and reaped
     assert [r.result for r in replies.results] == [result.result]
 
 
@@ -214,21 +318,59 @@ def test_a_tool_without_its_own_timeout_uses_the_tools_default(user_module: Modu
     reg = ToolRegistry(ToolsConfig(timeout_s=0.25, tool=(spec,)), Hooks())
     result = call(reg, "slow", {})
     assert result.is_error and "timed out after 0.25 s" in result.result
-    user_module.release.set()
     reg.close()
 
 
-def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType) -> None:
+def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType, signals: Signals) -> None:
     reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=60)), Hooks())
     replies = Replies()
     handle = reg.call("slow", "c1", {}, replies)
-    assert user_module.started.wait(WAIT_S)
+    pid = signals.pid()
     handle.cancel()
     assert handle.done
     result = replies.one()
     assert result.is_error and "cancelled" in result.result
-    assert reg.active_calls == 0
-    user_module.release.set()
+    assert reg.active_calls == 0 and gone(pid)
+
+
+def test_a_hung_callable_cannot_hold_the_process(user_module: ModuleType, signals: Signals) -> None:
+    """Issue 10 item 1: closing the tools ends a hung Python tool; nothing of it is left to wait for.
+
+    (Before, it ran in a non-daemon thread of the daemon that no stop could end: the process
+    lived until the function returned. The thread guard and the pid check both catch that.)
+    """
+    reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=600)), Hooks())
+    replies = Replies()
+    reg.call("slow", "c1", {}, replies)
+    pid = signals.pid()
+    assert pid != os.getpid()
+    reg.close()
+    (result,) = replies.wait(1)
+    assert result.is_error and "cancelled" in result.result
+    assert gone(pid)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("tool")]
+
+
+@pytest.mark.parametrize("kind", ["callable", "command"])
+def test_cancelling_kills_what_the_tool_started(user_module: ModuleType, signals: Signals, kind: str) -> None:
+    code = (
+        "import os, socket, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        f"s.sendto(f'grandchild {{child.pid}}'.encode(), {signals.path!r})\n"
+        f"s.sendto(f'started {{os.getpid()}}'.encode(), {signals.path!r})\n"
+        "time.sleep(120)\n"
+    )
+    spec = py_tool("spawner", user_module, "spawner", 60) if kind == "callable" else cmd_tool("spawner", code, 60)
+    reg = ToolRegistry(cfg(spec), Hooks())
+    replies = Replies()
+    reg.call("spawner", "c1", {}, replies)
+    grandchild = signals.pid("grandchild")
+    pid = signals.pid()
+    reg.close()
+    assert "cancelled" in replies.one().result
+    assert gone(pid)
+    assert exits(grandchild), "what the tool started was killed with it"
 
 
 def test_results_are_redacted_and_bounded(user_module: ModuleType) -> None:
@@ -241,11 +383,12 @@ def test_results_are_redacted_and_bounded(user_module: ModuleType) -> None:
 
 
 def test_many_concurrent_calls_each_get_exactly_one_result(user_module: ModuleType) -> None:
+    names = ["lookup", "broken", "nope", "device_status"] * 5
     reg = ToolRegistry(
-        cfg(py_tool("lookup", user_module, "lookup"), py_tool("broken", user_module, "broken")), Hooks()
+        cfg(py_tool("lookup", user_module, "lookup"), py_tool("broken", user_module, "broken"), max_calls=len(names)),
+        Hooks(),
     )
     replies = Replies()
-    names = ["lookup", "broken", "nope", "device_status"] * 5
     for i, name in enumerate(names):
         reg.call(name, f"id{i}", {"room": "A"} if name == "lookup" else {}, replies)
     results = replies.wait(len(names))
@@ -338,3 +481,66 @@ def test_duplicate_tool_names_are_a_config_error(user_module: ModuleType) -> Non
 def test_without_hooks_there_are_no_builtins(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("lookup", user_module, "lookup")), None)
     assert reg.names == ("lookup",)
+
+
+# -- limits on what the agent can make the device do or say ------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Signals) -> None:
+    """Issue 10 item 9: 300 calls made 310 threads and 300 processes; the default limit is 4."""
+    code = (
+        "import os, socket, time\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        f"s.sendto(f'started {{os.getpid()}}'.encode(), {signals.path!r})\n"
+        "time.sleep(120)\n"
+    )
+    reg = ToolRegistry(ToolsConfig(tool=(cmd_tool("wait", code, 60),)), Hooks())
+    assert reg.max_concurrent_calls == ToolsConfig().max_concurrent_calls == 4
+    replies = Replies()
+    n = 30
+    for i in range(n):
+        reg.call("wait", f"id{i}", {}, replies)
+    refused = list(replies.results)  # answered at once, on the caller's thread
+    assert len(refused) == n - 4 and reg.active_calls == 4
+    assert all(r.is_error and "was not run" in r.result and "4 tool calls" in r.result for r in refused)
+    running = {signals.pid() for _ in range(4)}
+    assert set(children_of(os.getpid())) <= running  # no fifth process
+    reg.close()
+    results = replies.wait(n)
+    assert Counter(r.call_id for r in results) == Counter(f"id{i}" for i in range(n))  # one each
+    assert sum("cancelled" in r.result for r in results) == 4
+    assert call(reg, "device_status", {}).is_error is False  # a freed slot runs the next call
+
+
+def test_a_huge_unknown_tool_name_is_not_echoed_whole(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 item 10: a 1 MB tool name came back whole in the error result."""
+    caplog.set_level(logging.DEBUG, logger="device.tools")
+    name = "x" * 1_000_000
+    reg = ToolRegistry(cfg(), Hooks())
+    replies = Replies()
+    reg.call(name, "c1", {}, replies)
+    result = replies.one()
+    assert result.is_error and result.call_id == "c1"
+    assert "unknown tool 'xxxx" in result.result and "1000000 characters" in result.result
+    assert len(result.result) < 1000 and len(result.name) < 200  # the name reaches the session's log lines
+    assert max(len(r.getMessage()) for r in caplog.records) < 1000
+    # Parameters echoed into a result are bounded as well.
+    volume = call(reg, "set_volume", {"percent": "y" * 1_000_000})
+    assert volume.is_error and "not a number" in volume.result
+    assert len(volume.result) < MAX_RESULT_CHARS + 100
+    assert max(len(r.getMessage()) for r in caplog.records) < 1000
