@@ -19,6 +19,7 @@ device's own bounded code, run in the call's thread.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from device.config import ToolsConfig, ToolSpec
-from device.errors import ConfigError
+from device.errors import ConfigError, WorkerStuckError
 from device.secrets import redact
 from device.toolhost import BOOTSTRAP, ToolFailure, result_text
 from device.worker import Worker
@@ -47,7 +48,10 @@ MAX_RESULT_CHARS = 16_000
 MAX_ECHO_CHARS = 100
 # Environment variables a tool command must not inherit.
 _PRIVATE_ENV = ("ELEVENLABS_API_KEY", "CREDENTIALS_DIRECTORY")
-_KILL_WAIT_S = 2.0
+# How long a SIGKILLed tool process is waited for (longer only if it is stuck in the kernel).
+_KILL_WAIT_S = 0.5
+# A running call looks at its stop, its deadline and its child this often (see _CallWorker._wait).
+_SLICE_S = 0.25
 
 
 class DeviceHooks(Protocol):
@@ -317,25 +321,59 @@ class _CallWorker(Worker):
             except (OSError, ValueError) as e:  # ValueError: a NUL byte in the environment (the call id)
                 return f"tool {tool.name} could not start: {getattr(e, 'strerror', None) or e}", True
         proc = self._proc
-        try:
-            out, err = proc.communicate(payload, timeout=tool.timeout_s)
-        except subprocess.TimeoutExpired:
-            self._reap(proc)
-            return f"tool {tool.name} timed out after {tool.timeout_s:g} s", True
-        finally:
-            if proc.returncode is None:  # communicate() failed otherwise: never leave the child behind
-                self._reap(proc)
-        if self.stopping and proc.returncode < 0:
+        outcome, out, err = self._wait(proc, payload, tool.timeout_s)
+        if outcome == "stopped" or (self.stopping and proc.returncode is not None and proc.returncode < 0):
             return f"tool {tool.name} was cancelled: the conversation ended", True
-        return tool.answer(out, err, proc.returncode)
+        if outcome == "timeout":
+            return f"tool {tool.name} timed out after {tool.timeout_s:g} s", True
+        return tool.answer(out, err, proc.returncode if proc.returncode is not None else -signal.SIGKILL)
 
-    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait(self, proc: subprocess.Popen[bytes], payload: bytes, timeout_s: float) -> tuple[str, bytes, bytes]:
+        """Feed and read the child until it ends: ("done" | "stopped" | "timeout", stdout, stderr).
+
+        Reading waits in slices, not in one call up to the deadline: the output pipes stay open
+        as long as any process holding them lives, and one that left the group (setsid) is out
+        of reach of the kill. So every slice looks at the stop, the deadline and whether the
+        child itself has exited; then the call ends whatever still holds its pipes.
+        """
+        deadline = time.monotonic() + timeout_s
+        data: bytes | None = payload
+        exited_s: float | None = None
+        out = err = b""
+        while True:
+            try:
+                out, err = proc.communicate(data, timeout=max(0.0, min(_SLICE_S, deadline - time.monotonic())))
+                return "done", out, err
+            except subprocess.TimeoutExpired as e:  # output so far is kept: retrying loses none
+                out, err = e.stdout or b"", e.stderr or b""
+            data = None
+            now = time.monotonic()
+            if self.stopping:
+                outcome = "stopped"
+            elif now >= deadline:
+                outcome = "timeout"
+            elif proc.poll() is None:
+                continue
+            else:  # it exited, yet something it started holds its pipes: one more slice to write, then done
+                exited_s = now if exited_s is None else exited_s
+                if now - exited_s < _SLICE_S:
+                    continue
+                outcome = "done"
+            self._abandon(proc)
+            return outcome, out, err
+
+    def _abandon(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill the child's group, stop reading its pipes, and reap it (bounded)."""
         with self._proc_lock:
             _kill_group(proc)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         try:
-            proc.communicate(timeout=_KILL_WAIT_S)
-        except subprocess.TimeoutExpired:  # a grandchild outside the group holds the pipes
             proc.wait(_KILL_WAIT_S)
+        except subprocess.TimeoutExpired:  # SIGKILL cannot end a process stuck in the kernel
+            log.error("tool process %d did not end after SIGKILL; it is left behind", proc.pid)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -444,5 +482,8 @@ class ToolRegistry:
         """Cancel every running call (each child process is killed) and join its thread."""
         with self._lock:
             workers = list(self._active)
+        for w in workers:  # kill them all first, so the joins below overlap
+            with contextlib.suppress(WorkerStuckError):
+                w.stop(0)
         for w in workers:
             w.stop(timeout_s)

@@ -483,6 +483,48 @@ def test_without_hooks_there_are_no_builtins(user_module: ModuleType) -> None:
     assert reg.names == ("lookup",)
 
 
+def escaping_tool(signals: Signals, then: str) -> str:
+    """A command that starts a process in a session of its own (out of reach of the group kill)
+    which keeps the tool's stdout and stderr open, reports both pids, then runs ``then``."""
+    return (
+        "import os, socket, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        f"s.sendto(f'grandchild {{child.pid}}'.encode(), {signals.path!r})\n"
+        f"s.sendto(f'started {{os.getpid()}}'.encode(), {signals.path!r})\n"
+        f"{then}\n"
+    )
+
+
+def test_a_cancel_is_not_held_up_by_a_process_the_tool_hid(signals: Signals) -> None:
+    reg = ToolRegistry(cfg(cmd_tool("hider", escaping_tool(signals, "time.sleep(120)"), 60)), Hooks())
+    replies = Replies()
+    reg.call("hider", "c1", {}, replies)
+    grandchild = signals.pid("grandchild")
+    try:
+        pid = signals.pid()
+        reg.close()  # before: the thread read the pipes until the 60 s timeout (WorkerStuckError here)
+        assert "cancelled" in replies.one().result and gone(pid)
+    finally:
+        os.kill(grandchild, 9)
+        assert exits(grandchild)
+
+
+def test_a_tool_that_exits_is_answered_though_a_process_it_started_holds_its_output(signals: Signals) -> None:
+    code = escaping_tool(signals, "print('door opened')")
+    reg = ToolRegistry(cfg(cmd_tool("hider", code, 60)), Hooks())
+    replies = Replies()
+    reg.call("hider", "c1", {}, replies)
+    grandchild = signals.pid("grandchild")
+    try:
+        result = replies.one()  # before: "timed out after 60 s"
+        assert not result.is_error and result.result == "door opened"
+    finally:
+        os.kill(grandchild, 9)
+        assert exits(grandchild)
+    reg.close()
+
+
 # -- limits on what the agent can make the device do or say ------------------------------------------------
 
 
