@@ -1,31 +1,37 @@
 """The child-process side of a configured Python tool (``[[tools.tool]] callable = "module:function"``).
 
-:mod:`device.tools` runs every call of such a tool in a fresh ``python -I``
-process that reads one JSON request on stdin — the daemon's ``sys.path``, the
-target and the parameters — calls the function with the parameters as keyword
-arguments and writes one JSON answer, ``{"result": str, "is_error": bool}``, on
-stdout. The function's own prints go to stderr. Because the call lives in its
-own process, a tool that hangs is killed at its timeout or at a stop and can
-never hold the daemon; and it never sees the daemon's memory (the API key).
+:mod:`device.tools` runs every call of such a tool in a ``python -I`` process
+of its own (one is started ahead and waits, so a call does not wait for Python
+to start): the process reads the request on stdin — the target and the
+parameters — calls the function with the parameters as keyword arguments and
+writes one JSON answer, ``{"result": str, "is_error": bool}``, on stdout. The
+function's own prints go to stderr. Because the call lives in its own process,
+a tool that hangs is killed at its timeout or at a stop and can never hold the
+daemon; and it never sees the daemon's memory (the API key).
 
 Only the standard library is imported here, so a call starts quickly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
-# Run by ``python -I -c``: -I keeps PYTHONPATH, PYTHONSTARTUP and the user's site out; the request
-# brings the daemon's own sys.path, so the child imports exactly what the daemon validated at load.
+# Run by ``python -I -c``: -I keeps PYTHONPATH, PYTHONSTARTUP and the user's site out. The first
+# line on stdin brings the daemon's own sys.path (so the child imports exactly what the daemon
+# validated at load) and the tools' modules to import ahead; the rest, up to end-of-file, is the
+# request. A child that gets end-of-file instead (its daemon went away) exits at once.
 BOOTSTRAP = (
     "import json, os, sys\n"
-    "request = json.loads(sys.stdin.buffer.read())\n"
-    "sys.path[:] = request['sys_path']\n"
-    "from device.toolhost import serve\n"
-    "code = serve(request)\n"
+    "header = json.loads(sys.stdin.buffer.readline() or 'null')\n"
+    "if header is None:\n"
+    "    os._exit(0)\n"
+    "sys.path[:] = header['sys_path']\n"
+    "from device.toolhost import main\n"
+    "code = main(header['preload'])\n"
     "sys.stderr.flush()\n"
     "os._exit(code)\n"  # answered: threads the function left behind must not keep the call open
 )
@@ -59,18 +65,28 @@ def call(name: str, fn: Any, parameters: dict[str, Any]) -> tuple[str, bool]:
         return f"tool {name} failed: {type(e).__name__}: {e}", True
 
 
-def serve(request: dict[str, Any], out: TextIO | None = None) -> int:
-    """Answer one request (see the module docstring); the exit status is 0 once an answer is written."""
-    answer = out or sys.stdout
-    sys.stdout = sys.stderr  # the function's prints must not corrupt the answer
+def answer(request: dict[str, Any]) -> tuple[str, bool]:
+    """Run one request: (result text, is_error)."""
     name = str(request["name"])
     module_name, _, attr = str(request["target"]).partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except Exception as e:  # it imported in the daemon at load; say what changed since
-        text, is_error = f"tool {name} could not load {module_name}:{attr}: {type(e).__name__}: {e}", True
-    else:
-        text, is_error = call(name, fn, dict(request["parameters"]))
-    answer.write(json.dumps({"result": text, "is_error": is_error}, ensure_ascii=False))
-    answer.flush()
+        return f"tool {name} could not load {module_name}:{attr}: {type(e).__name__}: {e}", True
+    return call(name, fn, dict(request["parameters"]))
+
+
+def main(preload: list[str], stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
+    """Import ``preload``, wait for the request on stdin, write the answer on stdout; the exit status."""
+    out = stdout or sys.stdout
+    sys.stdout = sys.stderr  # the function's prints (and the modules') must not corrupt the answer
+    for module in preload:  # ahead of the request, while the process waits as a spare
+        with contextlib.suppress(Exception):  # reported by answer(), if a call needs it
+            importlib.import_module(module)
+    raw = (stdin or sys.stdin.buffer).read()
+    if not raw.strip():  # a spare that was never used
+        return 0
+    text, is_error = answer(json.loads(raw))
+    out.write(json.dumps({"result": text, "is_error": is_error}, ensure_ascii=False))
+    out.flush()
     return 0

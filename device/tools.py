@@ -117,6 +117,15 @@ class _CommandTool(_Tool):
         super().__init__(name, timeout_s)
         self.argv = argv
 
+    def spawn(self, call_id: str) -> subprocess.Popen[bytes]:
+        env = _tool_env()
+        env["TOOL_NAME"] = self.name
+        env["TOOL_CALL_ID"] = call_id
+        return _start(self.argv, env)
+
+    def after_call(self) -> None:
+        """Called on the call's thread once it has answered."""
+
     def request(self, parameters: Mapping[str, Any]) -> bytes:
         return json.dumps(dict(parameters), ensure_ascii=False).encode("utf-8")
 
@@ -131,12 +140,19 @@ class _CommandTool(_Tool):
 class _PythonTool(_CommandTool):
     """A configured ``module:function``, called in a child ``python -I`` (see :mod:`device.toolhost`)."""
 
-    def __init__(self, name: str, timeout_s: float, target: str) -> None:
-        super().__init__(name, timeout_s, (sys.executable, "-I", "-c", BOOTSTRAP))
+    def __init__(self, name: str, timeout_s: float, target: str, processes: _PythonProcesses) -> None:
+        super().__init__(name, timeout_s, _PythonProcesses.ARGV)
         self.target = target
+        self._processes = processes
+
+    def spawn(self, call_id: str) -> subprocess.Popen[bytes]:
+        return self._processes.take()
+
+    def after_call(self) -> None:
+        self._processes.refill()
 
     def request(self, parameters: Mapping[str, Any]) -> bytes:
-        request = {"name": self.name, "target": self.target, "sys_path": sys.path, "parameters": dict(parameters)}
+        request = {"name": self.name, "target": self.target, "parameters": dict(parameters)}
         return json.dumps(request, ensure_ascii=False).encode("utf-8")
 
     def answer(self, out: bytes, err: bytes, returncode: int) -> tuple[str, bool]:
@@ -148,6 +164,85 @@ class _PythonTool(_CommandTool):
             pass
         tail = err.decode("utf-8", "replace").strip()[-500:]  # it died, or exited, before answering
         return f"tool {self.name} {_exit_text(returncode)} without an answer: {tail}".rstrip(": "), True
+
+
+def _tool_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+
+
+def _start(argv: tuple[str, ...], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # argv, never a shell
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        close_fds=True,
+        start_new_session=True,  # its own process group: a kill ends what it started too
+    )
+
+
+class _PythonProcesses:
+    """The child processes of the Python tools: one per call, and one started ahead.
+
+    A fresh ``python -I`` takes tens of milliseconds to start on a PC (more on a Pi) before it
+    can call anything, and the agent would wait for that on every call. So one child is kept
+    ready — started with the tools, their modules imported — waiting for a request; a call
+    takes it and the next is started once that call has answered. It is a process like any
+    other call's (killed on close). One whose daemon goes away reads end-of-file and exits.
+    """
+
+    ARGV = (sys.executable, "-I", "-c", BOOTSTRAP)
+
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        header = {"sys_path": list(sys.path), "preload": list(modules)}
+        self._header = json.dumps(header, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._lock = threading.Lock()
+        self._spare: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = _start(self.ARGV, _tool_env())
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(self._header)
+            proc.stdin.flush()
+        except OSError:  # it died at once: the call reads why from its stderr
+            pass
+        return proc
+
+    def take(self) -> subprocess.Popen[bytes]:
+        """The waiting child if it is alive, else a new one."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            if spare.poll() is None:
+                return spare
+            _discard(spare)
+        return self._start()
+
+    def refill(self) -> None:
+        """Start the next call's child, unless one waits already or the tools are closed."""
+        with self._lock:
+            if self._closed or self._spare is not None:
+                return
+        try:
+            proc = self._start()
+        except OSError as e:  # the next call tries again, and reports it
+            log.warning("could not start a process for the Python tools ahead of time: %s", e.strerror)
+            return
+        with self._lock:
+            if not self._closed and self._spare is None:
+                self._spare = proc
+                return
+        _discard(proc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            _discard(spare)
 
 
 def _exit_text(returncode: int) -> str:
@@ -269,9 +364,10 @@ class _CallWorker(Worker):
         try:
             if isinstance(self._tool, _CommandTool):
                 text, is_error = self._run_process(self._tool)
+                self._send(text, is_error)
+                self._tool.after_call()
             else:
-                text, is_error = self._run_builtin()
-            self._send(text, is_error)
+                self._send(*self._run_builtin())
         finally:
             if not self.replied:  # an unexpected failure above: still answer once
                 self._send(f"tool {self._tool.name} failed inside the device", True)
@@ -301,23 +397,12 @@ class _CallWorker(Worker):
             return f"tool {self._tool.name} failed: {type(e).__name__}: {e}", True
 
     def _run_process(self, tool: _CommandTool) -> tuple[str, bool]:
-        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-        env["TOOL_NAME"] = tool.name
-        env["TOOL_CALL_ID"] = self._call_id
         payload = tool.request(self._parameters)
         with self._proc_lock:
             if self.stopping:
                 return f"tool {tool.name} was cancelled: the conversation ended", True
             try:
-                self._proc = subprocess.Popen(  # argv, never a shell
-                    tool.argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                    close_fds=True,
-                    start_new_session=True,  # its own process group: a kill ends what it started too
-                )
+                self._proc = tool.spawn(self._call_id)
             except (OSError, ValueError) as e:  # ValueError: a NUL byte in the environment (the call id)
                 return f"tool {tool.name} could not start: {getattr(e, 'strerror', None) or e}", True
         proc = self._proc
@@ -363,17 +448,21 @@ class _CallWorker(Worker):
             return outcome, out, err
 
     def _abandon(self, proc: subprocess.Popen[bytes]) -> None:
-        """Kill the child's group, stop reading its pipes, and reap it (bounded)."""
         with self._proc_lock:
-            _kill_group(proc)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        try:
-            proc.wait(_KILL_WAIT_S)
-        except subprocess.TimeoutExpired:  # SIGKILL cannot end a process stuck in the kernel
-            log.error("tool process %d did not end after SIGKILL; it is left behind", proc.pid)
+            _discard(proc)
+
+
+def _discard(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a tool child's group, stop reading its pipes, and reap it (bounded)."""
+    _kill_group(proc)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    try:
+        proc.wait(_KILL_WAIT_S)
+    except subprocess.TimeoutExpired:  # SIGKILL cannot end a process stuck in the kernel
+        log.error("tool process %d did not end after SIGKILL; it is left behind", proc.pid)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -400,6 +489,8 @@ class ToolRegistry:
     def __init__(self, tools_cfg: ToolsConfig, hooks: DeviceHooks | None = None) -> None:
         self._tools: dict[str, _Tool] = {}
         self.max_concurrent_calls = tools_cfg.max_concurrent_calls
+        modules = tuple(dict.fromkeys(spec.callable.partition(":")[0] for spec in tools_cfg.tool if spec.callable))
+        self._python = _PythonProcesses(modules)
         if hooks is not None:
             builtins = _builtins(hooks)
             for name in tools_cfg.builtin:
@@ -415,13 +506,15 @@ class ToolRegistry:
             timeout_s = spec.timeout_s or tools_cfg.timeout_s
             if spec.callable:
                 target = _resolve_callable(spec, f"{key}.callable")
-                self._tools[spec.name] = _PythonTool(spec.name, timeout_s, target)
+                self._tools[spec.name] = _PythonTool(spec.name, timeout_s, target, self._python)
             else:
                 argv = _resolve_command(spec, f"{key}.command")
                 self._tools[spec.name] = _CommandTool(spec.name, timeout_s, argv)
         self._lock = threading.Lock()
         self._active: set[_CallWorker] = set()
         self._refused = 0  # calls refused since the last one that ran (one warning per burst)
+        if modules:
+            self._python.refill()  # so that even the first call finds its process started
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -480,6 +573,7 @@ class ToolRegistry:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Cancel every running call (each child process is killed) and join its thread."""
+        self._python.close()
         with self._lock:
             workers = list(self._active)
         for w in workers:  # kill them all first, so the joins below overlap

@@ -7,6 +7,7 @@ import logging
 import os
 import select
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -181,6 +182,22 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals: Signal
     module = importlib.import_module(name)
     yield module
     sys.modules.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def close_every_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close each ToolRegistry a test made: it may hold a Python tool's process started ahead."""
+    made: list[ToolRegistry] = []
+    init = ToolRegistry.__init__
+
+    def recording_init(self: ToolRegistry, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(ToolRegistry, "__init__", recording_init)
+    yield
+    for registry in made:
+        registry.close()
 
 
 ALL_BUILTINS = ("set_volume", "device_status", "end_conversation")
@@ -586,3 +603,65 @@ def test_a_huge_unknown_tool_name_is_not_echoed_whole(caplog: pytest.LogCaptureF
     assert volume.is_error and "not a number" in volume.result
     assert len(volume.result) < MAX_RESULT_CHARS + 100
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
+
+
+# -- the process started ahead for Python tools ---------------------------------------------------------------
+
+
+def join_call_threads() -> None:
+    for t in threading.enumerate():
+        if t.name.startswith("tool:"):
+            t.join(WAIT_S)
+
+
+def test_each_python_call_takes_a_process_started_ahead_of_it(user_module: ModuleType) -> None:
+    reg = ToolRegistry(cfg(py_tool("whoami", user_module, "whoami")), Hooks())
+    (ahead,) = children_of(os.getpid())  # started with the tools
+    first = json.loads(call(reg, "whoami", {}, "c1").result)["pid"]
+    assert first == ahead
+    join_call_threads()  # the call's thread starts the next process once it has answered
+    (ahead,) = children_of(os.getpid())
+    assert ahead != first and gone(first)
+    second = json.loads(call(reg, "whoami", {}, "c2").result)["pid"]
+    assert second == ahead  # one process per call
+    join_call_threads()
+    (spare,) = children_of(os.getpid())
+    reg.close()
+    assert gone(spare) and children_of(os.getpid()) == []
+
+
+def test_the_process_started_ahead_ends_with_its_daemon(user_module: ModuleType, tmp_path: Path) -> None:
+    """Even a daemon that dies without closing its tools (SIGKILL) leaves no Python tool process."""
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os, sys, threading
+            sys.path[:0] = {[str(tmp_path), *sys.path]!r}
+            from device.config import ToolsConfig, ToolSpec
+            from device.tools import ToolRegistry
+            reg = ToolRegistry(ToolsConfig(tool=(ToolSpec(name="w", callable="{user_module.__name__}:whoami"),)))
+            done = threading.Event()
+            reg.call("w", "c1", {{}}, lambda r: done.set())
+            done.wait(30)
+            for t in threading.enumerate():
+                if t.name.startswith("tool:"):
+                    t.join(30)
+            print("ready", flush=True)
+            threading.Event().wait(60)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        (spare,) = children_of(proc.pid)
+        proc.kill()
+        proc.wait(WAIT_S)
+        assert exits(spare), "the spare Python tool process outlived its daemon"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
