@@ -18,7 +18,7 @@ import contextlib
 import importlib
 import json
 import sys
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 # Run by ``python -I -c``: -I keeps PYTHONPATH, PYTHONSTARTUP and the user's site out. The first
 # line on stdin brings the daemon's own sys.path (so the child imports exactly what the daemon
@@ -76,9 +76,9 @@ def answer(request: dict[str, Any]) -> tuple[str, bool]:
     return call(name, fn, dict(request["parameters"]))
 
 
-def main(preload: list[str], stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
+def main(preload: list[str], stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
     """Import ``preload``, wait for the request on stdin, write the answer on stdout; the exit status."""
-    out = stdout or sys.stdout
+    out = stdout or sys.stdout.buffer  # bytes: UTF-8 whatever the locale says
     sys.stdout = sys.stderr  # the function's prints (and the modules') must not corrupt the answer
     for module in preload:  # ahead of the request, while the process waits as a spare
         with contextlib.suppress(Exception):  # reported by answer(), if a call needs it
@@ -87,6 +87,6 @@ def main(preload: list[str], stdin: BinaryIO | None = None, stdout: TextIO | Non
     if not raw.strip():  # a spare that was never used
         return 0
     text, is_error = answer(json.loads(raw))
-    out.write(json.dumps({"result": text, "is_error": is_error}, ensure_ascii=False))
+    out.write(json.dumps({"result": text, "is_error": is_error}, ensure_ascii=False).encode("utf-8"))
     out.flush()
     return 0

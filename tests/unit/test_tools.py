@@ -165,6 +165,9 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals: Signal
                 threading.Thread(target=time.sleep, args=(120,), name="left-behind").start()
                 return "answered"
 
+            def gruss(name):
+                return f"Grüß dich, {{name}} 🎟"
+
             def leaky():
                 return "key is sk_leaky_secret_123456"
 
@@ -298,6 +301,15 @@ def test_a_tool_failure_is_the_agents_message(user_module: ModuleType) -> None:
 def test_a_callables_prints_do_not_become_its_result(user_module: ModuleType) -> None:
     result = call(ToolRegistry(cfg(py_tool("chatty", user_module, "chatty")), Hooks()), "chatty", {})
     assert not result.is_error and result.result == "the answer"
+
+
+def test_a_callable_answers_in_utf8_whatever_the_locale(
+    user_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LC_ALL", "C")
+    monkeypatch.setenv("LANG", "C")
+    result = call(ToolRegistry(cfg(py_tool("gruss", user_module, "gruss")), Hooks()), "gruss", {"name": "Zoë"})
+    assert not result.is_error and result.result == "Grüß dich, Zoë 🎟"
 
 
 def test_a_callable_answers_without_waiting_for_threads_it_left(user_module: ModuleType) -> None:
