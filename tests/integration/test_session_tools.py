@@ -351,6 +351,7 @@ def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> No
     )
     scenario = fast_scenario(agent={"first_message": ""}, timing={"tool_timeout_s": 300.0}, turns=turns)
     proc: subprocess.Popen[str] | None = None
+    log_path = tmp_path / "daemon.log"  # a file, not a pipe: nobody reads while it runs
     pids: list[int] = []  # the tools' processes and what they started: the stop must end them all
     escaped: list[int] = []  # out of the daemon's reach (a session of its own): the test ends it
     try:
@@ -360,13 +361,14 @@ def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> No
             env.update(filedevices.alsa_env(tmp_path / "alsa" / filedevices.CONFIG_NAME))
             env.update(NOTIFY_SOCKET=notify.path, PYTHONPATH=str(tmp_path))
             env.pop("CREDENTIALS_DIRECTORY", None)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
-                env=env,
-                cwd=ROOT,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            with log_path.open("w") as log_file:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
+                    env=env,
+                    cwd=ROOT,
+                    stderr=log_file,
+                    text=True,
+                )
             notify.wait_for("READY=1")
             sock = str(tmp_path / "run" / "control.sock")
             assert request(sock, "start")[0]
@@ -387,7 +389,7 @@ def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> No
                 raise AssertionError(f"the daemon still ran {HANG_S / 2:g} s after SIGTERM: a tool held it") from None
             stop_s = time.monotonic() - t0
             record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
-        stderr = proc.stderr.read() if proc.stderr else ""
+        stderr = log_path.read_text()
         print(f"\nSIGTERM → exit with {len(turns)} hung tools: {stop_s:.2f} s", file=sys.stderr)
         assert code == 0, stderr
         assert "threads still running" not in stderr and "Traceback" not in stderr
@@ -402,8 +404,8 @@ def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> No
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc is not None and proc.stderr is not None:
-            proc.stderr.close()
+        if log_path.exists():
+            print(f"daemon log:\n{log_path.read_text()[-4000:]}")  # shown when the test fails
         for pid in escaped:
             os.kill(pid, signal.SIGKILL)
             assert process_ended(pid)
