@@ -796,6 +796,8 @@ class Session:
     def _wake_rx(self) -> None:
         """First wake: send the close frame (the service answers it); later wakes cut the socket."""
         self._cancel.set()
+        if self._http is not None:
+            self._http.interrupt()  # a signed-URL request in flight ends now (issue 10, item 11)
         with self._lock:
             self._wakes += 1
             first = self._wakes == 1
