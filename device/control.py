@@ -48,6 +48,7 @@ IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing for this long is closed
 WRITE_STALL_S = 5.0  # a connection that reads none of its pending answer for this long is closed
 MAX_OUTPUT_BYTES = 64 * 1024  # unsent answers kept per connection (a status line is about 2 KB)
 POLL_S = 0.5
+DROP_LOG_EVERY_S = 60.0
 REPLY_TIMEOUT_S = 3.0
 REPLY_TIMEOUT_ANSWER = "error the daemon did not answer in time; see `journalctl -u voice-appliance`"
 SOURCE = "ctl"
@@ -134,6 +135,8 @@ class ControlServer(Worker):
         self._closed = False
         self.requests = 0
         self.dropped = 0  # connections closed for being idle, not reading, or making room
+        self._drops_logged = 0
+        self._drop_log_s = -DROP_LOG_EVERY_S
 
     # -- lifetime ------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -267,9 +270,9 @@ class ControlServer(Worker):
                 if now >= ask.deadline and self._finish(ask, REPLY_TIMEOUT_ANSWER):
                     self._collect_answers()
             elif c.outbuf and now >= c.last_progress + WRITE_STALL_S:
-                self._drop(c, "does not read its answers")
+                self._drop(c, f"it left its answer unread for {WRITE_STALL_S:.0f} s")
             elif not c.outbuf and now >= c.last_progress + IDLE_TIMEOUT_S:
-                self._drop(c, f"idle for {IDLE_TIMEOUT_S:.0f} s")
+                self._drop(c, f"it was idle for {IDLE_TIMEOUT_S:.0f} s")
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -282,7 +285,7 @@ class ControlServer(Worker):
             if len(self._clients) >= MAX_CLIENTS:
                 # Make room instead of refusing: whoever has done nothing for longest goes.
                 oldest = min(self._clients, key=lambda c: c.last_progress)
-                self._drop(oldest, f"all {MAX_CLIENTS} connections are taken and it was the least active")
+                self._drop(oldest, f"all {MAX_CLIENTS} connections were taken and it was the least active")
             client = _Client(sock, time.monotonic())
             self._clients.append(client)
             self._selector.register(sock, selectors.EVENT_READ, client)
@@ -318,7 +321,7 @@ class ControlServer(Worker):
                 self._send(client, answer)
         if client not in self._clients:
             return
-        if len(client.inbuf) > MAX_LINE_BYTES:
+        if len(client.inbuf) > MAX_LINE_BYTES and b"\n" not in client.inbuf:  # complete lines wait their turn
             self._refuse_long_line(client)
         if client.eof and not client.busy:
             self._drop(client, None)
@@ -333,7 +336,7 @@ class ControlServer(Worker):
     def _send(self, client: _Client, text: str) -> None:
         client.outbuf += text.encode("utf-8") + b"\n"
         if len(client.outbuf) > MAX_OUTPUT_BYTES:
-            self._drop(client, f"more than {MAX_OUTPUT_BYTES} bytes of answers are unread")
+            self._drop(client, f"more than {MAX_OUTPUT_BYTES} bytes of its answers were unread")
             return
         self._write(client)
 
@@ -377,7 +380,15 @@ class ControlServer(Worker):
         self._clients.remove(client)
         if why is not None:
             self.dropped += 1
-            log.info("control socket: closed a connection: %s", why)
+            now = time.monotonic()
+            if now - self._drop_log_s >= DROP_LOG_EVERY_S:  # a client reconnecting in a loop must not flood the log
+                log.info(
+                    "control socket: closed %d connection(s) since the last report, the latest because %s",
+                    self.dropped - self._drops_logged,
+                    why,
+                )
+                self._drop_log_s = now
+                self._drops_logged = self.dropped
         if client.events:
             self._selector.unregister(client.sock)
             client.events = 0

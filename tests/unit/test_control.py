@@ -310,3 +310,19 @@ def test_when_every_slot_is_taken_the_least_active_connection_makes_room(
         first.close()
         for s in others:
             s.close()
+
+
+def test_a_burst_of_pipelined_requests_is_answered_in_full_and_in_order(
+    server: tuple[ControlServer, FakeController],
+) -> None:
+    """More answers than a socket buffers: the server pauses this client and resumes it as it reads."""
+    srv, fake = server
+    n = 3000
+    burst = b"".join(b"help\n" if i % 3 == 2 else b"press\n" if i % 3 == 0 else b"release\n" for i in range(n))
+    with _connect(srv.path) as s:
+        s.sendall(burst)
+        f = s.makefile("rb")
+        answers = [f.readline() for _ in range(n)]
+    assert [a == b"ok\n" for a in answers] == [i % 3 != 2 for i in range(n)]
+    assert all(a.startswith(b"ok start: ") for a in answers[2::3])
+    assert [e.pressed for e in fake.events] == [i % 3 == 0 for i in range(n) if i % 3 != 2]  # type: ignore[attr-defined]
