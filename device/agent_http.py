@@ -436,6 +436,8 @@ class AgentHttp:
             except (requests.RequestException, OSError) as e:
                 if cancel.is_set():  # interrupt() cut the socket
                     raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
+                if isinstance(e, requests.exceptions.ConnectTimeout):
+                    raise classify_request_error(e, what, host, min(timeout_s, MAX_CONNECT_TIMEOUT_S)) from None
                 if isinstance(e, requests.RequestException):
                     raise classify_request_error(e, what, host, timeout_s) from None
                 raise AgentHttpError(  # e.g. an unreadable ca_bundle
