@@ -378,7 +378,7 @@ def _int(wrapper: Mapping[str, Any], name: str, kind_type: str) -> int:
         # Be liberal: integral floats and digit strings occur in older servers.
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 20:
             return int(value)
         raise MalformedMessage("missing_field", f"{kind_type!r} message: {name!r} is not an integer")
     return value
@@ -440,6 +440,8 @@ def decode_server_message(
         msg = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MalformedMessage("bad_json", "message is not valid JSON") from None
+    except RecursionError:  # the parser recurses per level: a hostile peer nests 100,000 deep
+        raise MalformedMessage("too_deep", "message is nested too deeply to parse") from None
     if not isinstance(msg, dict):
         raise MalformedMessage("bad_json", "message is not a JSON object")
     kind = msg.get("type")
@@ -501,9 +503,11 @@ def decode_server_message(
     if kind == "error":
         ew = msg.get("error_event")
         w = ew if isinstance(ew, Mapping) else msg
-        message = w.get("message") or w.get("reason") or ""
-        etype = w.get("error_type") or w.get("type") or ""
-        return ServerError(_optional_int(w.get("code")), str(message)[:500], str(etype)[:100])
+        # Text fields only: rendering a hostile nested value could itself overflow the stack.
+        message = next((v for v in (w.get("message"), w.get("reason")) if isinstance(v, str) and v), "")
+        etype_keys = ("error_type", "type") if w is ew else ("error_type",)  # an old server's name for it
+        etype = next((v for k in etype_keys if isinstance(v := w.get(k), str) and v), "")
+        return ServerError(_optional_int(w.get("code")), message[:500], etype[:100])
     return UnknownEvent(kind[:100])
 
 

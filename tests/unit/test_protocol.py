@@ -253,6 +253,106 @@ def test_arbitrary_shapes_never_crash_the_decoder(msg: dict[str, object]) -> Non
         decode_server_message(json.dumps(msg), PCM_16000, 0.0)
 
 
+# -- hostile shapes: nothing but MalformedMessage/UnsupportedFormat may escape -------------
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * DEEP + "]" * DEEP,
+        '{"a":' * DEEP + "1" + "}" * DEEP,
+        '{"type": "ping", "ping_event": {"event_id": 1, "x": ' + "[" * DEEP + "]" * DEEP + "}}",
+    ],
+    ids=["list", "object", "inside-a-ping"],
+)
+def test_deeply_nested_json_is_malformed_not_a_crash(raw: str) -> None:
+    with pytest.raises(MalformedMessage) as info:
+        decode_server_message(raw, PCM_16000, 0.0)
+    assert info.value.kind == "too_deep"
+    assert "nested" in str(info.value)
+
+
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field", ["message", "error_type", "reason"])
+def test_error_event_fields_that_are_not_strings_are_not_rendered(field: str) -> None:
+    # repr() of a structure nested just under the parser's limit would overflow the stack
+    deep = "[" * 900 + "]" * 900
+    raw = f'{{"type": "error", "error_event": {{"code": 1002, "{field}": {deep}}}}}'
+    ev = decode_server_message(raw, PCM_16000, 0.0)
+    assert isinstance(ev, ServerError) and ev.code == 1002 and "[" not in ev.message + ev.error_type
+
+
+@pytest.mark.parametrize("event_id", ["²", "9" * 5000, "١٢"])
+def test_odd_digit_strings_as_ids_are_malformed_or_read(event_id: str) -> None:
+    raw = json.dumps({"type": "interruption", "interruption_event": {"event_id": event_id}})
+    try:
+        ev = decode_server_message(raw, PCM_16000, 0.0)
+    except MalformedMessage as e:
+        assert e.kind == "missing_field"
+    else:
+        assert isinstance(ev, Interruption) and ev.event_id == int(event_id)
+
+
+JSON_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
+    st.sampled_from(["²", "9" * 4400, "pcm_16000", "awaiting_approval", "end_call", "system"]),
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+# Each server type with its wrapper (as the document names it), so fuzzing reaches the field checks.
+TYPED_WRAPPERS = [
+    ("audio", "audio_event"), ("ping", "ping_event"), ("interruption", "interruption_event"),
+    ("conversation_initiation_metadata", "conversation_initiation_metadata_event"),
+    ("agent_response", "agent_response_event"), ("agent_response_correction", "agent_response_correction_event"),
+    ("agent_response_correction", "correction_event"), ("agent_chat_response_part", "text_response_part"),
+    ("user_transcript", "user_transcription_event"),
+    ("tentative_user_transcript", "tentative_user_transcription_event"), ("vad_score", "vad_score_event"),
+    ("client_tool_call", "client_tool_call"),
+    ("internal_tentative_agent_response", "tentative_agent_response_internal_event"), ("error", "error_event"),
+    ("agent_tool_response", "agent_tool_response"),
+    ("agent_tool_response_full_payload", "agent_tool_response_full_payload"), ("mcp_tool_call", "mcp_tool_call"),
+    ("rich_content", "rich_content"), ("context_usage", "context_usage_event"),
+]
+FIELDS = [
+    "event_id", "audio_base_64", "ping_ms", "conversation_id", "agent_output_audio_format",
+    "user_input_audio_format", "agent_response", "original_agent_response", "corrected_agent_response",
+    "corrected_response", "text", "type", "user_transcript", "vad_score", "tool_name", "tool_call_id",
+    "parameters", "tentative_agent_response", "code", "message", "error_type", "reason", "tool_type",
+    "is_error", "is_called", "service_id", "state", "approval_timeout_secs", "rich_content_id", "component",
+    "props", "timestamp",
+]
+
+
+# Scalars that have broken decoders: non-ASCII digits, integers over Python's 4300-digit limit, NaN.
+NASTY = st.sampled_from(["²", "١٢", "9" * 4400, float("nan"), float("inf"), -1, 2**70, "", True])
+
+
+@pytest.mark.parametrize("typed", TYPED_WRAPPERS, ids=[f"{k}.{w}" for k, w in TYPED_WRAPPERS])
+@settings(RELAXED, max_examples=50)
+@given(
+    fields=st.fixed_dictionaries({}, optional={f: NASTY | JSON_VALUES for f in FIELDS}),
+    extra=st.dictionaries(st.sampled_from(["type", *(w for _, w in TYPED_WRAPPERS)]), JSON_VALUES, max_size=2),
+)
+def test_fuzzed_server_messages_never_raise_anything_else(
+    typed: tuple[str, str], fields: dict[str, object], extra: dict[str, object]
+) -> None:
+    kind, wrapper = typed
+    msg = {"type": kind, wrapper: fields, **extra}
+    for fmt in (PCM_16000, None):
+        with contextlib.suppress(MalformedMessage, UnsupportedFormat):
+            decode_server_message(json.dumps(msg), fmt, 0.0)
+
+
 # -- encoding ---------------------------------------------------------------------
 
 
