@@ -65,7 +65,8 @@ class Outcome(enum.Enum):
         False,
     )
     RATE_LIMITED = (
-        "the agent service is rate limiting this account; the device waits as asked and tries again",
+        "the agent service is rate limiting this account; wait, then press the button to try again "
+        "(fewer kiosks talking at once, or a higher plan, avoid it)",
         True,
     )
     MISCONFIGURED = (
@@ -74,19 +75,42 @@ class Outcome(enum.Enum):
         "or remove them from [agent]",
         False,
     )
+    MISSING_VARIABLE = (
+        "the agent needs a dynamic variable this device did not send; add it under "
+        "[agent.dynamic_variables] in the config (the device itself sends kiosk_id, and location when set), "
+        "or give the variable a default value in the agent's settings",
+        False,
+    )
+    AGENT_SETUP = (
+        "the agent's own settings stop it from running this conversation; fix the agent in the "
+        "ElevenLabs dashboard (see the reason above)",
+        False,
+    )
+    SAFETY = (
+        "the agent service ended the conversation for a content policy (safety) violation; it is not "
+        "retried: a press starts a new conversation (review the agent's guardrails if this was unexpected)",
+        False,
+    )
+    # Automatic retries happen only while a conversation is being opened (the controller then adds
+    # "trying again in N s"); a conversation that broke off is never reopened on its own.
     SERVER_ERROR = (
-        "the agent service failed; the device tries again with backoff "
+        "the agent service failed; press the button to try again "
         "(see status.elevenlabs.io if it persists)",
         True,
     )
     NETWORK = (
         "the network connection to the agent service failed; check the network, DNS, proxy "
-        "and clock; the device tries again",
+        "and clock, then press the button to try again",
         True,
     )
     PROTOCOL = (
         "the agent service sent something this device cannot use; see the log line before this "
         "one (change the agent's settings or update the firmware)",
+        False,
+    )
+    REJECTED = (
+        "the agent service refused a message from this device; update the firmware, and report it "
+        "with this log line if it persists",
         False,
     )
     LOCAL = ("the conversation was ended on the device", False)
@@ -140,6 +164,66 @@ def classify_close(code: int | None, reason: str) -> tuple[Outcome, str]:
     if code == 1006:
         return Outcome.NETWORK, "the connection was lost (1006)"
     return Outcome.SERVER_ERROR, f"the service closed the conversation ({code}){said}"
+
+
+# The AsyncAPI document's ErrorType enum → (outcome, what happened). Every value is listed on purpose;
+# "unknown" (and a missing or new error_type) leaves the decision to the close code and its reason.
+ERROR_TYPES: Mapping[str, tuple[Outcome, str] | None] = {
+    "unknown": None,
+    "invalid_message": (Outcome.REJECTED, "the service could not read a message from this device"),
+    "value_error": (Outcome.REJECTED, "the service rejected a value in a message from this device"),
+    "missing_fields": (Outcome.REJECTED, "a message from this device lacked a field the service requires"),
+    "override_error": (Outcome.MISCONFIGURED, "the agent does not allow the conversation overrides the device sent"),
+    "missing_dynamic_variable": (
+        Outcome.MISSING_VARIABLE, "the agent uses a dynamic variable the device did not send",
+    ),
+    "missing_dynamic_variable_transfer": (
+        Outcome.MISSING_VARIABLE, "the agent the conversation was transferred to needs a dynamic variable",
+    ),
+    "telephony_agent_error": (Outcome.AGENT_SETUP, "the agent is speech-recognition only and cannot hold this call"),
+    "mcp_tool_error": (Outcome.AGENT_SETUP, "one of the agent's MCP tools has an invalid schema"),
+    "mcp_https_error": (Outcome.AGENT_SETUP, "one of the agent's MCP servers is not an https:// URL"),
+    "websocket_disconnect": (Outcome.NETWORK, "the service saw the connection drop"),
+    "safety_violation": (Outcome.SAFETY, "the service detected a content policy violation"),
+    "llm_timeout": (Outcome.SERVER_ERROR, "the agent's language model took over 20 s to answer"),
+    "transport_receive_timeout": (Outcome.NETWORK, "the service stopped receiving audio from the device"),
+    "asyncio_timeout": (Outcome.SERVER_ERROR, "an internal task of the service timed out"),
+    "http_exception": (Outcome.SERVER_ERROR, "the service failed on an HTTP call of its own"),
+    "max_duration_exceeded": (Outcome.MAX_DURATION, "the conversation reached the agent's maximum duration"),
+    "llm_error": (Outcome.SERVER_ERROR, "the agent's language model failed"),
+    "custom_llm_error": (
+        Outcome.SERVER_ERROR, "the agent's custom LLM failed to answer (check the custom LLM server)",
+    ),
+    "cascade_brain_error": (Outcome.SERVER_ERROR, "every language model configured for the agent failed"),
+    "asr_transcription_error": (Outcome.SERVER_ERROR, "the service's speech recognition failed"),
+    "vad_error": (Outcome.SERVER_ERROR, "the service's voice activity detection failed"),
+    "turn_probability_error": (Outcome.SERVER_ERROR, "the service's turn detection failed"),
+    "tts_cascade_error": (Outcome.SERVER_ERROR, "every voice model configured for the agent failed"),
+    "redis_timeout_error": (Outcome.SERVER_ERROR, "the service's internal storage timed out"),
+    "unknown_websocket_crash": (Outcome.SERVER_ERROR, "the service crashed"),
+}
+
+
+def classify_end(code: int | None, reason: str, error: ServerError | None = None) -> tuple[Outcome, str]:
+    """How a conversation ended → (outcome, detail for the log).
+
+    Machine-readable fields first: the ``error`` event's ``error_type`` (the
+    service sends it just before closing), then the close code; English text
+    (close reason, error message) only where those leave it open, e.g. quota
+    and credential refusals, which have no error_type of their own.
+    ``code`` None: the connection was lost without a close frame.
+    """
+    rule = ERROR_TYPES.get(error.error_type) if error is not None else None
+    if error is not None and rule is not None:
+        outcome, what = rule
+        closed = f"close {code}" if code is not None else "no close frame"
+        said = _reason_text(error.message)
+        return outcome, f"{what} ({error.error_type}, {closed})" + (f": {said}" if said else "")
+    if error is not None and not reason:
+        reason = error.message  # e.g. "This request exceeds your quota limit." in an untyped error
+        if code is None and error.code is not None:
+            code = error.code  # the line dropped after the service said why
+    return classify_close(code, reason)
 
 
 def classify_http_status(status: int) -> Outcome:

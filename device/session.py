@@ -58,7 +58,7 @@ from device.protocol import (
     ToolCallStarted,
     UnknownEvent,
     UnsupportedFormat,
-    classify_close,
+    classify_end,
     classify_http_status,
     convert_capture,
     decode_server_message,
@@ -341,6 +341,7 @@ class Session:
         self._tool_lock = threading.RLock()  # starting a tool call vs. cancelling them all before the close frame
         self._malformed_log = _RateLimitedLog(MALFORMED_LOG_INTERVAL_S)
         self._input_fmt: AudioFormat | None = None
+        self._server_error: ServerError | None = None  # the service's last error event: why it closes
         self.output_format: AudioFormat | None = None
         self.conversation_id: str | None = None
         self.ping_ms: int | None = None
@@ -631,6 +632,8 @@ class Session:
                 if worker.stopping:
                     raise _End(Outcome.LOCAL, "the conversation was ended on the device") from None
                 kind = "reset" if isinstance(e, ConnectionResetError) else "lost"
+                if self._server_error is not None:  # the service said why before the line dropped
+                    raise _End(*classify_end(None, "", self._server_error)) from e
                 raise _End(Outcome.NETWORK, f"the connection to the service was {kind} without a close frame") from e
             op = frame.opcode
             if op == websocket.ABNF.OPCODE_PING:
@@ -672,8 +675,8 @@ class Session:
         if echo:  # the service closed first: answer its close frame
             with contextlib.suppress(OSError, websocket.WebSocketException, ValueError):
                 ws.send_close(code if code and code not in (1005, 1006, 1015) else 1000)
-        outcome, detail = classify_close(code if code is not None else 1005, reason)
-        if code is None:
+        outcome, detail = classify_end(code if code is not None else 1005, reason, self._server_error)
+        if code is None and self._server_error is None:
             outcome, detail = Outcome.NORMAL, "the service ended the conversation (no close code)"
         raise _End(outcome, detail, code)
 
@@ -716,6 +719,7 @@ class Session:
                 log.info("%s: ignoring unknown event type %r from the service", self.name, event.type)
         elif isinstance(event, ServerError):
             self._count("server_errors")
+            self._server_error = event
             log.warning(
                 "%s: the service reported an error: %s %s %s", self.name, event.code, event.error_type, event.message
             )

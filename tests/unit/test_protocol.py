@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from device.audioformat import PCM_16000, AudioFormat
 from device.protocol import (
+    ERROR_TYPES,
     MAX_MESSAGE_BYTES,
     AgentAudio,
     AgentResponse,
@@ -36,6 +37,7 @@ from device.protocol import (
     UserTranscript,
     VadScore,
     classify_close,
+    classify_end,
     classify_http_status,
     convert_capture,
     decode_server_message,
@@ -528,6 +530,101 @@ def test_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now_epoch_s=1445412480.0) == pytest.approx(10.0)
+
+
+# -- outcomes from the error event's machine-readable fields ---------------------------------
+
+# The ErrorType enum of the AsyncAPI document (elevenlabs/packages 2a9057e), with the close code
+# each value is documented with (None: the document names none).
+DOCUMENT_ERROR_TYPES: dict[str, int | None] = {
+    "unknown": None, "invalid_message": 1008, "telephony_agent_error": 1008, "mcp_tool_error": 1008,
+    "mcp_https_error": 1008, "value_error": 1008, "missing_fields": 1008, "override_error": 1008,
+    "missing_dynamic_variable_transfer": 1008, "missing_dynamic_variable": 1008, "websocket_disconnect": None,
+    "safety_violation": 1002, "llm_timeout": 1002, "transport_receive_timeout": 1002, "asyncio_timeout": 1002,
+    "http_exception": 1002, "max_duration_exceeded": 1000, "llm_error": 1002, "custom_llm_error": 1002,
+    "cascade_brain_error": 1002, "asr_transcription_error": 1002, "vad_error": 1002,
+    "turn_probability_error": 1002, "tts_cascade_error": 1002, "redis_timeout_error": 1002,
+    "unknown_websocket_crash": 1011,
+}
+# What each one means to the kiosk (the README's table says the same).
+EXPECTED: dict[str, Outcome] = {
+    "invalid_message": Outcome.REJECTED, "value_error": Outcome.REJECTED, "missing_fields": Outcome.REJECTED,
+    "telephony_agent_error": Outcome.AGENT_SETUP, "mcp_tool_error": Outcome.AGENT_SETUP,
+    "mcp_https_error": Outcome.AGENT_SETUP, "override_error": Outcome.MISCONFIGURED,
+    "missing_dynamic_variable": Outcome.MISSING_VARIABLE, "missing_dynamic_variable_transfer": Outcome.MISSING_VARIABLE,
+    "websocket_disconnect": Outcome.NETWORK, "transport_receive_timeout": Outcome.NETWORK,
+    "safety_violation": Outcome.SAFETY, "max_duration_exceeded": Outcome.MAX_DURATION,
+    **{
+        t: Outcome.SERVER_ERROR
+        for t in (
+            "llm_timeout", "asyncio_timeout", "http_exception", "llm_error", "custom_llm_error", "cascade_brain_error",
+            "asr_transcription_error", "vad_error", "turn_probability_error", "tts_cascade_error",
+            "redis_timeout_error", "unknown_websocket_crash",
+        )
+    },
+}
+
+
+def test_every_documented_error_type_is_classified_on_purpose() -> None:
+    assert set(ERROR_TYPES) == set(DOCUMENT_ERROR_TYPES)
+    assert set(EXPECTED) == set(DOCUMENT_ERROR_TYPES) - {"unknown"}
+
+
+@pytest.mark.parametrize("error_type", sorted(EXPECTED))
+def test_error_type_decides_the_outcome(error_type: str) -> None:
+    code = DOCUMENT_ERROR_TYPES[error_type] or 1011
+    # A reason text that would mislead the old English matching ("timeout", "token", "quota" …) must not matter.
+    for reason in ("", "receive timeout: token expired, check quota"):
+        outcome, detail = classify_end(code, reason, ServerError(code, "Something went wrong.", error_type))
+        assert outcome is EXPECTED[error_type], (reason, outcome)
+        assert error_type in detail and f"close {code}" in detail and "Something went wrong." in detail
+
+
+def test_error_type_decides_even_when_the_line_drops_before_the_close_frame() -> None:
+    outcome, detail = classify_end(None, "", ServerError(1002, "", "llm_timeout"))
+    assert outcome is Outcome.SERVER_ERROR and "no close frame" in detail
+
+
+def test_an_llm_timeout_is_not_reported_as_missing_audio() -> None:
+    ended = SessionEnded(*classify_end(1002, "timeout", ServerError(1002, "LLM timed out", "llm_timeout")), 1002)
+    assert ended.outcome is Outcome.SERVER_ERROR
+    assert "language model" in ended.message and "audio" not in ended.message
+
+
+def test_a_safety_violation_is_not_retried_and_says_why() -> None:
+    ended = SessionEnded(*classify_end(1002, "", ServerError(1002, "", "safety_violation")), 1002)
+    assert ended.outcome is Outcome.SAFETY and not ended.outcome.retryable
+    assert "policy" in ended.message
+
+
+def test_a_missing_dynamic_variable_gets_advice_about_dynamic_variables() -> None:
+    said = "Missing required dynamic variables in first message: {'visitor_name'}"
+    err = ServerError(1008, said, "missing_dynamic_variable")
+    ended = SessionEnded(*classify_end(1008, "", err), 1008)
+    assert ended.outcome is Outcome.MISSING_VARIABLE and not ended.outcome.retryable
+    assert "[agent.dynamic_variables]" in ended.message and "visitor_name" in ended.message
+
+
+def test_max_duration_is_reported_as_such_without_any_reason_text() -> None:
+    ended = SessionEnded(*classify_end(1000, "", ServerError(1000, "", "max_duration_exceeded")), 1000)
+    assert ended.outcome is Outcome.MAX_DURATION and "maximum duration" in ended.message
+
+
+@pytest.mark.parametrize("error_type", ["unknown", "", "a_type_added_next_year"])
+def test_without_a_usable_error_type_the_code_and_then_the_text_decide(error_type: str) -> None:
+    quota = ServerError(1002, "This request exceeds your quota limit.", error_type)
+    assert classify_end(1002, "", quota)[0] is Outcome.QUOTA  # the text: quota has no error_type of its own
+    assert classify_end(1011, "", ServerError(1011, "", error_type))[0] is Outcome.SERVER_ERROR
+    assert classify_end(1008, "Invalid signature", ServerError(1008, "", error_type))[0] is Outcome.AUTH
+    assert classify_end(None, "", ServerError(1002, "quota exceeded", error_type))[0] is Outcome.QUOTA
+    assert classify_end(1000, "", None)[0] is Outcome.NORMAL
+
+
+def test_no_advice_promises_an_automatic_retry() -> None:
+    # Retries happen only while connecting, and the controller says so itself ("trying again in N s");
+    # the same advice also ends conversations that broke off, which are never reopened on their own.
+    for o in Outcome:
+        assert "tries again" not in o.advice and "try again with" not in o.advice, o
 
 
 # -- user audio conversion -----------------------------------------------------------
