@@ -153,7 +153,7 @@ class Emulator:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Close every conversation (1001), join every thread, release the port. Idempotent."""
+        """Close every conversation (1011), join every thread, release the port. Idempotent."""
         self._stopping.set()
         server, self._server = self._server, None
         if server is None:
@@ -173,7 +173,7 @@ class Emulator:
     close = stop
 
     def _reset_stuck_senders(self) -> None:
-        """Give each conversation time to close (1001); reset those stuck sending to a client that stopped reading.
+        """Give each conversation time to close (1011); reset those stuck sending to a client that stopped reading.
 
         A send to such a client blocks in ``sendall()`` holding the connection's lock, so
         neither our close nor the library's shutdown could ever get through.
