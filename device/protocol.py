@@ -367,6 +367,50 @@ class ServerError:
 
 
 @dataclass(frozen=True)
+class AgentToolResponse:
+    """``agent_tool_response`` (or ``agent_tool_response_full_payload``): a tool the agent ran itself."""
+
+    tool_name: str
+    call_id: str
+    tool_type: str
+    is_error: bool
+
+    @property
+    def ends_call(self) -> bool:
+        """The agent's ``end_call`` system tool: the conversation is over (the JS client ends it at once too)."""
+        return self.tool_name == "end_call"
+
+
+@dataclass(frozen=True)
+class McpToolCall:
+    """``mcp_tool_call``: an MCP tool of the agent changed ``state`` (loading, awaiting_approval, success, failure)."""
+
+    call_id: str
+    tool_name: str
+    state: str
+    service_id: str = ""
+    approval_timeout_s: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class McpApproval:
+    """The device answered an MCP tool call awaiting approval (``tools.mcp_approve``)."""
+
+    tool_name: str
+    call_id: str
+    approved: bool
+
+
+@dataclass(frozen=True)
+class RichContent:
+    """``rich_content``: a card or other component for a screen (this kiosk has none: counted)."""
+
+    rich_content_id: str
+    component: str
+
+
+@dataclass(frozen=True)
 class UnknownEvent:
     """A message type this firmware does not know (counted and ignored)."""
 
@@ -404,6 +448,9 @@ ServerEvent = (
     | Ping
     | ToolCall
     | ServerError
+    | AgentToolResponse
+    | McpToolCall
+    | RichContent
     | UnknownEvent
 )
 SessionEvent = (
@@ -420,6 +467,8 @@ SessionEvent = (
     | ToolCallStarted
     | ToolCallFinished
     | ServerError
+    | McpApproval
+    | RichContent
     | SessionEnded
 )
 
@@ -584,6 +633,31 @@ def decode_server_message(
     if kind == "internal_tentative_agent_response":
         w = _wrapper(msg, "tentative_agent_response_internal_event")
         return TentativeAgentResponse(_str(w, "tentative_agent_response", kind))
+    if kind in ("agent_tool_response", "agent_tool_response_full_payload"):
+        w = _wrapper(msg, kind)
+        is_error = w.get("is_error")
+        return AgentToolResponse(
+            _str(w, "tool_name", kind)[:200],
+            _str(w, "tool_call_id", kind, default="")[:200],
+            _str(w, "tool_type", kind, default="")[:50],
+            is_error if isinstance(is_error, bool) else False,
+        )
+    if kind == "mcp_tool_call":
+        w = _wrapper(msg, "mcp_tool_call")
+        timeout = w.get("approval_timeout_secs")
+        return McpToolCall(
+            _str(w, "tool_call_id", kind),
+            _str(w, "tool_name", kind)[:200],
+            _str(w, "state", kind)[:50],
+            _str(w, "service_id", kind, default="")[:200],
+            _optional_int(timeout),
+            _str(w, "error_message", kind, default="")[:500],
+        )
+    if kind == "rich_content":
+        w = _wrapper(msg, "rich_content")
+        return RichContent(
+            _str(w, "rich_content_id", kind, default="")[:200], _str(w, "component", kind, default="")[:100]
+        )
     if kind == "error":
         ew = msg.get("error_event")
         w = ew if isinstance(ew, Mapping) else msg
@@ -677,6 +751,11 @@ def encode_pong(event_id: int) -> str:
 
 def encode_tool_result(call_id: str, result: str, is_error: bool) -> str:
     return _dumps({"type": "client_tool_result", "tool_call_id": call_id, "result": result, "is_error": is_error})
+
+
+def encode_mcp_approval(call_id: str, approved: bool) -> str:
+    """``mcp_tool_approval_result``: the answer to an MCP tool call awaiting approval."""
+    return _dumps({"type": "mcp_tool_approval_result", "tool_call_id": call_id, "is_approved": approved})
 
 
 def _text(text: str, what: str) -> str:

@@ -44,12 +44,17 @@ from device.errors import SessionError, WorkerStuckError
 from device.protocol import (
     MAX_MESSAGE_BYTES,
     AgentAudio,
+    AgentResponsePart,
+    AgentToolResponse,
     Connected,
     Interruption,
     InterruptionFilter,
     MalformedMessage,
+    McpApproval,
+    McpToolCall,
     Outcome,
     Ping,
+    RichContent,
     ServerError,
     SessionEnded,
     SessionEvent,
@@ -67,6 +72,7 @@ from device.protocol import (
     encode_contextual_update,
     encode_feedback,
     encode_initiation,
+    encode_mcp_approval,
     encode_pong,
     encode_tool_result,
     encode_user_activity,
@@ -342,6 +348,7 @@ class Session:
         self._malformed_log = _RateLimitedLog(MALFORMED_LOG_INTERVAL_S)
         self._input_fmt: AudioFormat | None = None
         self._server_error: ServerError | None = None  # the service's last error event: why it closes
+        self._mcp_answered: set[str] = set()  # one approval answer per MCP tool call id
         self.output_format: AudioFormat | None = None
         self.conversation_id: str | None = None
         self.ping_ms: int | None = None
@@ -717,6 +724,23 @@ class Session:
             self._count("unknown_events")
             if self._count(f"unknown:{event.type}") == 1:
                 log.info("%s: ignoring unknown event type %r from the service", self.name, event.type)
+        elif isinstance(event, AgentToolResponse):
+            self._count("agent_tool_responses")
+            if event.ends_call:  # the agent hung up: end now, cleanly (close 1000), as the JS client does
+                raise _End(Outcome.AGENT_ENDED, f"the agent ended the conversation ({event.tool_name} tool)", 1000)
+        elif isinstance(event, McpToolCall):
+            self._on_mcp_tool_call(event)
+        elif isinstance(event, RichContent):
+            if self._count("rich_content") == 1:
+                log.info(
+                    "%s: the agent sent rich content (%s) that this kiosk has no screen for; counted and ignored",
+                    self.name,
+                    event.component or "no component",
+                )
+            self._emit(event)
+        elif isinstance(event, AgentResponsePart):
+            self._count("agent_text_parts")
+            self._emit(event)
         elif isinstance(event, ServerError):
             self._count("server_errors")
             self._server_error = event
@@ -763,6 +787,31 @@ class Session:
         if not self._send_now(encode_tool_result(result.call_id, result.result, result.is_error)):
             log.info("%s: the result of tool %s could not be sent: the conversation ended", self.name, result.name)
         self._emit(ToolCallFinished(result.name, result.call_id, result.is_error))
+
+    def _on_mcp_tool_call(self, call: McpToolCall) -> None:
+        """Answer an MCP tool call awaiting approval at once: tools.mcp_approve lists the approved ones."""
+        self._count("mcp_tool_calls")
+        if call.state != "awaiting_approval":
+            if call.state == "failure":
+                log.info("%s: MCP tool %r failed on the service: %s", self.name, call.tool_name, call.error[:200])
+            return
+        with self._lock:
+            if call.call_id in self._mcp_answered:  # answered already; a second answer would contradict it
+                return
+            self._mcp_answered.add(call.call_id)
+        approved = self._tools.mcp_approves(call.tool_name)
+        self._send_now(encode_mcp_approval(call.call_id, approved))
+        self._count("mcp_approved" if approved else "mcp_denied")
+        if approved:
+            log.info("%s: approved MCP tool %r (listed in tools.mcp_approve)", self.name, call.tool_name)
+        else:
+            log.warning(
+                "%s: denied MCP tool %r: only the tools listed in tools.mcp_approve are approved; "
+                "add it there to let the agent run it",
+                self.name,
+                call.tool_name,
+            )
+        self._emit(McpApproval(call.tool_name, call.call_id, approved))
 
     # -- the sending thread -----------------------------------------------------------------
     def _tx_main(self, worker: Worker) -> None:

@@ -22,12 +22,15 @@ from device.protocol import (
     AgentResponse,
     AgentResponseCorrection,
     AgentResponsePart,
+    AgentToolResponse,
     Connected,
     Interruption,
     InterruptionFilter,
     MalformedMessage,
+    McpToolCall,
     Outcome,
     Ping,
+    RichContent,
     ServerError,
     SessionEnded,
     TentativeAgentResponse,
@@ -45,6 +48,7 @@ from device.protocol import (
     encode_audio_chunk,
     encode_contextual_update,
     encode_feedback,
+    encode_mcp_approval,
     encode_pong,
     encode_tool_result,
     encode_user_activity,
@@ -131,6 +135,9 @@ def test_ulaw_audio_may_have_an_odd_length_pcm_may_not() -> None:
         ('{"type": "interruption", "interruption_event": {"event_id": "x"}}', "missing_field"),
         ('{"type": "agent_response", "agent_response_event": {"agent_response": 5}}', "missing_field"),
         ('{"type": "vad_score", "vad_score_event": {"vad_score": "high"}}', "missing_field"),
+        ('{"type": "mcp_tool_call", "mcp_tool_call": {}}', "missing_field"),
+        ('{"type": "mcp_tool_call", "mcp_tool_call": {"tool_call_id": "m", "tool_name": "t"}}', "missing_field"),
+        ('{"type": "agent_tool_response", "agent_tool_response": {"tool_name": 3}}', "missing_field"),
         ('{"type": "client_tool_call", "client_tool_call": {"tool_name": "t"}}', "missing_field"),
         (
             '{"type": "client_tool_call", "client_tool_call": '
@@ -220,7 +227,54 @@ def test_message_just_under_the_limit_is_accepted() -> None:
             {"type": "error", "error_event": {"code": 1002, "message": "no audio", "error_type": "timeout"}},
             ServerError(1002, "no audio", "timeout"),
         ),
-        ({"type": "mcp_tool_call", "mcp_tool_call": {}}, UnknownEvent("mcp_tool_call")),
+        ({"type": "context_usage", "context_usage_event": {}}, UnknownEvent("context_usage")),
+        (
+            {
+                "type": "agent_tool_response",
+                "agent_tool_response": {
+                    "tool_name": "end_call", "tool_call_id": "t1", "tool_type": "system", "is_error": False,
+                    "is_called": True, "event_id": 4,
+                },
+            },
+            AgentToolResponse("end_call", "t1", "system", False),
+        ),
+        (
+            {
+                "type": "agent_tool_response_full_payload",
+                "agent_tool_response_full_payload": {
+                    "tool_name": "end_call", "tool_call_id": "t2", "tool_type": "system", "is_error": False,
+                    "is_called": True, "event_id": 4, "full_tool_result": "{}",
+                },
+            },
+            AgentToolResponse("end_call", "t2", "system", False),
+        ),
+        (
+            {
+                "type": "mcp_tool_call",
+                "mcp_tool_call": {
+                    "service_id": "svc", "tool_call_id": "m1", "tool_name": "lookup", "parameters": {},
+                    "timestamp": "2026-11-29T21:00:00Z", "state": "awaiting_approval", "approval_timeout_secs": 300,
+                },
+            },
+            McpToolCall("m1", "lookup", "awaiting_approval", "svc", 300),
+        ),
+        (
+            {
+                "type": "mcp_tool_call",
+                "mcp_tool_call": {
+                    "service_id": "svc", "tool_call_id": "m1", "tool_name": "lookup", "parameters": {},
+                    "timestamp": "2026-11-29T21:00:00Z", "state": "failure", "error_message": "Rejected",
+                },
+            },
+            McpToolCall("m1", "lookup", "failure", "svc", None, "Rejected"),
+        ),
+        (
+            {
+                "type": "rich_content",
+                "rich_content": {"rich_content_id": "rc1", "component": "item_card", "props": {}, "event_id": 2},
+            },
+            RichContent("rc1", "item_card"),
+        ),
     ],
 )
 def test_every_server_event_becomes_a_typed_event(msg: dict[str, object], event: object) -> None:
@@ -417,6 +471,9 @@ def test_client_messages() -> None:
     assert json.loads(encode_user_message("hi")) == {"type": "user_message", "text": "hi"}
     assert json.loads(encode_user_activity()) == {"type": "user_activity"}
     assert json.loads(encode_feedback(5, like=False)) == {"type": "feedback", "event_id": 5, "score": "dislike"}
+    assert json.loads(encode_mcp_approval("m1", False)) == {
+        "type": "mcp_tool_approval_result", "tool_call_id": "m1", "is_approved": False,
+    }
 
 
 @pytest.mark.parametrize("bad", [-1, True, "3"])
