@@ -726,7 +726,8 @@ def initiation_message(
         msg["dynamic_variables"] = dict(dynamic_variables)
     if user_id:
         msg["user_id"] = user_id
-    msg["source_info"] = {"source": SOURCE_NAME, "version": version}
+    # source_info (the document's SourceInfo): who is calling, so the service can tell kiosks apart.
+    msg["source_info"] = {"source": SOURCE_NAME, **({"version": version} if version else {})}
     return msg
 
 

@@ -1,10 +1,11 @@
 """How a conversation ended, decided from the service's error event, through a real local WebSocket.
 
-A hand-written server plays the service: it starts the conversation, sends the
-AsyncAPI ``error`` event (``code`` + ``error_type``) and closes with that code,
-as the service does. The session must classify from those fields, not from the
-English close reason. (The controller's part, what the kiosk shows and whether
-it retries, is in test_controller_outcomes.py.)
+The emulator (its ``error_event`` fault) and a hand-written server play the
+service: they start the conversation, send the AsyncAPI ``error`` event
+(``code`` + ``error_type``) and close with that code, as the service does. The
+session must classify from those fields, not from the English close reason.
+(The controller's part, what the kiosk shows and whether it retries, is in
+test_controller_outcomes.py.)
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 
 import pytest
 from test_session_events import drain, metadata, public_agent
-from test_session_support import WAIT_S, make_session, scripted, started
+from test_session_support import WAIT_S, agent_for, fast_scenario, make_session, running, scripted, started
 from websockets.sync.server import ServerConnection
 
+from device.emulator.scenario import ERROR_TYPE_CODES, Fault
 from device.protocol import ERROR_TYPES, Connected, Outcome, ServerError, SessionEnded
 
 # A reason text that the old English matching misread ("timeout" → "the device sent no audio").
@@ -57,6 +59,22 @@ def end_with_error(code: int, error_type: str, message: str, reason: str = MISLE
     assert error.error_type == error_type and error.code == code
     assert ended.close_code == code
     return ended
+
+
+@pytest.mark.parametrize("error_type", sorted(ERROR_TYPE_CODES))
+def test_the_emulators_error_event_of_every_type_ends_the_session_as_the_table_says(error_type: str) -> None:
+    fault = Fault(kind="error_event", error_type=error_type, message="The emulator explains.", reply=0, after_chunks=1)
+    with running(fast_scenario(faults=(fault,))) as emu:
+        session, events = make_session(emu, agent=agent_for(emu))
+        with started(session):
+            ended = events.ended()
+        record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
+    rule = ERROR_TYPES[error_type]
+    expected = rule[0] if rule is not None else Outcome.SERVER_ERROR  # unknown: the code (1011) decides
+    assert ended.outcome is expected, ended
+    assert ended.close_code == ERROR_TYPE_CODES[error_type] == record.close_code
+    if rule is not None:
+        assert error_type in ended.detail and "The emulator explains." in ended.detail
 
 
 @pytest.mark.parametrize("error_type", sorted(t for t, rule in ERROR_TYPES.items() if rule is not None))
