@@ -275,7 +275,7 @@ class Machine:
         if self.state is State.CONNECTING:
             return (
                 f"no connection to the agent within {self.settings.session.connecting_timeout_s:g} s; "
-                "check the network; the device tries again"
+                "check the network, then press the button to try again"
             )
         return ""
 
