@@ -7,7 +7,8 @@ tested directly. See ``shared/docs/protocol.md`` for the wire format.
   :class:`UnknownEvent`, or raises :class:`MalformedMessage`.
 - ``encode_*`` build the client messages.
 - :class:`InterruptionFilter` applies the interruption rule (drop ``id < N``).
-- :class:`Outcome` and the ``classify_*`` functions turn close codes and HTTP
+- :class:`Outcome` and the ``classify_*`` functions turn the service's error
+  event (``error_type``, see :data:`ERROR_TYPES`), close codes and HTTP
   statuses into something the controller can show and act on.
 - :func:`convert_capture` adapts 16 kHz capture blocks to the agent's input format.
 """

@@ -5,7 +5,9 @@ Two workers per session:
 - ``<name>-rx`` gets the URL (public, signed, broker; a prefetched one when
   available), opens the socket, sends the initiation, then reads every frame:
   pings are answered at once from this thread (never queued behind audio),
-  tool calls go to the :class:`~device.tools.ToolRegistry`, everything else
+  and so are MCP tool calls awaiting approval (``tools.mcp_approve``); the
+  agent's ``end_call`` tool ends the conversation at once; client tool calls
+  go to the :class:`~device.tools.ToolRegistry`, everything else
   becomes a typed event for ``on_event``. It ends the session and reports one
   :class:`~device.protocol.SessionEnded` as the very last event.
 - ``<name>-tx`` sends user audio and control messages from a bounded outbox.
