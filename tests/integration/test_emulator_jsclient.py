@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from device.agent_http import REGION_HOSTS
 from device.emulator import Emulator, Scenario, default_scenario
 from device.emulator.scenario import ToolCall, Turn
 from device.emulator.speech import Synthesizer
@@ -122,3 +123,27 @@ def test_a_voice_conversation_with_alignment(
 @pytest.fixture(scope="module")
 def user_speech_16k_js() -> bytes:
     return Synthesizer("auto").pcm("What can you do for me today?", 16000)
+
+
+def test_the_device_hosts_match_the_js_clients_locations() -> None:
+    """The SDK's server locations (its getOriginForLocation) reach the same hosts as the device's regions."""
+    script = (
+        "import { createRequire } from 'node:module'; import { pathToFileURL } from 'node:url';"
+        "const r = createRequire(process.env.JSCLIENT_DIR + '/package.json');"
+        "const m = await import(pathToFileURL(r.resolve('@elevenlabs/client/internal')).href);"
+        "const out = {}; for (const l of ['global', 'eu-residency', 'in-residency', 'us'])"
+        " out[l] = m.getOriginForLocation(l); console.log(JSON.stringify(out));"
+    )
+    proc = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        env={**os.environ, "JSCLIENT_DIR": str(JS_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=True,
+    )
+    origins = json.loads(proc.stdout)
+    for location, region in {"global": "global", "eu-residency": "eu", "in-residency": "in"}.items():
+        assert origins[location] == f"wss://{REGION_HOSTS[region]}", location
+    # The SDK's "us" location is the global host; the device's "us" region is the US-only host.
+    assert origins["us"] == "wss://api.elevenlabs.io" and REGION_HOSTS["us"] == "api.us.elevenlabs.io"
