@@ -801,7 +801,13 @@ class Conversation:
             record = TurnRecord(index=0, trigger="first_message")
             with self.record.locked():
                 self.record.turns.append(record)
-            self._begin_reply(now, self._first_message, record, False)
+            if self._text_only:
+                # Text comes out at once (no speech to synthesise): the service still takes its
+                # thinking time, and a client may not be listening in the instant after the metadata.
+                first = Turn(reply=self._first_message)
+                self._pending = _Pending(first, record, now + self.timing.response_delay_ms / 1000, self._cursor)
+            else:
+                self._begin_reply(now, self._first_message, record, False)
         else:
             self._arm_reprompt(now)
 

@@ -24,7 +24,7 @@ from test_session_support import (
 
 from device.config import ToolsConfig
 from device.emulator.scenario import ToolCall, Turn
-from device.protocol import AgentResponse, ToolCallFinished
+from device.protocol import AgentAudio, AgentResponse, ToolCallFinished
 from device.tools import ToolRegistry
 from tests.contract.checking import ContractLog
 from tests.contract.validator import FROM_AGENT, TO_AGENT
@@ -106,3 +106,25 @@ def test_every_device_message_conforms(contract_check: ContractLog) -> None:
         assert sent.get(type_, 0) > 0, f"the device sent no {type_}"
     assert contract_check.counts[FROM_AGENT].get("client_tool_call") == 2
     assert not contract_check.problems and not record.violations, (contract_check.report(), record.violations)
+
+
+def test_the_device_accepts_alignment_on_every_audio_event_at_full_rate(contract_check: ContractLog) -> None:
+    """The service may send alignment (chars, start times, durations) with every chunk: nothing is lost."""
+    long_reply = "This reply is long enough to need many chunks, each of them carrying its alignment data. " * 3
+    scenario = fast_scenario(
+        agent={"alignment": True, "first_message": long_reply},
+        timing={"speed": 1000.0, "chunk_min_ms": 20, "chunk_max_ms": 80},  # as fast as the emulator sends
+    )
+    with running(scenario) as emu:
+        session, events = make_session(emu)
+        with started(session):
+            events.wait_for(AgentResponse)
+            wait_reply_played(emu, 0)
+            record = emu.conversations[-1]
+            stats = session.stats
+    sent = [e for e in record.events if e["type"] == "audio" and e["direction"] == "from_agent"]
+    received = events.of(AgentAudio)
+    assert len(sent) > 50 and len(received) == len(sent)
+    assert sum(len(a.audio) for a in received) == sum(e["bytes"] for e in sent)
+    assert stats["malformed_messages"] == stats["unknown_events"] == stats["agent_audio_dropped"] == 0, stats
+    assert contract_check.counts[FROM_AGENT]["audio"] == len(sent) and not contract_check.problems

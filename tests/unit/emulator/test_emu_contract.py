@@ -15,9 +15,11 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from device.agent_http import REGION_HOSTS
 from device.emulator import pcm as pcmlib
 from device.emulator.conversation import Close, Conversation, Send
 from device.emulator.recording import ConversationRecord
@@ -271,3 +273,22 @@ def test_the_document_is_the_copy_the_readme_names() -> None:
     recorded = re.search(r"sha256 of the copy: ([0-9a-f]{64})", readme)
     assert recorded is not None and hashlib.sha256(DOCUMENT.read_bytes()).hexdigest() == recorded.group(1)
     assert (DOCUMENT.parent / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+
+
+# -- residency: the device's hosts against the document's servers --------------------------------
+
+# The document's servers and the device region that must reach each.
+SERVER_REGIONS = {"production": "global", "eu-residency": "eu", "in-residency": "in"}
+# Not conversation hosts of the device: LiveKit (WebRTC, unused) and the document's local dev server.
+NOT_DEVICE_SERVERS = {"webrtc", "development"}
+# Device regions the document does not list (from the ElevenLabs docs, see docs/protocol.md).
+UNDOCUMENTED_REGIONS = {"us", "sg"}
+
+
+def test_the_device_hosts_match_the_documents_servers() -> None:
+    servers = contract().servers
+    assert set(servers) == set(SERVER_REGIONS) | NOT_DEVICE_SERVERS, "the document's servers changed: review"
+    for server, region in SERVER_REGIONS.items():
+        url = urlsplit(servers[server])
+        assert url.scheme == "wss" and REGION_HOSTS[region] == url.hostname, (server, region)
+    assert set(REGION_HOSTS) - set(SERVER_REGIONS.values()) == UNDOCUMENTED_REGIONS
