@@ -31,10 +31,13 @@ from device.protocol import (
     AgentAudio,
     AgentResponse,
     AgentResponseCorrection,
+    AgentResponsePart,
     Connected,
     Interruption,
+    McpApproval,
     Outcome,
     Ping,
+    RichContent,
     ServerError,
     SessionEnded,
     ToolCallFinished,
@@ -272,7 +275,7 @@ class Machine:
         if self.state is State.CONNECTING:
             return (
                 f"no connection to the agent within {self.settings.session.connecting_timeout_s:g} s; "
-                "check the network; the device tries again"
+                "check the network, then press the button to try again"
             )
         return ""
 
@@ -494,6 +497,11 @@ BEAT_S = 0.5
 _NO_EVENT_ID = -1
 _ENDED_OK = (Outcome.NORMAL, Outcome.AGENT_ENDED, Outcome.MAX_DURATION, Outcome.LOCAL)
 _DROP_LOG_EVERY = 100
+# Session events the kiosk cannot show but an operator may want to see (status, metrics).
+_COUNTED_EVENTS: Mapping[type, str] = {
+    AgentResponsePart: "agent_text_parts",
+    RichContent: "rich_content",
+}
 
 
 class SessionCloser(Worker):
@@ -576,6 +584,9 @@ class Controller(Worker):
             "capture_overruns": 0,
             "audio_errors": 0,
             "ping_ms": 0,
+            **dict.fromkeys(_COUNTED_EVENTS.values(), 0),
+            "mcp_approved": 0,
+            "mcp_denied": 0,
         }
         self._lock = threading.Lock()
         self._snapshot = Status(gate_mode=cfg.gate.mode)
@@ -865,6 +876,13 @@ class Controller(Worker):
                 phase="finished" if finished else "started",
                 is_error=bool(getattr(event, "is_error", False)),
             )
+        elif type(event) in _COUNTED_EVENTS:
+            with self._lock:
+                self.counters[_COUNTED_EVENTS[type(event)]] += 1
+        elif isinstance(event, McpApproval):
+            with self._lock:
+                self.counters["mcp_approved" if event.approved else "mcp_denied"] += 1
+            self.telemetry.publish("mcp_approval", now, name=event.tool_name, approved=event.approved)
         elif isinstance(event, ServerError):
             self.telemetry.publish("error", now, message=event.message, source="agent")
         elif isinstance(event, SessionEnded):

@@ -39,6 +39,10 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "blocks_sent": ("counter", "250 ms audio blocks sent to the agent (zeros included)."),
     "blocks_open": ("counter", "Blocks that carried microphone audio."),
     "dropped_events": ("counter", "Controller events dropped because its queue was full."),
+    "agent_text_parts": ("counter", "Streamed text parts of agent replies (agent_chat_response_part)."),
+    "rich_content": ("counter", "Rich content (cards) the agent sent; this kiosk has no screen for them."),
+    "mcp_approved": ("counter", "MCP tool calls approved (listed in tools.mcp_approve)."),
+    "mcp_denied": ("counter", "MCP tool calls denied (not listed in tools.mcp_approve)."),
     "ping_ms": ("gauge", "Last round-trip estimate the agent service reported, in ms."),
     "uptime_s": ("gauge", "Seconds since the daemon started."),
 }

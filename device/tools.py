@@ -337,6 +337,11 @@ class ToolRegistry:
                 self._tools[spec.name] = _CommandTool(spec.name, timeout_s, argv)
         self._lock = threading.Lock()
         self._active: set[_CallWorker] = set()
+        self._mcp_approve = frozenset(tools_cfg.mcp_approve)
+
+    def mcp_approves(self, tool_name: str) -> bool:
+        """An MCP tool call awaiting approval: approved when listed in tools.mcp_approve, denied otherwise."""
+        return tool_name in self._mcp_approve
 
     @property
     def names(self) -> tuple[str, ...]:

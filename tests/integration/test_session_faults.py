@@ -249,7 +249,7 @@ def test_emulator_shutting_down_is_a_server_error() -> None:
             ended = events.ended()
         finally:
             session.stop()
-    assert ended.outcome is Outcome.SERVER_ERROR and ended.close_code == 1001
+    assert ended.outcome is Outcome.SERVER_ERROR and ended.close_code == 1011  # 1011: the document has no 1001
 
 
 def test_the_agent_ending_the_call() -> None:
