@@ -36,6 +36,7 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "blocks_sent": ("counter", "250 ms audio blocks sent to the agent (zeros included)."),
     "blocks_open": ("counter", "Blocks that carried microphone audio."),
     "dropped_events": ("counter", "Controller events dropped because its queue was full."),
+    "audio_dropped_s": ("counter", "Seconds of the user's speech that never reached the agent (no connection)."),
     "ping_ms": ("gauge", "Last round-trip estimate the agent service reported, in ms."),
     "uptime_s": ("gauge", "Seconds since the daemon started."),
 }
