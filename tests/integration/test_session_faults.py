@@ -187,6 +187,28 @@ def test_missing_metadata_times_out_even_while_pings_keep_coming() -> None:
     assert session.stats["pings"] > 0 and closes == [1000]
 
 
+def test_the_scripted_server_records_the_devices_close_even_when_its_script_ended_first() -> None:
+    # The race behind the flaky test above, made certain: the script is over before the device closes.
+    script_over = threading.Event()
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT_S)  # the initiation
+        script_over.set()
+
+    server, port, thread, closes = scripted(script)
+    try:
+        agent = AgentConfig(agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}")
+        session, events = make_session(None, agent=agent, key=None)
+        with started(session):
+            assert script_over.wait(WAIT_S)
+        ended = events.ended()
+    finally:
+        server.shutdown()
+        thread.join(WAIT_S)
+    assert ended.outcome is Outcome.LOCAL
+    assert closes == [1000]  # the device's goodbye, not None read before it arrived
+
+
 @pytest.mark.parametrize(
     ("status", "outcome"),
     [(403, Outcome.AUTH), (401, Outcome.AUTH), (404, Outcome.NOT_FOUND), (429, Outcome.RATE_LIMITED),
