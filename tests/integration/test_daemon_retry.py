@@ -14,10 +14,19 @@ from typing import Any
 
 import pytest
 import webrtcvad
-from test_daemon_support import BLOCK_S, RATE_HZ, WAIT_S, Rig, fast_scenario, samples_equal_somewhere, silence
+from test_daemon_support import (
+    BLOCK_S,
+    RATE_HZ,
+    WAIT_S,
+    Rig,
+    fast_scenario,
+    samples_equal_somewhere,
+    silence,
+    speech,
+)
 
 from device.bench import fixtures, wavfile
-from device.config import SessionConfig
+from device.config import GateConfig, SessionConfig
 from device.emulator.scenario import Fault, Turn
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
@@ -132,3 +141,21 @@ def test_the_bench_faults_scenario_keeps_the_question(tmp_path: Path) -> None:
     assert samples_equal_somewhere(question(), user_pcm)  # every sample of the question reached the agent
     users = [t["text"] for t in doc["transcript"] if t["role"] == "user"]
     assert users[:2] == ["Hello?", "Still there?"]  # the question and the barge-in were both heard
+
+
+def test_voice_mode_speech_between_attempts_is_gated_held_and_heard(tmp_path: Path) -> None:
+    # No button held: between the attempts the voice gate itself must keep working.
+    q = speech("What are the opening hours of the museum today?")
+    scenario = fast_scenario(faults=(Fault(kind="refuse_upgrade", status=503, count=1),))
+    gate = GateConfig(mode="voice", preroll_ms=250, hangover_ms=500)
+    session = SessionConfig(retry_initial_s=0.5, retry_max_s=1.0)
+    with Rig(tmp_path, silence(LEAD_S) + q + silence(8.0), scenario, gate=gate, session=session) as rig:
+        rig.press_at(PRESS_S)
+        rig.button.drive_high()  # a click starts the conversation; the voice gate decides what is heard
+        rig.wait_state("error")
+        rig.wait_state("listening")
+        rig.wait_state("thinking")  # the hang-over ran out after the question
+        record = rig.emu.wait_until(lambda c: bool(c) and bool(c[-1].turns))[-1]
+        heard = record.user_audio_pcm
+    assert samples_equal_somewhere(q, heard)
+    assert record.turns[0].user_transcript
