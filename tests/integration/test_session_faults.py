@@ -111,7 +111,7 @@ def test_a_two_mib_frame_is_accepted() -> None:
             events.wait_for(AgentResponse, lambda e: e.text == "I can help.")
             # the reply's audio is still streaming after its text: stop only once all of it has arrived
             snaps = emu.wait_until(
-                lambda s: len(s[-1].turns) > 1 and s[-1].turns[1].reply_last_audio_sent_t_s is not None,
+                lambda s: len(s[-1].turns) > 1 and 0 < s[-1].turns[1].chunks_total == s[-1].turns[1].chunks_sent,
                 WAIT_S,
                 "the whole reply to be sent",
             )
