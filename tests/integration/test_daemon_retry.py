@@ -67,13 +67,13 @@ def ask_while_the_first_connection_fails(tmp_path: Path, faults: tuple[Fault, ..
         rig.release_at(LEAD_S + seconds(q) + BLOCK_S)
         # the stream goes on with zeros after the release: wait until it holds more than the whole press
         rig.emu.wait_until(lambda c: bool(c) and seconds(c[-1].user_audio_pcm) > seconds(q) + 1.0, timeout_s=WAIT_S)
-        heard = rig.emu.conversations[-1].user_audio_pcm
-        answered = nonzero_s(heard) > 0 and rig.tel.wait("reply_finished") is not None
+        if nonzero_s(rig.emu.conversations[-1].user_audio_pcm) > 0:  # a lost question gets no reply: no waiting
+            rig.tel.wait("reply_finished")
         rig.d.command("stop")
         record = rig.emu.wait_for_conversation_end(timeout_s=WAIT_S)
         status = json.loads((tmp_path / "status.json").read_text())
         states = rig.tel.states()
-    return q, record, status, states, answered
+    return q, record, status, states
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def ask_while_the_first_connection_fails(tmp_path: Path, faults: tuple[Fault, ..
 def test_the_agent_hears_the_whole_question_when_the_first_connection_is_retried(
     tmp_path: Path, faults: tuple[Fault, ...], agent: dict[str, object]
 ) -> None:
-    q, record, status, states, answered = ask_while_the_first_connection_fails(tmp_path, faults, **agent)
+    q, record, status, states = ask_while_the_first_connection_fails(tmp_path, faults, **agent)
     heard = record.user_audio_pcm
     assert record.violations == []
     assert "error" in states[: states.index("listening")]  # the retry really happened
@@ -95,7 +95,7 @@ def test_the_agent_hears_the_whole_question_when_the_first_connection_is_retried
     assert nonzero_s(heard) == pytest.approx(seconds(q), abs=BLOCK_S + 0.01)
     assert voiced_s(heard) == pytest.approx(voiced_s(q), abs=0.1)
     assert samples_equal_somewhere(q, heard)
-    assert answered and record.turns and record.turns[0].reply_audio_s > 0
+    assert record.turns and record.turns[0].reply_audio_s > 0  # and the agent answered it
     assert status["counters"]["audio_dropped_s"] == 0
 
 
@@ -155,7 +155,7 @@ def test_voice_mode_speech_between_attempts_is_gated_held_and_heard(tmp_path: Pa
         rig.wait_state("error")
         rig.wait_state("listening")
         rig.wait_state("thinking")  # the hang-over ran out after the question
-        record = rig.emu.wait_until(lambda c: bool(c) and bool(c[-1].turns))[-1]
+        record = rig.emu.wait_until(lambda c: bool(c) and bool(c[-1].turns), WAIT_S, "a user turn")[-1]
         heard = record.user_audio_pcm
     assert samples_equal_somewhere(q, heard)
     assert record.turns[0].user_transcript
