@@ -284,6 +284,18 @@ def _classify_connect_error(e: BaseException, host: str, timeout_s: float) -> _E
     return _End(Outcome.PROTOCOL, f"{host} did not open a WebSocket ({type(e).__name__})")
 
 
+def _host_of(url: str) -> str:
+    """``host[:port]`` of ``url`` for messages: never its userinfo (``ws://user:TOKEN@host`` carries a secret)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: name the host alone
+        port = None
+    host = parts.hostname or "the agent service"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port is not None else host
+
+
 def _limit_frame_size(ws: websocket.WebSocket, max_bytes: int) -> None:
     """Refuse an oversized frame from its header, before its payload is buffered."""
     fb = getattr(ws, "frame_buffer", None)
@@ -528,7 +540,7 @@ class Session:
         url = self._conversation_url(worker)
         if worker.stopping:
             raise _End(Outcome.LOCAL, "the conversation was ended on the device before it started")
-        host = urlsplit(url).netloc
+        host = _host_of(url)
         secure = url.startswith("wss://")
         sslopt: dict[str, Any] = {"context": _tls_context(self.agent.ca_bundle)} if secure else {}
         ws = websocket.WebSocket(enable_multithread=True, sslopt=sslopt, skip_utf8_validation=False)

@@ -43,6 +43,7 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "rich_content": ("counter", "Rich content (cards) the agent sent; this kiosk has no screen for them."),
     "mcp_approved": ("counter", "MCP tool calls approved (listed in tools.mcp_approve)."),
     "mcp_denied": ("counter", "MCP tool calls denied (not listed in tools.mcp_approve)."),
+    "audio_dropped_s": ("counter", "Seconds of the user's speech that never reached the agent (no connection)."),
     "ping_ms": ("gauge", "Last round-trip estimate the agent service reported, in ms."),
     "uptime_s": ("gauge", "Seconds since the daemon started."),
 }
