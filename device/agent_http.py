@@ -14,16 +14,22 @@ so a button press connects without waiting for the REST round trip.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
 import device
 from device.config import AgentConfig
@@ -47,6 +53,11 @@ SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
 # A signed URL must be opened within this time after it was issued.
 SIGNED_URL_VALIDITY_S = 15 * 60.0
 _MAX_BODY_CHARS = 300
+# A signed URL is under 2 KB; a reply larger than this is refused unread (it would only cost memory).
+MAX_REPLY_BYTES = 64 * 1024
+# Connecting (TCP and TLS handshake) cannot be interrupted by a stop, so it gets at most this long;
+# waiting for the answer can be interrupted and gets the full agent.http_timeout_s.
+MAX_CONNECT_TIMEOUT_S = 5.0
 
 
 # -- URLs (pure) ----------------------------------------------------------------
@@ -139,14 +150,14 @@ class AgentHttpError(SessionError):
         super().__init__(f"{self.detail}; {outcome.advice}")
 
 
-def _service_message(resp: requests.Response) -> str:
+def _service_message(body: bytes) -> str:
     """The service's own explanation from an error body (ElevenLabs: {"detail": {"message": …}})."""
     try:
-        body: Any = resp.json()
+        parsed: Any = json.loads(body)
     except ValueError:
-        text = resp.text.strip()
+        text = body.decode("utf-8", "replace").strip()
         return redact(" ".join(text.split())[:_MAX_BODY_CHARS]) if text and len(text) < 2000 else ""
-    detail = body.get("detail", body) if isinstance(body, dict) else body
+    detail = parsed.get("detail", parsed) if isinstance(parsed, dict) else parsed
     if isinstance(detail, dict):
         detail = detail.get("message") or detail.get("status") or detail.get("error") or ""
     if isinstance(detail, list):
@@ -226,6 +237,67 @@ class SignedUrl:
         return (time.monotonic() if now_s is None else now_s) - self.fetched_at_s
 
 
+class _TrackingAdapter(HTTPAdapter):
+    """Records every socket it connects, so :meth:`AgentHttp.interrupt` can cut a request in flight."""
+
+    def __init__(self, opened: Callable[[socket.socket], None]) -> None:
+        self._opened = opened  # set before HTTPAdapter.__init__, which builds the pool manager
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self._track(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        self._track(manager)
+        return manager
+
+    def _track(self, manager: urllib3.PoolManager) -> None:
+        opened = self._opened
+
+        class TrackedHTTP(urllib3.connection.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                opened(self.sock)
+
+        class TrackedHTTPS(urllib3.connection.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                opened(self.sock)
+
+        class HTTPPool(urllib3.HTTPConnectionPool):
+            ConnectionCls = TrackedHTTP
+
+        class HTTPSPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = TrackedHTTPS
+
+        # A copy: urllib3 shares its default mapping between all managers.
+        manager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+
+def _read_capped(resp: requests.Response, limit: int, deadline: float) -> bytes | None:
+    """The reply body, or None when it is longer than ``limit`` bytes (read no further than that)."""
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    body = bytearray()
+    for chunk in resp.iter_content(16 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+        if time.monotonic() > deadline:  # a server dripping bytes must not hold us past the timeout
+            raise requests.exceptions.ReadTimeout("the reply body took too long")
+    return bytes(body)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for a TLS socket: ssl.SSLSocket.shutdown would drop its
+    # TLS state under the thread that is reading it.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 class AgentHttp:
     """REST calls to the agent service (or the operator's token broker)."""
 
@@ -247,6 +319,12 @@ class AgentHttp:
         self._retry_max_s = retry_max_s
         self._rng = rng or random.Random()
         self._http = requests.Session()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._sockets_lock = threading.Lock()
+        self._cancel: threading.Event | None = None  # of the fetch in flight
+        adapter = _TrackingAdapter(self._opened)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
         # Proxies and REQUESTS_CA_BUNDLE from the environment; verification can never be turned off.
         self._http.trust_env = True
         self._http.headers["User-Agent"] = f"{SOURCE_NAME}/{device.__version__}"
@@ -255,6 +333,25 @@ class AgentHttp:
 
     def close(self) -> None:
         self._http.close()
+
+    def interrupt(self) -> None:
+        """End a request in flight at once (from any thread): set its cancel Event first, then call this.
+
+        Shuts down the client's sockets, so a reply being waited for fails
+        immediately instead of after agent.http_timeout_s; the fetch then raises
+        "cancelled". Pooled idle connections are reopened by the next request.
+        """
+        with self._sockets_lock:
+            socks = list(self._sockets)
+        for sock in socks:
+            _shutdown(sock)
+
+    def _opened(self, sock: socket.socket) -> None:
+        with self._sockets_lock:
+            self._sockets.add(sock)
+            cancel = self._cancel
+        if cancel is not None and cancel.is_set():  # interrupt() ran before this socket existed
+            _shutdown(sock)
 
     def __enter__(self) -> AgentHttp:
         return self
@@ -297,8 +394,10 @@ class AgentHttp:
         cancel = cancel or threading.Event()
         attempt = 0
         while True:
+            if cancel.is_set():
+                raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled")
             try:
-                return self._fetch_once(url, headers, host, what)
+                return self._fetch_once(url, headers, host, what, cancel)
             except AgentHttpError as e:
                 attempt += 1
                 retry = e.outcome in (Outcome.SERVER_ERROR, Outcome.NETWORK) and "TLS" not in e.detail
@@ -313,30 +412,56 @@ class AgentHttp:
                 if cancel.wait(delay_s):
                     raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
 
-    def _fetch_once(self, url: str, headers: dict[str, str], host: str, what: str) -> SignedUrl:
+    def _fetch_once(
+        self, url: str, headers: dict[str, str], host: str, what: str, cancel: threading.Event
+    ) -> SignedUrl:
         timeout_s = self.agent.http_timeout_s
         verify: bool | str = self.agent.ca_bundle or True
+        broker = self.agent.connection == "broker"
         with self._lock:
             self.requests_made += 1
+            with self._sockets_lock:
+                self._cancel = cancel
             try:
-                resp = self._http.get(url, headers=headers, timeout=timeout_s, verify=verify, allow_redirects=False)
-            except requests.RequestException as e:
-                raise classify_request_error(e, what, host, timeout_s) from None
-            except OSError as e:  # e.g. an unreadable ca_bundle
-                raise AgentHttpError(
+                resp = self._http.get(
+                    url,
+                    headers=headers,
+                    timeout=(min(timeout_s, MAX_CONNECT_TIMEOUT_S), timeout_s),
+                    verify=verify,
+                    allow_redirects=False,
+                    stream=True,  # so an oversized reply is refused, not read into memory
+                )
+                with resp:
+                    raw = _read_capped(resp, MAX_REPLY_BYTES, time.monotonic() + timeout_s)
+            except (requests.RequestException, OSError) as e:
+                if cancel.is_set():  # interrupt() cut the socket
+                    raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
+                if isinstance(e, requests.exceptions.ConnectTimeout):
+                    raise classify_request_error(e, what, host, min(timeout_s, MAX_CONNECT_TIMEOUT_S)) from None
+                if isinstance(e, requests.RequestException):
+                    raise classify_request_error(e, what, host, timeout_s) from None
+                raise AgentHttpError(  # e.g. an unreadable ca_bundle
                     Outcome.NETWORK, f"{what} failed: {e.strerror or e}; check agent.ca_bundle"
                 ) from None
+            finally:
+                with self._sockets_lock:
+                    self._cancel = None
         fetched_at_s = time.monotonic()
-        broker = self.agent.connection == "broker"
-        with resp:
-            if resp.status_code != 200:
-                raise self._status_error(resp, host, broker)
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-        signed = body.get("signed_url") if isinstance(body, dict) else None
         source = "the token broker" if broker else host
+        if raw is None:
+            raise AgentHttpError(
+                Outcome.PROTOCOL,
+                f"{source} answered HTTP {resp.status_code} with more than {MAX_REPLY_BYTES // 1024} KiB; "
+                "a signed URL is under 2 KB, so the reply was refused unread: check agent.base_url / "
+                "agent.broker_url point at the agent service or your token broker",
+            )
+        if resp.status_code != 200:
+            raise self._status_error(resp, raw, host, broker)
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        signed = body.get("signed_url") if isinstance(body, dict) else None
         if not isinstance(signed, str) or not signed.startswith(("ws://", "wss://")):
             raise AgentHttpError(
                 Outcome.PROTOCOL,
@@ -351,10 +476,10 @@ class AgentHttp:
             )
         return SignedUrl(add_client_params(signed), fetched_at_s)
 
-    def _status_error(self, resp: requests.Response, host: str, broker: bool) -> AgentHttpError:
+    def _status_error(self, resp: requests.Response, raw: bytes, host: str, broker: bool) -> AgentHttpError:
         status = resp.status_code
         outcome = classify_http_status(status)
-        said = _service_message(resp)
+        said = _service_message(raw)
         said = f" ({said})" if said else ""
         retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), time.time())
         who = f"the token broker {host}" if broker else host
@@ -418,6 +543,7 @@ class SignedUrlSource(Worker):
 
     def wake(self) -> None:
         self._cancel.set()
+        self._http.interrupt()  # a request in flight ends now, not after agent.http_timeout_s
         with self._cond:
             self._kicked = True
             self._cond.notify_all()
@@ -518,6 +644,6 @@ class SignedUrlSource(Worker):
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop (a request in flight may take up to agent.http_timeout_s) and close the client."""
+        """Stop (a request in flight is interrupted) and close the client."""
         self.stop(self._http.agent.http_timeout_s + 5.0)
         self._http.close()

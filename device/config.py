@@ -259,6 +259,11 @@ class ToolsConfig:
         min=1, max=64,
     )
     tool: tuple[ToolSpec, ...] = _f((), "configured tools ([[tools.tool]] tables)")
+    mcp_approve: tuple[str, ...] = _f(
+        (),
+        "MCP tools (names) approved at once when the agent asks for approval; every other MCP tool "
+        "call awaiting approval is denied at once (with a log line)",
+    )
 
     def __post_init__(self) -> None:
         known = {"set_volume", "device_status", "end_conversation"}

@@ -14,6 +14,7 @@ Two layers:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import logging
@@ -25,16 +26,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from device.audioformat import CAPTURE_RATE_HZ
 from device.config import Config, SessionConfig
-from device.gate import Gate, GateOutput
+from device.gate import Chunk, Gate, GateOutput
 from device.protocol import (
     AgentAudio,
     AgentResponse,
     AgentResponseCorrection,
+    AgentResponsePart,
     Connected,
     Interruption,
+    McpApproval,
     Outcome,
     Ping,
+    RichContent,
     ServerError,
     SessionEnded,
     ToolCallFinished,
@@ -123,6 +128,9 @@ _FAIL_ACTIONS = (Action.STOP_SESSION, Action.EARCON_ERROR, Action.REPORT_ERROR)
 
 # Conditional rules are resolved by Machine._resolve (see the markers below).
 RETRY_OR_FAIL = Rule(State.ERROR, _FAIL_ACTIONS)  # CONNECTING failed: maybe retry automatically
+# A failed attempt that is retried at once: the user may be mid-sentence, so no earcon (the LEDs show
+# the error) and the press's audio carries over to the next attempt (Controller._settle_held).
+RETRY = Rule(State.ERROR, (Action.STOP_SESSION, Action.REPORT_ERROR))
 BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only when barge-in is allowed
 SPEECH_START = Rule(State.CONNECTING, (Action.START_SESSION,))  # only with gate.start_on_speech
 ERROR_TIMEOUT = Rule(State.IDLE)  # or CONNECTING when a retry is due
@@ -272,7 +280,7 @@ class Machine:
         if self.state is State.CONNECTING:
             return (
                 f"no connection to the agent within {self.settings.session.connecting_timeout_s:g} s; "
-                "check the network; the device tries again"
+                "check the network, then press the button to try again"
             )
         return ""
 
@@ -304,7 +312,22 @@ class Machine:
             return STAY
         if rule is ERROR_TIMEOUT and self.retry_pending:
             return Rule(State.CONNECTING, (Action.START_SESSION,))
+        if rule is RETRY_OR_FAIL and self._will_retry(self.state, event):
+            return RETRY
         return rule
+
+    def _will_retry(self, previous: State, event: Input) -> bool:
+        """A failed connection attempt is retried automatically (attempts left, worth retrying)."""
+        return (
+            previous is State.CONNECTING
+            and event.retryable
+            and self.attempts < self.settings.session.retry_attempts
+        )
+
+    @property
+    def between_attempts(self) -> bool:
+        """An automatic retry of the connection is due: the attempt goes on (the press's audio is kept)."""
+        return self.state is State.ERROR and self.retry_pending
 
     def _enter(self, target: State, now_s: float, event: Input) -> None:
         previous = self.state
@@ -326,7 +349,7 @@ class Machine:
             self.retry_pending = False
             delay_s = None
             s = self.settings.session
-            if previous is State.CONNECTING and event.retryable and self.attempts < s.retry_attempts:
+            if self._will_retry(previous, event):
                 delay_s = event.retry_after_s
                 if delay_s is None:
                     delay_s = backoff_delay_s(self.attempts, s.retry_initial_s, s.retry_max_s, rng=self._rng)
@@ -391,6 +414,50 @@ class ButtonTracker:
             self._long_reported = True
             return True
         return False
+
+
+class HeldAudio:
+    """What the gate produced since the press, until a connection attempt succeeds (pure).
+
+    A session holds the audio captured before its socket opens, but a session
+    whose attempt fails takes it along. This copy lets an automatic retry hand
+    the whole question to the next session. Bounded like the session's send
+    backlog (``session.send_backlog_s``): beyond it the oldest is dropped.
+    Amounts are seconds of microphone audio (chunks the gate let through).
+    """
+
+    def __init__(self, max_s: float) -> None:
+        self._max_bytes = int(max_s * CAPTURE_RATE_HZ) * 2
+        self._chunks: collections.deque[Chunk] = collections.deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        return tuple(self._chunks)
+
+    def add(self, chunk: Chunk) -> float:
+        """Keep ``chunk``; returns the microphone seconds dropped to stay within the bound."""
+        self._chunks.append(chunk)
+        self._bytes += len(chunk.pcm)
+        dropped_s = 0.0
+        while self._bytes > self._max_bytes and len(self._chunks) > 1:
+            dropped_s += self._pop()
+        return dropped_s
+
+    def clear(self) -> float:
+        """Forget everything (delivered, or given up); returns the microphone seconds in it."""
+        dropped_s = 0.0
+        while self._chunks:
+            dropped_s += self._pop()
+        return dropped_s
+
+    def _pop(self) -> float:
+        old = self._chunks.popleft()
+        self._bytes -= len(old.pcm)
+        return len(old.pcm) / 2 / CAPTURE_RATE_HZ if old.open else 0.0
 
 
 # -- the worker ------------------------------------------------------------------------------------------------
@@ -494,6 +561,11 @@ BEAT_S = 0.5
 _NO_EVENT_ID = -1
 _ENDED_OK = (Outcome.NORMAL, Outcome.AGENT_ENDED, Outcome.MAX_DURATION, Outcome.LOCAL)
 _DROP_LOG_EVERY = 100
+# Session events the kiosk cannot show but an operator may want to see (status, metrics).
+_COUNTED_EVENTS: Mapping[type, str] = {
+    AgentResponsePart: "agent_text_parts",
+    RichContent: "rich_content",
+}
 
 
 class SessionCloser(Worker):
@@ -555,6 +627,7 @@ class Controller(Worker):
         self.button = ButtonTracker(cfg.button.long_press_s, cfg.gate.mode != "push_to_talk")
         self.closer = SessionCloser()
         self._session: SessionLike | None = None
+        self._held = HeldAudio(cfg.session.send_backlog_s)  # the press's audio until a connection succeeds
         self._deferred: list[Input] = []
         self._gen = 0
         self._mute_sources: set[str] = set()
@@ -575,7 +648,11 @@ class Controller(Worker):
             "playback_underruns": 0,
             "capture_overruns": 0,
             "audio_errors": 0,
+            "audio_dropped_s": 0.0,
             "ping_ms": 0,
+            **dict.fromkeys(_COUNTED_EVENTS.values(), 0),
+            "mcp_approved": 0,
+            "mcp_denied": 0,
         }
         self._lock = threading.Lock()
         self._snapshot = Status(gate_mode=cfg.gate.mode)
@@ -700,6 +777,8 @@ class Controller(Worker):
     def _apply(self, before: State, actions: list[Action], now: float, cause: Kind) -> None:
         for action in actions:
             self._act(action, now, cause)
+        if self.machine.state is not before:
+            self._settle_held(before)
         self._refresh_snapshot()  # before telling anyone: whoever hears of the change can read it
         if self.machine.state is not before:
             self._entered(before, now, cause)
@@ -712,7 +791,8 @@ class Controller(Worker):
         state = self.machine.state
         reason = cause.value
         log.info("state %s -> %s (%s)", before.value, state.value, reason)
-        if state in CONVERSATION:
+        if state in CONVERSATION or self.machine.between_attempts:
+            # Between automatic attempts the press goes on: a held button keeps the gate open.
             self.gate.set_active(True)
             self.idle.clear()
         else:
@@ -776,6 +856,8 @@ class Controller(Worker):
         self._last_audio_id = _NO_EVENT_ID
         try:
             session = self._make_session(self.session_callback(self._gen))
+            for chunk in self._held.chunks:  # an earlier attempt of this press failed: its audio goes first
+                session.send_audio(chunk.pcm, chunk.captured_at_s)
             session.start()
         except Exception as e:  # e.g. a configuration the session refuses: show it, do not crash
             log.debug("starting the conversation failed", exc_info=True)
@@ -783,6 +865,21 @@ class Controller(Worker):
             self._deferred.append(Input(Kind.FAILED, retryable=False, message=message))
             return
         self._session = session
+
+    def _settle_held(self, before: State) -> None:
+        """The state changed: the press's audio was delivered, still waits for an attempt, or is lost."""
+        state = self.machine.state
+        if state is State.LISTENING and before is State.CONNECTING:
+            self._held.clear()  # the connected session holds it now and sends it first
+        elif state is not State.CONNECTING and not self.machine.between_attempts:
+            lost_s = self._held.clear()  # every attempt failed (or the press was given up)
+            if lost_s > 0:
+                self._count_dropped(lost_s)
+                log.warning("%.2f s of the user's speech never reached the agent (no connection)", lost_s)
+
+    def _count_dropped(self, seconds: float) -> None:
+        with self._lock:
+            self.counters["audio_dropped_s"] = round(self.counters["audio_dropped_s"] + seconds, 3)
 
     def _end_session(self) -> None:
         session, self._session = self._session, None
@@ -865,6 +962,13 @@ class Controller(Worker):
                 phase="finished" if finished else "started",
                 is_error=bool(getattr(event, "is_error", False)),
             )
+        elif type(event) in _COUNTED_EVENTS:
+            with self._lock:
+                self.counters[_COUNTED_EVENTS[type(event)]] += 1
+        elif isinstance(event, McpApproval):
+            with self._lock:
+                self.counters["mcp_approved" if event.approved else "mcp_denied"] += 1
+            self.telemetry.publish("mcp_approval", now, name=event.tool_name, approved=event.approved)
         elif isinstance(event, ServerError):
             self.telemetry.publish("error", now, message=event.message, source="agent")
         elif isinstance(event, SessionEnded):
@@ -951,7 +1055,8 @@ class Controller(Worker):
     def _on_block(self, block: BlockEvent) -> None:
         state = self.machine.state
         listening_idle = state in (State.IDLE,) and self.cfg.gate.start_on_speech
-        if state not in CONVERSATION and not listening_idle and not self.gate.talking:
+        attempting = state in CONVERSATION or self.machine.between_attempts
+        if not attempting and not listening_idle and not self.gate.talking:
             return  # nothing runs and nothing could start: the microphone goes nowhere
         out = self.gate.process(block.pcm, block.captured_at_s, block.seq)
         now = self._clock()
@@ -970,9 +1075,17 @@ class Controller(Worker):
 
     def _send(self, out: GateOutput) -> None:
         session = self._session
-        if session is None or self.machine.state not in CONVERSATION:
+        # Until a connection attempt succeeds, every chunk is also kept for a possible retry.
+        holding = self.machine.state is State.CONNECTING or self.machine.between_attempts
+        if not holding and (session is None or self.machine.state not in CONVERSATION):
             return
         for chunk in out.chunks:
+            if holding:
+                lost_s = self._held.add(chunk)
+                if lost_s:
+                    self._count_dropped(lost_s)
+            if session is None or self.machine.state not in CONVERSATION:
+                continue
             session.send_audio(chunk.pcm, chunk.captured_at_s)
             with self._lock:
                 self.counters["blocks_sent"] += 1

@@ -7,7 +7,8 @@ tested directly. See ``shared/docs/protocol.md`` for the wire format.
   :class:`UnknownEvent`, or raises :class:`MalformedMessage`.
 - ``encode_*`` build the client messages.
 - :class:`InterruptionFilter` applies the interruption rule (drop ``id < N``).
-- :class:`Outcome` and the ``classify_*`` functions turn close codes and HTTP
+- :class:`Outcome` and the ``classify_*`` functions turn the service's error
+  event (``error_type``, see :data:`ERROR_TYPES`), close codes and HTTP
   statuses into something the controller can show and act on.
 - :func:`convert_capture` adapts 16 kHz capture blocks to the agent's input format.
 """
@@ -65,7 +66,8 @@ class Outcome(enum.Enum):
         False,
     )
     RATE_LIMITED = (
-        "the agent service is rate limiting this account; the device waits as asked and tries again",
+        "the agent service is rate limiting this account; wait, then press the button to try again "
+        "(fewer kiosks talking at once, or a higher plan, avoid it)",
         True,
     )
     MISCONFIGURED = (
@@ -74,19 +76,42 @@ class Outcome(enum.Enum):
         "or remove them from [agent]",
         False,
     )
+    MISSING_VARIABLE = (
+        "the agent needs a dynamic variable this device did not send; add it under "
+        "[agent.dynamic_variables] in the config (the device itself sends kiosk_id, and location when set), "
+        "or give the variable a default value in the agent's settings",
+        False,
+    )
+    AGENT_SETUP = (
+        "the agent's own settings stop it from running this conversation; fix the agent in the "
+        "ElevenLabs dashboard (see the reason above)",
+        False,
+    )
+    SAFETY = (
+        "the agent service ended the conversation for a content policy (safety) violation; it is not "
+        "retried: a press starts a new conversation (review the agent's guardrails if this was unexpected)",
+        False,
+    )
+    # Automatic retries happen only while a conversation is being opened (the controller then adds
+    # "trying again in N s"); a conversation that broke off is never reopened on its own.
     SERVER_ERROR = (
-        "the agent service failed; the device tries again with backoff "
+        "the agent service failed; press the button to try again "
         "(see status.elevenlabs.io if it persists)",
         True,
     )
     NETWORK = (
         "the network connection to the agent service failed; check the network, DNS, proxy "
-        "and clock; the device tries again",
+        "and clock, then press the button to try again",
         True,
     )
     PROTOCOL = (
         "the agent service sent something this device cannot use; see the log line before this "
         "one (change the agent's settings or update the firmware)",
+        False,
+    )
+    REJECTED = (
+        "the agent service refused a message from this device; update the firmware, and report it "
+        "with this log line if it persists",
         False,
     )
     LOCAL = ("the conversation was ended on the device", False)
@@ -140,6 +165,66 @@ def classify_close(code: int | None, reason: str) -> tuple[Outcome, str]:
     if code == 1006:
         return Outcome.NETWORK, "the connection was lost (1006)"
     return Outcome.SERVER_ERROR, f"the service closed the conversation ({code}){said}"
+
+
+# The AsyncAPI document's ErrorType enum → (outcome, what happened). Every value is listed on purpose;
+# "unknown" (and a missing or new error_type) leaves the decision to the close code and its reason.
+ERROR_TYPES: Mapping[str, tuple[Outcome, str] | None] = {
+    "unknown": None,
+    "invalid_message": (Outcome.REJECTED, "the service could not read a message from this device"),
+    "value_error": (Outcome.REJECTED, "the service rejected a value in a message from this device"),
+    "missing_fields": (Outcome.REJECTED, "a message from this device lacked a field the service requires"),
+    "override_error": (Outcome.MISCONFIGURED, "the agent does not allow the conversation overrides the device sent"),
+    "missing_dynamic_variable": (
+        Outcome.MISSING_VARIABLE, "the agent uses a dynamic variable the device did not send",
+    ),
+    "missing_dynamic_variable_transfer": (
+        Outcome.MISSING_VARIABLE, "the agent the conversation was transferred to needs a dynamic variable",
+    ),
+    "telephony_agent_error": (Outcome.AGENT_SETUP, "the agent is speech-recognition only and cannot hold this call"),
+    "mcp_tool_error": (Outcome.AGENT_SETUP, "one of the agent's MCP tools has an invalid schema"),
+    "mcp_https_error": (Outcome.AGENT_SETUP, "one of the agent's MCP servers is not an https:// URL"),
+    "websocket_disconnect": (Outcome.NETWORK, "the service saw the connection drop"),
+    "safety_violation": (Outcome.SAFETY, "the service detected a content policy violation"),
+    "llm_timeout": (Outcome.SERVER_ERROR, "the agent's language model took over 20 s to answer"),
+    "transport_receive_timeout": (Outcome.NETWORK, "the service stopped receiving audio from the device"),
+    "asyncio_timeout": (Outcome.SERVER_ERROR, "an internal task of the service timed out"),
+    "http_exception": (Outcome.SERVER_ERROR, "the service failed on an HTTP call of its own"),
+    "max_duration_exceeded": (Outcome.MAX_DURATION, "the conversation reached the agent's maximum duration"),
+    "llm_error": (Outcome.SERVER_ERROR, "the agent's language model failed"),
+    "custom_llm_error": (
+        Outcome.SERVER_ERROR, "the agent's custom LLM failed to answer (check the custom LLM server)",
+    ),
+    "cascade_brain_error": (Outcome.SERVER_ERROR, "every language model configured for the agent failed"),
+    "asr_transcription_error": (Outcome.SERVER_ERROR, "the service's speech recognition failed"),
+    "vad_error": (Outcome.SERVER_ERROR, "the service's voice activity detection failed"),
+    "turn_probability_error": (Outcome.SERVER_ERROR, "the service's turn detection failed"),
+    "tts_cascade_error": (Outcome.SERVER_ERROR, "every voice model configured for the agent failed"),
+    "redis_timeout_error": (Outcome.SERVER_ERROR, "the service's internal storage timed out"),
+    "unknown_websocket_crash": (Outcome.SERVER_ERROR, "the service crashed"),
+}
+
+
+def classify_end(code: int | None, reason: str, error: ServerError | None = None) -> tuple[Outcome, str]:
+    """How a conversation ended → (outcome, detail for the log).
+
+    Machine-readable fields first: the ``error`` event's ``error_type`` (the
+    service sends it just before closing), then the close code; English text
+    (close reason, error message) only where those leave it open, e.g. quota
+    and credential refusals, which have no error_type of their own.
+    ``code`` None: the connection was lost without a close frame.
+    """
+    rule = ERROR_TYPES.get(error.error_type) if error is not None else None
+    if error is not None and rule is not None:
+        outcome, what = rule
+        closed = f"close {code}" if code is not None else "no close frame"
+        said = _reason_text(error.message)
+        return outcome, f"{what} ({error.error_type}, {closed})" + (f": {said}" if said else "")
+    if error is not None and not reason:
+        reason = error.message  # e.g. "This request exceeds your quota limit." in an untyped error
+        if code is None and error.code is not None:
+            code = error.code  # the line dropped after the service said why
+    return classify_close(code, reason)
 
 
 def classify_http_status(status: int) -> Outcome:
@@ -283,6 +368,50 @@ class ServerError:
 
 
 @dataclass(frozen=True)
+class AgentToolResponse:
+    """``agent_tool_response`` (or ``agent_tool_response_full_payload``): a tool the agent ran itself."""
+
+    tool_name: str
+    call_id: str
+    tool_type: str
+    is_error: bool
+
+    @property
+    def ends_call(self) -> bool:
+        """The agent's ``end_call`` system tool: the conversation is over (the JS client ends it at once too)."""
+        return self.tool_name == "end_call"
+
+
+@dataclass(frozen=True)
+class McpToolCall:
+    """``mcp_tool_call``: an MCP tool of the agent changed ``state`` (loading, awaiting_approval, success, failure)."""
+
+    call_id: str
+    tool_name: str
+    state: str
+    service_id: str = ""
+    approval_timeout_s: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class McpApproval:
+    """The device answered an MCP tool call awaiting approval (``tools.mcp_approve``)."""
+
+    tool_name: str
+    call_id: str
+    approved: bool
+
+
+@dataclass(frozen=True)
+class RichContent:
+    """``rich_content``: a card or other component for a screen (this kiosk has none: counted)."""
+
+    rich_content_id: str
+    component: str
+
+
+@dataclass(frozen=True)
 class UnknownEvent:
     """A message type this firmware does not know (counted and ignored)."""
 
@@ -320,6 +449,9 @@ ServerEvent = (
     | Ping
     | ToolCall
     | ServerError
+    | AgentToolResponse
+    | McpToolCall
+    | RichContent
     | UnknownEvent
 )
 SessionEvent = (
@@ -336,6 +468,8 @@ SessionEvent = (
     | ToolCallStarted
     | ToolCallFinished
     | ServerError
+    | McpApproval
+    | RichContent
     | SessionEnded
 )
 
@@ -378,7 +512,7 @@ def _int(wrapper: Mapping[str, Any], name: str, kind_type: str) -> int:
         # Be liberal: integral floats and digit strings occur in older servers.
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 20:
             return int(value)
         raise MalformedMessage("missing_field", f"{kind_type!r} message: {name!r} is not an integer")
     return value
@@ -440,6 +574,8 @@ def decode_server_message(
         msg = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MalformedMessage("bad_json", "message is not valid JSON") from None
+    except RecursionError:  # the parser recurses per level: a hostile peer nests 100,000 deep
+        raise MalformedMessage("too_deep", "message is nested too deeply to parse") from None
     if not isinstance(msg, dict):
         raise MalformedMessage("bad_json", "message is not a JSON object")
     kind = msg.get("type")
@@ -498,12 +634,39 @@ def decode_server_message(
     if kind == "internal_tentative_agent_response":
         w = _wrapper(msg, "tentative_agent_response_internal_event")
         return TentativeAgentResponse(_str(w, "tentative_agent_response", kind))
+    if kind in ("agent_tool_response", "agent_tool_response_full_payload"):
+        w = _wrapper(msg, kind)
+        is_error = w.get("is_error")
+        return AgentToolResponse(
+            _str(w, "tool_name", kind)[:200],
+            _str(w, "tool_call_id", kind, default="")[:200],
+            _str(w, "tool_type", kind, default="")[:50],
+            is_error if isinstance(is_error, bool) else False,
+        )
+    if kind == "mcp_tool_call":
+        w = _wrapper(msg, "mcp_tool_call")
+        timeout = w.get("approval_timeout_secs")
+        return McpToolCall(
+            _str(w, "tool_call_id", kind),
+            _str(w, "tool_name", kind)[:200],
+            _str(w, "state", kind)[:50],
+            _str(w, "service_id", kind, default="")[:200],
+            _optional_int(timeout),
+            _str(w, "error_message", kind, default="")[:500],
+        )
+    if kind == "rich_content":
+        w = _wrapper(msg, "rich_content")
+        return RichContent(
+            _str(w, "rich_content_id", kind, default="")[:200], _str(w, "component", kind, default="")[:100]
+        )
     if kind == "error":
         ew = msg.get("error_event")
         w = ew if isinstance(ew, Mapping) else msg
-        message = w.get("message") or w.get("reason") or ""
-        etype = w.get("error_type") or w.get("type") or ""
-        return ServerError(_optional_int(w.get("code")), str(message)[:500], str(etype)[:100])
+        # Text fields only: rendering a hostile nested value could itself overflow the stack.
+        message = next((v for v in (w.get("message"), w.get("reason")) if isinstance(v, str) and v), "")
+        etype_keys = ("error_type", "type") if w is ew else ("error_type",)  # an old server's name for it
+        etype = next((v for k in etype_keys if isinstance(v := w.get(k), str) and v), "")
+        return ServerError(_optional_int(w.get("code")), message[:500], etype[:100])
     return UnknownEvent(kind[:100])
 
 
@@ -564,7 +727,8 @@ def initiation_message(
         msg["dynamic_variables"] = dict(dynamic_variables)
     if user_id:
         msg["user_id"] = user_id
-    msg["source_info"] = {"source": SOURCE_NAME, "version": version}
+    # source_info (the document's SourceInfo): who is calling, so the service can tell kiosks apart.
+    msg["source_info"] = {"source": SOURCE_NAME, **({"version": version} if version else {})}
     return msg
 
 
@@ -589,6 +753,11 @@ def encode_pong(event_id: int) -> str:
 
 def encode_tool_result(call_id: str, result: str, is_error: bool) -> str:
     return _dumps({"type": "client_tool_result", "tool_call_id": call_id, "result": result, "is_error": is_error})
+
+
+def encode_mcp_approval(call_id: str, approved: bool) -> str:
+    """``mcp_tool_approval_result``: the answer to an MCP tool call awaiting approval."""
+    return _dumps({"type": "mcp_tool_approval_result", "tool_call_id": call_id, "is_approved": approved})
 
 
 def _text(text: str, what: str) -> str:

@@ -167,6 +167,8 @@ _PARAM_RE = re.compile(
 )
 _HEADER_RE = re.compile(r"(?i)((?:xi-api-key|authorization)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)[^\s'\",}]+")
 _WS_QUERY_RE = re.compile(r"(wss?://[^\s'\"?]+\?)([^\s'\"<>]+)")
+# The userinfo of any URL (scheme://user:TOKEN@host): a signed URL may carry its token there.
+_USERINFO_RE = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^\s/?#'\"<>]+@")
 
 
 def register_secret(value: str) -> None:
@@ -191,6 +193,7 @@ def redact(text: str) -> str:
     for s in secrets:
         if s in text:
             text = text.replace(s, REDACTED)
+    text = _USERINFO_RE.sub(lambda m: m.group(1) + REDACTED + "@", text)
     text = _WS_QUERY_RE.sub(lambda m: m.group(1) + _keep_public_params(m.group(2)), text)
     text = _PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
     return _HEADER_RE.sub(lambda m: m.group(1) + REDACTED, text)

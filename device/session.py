@@ -5,7 +5,9 @@ Two workers per session:
 - ``<name>-rx`` gets the URL (public, signed, broker; a prefetched one when
   available), opens the socket, sends the initiation, then reads every frame:
   pings are answered at once from this thread (never queued behind audio),
-  tool calls go to the :class:`~device.tools.ToolRegistry`, everything else
+  and so are MCP tool calls awaiting approval (``tools.mcp_approve``); the
+  agent's ``end_call`` tool ends the conversation at once; client tool calls
+  go to the :class:`~device.tools.ToolRegistry`, everything else
   becomes a typed event for ``on_event``. It ends the session and reports one
   :class:`~device.protocol.SessionEnded` as the very last event.
 - ``<name>-tx`` sends user audio and control messages from a bounded outbox.
@@ -44,12 +46,17 @@ from device.errors import SessionError, WorkerStuckError
 from device.protocol import (
     MAX_MESSAGE_BYTES,
     AgentAudio,
+    AgentResponsePart,
+    AgentToolResponse,
     Connected,
     Interruption,
     InterruptionFilter,
     MalformedMessage,
+    McpApproval,
+    McpToolCall,
     Outcome,
     Ping,
+    RichContent,
     ServerError,
     SessionEnded,
     SessionEvent,
@@ -58,7 +65,7 @@ from device.protocol import (
     ToolCallStarted,
     UnknownEvent,
     UnsupportedFormat,
-    classify_close,
+    classify_end,
     classify_http_status,
     convert_capture,
     decode_server_message,
@@ -67,6 +74,7 @@ from device.protocol import (
     encode_contextual_update,
     encode_feedback,
     encode_initiation,
+    encode_mcp_approval,
     encode_pong,
     encode_tool_result,
     encode_user_activity,
@@ -276,6 +284,18 @@ def _classify_connect_error(e: BaseException, host: str, timeout_s: float) -> _E
     return _End(Outcome.PROTOCOL, f"{host} did not open a WebSocket ({type(e).__name__})")
 
 
+def _host_of(url: str) -> str:
+    """``host[:port]`` of ``url`` for messages: never its userinfo (``ws://user:TOKEN@host`` carries a secret)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: name the host alone
+        port = None
+    host = parts.hostname or "the agent service"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port is not None else host
+
+
 def _limit_frame_size(ws: websocket.WebSocket, max_bytes: int) -> None:
     """Refuse an oversized frame from its header, before its payload is buffered."""
     fb = getattr(ws, "frame_buffer", None)
@@ -341,6 +361,8 @@ class Session:
         self._tool_lock = threading.RLock()  # starting a tool call vs. cancelling them all before the close frame
         self._malformed_log = _RateLimitedLog(MALFORMED_LOG_INTERVAL_S)
         self._input_fmt: AudioFormat | None = None
+        self._server_error: ServerError | None = None  # the service's last error event: why it closes
+        self._mcp_answered: set[str] = set()  # one approval answer per MCP tool call id
         self.output_format: AudioFormat | None = None
         self.conversation_id: str | None = None
         self.ping_ms: int | None = None
@@ -518,7 +540,7 @@ class Session:
         url = self._conversation_url(worker)
         if worker.stopping:
             raise _End(Outcome.LOCAL, "the conversation was ended on the device before it started")
-        host = urlsplit(url).netloc
+        host = _host_of(url)
         secure = url.startswith("wss://")
         sslopt: dict[str, Any] = {"context": _tls_context(self.agent.ca_bundle)} if secure else {}
         ws = websocket.WebSocket(enable_multithread=True, sslopt=sslopt, skip_utf8_validation=False)
@@ -631,6 +653,8 @@ class Session:
                 if worker.stopping:
                     raise _End(Outcome.LOCAL, "the conversation was ended on the device") from None
                 kind = "reset" if isinstance(e, ConnectionResetError) else "lost"
+                if self._server_error is not None:  # the service said why before the line dropped
+                    raise _End(*classify_end(None, "", self._server_error)) from e
                 raise _End(Outcome.NETWORK, f"the connection to the service was {kind} without a close frame") from e
             op = frame.opcode
             if op == websocket.ABNF.OPCODE_PING:
@@ -672,8 +696,8 @@ class Session:
         if echo:  # the service closed first: answer its close frame
             with contextlib.suppress(OSError, websocket.WebSocketException, ValueError):
                 ws.send_close(code if code and code not in (1005, 1006, 1015) else 1000)
-        outcome, detail = classify_close(code if code is not None else 1005, reason)
-        if code is None:
+        outcome, detail = classify_end(code if code is not None else 1005, reason, self._server_error)
+        if code is None and self._server_error is None:
             outcome, detail = Outcome.NORMAL, "the service ended the conversation (no close code)"
         raise _End(outcome, detail, code)
 
@@ -714,8 +738,26 @@ class Session:
             self._count("unknown_events")
             if self._count(f"unknown:{event.type}") == 1:
                 log.info("%s: ignoring unknown event type %r from the service", self.name, event.type)
+        elif isinstance(event, AgentToolResponse):
+            self._count("agent_tool_responses")
+            if event.ends_call:  # the agent hung up: end now, cleanly (close 1000), as the JS client does
+                raise _End(Outcome.AGENT_ENDED, f"the agent ended the conversation ({event.tool_name} tool)", 1000)
+        elif isinstance(event, McpToolCall):
+            self._on_mcp_tool_call(event)
+        elif isinstance(event, RichContent):
+            if self._count("rich_content") == 1:
+                log.info(
+                    "%s: the agent sent rich content (%s) that this kiosk has no screen for; counted and ignored",
+                    self.name,
+                    event.component or "no component",
+                )
+            self._emit(event)
+        elif isinstance(event, AgentResponsePart):
+            self._count("agent_text_parts")
+            self._emit(event)
         elif isinstance(event, ServerError):
             self._count("server_errors")
+            self._server_error = event
             log.warning(
                 "%s: the service reported an error: %s %s %s", self.name, event.code, event.error_type, event.message
             )
@@ -760,6 +802,31 @@ class Session:
             log.info("%s: the result of tool %s could not be sent: the conversation ended", self.name, result.name)
         self._emit(ToolCallFinished(result.name, result.call_id, result.is_error))
 
+    def _on_mcp_tool_call(self, call: McpToolCall) -> None:
+        """Answer an MCP tool call awaiting approval at once: tools.mcp_approve lists the approved ones."""
+        self._count("mcp_tool_calls")
+        if call.state != "awaiting_approval":
+            if call.state == "failure":
+                log.info("%s: MCP tool %r failed on the service: %s", self.name, call.tool_name, call.error[:200])
+            return
+        with self._lock:
+            if call.call_id in self._mcp_answered:  # answered already; a second answer would contradict it
+                return
+            self._mcp_answered.add(call.call_id)
+        approved = self._tools.mcp_approves(call.tool_name)
+        self._send_now(encode_mcp_approval(call.call_id, approved))
+        self._count("mcp_approved" if approved else "mcp_denied")
+        if approved:
+            log.info("%s: approved MCP tool %r (listed in tools.mcp_approve)", self.name, call.tool_name)
+        else:
+            log.warning(
+                "%s: denied MCP tool %r: only the tools listed in tools.mcp_approve are approved; "
+                "add it there to let the agent run it",
+                self.name,
+                call.tool_name,
+            )
+        self._emit(McpApproval(call.tool_name, call.call_id, approved))
+
     # -- the sending thread -----------------------------------------------------------------
     def _tx_main(self, worker: Worker) -> None:
         fmt = self._input_fmt
@@ -796,6 +863,8 @@ class Session:
     def _wake_rx(self) -> None:
         """First wake: send the close frame (the service answers it); later wakes cut the socket."""
         self._cancel.set()
+        if self._http is not None:
+            self._http.interrupt()  # a signed-URL request in flight ends now (issue 10, item 11)
         with self._lock:
             self._wakes += 1
             first = self._wakes == 1

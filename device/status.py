@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 STATUS_SCHEMA_VERSION = 1
 STATES = ("idle", "connecting", "listening", "thinking", "speaking", "error", "muted")
+# Only in the Prometheus textfile: what a clean stop leaves behind (with voice_appliance_up 0).
+STOPPED = "stopped"
 
 # name -> (prometheus type, help). Counters only grow while the service runs.
 METRICS: Mapping[str, tuple[str, str]] = {
@@ -36,6 +39,11 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "blocks_sent": ("counter", "250 ms audio blocks sent to the agent (zeros included)."),
     "blocks_open": ("counter", "Blocks that carried microphone audio."),
     "dropped_events": ("counter", "Controller events dropped because its queue was full."),
+    "agent_text_parts": ("counter", "Streamed text parts of agent replies (agent_chat_response_part)."),
+    "rich_content": ("counter", "Rich content (cards) the agent sent; this kiosk has no screen for them."),
+    "mcp_approved": ("counter", "MCP tool calls approved (listed in tools.mcp_approve)."),
+    "mcp_denied": ("counter", "MCP tool calls denied (not listed in tools.mcp_approve)."),
+    "audio_dropped_s": ("counter", "Seconds of the user's speech that never reached the agent (no connection)."),
     "ping_ms": ("gauge", "Last round-trip estimate the agent service reported, in ms."),
     "uptime_s": ("gauge", "Seconds since the daemon started."),
 }
@@ -88,24 +96,45 @@ def to_json(st: Status, now_epoch_s: float | None = None) -> str:
     return json.dumps(st.to_dict(now_epoch_s), indent=2) + "\n"
 
 
-def to_prometheus(st: Status, prefix: str = "voice_appliance") -> str:
-    """Node-exporter textfile collector format."""
+def prometheus_value(value: float) -> str:
+    """A sample value written exactly: integers as integers, floats by repr (never rounded like ``:g``)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def to_prometheus(st: Status, prefix: str = "voice_appliance", *, running: bool = True) -> str:
+    """Node-exporter textfile collector format; ``running=False`` is the file a clean stop leaves.
+
+    A stopped daemon shows ``{prefix}_up 0`` and ``{prefix}_state{state="stopped"} 1`` (every
+    other state 0), with the counters as they were at the stop.
+    """
+    state = st.state if running else STOPPED
     lines = [
+        f"# HELP {prefix}_up 1 while the daemon runs, 0 after a clean stop.",
+        f"# TYPE {prefix}_up gauge",
+        f"{prefix}_up {int(running)}",
         f"# HELP {prefix}_state The daemon's state (1 for the current one).",
         f"# TYPE {prefix}_state gauge",
     ]
-    lines += [f'{prefix}_state{{state="{s}"}} {int(s == st.state)}' for s in STATES]
+    lines += [f'{prefix}_state{{state="{s}"}} {int(s == state)}' for s in (*STATES, STOPPED)]
     lines += [
         f"# HELP {prefix}_muted 1 while the microphone is muted.",
         f"# TYPE {prefix}_muted gauge",
-        f"{prefix}_muted {int(st.muted)}",
+        f"{prefix}_muted {int(st.muted and running)}",
     ]
     for name, (kind, help_text) in METRICS.items():
         metric = f"{prefix}_{name}_total" if kind == "counter" else f"{prefix}_{name}"
         lines += [
             f"# HELP {metric} {help_text}",
             f"# TYPE {metric} {kind}",
-            f"{metric} {st.counters.get(name, 0):g}",
+            f"{metric} {prometheus_value(st.counters.get(name, 0))}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -131,9 +160,11 @@ class StatusFiles:
         self.status_path = Path(status_file) if status_file else None
         self.prometheus_path = Path(prometheus_textfile) if prometheus_textfile else None
         self._failed: set[Path] = set()
+        self._last: Status | None = None
         self.writes = 0
 
     def write(self, st: Status) -> None:
+        self._last = st
         if self.status_path is not None:
             self._write(self.status_path, to_json(st), create_dir=True)
         if self.prometheus_path is not None:
@@ -157,7 +188,15 @@ class StatusFiles:
                 )
 
     def remove(self) -> None:
-        """Remove the status file on a clean stop (a stale file would claim we still run)."""
+        """On a clean stop: remove the status file and leave the textfile saying "stopped".
+
+        A stale file would claim we still run. The Prometheus textfile is
+        rewritten rather than removed, so a fleet dashboard sees
+        ``voice_appliance_up 0`` and ``state="stopped"`` (and the last counters)
+        instead of the kiosk's series vanishing or staying at its last state.
+        """
         if self.status_path is not None:
             with contextlib.suppress(OSError):
                 self.status_path.unlink()
+        if self.prometheus_path is not None:
+            self._write(self.prometheus_path, to_prometheus(self._last or Status(), running=False), create_dir=False)

@@ -513,8 +513,13 @@ class ToolRegistry:
         self._lock = threading.Lock()
         self._active: set[_CallWorker] = set()
         self._refused = 0  # calls refused since the last one that ran (one warning per burst)
+        self._mcp_approve = frozenset(tools_cfg.mcp_approve)
         if modules:
             self._python.refill()  # so that even the first call finds its process started
+
+    def mcp_approves(self, tool_name: str) -> bool:
+        """An MCP tool call awaiting approval: approved when listed in tools.mcp_approve, denied otherwise."""
+        return tool_name in self._mcp_approve
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -55,7 +55,26 @@ need_venv() {
     fi
 }
 
-setup() { need_apt; need_venv "$@"; }
+need_jsclient() {
+    # The official JS client (@elevenlabs/client) as a second peer of the emulator,
+    # pinned by tests/contract/jsclient/package-lock.json, installed into
+    # .cache/jsclient (npm ci; redone when the lock changes). Needs Node >= 20.
+    local src="$here/tests/contract/jsclient" dest="$here/.cache/jsclient" want
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        log "node/npm not found: the JS client contract tests will be skipped (install Node.js >= 20)"
+        return 0
+    fi
+    want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$dest/.installed" 2>/dev/null)" != "$want" ]; then
+        log "installing the official JS client into $dest"
+        mkdir -p "$dest"
+        cp "$src/package.json" "$src/package-lock.json" "$dest/"
+        npm ci --prefix "$dest" --no-audit --no-fund --loglevel=error
+        echo "$want" > "$dest/.installed"
+    fi
+}
+
+setup() { need_apt; need_venv "$@"; need_jsclient; }
 
 cmd=${1:-}
 shift || true

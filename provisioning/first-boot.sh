@@ -12,7 +12,10 @@
 # (the old one is kept as config.toml.bak) and the file is renamed
 # voice-appliance.toml.applied; an invalid one is renamed
 # voice-appliance.toml.invalid next to voice-appliance-error.txt saying why,
-# and the current configuration stays.
+# and the current configuration stays. Whatever stays on the boot partition
+# (.applied, .invalid, the error text) is scrubbed of anything that looks like
+# a secret (a value of a key/token/secret/password setting, an sk_… or long
+# hex key); the original file is zeroed before it is deleted.
 #
 # Installed by install.sh as /usr/local/sbin/voice-appliance-first-boot and
 # run by voice-appliance-firstboot.service before the kiosk starts.
@@ -31,7 +34,7 @@ while (($#)); do
     case "$1" in
         --boot) boot=${2:?--boot needs a directory}; shift ;;
         --etc) etc=${2:?--etc needs a directory}; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "first-boot: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -54,6 +57,32 @@ wipe() {
     dd if=/dev/zero of="$1" bs=1 count="$size" conv=notrunc,fsync status=none 2>/dev/null || true
     rm -f "$1"
     sync "$(dirname "$1")" 2>/dev/null || sync
+}
+
+# Replace anything that looks like a secret: the value of a setting named like a key, token,
+# secret or password (unless it is a path), an ElevenLabs key (sk_…), a bare 32+ digit hex key.
+scrub() {
+    sed -E \
+        -e 's#^([[:space:]]*[A-Za-z0-9_.-]*(key|token|secret|password)[A-Za-z0-9_.-]*[[:space:]]*=[[:space:]]*)["'"'"']?[^/"'"'"'[:space:]].*$#\1"REMOVED-SECRET"#I' \
+        -e 's#sk_[A-Za-z0-9_]{16,}#REMOVED-SECRET#g' \
+        -e 's#\b[0-9a-fA-F]{32,}\b#REMOVED-SECRET#g'
+}
+
+# Leave $1 on the boot partition as $2 without its secrets: the original is zeroed and deleted.
+keep_scrubbed() {
+    local clean
+    clean=$(mktemp "$etc/.boot-copy.XXXXXX")
+    scrub < "$1" > "$clean"
+    if cmp -s "$1" "$clean"; then
+        rm -f "$clean"
+        mv -f "$1" "$2"
+    else
+        cat "$clean" > "$2"  # a FAT partition takes no modes: the content is all that matters
+        wipe "$1"
+        wipe "$clean"
+        say "removed what looked like an API key or other secret from $2 (it never stays on the boot" \
+            "partition: put the key in voice-appliance-api-key.txt)"
+    fi
 }
 
 status=0
@@ -82,13 +111,14 @@ if [ -f "$cfg_src" ]; then
     if out=$("$PREFIX/bin/voice-appliance" doctor --only config --config "$tmp" 2>&1); then
         if [ -e "$etc/config.toml" ]; then cp -p "$etc/config.toml" "$etc/config.toml.bak"; fi
         mv -f "$tmp" "$etc/config.toml"
-        mv -f "$cfg_src" "$cfg_src.applied"
+        keep_scrubbed "$cfg_src" "$cfg_src.applied"
         rm -f "$boot/voice-appliance-error.txt"
         say "applied $cfg_src as $etc/config.toml"
     else
         out=${out//"$tmp"/voice-appliance.toml}  # name the file the user wrote, not our copy
-        rm -f "$tmp"
-        mv -f "$cfg_src" "$cfg_src.invalid"
+        out=$(printf '%s\n' "$out" | scrub)
+        wipe "$tmp"
+        keep_scrubbed "$cfg_src" "$cfg_src.invalid"
         {
             echo "voice-appliance.toml was NOT applied: the configuration is invalid."
             echo "Fix it, save it again as voice-appliance.toml, and restart the Pi."

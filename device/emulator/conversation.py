@@ -20,14 +20,16 @@ import json
 import logging
 import math
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from device.audioformat import AudioFormat
 from device.emulator import pcm as pcmlib
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
-from device.emulator.scenario import QUOTA_REASON, Fault, Scenario, Turn
+from device.emulator.scenario import ERROR_TYPE_CODES, QUOTA_REASON, REPLY_FAULTS, Fault, Scenario, Turn
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,15 @@ FROM_AGENT = "from_agent"
 
 INIT_TYPE = "conversation_initiation_client_data"
 INITIATION_FIELDS = frozenset(
-    {"type", "conversation_config_override", "custom_llm_extra_body", "dynamic_variables", "user_id", "source_info"}
+    {
+        "type",
+        "conversation_config_override",
+        "custom_llm_extra_body",
+        "dynamic_variables",
+        "user_id",
+        "source_info",
+        "tool_mock_config",
+    }
 )
 # Override paths the emulator understands, by the name used in allowed_overrides.
 OVERRIDE_PATHS = {
@@ -45,22 +55,26 @@ OVERRIDE_PATHS = {
     ("agent", "first_message"): "first_message",
     ("agent", "language"): "language",
     ("tts", "voice_id"): "voice_id",
+    ("conversation", "text_only"): "text_only",
+    ("conversation", "client_events"): "client_events",
 }
 
 # Close codes and reasons the emulator uses (what the device must classify).
 CLOSE_NO_INITIATION = (1008, "No conversation initiation received")
 CLOSE_INACTIVITY = 1002
 CLOSE_MAX_DURATION = (1000, "Maximum conversation duration reached")
-CLOSE_STOPPING = (1001, "Emulator shutting down")
+# The document lists only 1000/1002/1008/1011: a shutdown is an unexpected end (1011), not 1001.
+CLOSE_STOPPING = (1011, "Emulator shutting down")
 CLOSE_INTERNAL = (1011, "Internal error")
 AFTER_LAST_GOODBYE = "That is all I can help with today. Goodbye!"
 
 
 @dataclass(frozen=True)
 class Send:
-    """Send one JSON message as a text frame."""
+    """Send one JSON message as a text frame (``conforms``: False for faults that break the contract)."""
 
     message: dict[str, Any]
+    conforms: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,31 @@ class Drop:
 
 
 Action = Send | SendRaw | Close | Drop
+
+# Observers of every JSON message, both directions: ``tap(direction, message, conforms)``.
+# The contract tests register one to validate each message against the AsyncAPI document.
+MessageTap = Callable[[str, dict[str, Any], bool], None]
+_taps: list[MessageTap] = []
+_taps_lock = threading.Lock()
+
+
+def add_message_tap(tap: MessageTap) -> None:
+    """Call ``tap`` for every JSON message any conversation receives or sends (from its thread)."""
+    with _taps_lock:
+        _taps.append(tap)
+
+
+def remove_message_tap(tap: MessageTap) -> None:
+    with _taps_lock:
+        if tap in _taps:
+            _taps.remove(tap)
+
+
+def _tap(direction: str, message: dict[str, Any], conforms: bool = True) -> None:
+    with _taps_lock:
+        taps = list(_taps)
+    for tap in taps:
+        tap(direction, message, conforms)
 
 
 @dataclass
@@ -192,6 +231,11 @@ class Conversation:
         self._calls_timed_out: set[str] = set()
         self._call_seq = 0
         self._muted = False
+        self._client_events = frozenset(self.agent.client_events)
+        self._text_only = False
+        self._mcp_waiting: dict[str, tuple[float, str]] = {}  # tool_call_id → (deadline, tool name)
+        self._mcp_seq = 0
+        self._end_call_at_s: float | None = None
 
     # -- entry points --------------------------------------------------------
     @property
@@ -221,6 +265,9 @@ class Conversation:
             self._event(now, TO_AGENT, "not_an_object")
             self._violate(now, "not_an_object", f"a JSON {type(msg).__name__}, not an object: {data[:80]!r}")
             return self._flush()
+        _tap(TO_AGENT, msg)
+        if self._text_only:  # a text-only client sends no audio: its messages keep the session alive
+            self._last_audio_s = now
         if "user_audio_chunk" in msg:
             self._on_audio(now, msg)
         else:
@@ -262,6 +309,9 @@ class Conversation:
             times.append(self._last_audio_s + t.inactivity_timeout_s)
         if t.max_duration_s:
             times.append(self._opened_s + t.max_duration_s)
+        times += [deadline for deadline, _ in self._mcp_waiting.values()]
+        if self._end_call_at_s is not None:
+            times.append(self._end_call_at_s)
         if self._next_ping_s is not None:
             times.append(self._next_ping_s)
         times += [sent + t.pong_timeout_s for eid, sent in self._pings.items() if eid not in self._pings_flagged]
@@ -328,7 +378,7 @@ class Conversation:
             elif isinstance(ev, SpeechEnded):
                 self._on_speech_ended(now, ev)
         self._maybe_tentative(now)
-        if self.agent.send_vad_scores and now >= self._next_score_s:
+        if "vad_score" in self._client_events and now >= self._next_score_s:
             score = self._vad.take_score()
             if score is not None:
                 self._send(now, {"type": "vad_score", "vad_score_event": {"vad_score": round(score, 3)}})
@@ -370,6 +420,8 @@ class Conversation:
             "user_message": self._on_user_message,
             "user_activity": self._on_user_activity,
             "feedback": self._on_feedback,
+            "mcp_tool_approval_result": self._on_mcp_approval,
+            "multimodal_message": self._on_multimodal_message,
         }.get(kind)
         self._event(now, TO_AGENT, kind, **_clip(summary))
         if handler is None:
@@ -409,10 +461,14 @@ class Conversation:
                 found[name] = value
         for name in found:
             if name not in self.agent.allowed_overrides:
-                self._close(now, 1008, f"Override for field '{name}' is not allowed by config.")
+                self._error(now, "override_error", f"Override for field '{name}' is not allowed by config.")
                 return
         if isinstance(found.get("first_message"), str):
             self._first_message = found["first_message"]
+        if found.get("text_only") is True:
+            self._text_only = True
+        if isinstance(found.get("client_events"), list):
+            self._client_events = frozenset(str(e) for e in found["client_events"])
         if any(f.kind == "quota" for f in self._faults):
             self._close(now, 1002, QUOTA_REASON)
             return
@@ -495,13 +551,36 @@ class Conversation:
             self._pending = None
 
     def _on_contextual_update(self, now: float, msg: dict[str, Any]) -> None:
-        if not isinstance(msg.get("text"), str) or not msg["text"].strip():
-            self._violate(now, "bad_field", "contextual_update needs a non-empty string text")
+        if not isinstance(msg.get("text"), str):
+            self._violate(now, "bad_field", "contextual_update needs a string text")
+        if "context_id" in msg and not isinstance(msg["context_id"], str):
+            self._violate(now, "bad_field", "contextual_update.context_id must be a string")
 
     def _on_user_message(self, now: float, msg: dict[str, Any]) -> None:
         text = msg.get("text")
-        if not isinstance(text, str) or not text.strip():
-            self._violate(now, "bad_field", "user_message needs a non-empty string text")
+        if text is not None and not isinstance(text, str):
+            self._violate(now, "bad_field", f"user_message.text must be a string or null, not {_tname(text)}")
+            return
+        if "rich_content_id" in msg and not isinstance(msg["rich_content_id"], str):
+            self._violate(now, "bad_field", "user_message.rich_content_id must be a string")
+        self._user_text(now, text)
+
+    def _on_multimodal_message(self, now: float, msg: dict[str, Any]) -> None:
+        part = msg.get("text")
+        if part is not None and not (isinstance(part, dict) and part.get("type") == "user_message"):
+            self._violate(now, "bad_field", "multimodal_message.text must be a user_message object or null")
+            return
+        file = msg.get("file")
+        if file is not None and not (
+            isinstance(file, dict) and file.get("type") == "file_input" and isinstance(file.get("file_id"), str)
+        ):
+            self._violate(now, "bad_field", 'multimodal_message.file must be {"type": "file_input", "file_id": …}')
+        text = part.get("text") if isinstance(part, dict) else None
+        self._user_text(now, text if isinstance(text, str) else None)
+
+    def _user_text(self, now: float, text: str | None) -> None:
+        """A typed user turn; null or blank text (the document allows both) starts none."""
+        if text is None or not text.strip():
             return
         self._reprompt_at_s = None
         if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
@@ -514,10 +593,29 @@ class Conversation:
 
     def _on_feedback(self, now: float, msg: dict[str, Any]) -> None:
         eid = msg.get("event_id")
-        if msg.get("score") not in ("like", "dislike"):
-            self._violate(now, "bad_field", f'feedback score must be "like" or "dislike", got {msg.get("score")!r}')
+        if "score" not in msg or msg["score"] not in ("like", "dislike", None):  # null clears the feedback
+            self._violate(
+                now, "bad_field", f'feedback score must be "like", "dislike" or null, got {msg.get("score")!r}'
+            )
         if not isinstance(eid, int) or isinstance(eid, bool) or eid not in self._reply_ids:
             self._violate(now, "bad_field", f"feedback event_id {eid!r} is not the event_id of an agent reply")
+
+    def _on_mcp_approval(self, now: float, msg: dict[str, Any]) -> None:
+        call_id, approved = msg.get("tool_call_id"), msg.get("is_approved")
+        if not isinstance(call_id, str) or not isinstance(approved, bool):
+            self._violate(
+                now,
+                "bad_field",
+                "mcp_tool_approval_result needs a string tool_call_id and a boolean is_approved",
+            )
+            return
+        waiting = self._mcp_waiting.pop(call_id, None)
+        if waiting is None:
+            self._violate(
+                now, "mcp_approval_unknown_id", f"mcp_tool_approval_result for {call_id!r}, which awaits no approval"
+            )
+            return
+        self._mcp_update(now, call_id, waiting[1], "success" if approved else "failure", "Rejected by the user")
 
     # -- turn-taking ---------------------------------------------------------
     def _on_speech_started(self, now: float, ev: SpeechStarted) -> None:
@@ -548,7 +646,7 @@ class Conversation:
 
     def _maybe_tentative(self, now: float) -> None:
         if (
-            self.agent.send_tentative_transcripts
+            "tentative_user_transcript" in self._client_events
             and not self._tentative_sent
             and self._vad.in_speech
             and self._vad.speech_so_far_s() * 1000 >= self.timing.tentative_after_ms
@@ -559,7 +657,10 @@ class Conversation:
                 now,
                 {
                     "type": "tentative_user_transcript",
-                    "tentative_user_transcription_event": {"user_transcript": _words_prefix(text, 0.5)},
+                    "tentative_user_transcription_event": {
+                        "user_transcript": _words_prefix(text, 0.5),
+                        "event_id": self._turn_event_id(),
+                    },
                 },
             )
 
@@ -595,7 +696,9 @@ class Conversation:
         else:
             speech_s = ev.speech_s if ev else 0.0
             transcript = turn.transcript or f"[{speech_s:.1f} s of speech]"
-            self._send(now, {"type": "user_transcript", "user_transcription_event": {"user_transcript": transcript}})
+            if "user_transcript" in self._client_events:
+                event = {"user_transcript": transcript, "event_id": self._turn_event_id()}
+                self._send(now, {"type": "user_transcript", "user_transcription_event": event})
         record = TurnRecord(index=len(self.record.turns), trigger=trigger, user_transcript=transcript)
         if ev is not None:
             record.speech_start_t_s = self._speech_start_t_s
@@ -643,8 +746,16 @@ class Conversation:
             self._close(now, CLOSE_INACTIVITY, f"{message} (transport_receive_timeout)")
             return
         if t.max_duration_s and now - self._opened_s >= t.max_duration_s:
-            self._close(now, *CLOSE_MAX_DURATION)
+            self._error(now, "max_duration_exceeded", CLOSE_MAX_DURATION[1])
             return
+        if self._end_call_at_s is not None and now >= self._end_call_at_s:
+            self._close(now, 1000, self.agent.end_call_reason)
+            return
+        for call_id, (deadline, name) in list(self._mcp_waiting.items()):
+            if now >= deadline:
+                del self._mcp_waiting[call_id]
+                self._event(now, FROM_AGENT, "mcp_approval_timed_out", tool_call_id=call_id)
+                self._mcp_update(now, call_id, name, "failure", "Approval timed out")
         self._check_pings(now)
         self._check_abandoned_calls(now)
         p = self._pending
@@ -690,7 +801,13 @@ class Conversation:
             record = TurnRecord(index=0, trigger="first_message")
             with self.record.locked():
                 self.record.turns.append(record)
-            self._begin_reply(now, self._first_message, record, False)
+            if self._text_only:
+                # Text comes out at once (no speech to synthesise): the service still takes its
+                # thinking time, and a client may not be listening in the instant after the metadata.
+                first = Turn(reply=self._first_message)
+                self._pending = _Pending(first, record, now + self.timing.response_delay_ms / 1000, self._cursor)
+            else:
+                self._begin_reply(now, self._first_message, record, False)
         else:
             self._arm_reprompt(now)
 
@@ -726,7 +843,12 @@ class Conversation:
             now,
             {
                 "type": "client_tool_call",
-                "client_tool_call": {"tool_name": tool.name, "tool_call_id": call_id, "parameters": params},
+                "client_tool_call": {
+                    "tool_name": tool.name,
+                    "tool_call_id": call_id,
+                    "parameters": params,
+                    "event_id": self._turn_event_id(),
+                },
             },
         )
 
@@ -766,7 +888,19 @@ class Conversation:
         self._event_id += 1
         return self._event_id
 
+    def _turn_event_id(self) -> int:
+        """The event_id the coming reply will most likely get: transcripts and tool calls of a turn carry it.
+
+        Taking a fresh id for each would shift every reply's id; the document only asks for an integer.
+        """
+        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
+            return self._interrupted_id
+        return self._event_id + 1
+
     def _begin_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
+        if self._text_only:
+            self._begin_text_reply(now, text, record, end_call)
+            return
         audio = self._render(text, self.output_fmt)
         now = self._clock()  # synthesis takes a while: the reply starts when it is done
         audio = audio[: len(audio) - len(audio) % self.output_fmt.bytes_per_frame]
@@ -796,6 +930,39 @@ class Conversation:
         self._reply = reply
         self._stream(now)
 
+    def _begin_text_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
+        """Text-only mode (conversation.text_only override): the reply is text, at once."""
+        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
+            event_id = self._interrupted_id
+        else:
+            event_id = self._new_event_id()
+        self._interrupted_id = None
+        reply = _Reply(text, event_id, self._replies_started, b"", self.output_fmt, [], now, now, record, end_call)
+        self._replies_started += 1
+        self._reply_ids.add(event_id)
+        with self.record.locked():
+            record.reply_text = text
+            record.event_id = event_id
+            record.reply_play_end_t_s = now
+        self._reply = reply
+        self._send_response(now, reply)
+        self._inject_faults(now, reply, 0, at_end=True)
+
+    def _send_response(self, now: float, r: _Reply) -> None:
+        """The reply's text: streamed parts (when enabled), then agent_response."""
+        r.response_sent = True
+        if "agent_chat_response_part" in self._client_events:
+            words = r.text.split(" ")
+            parts = (
+                [("start", "")] + [("delta", w if i == 0 else " " + w) for i, w in enumerate(words)] + [("stop", "")]
+            )
+            for kind, text in parts:
+                part = {"text": text, "type": kind, "event_id": r.event_id}
+                self._send(now, {"type": "agent_chat_response_part", "text_response_part": part})
+        if "agent_response" in self._client_events:
+            event = {"agent_response": r.text, "event_id": r.event_id}
+            self._send(now, {"type": "agent_response", "agent_response_event": event})
+
     def _plan_chunks(self, nbytes: int) -> list[tuple[int, int]]:
         fmt = self.output_fmt
         bytes_per_ms = fmt.rate_hz * fmt.bytes_per_frame / 1000
@@ -818,7 +985,7 @@ class Conversation:
             if self.closed or r.interrupted:
                 return
             start, end = r.bounds[i]
-            self._send_audio(now, r, r.audio[start:end], oversized=r.oversized_chunks.pop(i, 0))
+            self._send_audio(now, r, r.audio[start:end], oversized=r.oversized_chunks.pop(i, 0), start_byte=start)
             r.next_chunk += 1
             with self.record.locked():
                 r.record.chunks_sent = r.next_chunk
@@ -826,15 +993,16 @@ class Conversation:
                     r.record.reply_first_audio_sent_t_s = now
                 r.record.reply_last_audio_sent_t_s = now
             if not r.response_sent:
-                r.response_sent = True
-                self._send(now, {"type": "agent_response", "agent_response_event": {"agent_response": r.text}})
+                self._send_response(now, r)
             if not r.streaming:
                 self._inject_faults(now, r, r.next_chunk, at_end=True)
 
-    def _send_audio(self, now: float, r: _Reply, chunk: bytes, oversized: int = 0) -> None:
+    def _send_audio(self, now: float, r: _Reply, chunk: bytes, oversized: int = 0, start_byte: int = -1) -> None:
         event: dict[str, Any] = {"audio_base_64": base64.b64encode(chunk).decode("ascii"), "event_id": r.event_id}
         if oversized:
             event["alignment"] = _padding_alignment(oversized)
+        elif self.agent.alignment and start_byte >= 0:
+            event["alignment"] = _alignment(r.text, r.fmt.duration_s(len(r.audio)), r.fmt, start_byte, len(chunk))
         msg = {"type": "audio", "audio_event": event}
         summary: dict[str, Any] = {
             "event_id": r.event_id,
@@ -856,7 +1024,7 @@ class Conversation:
         with self.record.locked():
             r.record.interrupted = True
             r.record.interrupted_t_s = now
-        if r.response_sent:
+        if r.response_sent and "agent_response_correction" in self._client_events:
             heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
             self._send(
                 now,
@@ -865,6 +1033,7 @@ class Conversation:
                     "agent_response_correction_event": {
                         "original_agent_response": r.text,
                         "corrected_agent_response": _words_prefix(r.text, heard),
+                        "event_id": r.event_id,
                     },
                 },
             )
@@ -884,19 +1053,60 @@ class Conversation:
     def _fire(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         self._event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
         if f.kind == "close":
-            reason = f.reason or ("Internal error" if f.code == 1011 else "")
-            self._close(now, f.code, reason)
+            reason = f.reason or ("Internal error" if f.close_code == 1011 else "")
+            self._close(now, f.close_code, reason)
         elif f.kind == "drop":
             self._out.append(Drop())
             self.state = "closed"
         elif f.kind == "malformed_json":
             self._out.append(SendRaw('{"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": '))
         elif f.kind == "unknown_event":
-            self._send(now, {"type": f.event_type, f"{f.event_type}_event": {"emulated": True, "value": 42}})
-        elif f.kind == "bad_base64":
-            self._out.append(
-                Send({"type": "audio", "audio_event": {"audio_base_64": "@@not*base64!!", "event_id": r.event_id}})
+            if f.event_type == "context_usage":  # a real event of the document the device may not know
+                usage: dict[str, Any] = {"event_id": r.event_id, "model": "emulated-llm", "context_tokens": 1234}
+                self._send(
+                    now, {"type": "context_usage", "context_usage_event": {**usage, "context_limit_tokens": 128000}}
+                )
+            else:
+                event = {"type": f.event_type, f"{f.event_type}_event": {"emulated": True, "value": 42}}
+                self._out.append(Send(event, conforms=False))
+                self._event(now, FROM_AGENT, f.event_type, emulated=True)
+        elif f.kind == "error_event":
+            self._error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
+        elif f.kind == "agent_tool_response":
+            self._call_seq += 1
+            tool_event: dict[str, Any] = {
+                "tool_name": f.tool_name,
+                "tool_call_id": f"toolu_agent_{self._call_seq:03d}",
+                "tool_type": f.tool_type,
+                "is_error": f.is_error,
+                "is_called": True,
+                "event_id": r.event_id,
+            }
+            self._send(now, {"type": "agent_tool_response", "agent_tool_response": tool_event})
+            if f.tool_name == "end_call" and not f.is_error:
+                self._end_call_at_s = now + f.delay_s
+        elif f.kind == "mcp_tool_call":
+            self._mcp_seq += 1
+            call_id = f"mcp_{self.record.conversation_id[-8:]}_{self._mcp_seq:03d}"
+            if f.state == "awaiting_approval":
+                self._mcp_waiting[call_id] = (now + f.approval_timeout_s, f.tool_name)
+            self._mcp_update(now, call_id, f.tool_name, f.state, "Emulated MCP failure", f.approval_timeout_s)
+        elif f.kind == "rich_content":
+            self._send(
+                now,
+                {
+                    "type": "rich_content",
+                    "rich_content": {
+                        "rich_content_id": f"rc_{r.event_id}_{chunk}",
+                        "component": f.component,
+                        "props": {"title": "Emulated card", "text": r.text},
+                        "event_id": r.event_id,
+                    },
+                },
             )
+        elif f.kind == "bad_base64":
+            bad = {"type": "audio", "audio_event": {"audio_base_64": "@@not*base64!!", "event_id": r.event_id}}
+            self._out.append(Send(bad, conforms=False))
         elif f.kind == "odd_length_audio":
             odd = base64.b64encode(b"\x00\x01\x00").decode("ascii")
             self._out.append(Send({"type": "audio", "audio_event": {"audio_base_64": odd, "event_id": r.event_id}}))
@@ -907,7 +1117,37 @@ class Conversation:
                 tail = bytes(r.fmt.bytes_per_frame * (r.fmt.rate_hz // 100))
                 self._send_audio(now, r, tail, oversized=f.size_bytes)
 
+    def _mcp_update(
+        self, now: float, call_id: str, name: str, state: str, error: str, approval_timeout_s: int = 300
+    ) -> None:
+        """One mcp_tool_call event in ``state``, shaped as the document's MCPToolCall* schemas."""
+        call: dict[str, Any] = {
+            "service_id": "mcp_emulated",
+            "tool_call_id": call_id,
+            "tool_name": name,
+            "tool_description": f"Emulated MCP tool {name}",
+            "parameters": {"query": "emulated"},
+            "timestamp": datetime.now(UTC).isoformat(),
+            "state": state,
+        }
+        if state == "awaiting_approval":
+            call["approval_timeout_secs"] = approval_timeout_s
+        elif state == "success":
+            call["result"] = [{"type": "text", "text": f"{name}: done"}]
+        elif state == "failure":
+            call["error_message"] = error
+        self._send(now, {"type": "mcp_tool_call", "mcp_tool_call": call})
+
     # -- helpers -------------------------------------------------------------
+    def _error(self, now: float, error_type: str, message: str, *, code: int | None = None, close: bool = True) -> None:
+        """The document's ``error`` event, then (``close``) the close with the same code."""
+        code = ERROR_TYPE_CODES[error_type] if code is None else code
+        message = message or f"Emulated {error_type} error"
+        event = {"code": code, "message": message, "error_type": error_type, "reason": error_type}
+        self._send(now, {"type": "error", "error_event": event})
+        if close:
+            self._close(now, code, message)
+
     def _send(self, now: float, msg: dict[str, Any]) -> None:
         self._out.append(Send(msg))
         body = {k: v for k, v in msg.items() if k != "type"}
@@ -932,12 +1172,36 @@ class Conversation:
 
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
-        return [] if self._muted else out
+        if self._muted:
+            return []
+        for action in out:
+            if isinstance(action, Send):
+                _tap(FROM_AGENT, action.message, action.conforms)
+        return out
 
 
-_REPLY_FAULT_KINDS = frozenset(
-    {"close", "drop", "malformed_json", "unknown_event", "bad_base64", "odd_length_audio", "oversized_frame"}
-)
+_REPLY_FAULT_KINDS = frozenset(REPLY_FAULTS)
+
+
+def _alignment(text: str, total_s: float, fmt: AudioFormat, start_byte: int, nbytes: int) -> dict[str, Any]:
+    """The characters spoken in one chunk, with times relative to the chunk, as the service sends them.
+
+    The emulator does not know real character timings: the text is spread evenly over the reply's audio.
+    """
+    if not text or total_s <= 0:
+        return {"chars": [], "char_start_times_ms": [], "char_durations_ms": []}
+    per_char_ms = total_s * 1000 / len(text)
+    t0_ms = fmt.duration_s(start_byte) * 1000
+    t1_ms = fmt.duration_s(start_byte + nbytes) * 1000
+    first = math.ceil(t0_ms / per_char_ms - 1e-9)
+    chars, starts, durations = [], [], []
+    i = first
+    while i < len(text) and i * per_char_ms < t1_ms:
+        chars.append(text[i])
+        starts.append(round(i * per_char_ms - t0_ms))
+        durations.append(max(1, round(per_char_ms)))
+        i += 1
+    return {"chars": chars, "char_start_times_ms": starts, "char_durations_ms": durations}
 
 
 def _padding_alignment(size_bytes: int) -> dict[str, list[Any]]:

@@ -28,7 +28,7 @@ from device.audioformat import SUPPORTED, AudioFormat, parse_format
 from device.config import build_section, read_toml
 from device.errors import ConfigError, ProtocolError
 
-OVERRIDABLE = ("prompt", "first_message", "language", "voice_id")
+OVERRIDABLE = ("prompt", "first_message", "language", "voice_id", "text_only", "client_events")
 AfterLast = Literal["cycle", "repeat_last", "end_call"]
 AuthRefusal = Literal["close", "http"]
 FaultKind = Literal[
@@ -46,8 +46,98 @@ FaultKind = Literal[
     "missing_metadata",
     "refuse_upgrade",
     "signed_url_error",
+    # valid protocol events the agent may send (contract: AsyncAPI document), injected mid-reply
+    "error_event",
+    "agent_tool_response",
+    "mcp_tool_call",
+    "rich_content",
 ]
-REPLY_FAULTS = ("close", "drop", "malformed_json", "unknown_event", "bad_base64", "odd_length_audio", "oversized_frame")
+REPLY_FAULTS = (
+    "close",
+    "drop",
+    "malformed_json",
+    "unknown_event",
+    "bad_base64",
+    "odd_length_audio",
+    "oversized_frame",
+    "error_event",
+    "agent_tool_response",
+    "mcp_tool_call",
+    "rich_content",
+)
+
+# The document's ErrorType enum with the close code its description gives each type
+# (websocket_disconnect and unknown have none there: 1011, an unexpected end).
+ERROR_TYPE_CODES: dict[str, int] = {
+    "unknown": 1011,
+    "invalid_message": 1008,
+    "telephony_agent_error": 1008,
+    "mcp_tool_error": 1008,
+    "mcp_https_error": 1008,
+    "value_error": 1008,
+    "missing_fields": 1008,
+    "override_error": 1008,
+    "missing_dynamic_variable_transfer": 1008,
+    "missing_dynamic_variable": 1008,
+    "websocket_disconnect": 1011,
+    "safety_violation": 1002,
+    "llm_timeout": 1002,
+    "transport_receive_timeout": 1002,
+    "asyncio_timeout": 1002,
+    "http_exception": 1002,
+    "max_duration_exceeded": 1000,
+    "llm_error": 1002,
+    "custom_llm_error": 1002,
+    "cascade_brain_error": 1002,
+    "asr_transcription_error": 1002,
+    "vad_error": 1002,
+    "turn_probability_error": 1002,
+    "tts_cascade_error": 1002,
+    "redis_timeout_error": 1002,
+    "unknown_websocket_crash": 1011,
+}
+ERROR_CLOSE_CODES = (1000, 1002, 1008, 1011)  # the document's WebSocketCloseCode enum
+MCP_STATES = ("loading", "awaiting_approval", "success", "failure")
+
+# The document's ClientEvent enum: server → client event types an agent can enable.
+CLIENT_EVENTS = (
+    "audio",
+    "agent_response",
+    "agent_response_correction",
+    "agent_chat_response_part",
+    "agent_reasoning_response_part",
+    "interruption",
+    "user_transcript",
+    "tentative_user_transcript",
+    "conversation_initiation_metadata",
+    "client_tool_call",
+    "rich_content",
+    "agent_tool_request",
+    "agent_tool_response",
+    "agent_tool_response_full_payload",
+    "mcp_tool_call",
+    "mcp_connection_status",
+    "vad_score",
+    "ping",
+    "context_usage",
+    "asr_initiation_metadata",
+    "guardrail_triggered",
+    "internal_turn_probability",
+    "internal_tentative_agent_response",
+    "agent_typing",
+    "external_agent_connected",
+    "external_agent_disconnected",
+)
+# What a real agent sends when its client_events list is unset (the document's default).
+DEFAULT_CLIENT_EVENTS = (
+    "audio",
+    "interruption",
+    "agent_response",
+    "user_transcript",
+    "tentative_user_transcript",
+    "conversation_initiation_metadata",
+    "ping",
+)
 
 # Which parameters each fault kind takes (besides ``kind``).
 _REPLY_WHERE = ("conversation", "reply", "after_chunks")
@@ -64,6 +154,10 @@ FAULT_PARAMS: dict[str, tuple[str, ...]] = {
     "missing_metadata": ("conversation",),
     "refuse_upgrade": ("status", "count"),
     "signed_url_error": ("status", "retry_after_s", "count"),
+    "error_event": (*_REPLY_WHERE, "error_type", "code", "message", "then_close"),
+    "agent_tool_response": (*_REPLY_WHERE, "tool_name", "tool_type", "is_error", "delay_s"),
+    "mcp_tool_call": (*_REPLY_WHERE, "tool_name", "state", "approval_timeout_s"),
+    "rich_content": (*_REPLY_WHERE, "component"),
 }
 FAULT_HELP: dict[str, str] = {
     "close": "close the socket mid-reply with `code` (1000, 1011, …) and `reason`",
@@ -78,6 +172,13 @@ FAULT_HELP: dict[str, str] = {
     "missing_metadata": "never send conversation_initiation_metadata",
     "refuse_upgrade": "answer the WebSocket upgrade with HTTP `status` (the first `count` times; 0: always)",
     "signed_url_error": "answer get-signed-url with HTTP `status` (+ Retry-After for 429), first `count` times",
+    "error_event": "send an `error` event (`error_type`; `code` 0 = the document's code for that type) "
+    "and, with `then_close`, close with that code and `message`",
+    "agent_tool_response": "send agent_tool_response for `tool_name` (`tool_type`, `is_error`); for end_call "
+    "close 1000 `delay_s` later unless the client closes first",
+    "mcp_tool_call": "send mcp_tool_call in `state`; awaiting_approval waits up to `approval_timeout_s` for "
+    "mcp_tool_approval_result, then sends success (approved) or failure (denied / timed out)",
+    "rich_content": "send a rich_content event (`component`, props from the reply)",
 }
 
 QUOTA_REASON = "This request exceeds your quota limit."
@@ -125,9 +226,19 @@ class AgentSettings:
     reuse_event_id_after_interruption: bool = field(
         default=True, metadata=_m("the reply after an interruption reuses the interrupted event_id (the service does)")
     )
-    send_vad_scores: bool = field(default=True, metadata=_m("send vad_score events"))
-    send_tentative_transcripts: bool = field(
-        default=True, metadata=_m("send tentative_user_transcript while the user speaks")
+    client_events: tuple[str, ...] = field(
+        default=DEFAULT_CLIENT_EVENTS,
+        metadata=_m(
+            "event types the agent sends (its client_events; default as a real agent's: "
+            + ", ".join(DEFAULT_CLIENT_EVENTS)
+            + "). Opt in to agent_response_correction, vad_score, agent_chat_response_part, … "
+            "audio, interruption, ping, the metadata, error and client_tool_call (when a turn calls a tool) "
+            "are always sent",
+        ),
+    )
+    alignment: bool = field(
+        default=False,
+        metadata=_m("audio events carry alignment (chars, char_start_times_ms, char_durations_ms), as the service's"),
     )
     tool_timeout_reply: str = field(
         default="Sorry, the {name} tool did not answer.", metadata=_m("reply when a tool result does not come ({name})")
@@ -155,6 +266,14 @@ class AgentSettings:
                 raise ConfigError(
                     f"{name!r} cannot be overridden; choose from {', '.join(OVERRIDABLE)}",
                     "agent.allowed_overrides",
+                )
+        for name in self.client_events:
+            if name not in CLIENT_EVENTS:
+                close = difflib.get_close_matches(name, CLIENT_EVENTS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"{name!r} is not a client event type{hint}; choose from {', '.join(CLIENT_EVENTS)}",
+                    "agent.client_events",
                 )
         if not self.agent_id or any(c.isspace() or c in "&?#/=" for c in self.agent_id):
             raise ConfigError("write a non-empty id without spaces or URL characters", "agent.agent_id")
@@ -288,8 +407,27 @@ class Fault:
     )
     reply: int = field(default=0, metadata=_m("agent reply it hits (0 = the first message)", min=0))
     after_chunks: int = field(default=1, metadata=_m("audio chunks of that reply sent before the fault", min=0))
-    code: int = field(default=1011, metadata=_m("close code", min=1000, max=4999))
+    code: int = field(
+        default=0,
+        metadata=_m(
+            "close / error code (0: the kind's default: 1011 for close, the document's for error_event)",
+            min=0,
+            max=4999,
+        ),
+    )
     reason: str = field(default="", metadata=_m("close reason"))
+    error_type: str = field(default="unknown", metadata=_m("error_event: the document's error_type"))
+    message: str = field(default="", metadata=_m("error_event: the human-readable message (default: per type)"))
+    then_close: bool = field(default=True, metadata=_m("error_event: close with the code after the event"))
+    tool_name: str = field(default="end_call", metadata=_m("agent_tool_response / mcp_tool_call: the tool"))
+    tool_type: str = field(default="system", metadata=_m("agent_tool_response: client, system, webhook or mcp"))
+    is_error: bool = field(default=False, metadata=_m("agent_tool_response: the tool failed"))
+    state: str = field(default="awaiting_approval", metadata=_m("mcp_tool_call: " + ", ".join(MCP_STATES)))
+    approval_timeout_s: int = field(
+        default=300,
+        metadata=_m("mcp_tool_call: approval_timeout_secs (the emulator waits this long)", min=1, max=86400),
+    )
+    component: str = field(default="item_card", metadata=_m("rich_content: the component to display"))
     event_type: str = field(default="context_usage", metadata=_m("type of the unknown event"))
     size_bytes: int = field(
         default=2 * 1024 * 1024, metadata=_m("size of the oversized frame", min=1024, max=64 * 1024 * 1024)
@@ -300,6 +438,31 @@ class Fault:
     count: int = field(
         default=0, metadata=_m("fail the first `count` requests, then succeed (0: every request)", min=0)
     )
+
+    def __post_init__(self) -> None:
+        if self.code and self.code < 1000:
+            raise ConfigError("use a WebSocket close code (1000…4999), or 0 for the kind's default", "faults.code")
+        if self.kind == "error_event":
+            if self.error_type not in ERROR_TYPE_CODES:
+                raise ConfigError(
+                    f"{self.error_type!r} is not an error_type of the document; choose from "
+                    + ", ".join(ERROR_TYPE_CODES),
+                    "faults.error_type",
+                )
+            if self.code and self.code not in ERROR_CLOSE_CODES:
+                raise ConfigError(
+                    f"the document's error codes are {', '.join(map(str, ERROR_CLOSE_CODES))} (0: per type)",
+                    "faults.code",
+                )
+        if self.state not in MCP_STATES:
+            raise ConfigError(f"choose from {', '.join(MCP_STATES)}", "faults.state")
+
+    @property
+    def close_code(self) -> int:
+        """The code this fault closes or reports with, defaults applied."""
+        if self.code:
+            return self.code
+        return ERROR_TYPE_CODES[self.error_type] if self.kind == "error_event" else 1011
 
     def applies_to(self, conversation_index: int) -> bool:
         return self.conversation in (-1, conversation_index)
@@ -363,7 +526,13 @@ def _fault_from(mapping: Mapping[str, Any], key: str) -> Fault:
             raise ConfigError(
                 f"fault {kind!r} takes no {name!r}; its keys are: {', '.join(allowed) or 'none'}", f"{key}.{name}"
             )
-    fault: Fault = build_section(Fault, mapping, key)
+    try:
+        fault: Fault = build_section(Fault, mapping, key)
+    except ConfigError as e:
+        # Checks inside Fault do not know the index: add it.
+        if e.key and e.key.startswith("faults."):
+            raise ConfigError(str(e)[len(e.key) + 2 :], key + e.key[6:]) from None
+        raise
     return fault
 
 

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +33,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from device.emulator.conversation import CLOSE_INTERNAL, Action, Close, Conversation, Drop, Send, SendRaw
 from device.emulator.recording import ConversationRecord, Violation, save
@@ -47,6 +48,11 @@ CONVERSATION_PATH = "/v1/convai/conversation"
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
 TOKEN_PATH = "/v1/convai/conversation/token"
 SIGNATURE_PARAM = "conversation_signature"
+# WebSocket subprotocols: browsers and the official JS client request "convai" (the service
+# selects it; a client whose request is not answered fails the handshake) and may carry a
+# conversation token as "bearer.<token>" (never selected: it would echo the secret).
+SUBPROTOCOL = "convai"
+BEARER_PREFIX = "bearer."
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _POLL_S = 0.05  # longest a conversation thread waits before checking for stop
 _CLOSE_TIMEOUT_S = 2.0  # closing handshake: how long a close waits for the client's answer
@@ -129,6 +135,7 @@ class Emulator:
                 self.host,
                 self._requested_port,
                 process_request=self._process_request,
+                select_subprotocol=_select_subprotocol,
                 compression=None,
                 ping_interval=None,  # the protocol's own pings are used instead
                 max_size=MAX_MESSAGE_BYTES,
@@ -153,7 +160,7 @@ class Emulator:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Close every conversation (1001), join every thread, release the port. Idempotent."""
+        """Close every conversation (1011), join every thread, release the port. Idempotent."""
         self._stopping.set()
         server, self._server = self._server, None
         if server is None:
@@ -173,7 +180,7 @@ class Emulator:
     close = stop
 
     def _reset_stuck_senders(self) -> None:
-        """Give each conversation time to close (1001); reset those stuck sending to a client that stopped reading.
+        """Give each conversation time to close (1011); reset those stuck sending to a client that stopped reading.
 
         A send to such a client blocks in ``sendall()`` holding the connection's lock, so
         neither our close nor the library's shutdown could ever get through.
@@ -356,7 +363,7 @@ class Emulator:
             return self._json(
                 404, {"detail": {"status": "not_found", "message": f"No route for {parts.path}"}}, path=parts.path
             )
-        return self._admit(connection, agent_id, query)
+        return self._admit(connection, agent_id, query, _bearer_token(request))
 
     def _rest(self, request: Request, agent_id: str, signed: bool) -> Response:
         path = SIGNED_URL_PATH if signed else TOKEN_PATH
@@ -399,7 +406,9 @@ class Emulator:
             host = request.headers.get("Host", "")
             url = self.signed_url(agent_id, host=host if _HOST_RE.match(host) else None)
             return self._json(200, {"signed_url": url}, path=path, agent_id=agent_id)
-        return self._json(200, {"token": secrets.token_urlsafe(24)}, path=path, agent_id=agent_id)
+        # A conversation token: also admits a private agent's WebSocket as the "bearer.<token>" subprotocol.
+        token = self._sign(agent_id, time.time() + self.scenario.timing.signed_url_ttl_s)
+        return self._json(200, {"token": token}, path=path, agent_id=agent_id)
 
     def _use_fault(self, n: int, fault: Fault) -> bool:
         with self._lock:
@@ -428,7 +437,9 @@ class Emulator:
         log.info("HTTP %s %s → %d", path, agent_id, status)
         return Response(status, http.HTTPStatus(status).phrase, h, data)
 
-    def _admit(self, connection: ServerConnection, agent_id: str, query: dict[str, str]) -> Response | None:
+    def _admit(
+        self, connection: ServerConnection, agent_id: str, query: dict[str, str], bearer: str | None = None
+    ) -> Response | None:
         """Decide how a WebSocket upgrade is answered (None: accept)."""
         for n, fault in enumerate(self.scenario.faults):
             if fault.kind == "refuse_upgrade" and self._use_fault(n, fault):
@@ -444,6 +455,8 @@ class Emulator:
             problem = (404, 1008, f"Agent {agent_id!r} not found")
         elif not self.scenario.agent.public:
             signature = query.get(SIGNATURE_PARAM)
+            if signature is None and bearer is not None:
+                signature = bearer  # a conversation token from the token endpoint, as a subprotocol
             if signature is None:
                 problem = (403, 1008, "This agent requires authentication: use a signed URL")
             else:
@@ -602,6 +615,21 @@ class Emulator:
                 return
             record.close_code, record.close_reason, record.closed_by = code, reason, by
             record.ended_t_s = time.monotonic()
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Select "convai" when the client asks for it, as the service does; nothing otherwise."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+
+def _bearer_token(request: Request) -> str | None:
+    """The token of a "bearer.<token>" subprotocol the client offered, if any."""
+    for header in request.headers.get_all("Sec-WebSocket-Protocol"):
+        for item in header.split(","):
+            item = item.strip()
+            if item.startswith(BEARER_PREFIX) and len(item) > len(BEARER_PREFIX):
+                return item[len(BEARER_PREFIX) :]
+    return None
 
 
 def _reset(ws: ServerConnection) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.contract.checking import contract_check  # noqa: F401 (autouse: every message against the contract)
+
 
 def _is_bench(path: Path) -> bool:
     return path.suffix == ".py" and (path.name.startswith("bench_") or path.name == "soak.py")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from device.audio import filedevices
+from tests.contract.checking import contract_check  # noqa: F401 (autouse: every message against the contract)
 
 
 @pytest.fixture(scope="module")

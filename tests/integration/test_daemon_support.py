@@ -119,6 +119,7 @@ class Rig:
         systemd: SystemdConfig | None = None,
         audio: dict[str, Any] | None = None,
         notifier: Notifier | None = None,
+        agent: dict[str, Any] | None = None,
     ) -> None:
         self.tmp = tmp
         self.input_pcm = input_pcm
@@ -145,6 +146,7 @@ class Rig:
                 }
             ),
         }
+        self.agent_changes = agent or {}
         self.notifier = notifier or Notifier({})
         self.daemon: Daemon | None = None
 
@@ -158,7 +160,9 @@ class Rig:
         return self.daemon
 
     def config(self) -> Config:
-        agent = AgentConfig(agent_id=self.emu.agent_id, base_url=self.emu.base_url, connection="signed_url")
+        agent = AgentConfig(
+            agent_id=self.emu.agent_id, base_url=self.emu.base_url, connection="signed_url", **self.agent_changes
+        )
         return Config(agent=agent, **self.cfg_parts)
 
     def start(self) -> Rig:

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from device.emulator import Emulator, ProtocolClient, Scenario, default_scenario
 from device.emulator.scenario import parse_fault_spec
@@ -189,3 +191,38 @@ def test_refused_upgrade_then_accepted() -> None:
         assert [r["how"] for r in emu.refusals] == ["http"]
     finally:
         emu.stop()
+
+
+# -- subprotocols: what browsers and the official JS client request ------------------------
+
+
+def open_with(url: str, *subprotocols: str) -> tuple[str | None, dict[str, Any]]:
+    """Connect offering ``subprotocols``; the selected one and the first server message."""
+    offered = [Subprotocol(s) for s in subprotocols] or None
+    with connect(url, subprotocols=offered, open_timeout=5, close_timeout=2) as ws:
+        ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+        first = json.loads(ws.recv(timeout=5))
+        return ws.subprotocol, first
+
+
+def test_the_convai_subprotocol_is_selected_when_requested(emu: Emulator) -> None:
+    selected, first = open_with(emu.signed_url(), "convai")
+    assert selected == "convai" and first["type"] == "conversation_initiation_metadata"
+    selected, first = open_with(emu.signed_url())  # the device asks for none: none is selected
+    assert selected is None and first["type"] == "conversation_initiation_metadata"
+
+
+def test_a_conversation_token_as_bearer_subprotocol_admits_a_private_agent(emu: Emulator) -> None:
+    token = get(emu, "/v1/convai/conversation/token").json()["token"]
+    selected, first = open_with(emu.public_url(), "convai", f"bearer.{token}")
+    assert selected == "convai" and first["type"] == "conversation_initiation_metadata"  # the token is never echoed
+
+
+@pytest.mark.parametrize("bearer", ["bearer.1.0~0000", "bearer.made-up"])
+def test_a_bad_bearer_token_is_refused(emu: Emulator, bearer: str) -> None:
+    with connect(emu.public_url(), subprotocols=[Subprotocol("convai"), Subprotocol(bearer)], open_timeout=5) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

@@ -300,3 +300,26 @@ def test_stop_while_fetching_ends_locally() -> None:
         session.stop()
         ended = events.ended()
     assert ended.outcome is Outcome.LOCAL
+
+
+def test_stop_interrupts_a_signed_url_request_waiting_for_its_answer() -> None:
+    """Issue 10, item 11: even with the longest http_timeout_s, a stop does not wait for the answer."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(WAIT_S)
+        agent = AgentConfig(agent_id="a", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", http_timeout_s=120)
+        session, events = make_session(None, agent=agent, http=quick_http(agent, EMULATOR_KEY))
+        session.start()
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(WAIT_S)
+            request = b""
+            while b"\r\n\r\n" not in request:  # the whole request is in: the session waits for the answer
+                chunk = conn.recv(4096)
+                assert chunk, "the session hung up before sending its request"
+                request += chunk
+            session.stop(WAIT_S)  # raises WorkerStuckError if the request still holds the thread
+            ended = events.ended()
+    assert ended.outcome is Outcome.LOCAL
+    assert request.startswith(b"GET /v1/convai/conversation/get-signed-url")

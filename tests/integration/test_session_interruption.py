@@ -31,7 +31,8 @@ def test_the_reply_after_an_interruption_plays(reuse: bool) -> None:
             events.wait_for(UserTranscript, lambda e: e.text == "What can you do?")
             events.wait_for(AgentResponse, lambda e: e.text == "I can help.")
             record = emu.wait_until(
-                lambda s: len(s[-1].turns) > 1 and s[-1].turns[1].reply_last_audio_sent_t_s is not None,
+                # every chunk sent (reply_last_audio_sent_t_s is set by the first chunk already)
+                lambda s: len(s[-1].turns) > 1 and 0 < s[-1].turns[1].chunks_total == s[-1].turns[1].chunks_sent,
                 WAIT_S,
                 "the second reply to be sent",
             )[-1]

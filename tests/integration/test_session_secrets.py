@@ -126,3 +126,59 @@ def test_no_secret_in_any_log_line_or_error(captured: Capture) -> None:
         assert secret not in everything
     assert not SIGNATURE_RE.search(everything), SIGNATURE_RE.search(everything)
     assert not re.search(r"conversation_signature=(?!<redacted>)", everything)
+
+
+USERINFO_TOKEN = "tok_userinfo_4b1d9e77c2"
+
+
+def with_userinfo(url: str) -> str:
+    """``ws://host/...`` → ``ws://kiosk:TOKEN@host/...``: a signed URL carrying its token as userinfo."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://kiosk:{USERINFO_TOKEN}@{rest}"
+
+
+def test_a_token_in_the_signed_urls_userinfo_never_reaches_a_log_line_or_an_error(
+    caplog: pytest.LogCaptureFixture, captured: Capture
+) -> None:
+    # caplog's handler has no RedactingFilter: it shows what the code itself puts into log lines.
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    hosts: list[str] = []
+    for refused in (False, True):
+        scenario = fast_scenario(faults=(Fault(kind="refuse_upgrade", status=503),) if refused else ())
+        with running(scenario, api_key=KEY) as emu:
+            url = with_userinfo(emu.signed_url())
+            session, events = make_session(emu, key=KEY, signed_urls=FixedUrl(url))  # type: ignore[arg-type]
+            with started(session):
+                if refused:
+                    events.ended()  # the refusal names the host
+                else:
+                    events.wait_for(Connected)  # userinfo does not stop the conversation
+            ended = events.ended()
+            texts += [ended.message, repr(ended)]
+            hosts.append(emu.base_url.split("://", 1)[1])
+    assert USERINFO_TOKEN not in caplog.text
+    assert USERINFO_TOKEN not in "\n".join(texts)
+    assert USERINFO_TOKEN not in captured.stream.getvalue()  # websocket-client's trace included
+    # the host is still named, without the userinfo
+    assert all(f"opening the conversation with {host}" in caplog.text for host in hosts)
+    assert f"{hosts[1]} refused the conversation socket (HTTP 503)" in texts[2]
+
+
+def test_the_redacting_filter_hides_url_userinfo_in_messages_arguments_and_tracebacks() -> None:
+    handler = Capture()
+    logger = logging.getLogger("device.session.userinfo-test")
+    logger.addHandler(handler)
+    url = f"wss://kiosk:{USERINFO_TOKEN}@api.example.com/v1/convai/conversation?agent_id=a1"
+    try:
+        logger.warning("connecting to %s", url)
+        logger.warning(f"plain {url}")
+        try:
+            raise ConnectionError(f"cannot open {url}")
+        except ConnectionError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = handler.stream.getvalue()
+    assert USERINFO_TOKEN not in text
+    assert text.count("wss://<redacted>@api.example.com/v1/convai/conversation?agent_id=a1") == 3

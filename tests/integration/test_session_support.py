@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
 from device.config import AgentConfig, SessionConfig, ToolsConfig
@@ -208,16 +209,37 @@ def dumps(msg: dict[str, Any]) -> str:
     return json.dumps(msg)
 
 
+def wait_closed(ws: ServerConnection, timeout_s: float = WAIT_S) -> None:
+    """Until the closing handshake is over, discarding what still arrives (bounded by ``timeout_s``).
+
+    ``ws.close_code`` stays None until the connection is CLOSED: a script that
+    ends first (its test set a ``done`` Event) must not read it before the
+    device's close frame was processed. ``recv`` raises ConnectionClosed only
+    once the state is CLOSED.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (left_s := deadline - time.monotonic()) > 0:
+            ws.recv(timeout=left_s)
+    except (ConnectionClosed, TimeoutError):
+        return
+
+
 def scripted(
     script: Callable[[ServerConnection], None],
 ) -> tuple[Any, int, threading.Thread, list[int | None]]:
-    """A ``websockets`` server running ``script`` per connection: (server, port, thread, close codes)."""
+    """A ``websockets`` server running ``script`` per connection: (server, port, thread, close codes).
+
+    A close code is recorded once that connection's closing handshake is over
+    (``server.shutdown()`` waits for it, closing a connection still open with 1001).
+    """
     closes: list[int | None] = []
 
     def handler(ws: ServerConnection) -> None:
         try:
             script(ws)
         finally:
+            wait_closed(ws)
             closes.append(ws.close_code)
 
     server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)

@@ -25,6 +25,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -354,6 +355,48 @@ def test_stop_is_clean_within_the_stop_timeout(daemon: Machine) -> None:
     # "success": the daemon exited by itself on SIGTERM; "timeout" would mean systemd had to SIGKILL it.
     assert (s["ActiveState"], s["Result"]) == ("inactive", "success"), f"{s}\n{daemon.journal(UNIT)[-3000:]}"
     assert daemon.run("test", "-e", "/run/voice-appliance", check=False).returncode != 0  # RuntimeDirectory gone
+
+
+def test_stop_interrupts_a_signed_url_request_that_never_answers(daemon: Machine, root: Path) -> None:
+    """Issue 10, item 11: the worst case, agent.http_timeout_s at its maximum (120 s) and the
+    prefetcher's signed-URL request in flight to a server that accepts and never answers: the
+    unit still stops by itself within TimeoutStopSec (Result=success, not timeout/SIGKILL)."""
+    drop = root / "etc" / "systemd" / "system" / f"{UNIT}.d" / "hanging-agent.conf"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(60)
+        drop.write_text(
+            "[Service]\n"
+            f"Environment=VOICE_APPLIANCE_AGENT_BASE_URL=http://127.0.0.1:{listener.getsockname()[1]}\n"
+            "Environment=VOICE_APPLIANCE_AGENT_HTTP_TIMEOUT_S=120\n"
+        )
+        try:
+            daemon.run("systemctl", "daemon-reload")
+            daemon.run("systemctl", "reset-failed", UNIT, check=False)
+            daemon.run("systemctl", "restart", UNIT, timeout_s=60)  # Type=notify: returns at READY=1
+            conn, _ = listener.accept()  # the prefetcher's request
+            with conn:
+                conn.settimeout(60)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    assert chunk, "the daemon hung up before its request was complete"
+                    request += chunk
+                assert request.startswith(b"GET /v1/convai/conversation/get-signed-url")
+                since = f"@{int(time.time())}"
+                t0 = time.monotonic()
+                daemon.run("systemctl", "stop", UNIT, timeout_s=120)
+                stop_s = time.monotonic() - t0
+            s = state(daemon)
+            journal = daemon.run("journalctl", "-u", UNIT, "--since", since, "--no-pager", "-o", "cat",
+                                 check=False, timeout_s=20).stdout
+            assert (s["ActiveState"], s["Result"]) == ("inactive", "success"), f"{s}\n{journal[-3000:]}"
+            assert "SIGKILL" not in journal and "timed out" not in journal.lower(), journal[-3000:]
+            print(f"\nsystemctl stop with a hanging signed-URL request (http_timeout_s = 120): {stop_s:.2f} s")
+        finally:
+            drop.unlink()
+            daemon.run("systemctl", "daemon-reload")
 
 
 def _start_and_settle(m: Machine) -> dict[str, str]:

@@ -146,3 +146,32 @@ def test_first_boot_refuses_an_empty_key_and_still_wipes_the_file(tmp_path: Path
     res = _run_first_boot(boot, etc, env)
     assert res.returncode == 1 and "empty" in res.stdout
     assert not (etc / "api_key").exists() and not (boot / "voice-appliance-api-key.txt").exists()
+
+
+@needs_root
+def test_first_boot_never_leaves_an_inline_key_on_the_boot_partition(tmp_path: Path) -> None:
+    """Issue 10, item 15: the refused config kept the key readable as voice-appliance.toml.invalid."""
+    boot, etc, env = _first_boot(tmp_path)
+    config = f'[agent]\r\nagent_id = "agent_new"\r\napi_key = "{KEY}"\r\nregion = "eu"\r\n'
+    (boot / "voice-appliance.toml").write_text(config)
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 1  # api_key is no config key: refused, as before
+    invalid = (boot / "voice-appliance.toml.invalid").read_text()
+    assert KEY not in invalid and 'api_key = "REMOVED-SECRET"' in invalid
+    assert 'agent_id = "agent_new"' in invalid and 'region = "eu"' in invalid  # the rest is still there to fix
+    for f in boot.iterdir():
+        assert KEY.encode() not in f.read_bytes(), f.name
+    assert KEY not in res.stdout + res.stderr
+    assert "removed what looked like an API key" in res.stdout and "voice-appliance-api-key.txt" in res.stdout
+    assert "agent.api_key" in (boot / "voice-appliance-error.txt").read_text()
+
+
+@needs_root
+def test_first_boot_scrubs_a_key_from_an_applied_config_too(tmp_path: Path) -> None:
+    boot, etc, env = _first_boot(tmp_path)
+    (boot / "voice-appliance.toml").write_text(f'# my key: {KEY}\n[agent]\nagent_id = "agent_new"\n')
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    applied = (boot / "voice-appliance.toml.applied").read_text()
+    assert KEY not in applied and 'agent_id = "agent_new"' in applied
+    assert "removed what looked like an API key" in res.stdout

@@ -274,11 +274,29 @@ def test_a_retry_after_longer_than_the_cap_is_not_waited_for(server: Server) -> 
 def test_retry_backoff_is_cancellable(server: Server) -> None:
     server.script.default = Answer(503, b"")
     cancel = threading.Event()
-    cancel.set()
+
+    def cancel_after_the_first_request() -> None:
+        with server.script.cond:
+            server.script.cond.wait_for(lambda: server.script.requests, WAIT_S)
+        cancel.set()
+
+    canceller = threading.Thread(target=cancel_after_the_first_request, name="test-cancel")
+    canceller.start()
     http = client(agent(server.port), attempts=5, retry_initial_s=60, retry_max_s=60)
-    with http, pytest.raises(AgentHttpError) as info:
-        http.fetch_signed_url(cancel)
+    try:
+        with http, pytest.raises(AgentHttpError) as info:
+            http.fetch_signed_url(cancel)
+    finally:
+        canceller.join(WAIT_S)
     assert info.value.outcome is Outcome.LOCAL and len(server.script.requests) == 1
+
+
+def test_a_fetch_cancelled_before_it_starts_asks_nothing(server: Server) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
+        http.fetch_signed_url(cancel)
+    assert info.value.outcome is Outcome.LOCAL and server.script.requests == []
 
 
 # -- network failure classes --------------------------------------------------------------------
@@ -476,3 +494,138 @@ def test_query_of_requests_carries_only_the_agent_id(server: Server) -> None:
         http.fetch_signed_url()
     path, _ = server.script.requests[0]
     assert parse_qs(urlsplit(path).query) == {"agent_id": ["agent_x"]}
+
+
+# -- a stop interrupts a request in flight; the reply size is capped (issue 10, items 11 and 12) -------
+
+
+class RawServer:
+    """Accepts one connection, reads the request, then hangs (until closed) or sends ``reply``."""
+
+    def __init__(self, reply: bytes | None = None, body_bytes: int = 0, tls: tuple[Path, Path] | None = None) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.listener.settimeout(WAIT_S)
+        self.port = self.listener.getsockname()[1]
+        self.reply = reply
+        self.body_bytes = body_bytes
+        self.tls = tls
+        self.asked = threading.Event()  # the request has arrived: the client now waits for the answer
+        self.release = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, name="test-raw-http")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            if self.tls is not None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+                conn = ctx.wrap_socket(conn, server_side=True)
+            conn.settimeout(WAIT_S)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            self.asked.set()
+            if self.reply is None:
+                self.release.wait(WAIT_S)
+                return
+            try:
+                conn.sendall(self.reply)
+                block = b" " * 65536
+                while self.sent < self.body_bytes and not self.release.is_set():
+                    conn.sendall(block)
+                    self.sent += len(block)
+            except OSError:
+                pass  # the client hung up: what a size cap does
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+        self.thread.join(WAIT_S)
+
+
+def _fetch_in_thread(http: AgentHttp, cancel: threading.Event) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            http.fetch_signed_url(cancel)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, name="test-fetch")
+    t.start()
+    return t, errors
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_stop_interrupts_a_request_waiting_for_its_answer(tls: bool, cert: tuple[Path, Path]) -> None:
+    srv = RawServer(tls=cert if tls else None)
+    scheme = "https" if tls else "http"
+    cfg = AgentConfig(
+        agent_id="a", base_url=f"{scheme}://127.0.0.1:{srv.port}", http_timeout_s=120.0, ca_bundle=str(cert[0])
+    )
+    http = client(cfg, attempts=1)
+    cancel = threading.Event()
+    try:
+        t, errors = _fetch_in_thread(http, cancel)
+        assert srv.asked.wait(WAIT_S)
+        cancel.set()
+        http.interrupt()
+        t.join(WAIT_S)  # far less than the 120 s the answer could otherwise be waited for
+        assert not t.is_alive()
+    finally:
+        srv.close()
+        http.close()
+    assert len(errors) == 1 and isinstance(errors[0], AgentHttpError)
+    assert errors[0].outcome is Outcome.LOCAL and "cancelled" in str(errors[0])
+
+
+def test_closing_the_prefetcher_interrupts_its_request_in_flight() -> None:
+    srv = RawServer()
+    http = client(AgentConfig(agent_id="a", base_url=f"http://127.0.0.1:{srv.port}", http_timeout_s=120.0))
+    src = SignedUrlSource(http)
+    try:
+        src.start()
+        assert srv.asked.wait(WAIT_S)
+        src.stop(WAIT_S)  # raises WorkerStuckError if the request holds the thread
+        assert not src.alive and src.last_error is not None and "cancelled" in str(src.last_error)
+    finally:
+        src.close()
+        srv.close()
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_an_oversized_reply_is_refused_without_reading_it(content_length: bool) -> None:
+    size = 60 * 1024 * 1024
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {size}\r\n\r\n".encode() if content_length else b"Connection: close\r\n\r\n"
+    srv = RawServer(reply=head + b'{"signed_url": "ws://127.0.0.1:1/?token=T", "pad": "', body_bytes=size)
+    try:
+        cfg = AgentConfig(agent_id="a", base_url=f"http://127.0.0.1:{srv.port}", http_timeout_s=30.0)
+        with client(cfg, attempts=1) as http, pytest.raises(AgentHttpError) as info:
+            http.fetch_signed_url()
+    finally:
+        srv.close()
+    assert info.value.outcome is Outcome.PROTOCOL
+    assert "more than 64 KiB" in str(info.value) and "refused" in str(info.value)
+    assert srv.sent < size  # the client stopped reading; the server could not send it all
+
+
+def test_the_largest_accepted_reply_still_works(server: Server) -> None:
+    signed = "ws://127.0.0.1:1/v1/convai/conversation?agent_id=a&token=BIG"
+    body = {"signed_url": signed, "pad": ""}
+    body["pad"] = "x" * (64 * 1024 - len(json.dumps(body)))  # exactly 64 KiB
+    assert len(json.dumps(body)) == 64 * 1024
+    server.script.default = Answer(body=body)
+    with client(agent(server.port)) as http:
+        assert "token=BIG" in http.fetch_signed_url().url

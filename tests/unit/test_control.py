@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import socket
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from device import control
 from device.cli import main
 from device.control import ControlServer, request
 from device.controller import ButtonEvent, Command, MuteEvent
@@ -190,3 +194,135 @@ def test_server_stops_cleanly_and_removes_its_socket(tmp_path: Path) -> None:
         assert not srv.alive and not srv.path.exists()
     finally:
         client.close()
+
+
+# -- hostile and slow clients (issue 10, item 4) -----------------------------------------------------
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))  # blocking: waits while the accept queue is full
+    s.settimeout(5)
+    return s
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_idle_and_non_reading_clients_do_not_lock_out_a_normal_client(
+    server: tuple[ControlServer, FakeController],
+) -> None:
+    srv, fake = server
+    hostile: list[socket.socket] = []
+    try:
+        for _ in range(16):
+            hostile.append(_connect(srv.path))  # connects and never sends a byte
+        for _ in range(16):
+            s = _connect(srv.path)
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.send(b"help\n" * 2000)  # far more answers than a socket buffers, and never reads one
+            hostile.append(s)
+        for i in range(20):
+            assert request(str(srv.path), "press" if i % 2 == 0 else "release") == (True, "")
+        ok, text = request(str(srv.path), "status")
+        assert ok and json.loads(text)["state"] == "idle"
+        assert request(str(srv.path), "start") == (True, "connecting")
+        assert [type(e).__name__ for e in fake.events] == ["ButtonEvent"] * 20 + ["Command"]
+    finally:
+        for s in hostile:
+            s.close()
+
+
+def test_a_command_waiting_for_the_controller_does_not_hold_up_other_clients(tmp_path: Path) -> None:
+    pending: list[Command] = []
+    posted = threading.Event()
+
+    def post(event: object) -> bool:
+        if isinstance(event, Command):
+            pending.append(event)
+            posted.set()
+        return True
+
+    srv = ControlServer(str(tmp_path / "c.sock"), own_group(), post, lambda: {"state": "busy"})
+    srv.start()
+    try:
+        with _connect(srv.path) as slow:
+            slow.sendall(b"start\npress\n")  # the press must be answered after the start, in order
+            assert posted.wait(5)
+            assert request(str(srv.path), "status") == (True, '{"state":"busy"}')
+            reply = pending[0].reply
+            assert reply is not None
+            reply(True, "connecting")  # from this (another) thread, like the controller
+            f = slow.makefile("rb")
+            assert f.readline() == b"ok connecting\n"
+            assert f.readline() == b"ok\n"
+    finally:
+        srv.close()
+
+
+def test_a_client_that_does_not_read_is_dropped(
+    server: tuple[ControlServer, FakeController], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, _ = server
+    monkeypatch.setattr(control, "WRITE_STALL_S", 0.2)
+    with _connect(srv.path) as s:
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.send(b"help\n" * 2000)
+        assert _wait_until(lambda: srv.dropped == 1)
+        assert request(str(srv.path), "press") == (True, "")
+
+
+def test_an_idle_client_is_closed_after_the_idle_timeout(
+    server: tuple[ControlServer, FakeController], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, _ = server
+    monkeypatch.setattr(control, "IDLE_TIMEOUT_S", 0.2)
+    with _connect(srv.path) as idle:
+        assert idle.recv(100) == b""  # closed by the server, not by the 5 s socket timeout
+    assert srv.dropped == 1
+
+
+def test_when_every_slot_is_taken_the_least_active_connection_makes_room(
+    server: tuple[ControlServer, FakeController], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, _ = server
+    monkeypatch.setattr(control, "MAX_CLIENTS", 3)
+    first = _connect(srv.path)
+    others = [_connect(srv.path) for _ in range(2)]
+    try:
+        for s in others:  # these two are active: they asked something and read the answer
+            s.sendall(b"press\n")
+            assert s.recv(100) == b"ok\n"
+        assert request(str(srv.path), "release") == (True, "")
+        assert first.recv(100) == b""  # the one that never spoke was closed for the newcomer
+        for s in others:
+            s.sendall(b"release\n")
+            assert s.recv(100) == b"ok\n"
+    finally:
+        first.close()
+        for s in others:
+            s.close()
+
+
+def test_a_burst_of_pipelined_requests_is_answered_in_full_and_in_order(
+    server: tuple[ControlServer, FakeController],
+) -> None:
+    """More answers than a socket buffers: the server pauses this client and resumes it as it reads."""
+    srv, fake = server
+    n = 3000
+    burst = b"".join(b"help\n" if i % 3 == 2 else b"press\n" if i % 3 == 0 else b"release\n" for i in range(n))
+    with _connect(srv.path) as s:
+        s.sendall(burst)
+        f = s.makefile("rb")
+        answers = [f.readline() for _ in range(n)]
+    assert [a == b"ok\n" for a in answers] == [i % 3 != 2 for i in range(n)]
+    assert all(a.startswith(b"ok start: ") for a in answers[2::3])
+    assert [e.pressed for e in fake.events] == [i % 3 == 0 for i in range(n) if i % 3 != 2]  # type: ignore[attr-defined]

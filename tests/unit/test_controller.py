@@ -11,12 +11,14 @@ from device.controller import (
     CONVERSATION,
     Action,
     ButtonTracker,
+    HeldAudio,
     Input,
     Kind,
     Machine,
     MachineSettings,
     State,
 )
+from device.gate import Chunk
 
 A = Action
 S = State
@@ -24,6 +26,7 @@ K = Kind
 
 STOP_DONE = [A.STOP_SESSION, A.EARCON_DONE]
 FAIL = [A.STOP_SESSION, A.EARCON_ERROR, A.REPORT_ERROR]
+RETRY = [A.STOP_SESSION, A.REPORT_ERROR]  # retried at once: no earcon over the user's words
 
 # Every transition that is not "stay, do nothing", written out independently of
 # the implementation's table. Pairs missing here must leave the state unchanged
@@ -177,8 +180,9 @@ def test_connection_failures_retry_automatically_with_backoff_then_give_up() -> 
     delays = []
     for attempt in range(2):
         now += 1.0
-        assert m.handle(Input(K.FAILED, retryable=True, message="network down; check it"), now) == FAIL
+        assert m.handle(Input(K.FAILED, retryable=True, message="network down; check it"), now) == RETRY
         assert m.state is S.ERROR and m.retry_pending and m.last_error == "network down; check it"
+        assert m.between_attempts and m.display == "error"  # the LEDs show the retry
         delay = m.deadline_s - now  # type: ignore[operator]
         delays.append(delay)
         assert 0.8 * 2**attempt <= delay <= 1.2 * 2**attempt  # capped exponential with ±20 % jitter
@@ -186,8 +190,9 @@ def test_connection_failures_retry_automatically_with_backoff_then_give_up() -> 
         now = m.since_s
         assert m.state is S.CONNECTING
     now += 1.0
-    m.handle(Input(K.FAILED, retryable=True), now)
-    assert not m.retry_pending and m.deadline_s == now + 5.0  # retries used up: show the error, then idle
+    assert m.handle(Input(K.FAILED, retryable=True), now) == FAIL  # the last one: now the earcon
+    assert not m.retry_pending and not m.between_attempts
+    assert m.deadline_s == now + 5.0  # retries used up: show the error, then idle
     m.poll(now + 5.0)
     assert m.state is S.IDLE and m.errors == 3
 
@@ -200,14 +205,14 @@ def test_server_retry_after_is_honoured() -> None:
 
 def test_connect_timeout_is_retried() -> None:
     m = machine(S.CONNECTING, now_s=0.0, session=SessionConfig(connecting_timeout_s=5))
-    assert m.poll(5.0) == FAIL
+    assert m.poll(5.0) == RETRY
     assert m.state is S.ERROR and m.retry_pending and "no connection" in m.last_error
 
 
 def test_non_retryable_failure_waits_for_a_press() -> None:
     m = machine(S.CONNECTING, now_s=0.0)
-    m.handle(Input(K.FAILED, retryable=False, message="key rejected"), 1.0)
-    assert not m.retry_pending
+    assert m.handle(Input(K.FAILED, retryable=False, message="key rejected"), 1.0) == FAIL
+    assert not m.retry_pending and not m.between_attempts
     m.poll(m.deadline_s)  # type: ignore[arg-type]
     assert m.state is S.IDLE
     assert m.handle(Input(K.PRESS), 20.0) == [A.START_SESSION]
@@ -215,7 +220,7 @@ def test_non_retryable_failure_waits_for_a_press() -> None:
 
 def test_failure_mid_conversation_is_shown_not_retried_and_a_press_recovers() -> None:
     m = machine(S.LISTENING, now_s=0.0)
-    m.handle(Input(K.FAILED, retryable=True, message="network lost"), 1.0)
+    assert m.handle(Input(K.FAILED, retryable=True, message="network lost"), 1.0) == FAIL
     assert m.state is S.ERROR and not m.retry_pending
     assert m.handle(Input(K.PRESS), 2.0) == [A.START_SESSION]
     assert m.state is S.CONNECTING and m.attempts == 0
@@ -229,6 +234,12 @@ def test_press_during_retry_wait_starts_at_once_and_resets_the_count() -> None:
     assert m.attempts == 2
     m.handle(Input(K.PRESS), 10.5)
     assert m.state is S.CONNECTING and m.attempts == 0 and not m.retry_pending
+
+
+def test_no_automatic_retry_when_retry_attempts_is_zero() -> None:
+    m = machine(S.CONNECTING, now_s=0.0, session=SessionConfig(retry_attempts=0))
+    assert m.handle(Input(K.FAILED, retryable=True), 1.0) == FAIL
+    assert m.state is S.ERROR and not m.between_attempts
 
 
 def test_barge_in_none_ignores_a_press_while_speaking() -> None:
@@ -313,3 +324,26 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking_the_poster() -> None:
     assert all(c.post(MuteEvent("ctl", True, 0.0)) for _ in range(QUEUE_SIZE))
     assert c.post(MuteEvent("ctl", True, 0.0)) is False
     assert c.counters["dropped_events"] == 1
+
+
+# -- the press's audio across connection attempts ------------------------------------------------
+
+
+def chunk(seq: int, open_: bool = True, seconds: float = 0.25) -> Chunk:
+    return Chunk(bytes([1, 0]) * int(16000 * seconds), captured_at_s=seq * seconds, seq=seq, open=open_)
+
+
+def test_held_audio_keeps_every_chunk_in_order_and_counts_only_microphone_audio_when_cleared() -> None:
+    held = HeldAudio(max_s=10.0)
+    chunks = [chunk(0, open_=False), chunk(1), chunk(2), chunk(3, open_=False)]
+    assert [held.add(c) for c in chunks] == [0.0] * 4
+    assert held.chunks == tuple(chunks)
+    assert held.clear() == pytest.approx(0.5)  # two open chunks; zeros from a closed gate are not speech
+    assert len(held) == 0 and held.clear() == 0.0
+
+
+def test_held_audio_is_bounded_like_the_send_backlog_dropping_the_oldest() -> None:
+    held = HeldAudio(max_s=1.0)  # four 250 ms chunks
+    dropped = [held.add(chunk(i)) for i in range(6)]
+    assert dropped == [0.0, 0.0, 0.0, 0.0, pytest.approx(0.25), pytest.approx(0.25)]
+    assert [c.seq for c in held.chunks] == [2, 3, 4, 5]

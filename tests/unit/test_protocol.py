@@ -16,17 +16,21 @@ from hypothesis import strategies as st
 
 from device.audioformat import PCM_16000, AudioFormat
 from device.protocol import (
+    ERROR_TYPES,
     MAX_MESSAGE_BYTES,
     AgentAudio,
     AgentResponse,
     AgentResponseCorrection,
     AgentResponsePart,
+    AgentToolResponse,
     Connected,
     Interruption,
     InterruptionFilter,
     MalformedMessage,
+    McpToolCall,
     Outcome,
     Ping,
+    RichContent,
     ServerError,
     SessionEnded,
     TentativeAgentResponse,
@@ -36,6 +40,7 @@ from device.protocol import (
     UserTranscript,
     VadScore,
     classify_close,
+    classify_end,
     classify_http_status,
     convert_capture,
     decode_server_message,
@@ -43,6 +48,7 @@ from device.protocol import (
     encode_audio_chunk,
     encode_contextual_update,
     encode_feedback,
+    encode_mcp_approval,
     encode_pong,
     encode_tool_result,
     encode_user_activity,
@@ -129,6 +135,9 @@ def test_ulaw_audio_may_have_an_odd_length_pcm_may_not() -> None:
         ('{"type": "interruption", "interruption_event": {"event_id": "x"}}', "missing_field"),
         ('{"type": "agent_response", "agent_response_event": {"agent_response": 5}}', "missing_field"),
         ('{"type": "vad_score", "vad_score_event": {"vad_score": "high"}}', "missing_field"),
+        ('{"type": "mcp_tool_call", "mcp_tool_call": {}}', "missing_field"),
+        ('{"type": "mcp_tool_call", "mcp_tool_call": {"tool_call_id": "m", "tool_name": "t"}}', "missing_field"),
+        ('{"type": "agent_tool_response", "agent_tool_response": {"tool_name": 3}}', "missing_field"),
         ('{"type": "client_tool_call", "client_tool_call": {"tool_name": "t"}}', "missing_field"),
         (
             '{"type": "client_tool_call", "client_tool_call": '
@@ -218,7 +227,54 @@ def test_message_just_under_the_limit_is_accepted() -> None:
             {"type": "error", "error_event": {"code": 1002, "message": "no audio", "error_type": "timeout"}},
             ServerError(1002, "no audio", "timeout"),
         ),
-        ({"type": "mcp_tool_call", "mcp_tool_call": {}}, UnknownEvent("mcp_tool_call")),
+        ({"type": "context_usage", "context_usage_event": {}}, UnknownEvent("context_usage")),
+        (
+            {
+                "type": "agent_tool_response",
+                "agent_tool_response": {
+                    "tool_name": "end_call", "tool_call_id": "t1", "tool_type": "system", "is_error": False,
+                    "is_called": True, "event_id": 4,
+                },
+            },
+            AgentToolResponse("end_call", "t1", "system", False),
+        ),
+        (
+            {
+                "type": "agent_tool_response_full_payload",
+                "agent_tool_response_full_payload": {
+                    "tool_name": "end_call", "tool_call_id": "t2", "tool_type": "system", "is_error": False,
+                    "is_called": True, "event_id": 4, "full_tool_result": "{}",
+                },
+            },
+            AgentToolResponse("end_call", "t2", "system", False),
+        ),
+        (
+            {
+                "type": "mcp_tool_call",
+                "mcp_tool_call": {
+                    "service_id": "svc", "tool_call_id": "m1", "tool_name": "lookup", "parameters": {},
+                    "timestamp": "2026-11-29T21:00:00Z", "state": "awaiting_approval", "approval_timeout_secs": 300,
+                },
+            },
+            McpToolCall("m1", "lookup", "awaiting_approval", "svc", 300),
+        ),
+        (
+            {
+                "type": "mcp_tool_call",
+                "mcp_tool_call": {
+                    "service_id": "svc", "tool_call_id": "m1", "tool_name": "lookup", "parameters": {},
+                    "timestamp": "2026-11-29T21:00:00Z", "state": "failure", "error_message": "Rejected",
+                },
+            },
+            McpToolCall("m1", "lookup", "failure", "svc", None, "Rejected"),
+        ),
+        (
+            {
+                "type": "rich_content",
+                "rich_content": {"rich_content_id": "rc1", "component": "item_card", "props": {}, "event_id": 2},
+            },
+            RichContent("rc1", "item_card"),
+        ),
     ],
 )
 def test_every_server_event_becomes_a_typed_event(msg: dict[str, object], event: object) -> None:
@@ -251,6 +307,106 @@ def test_arbitrary_bytes_never_raise_anything_but_protocol_errors(data: bytes) -
 def test_arbitrary_shapes_never_crash_the_decoder(msg: dict[str, object]) -> None:
     with contextlib.suppress(MalformedMessage, UnsupportedFormat):
         decode_server_message(json.dumps(msg), PCM_16000, 0.0)
+
+
+# -- hostile shapes: nothing but MalformedMessage/UnsupportedFormat may escape -------------
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * DEEP + "]" * DEEP,
+        '{"a":' * DEEP + "1" + "}" * DEEP,
+        '{"type": "ping", "ping_event": {"event_id": 1, "x": ' + "[" * DEEP + "]" * DEEP + "}}",
+    ],
+    ids=["list", "object", "inside-a-ping"],
+)
+def test_deeply_nested_json_is_malformed_not_a_crash(raw: str) -> None:
+    with pytest.raises(MalformedMessage) as info:
+        decode_server_message(raw, PCM_16000, 0.0)
+    assert info.value.kind == "too_deep"
+    assert "nested" in str(info.value)
+
+
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field", ["message", "error_type", "reason"])
+def test_error_event_fields_that_are_not_strings_are_not_rendered(field: str) -> None:
+    # repr() of a structure nested just under the parser's limit would overflow the stack
+    deep = "[" * 900 + "]" * 900
+    raw = f'{{"type": "error", "error_event": {{"code": 1002, "{field}": {deep}}}}}'
+    ev = decode_server_message(raw, PCM_16000, 0.0)
+    assert isinstance(ev, ServerError) and ev.code == 1002 and "[" not in ev.message + ev.error_type
+
+
+@pytest.mark.parametrize("event_id", ["²", "9" * 5000, "١٢"])
+def test_odd_digit_strings_as_ids_are_malformed_or_read(event_id: str) -> None:
+    raw = json.dumps({"type": "interruption", "interruption_event": {"event_id": event_id}})
+    try:
+        ev = decode_server_message(raw, PCM_16000, 0.0)
+    except MalformedMessage as e:
+        assert e.kind == "missing_field"
+    else:
+        assert isinstance(ev, Interruption) and ev.event_id == int(event_id)
+
+
+JSON_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
+    st.sampled_from(["²", "9" * 4400, "pcm_16000", "awaiting_approval", "end_call", "system"]),
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+# Each server type with its wrapper (as the document names it), so fuzzing reaches the field checks.
+TYPED_WRAPPERS = [
+    ("audio", "audio_event"), ("ping", "ping_event"), ("interruption", "interruption_event"),
+    ("conversation_initiation_metadata", "conversation_initiation_metadata_event"),
+    ("agent_response", "agent_response_event"), ("agent_response_correction", "agent_response_correction_event"),
+    ("agent_response_correction", "correction_event"), ("agent_chat_response_part", "text_response_part"),
+    ("user_transcript", "user_transcription_event"),
+    ("tentative_user_transcript", "tentative_user_transcription_event"), ("vad_score", "vad_score_event"),
+    ("client_tool_call", "client_tool_call"),
+    ("internal_tentative_agent_response", "tentative_agent_response_internal_event"), ("error", "error_event"),
+    ("agent_tool_response", "agent_tool_response"),
+    ("agent_tool_response_full_payload", "agent_tool_response_full_payload"), ("mcp_tool_call", "mcp_tool_call"),
+    ("rich_content", "rich_content"), ("context_usage", "context_usage_event"),
+]
+FIELDS = [
+    "event_id", "audio_base_64", "ping_ms", "conversation_id", "agent_output_audio_format",
+    "user_input_audio_format", "agent_response", "original_agent_response", "corrected_agent_response",
+    "corrected_response", "text", "type", "user_transcript", "vad_score", "tool_name", "tool_call_id",
+    "parameters", "tentative_agent_response", "code", "message", "error_type", "reason", "tool_type",
+    "is_error", "is_called", "service_id", "state", "approval_timeout_secs", "rich_content_id", "component",
+    "props", "timestamp",
+]
+
+
+# Scalars that have broken decoders: non-ASCII digits, integers over Python's 4300-digit limit, NaN.
+NASTY = st.sampled_from(["²", "١٢", "9" * 4400, float("nan"), float("inf"), -1, 2**70, "", True])
+
+
+@pytest.mark.parametrize("typed", TYPED_WRAPPERS, ids=[f"{k}.{w}" for k, w in TYPED_WRAPPERS])
+@settings(RELAXED, max_examples=50)
+@given(
+    fields=st.fixed_dictionaries({}, optional={f: NASTY | JSON_VALUES for f in FIELDS}),
+    extra=st.dictionaries(st.sampled_from(["type", *(w for _, w in TYPED_WRAPPERS)]), JSON_VALUES, max_size=2),
+)
+def test_fuzzed_server_messages_never_raise_anything_else(
+    typed: tuple[str, str], fields: dict[str, object], extra: dict[str, object]
+) -> None:
+    kind, wrapper = typed
+    msg = {"type": kind, wrapper: fields, **extra}
+    for fmt in (PCM_16000, None):
+        with contextlib.suppress(MalformedMessage, UnsupportedFormat):
+            decode_server_message(json.dumps(msg), fmt, 0.0)
 
 
 # -- encoding ---------------------------------------------------------------------
@@ -315,6 +471,9 @@ def test_client_messages() -> None:
     assert json.loads(encode_user_message("hi")) == {"type": "user_message", "text": "hi"}
     assert json.loads(encode_user_activity()) == {"type": "user_activity"}
     assert json.loads(encode_feedback(5, like=False)) == {"type": "feedback", "event_id": 5, "score": "dislike"}
+    assert json.loads(encode_mcp_approval("m1", False)) == {
+        "type": "mcp_tool_approval_result", "tool_call_id": "m1", "is_approved": False,
+    }
 
 
 @pytest.mark.parametrize("bad", [-1, True, "3"])
@@ -428,6 +587,101 @@ def test_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now_epoch_s=1445412480.0) == pytest.approx(10.0)
+
+
+# -- outcomes from the error event's machine-readable fields ---------------------------------
+
+# The ErrorType enum of the AsyncAPI document (elevenlabs/packages 2a9057e), with the close code
+# each value is documented with (None: the document names none).
+DOCUMENT_ERROR_TYPES: dict[str, int | None] = {
+    "unknown": None, "invalid_message": 1008, "telephony_agent_error": 1008, "mcp_tool_error": 1008,
+    "mcp_https_error": 1008, "value_error": 1008, "missing_fields": 1008, "override_error": 1008,
+    "missing_dynamic_variable_transfer": 1008, "missing_dynamic_variable": 1008, "websocket_disconnect": None,
+    "safety_violation": 1002, "llm_timeout": 1002, "transport_receive_timeout": 1002, "asyncio_timeout": 1002,
+    "http_exception": 1002, "max_duration_exceeded": 1000, "llm_error": 1002, "custom_llm_error": 1002,
+    "cascade_brain_error": 1002, "asr_transcription_error": 1002, "vad_error": 1002,
+    "turn_probability_error": 1002, "tts_cascade_error": 1002, "redis_timeout_error": 1002,
+    "unknown_websocket_crash": 1011,
+}
+# What each one means to the kiosk (the README's table says the same).
+EXPECTED: dict[str, Outcome] = {
+    "invalid_message": Outcome.REJECTED, "value_error": Outcome.REJECTED, "missing_fields": Outcome.REJECTED,
+    "telephony_agent_error": Outcome.AGENT_SETUP, "mcp_tool_error": Outcome.AGENT_SETUP,
+    "mcp_https_error": Outcome.AGENT_SETUP, "override_error": Outcome.MISCONFIGURED,
+    "missing_dynamic_variable": Outcome.MISSING_VARIABLE, "missing_dynamic_variable_transfer": Outcome.MISSING_VARIABLE,
+    "websocket_disconnect": Outcome.NETWORK, "transport_receive_timeout": Outcome.NETWORK,
+    "safety_violation": Outcome.SAFETY, "max_duration_exceeded": Outcome.MAX_DURATION,
+    **{
+        t: Outcome.SERVER_ERROR
+        for t in (
+            "llm_timeout", "asyncio_timeout", "http_exception", "llm_error", "custom_llm_error", "cascade_brain_error",
+            "asr_transcription_error", "vad_error", "turn_probability_error", "tts_cascade_error",
+            "redis_timeout_error", "unknown_websocket_crash",
+        )
+    },
+}
+
+
+def test_every_documented_error_type_is_classified_on_purpose() -> None:
+    assert set(ERROR_TYPES) == set(DOCUMENT_ERROR_TYPES)
+    assert set(EXPECTED) == set(DOCUMENT_ERROR_TYPES) - {"unknown"}
+
+
+@pytest.mark.parametrize("error_type", sorted(EXPECTED))
+def test_error_type_decides_the_outcome(error_type: str) -> None:
+    code = DOCUMENT_ERROR_TYPES[error_type] or 1011
+    # A reason text that would mislead the old English matching ("timeout", "token", "quota" …) must not matter.
+    for reason in ("", "receive timeout: token expired, check quota"):
+        outcome, detail = classify_end(code, reason, ServerError(code, "Something went wrong.", error_type))
+        assert outcome is EXPECTED[error_type], (reason, outcome)
+        assert error_type in detail and f"close {code}" in detail and "Something went wrong." in detail
+
+
+def test_error_type_decides_even_when_the_line_drops_before_the_close_frame() -> None:
+    outcome, detail = classify_end(None, "", ServerError(1002, "", "llm_timeout"))
+    assert outcome is Outcome.SERVER_ERROR and "no close frame" in detail
+
+
+def test_an_llm_timeout_is_not_reported_as_missing_audio() -> None:
+    ended = SessionEnded(*classify_end(1002, "timeout", ServerError(1002, "LLM timed out", "llm_timeout")), 1002)
+    assert ended.outcome is Outcome.SERVER_ERROR
+    assert "language model" in ended.message and "audio" not in ended.message
+
+
+def test_a_safety_violation_is_not_retried_and_says_why() -> None:
+    ended = SessionEnded(*classify_end(1002, "", ServerError(1002, "", "safety_violation")), 1002)
+    assert ended.outcome is Outcome.SAFETY and not ended.outcome.retryable
+    assert "policy" in ended.message
+
+
+def test_a_missing_dynamic_variable_gets_advice_about_dynamic_variables() -> None:
+    said = "Missing required dynamic variables in first message: {'visitor_name'}"
+    err = ServerError(1008, said, "missing_dynamic_variable")
+    ended = SessionEnded(*classify_end(1008, "", err), 1008)
+    assert ended.outcome is Outcome.MISSING_VARIABLE and not ended.outcome.retryable
+    assert "[agent.dynamic_variables]" in ended.message and "visitor_name" in ended.message
+
+
+def test_max_duration_is_reported_as_such_without_any_reason_text() -> None:
+    ended = SessionEnded(*classify_end(1000, "", ServerError(1000, "", "max_duration_exceeded")), 1000)
+    assert ended.outcome is Outcome.MAX_DURATION and "maximum duration" in ended.message
+
+
+@pytest.mark.parametrize("error_type", ["unknown", "", "a_type_added_next_year"])
+def test_without_a_usable_error_type_the_code_and_then_the_text_decide(error_type: str) -> None:
+    quota = ServerError(1002, "This request exceeds your quota limit.", error_type)
+    assert classify_end(1002, "", quota)[0] is Outcome.QUOTA  # the text: quota has no error_type of its own
+    assert classify_end(1011, "", ServerError(1011, "", error_type))[0] is Outcome.SERVER_ERROR
+    assert classify_end(1008, "Invalid signature", ServerError(1008, "", error_type))[0] is Outcome.AUTH
+    assert classify_end(None, "", ServerError(1002, "quota exceeded", error_type))[0] is Outcome.QUOTA
+    assert classify_end(1000, "", None)[0] is Outcome.NORMAL
+
+
+def test_no_advice_promises_an_automatic_retry() -> None:
+    # Retries happen only while connecting, and the controller says so itself ("trying again in N s");
+    # the same advice also ends conversations that broke off, which are never reopened on their own.
+    for o in Outcome:
+        assert "tries again" not in o.advice and "try again with" not in o.advice, o
 
 
 # -- user audio conversion -----------------------------------------------------------

@@ -40,9 +40,41 @@ def test_prometheus_textfile_is_well_formed() -> None:
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
     assert 'voice_appliance_state{state="listening"} 1' in text
     assert 'voice_appliance_state{state="idle"} 0' in text
+    assert 'voice_appliance_state{state="stopped"} 0' in text and "voice_appliance_up 1\n" in text
     assert "voice_appliance_conversations_total 2" in text
     assert "# TYPE voice_appliance_conversations_total counter" in text
     assert "voice_appliance_ping_ms 42" in text
+
+
+def test_prometheus_values_are_exact() -> None:
+    """Issue 10: ``:g`` wrote 1234567 as 1.23457e+06 and 2592001.5 s as 2.592e+06."""
+    st = Status(counters={"blocks_sent": 1234567, "uptime_s": 2592001.5, "ping_ms": 0.1, "errors": 10**15})
+    text = to_prometheus(st)
+    assert "voice_appliance_blocks_sent_total 1234567\n" in text
+    assert "voice_appliance_uptime_s 2592001.5\n" in text
+    assert "voice_appliance_ping_ms 0.1\n" in text
+    assert "voice_appliance_errors_total 1000000000000000\n" in text
+    assert "voice_appliance_conversations_total 0\n" in text  # absent: zero
+    values = {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines() if not line.startswith("#")}
+    assert float(values["voice_appliance_uptime_s"]) == 2592001.5  # round-trips exactly
+    assert to_prometheus(Status(counters={"ping_ms": float("nan")})).count("voice_appliance_ping_ms NaN\n") == 1
+
+
+def test_a_clean_stop_leaves_the_textfile_saying_stopped(tmp_path: Path) -> None:
+    prom = tmp_path / "node.prom"
+    files = StatusFiles(str(tmp_path / "status.json"), str(prom))
+    files.write(Status(state="connecting", muted=True, counters={"conversations": 7}))
+    assert 'voice_appliance_state{state="connecting"} 1' in prom.read_text()
+    files.remove()
+    text = prom.read_text()
+    assert "voice_appliance_up 0\n" in text
+    assert 'voice_appliance_state{state="stopped"} 1' in text
+    assert 'voice_appliance_state{state="connecting"} 0' in text
+    on = [line for line in text.splitlines() if line.startswith("voice_appliance_state{") and line.endswith(" 1")]
+    assert on == ['voice_appliance_state{state="stopped"} 1']
+    assert "voice_appliance_muted 0\n" in text
+    assert "voice_appliance_conversations_total 7\n" in text  # the last counters stay readable
+    assert not (tmp_path / "status.json").exists()
 
 
 def test_status_line_says_state_conversation_and_last_error() -> None:

@@ -11,8 +11,18 @@ import pytest
 from device.audioformat import SUPPORTED, parse_format
 from device.emulator.conversation import Action, Close, Conversation, Drop, Send, SendRaw
 from device.emulator.recording import ConversationRecord
-from device.emulator.scenario import QUOTA_REASON, Scenario, ToolCall, Turn, default_scenario, parse_fault_spec
+from device.emulator.scenario import (
+    DEFAULT_CLIENT_EVENTS,
+    ERROR_TYPE_CODES,
+    QUOTA_REASON,
+    Scenario,
+    ToolCall,
+    Turn,
+    default_scenario,
+    parse_fault_spec,
+)
 from device.emulator.speech import Synthesizer
+from device.errors import ConfigError
 
 INIT = "conversation_initiation_client_data"
 BLOCK = 8000  # 250 ms of 16 kHz PCM: what the device sends
@@ -201,8 +211,10 @@ def test_overrides_the_agent_does_not_allow_close_the_socket(
 ) -> None:
     h = harness(clock, tone_synth)
     h.init(conversation_config_override=override)
-    assert h.closes() == [Close(1008, f"Override for field '{field}' is not allowed by config.")]
-    assert h.messages() == []  # no metadata
+    reason = f"Override for field '{field}' is not allowed by config."
+    assert h.closes() == [Close(1008, reason)]
+    error = {"code": 1008, "message": reason, "error_type": "override_error", "reason": "override_error"}
+    assert h.messages() == [{"type": "error", "error_event": error}]  # and no metadata
 
 
 def test_without_a_first_message_the_agent_waits(
@@ -224,7 +236,13 @@ def test_without_a_first_message_the_agent_waits(
 def test_a_user_turn_gets_transcript_and_reply(
     clock: FakeClock, tone_synth: Synthesizer, user_speech_16k: bytes
 ) -> None:
-    h = harness(clock, tone_synth, timing={"response_delay_ms": 400, "end_of_turn_silence_ms": 700})
+    events = (*DEFAULT_CLIENT_EVENTS, "vad_score")
+    h = harness(
+        clock,
+        tone_synth,
+        agent={"client_events": events},
+        timing={"response_delay_ms": 400, "end_of_turn_silence_ms": 700},
+    )
     h.init()
     h.run(10)  # the greeting plays out
     h.silence(0.5)
@@ -232,7 +250,7 @@ def test_a_user_turn_gets_transcript_and_reply(
     h.silence(2.0)
     turn0 = h.scenario.turns[0]
     assert h.messages("user_transcript") == [
-        {"type": "user_transcript", "user_transcription_event": {"user_transcript": turn0.transcript}}
+        {"type": "user_transcript", "user_transcription_event": {"user_transcript": turn0.transcript, "event_id": 2}}
     ]
     tentative = h.messages("tentative_user_transcript")
     assert len(tentative) == 1
@@ -350,7 +368,11 @@ def test_speech_during_playback_interrupts(
     h = harness(
         clock,
         tone_synth,
-        agent={"first_message": LONG, "reuse_event_id_after_interruption": reuse},
+        agent={
+            "first_message": LONG,
+            "reuse_event_id_after_interruption": reuse,
+            "client_events": (*DEFAULT_CLIENT_EVENTS, "agent_response_correction"),
+        },
         timing={"speed": 1.0},
     )
     h.init()
@@ -573,6 +595,10 @@ def test_max_duration_closes_1000(clock: FakeClock, tone_synth: Synthesizer) -> 
     assert h.closes() == []
     h.silence(0.25)
     assert h.closes() == [Close(1000, "Maximum conversation duration reached")]
+    # The document: an `error` event with error_type max_duration_exceeded (code 1000) comes first.
+    assert h.types()[-2:] == ["error", "Close"]
+    error = h.messages("error")[-1]["error_event"]
+    assert (error["code"], error["error_type"]) == (1000, "max_duration_exceeded")
 
 
 def test_silence_after_a_reply_makes_the_agent_reprompt(clock: FakeClock, tone_synth: Synthesizer) -> None:
@@ -741,7 +767,8 @@ def test_a_well_behaved_client_breaks_no_rule(
         ({"type": "feedback", "event_id": 99, "score": "like"}, "bad_field"),
         ({"type": "feedback", "event_id": 1, "score": "meh"}, "bad_field"),
         ({"type": "contextual_update"}, "bad_field"),
-        ({"type": "user_message", "text": ""}, "bad_field"),
+        ({"type": "user_message", "text": 5}, "bad_field"),
+        ({"type": "feedback", "event_id": 1}, "bad_field"),
     ],
 )
 def test_each_rule_is_reported_with_what_was_wrong(
@@ -818,3 +845,195 @@ def test_after_the_socket_is_gone_messages_are_still_checked_but_nothing_is_said
     h.run(5)
     assert (len(h.actions), len(h.record.events_of("audio"))) == before
     assert h.rules() == ["pong_unknown_event_id"]
+
+
+# -- the contract (AsyncAPI document): event ids, client_events, alignment, contract events ------------
+
+
+def test_every_turn_event_carries_the_required_event_id(
+    clock: FakeClock, tone_synth: Synthesizer, user_speech_16k: bytes
+) -> None:
+    events = (*DEFAULT_CLIENT_EVENTS, "agent_response_correction")
+    h = harness(clock, tone_synth, agent={"client_events": events, "first_message": LONG}, timing={"speed": 1.0})
+    h.init()
+    h.silence(1.0)
+    h.speak(user_speech_16k)  # interrupts the long greeting, then a turn with a tool call
+    h.silence(2.0)
+    h.run(10)
+    wrappers = {
+        "user_transcript": "user_transcription_event",
+        "tentative_user_transcript": "tentative_user_transcription_event",
+        "agent_response": "agent_response_event",
+        "agent_response_correction": "agent_response_correction_event",
+    }
+    for type_, wrapper in wrappers.items():
+        sent = h.messages(type_)
+        assert sent, type_
+        assert all(isinstance(m[wrapper]["event_id"], int) for m in sent), type_
+    replies = {m["audio_event"]["event_id"] for m in h.messages("audio")}
+    assert {m["agent_response_event"]["event_id"] for m in h.messages("agent_response")} <= replies
+
+
+def test_tool_calls_carry_an_event_id(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    tool = Turn(transcript="status?", reply="It says {result}.", tool=ToolCall(name="device_status"))
+    h = harness(clock, tone_synth, agent={"first_message": ""}, turns=(tool,))
+    h.init()
+    h.send({"type": "user_message", "text": "status?"})
+    h.run(1)
+    (call,) = h.messages("client_tool_call")
+    assert isinstance(call["client_tool_call"]["event_id"], int)
+
+
+def test_by_default_only_the_event_types_a_real_agent_enables_are_sent(
+    clock: FakeClock, tone_synth: Synthesizer, user_speech_16k: bytes
+) -> None:
+    h = harness(clock, tone_synth, agent={"first_message": LONG}, timing={"speed": 1.0})
+    h.init()
+    h.silence(1.0)
+    h.speak(user_speech_16k)
+    h.silence(2.0)
+    h.run(20)
+    sent = {t for t in h.types() if t[0].islower()}
+    assert "interruption" in sent and "user_transcript" in sent  # the turn really happened
+    assert sent <= set(DEFAULT_CLIENT_EVENTS) | {"client_tool_call"}, sent - set(DEFAULT_CLIENT_EVENTS)
+
+
+def test_opted_in_events_are_sent(clock: FakeClock, tone_synth: Synthesizer, user_speech_16k: bytes) -> None:
+    events = (*DEFAULT_CLIENT_EVENTS, "vad_score", "agent_response_correction", "agent_chat_response_part")
+    h = harness(clock, tone_synth, agent={"client_events": events, "first_message": LONG}, timing={"speed": 1.0})
+    h.init()
+    h.silence(1.0)
+    h.speak(user_speech_16k)
+    h.silence(2.0)
+    assert h.messages("vad_score") and h.messages("agent_response_correction")
+    parts = [m["text_response_part"] for m in h.messages("agent_chat_response_part")]
+    first = parts[: [p["type"] for p in parts].index("stop") + 1]  # the greeting's parts
+    assert first[0]["type"] == "start" and all(p["event_id"] == 1 for p in first)
+    assert "".join(p["text"] for p in first) == LONG
+
+
+def test_alignment_spells_the_reply_across_its_chunks(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    h = harness(clock, tone_synth, agent={"alignment": True, "first_message": LONG})
+    h.init()
+    h.run(30)
+    chars: list[str] = []
+    for m in h.messages("audio"):
+        a = m["audio_event"]["alignment"]
+        assert len(a["chars"]) == len(a["char_start_times_ms"]) == len(a["char_durations_ms"])
+        assert all(isinstance(t, int) and t >= 0 for t in a["char_start_times_ms"])
+        chars += a["chars"]
+    assert "".join(chars) == LONG
+
+
+def test_unknown_client_events_are_refused_with_the_list() -> None:
+    with pytest.raises(ConfigError, match=r"agent\.client_events.*did you mean 'vad_score'"):
+        default_scenario().with_changes(agent={"client_events": ("vad_scores",)})
+
+
+@pytest.mark.parametrize("error_type", list(ERROR_TYPE_CODES))
+def test_error_event_fault_sends_each_error_type_with_the_documents_code(
+    clock: FakeClock, tone_synth: Synthesizer, error_type: str
+) -> None:
+    fault = parse_fault_spec(f"error_event:reply=0,after_chunks=1,error_type={error_type}")
+    h = harness(clock, tone_synth, faults=(fault,))
+    h.init()
+    h.run(5)
+    (error,) = h.messages("error")
+    code = ERROR_TYPE_CODES[error_type]
+    assert error["error_event"]["error_type"] == error_type and error["error_event"]["code"] == code
+    assert h.closes()[0].code == code and h.types()[-2:] == ["error", "Close"]
+
+
+def test_error_event_fault_can_keep_the_connection(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    fault = parse_fault_spec("error_event:reply=0,after_chunks=1,error_type=llm_error,code=1011,then_close=false")
+    h = harness(clock, tone_synth, faults=(fault,))
+    h.init()
+    h.run(5)
+    assert h.messages("error")[0]["error_event"]["code"] == 1011 and h.closes() == []
+
+
+def test_error_event_codes_outside_the_document_are_refused() -> None:
+    with pytest.raises(ConfigError, match="1000, 1002, 1008, 1011"):
+        parse_fault_spec("error_event:error_type=llm_error,code=4000")
+    with pytest.raises(ConfigError, match="error_type"):
+        parse_fault_spec("error_event:error_type=quota_exceeded")
+
+
+def test_agent_tool_response_end_call_closes_after_the_delay(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    fault = parse_fault_spec("agent_tool_response:reply=0,after_chunks=1,delay_s=2")
+    h = harness(clock, tone_synth, agent={"first_message": LONG}, faults=(fault,))
+    h.init()
+    h.run(0.5)
+    (msg,) = h.messages("agent_tool_response")
+    event = msg["agent_tool_response"]
+    assert (event["tool_name"], event["tool_type"], event["is_error"], event["is_called"]) == (
+        "end_call",
+        "system",
+        False,
+        True,
+    )
+    sent_at = h.timed("agent_tool_response")[0][0]
+    h.run(10)
+    (close_t, close), *_ = [(t, a) for t, a in h.actions if isinstance(a, Close)]
+    assert close.code == 1000 and close_t - sent_at == pytest.approx(2.0, abs=0.02)
+
+
+@pytest.mark.parametrize(("answer", "state"), [(True, "success"), (False, "failure"), (None, "failure")])
+def test_mcp_tool_call_awaiting_approval_waits_for_the_answer(
+    clock: FakeClock, tone_synth: Synthesizer, answer: bool | None, state: str
+) -> None:
+    fault = parse_fault_spec("mcp_tool_call:reply=0,after_chunks=0,tool_name=lookup,approval_timeout_s=30")
+    h = harness(clock, tone_synth, faults=(fault,))
+    h.init()
+    (first,) = h.messages("mcp_tool_call")
+    call = first["mcp_tool_call"]
+    assert (call["state"], call["tool_name"], call["approval_timeout_secs"]) == ("awaiting_approval", "lookup", 30)
+    if answer is not None:
+        h.send({"type": "mcp_tool_approval_result", "tool_call_id": call["tool_call_id"], "is_approved": answer})
+    h.run(29 if answer is not None else 31)
+    updates = [m["mcp_tool_call"] for m in h.messages("mcp_tool_call")[1:]]
+    assert [u["state"] for u in updates] == [state]
+    assert updates[0]["tool_call_id"] == call["tool_call_id"] and h.rules() == []
+
+
+def test_rich_content_fault(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    h = harness(clock, tone_synth, faults=(parse_fault_spec("rich_content:reply=0,after_chunks=1"),))
+    h.init()
+    h.run(2)
+    (msg,) = h.messages("rich_content")
+    assert msg["rich_content"]["component"] == "item_card" and isinstance(msg["rich_content"]["event_id"], int)
+
+
+def test_text_only_override_replies_in_text(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    h = harness(clock, tone_synth, agent={"allowed_overrides": ("text_only",), "first_message": "Hi."})
+    h.init(conversation_config_override={"conversation": {"text_only": True}})
+    h.run(1)
+    h.send({"type": "user_message", "text": "What can you do?"})
+    h.run(2)
+    assert h.messages("audio") == []
+    texts = [m["agent_response_event"]["agent_response"] for m in h.messages("agent_response")]
+    assert texts == ["Hi.", h.scenario.turns[0].reply]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "feedback", "event_id": 1, "score": None},  # null clears the feedback
+        {"type": "mcp_tool_approval_result", "tool_call_id": "x", "is_approved": True},
+        {"type": "multimodal_message", "text": {"type": "user_message", "text": "hi"}, "file": None},
+        {"type": "user_message", "text": None},
+        {"type": "contextual_update", "text": "", "context_id": "room"},
+    ],
+)
+def test_what_the_document_allows_is_not_a_violation(
+    clock: FakeClock, tone_synth: Synthesizer, message: dict[str, Any]
+) -> None:
+    h = harness(clock, tone_synth)
+    h.init(tool_mock_config={"mocking_strategy": "none"})
+    h.run(5)
+    h.send(message)
+    rules = h.rules()
+    if message["type"] == "mcp_tool_approval_result":  # known type; only the unknown id is flagged
+        assert rules == ["mcp_approval_unknown_id"]
+    else:
+        assert rules == []

@@ -103,7 +103,7 @@ code = 1000
         ("[[faults]]\nkind='explode'", "faults[0].kind", "choose from"),
         ("[[faults]]\nkind='cloze'", "faults[0].kind", "did you mean 'close'"),
         ("[[faults]]\nkind='quota'\nreply=2", "faults[0].reply", "its keys are: conversation"),
-        ("[[faults]]\nkind='close'\ncode=99", "faults[0].code", "out of range"),
+        ("[[faults]]\nkind='close'\ncode=99", "faults[0].code", "1000…4999"),
     ],
 )
 def test_mistakes_name_the_key_and_the_fix(tmp_path: Path, text: str, key: str, hint: str) -> None:
