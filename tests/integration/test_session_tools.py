@@ -314,7 +314,7 @@ def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> No
     (tmp_path / f"{module}.py").write_text(
         textwrap.dedent(
             f"""
-            import os, signal, socket, subprocess, sys, time
+            import os, signal, socket, subprocess, sys, threading, time
 
             def tell(what, pid):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -326,7 +326,8 @@ def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> No
                 return "too late"
 
             def stubborn():  # ignores SIGTERM and starts a process of its own
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                if threading.current_thread() is threading.main_thread():  # (as it is in its own process)
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep({HANG_S})"])
                 tell("grandchild", child.pid)
                 tell("started", os.getpid())
