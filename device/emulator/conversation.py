@@ -801,11 +801,12 @@ class Conversation:
             record = TurnRecord(index=0, trigger="first_message")
             with self.record.locked():
                 self.record.turns.append(record)
-            if self._text_only:
-                # Text comes out at once (no speech to synthesise): the service still takes its
-                # thinking time, and a client may not be listening in the instant after the metadata.
+            delay_s = self.timing.first_message_delay_ms / 1000
+            if delay_s > 0:
+                # The service synthesises before it speaks; some clients (the official JS one) listen
+                # for messages only after handling the metadata and lose what arrives with it.
                 first = Turn(reply=self._first_message)
-                self._pending = _Pending(first, record, now + self.timing.response_delay_ms / 1000, self._cursor)
+                self._pending = _Pending(first, record, now + delay_s, self._cursor)
             else:
                 self._begin_reply(now, self._first_message, record, False)
         else:

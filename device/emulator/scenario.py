@@ -231,7 +231,7 @@ class AgentSettings:
         metadata=_m(
             "event types the agent sends (its client_events; default as a real agent's: "
             + ", ".join(DEFAULT_CLIENT_EVENTS)
-            + "). Opt in to agent_response_correction, vad_score, agent_chat_response_part, … "
+            + "). Opt in to agent_response_correction, vad_score, agent_chat_response_part, …; "
             "audio, interruption, ping, the metadata, error and client_tool_call (when a turn calls a tool) "
             "are always sent",
         ),
@@ -298,6 +298,10 @@ class Timing:
     chunk_max_ms: int = field(default=500, metadata=_m("longest audio chunk", min=10, max=10000))
     response_delay_ms: int = field(
         default=300, metadata=_m("thinking time between the end of a user turn and the reply", min=0, max=60000)
+    )
+    first_message_delay_ms: int = field(
+        default=0,
+        metadata=_m("time between the metadata and the first message (the service's synthesis time)", min=0, max=60000),
     )
     end_of_turn_silence_ms: int = field(default=700, metadata=_m("silence that ends a user turn", min=30, max=10000))
     speech_start_ms: int = field(
