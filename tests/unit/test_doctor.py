@@ -424,10 +424,7 @@ def test_trusted_with_ca_bundle(tmp_path: Path, tls_server: tuple[int, Path]) ->
 
 @pytest.fixture
 def emulator() -> Iterator[object]:
-    try:
-        from device.emulator import Emulator  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("device.emulator.Emulator is not in this build yet")
+    from device.emulator import Emulator
     with Emulator(api_key=KEY) as emu:
         yield emu
 
