@@ -320,6 +320,24 @@ def install(text: str, dest: Path, now: Callable[[], datetime.datetime] = dateti
     return backup
 
 
+def proposal_hint(root: Path = Path("/")) -> str:
+    """For doctor: "; the cards here fit … (check soundcard --write)", or "" when there is nothing to propose."""
+    try:
+        cards = detect(root)
+        p = propose(cards)
+        if p is None:
+            return ""
+        dest = root / "etc" / "asound.conf"
+        if dest.is_file() and dest.read_text() == render(read_template(p.template), p):
+            return ""
+    except (OSError, DeviceError):
+        return ""
+    return (
+        f"; the sound cards here fit provisioning/asound/{p.template}.conf with card {p.mic.id}: "
+        "sudo voice-appliance check soundcard --write (keeps a backup of /etc/asound.conf)"
+    )
+
+
 # -- the `check soundcard` part ---------------------------------------------------------
 
 

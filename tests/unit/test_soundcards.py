@@ -227,3 +227,38 @@ def test_alsa_lib_parses_each_rendered_template_and_looks_for_the_real_card(
     assert f"Cannot get card index for {mic_card}" in mic_err or f"'{mic_card}'" in mic_err, mic_err
     assert f"Cannot get card index for {speaker_card}" in speaker_err or f"'{speaker_card}'" in speaker_err, speaker_err
     assert mic_card in default_err  # pcm.!default is the kiosk's microphone
+
+
+class FailingProbe:
+    name = "test"
+
+    def capture(self, device: str, channels: int) -> None:
+        from device.errors import AudioError
+
+        raise AudioError(f"microphone {device!r}: Unknown PCM: not found")
+
+    def playback(self, device: str) -> None:
+        pass
+
+    def mixer(self, card: str, control: str) -> None:
+        pass
+
+    def devices(self, capture: bool) -> list[str]:
+        return ["default", "kiosk_mic"]
+
+
+def test_doctor_proposes_the_asound_conf_for_a_uacdemo_card(tmp_path: Path) -> None:
+    from device.commands import doctor
+
+    root = fake_root(tmp_path, CARDS, {2: MONO_STREAM}, {0: "p", 2: "cp"})
+    ctx = doctor.Context(config_path=tmp_path / "none.toml", environ={}, asound_root=root,
+                         audio_probe=FailingProbe())  # type: ignore[arg-type]
+    ctx.cfg = doctor.load_config(None, environ={})
+    fail = [f for f in doctor.check_audio(ctx) if f.status is doctor.Status.FAIL]
+    assert len(fail) == 1
+    assert "provisioning/asound/usb-mono.conf with card UACDemoV10" in fail[0].fix
+    assert "check soundcard --write" in fail[0].fix
+    # once written, doctor no longer proposes it
+    soundcards.check(root, write=True, line=lambda _: None)
+    (again,) = [f for f in doctor.check_audio(ctx) if f.status is doctor.Status.FAIL]
+    assert "check soundcard" not in again.fix
