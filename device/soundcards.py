@@ -369,7 +369,7 @@ def check(
         if current == text:
             return [Result("soundcard", "PASS", f"{dest} already matches the proposal")]
         return [Result(
-            "soundcard", "WARN", f"{dest} {'differs from' if current else 'is missing;'} the proposal",
+            "soundcard", "WARN", f"{dest} {'differs from the proposal' if current else 'does not exist'}",
             "install it: sudo voice-appliance check soundcard --write (the old file is kept as a backup)",
         )]
     backup = install(text, dest)
