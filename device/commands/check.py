@@ -23,11 +23,14 @@ import dataclasses
 import os
 import queue
 import select
+import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from device import bringup
@@ -353,7 +356,8 @@ def check_button(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> li
             )]
         if opt.gpio_ready is not None:
             opt.gpio_ready.set()
-        deadline = time.monotonic() + seconds
+        started_s = time.monotonic()
+        deadline = started_s + seconds
         while True:
             try:
                 what, active, t = events.get(timeout=0.05)
@@ -372,8 +376,9 @@ def check_button(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> li
     finally:
         g.close()
     if tracker.presses == 0:
+        watched_s = min(seconds, time.monotonic() - started_s)
         return [Result(
-            "button", "WARN", f"no press seen in {seconds:g} s",
+            "button", "WARN", f"no press seen in {watched_s:.0f} s",
             f"check the wiring (BCM {b.pin} to {'ground' if b.pull_up else '3.3 V'}), button.pull_up and button.pin",
         )]
     extra = f", mute switch moved {switched} time(s)" if b.mute_pin is not None else ""
@@ -466,10 +471,26 @@ def load(args: argparse.Namespace, ui: Ui) -> Config:
     return load_config(None, overrides=args.overrides)
 
 
+def service_running(cfg: Config) -> bool:
+    """Whether a daemon answers on the control socket (it then holds the sound card and the pins)."""
+    path = cfg.systemd.control_socket
+    if not path or not Path(path).exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:
+            return False  # a stale socket file, or not ours to use: the parts will say what is busy
+    return True
+
+
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     out = stream or sys.stdout
     ui = Ui(out, ansi=out.isatty() and not args.plain and os.environ.get("TERM") != "dumb")
     cfg = load(args, ui)
+    if args.part != "soundcard" and service_running(cfg):
+        ui.line(f"warning: the voice-appliance daemon is running ({cfg.systemd.control_socket}); {SERVICE_HINT}")
     factory = None
     if args.mock_gpio:
         from device.gpio import mock_factory
@@ -481,5 +502,19 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     )
     parts = [args.part] if args.part else ["soundcard", *PARTS]
     stop = threading.Event()
-    results = run_parts(cfg, parts, ui, stop, opt)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_interrupt(signum: int, frame: FrameType | None) -> None:
+            # the first Ctrl-C ends the live view and the sequence, with verdicts; a second one aborts
+            stop.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        results = run_parts(cfg, parts, ui, stop, opt)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if stop.is_set():
+        ui.line("interrupted (Ctrl-C): the parts after this one did not run")
     return 1 if any(r.verdict == "FAIL" for r in results) else 0

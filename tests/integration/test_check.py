@@ -254,3 +254,67 @@ def test_plain_flag_and_all_parts_in_sequence(alsa_dir: Path, tmp_path: Path) ->
     assert "WARN soundcard" in summary  # no /etc/asound.conf under the root yet
     assert "WARN button" in summary  # nobody pressed it
     assert rc == 0, shown
+
+
+def test_ctrl_c_ends_the_live_view_with_a_verdict() -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "check", "--mock-gpio", "--seconds", "60", "--plain", "--dwell-s", "0",
+         "--config", "/nonexistent", "--set", "audio.capture_device=nonexistent_pcm"],
+        stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, cwd=ROOT,
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"== button" not in shown and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                shown += os.read(master, 65536)
+        assert b"== button" in shown, shown
+        proc.send_signal(2)  # SIGINT, as Ctrl-C on the terminal
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.5)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            shown += data
+        rc = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+    text = shown.decode()
+    assert "WARN button    no press seen" in text
+    assert "interrupted (Ctrl-C)" in text and "== vad" not in text  # the sequence stopped there
+    assert "FAIL mic" in text and rc == 1  # the earlier parts' verdicts still count
+
+
+def test_a_running_daemon_is_named(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "control.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        buf = io.StringIO()
+        args = check_args("leds", "--mock-gpio", "--dwell-s", "0", "--set", f"systemd.control_socket={path}")
+        assert check.run(args, stream=buf) == 0
+    assert "warning: the voice-appliance daemon is running" in buf.getvalue()
+    assert "sudo systemctl stop voice-appliance" in buf.getvalue()
+    buf = io.StringIO()
+    assert check.run(check_args("leds", "--mock-gpio", "--dwell-s", "0", "--set",
+                                f"systemd.control_socket={path}"), stream=buf) == 0
+    assert "daemon is running" not in buf.getvalue()  # a stale socket file: nobody answers
+
+
+def check_args(*argv: str) -> Any:
+    from device.cli import build_parser
+
+    return build_parser().parse_args(["check", "--config", "/nonexistent", *argv])
