@@ -318,3 +318,11 @@ def check_args(*argv: str) -> Any:
     from device.cli import build_parser
 
     return build_parser().parse_args(["check", "--config", "/nonexistent", *argv])
+
+
+def test_speaker_with_a_missing_mixer_control_fails_with_the_fix(alsa_dir: Path) -> None:
+    cfg, out = audio_cfg(alsa_dir, b"", "audio.mixer_control=NoSuchControl", "audio.mixer_card=default")
+    results, _text = run_part(cfg, "speaker", Options())
+    assert [r.verdict for r in results] == ["FAIL"]
+    assert "NoSuchControl" in results[0].detail and "scontrols" in results[0].detail
+    assert not filedevices.read_output(out)  # nothing played at an unknown volume
