@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "bench": "hold a conversation over loopback audio files against the emulator and report",
     "emulator": "serve a local ElevenAgents-compatible agent for benches, tests and kiosks",
     "doctor": "check audio devices, GPIO, credentials and the network, and say what to fix",
+    "check": "bring up the hardware: microphone, speaker, LEDs, button, VAD and the sound card, with verdicts",
     "ctl": "control a running daemon through its local socket",
     "version": "print the version",
 }

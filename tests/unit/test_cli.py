@@ -86,7 +86,7 @@ def test_check_validates_and_prints_without_the_key(tmp_path: Path) -> None:
     key.chmod(0o600)
     r = cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={key}")
     assert r.returncode == 0, r.stderr
-    assert "OK" in r.stdout and '"agent_id": "agent_0123456789abcdef"' in r.stdout
+    assert "valid, 1 warning(s)" in r.stdout and '"agent_id": "agent_0123456789abcdef"' in r.stdout
     assert KEY not in r.stdout + r.stderr
 
 
