@@ -7,8 +7,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.support import self_signed_cert
 
 # Threads started by libraries that own them for the process lifetime.
 _ALLOWED_PREFIXES = ("pytest_timeout", "asyncio_")
@@ -67,3 +70,9 @@ def restore_root_logging() -> Iterator[None]:
     yield
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
+
+
+@pytest.fixture(scope="session")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1."""
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
