@@ -43,6 +43,7 @@ from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
 from device.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.config import AgentConfig, SessionConfig
 from device.errors import SessionError, WorkerStuckError
+from device.neterrors import NetFailure, classify, describe
 from device.protocol import (
     MAX_MESSAGE_BYTES,
     AgentAudio,
@@ -243,6 +244,15 @@ def _tls_context(ca_bundle: str) -> ssl.SSLContext:
         ) from None
 
 
+# websocket-client's own exception types, for the shared classifier (device.neterrors).
+_WEBSOCKET_FAILURES: dict[type[BaseException], NetFailure] = {
+    websocket.WebSocketProxyException: NetFailure.PROXY,
+    websocket.WebSocketAddressException: NetFailure.DNS,
+    websocket.WebSocketTimeoutException: NetFailure.TIMEOUT,
+    websocket.WebSocketConnectionClosedException: NetFailure.FAILED,
+}
+
+
 def _classify_connect_error(e: BaseException, host: str, timeout_s: float) -> _End:
     """An exception from opening the socket → an outcome naming the failure class."""
     if isinstance(e, websocket.WebSocketBadStatusException):
@@ -258,30 +268,13 @@ def _classify_connect_error(e: BaseException, host: str, timeout_s: float) -> _E
             Outcome.RATE_LIMITED: "is rate limiting",
         }.get(outcome, "refused the conversation socket")
         return _End(outcome, f"{host} {what} (HTTP {status})", None, retry)
-    chain: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and len(chain) < 8:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    if any(isinstance(x, ssl.SSLCertVerificationError) for x in chain) or any(
-        isinstance(x, ssl.SSLError) for x in chain
-    ):
-        return _End(
-            Outcome.NETWORK,
-            f"TLS check of {host} failed while opening the conversation; check the device clock, and if a "
-            "proxy inspects TLS set agent.ca_bundle to its CA certificate",
-        )
-    if isinstance(e, websocket.WebSocketProxyException):
-        return _End(Outcome.NETWORK, "the proxy refused the conversation socket; check HTTPS_PROXY and NO_PROXY")
-    if any(isinstance(x, socket.gaierror) for x in chain) or isinstance(e, websocket.WebSocketAddressException):
-        return _End(Outcome.NETWORK, f"cannot resolve {host} (DNS); check the network, DNS and agent.region")
-    if any(isinstance(x, ConnectionRefusedError) for x in chain):
-        return _End(Outcome.NETWORK, f"connection to {host} refused; check the network (or that the emulator runs)")
-    if any(isinstance(x, (socket.timeout, TimeoutError, websocket.WebSocketTimeoutException)) for x in chain):
-        return _End(Outcome.NETWORK, f"opening the conversation with {host} timed out after {timeout_s:g} s")
-    if isinstance(e, (OSError, websocket.WebSocketConnectionClosedException)):
-        return _End(Outcome.NETWORK, f"the connection to {host} failed while opening the conversation")
-    return _End(Outcome.PROTOCOL, f"{host} did not open a WebSocket ({type(e).__name__})")
+    kind = classify(e, _WEBSOCKET_FAILURES)
+    if kind is None:
+        return _End(Outcome.PROTOCOL, f"{host} did not open a WebSocket ({type(e).__name__})")
+    detail = describe(
+        kind, e, host=host, what="opening the conversation", timeout_s=timeout_s, timeout_key="agent.connect_timeout_s"
+    )
+    return _End(Outcome.NETWORK, detail)
 
 
 def _host_of(url: str) -> str:
