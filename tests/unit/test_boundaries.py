@@ -227,3 +227,15 @@ def _names(rules: Iterable[Rule]) -> list[str]:
 def test_the_architecture_page_names_every_rule() -> None:
     page = PAGE.read_text()
     assert [n for n in _names(RULES) if f"`{n}`" not in page] == []
+
+
+def test_no_file_points_at_documents_outside_the_repository() -> None:
+    # The project's documents are its README and docs/; a path outside the repository dangles for a reader.
+    outside = "shared/" + "docs"  # split, so this file does not match itself
+    hits = [
+        p.relative_to(ROOT).as_posix()
+        for top in ("device", "tests", "provisioning", "systemd", "docs")
+        for p in (ROOT / top).rglob("*")
+        if p.is_file() and p.suffix in (".py", ".sh", ".md", ".toml", ".service") and outside in p.read_text()
+    ]
+    assert hits == []
