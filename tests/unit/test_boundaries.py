@@ -224,9 +224,11 @@ def _names(rules: Iterable[Rule]) -> list[str]:
     return [r.name for r in rules]
 
 
-def test_the_architecture_page_names_every_rule() -> None:
+def test_the_architecture_page_names_every_rule_library_and_pure_module() -> None:
     page = PAGE.read_text()
     assert [n for n in _names(RULES) if f"`{n}`" not in page] == []
+    assert [lib for lib in OWNERS if f"`{lib}`" not in page] == []
+    assert [m for m in PURE if f"`{m}`" not in page] == []
 
 
 def test_no_file_points_at_documents_outside_the_repository() -> None:
