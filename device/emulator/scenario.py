@@ -495,9 +495,6 @@ class Scenario:
     faults: tuple[Fault, ...] = field(default=(), metadata=_m("faults to inject"))
     name: str = field(default="default", metadata=_m("shown in logs and recordings"))
 
-    def faults_of(self, *kinds: str) -> tuple[Fault, ...]:
-        return tuple(f for f in self.faults if f.kind in kinds)
-
     def with_changes(self, **sections: Any) -> Scenario:
         """A copy with some keys of sections replaced, e.g. ``timing={"speed": 50}``, ``turns=(…)``."""
         changes: dict[str, Any] = {}
