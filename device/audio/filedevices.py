@@ -9,6 +9,9 @@ when ``ALSA_CONFIG_PATH`` or the files change)::
                                       opened with (S16_LE 16 kHz, 1 or 2 channels)
     va_out:OUT="/abs/out.raw"         playback: raw frames exactly as written
     va_out16:OUT="/abs/out.raw"       playback through plug: always S16_LE mono 16 kHz
+    va_pulse:SERVER="unix:/abs/native",DEVICE="speaker"
+                                      a sink or source of a private PulseAudio daemon
+                                      (the clocked card, device/bench/clockedcard.py)
 
 Use::
 
@@ -98,6 +101,16 @@ pcm.va_out16 {
     }
     hint.description "voice-appliance: playback into a raw S16_LE 16 kHz mono file"
 }
+
+pcm.va_pulse {
+    @args [ SERVER DEVICE ]
+    @args.SERVER { type string }
+    @args.DEVICE { type string }
+    type pulse
+    server $SERVER
+    device $DEVICE
+    hint.description "voice-appliance: a sink or source of a private PulseAudio (device/bench/clockedcard.py)"
+}
 """
 
 _SEGMENT = re.compile(r"\.(\d{4})$")
@@ -146,6 +159,14 @@ def _quoted(path: Path) -> str:
 def capture_device(raw_path: Path) -> str:
     """Name of a capture device reading raw S16_LE 16 kHz frames from ``raw_path``."""
     return f"va_in:IN={_quoted(raw_path)}"
+
+
+def pulse_device(server: str, device: str) -> str:
+    """Name of the ALSA device for ``device`` (a sink, or a source such as ``room.monitor``) of ``server``."""
+    for text in (server, device):
+        if any(c in text for c in '"\\%\n\''):
+            raise AudioError(f"{text!r} contains a quote, backslash or %; choose another path or name")
+    return f'va_pulse:SERVER="{server}",DEVICE="{device}"'
 
 
 def playback_device(out_path: Path, *, fixed_16k: bool = False) -> str:
