@@ -76,3 +76,20 @@ def test_the_microphone_hears_the_room(clocked_card: ClockedCard) -> None:
     spans = sound_spans(b"".join(b.pcm for b in got), 16000)
     assert len(spans) == 1, f"the tone was heard in pieces: {spans}"
     assert (spans[0][1] - spans[0][0]) / 16000 == pytest.approx(1.0, abs=0.01)  # the whole second
+
+
+def test_capture_through_the_sound_server_starts_without_a_lost_microphone(clocked_card: ClockedCard) -> None:
+    """The pulse plugin's first 4000-frame period takes ~1.9 s: a slow start, never 'no audio for 2 s'."""
+    for _ in range(3):  # before the fix about one open in two failed here
+        blocks: queue.Queue[Block] = queue.Queue()
+        events: queue.Queue[CaptureEvent] = queue.Queue()
+        cap = Capture(AudioConfig(capture_device=clocked_card.microphone_device), blocks.put, on_event=events.put)
+        cap.start()
+        try:
+            got = [blocks.get(timeout=TIMEOUT_S) for _ in range(3)]
+        finally:
+            cap.stop()
+        kinds = [events.get_nowait().kind for _ in range(events.qsize())]
+        assert kinds == ["opened"], kinds
+        assert [b.seq for b in got] == [0, 1, 2]
+        assert cap.stats["device_errors"] == 0
