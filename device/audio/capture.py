@@ -73,6 +73,7 @@ class Capture(Worker):
         self._buf = bytearray()
         self._opened_at_s = 0.0
         self._last_data_s: float | None = None  # None until the open stream delivered its first frames
+        self._has_clock = False  # the open device made us wait for frames: it is not paced
         self._pacer = BlockPacer(BLOCK_S)
         self._seq = 0
         self._failures = 0  # consecutive failures without a block in between
@@ -131,10 +132,28 @@ class Capture(Worker):
         self._buf.clear()
         self._opened_at_s = time.monotonic()
         self._last_data_s = None
+        self._has_clock = False
         self._pacer.start(self._opened_at_s)
+        if cfg.pace_realtime and not self._probe_clockless():
+            self._has_clock = True
+            log.info("microphone %s has its own clock: not pacing it (audio.pace_realtime)", cfg.capture_device)
         log.info("microphone %s open (%d channel(s))", cfg.capture_device, self._channels)
         self._emit(CaptureEvent("opened", time.monotonic(), cfg.capture_device))
         return True
+
+    def _probe_clockless(self) -> bool:
+        """Read at once after the open: a clockless file device has a whole block ready, a card or a
+        sound server has not started yet. Pacing a clocked device would stamp its blocks with the
+        pacer's times, not the audio's (through a sound server the stream starts up to ~1.7 s late),
+        and the gate would match the button against the wrong audio."""
+        assert self._dev is not None
+        try:
+            data = self._dev.read()
+        except AudioError:
+            return True  # the read loop meets the error again and reports it
+        if data:
+            self._buf += data
+        return data is not None and len(data) >= self._block_bytes
 
     def _device_failed(self, error: AudioError, lost: bool) -> None:
         self._close()
@@ -156,9 +175,9 @@ class Capture(Worker):
         """Collect one block; None when stopping."""
         dev = self._dev
         assert dev is not None
-        paced = self._cfg.pace_realtime
         idle_polls = 0
-        while len(self._buf) < self._block_bytes:
+        while True:
+            paced = self._cfg.pace_realtime and not self._has_clock
             if self.stopping:
                 return None
             if paced:
@@ -167,6 +186,8 @@ class Capture(Worker):
                 if wait_s > 0:
                     self._waker.wait(wait_s)
                     continue
+            if len(self._buf) >= self._block_bytes:
+                break
             data = dev.read()
             if data is None:
                 self._overrun()
@@ -177,7 +198,11 @@ class Capture(Worker):
                 idle_polls = 0
                 continue
             if paced:
-                raise AudioError(f"microphone {dev.device!r} returned no frames")
+                # A clockless device always has frames; this one made us wait, so it keeps time
+                # itself after all: pacing it as well would starve it.
+                self._has_clock = True
+                log.info("microphone %s has its own clock: not pacing it (audio.pace_realtime)", dev.device)
+                continue
             # checked after a read that found nothing, so a wait that ends at the deadline reads once more
             deadline_s = stall_deadline_s(self._opened_at_s, self._last_data_s)
             if time.monotonic() > deadline_s:
@@ -192,7 +217,7 @@ class Capture(Worker):
                 idle_polls += 1
                 if idle_polls > 100:  # descriptors keep firing without data: do not spin
                     self._waker.wait(0.01)
-        if paced:
+        if self._cfg.pace_realtime and not self._has_clock:
             captured_at_s = self._pacer.next_deadline_s
             self._pacer.advance()
         else:

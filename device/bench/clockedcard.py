@@ -10,7 +10,8 @@ It needs no kernel module and no desktop session: one ``pulseaudio`` process
   :meth:`ClockedCard.record_speaker` records its monitor with ``parec``, each
   sample placed on ``CLOCK_MONOTONIC`` (``time.monotonic()``).
 - ``room``: what the microphone hears (ALSA name :attr:`ClockedCard.microphone_device`
-  captures the room's monitor); :meth:`ClockedCard.play_into_room` speaks into it.
+  captures the room's monitor); :meth:`ClockedCard.play_into_room` speaks into it, and
+  :attr:`ClockedCard.room` records it from the start (which also keeps the room real time).
 
 The ALSA names go through ALSA's ``pulse`` plugin (libasound2-plugins) with the
 daemon's socket as an argument (``va_pulse:SERVER=…,DEVICE=…``, defined in
@@ -103,14 +104,16 @@ class SpeakerRecording:
     (within the recorder's latency, ~10 ms).
     """
 
-    def __init__(self, card: ClockedCard, rate_hz: int) -> None:
+    def __init__(self, card: ClockedCard, rate_hz: int, source: str = "speaker.monitor") -> None:
         self.rate_hz = rate_hz
+        self.source = source
         self._buf = bytearray()
         self._lock = threading.Lock()
+        self._grew = threading.Condition(self._lock)
         self._first_data = threading.Event()
         self._start_s: float | None = None
         self._proc = subprocess.Popen(
-            ["parec", "-d", "speaker.monitor", "--raw", "--format=s16le", f"--rate={rate_hz}", "--channels=1",
+            ["parec", "-d", source, "--raw", "--format=s16le", f"--rate={rate_hz}", "--channels=1",
              f"--latency-msec={RECORD_LATENCY_MS}"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=card.client_env,
         )
@@ -133,12 +136,34 @@ class SpeakerRecording:
                 start_s = now - (len(self._buf) // 2) / self.rate_hz
                 if self._start_s is None or start_s < self._start_s:
                     self._start_s = start_s
+                self._grew.notify_all()
             self._first_data.set()
 
     def wait_started(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Block until the recorder delivers audio (from then on nothing played is missed)."""
         if not self._first_data.wait(timeout_s):
             raise AudioError(f"the speaker recorder delivered nothing within {timeout_s:.0f} s")
+
+    def wait_for_sound(self, after_s: float, threshold: int = 200, timeout_s: float = START_TIMEOUT_S) -> float:
+        """Block until a sample louder than ``threshold`` at or after monotonic ``after_s``; its time."""
+        deadline = time.monotonic() + timeout_s
+        with self._grew:
+            checked = 0
+            while True:
+                if self._start_s is not None:
+                    first = max(checked, round((after_s - self._start_s) * self.rate_hz))
+                    view = memoryview(self._buf)[: len(self._buf) - len(self._buf) % 2].cast("h")
+                    try:
+                        for i in range(max(0, first), len(view)):
+                            if abs(view[i]) > threshold:
+                                return self._start_s + i / self.rate_hz
+                        checked = len(view)
+                    finally:
+                        view.release()
+                left = deadline - time.monotonic()
+                if left <= 0 or self._proc.poll() is not None:
+                    raise AudioError(f"no sound on {self.source} within {timeout_s:.0f} s")
+                self._grew.wait(left)
 
     def stop(self) -> None:
         """Stop recording (idempotent); what was heard so far stays in :attr:`pcm`."""
@@ -186,6 +211,7 @@ class ClockedCard:
         self._proc: subprocess.Popen[bytes] | None = None
         self._players: list[subprocess.Popen[bytes]] = []
         self._recordings: list[SpeakerRecording] = []
+        self.room: SpeakerRecording | None = None
 
     @classmethod
     def start(cls, directory: Path, speaker_rate_hz: int = SPEAKER_RATE_HZ) -> ClockedCard:
@@ -250,6 +276,15 @@ class ClockedCard:
                 raise AudioError(f"pulseaudio did not come up within {START_TIMEOUT_S:.0f} s: {self._log_tail()}")
             time.sleep(0.05)  # polling a child process's socket: nothing to wait on
         log.info("clocked card up: pulseaudio pid %d, socket %s", self._proc.pid, self.socket)
+        # A listener on the room for the card's lifetime. Without a low-latency client the sound
+        # server renders the idle room sink in blocks of up to 2 s, so the microphone's audio would
+        # arrive up to ~1.7 s after it was said (no real microphone lags like that), and blocks
+        # stamped on arrival would meet the button's presses late. It also records what was said.
+        try:
+            self.room = self.record_room()
+        except AudioError:
+            self.stop()
+            raise
 
     def _pactl_ok(self) -> bool:
         try:
@@ -266,7 +301,14 @@ class ClockedCard:
 
     def record_speaker(self, rate_hz: int | None = None) -> SpeakerRecording:
         """Start recording what the speaker plays; returns once the recorder delivers audio."""
-        rec = SpeakerRecording(self, rate_hz or self.speaker_rate_hz)
+        return self._record("speaker.monitor", rate_hz or self.speaker_rate_hz)
+
+    def record_room(self) -> SpeakerRecording:
+        """Start another recording of what is said in the room (:attr:`room` runs from the start)."""
+        return self._record("room.monitor", ROOM_RATE_HZ)
+
+    def _record(self, source: str, rate_hz: int) -> SpeakerRecording:
+        rec = SpeakerRecording(self, rate_hz, source)
         self._recordings.append(rec)
         try:
             rec.wait_started()
@@ -292,6 +334,7 @@ class ClockedCard:
         for rec in self._recordings:
             rec.stop()
         self._recordings.clear()
+        self.room = None
         for proc in self._players:
             _stop_process(proc, "pacat")
         self._players.clear()
