@@ -49,7 +49,8 @@ import re
 import wave
 from pathlib import Path
 
-from device.audio.convert import resample_linear, to_mono
+from device.audio.convert import to_mono
+from device.audio.resample import resample
 from device.audioformat import CAPTURE_RATE_HZ
 from device.errors import AudioError
 
@@ -238,7 +239,7 @@ def prepare_input(src: Path, dest_raw: Path, *, channels: int = 1, tail_s: float
     elif channels == 2 and src_channels == 1:
         sides = [pcm, pcm]
     if rate_hz != CAPTURE_RATE_HZ:
-        sides = [resample_linear(side, rate_hz, CAPTURE_RATE_HZ) for side in sides]
+        sides = [resample(side, rate_hz, CAPTURE_RATE_HZ) for side in sides]
     out = sides[0] if channels == 1 else _interleave(sides[0], sides[1])
     tail = bytes(2 * channels * int(tail_s * CAPTURE_RATE_HZ))
     dest_raw.parent.mkdir(parents=True, exist_ok=True)
