@@ -133,6 +133,17 @@ def install(directory: Path) -> Path:
     return conf
 
 
+def installed() -> bool:
+    """Whether this process's ALSA already loads an existing, current copy of these definitions."""
+    for p in os.environ.get("ALSA_CONFIG_PATH", "").split(":"):
+        if p and Path(p).name == CONFIG_NAME:
+            try:
+                return Path(p).read_text() == ASOUNDRC
+            except OSError:
+                return False
+    return False
+
+
 def alsa_env(conf: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
     """``ALSA_CONFIG_PATH`` that loads ALSA's own configuration and then ``conf``.
 

@@ -254,7 +254,8 @@ class ClockedCard:
         self.socket.unlink(missing_ok=True)
         pa = self.directory / "card.pa"
         pa.write_text(CARD_PA.format(socket=self.socket, speaker_rate=self.speaker_rate_hz, room_rate=ROOM_RATE_HZ))
-        filedevices.install(self.directory)
+        if not filedevices.installed():
+            filedevices.install(self.directory)  # the va_pulse template (an existing install has it)
         log_file = (self.directory / "pulseaudio.log").open("wb")
         try:
             self._proc = subprocess.Popen(
@@ -274,7 +275,8 @@ class ClockedCard:
             if time.monotonic() > deadline:
                 self.stop()
                 raise AudioError(f"pulseaudio did not come up within {START_TIMEOUT_S:.0f} s: {self._log_tail()}")
-            time.sleep(0.05)  # polling a child process's socket: nothing to wait on
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(0.05)  # nothing signals the socket's readiness: poll, but wake if it dies
         log.info("clocked card up: pulseaudio pid %d, socket %s", self._proc.pid, self.socket)
         # A listener on the room for the card's lifetime. Without a low-latency client the sound
         # server renders the idle room sink in blocks of up to 2 s, so the microphone's audio would
