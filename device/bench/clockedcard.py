@@ -204,8 +204,9 @@ class SpeakerRecording:
 class ClockedCard:
     """A running private PulseAudio daemon with ``speaker`` and ``room`` null sinks (see module doc)."""
 
-    def __init__(self, directory: Path, speaker_rate_hz: int = SPEAKER_RATE_HZ) -> None:
+    def __init__(self, directory: Path, speaker_rate_hz: int = SPEAKER_RATE_HZ, listen_to_room: bool = True) -> None:
         self.directory = directory
+        self.listen_to_room = listen_to_room
         self.socket = directory / "native"
         self.speaker_rate_hz = speaker_rate_hz
         self._proc: subprocess.Popen[bytes] | None = None
@@ -214,14 +215,20 @@ class ClockedCard:
         self.room: SpeakerRecording | None = None
 
     @classmethod
-    def start(cls, directory: Path, speaker_rate_hz: int = SPEAKER_RATE_HZ) -> ClockedCard:
-        """Start the daemon in ``directory`` and install the ALSA device definitions (this process)."""
+    def start(
+        cls, directory: Path, speaker_rate_hz: int = SPEAKER_RATE_HZ, *, listen_to_room: bool = True
+    ) -> ClockedCard:
+        """Start the daemon in ``directory`` and install the ALSA device definitions (this process).
+
+        ``listen_to_room=False`` leaves the room without its low-latency listener: the sound server
+        then starts a capture the way a desktop server may, its first period after ~1.9 s.
+        """
         reason = available()
         if reason is not None:
             raise UnavailableError(f"no clocked sound card: {reason}")
         if len(str(directory / "native")) > 100:  # sun_path holds 108 bytes
             raise AudioError(f"{directory} is too long a path for the card's socket; use a shorter one")
-        card = cls(directory, speaker_rate_hz)
+        card = cls(directory, speaker_rate_hz, listen_to_room)
         card._start()
         return card
 
@@ -282,6 +289,8 @@ class ClockedCard:
         # server renders the idle room sink in blocks of up to 2 s, so the microphone's audio would
         # arrive up to ~1.7 s after it was said (no real microphone lags like that), and blocks
         # stamped on arrival would meet the button's presses late. It also records what was said.
+        if not self.listen_to_room:
+            return
         try:
             self.room = self.record_room()
         except AudioError:
