@@ -117,7 +117,8 @@ class SpeakerRecording:
              f"--latency-msec={RECORD_LATENCY_MS}"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=card.client_env,
         )
-        self._thread = threading.Thread(target=self._read, name="clockedcard-recorder")
+        # "bench-": the bench does not count this thread's CPU as the device's
+        self._thread = threading.Thread(target=self._read, name="bench-card-recorder")
         self._thread.start()
 
     def _read(self) -> None:
