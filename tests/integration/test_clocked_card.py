@@ -75,9 +75,13 @@ def test_the_microphone_hears_the_room(clocked_card: ClockedCard) -> None:
     finally:
         cap.stop()
     assert [b.seq for b in got] == list(range(len(got)))
-    spans = sound_spans(b"".join(b.pcm for b in got), 16000)
-    assert len(spans) == 1, f"the tone was heard in pieces: {spans}"
-    assert (spans[0][1] - spans[0][0]) / 16000 == pytest.approx(1.0, abs=0.01)  # the whole second
+    room = clocked_card.room
+    assert room is not None
+    said = [(b - a) / 16000 for a, b in sound_spans(room.pcm, 16000)]
+    heard = [(b - a) / 16000 for a, b in sound_spans(b"".join(b.pcm for b in got), 16000)]
+    # what the room carried (a pacat starved on a loaded machine may leave a gap in the room itself)
+    assert sum(said) == pytest.approx(1.0, abs=0.02)
+    assert heard == pytest.approx(said, abs=0.002), (heard, said)  # the microphone lost nothing of it
 
 
 def test_capture_through_the_sound_server_starts_without_a_lost_microphone(alsa_dir: Path) -> None:
