@@ -212,6 +212,7 @@ class ClockedCard:
         self.speaker_rate_hz = speaker_rate_hz
         self._proc: subprocess.Popen[bytes] | None = None
         self._players: list[subprocess.Popen[bytes]] = []
+        self._drains: list[threading.Thread] = []
         self._recordings: list[SpeakerRecording] = []
         self.room: SpeakerRecording | None = None
 
@@ -341,6 +342,38 @@ class ClockedCard:
         self._players.append(proc)
         return proc
 
+    def say_in_room(self, pcm: bytes, rate_hz: int = ROOM_RATE_HZ) -> float:
+        """Start saying ``pcm`` in the room; returns the ``time.monotonic()`` its first sample played.
+
+        The bench's timeline counts from there, as the file card's counts from the capture file's
+        start. pacat reports its stream's start ("Stream started.") on stderr with -v.
+        """
+        raw = self.directory / f"room-{len(self._players)}.raw"
+        raw.write_bytes(pcm)
+        proc = subprocess.Popen(
+            ["pacat", "-v", "--playback", "-d", "room", "--raw", "--format=s16le", f"--rate={rate_hz}",
+             "--channels=1", "--latency-msec=20", str(raw)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.client_env,
+        )
+        self._players.append(proc)
+        started = threading.Event()
+        at: list[float] = []
+
+        def drain() -> None:  # pacat keeps writing to stderr: read it to the end
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if not started.is_set() and b"Stream started" in line:
+                    at.append(time.monotonic())
+                    started.set()
+            proc.stderr.close()
+
+        thread = threading.Thread(target=drain, name="bench-room-player")
+        thread.start()
+        self._drains.append(thread)
+        if not started.wait(START_TIMEOUT_S):
+            raise AudioError(f"the room did not start playing within {START_TIMEOUT_S:.0f} s (pacat)")
+        return at[0]
+
     def stop(self) -> None:
         """Stop the recorders, the players and the daemon, and wait for each (idempotent)."""
         for rec in self._recordings:
@@ -350,6 +383,9 @@ class ClockedCard:
         for proc in self._players:
             _stop_process(proc, "pacat")
         self._players.clear()
+        for thread in self._drains:
+            thread.join(STOP_TIMEOUT_S)
+        self._drains.clear()
         if self._proc is not None:
             proc, self._proc = self._proc, None
             _stop_process(proc, "pulseaudio")

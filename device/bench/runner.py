@@ -329,9 +329,9 @@ class Runner:
         self.daemon = Daemon(cfg, api_key, pin_factory=factory)
         if self.card is not None:
             self.heard = self.card.record_speaker(CAPTURE_RATE_HZ)
-        self.t0_s = time.monotonic()
-        if self.card is not None:
-            self.card.play_into_room(self.room_pcm)
+            self.t0_s = self.card.say_in_room(self.room_pcm)  # the input's time 0, as the timeline's
+        else:
+            self.t0_s = time.monotonic()
         self.cpu_at_start_s = resources.cpu_s()
         progress = None
         if self.opts.progress is not None:
