@@ -11,25 +11,21 @@ tested directly. The wire format is ElevenLabs' AsyncAPI document vendored in
 - :class:`Outcome` and the ``classify_*`` functions turn the service's error
   event (``error_type``, see :data:`ERROR_TYPES`), close codes and HTTP
   statuses into something the controller can show and act on.
-- :func:`convert_capture` adapts 16 kHz capture blocks to the agent's input format.
 """
 
 from __future__ import annotations
 
-import array
 import base64
 import binascii
 import enum
 import json
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from device.audio.convert import ulaw_encode
-from device.audioformat import CAPTURE_RATE_HZ, PCM_16000, AudioFormat
+from device.audioformat import AudioFormat
 from device.errors import ProtocolError
 
 # Largest server message accepted (the service sends frames over 1 MiB).
@@ -808,56 +804,3 @@ class InterruptionFilter:
             return False
         return True
 
-
-# -- user audio conversion ------------------------------------------------------
-
-
-def _samples(pcm: bytes) -> array.array[int]:
-    a = array.array("h")
-    a.frombytes(pcm[: len(pcm) - len(pcm) % 2])
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a
-
-
-def _to_bytes(a: array.array[int]) -> bytes:
-    if sys.byteorder == "big":
-        a = array.array("h", a)
-        a.byteswap()
-    return a.tobytes()
-
-
-def resample_pcm16(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
-    """Linear-interpolation resampling of one S16LE mono block (speech quality)."""
-    if from_hz == to_hz:
-        return pcm
-    src = _samples(pcm)
-    n_in = len(src)
-    if n_in == 0:
-        return b""
-    if to_hz * 2 == from_hz:  # 16 → 8 kHz: average pairs (a cheap low-pass)
-        out = array.array("h", ((src[i] + src[i + 1]) // 2 for i in range(0, n_in - 1, 2)))
-        return _to_bytes(out)
-    n_out = n_in * to_hz // from_hz
-    step = from_hz / to_hz
-    res = array.array("h", bytes(2 * n_out))
-    last = n_in - 1
-    for j in range(n_out):
-        pos = j * step
-        i = int(pos)
-        if i >= last:
-            res[j] = src[last]
-            continue
-        frac = pos - i
-        res[j] = int(src[i] + (src[i + 1] - src[i]) * frac)
-    return _to_bytes(res)
-
-
-def convert_capture(pcm16k: bytes, fmt: AudioFormat) -> bytes:
-    """16 kHz S16LE capture → the agent's announced user input format."""
-    if fmt == PCM_16000:
-        return pcm16k
-    pcm = resample_pcm16(pcm16k, CAPTURE_RATE_HZ, fmt.rate_hz)
-    if fmt.encoding == "ulaw":
-        return ulaw_encode(pcm)
-    return pcm

@@ -40,6 +40,7 @@ import websocket
 
 import device
 from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
+from device.audio.convert import CaptureConverter
 from device.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.config import AgentConfig, SessionConfig
 from device.errors import SessionError, WorkerStuckError
@@ -68,7 +69,6 @@ from device.protocol import (
     UnsupportedFormat,
     classify_end,
     classify_http_status,
-    convert_capture,
     decode_server_message,
     dynamic_variables_for,
     encode_audio_chunk,
@@ -874,6 +874,7 @@ class Session:
     # -- the sending thread -----------------------------------------------------------------
     def _tx_main(self, worker: Worker) -> None:
         fmt = self._input_fmt
+        to_agent = CaptureConverter()  # one stream per connection: the resampler keeps its history
         while not worker.stopping:
             worker.beat()
             item = self._outbox.get(1.0)
@@ -883,7 +884,7 @@ class Session:
                 if not self._send_now(item):
                     return
                 continue
-            pcm = item.pcm if fmt is None else convert_capture(item.pcm, fmt)
+            pcm = item.pcm if fmt is None else to_agent.convert(item.pcm, fmt)
             if not self._send_now(encode_audio_chunk(pcm)):
                 return
             sent_s = time.monotonic()

@@ -1,4 +1,4 @@
-"""Suite-wide guards: no test may leave a thread running; in CI, no test may skip."""
+"""Suite-wide guards: no test may leave a thread or a child process running; in CI, no test may skip."""
 
 from __future__ import annotations
 
@@ -56,6 +56,43 @@ def no_thread_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     if left:
         names = ", ".join(f"{t.name} (daemon={t.daemon})" for t in left)
         pytest.fail(f"test left thread(s) running: {names}", pytrace=False)
+
+
+def _children() -> dict[int, str]:
+    """Live child processes of this process: pid → command line (zombies excluded)."""
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except OSError:
+            continue  # the thread ended meanwhile
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    continue  # exited, only not yet reaped: nothing runs
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_running() -> Iterator[None]:
+    """Fail a test that leaves a child process behind (a sound server, a recorder; waits up to 2 s)."""
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 2.0
+    left = {p: c for p, c in _children().items() if p not in before}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = {p: c for p, c in _children().items() if p not in before}
+    if left:
+        names = ", ".join(f"{c or '?'} (pid {p})" for p, c in sorted(left.items()))
+        pytest.fail(f"test left process(es) running: {names}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

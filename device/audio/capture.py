@@ -29,9 +29,19 @@ log = logging.getLogger(__name__)
 
 BLOCK_S = CAPTURE_BLOCK_FRAMES / CAPTURE_RATE_HZ
 PERIODS = 4  # ALSA buffer: 4 blocks = 1 s before an overrun
-STALL_S = 2.0  # a clocked device silent this long is treated as gone
+STALL_S = 2.0  # a running stream silent this long is treated as gone
+# The first period after opening may take a period plus the whole buffer (ALSA's pulse plugin
+# over a sound server: ~1.9 s at 4000-frame periods), so a start gets that and the margin on top.
+FIRST_DATA_S = BLOCK_S * (1 + PERIODS) + STALL_S
 FIRST_RETRY_S = 0.25
 LOG_EVERY_S = 10.0
+
+
+def stall_deadline_s(opened_at_s: float, last_data_s: float | None) -> float:
+    """When a silent microphone counts as lost: a stall of a running stream, not a slow start."""
+    if last_data_s is None:
+        return opened_at_s + FIRST_DATA_S
+    return last_data_s + STALL_S
 
 
 class Capture(Worker):
@@ -61,6 +71,9 @@ class Capture(Worker):
         self._waker = Waker()
         self._dev: CaptureDevice | None = None
         self._buf = bytearray()
+        self._opened_at_s = 0.0
+        self._last_data_s: float | None = None  # None until the open stream delivered its first frames
+        self._has_clock = False  # the open device made us wait for frames: it is not paced
         self._pacer = BlockPacer(BLOCK_S)
         self._seq = 0
         self._failures = 0  # consecutive failures without a block in between
@@ -113,10 +126,30 @@ class Capture(Worker):
         if self._stats["blocks"] or self._stats["device_errors"]:
             self._stats["reopen_count"] += 1
         self._buf.clear()
-        self._pacer.start(time.monotonic())
+        self._opened_at_s = time.monotonic()
+        self._last_data_s = None
+        self._has_clock = False
+        self._pacer.start(self._opened_at_s)
+        if cfg.pace_realtime and not self._probe_clockless():
+            self._has_clock = True
+            log.info("microphone %s has its own clock: not pacing it (audio.pace_realtime)", cfg.capture_device)
         log.info("microphone %s open (%d channel(s))", cfg.capture_device, self._channels)
         self._emit(CaptureEvent("opened", time.monotonic(), cfg.capture_device))
         return True
+
+    def _probe_clockless(self) -> bool:
+        """Read at once after the open: a clockless file device has a whole block ready, a card or a
+        sound server has not started yet. Pacing a clocked device would stamp its blocks with the
+        pacer's times, not the audio's (through a sound server the stream starts up to ~1.7 s late),
+        and the gate would match the button against the wrong audio."""
+        assert self._dev is not None
+        try:
+            data = self._dev.read()
+        except AudioError:
+            return True  # the read loop meets the error again and reports it
+        if data:
+            self._buf += data
+        return data is not None and len(data) >= self._block_bytes
 
     def _device_failed(self, error: AudioError, lost: bool) -> None:
         self._close()
@@ -138,10 +171,9 @@ class Capture(Worker):
         """Collect one block; None when stopping."""
         dev = self._dev
         assert dev is not None
-        paced = self._cfg.pace_realtime
-        last_data_s = time.monotonic()
         idle_polls = 0
-        while len(self._buf) < self._block_bytes:
+        while True:
+            paced = self._cfg.pace_realtime and not self._has_clock
             if self.stopping:
                 return None
             if paced:
@@ -150,27 +182,38 @@ class Capture(Worker):
                 if wait_s > 0:
                     self._waker.wait(wait_s)
                     continue
+            if len(self._buf) >= self._block_bytes:
+                break
             data = dev.read()
             if data is None:
                 self._overrun()
                 continue
             if data:
                 self._buf += data
-                last_data_s = time.monotonic()
+                self._last_data_s = time.monotonic()
                 idle_polls = 0
                 continue
             if paced:
-                raise AudioError(f"microphone {dev.device!r} returned no frames")
-            ready = self._waker.wait(STALL_S, dev.pollfds())
+                # A clockless device always has frames; this one made us wait, so it keeps time
+                # itself after all: pacing it as well would starve it.
+                self._has_clock = True
+                log.info("microphone %s has its own clock: not pacing it (audio.pace_realtime)", dev.device)
+                continue
+            # checked after a read that found nothing, so a wait that ends at the deadline reads once more
+            deadline_s = stall_deadline_s(self._opened_at_s, self._last_data_s)
+            if time.monotonic() > deadline_s:
+                if self._last_data_s is None:
+                    raise AudioError(
+                        f"microphone {dev.device!r} delivered no audio within {FIRST_DATA_S:.2f} s of "
+                        f"opening; check that it is not muted or held by another program (`arecord -L`)"
+                    )
+                raise AudioError(f"microphone {dev.device!r} delivered no audio for {STALL_S:.0f} s")
+            ready = self._waker.wait(max(0.0, deadline_s - time.monotonic()) + 0.001, dev.pollfds())
             if ready and not dev.readable(ready):
                 idle_polls += 1
                 if idle_polls > 100:  # descriptors keep firing without data: do not spin
                     self._waker.wait(0.01)
-            if not self.stopping and time.monotonic() - last_data_s > STALL_S:
-                raise AudioError(
-                    f"microphone {dev.device!r} delivered no audio for {STALL_S:.0f} s"
-                )
-        if paced:
+        if self._cfg.pace_realtime and not self._has_clock:
             captured_at_s = self._pacer.next_deadline_s
             self._pacer.advance()
         else:

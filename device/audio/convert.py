@@ -4,7 +4,7 @@ Everything here works on signed 16-bit little-endian samples (S16_LE), the
 format of the capture blocks and of the playback ring. Heavy lifting (rate
 conversion of agent audio, hardware formats) is left to ALSA's plug layer; what
 remains runs at C speed through ``bytes.translate``, slicing and table lookups,
-so a Pi Zero 2 W stays idle.
+so a Pi Zero 2 W stays idle. Rate conversion is :mod:`device.audio.resample`'s.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from __future__ import annotations
 import sys
 from array import array
 from typing import Literal
+
+from device.audio.resample import Resampler
+from device.audioformat import CAPTURE_RATE_HZ, PCM_16000, AudioFormat
 
 StereoMode = Literal["mix", "left", "right"]
 
@@ -130,27 +133,24 @@ class GainTable:
         return _to_bytes(scaled)
 
 
-# -- rate (earcons only) ----------------------------------------------------------
+# -- the microphone in the agent's input format ----------------------------------
 
 
-def resample_linear(data: bytes, from_hz: int, to_hz: int) -> bytes:
-    """Linear-interpolation resampling of short S16 mono clips (earcons, loaded once).
+class CaptureConverter:
+    """16 kHz capture blocks → the agent's announced input format, for one stream.
 
-    Agent audio never comes here: its rate conversion is ALSA's job.
+    It keeps the resampler's filter history between blocks, so the agent gets
+    the stream as if converted whole (no edge at every 250 ms block).
     """
-    if from_hz <= 0 or to_hz <= 0:
-        raise ValueError("rates must be positive")
-    src = _samples(data)
-    if from_hz == to_hz or len(src) < 2:
-        return bytes(data)
-    n_out = max(1, round(len(src) * to_hz / from_hz))
-    step = from_hz / to_hz
-    last = len(src) - 1
-    out = array("h")
-    for i in range(n_out):
-        pos = i * step
-        j = min(int(pos), last)
-        frac = pos - j
-        nxt = src[j + 1] if j < last else src[j]
-        out.append(round(src[j] + (nxt - src[j]) * frac))
-    return _to_bytes(out)
+
+    def __init__(self) -> None:
+        self._fmt: AudioFormat | None = None
+        self._resampler: Resampler | None = None
+
+    def convert(self, pcm16k: bytes, fmt: AudioFormat) -> bytes:
+        if fmt == PCM_16000:
+            return pcm16k
+        if fmt != self._fmt or self._resampler is None:
+            self._fmt, self._resampler = fmt, Resampler(CAPTURE_RATE_HZ, fmt.rate_hz)
+        pcm = self._resampler.process(pcm16k)
+        return ulaw_encode(pcm) if fmt.encoding == "ulaw" else pcm

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from device.audio.convert import resample_linear, to_mono
+from device.audio.convert import to_mono
+from device.audio.resample import resample
 from device.config import AudioConfig
 from device.errors import ConfigError
 
@@ -96,5 +97,5 @@ class EarconSet:
         key = (name, rate_hz)
         if key not in self._cache:
             e = self._earcons[name]
-            self._cache[key] = resample_linear(e.pcm, e.rate_hz, rate_hz)
+            self._cache[key] = resample(e.pcm, e.rate_hz, rate_hz)
         return self._cache[key]

@@ -9,6 +9,9 @@ when ``ALSA_CONFIG_PATH`` or the files change)::
                                       opened with (S16_LE 16 kHz, 1 or 2 channels)
     va_out:OUT="/abs/out.raw"         playback: raw frames exactly as written
     va_out16:OUT="/abs/out.raw"       playback through plug: always S16_LE mono 16 kHz
+    va_pulse:SERVER="unix:/abs/native",DEVICE="speaker"
+                                      a sink or source of a private PulseAudio daemon
+                                      (the clocked card, device/bench/clockedcard.py)
 
 Use::
 
@@ -46,7 +49,8 @@ import re
 import wave
 from pathlib import Path
 
-from device.audio.convert import resample_linear, to_mono
+from device.audio.convert import to_mono
+from device.audio.resample import resample
 from device.audioformat import CAPTURE_RATE_HZ
 from device.errors import AudioError
 
@@ -98,6 +102,16 @@ pcm.va_out16 {
     }
     hint.description "voice-appliance: playback into a raw S16_LE 16 kHz mono file"
 }
+
+pcm.va_pulse {
+    @args [ SERVER DEVICE ]
+    @args.SERVER { type string }
+    @args.DEVICE { type string }
+    type pulse
+    server $SERVER
+    device $DEVICE
+    hint.description "voice-appliance: a sink or source of a private PulseAudio (device/bench/clockedcard.py)"
+}
 """
 
 _SEGMENT = re.compile(r"\.(\d{4})$")
@@ -117,6 +131,17 @@ def install(directory: Path) -> Path:
         tmp.replace(conf)
     os.environ.update(alsa_env(conf))
     return conf
+
+
+def installed() -> bool:
+    """Whether this process's ALSA already loads an existing, current copy of these definitions."""
+    for p in os.environ.get("ALSA_CONFIG_PATH", "").split(":"):
+        if p and Path(p).name == CONFIG_NAME:
+            try:
+                return Path(p).read_text() == ASOUNDRC
+            except OSError:
+                return False
+    return False
 
 
 def alsa_env(conf: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -146,6 +171,14 @@ def _quoted(path: Path) -> str:
 def capture_device(raw_path: Path) -> str:
     """Name of a capture device reading raw S16_LE 16 kHz frames from ``raw_path``."""
     return f"va_in:IN={_quoted(raw_path)}"
+
+
+def pulse_device(server: str, device: str) -> str:
+    """Name of the ALSA device for ``device`` (a sink, or a source such as ``room.monitor``) of ``server``."""
+    for text in (server, device):
+        if any(c in text for c in '"\\%\n\''):
+            raise AudioError(f"{text!r} contains a quote, backslash or %; choose another path or name")
+    return f'va_pulse:SERVER="{server}",DEVICE="{device}"'
 
 
 def playback_device(out_path: Path, *, fixed_16k: bool = False) -> str:
@@ -217,7 +250,7 @@ def prepare_input(src: Path, dest_raw: Path, *, channels: int = 1, tail_s: float
     elif channels == 2 and src_channels == 1:
         sides = [pcm, pcm]
     if rate_hz != CAPTURE_RATE_HZ:
-        sides = [resample_linear(side, rate_hz, CAPTURE_RATE_HZ) for side in sides]
+        sides = [resample(side, rate_hz, CAPTURE_RATE_HZ) for side in sides]
     out = sides[0] if channels == 1 else _interleave(sides[0], sides[1])
     tail = bytes(2 * channels * int(tail_s * CAPTURE_RATE_HZ))
     dest_raw.parent.mkdir(parents=True, exist_ok=True)

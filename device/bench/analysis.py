@@ -301,6 +301,7 @@ def analyse(
             "source": "local" if local else "agent",
             "event_id": event_id if isinstance(event_id, int) and not isinstance(event_id, bool) else None,
             "old_audio_ms_after": _r(old_ms),
+            "old_audio_written_ms_after": _r(old_ms),
         })
 
     # -- the rest -----------------------------------------------------------------------
@@ -356,12 +357,61 @@ def _turn(
         "user_speech_end_s": rel(user_end),
         "first_agent_audio_received_s": rel(rx.t_s if rx is not None else None),
         "first_agent_audio_written_s": rel(wr.t_s if wr is not None else None),
+        "first_agent_audio_heard_s": None,
         "latency_ms": _r(latency),
+        "written_latency_ms": _r(latency),
         "device_share_ms": _r(device),
         "interrupted": interrupted,
         "user_text": str(user_text) if user_text else None,
         "agent_text": str(agent_text) if agent_text else None,
     }
+
+
+HEARD_THRESHOLD = 16  # |sample| above this is sound: the clocked card's idle speaker is digital silence
+HEARD_SLACK_S = 0.005  # a sample may be placed this much before it was written (the recorder's clock error)
+
+
+def apply_heard(fig: Figures, heard_pcm: bytes, rate_hz: int, first_sample_s: float, t0_s: float) -> None:
+    """Replace written-based figures by heard ones (clocked card).
+
+    ``heard_pcm`` is the speaker's monitor (S16_LE mono at ``rate_hz``), its
+    sample 0 heard at monotonic ``first_sample_s``; the figures' times are
+    seconds from ``t0_s``. A reply is first heard at the first sound from the
+    moment its first sample was written. After an interruption, sound heard
+    before the next reply was written is old audio: its end counts.
+    """
+    samples = memoryview(heard_pcm[: len(heard_pcm) - len(heard_pcm) % 2]).cast("h")
+    n = len(samples)
+
+    def index(rel_s: float) -> int:
+        return min(n, max(0, round((t0_s + rel_s - first_sample_s) * rate_hz)))
+
+    def rel(i: int) -> float:
+        return first_sample_s + i / rate_hz - t0_s
+
+    def first_sound(a: int, b: int) -> int | None:
+        return next((i for i in range(a, b) if abs(samples[i]) > HEARD_THRESHOLD), None)
+
+    def last_sound(a: int, b: int) -> int | None:
+        return next((i for i in range(b - 1, a - 1, -1) if abs(samples[i]) > HEARD_THRESHOLD), None)
+
+    written = sorted(w for t in fig.turns if (w := t["first_agent_audio_written_s"]) is not None)
+    for t in fig.turns:
+        w = t["first_agent_audio_written_s"]
+        if w is None:
+            continue
+        later = [x for x in written if x > w]
+        i = first_sound(index(w - HEARD_SLACK_S), index(later[0]) if later else n)
+        heard_s = rel(i) if i is not None else None
+        t["first_agent_audio_heard_s"] = None if heard_s is None else round(heard_s, 4)
+        end = t["user_speech_end_s"]
+        t["latency_ms"] = _r(1000 * (heard_s - end)) if heard_s is not None and end is not None else None
+    for x in fig.interruptions:
+        at = x["at_s"]
+        nxt = [w for w in written if w > at]
+        i = last_sound(index(at), index(nxt[0] - HEARD_SLACK_S) if nxt else n)
+        x["old_audio_ms_after"] = _r(max(0.0, 1000 * (rel(i + 1) - at)) if i is not None else 0.0)
+    samples.release()
 
 
 def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -> tuple[bool, str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from device.errors import DeviceError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: card, heard figures (latency_ms and old_audio_ms_after heard on the clocked card)
 
 
 class ReportError(DeviceError):
@@ -86,6 +86,11 @@ SCHEMA: dict[str, Any] = {
                 "enum": ["realtime", "fast"],
                 "description": "fast: the emulated agent answers at once (audio is paced to real time either way)",
             },
+            "card": {
+                "enum": ["clocked", "file"],
+                "description": "the sound card: clocked (a private PulseAudio consuming audio in real time; figures "
+                               "are what was heard) or file (ALSA type file devices; figures are what was written)",
+            },
             "gate_mode": _str("gate.mode of the daemon"),
             "input": _obj(
                 "the user audio fed to the microphone",
@@ -129,7 +134,15 @@ SCHEMA: dict[str, Any] = {
                         ),
                         "first_agent_audio_received_s": _num("first audio of the reply off the socket", nullable=True),
                         "first_agent_audio_written_s": _num("first sample of the reply written to ALSA", nullable=True),
-                        "latency_ms": _num("speech end → first sample written (what the user waits)", nullable=True),
+                        "first_agent_audio_heard_s": _num(
+                            "first sample of the reply heard (clocked card; null on the file card)", nullable=True
+                        ),
+                        "latency_ms": _num(
+                            "speech end → first sample heard (clocked card) or written (file card): "
+                            "what the user waits",
+                            nullable=True,
+                        ),
+                        "written_latency_ms": _num("speech end → first sample written to ALSA", nullable=True),
                         "device_share_ms": _num(
                             "the device's part of latency_ms: last speech block capture → wire, "
                             "plus reply received → first sample written",
@@ -150,7 +163,12 @@ SCHEMA: dict[str, Any] = {
                         "source": {"enum": ["agent", "local"], "description": "agent `interruption` or button"},
                         "event_id": _int("event id of the interruption", nullable=True),
                         "old_audio_ms_after": _num(
-                            "ms of the old reply written to ALSA after it (bound: one 62.5 ms chunk)",
+                            "ms of the old reply heard (clocked card) or written to ALSA (file card) after it "
+                            "(bound: one 62.5 ms chunk)",
+                            nullable=True,
+                        ),
+                        "old_audio_written_ms_after": _num(
+                            "ms of the old reply written to ALSA after it (a real card drops what it still held)",
                             nullable=True,
                         ),
                     },
@@ -215,7 +233,10 @@ SCHEMA: dict[str, Any] = {
             "artefacts": _obj(
                 "files written next to report.json (names relative to it)",
                 {
-                    "agent_audio_wav": _str("agent audio as heard by the user", nullable=True),
+                    "agent_audio_wav": _str(
+                        "agent audio as heard (clocked card: the speaker's monitor from the start of the run) or as "
+                        "written (file card)", nullable=True
+                    ),
                     "user_audio_wav": _str("user audio the agent received", nullable=True),
                     "timeline_svg": _str("timeline picture"),
                     "timeline_png": _str("timeline picture as PNG (when rsvg-convert is installed)", nullable=True),
@@ -364,8 +385,9 @@ def summary(doc: Mapping[str, Any]) -> str:
     out = doc["outcome"]
     lines = [
         f"{'PASS' if out['ok'] else 'FAIL'}: {out['detail']} (ended by {out['ended_by']}, "
-        f"{doc['duration_s']:.1f} s, {doc['mode']}, gate {doc['gate_mode']})",
+        f"{doc['duration_s']:.1f} s, {doc['mode']}, gate {doc['gate_mode']}, {doc['card']} card)",
     ]
+    how = "heard" if doc["card"] == "clocked" else "written"
     lines.append(f"agent: {doc['agent']['kind']} {doc['agent']['url']}"
                  + (f" scenario {doc['agent']['scenario']}" if doc["agent"]["scenario"] else ""))
     if doc["transcript"]:
@@ -373,16 +395,21 @@ def summary(doc: Mapping[str, Any]) -> str:
         for t in doc["transcript"]:
             lines.append(f"  {t['at_s']:6.1f} s  {t['role']:>5}: {t['text']}" + (" …" if t["cut"] else ""))
     if doc["turns"]:
-        lines.append("turns:                    latency   device share   interrupted")
+        clocked = doc["card"] == "clocked"
+        lines.append("turns:            " + ("latency (heard)   " if clocked else "")
+                     + "latency (written)   device share   interrupted")
         for t in doc["turns"]:
             lines.append(
-                f"  reply {t['index']:<3}            {_ms(t['latency_ms']):>10}   {_ms(t['device_share_ms']):>12}"
+                f"  reply {t['index']:<3}    "
+                + (f"{_ms(t['latency_ms']):>15}   " if clocked else "")
+                + f"{_ms(t['written_latency_ms']):>17}   {_ms(t['device_share_ms']):>12}"
                 f"   {'yes' if t['interrupted'] else 'no'}"
             )
     for i in doc["interruptions"]:
         lines.append(
             f"interruption ({i['source']}) at {i['at_s']:.2f} s: "
-            f"{_ms(i['old_audio_ms_after'])} of the old reply written after it (bound 62 ms)"
+            f"{_ms(i['old_audio_ms_after'])} of the old reply {how} after it (bound 62 ms)"
+            + (f"; {_ms(i['old_audio_written_ms_after'])} written" if doc["card"] == "clocked" else "")
         )
     press = doc["press_to_first_frame_sent_ms"]
     if press:

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from device import __version__
 from device.audioformat import CAPTURE_RATE_HZ
-from device.bench import analysis, fixtures, report, resources, script, timeline, wavfile
+from device.bench import analysis, clockedcard, fixtures, report, resources, script, timeline, wavfile
 from device.bench.progress import Progress
 from device.config import AudioConfig, Config, load_config
 from device.errors import ConfigError, CredentialError, DeviceError, ExitCode, UnavailableError
@@ -67,6 +67,7 @@ class BenchOptions:
     overrides: tuple[str, ...] = ()
     max_tail_s: float = 90.0  # longest wait for the conversation to end after the last step
     progress: TextIO | None = None
+    card: str | None = None  # "clocked", "file"; None: clocked when PulseAudio is installed, else file
 
 
 @dataclass
@@ -158,11 +159,15 @@ def bench_config(
     agent: dict[str, Any],
     gate_mode: str | None = None,
     control_socket: Path | None = None,
+    pace_realtime: bool = True,
 ) -> Config:
-    """The user's configuration (file, environment, --set) with the bench's devices, agent and pins."""
+    """The user's configuration (file, environment, --set) with the bench's devices, agent and pins.
+
+    ``pace_realtime``: the file card has no clock (the workers pace it); the clocked card has one.
+    """
     user = load_config(config_path, overrides=list(overrides))
     forced: dict[str, dict[str, Any]] = {
-        "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": True,
+        "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": pace_realtime,
                   "capture_channels": 1, "mixer_control": ""},
         "agent": agent,
         # Nothing under /run, no watchdog: the bench is not a service. The control socket (for
@@ -211,6 +216,10 @@ class Runner:
         self.recorder = _Recorder()
         self.first_conversation = 0
         self.pin_factory: Any = None
+        self.card_kind = opts.card or ("clocked" if clockedcard.available() is None else "file")
+        self.card: clockedcard.ClockedCard | None = None
+        self.heard: clockedcard.SpeakerRecording | None = None
+        self.room_pcm = b""
 
     # -- preparation ------------------------------------------------------------
     def _input(self) -> tuple[bytes, dict[str, Any]]:
@@ -254,6 +263,8 @@ class Runner:
         try:
             return self._run()
         finally:
+            if self.card is not None:
+                self.card.stop()
             self._work.cleanup()
 
     def _run(self) -> BenchResult:
@@ -268,6 +279,11 @@ class Runner:
         out_raw = self.work / "out.raw"
         capture = filedevices.capture_device(in_raw)
         playback = filedevices.playback_device(out_raw, fixed_16k=True)
+        if self.card_kind == "clocked":
+            # The input is said into the room when the run starts; the speaker's monitor is what was heard.
+            self.card = clockedcard.ClockedCard.start(self.work / "card")
+            capture, playback = self.card.microphone_device, self.card.speaker_device
+            self.room_pcm = pcm
 
         api_key: Secret | None
         scenario_name: str | None = None
@@ -291,7 +307,8 @@ class Runner:
             agent_info = {"kind": "emulator", "url": self.emulator.base_url, "scenario": scenario_name}
         try:
             cfg = bench_config(self.opts.config_path, self.opts.overrides, capture=capture, playback=playback,
-                               agent=agent, gate_mode=self.opts.gate_mode, control_socket=self.work / "control.sock")
+                               agent=agent, gate_mode=self.opts.gate_mode, control_socket=self.work / "control.sock",
+                               pace_realtime=self.card is None)
             if cfg.agent.connection == "signed_url" and api_key is None:
                 raise CredentialError(
                     "this agent needs a signed URL, and no API key was found: give --api-key-file FILE "
@@ -310,7 +327,11 @@ class Runner:
 
         factory = self.pin_factory = _mock_pin_factory()
         self.daemon = Daemon(cfg, api_key, pin_factory=factory)
-        self.t0_s = time.monotonic()
+        if self.card is not None:
+            self.heard = self.card.record_speaker(CAPTURE_RATE_HZ)
+            self.t0_s = self.card.say_in_room(self.room_pcm)  # the input's time 0, as the timeline's
+        else:
+            self.t0_s = time.monotonic()
         self.cpu_at_start_s = resources.cpu_s()
         progress = None
         if self.opts.progress is not None:
@@ -366,6 +387,8 @@ class Runner:
                 self.error = self.error or f"the daemon did not stop cleanly: {e}"
             finally:
                 self.end_s = time.monotonic()
+                if self.heard is not None:
+                    self.heard.stop()
                 self.monitor.stop()
                 self.cpu_at_end_s = resources.cpu_s()
                 self.peak_rss_at_end_mb = resources.peak_rss_mb()
@@ -423,6 +446,9 @@ class Runner:
                 for r in records for v in r.violations
             ]
         fig = analysis.analyse(events, t0_s=self.t0_s, agent_turns=agent_turns, end_s=self.end_s)
+        heard = self.heard
+        if heard is not None and heard.pcm:
+            analysis.apply_heard(fig, heard.pcm, heard.rate_hz, heard.start_s, self.t0_s)
         state = self.recorder.state
         error = self.error
         if error is None and state == "error" and not fig.session_outcomes:
@@ -431,7 +457,10 @@ class Runner:
         exit_code = 130 if self.interrupted else int(ExitCode.OK if ok else ExitCode.FAILURE)
 
         # artefacts
-        agent_pcm = read_output(out_raw)
+        if heard is not None:  # what was heard from the start of the run to its end
+            agent_pcm = heard.pcm[2 * heard.sample_at(self.t0_s) : 2 * heard.sample_at(self.end_s)]
+        else:
+            agent_pcm = read_output(out_raw)
         agent_wav = self.out_dir / "agent_audio.wav"
         wavfile.write_wav(agent_wav, agent_pcm, CAPTURE_RATE_HZ)
         user_wav_name = None
@@ -452,6 +481,7 @@ class Runner:
             "machine": {"platform": platform.platform(terse=True) + " " + platform.machine(),
                         "python": platform.python_version(), "cpus": os.cpu_count() or 1},
             "mode": "realtime" if self.opts.realtime else "fast",
+            "card": self.card_kind,
             "gate_mode": cfg.gate.mode,
             "input": input_info,
             "agent": agent_info,
@@ -487,18 +517,23 @@ class Runner:
         total = len(agent_pcm) // 2
         window_s = 0.0625
         levels: list[tuple[float, float]] = []
-        for start_s, first, n in analysis.playback_segments(events, total, CAPTURE_RATE_HZ, DEVICE_BUFFER_FRAMES):
+        if self.heard is not None:  # heard audio is on the clock already: agent_pcm starts at t0
+            for i, level in enumerate(wavfile.levels(agent_pcm, CAPTURE_RATE_HZ, window_s)):
+                levels.append((self.t0_s + i * window_s, level))
+        segments = [] if self.heard is not None else analysis.playback_segments(
+            events, total, CAPTURE_RATE_HZ, DEVICE_BUFFER_FRAMES)
+        for start_s, first, n in segments:
             seg = agent_pcm[2 * first : 2 * (first + n)]
             for i, level in enumerate(wavfile.levels(seg, CAPTURE_RATE_HZ, window_s)):
                 levels.append((start_s + i * window_s, level))
         spans = []
         for t in fig.turns:
-            if t["latency_ms"] is not None:
-                spans.append((self.t0_s + t["user_speech_end_s"], self.t0_s + t["first_agent_audio_written_s"],
-                              f"{t['latency_ms']:.0f} ms"))
+            first_s = t["first_agent_audio_heard_s"] if self.heard is not None else t["first_agent_audio_written_s"]
+            if t["latency_ms"] is not None and first_s is not None:
+                spans.append((self.t0_s + t["user_speech_end_s"], self.t0_s + first_s, f"{t['latency_ms']:.0f} ms"))
         out = doc["outcome"]
         subtitle = (f"{'PASS' if out['ok'] else 'FAIL'}: {out['detail']} · ended by {out['ended_by']} · "
-                    f"{doc['mode']} · gate {doc['gate_mode']} · agent {doc['agent']['kind']}"
+                    f"{doc['mode']} · gate {doc['gate_mode']} · {doc['card']} card · agent {doc['agent']['kind']}"
                     + (f" ({doc['agent']['scenario']})" if doc["agent"]["scenario"] else ""))
         svg = timeline.render_svg(events, t0_s=self.t0_s, t1_s=self.end_s, speaker_levels=levels, spans=spans,
                                   title=f"voice-appliance {__version__} bench — {self.started_at:%Y-%m-%d %H:%M} UTC",

@@ -2,19 +2,19 @@
 
 The capture path takes S16_LE mono 16 kHz; ``--input`` may be any rate,
 channel count and PCM sample width, so it is converted here once, before the
-run (a box-filtered resampler: good enough for speech and VAD, no numpy).
+run (through the firmware's one resampler, device/audio/resample.py; no numpy).
 """
 
 from __future__ import annotations
 
 import array
-import itertools
 import math
 import sys
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 
+from device.audio.resample import resample_samples
 from device.audioformat import CAPTURE_RATE_HZ
 from device.errors import DeviceError
 
@@ -67,29 +67,8 @@ def downmix(samples: array.array[int], channels: int) -> array.array[int]:
 
 
 def resample(samples: array.array[int], src_hz: int, dst_hz: int) -> array.array[int]:
-    """Mono int16 resampling: box filter when shrinking, linear interpolation when growing."""
-    if src_hz == dst_hz or not samples:
-        return array.array("h", samples)
-    n_out = max(1, math.floor(len(samples) * dst_hz / src_hz))
-    ratio = src_hz / dst_hz
-    out = array.array("h", bytes(2 * n_out))
-    last = len(samples) - 1
-    if ratio > 1:
-        # Averaging each output sample's source span is a cheap anti-alias filter.
-        prefix = [0, *itertools.accumulate(samples)]
-        for i in range(n_out):
-            lo = int(i * ratio)
-            hi = min(len(samples), max(lo + 1, int((i + 1) * ratio)))
-            out[i] = (prefix[hi] - prefix[lo]) // (hi - lo)
-    else:
-        for i in range(n_out):
-            pos = i * ratio
-            j = int(pos)
-            frac = pos - j
-            a = samples[j]
-            b = samples[min(j + 1, last)]
-            out[i] = round(a + (b - a) * frac)
-    return out
+    """Mono int16 at another rate: the firmware's one resampler (:mod:`device.audio.resample`)."""
+    return resample_samples(samples, src_hz, dst_hz)
 
 
 def read_wav(path: Path, rate_hz: int = CAPTURE_RATE_HZ) -> tuple[bytes, WavInfo]:

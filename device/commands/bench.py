@@ -15,9 +15,10 @@ EPILOG = """\
 With no options: the bundled demo. A spoken question with the button held,
 a tool call, a barge-in while the agent answers, and the agent hanging up;
 against the built-in emulator. Results go into --out: agent_audio.wav (what
-the speaker played), user_audio.wav (what the agent received), report.json
-and timeline.svg/.png. Exit status 0 when the conversation succeeded and the
-emulator saw no protocol violation, 1 otherwise.
+the speaker played: heard on the clocked card, written on the file card),
+user_audio.wav (what the agent received), report.json and timeline.svg/.png.
+Exit status 0 when the conversation succeeded and the emulator saw no
+protocol violation, 1 otherwise.
 
 Timeline file (--timeline), times in seconds from the start:
   [[step]]
@@ -50,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pace.add_argument("--fast", dest="realtime", action="store_false",
                       help="the emulated agent answers at once and streams as fast as it can; microphone and "
                            "speaker stay paced to real time (the agent and the echo guard depend on it)")
+    parser.add_argument("--card", choices=("clocked", "file"),
+                        help="the sound card: clocked (a private PulseAudio that plays and records in real time: "
+                             "figures are what was heard) or file (ALSA file devices: what was written); default: "
+                             "clocked when pulseaudio is installed, otherwise file")
     parser.add_argument("--out", metavar="DIR", type=Path, default=Path("bench-out"),
                         help="output folder (default: ./bench-out)")
     parser.add_argument("--max-wait-s", type=float, default=90.0, metavar="S",
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         max_tail_s=args.max_wait_s,
         progress=sys.stderr if args.progress else None,
+        card=args.card,
     )
     with quiet_device_logs():
         result = run_bench(opts)

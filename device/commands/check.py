@@ -261,12 +261,13 @@ def check_mic(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
 
 
 def _bundled_speech() -> bytes:
-    from device.audio.convert import resample_linear, to_mono
+    from device.audio.convert import to_mono
     from device.audio.filedevices import read_wav
+    from device.audio.resample import resample
 
     pcm, rate_hz, channels = read_wav(Path(__file__).resolve().parent.parent / "data" / "bench" / "question.wav")
     pcm = to_mono(pcm, channels)
-    return pcm if rate_hz == CAPTURE_RATE_HZ else resample_linear(pcm, rate_hz, CAPTURE_RATE_HZ)
+    return pcm if rate_hz == CAPTURE_RATE_HZ else resample(pcm, rate_hz, CAPTURE_RATE_HZ)
 
 
 def check_speaker(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:

@@ -118,6 +118,7 @@ class Context:
     run: Runner = run_command
     audio_probe: AudioProbe | None = None
     asound_root: Path = Path("/")  # where /proc/asound and /etc/asound.conf are (device.soundcards)
+    alsa_conf_dirs: Sequence[Path] = (Path("/etc/alsa/conf.d"),)
     # Filled in as the checks run.
     cfg: Config | None = None
     key: Secret | None = None
@@ -612,6 +613,44 @@ def _service_active(ctx: Context) -> bool:
     return bool(props) and props.get("ActiveState") == "active"
 
 
+# ALSA configuration snippets that make `default` a desktop sound server (Raspberry Pi OS Desktop:
+# pipewire-alsa; Debian with pulseaudio: the pulse hook, active whenever a server answers).
+SOUND_SERVER_CONFS = {
+    "99-pipewire-default.conf": "PipeWire",
+    "99-pulse.conf": "PulseAudio",
+    "99-pulseaudio-default.conf": "PulseAudio",
+}
+SOUND_SERVER_DEVICES = {"pulse": "PulseAudio", "pipewire": "PipeWire"}
+
+
+def sound_server_routes(devices: Iterable[str], conf_dirs: Iterable[Path]) -> list[tuple[str, str, str]]:
+    """(device, server, why) for each configured device that goes to a sound server."""
+    found = [(name, server) for d in conf_dirs for name, server in SOUND_SERVER_CONFS.items() if (d / name).exists()]
+    out = []
+    for device in dict.fromkeys(devices):
+        base = device.split(":", 1)[0]
+        if base in SOUND_SERVER_DEVICES:
+            out.append((device, SOUND_SERVER_DEVICES[base], f"{device!r} is ALSA's {base} plugin"))
+        elif base == "default" and found:
+            conf_dir = next(d for d in conf_dirs if (d / found[0][0]).exists())
+            out.append((device, found[0][1], f"ALSA 'default' routes to it ({conf_dir / found[0][0]})"))
+    return out
+
+
+def _sound_server_findings(ctx: Context, devices: Sequence[str]) -> list[Finding]:
+    out = []
+    for device, server, why in sound_server_routes(devices, ctx.alsa_conf_dirs):
+        out.append(Finding(
+            "audio", Status.WARN,
+            f"{device!r} goes to {server}: {why}. {server} belongs to the logged-in desktop user's session; "
+            "the service user cannot reach it (no session at boot), and a desktop (e.g. a Chromium kiosk "
+            "screen) shares or holds the device",
+            "name the card itself: audio.capture_device / audio.playback_device = 'plughw:CARD=<id>,DEV=0' "
+            "(`arecord -l`), or the dsnoop/dmix devices of provisioning/asound/ so the desktop can share it",
+        ))
+    return out
+
+
 def check_audio(ctx: Context) -> list[Finding]:
     cfg = ctx.cfg
     if cfg is None:
@@ -651,6 +690,7 @@ def check_audio(ctx: Context) -> list[Finding]:
         out.append(Finding(
             "audio", Status.OK, f"{role} {device!r} opens at {CHECK_RATE_HZ} Hz{channels} ({probe.name})"
         ))
+    out += _sound_server_findings(ctx, [a.capture_device, a.playback_device])
     if a.mixer_control:
         try:
             probe.mixer(a.mixer_card, a.mixer_control)

@@ -14,6 +14,7 @@ import wave
 from array import array
 
 from device.audio.convert import ulaw_decode, ulaw_encode
+from device.audio.resample import resample as _resample
 from device.audioformat import AudioFormat
 
 
@@ -34,43 +35,8 @@ def _to_bytes(a: array[int]) -> bytes:
 
 
 def resample(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
-    """Linear-interpolation resampling of S16LE mono.
-
-    When shrinking the rate by 1.5× or more, a moving average first removes
-    most of what would alias; good enough for speech in an emulator.
-    """
-    if from_hz == to_hz or not pcm:
-        return pcm[: len(pcm) - (len(pcm) % 2)]
-    src = _samples(pcm)
-    n = len(src)
-    if n == 0:
-        return b""
-    width = int(from_hz / to_hz) if from_hz >= 1.5 * to_hz else 1
-    if width > 1:
-        acc = 0
-        smoothed = [0] * n
-        for i in range(n):
-            acc += src[i]
-            if i >= width:
-                acc -= src[i - width]
-            smoothed[i] = acc // min(i + 1, width)
-        values: list[int] | array[int] = smoothed
-    else:
-        values = src
-    out_n = max(1, round(n * to_hz / from_hz))
-    step = from_hz / to_hz
-    out = array("h", bytes(2 * out_n))
-    last = n - 1
-    for i in range(out_n):
-        pos = i * step
-        j = int(pos)
-        if j >= last:
-            out[i] = values[last]
-            continue
-        frac = pos - j
-        a = values[j]
-        out[i] = int(a + (values[j + 1] - a) * frac)
-    return _to_bytes(out)
+    """S16LE mono at another rate: the firmware's one resampler (:mod:`device.audio.resample`)."""
+    return _resample(pcm, from_hz, to_hz)
 
 
 def encode(pcm: bytes, rate_hz: int, fmt: AudioFormat) -> bytes:

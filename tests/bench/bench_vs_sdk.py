@@ -279,6 +279,7 @@ def run_device(emu: Any, work: Path, key_file: Path, wav: Path, timeline: Path, 
         "--input", str(wav), "--timeline", str(timeline),
         "--gate", "always_open", "--set", "gate.barge_in=voice",
         "--realtime", "--out", str(out), "--no-progress",
+        "--card", "file",  # the SDK's side runs on a simulated clockless card too: compare like with like
     ]
     spawn_s = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)

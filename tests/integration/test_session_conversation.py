@@ -284,7 +284,8 @@ def test_user_audio_is_converted_to_the_announced_input_format(input_format: str
             events.wait_for(UserTranscript, lambda e: e.text == "What can you do?")
             # The emulator decodes what it got at the announced rate: the duration is what was captured.
             fmt = parse_format(input_format)
-            expected_bytes = 2 * sum(len(b) // 2 * fmt.rate_hz // 16000 for b in blocks(pcm))
+            # (one stream: the resampler carries the fraction of a sample from block to block)
+            expected_bytes = 2 * -(-sum(len(b) // 2 for b in blocks(pcm)) * fmt.rate_hz // 16000)
             emu.wait_until(lambda s: len(s[-1].user_audio_pcm) >= expected_bytes, WAIT_S, "all the audio")
         record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
     assert session.input_format == fmt

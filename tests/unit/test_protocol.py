@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import array
 import base64
 import contextlib
-import itertools
 import json
-import math
 import types
 
 import pytest
@@ -42,7 +39,6 @@ from device.protocol import (
     classify_close,
     classify_end,
     classify_http_status,
-    convert_capture,
     decode_server_message,
     dynamic_variables_for,
     encode_audio_chunk,
@@ -55,7 +51,6 @@ from device.protocol import (
     encode_user_message,
     initiation_message,
     parse_retry_after,
-    resample_pcm16,
 )
 
 # The machine is shared: no deadlines, no speed health checks.
@@ -682,48 +677,3 @@ def test_no_advice_promises_an_automatic_retry() -> None:
     # the same advice also ends conversations that broke off, which are never reopened on their own.
     for o in Outcome:
         assert "tries again" not in o.advice and "try again with" not in o.advice, o
-
-
-# -- user audio conversion -----------------------------------------------------------
-
-
-def sine(freq_hz: float, rate_hz: int, n: int, amp: int = 10000) -> bytes:
-    return array.array("h", (int(amp * math.sin(2 * math.pi * freq_hz * i / rate_hz)) for i in range(n))).tobytes()
-
-
-def zero_crossings(pcm: bytes) -> int:
-    a = array.array("h")
-    a.frombytes(pcm)
-    return sum(1 for x, y in itertools.pairwise(a) if (x < 0) != (y < 0))
-
-
-def test_capture_in_the_native_format_passes_through() -> None:
-    block = sine(440, 16000, 4000)
-    assert convert_capture(block, PCM_16000) is block
-
-
-@pytest.mark.parametrize("rate_hz", [8000, 22050, 24000, 44100, 48000])
-def test_resampling_keeps_duration_and_pitch(rate_hz: int) -> None:
-    block = sine(440, 16000, 4000)
-    out = resample_pcm16(block, 16000, rate_hz)
-    assert len(out) == 2 * (4000 * rate_hz // 16000)
-    # 0.25 s of 440 Hz crosses zero ~220 times at any rate.
-    assert abs(zero_crossings(out) - zero_crossings(block)) <= 2
-
-
-def ulaw_decode(b: int) -> int:
-    b = ~b & 0xFF
-    sign, exponent, mantissa = b & 0x80, (b >> 4) & 7, b & 0x0F
-    magnitude = ((mantissa << 3) + 0x84) << exponent
-    return -(magnitude - 0x84) if sign else magnitude - 0x84
-
-
-def test_ulaw_encoding_round_trips_within_quantisation() -> None:
-    block = sine(300, 16000, 4000, amp=20000)
-    out = convert_capture(block, ULAW_8000)
-    assert len(out) == 2000
-    assert convert_capture(bytes(8000), ULAW_8000) == b"\xff" * 2000
-    expected = array.array("h")
-    expected.frombytes(resample_pcm16(block, 16000, 8000))
-    for code, want in zip(out, expected, strict=True):
-        assert abs(ulaw_decode(code) - want) <= max(16, abs(want) // 16)

@@ -51,7 +51,8 @@ def test_prepare_input_converts_rate_and_channels(tmp_path: Path) -> None:
     stereo_8k = struct.pack("<hh", 100, 300) * 800  # 0.1 s
     filedevices.write_wav(tmp_path / "s.wav", stereo_8k, 8000, 2)
     filedevices.prepare_input(tmp_path / "s.wav", tmp_path / "mono.raw", tail_s=0)
-    assert (tmp_path / "mono.raw").read_bytes() == struct.pack("<h", 200) * 1600
+    mono = struct.unpack("<1600h", (tmp_path / "mono.raw").read_bytes())  # 0.1 s at 16 kHz
+    assert all(abs(x - 200) <= 1 for x in mono[100:-100])  # mixed to mono; the filter rings in and out at the edges
     filedevices.write_wav(tmp_path / "m.wav", struct.pack("<h", 5) * 1600, 16000, 1)
     filedevices.prepare_input(tmp_path / "m.wav", tmp_path / "st.raw", channels=2, tail_s=0)
     assert (tmp_path / "st.raw").read_bytes() == struct.pack("<hh", 5, 5) * 1600

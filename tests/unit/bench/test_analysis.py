@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -53,9 +54,36 @@ def test_without_the_emulator_replies_are_found_from_telemetry_alone() -> None:
 def test_interruptions_agent_and_local() -> None:
     fig = analysis.analyse(conversation(), t0_s=T0)
     assert fig.interruptions == [
-        {"at_s": pytest.approx(9.0), "source": "local", "event_id": None, "old_audio_ms_after": 12.5},
-        {"at_s": pytest.approx(9.7), "source": "agent", "event_id": 3, "old_audio_ms_after": 0.0},
+        {"at_s": pytest.approx(9.0), "source": "local", "event_id": None, "old_audio_ms_after": 12.5,
+         "old_audio_written_ms_after": 12.5},
+        {"at_s": pytest.approx(9.7), "source": "agent", "event_id": 3, "old_audio_ms_after": 0.0,
+         "old_audio_written_ms_after": 0.0},
     ]
+
+
+def test_heard_audio_replaces_the_written_figures() -> None:
+    """Clocked card: latency to the first sample heard; old audio heard after an interruption."""
+    fig = analysis.analyse(conversation(), t0_s=T0)
+    rate = 1000
+    first_s = T0 - 1.0  # the recording began a second before the run
+    written = [t["first_agent_audio_written_s"] for t in fig.turns]
+    samples = [0] * (rate * 20)
+
+    def sound(a_s: float, b_s: float) -> None:
+        for i in range(round((T0 + a_s - first_s) * rate), round((T0 + b_s - first_s) * rate)):
+            samples[i] = 1000
+
+    sound(written[0] + 0.040, 9.0 + 0.030)  # heard 40 ms after written; 30 ms of it after the press at 9.0 s
+    sound(written[1] + 0.025, written[1] + 1.0)
+    pcm = struct.pack(f"<{len(samples)}h", *samples)
+    analysis.apply_heard(fig, pcm, rate, first_s, T0)
+    assert fig.turns[0]["first_agent_audio_heard_s"] == pytest.approx(written[0] + 0.040, abs=0.001)
+    assert fig.turns[0]["latency_ms"] == pytest.approx(fig.turns[0]["written_latency_ms"] + 40, abs=1)
+    assert fig.turns[1]["first_agent_audio_heard_s"] == pytest.approx(written[1] + 0.025, abs=0.001)
+    local, agent = fig.interruptions
+    assert local["old_audio_ms_after"] == pytest.approx(30, abs=1)
+    assert local["old_audio_written_ms_after"] == 12.5  # the written figure stays, named as such
+    assert agent["old_audio_ms_after"] == 0.0  # nothing of the old reply heard at 9.7 s
 
 
 def test_press_to_first_frame_counts_only_presses_that_start_a_conversation() -> None:

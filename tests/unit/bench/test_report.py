@@ -19,6 +19,7 @@ def valid_doc() -> dict[str, Any]:
         "started_at": "2025-01-01T00:00:00Z",
         "machine": {"platform": "Linux-x86_64", "python": "3.11.2", "cpus": 2},
         "mode": "fast",
+        "card": "clocked",
         "gate_mode": "push_to_talk",
         "input": {"path": "question.wav", "rate_hz": 16000, "channels": 1, "duration_s": 4.2},
         "agent": {"kind": "emulator", "url": "http://127.0.0.1:5000", "scenario": "demo"},
@@ -31,7 +32,9 @@ def valid_doc() -> dict[str, Any]:
                 "user_speech_end_s": None,
                 "first_agent_audio_received_s": 0.9,
                 "first_agent_audio_written_s": 1.05,
+                "first_agent_audio_heard_s": 1.08,
                 "latency_ms": None,
+                "written_latency_ms": None,
                 "device_share_ms": None,
                 "interrupted": False,
                 "user_text": None,
@@ -42,14 +45,17 @@ def valid_doc() -> dict[str, Any]:
                 "user_speech_end_s": 5.5,
                 "first_agent_audio_received_s": 6.4,
                 "first_agent_audio_written_s": 6.55,
-                "latency_ms": 1050.0,
+                "first_agent_audio_heard_s": 6.58,
+                "latency_ms": 1080.0,
+                "written_latency_ms": 1050.0,
                 "device_share_ms": 155.0,
                 "interrupted": True,
                 "user_text": "Please turn the volume down",
                 "agent_text": "Done.",
             },
         ],
-        "interruptions": [{"at_s": 9.7, "source": "agent", "event_id": 3, "old_audio_ms_after": 0.0}],
+        "interruptions": [{"at_s": 9.7, "source": "agent", "event_id": 3, "old_audio_ms_after": 0.0,
+                           "old_audio_written_ms_after": 180.0}],
         "press_to_first_frame_sent_ms": [340.0],
         "block_capture_to_wire_ms": report.stats([4.0, 5.0, 30.0]),
         "reply_received_to_written_ms": report.stats([150.0]),
@@ -81,7 +87,8 @@ def test_a_complete_report_is_valid_and_round_trips(tmp_path: Path) -> None:
     ("mutate", "complaint"),
     [
         (lambda d: d.pop("outcome"), "report.outcome: missing"),
-        (lambda d: d.update(schema_version=2), "report.schema_version: must be 1"),
+        (lambda d: d.update(schema_version=1), "report.schema_version: must be 2"),
+        (lambda d: d.update(card="usb"), "report.card: must be one of"),
         (lambda d: d.update(mode="slow"), "report.mode: must be one of"),
         (lambda d: d["turns"][1].update(latency_ms="fast"), "report.turns[1].latency_ms: expected number or null"),
         (lambda d: d["xruns"].update(capture_overruns=-1), "report.xruns.capture_overruns: -1 is below"),
@@ -116,7 +123,7 @@ def test_loading_a_report_of_another_version_says_so(tmp_path: Path) -> None:
     doc["schema_version"] = 99
     path = tmp_path / "report.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(report.ReportError, match="schema_version 99; this version reads 1"):
+    with pytest.raises(report.ReportError, match="schema_version 99; this version reads 2"):
         report.load(path)
 
 
