@@ -19,7 +19,7 @@ Definitions (also in the README):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,6 +154,19 @@ def conversation_spans(events: Sequence[Event]) -> list[Span]:
     return spans
 
 
+# Monotonic time → seconds from the start of the run (rounded); None stays None.
+Rel = Callable[[float | None], float | None]
+
+
+def _relative_to(t0_s: float) -> Rel:
+    """The run's clock: seconds from ``t0_s``."""
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round(t - t0_s, 4)
+
+    return rel
+
+
 def analyse(
     events: Iterable[Event],
     *,
@@ -165,27 +178,59 @@ def analyse(
     evs = sorted(events, key=lambda e: e.t_s)
     end = end_s if end_s is not None else (evs[-1].t_s if evs else t0_s)
     fig = Figures()
+    rel = _relative_to(t0_s)
 
-    def rel(t: float | None) -> float | None:
-        return None if t is None else round(t - t0_s, 4)
-
-    # -- conversations ----------------------------------------------------------
     conv = conversation_spans(evs)
-    spans = [(c.start_s, c.end_s) for c in conv]
     fig.conversations = len(conv)
     fig.conversation_s = sum((c.end_s if c.end_s is not None else end) - c.start_s for c in conv)
     fig.session_outcomes = [c.outcome for c in conv]
     fig.session_details = [c.detail for c in conv]
 
-    # -- uplink -----------------------------------------------------------------
+    uplink = _uplink(evs, conv)
+    fig.block_capture_to_wire_ms = stats(uplink.wire_ms)
+    fig.press_to_first_frame_sent_ms = _press_to_first_frame_sent_ms(evs, uplink.sent)
+
+    replies = _Replies(audio=_times(evs, "agent_audio"), started=_times(evs, "reply_started"),
+                       interruptions=_times(evs, "interruption"))
+    if agent_turns is not None:
+        fig.turns, received_to_written = _turns_from_agent(agent_turns, replies, uplink, rel)
+    else:
+        fig.turns, received_to_written = _turns_from_telemetry(evs, replies, uplink, end, rel)
+    fig.reply_received_to_written_ms = stats(received_to_written)
+    fig.replies_played = sum(1 for t in fig.turns if t["first_agent_audio_written_s"] is not None)
+
+    fig.interruptions = _interruptions(replies.interruptions, _times(evs, "flushed"), rel)
+    fig.xruns = _xruns(evs)
+    fig.ping_ms = stats([v for e in _times(evs, "ping") if (v := _num(_get(e.data, "ping_ms"))) is not None])
+    fig.tool_calls = _tool_calls(evs, rel)
+    fig.transcript = _transcript(evs, rel)
+    return fig
+
+
+@dataclass(frozen=True)
+class _Uplink:
+    """The microphone blocks sent to the agent, and when each was captured."""
+
+    sent: list[Event]
+    sent_delay: list[tuple[float, float, float]]  # (sent t, captured t, delay ms)
+    wire_ms: list[float]  # capture → wire, without blocks held while a socket opened
+
+    def block_before(self, arrival_s: float) -> tuple[float, float, float] | None:
+        """The last block sent at or before ``arrival_s`` (sent t, captured t, delay ms)."""
+        i = bisect.bisect_right([s[0] for s in self.sent_delay], arrival_s)
+        return self.sent_delay[i - 1] if i > 0 else None
+
+
+def _uplink(evs: Sequence[Event], conv: Sequence[Span]) -> _Uplink:
+    """The blocks sent, their capture → wire delays, and those that measure the path."""
     sent = _times(evs, "block_sent")
     first_sent_per_conv: list[float] = []
-    for a, b in spans:
-        first = _first_at_or_after(sent, a, b)
+    for c in conv:
+        first = _first_at_or_after(sent, c.start_s, c.end_s)
         if first is not None:
             first_sent_per_conv.append(first.t_s)
     wire_ms: list[float] = []
-    sent_delay: list[tuple[float, float, float]] = []  # (sent t, captured t, delay ms)
+    sent_delay: list[tuple[float, float, float]] = []
     for e in sent:
         captured = _num(_get(e.data, "captured_at_s"))
         if captured is None:
@@ -195,14 +240,12 @@ def analyse(
         held = any(captured < f <= e.t_s for f in first_sent_per_conv)
         if not held:
             wire_ms.append(1000 * (e.t_s - captured))
-    fig.block_capture_to_wire_ms = stats(wire_ms)
-    sent_times = [s[0] for s in sent_delay]
+    return _Uplink(sent, sent_delay, wire_ms)
 
-    def block_before(arrival_s: float) -> tuple[float, float, float] | None:
-        i = bisect.bisect_right(sent_times, arrival_s)
-        return sent_delay[i - 1] if i > 0 else None
 
-    # -- press → first frame sent -------------------------------------------------
+def _press_to_first_frame_sent_ms(evs: Sequence[Event], sent: Sequence[Event]) -> list[float]:
+    """For each press that starts a conversation (from idle or error): press → first block sent."""
+    out: list[float] = []
     state = "idle"
     for e in evs:
         if e.kind == "state":
@@ -214,79 +257,106 @@ def analyse(
         ):
             first = _first_at_or_after(sent, e.t_s)
             if first is not None:
-                fig.press_to_first_frame_sent_ms.append(round(1000 * (first.t_s - e.t_s), 1))
+                out.append(round(1000 * (first.t_s - e.t_s), 1))
+    return out
 
-    # -- replies ---------------------------------------------------------------------
-    audio = _times(evs, "agent_audio")
-    started = _times(evs, "reply_started")
-    interruptions = _times(evs, "interruption")
+
+@dataclass(frozen=True)
+class _Replies:
+    """The downlink telemetry replies are found in."""
+
+    audio: list[Event]  # agent_audio: a chunk received
+    started: list[Event]  # reply_started: its first sample written
+    interruptions: list[Event]
+
+
+def _turns_from_agent(
+    agent_turns: Sequence[Mapping[str, Any]], replies: _Replies, uplink: _Uplink, rel: Rel
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Turns anchored on the emulator's records: (turns, received → written ms)."""
+    turns: list[dict[str, Any]] = []
     received_to_written: list[float] = []
-    if agent_turns is not None:
-        anchors = [
-            t for t in agent_turns if _num(t.get("reply_first_audio_sent_t_s")) is not None
-        ]
-        anchors.sort(key=lambda t: float(t["reply_first_audio_sent_t_s"]))
-        for i, t in enumerate(anchors):
-            sent_at = float(t["reply_first_audio_sent_t_s"])
-            nxt = float(anchors[i + 1]["reply_first_audio_sent_t_s"]) if i + 1 < len(anchors) else None
-            rx = _first_at_or_after(audio, sent_at, nxt)
-            wr = _first_at_or_after(started, rx.t_s, nxt) if rx is not None else None
-            speech_end = _num(t.get("speech_end_t_s"))
-            user_end: float | None = None
-            uplink_ms: float | None = None
-            if speech_end is not None:
-                blk = block_before(speech_end)
-                if blk is not None:
-                    user_end, uplink_ms = blk[1], blk[2]
-                else:
-                    user_end = speech_end
-            fig.turns.append(
-                _turn(len(fig.turns), user_end, rx, wr, uplink_ms, bool(t.get("interrupted")),
-                      t.get("user_transcript"), t.get("reply_text") or None, rel)
-            )
-            if rx is not None and wr is not None:
-                received_to_written.append(1000 * (wr.t_s - rx.t_s))
-    else:
-        # Without the agent's records a reply is the first audio after a quiet spell.
-        transcripts = [e for e in _times(evs, "transcript") if not _get(e.data, "tentative", default=False)]
-        gates = [e for e in _times(evs, "gate") if _get(e.data, "open")
-                 and (_num(_get(e.data, "level_dbfs")) or -120.0) > SPEECH_DBFS]
-        reply_starts: list[Event] = []
-        last_t: float | None = None
-        for e in audio:
-            interrupted_between = last_t is not None and any(last_t < x.t_s <= e.t_s for x in interruptions)
-            if last_t is None or e.t_s - last_t > 1.0 or interrupted_between:
-                reply_starts.append(e)
-            last_t = e.t_s
-        for i, start in enumerate(reply_starts):
-            next_s = reply_starts[i + 1].t_s if i + 1 < len(reply_starts) else None
-            prev = reply_starts[i - 1].t_s if i > 0 else float("-inf")
-            rx = start
-            wr = _first_at_or_after(started, rx.t_s, next_s)
-            loud = [g for g in gates if prev < g.t_s <= rx.t_s]
-            user_end = uplink_ms = None
-            if loud:
-                user_end = loud[-1].t_s
-                blk = next((s for s in sent_delay if s[1] >= user_end - 1e-6), None)
-                uplink_ms = blk[2] if blk is not None else None
-            until = next_s if next_s is not None else end + 1
-            cut = any(rx.t_s <= x.t_s < until for x in interruptions)
-            said = [e for e in transcripts if prev < e.t_s <= rx.t_s and _get(e.data, "role") == "user"]
-            answer = [e for e in transcripts if rx.t_s - 1.0 <= e.t_s < until and _get(e.data, "role") != "user"
-                      and not _get(e.data, "correction", default=False)]
-            fig.turns.append(_turn(i, user_end, rx, wr, uplink_ms, cut,
-                                   _get(said[-1].data, "text") if said else None,
-                                   _get(answer[0].data, "text") if answer else None, rel))
-            if wr is not None:
-                received_to_written.append(1000 * (wr.t_s - rx.t_s))
-    fig.reply_received_to_written_ms = stats(received_to_written)
-    fig.replies_played = sum(1 for t in fig.turns if t["first_agent_audio_written_s"] is not None)
+    anchors = [
+        t for t in agent_turns if _num(t.get("reply_first_audio_sent_t_s")) is not None
+    ]
+    anchors.sort(key=lambda t: float(t["reply_first_audio_sent_t_s"]))
+    for i, t in enumerate(anchors):
+        sent_at = float(t["reply_first_audio_sent_t_s"])
+        nxt = float(anchors[i + 1]["reply_first_audio_sent_t_s"]) if i + 1 < len(anchors) else None
+        rx = _first_at_or_after(replies.audio, sent_at, nxt)
+        wr = _first_at_or_after(replies.started, rx.t_s, nxt) if rx is not None else None
+        speech_end = _num(t.get("speech_end_t_s"))
+        user_end: float | None = None
+        uplink_ms: float | None = None
+        if speech_end is not None:
+            blk = uplink.block_before(speech_end)
+            if blk is not None:
+                user_end, uplink_ms = blk[1], blk[2]
+            else:
+                user_end = speech_end
+        turns.append(
+            _turn(len(turns), user_end, rx, wr, uplink_ms, bool(t.get("interrupted")),
+                  t.get("user_transcript"), t.get("reply_text") or None, rel)
+        )
+        if rx is not None and wr is not None:
+            received_to_written.append(1000 * (wr.t_s - rx.t_s))
+    return turns, received_to_written
 
-    # -- interruptions and flushes ----------------------------------------------------------
-    # Each interruption (the agent's event, or a press that cut the agent off: data.local)
-    # is followed by the playback's flush report; other flushes (e.g. at the end of a
-    # session) interrupted nobody.
-    flushes = _times(evs, "flushed")
+
+def _turns_from_telemetry(
+    evs: Sequence[Event], replies: _Replies, uplink: _Uplink, end: float, rel: Rel
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Turns found without the agent's records: (turns, received → written ms)."""
+    turns: list[dict[str, Any]] = []
+    received_to_written: list[float] = []
+    transcripts = [e for e in _times(evs, "transcript") if not _get(e.data, "tentative", default=False)]
+    gates = [e for e in _times(evs, "gate") if _get(e.data, "open")
+             and (_num(_get(e.data, "level_dbfs")) or -120.0) > SPEECH_DBFS]
+    reply_starts = _reply_starts(replies)
+    for i, start in enumerate(reply_starts):
+        next_s = reply_starts[i + 1].t_s if i + 1 < len(reply_starts) else None
+        prev = reply_starts[i - 1].t_s if i > 0 else float("-inf")
+        rx = start
+        wr = _first_at_or_after(replies.started, rx.t_s, next_s)
+        loud = [g for g in gates if prev < g.t_s <= rx.t_s]
+        user_end = uplink_ms = None
+        if loud:
+            user_end = loud[-1].t_s
+            blk = next((s for s in uplink.sent_delay if s[1] >= user_end - 1e-6), None)
+            uplink_ms = blk[2] if blk is not None else None
+        until = next_s if next_s is not None else end + 1
+        cut = any(rx.t_s <= x.t_s < until for x in replies.interruptions)
+        said = [e for e in transcripts if prev < e.t_s <= rx.t_s and _get(e.data, "role") == "user"]
+        answer = [e for e in transcripts if rx.t_s - 1.0 <= e.t_s < until and _get(e.data, "role") != "user"
+                  and not _get(e.data, "correction", default=False)]
+        turns.append(_turn(i, user_end, rx, wr, uplink_ms, cut,
+                           _get(said[-1].data, "text") if said else None,
+                           _get(answer[0].data, "text") if answer else None, rel))
+        if wr is not None:
+            received_to_written.append(1000 * (wr.t_s - rx.t_s))
+    return turns, received_to_written
+
+
+def _reply_starts(replies: _Replies) -> list[Event]:
+    """Without the agent's records a reply is the first audio after a quiet spell (or an interruption)."""
+    starts: list[Event] = []
+    last_t: float | None = None
+    for e in replies.audio:
+        interrupted_between = last_t is not None and any(last_t < x.t_s <= e.t_s for x in replies.interruptions)
+        if last_t is None or e.t_s - last_t > 1.0 or interrupted_between:
+            starts.append(e)
+        last_t = e.t_s
+    return starts
+
+
+def _interruptions(interruptions: Sequence[Event], flushes: Sequence[Event], rel: Rel) -> list[dict[str, Any]]:
+    """Each interruption with the flush that answered it.
+
+    An interruption (the agent's event, or a press that cut the agent off:
+    data.local) is followed by the playback's flush report; other flushes
+    (e.g. at the end of a session) interrupted nobody.
+    """
+    out: list[dict[str, Any]] = []
     used: set[int] = set()
     for x in interruptions:
         idx = next((i for i, f in enumerate(flushes) if i not in used and 0 <= f.t_s - x.t_s <= FLUSH_PAIR_S), None)
@@ -296,42 +366,55 @@ def analyse(
             old_ms = _num(_get(flushes[idx].data, "old_audio_ms_after"))
         local = bool(_get(x.data, "local", default=False))
         event_id = _get(x.data, "event_id")
-        fig.interruptions.append({
+        out.append({
             "at_s": rel(x.t_s),
             "source": "local" if local else "agent",
             "event_id": event_id if isinstance(event_id, int) and not isinstance(event_id, bool) else None,
             "old_audio_ms_after": _r(old_ms),
             "old_audio_written_ms_after": _r(old_ms),
         })
+    return out
 
-    # -- the rest -----------------------------------------------------------------------
+
+def _xruns(evs: Sequence[Event]) -> dict[str, int]:
+    """Capture overruns and playback underruns, counted."""
+    xruns = {"capture_overruns": 0, "playback_underruns": 0}
     for e in _times(evs, "xrun"):
         kind = str(_get(e.data, "kind", default=""))
         if "over" in kind:
-            fig.xruns["capture_overruns"] += 1
+            xruns["capture_overruns"] += 1
         elif "under" in kind:
-            fig.xruns["playback_underruns"] += 1
-    pings = [v for e in _times(evs, "ping") if (v := _num(_get(e.data, "ping_ms"))) is not None]
-    fig.ping_ms = stats(pings)
-    for e in _times(evs, "tool_call"):
-        if _get(e.data, "phase", default="finished") != "finished":
-            continue
-        fig.tool_calls.append({
+            xruns["playback_underruns"] += 1
+    return xruns
+
+
+def _tool_calls(evs: Sequence[Event], rel: Rel) -> list[dict[str, Any]]:
+    """Finished tool calls (a call reports started, then finished)."""
+    return [
+        {
             "at_s": rel(e.t_s),
             "name": str(_get(e.data, "name", default="?")),
             "is_error": bool(_get(e.data, "is_error", default=False)),
-        })
+        }
+        for e in _times(evs, "tool_call")
+        if _get(e.data, "phase", default="finished") == "finished"
+    ]
+
+
+def _transcript(evs: Sequence[Event], rel: Rel) -> list[dict[str, Any]]:
+    """Final transcripts (tentative ones left out); an agent line the agent corrected is marked cut."""
+    out: list[dict[str, Any]] = []
     for e in _times(evs, "transcript"):
         if _get(e.data, "tentative", default=False):
             continue
         role = str(_get(e.data, "role", default="agent"))
-        fig.transcript.append({
+        out.append({
             "at_s": rel(e.t_s),
             "role": "user" if role == "user" else "agent",
             "text": str(_get(e.data, "text", default="")),
             "cut": bool(_get(e.data, "correction", default=False)),
         })
-    return fig
+    return out
 
 
 def _turn(
@@ -343,7 +426,7 @@ def _turn(
     interrupted: bool,
     user_text: Any,
     agent_text: Any,
-    rel: Any,
+    rel: Rel,
 ) -> dict[str, Any]:
     latency = device = None
     if wr is not None and user_end is not None:

@@ -45,6 +45,9 @@ LABEL_PX = 120
 RIGHT_PX = 20
 ROW_PX = 26
 LEVEL_ROW_PX = 54
+ROW_GAP_PX = 6
+TOP_PX = 58.0  # the first row's top: below the title and subtitle
+GATE_BLOCK_S = 0.25  # a gate report covers the block that ended at its time
 FONT = "DejaVu Sans, Verdana, Arial, sans-serif"
 CHAR_PX = 6.2  # average glyph width at 11 px, to keep labels from overlapping
 
@@ -217,22 +220,40 @@ def render_svg(
     last = max([e.t_s for e in evs] + [t for t, _ in speaker_levels] + [t0_s + 1.0])
     t1 = t1_s if t1_s is not None else last
     c = _Canvas(t0_s, max(t1, t0_s + 0.5))
-    y = 58.0
+    y = TOP_PX
+    y = _state_row(c, evs, y)
+    y = _led_rows(c, evs, y)
+    y = _button_row(c, evs, y)
+    gates = [e for e in evs if e.kind == "gate"]
+    y = _gate_row(c, gates, y)
+    y = _mic_row(c, gates, y)
+    y = _speaker_row(c, evs, speaker_levels, y)
+    y = _latency_row(c, spans, y)
+    y = _events_row(c, evs, y)
+    _interruption_guides(c, evs, y)
+    _axis(c, y)
+    height = _legend(c, y + 30)
+    return _document(c, height, title, subtitle)
 
-    def row_label(name: str, yy: float, h: float) -> None:
-        c.text(8, yy + h / 2 + 4, name, size=12, weight="bold", fill="#333")
 
-    # -- state ----------------------------------------------------------
+def _row_label(c: _Canvas, name: str, y: float, h: float) -> None:
+    c.text(8, y + h / 2 + 4, name, size=12, weight="bold", fill="#333")
+
+
+def _state_row(c: _Canvas, evs: Sequence[Event], y: float) -> float:
+    """The daemon's state as coloured bands, named where they are wide enough; returns the next row's y."""
     states = [(e.t_s, str(_field(e.data, "state", "to", "new", default="?"))) for e in evs if e.kind == "state"]
-    row_label("state", y, ROW_PX)
+    _row_label(c, "state", y, ROW_PX)
     for a, b, v in _segments(states, c.t1):
         xa, xb = c.x(a), c.x(b)
-        c.rect(xa, y, xb - xa, ROW_PX, STATE_COLOURS.get(v, "#bbbbbb"), f"{v} {a - t0_s:.2f}–{b - t0_s:.2f} s")
+        c.rect(xa, y, xb - xa, ROW_PX, STATE_COLOURS.get(v, "#bbbbbb"), f"{v} {a - c.t0:.2f}–{b - c.t0:.2f} s")
         if xb - xa > len(v) * CHAR_PX + 4:
             c.text(xa + 3, y + ROW_PX / 2 + 4, v, fill="#fff" if v in ("muted", "speaking", "error") else "#222")
-    y += ROW_PX + 6
+    return y + ROW_PX + ROW_GAP_PX
 
-    # -- LEDs (one row per output) ----------------------------------------
+
+def _led_points(evs: Sequence[Event]) -> dict[str, list[tuple[float, tuple[str, str]]]]:
+    """Per LED output: (time, (fill colour, label)) at each change."""
     leds: dict[str, list[tuple[float, tuple[str, str]]]] = {}
     for e in evs:
         if e.kind != "led":
@@ -247,18 +268,26 @@ def render_svg(
             name = str(_field(e.data, "name", "output", default="led"))
             label = str(_field(e.data, "pattern", default=""))
             leds.setdefault(name, []).append((e.t_s, (_led_colour(e.data), label)))
-    for name, points in leds.items():
-        row_label(f"LED {name}" if name != "led" else "LED", y, ROW_PX)
+    return leds
+
+
+def _led_rows(c: _Canvas, evs: Sequence[Event], y: float) -> float:
+    """One row per LED output, lit in its colour with its pattern's name; returns the next row's y."""
+    for name, points in _led_points(evs).items():
+        _row_label(c, f"LED {name}" if name != "led" else "LED", y, ROW_PX)
         c.rect(LABEL_PX, y, c.plot_px, ROW_PX, "#333333")
         for a, b, (colour, label) in _segments(points, c.t1):
             xa, xb = c.x(a), c.x(b)
-            c.rect(xa, y + 2, xb - xa, ROW_PX - 4, colour, f"{label or colour} {a - t0_s:.2f} s")
+            c.rect(xa, y + 2, xb - xa, ROW_PX - 4, colour, f"{label or colour} {a - c.t0:.2f} s")
             if label and xb - xa > len(label) * CHAR_PX + 4:
                 c.text(xa + 3, y + ROW_PX / 2 + 4, label, size=10, fill=text_colour_on(colour))
-        y += ROW_PX + 6
+        y += ROW_PX + ROW_GAP_PX
+    return y
 
-    # -- button ------------------------------------------------------------
-    row_label("button", y, ROW_PX)
+
+def _button_row(c: _Canvas, evs: Sequence[Event], y: float) -> float:
+    """A bar for each time the button was held, "long" at long presses; returns the next row's y."""
+    _row_label(c, "button", y, ROW_PX)
     c.rect(LABEL_PX, y, c.plot_px, ROW_PX, "#f4f4f4")
     pressed_at: float | None = None
     for e in evs:
@@ -273,20 +302,24 @@ def render_svg(
             pressed_at = None
         elif action == "long_press":
             c.text(c.x(e.t_s), y + ROW_PX / 2 + 4, "long", size=10, fill="#fff")
-    if pressed_at is not None:
+    if pressed_at is not None:  # still held when the picture ends
         c.rect(c.x(pressed_at), y + 3, c.x(c.t1) - c.x(pressed_at), ROW_PX - 6, "#34495e", "held")
-    y += ROW_PX + 6
+    return y + ROW_PX + ROW_GAP_PX
 
-    # -- gate and microphone level ------------------------------------------
-    gates = [e for e in evs if e.kind == "gate"]
-    row_label("gate", y, ROW_PX)
+
+def _gate_row(c: _Canvas, gates: Sequence[Event], y: float) -> float:
+    """A mark for each block the gate let through; returns the next row's y."""
+    _row_label(c, "gate", y, ROW_PX)
     c.rect(LABEL_PX, y, c.plot_px, ROW_PX, "#f4f4f4")
-    block_s = 0.25
     for e in gates:
         if _field(e.data, "open", default=False):
-            c.rect(c.x(e.t_s - block_s), y + 3, c.x(e.t_s) - c.x(e.t_s - block_s), ROW_PX - 6, "#27ae60")
-    y += ROW_PX + 6
-    row_label("mic", y, LEVEL_ROW_PX)
+            c.rect(c.x(e.t_s - GATE_BLOCK_S), y + 3, c.x(e.t_s) - c.x(e.t_s - GATE_BLOCK_S), ROW_PX - 6, "#27ae60")
+    return y + ROW_PX + ROW_GAP_PX
+
+
+def _mic_row(c: _Canvas, gates: Sequence[Event], y: float) -> float:
+    """Each block's level: green when the agent got it, grey when zeros went instead; returns the next row's y."""
+    _row_label(c, "mic", y, LEVEL_ROW_PX)
     c.text(8, y + LEVEL_ROW_PX / 2 + 18, "(→ agent)", size=10, fill="#666")
     c.rect(LABEL_PX, y, c.plot_px, LEVEL_ROW_PX, "#fafafa")
     for e in gates:
@@ -295,13 +328,16 @@ def render_svg(
             continue
         h = _level_h(float(level), LEVEL_ROW_PX)
         sent = bool(_field(e.data, "open", default=False))
-        xa, xb = c.x(e.t_s - block_s), c.x(e.t_s)
+        xa, xb = c.x(e.t_s - GATE_BLOCK_S), c.x(e.t_s)
         c.rect(xa, y + LEVEL_ROW_PX - 2 - h, max(xb - xa - 0.5, 0.6), h, "#27ae60" if sent else "#b3b3b3",
                f"{level:.0f} dBFS {'sent' if sent else 'gated (zeros sent)'}")
-    y += LEVEL_ROW_PX + 6
+    return y + LEVEL_ROW_PX + ROW_GAP_PX
 
-    # -- speaker level and arrivals -----------------------------------------
-    row_label("speaker", y, LEVEL_ROW_PX)
+
+def _speaker_row(c: _Canvas, evs: Sequence[Event], speaker_levels: Sequence[tuple[float, float]],
+                 y: float) -> float:
+    """The speaker's level, a tick per agent chunk received, a dashed line per reply start; returns next y."""
+    _row_label(c, "speaker", y, LEVEL_ROW_PX)
     c.rect(LABEL_PX, y, c.plot_px, LEVEL_ROW_PX, "#fafafa")
     if speaker_levels:
         pts = sorted(speaker_levels)
@@ -320,23 +356,29 @@ def render_svg(
             x = c.x(e.t_s)
             c.line(x, y, x, y + LEVEL_ROW_PX, "#8e44ad", 1, "3,2")
     c.text(8, y + LEVEL_ROW_PX / 2 + 18, "(heard)", size=10, fill="#666")
-    y += LEVEL_ROW_PX + 6
+    return y + LEVEL_ROW_PX + ROW_GAP_PX
 
-    # -- latency brackets ------------------------------------------------------
-    if spans:
-        row_label("latency", y, ROW_PX)
-        for a, b, label in spans:
-            xa, xb = c.x(a), c.x(b)
-            yy = y + 8
-            c.line(xa, yy, xb, yy, "#c0392b", 2)
-            c.line(xa, yy - 5, xa, yy + 5, "#c0392b", 1.5)
-            c.line(xb, yy - 5, xb, yy + 5, "#c0392b", 1.5)
-            c.text((xa + xb) / 2 if xb - xa > len(label) * CHAR_PX else xb + 4, yy + 15, label, size=10,
-                   anchor="middle" if xb - xa > len(label) * CHAR_PX else "start", fill="#c0392b")
-        y += ROW_PX + 6
 
-    # -- events ---------------------------------------------------------------
-    marks = [(e, lab) for e in evs if (lab := _event_label(e, t0_s)) is not None]
+def _latency_row(c: _Canvas, spans: Sequence[tuple[float, float, str]], y: float) -> float:
+    """A labelled bracket per span (none: no row); returns the next row's y."""
+    if not spans:
+        return y
+    _row_label(c, "latency", y, ROW_PX)
+    for a, b, label in spans:
+        xa, xb = c.x(a), c.x(b)
+        yy = y + 8
+        c.line(xa, yy, xb, yy, "#c0392b", 2)
+        c.line(xa, yy - 5, xa, yy + 5, "#c0392b", 1.5)
+        c.line(xb, yy - 5, xb, yy + 5, "#c0392b", 1.5)
+        fits = xb - xa > len(label) * CHAR_PX
+        c.text((xa + xb) / 2 if fits else xb + 4, yy + 15, label, size=10,
+               anchor="middle" if fits else "start", fill="#c0392b")
+    return y + ROW_PX + ROW_GAP_PX
+
+
+def _place_labels(c: _Canvas, evs: Sequence[Event]) -> tuple[list[tuple[float, int, str, str, str]], int]:
+    """Event labels on as few lines as keep them from overlapping: ([(x, line, label, colour, tip)], lines)."""
+    marks = [(e, lab) for e in evs if (lab := _event_label(e, c.t0)) is not None]
     rows_end: list[float] = []
     placed: list[tuple[float, int, str, str, str]] = []
     for e, (label, colour, tip) in marks:
@@ -351,9 +393,14 @@ def render_svg(
             rows_end.append(x + width)
             row = len(rows_end) - 1
         placed.append((x, row, label, colour, tip))
-    n_rows = max(1, len(rows_end))
+    return placed, max(1, len(rows_end))
+
+
+def _events_row(c: _Canvas, evs: Sequence[Event], y: float) -> float:
+    """Labelled markers (interruptions, flushes, tools, transcripts, xruns, end); returns the axis's y."""
+    placed, n_rows = _place_labels(c, evs)
     ev_h = n_rows * 16 + 8
-    row_label("events", y, min(ev_h, ROW_PX))
+    _row_label(c, "events", y, min(ev_h, ROW_PX))
     right = LABEL_PX + c.plot_px
     for x, row, label, colour, tip in placed:
         yy = y + 12 + row * 16
@@ -363,26 +410,32 @@ def render_svg(
             c.text(x - 5, yy, label, size=11, fill=colour, anchor="end")
         else:
             c.text(x + 5, yy, label, size=11, fill=colour)
-    y += ev_h + 4
+    return y + ev_h + 4
 
-    # -- axis, vertical guides for interruptions -----------------------------------
-    top = 58.0
+
+def _interruption_guides(c: _Canvas, evs: Sequence[Event], axis_y: float) -> None:
+    """A dashed line through every row at each interruption."""
     for e in evs:
         if e.kind == "interruption":
-            c.line(c.x(e.t_s), top, c.x(e.t_s), y - 4, "#d9534f", 1, "4,3")
-    step = nice_step_s(c.t1 - t0_s)
+            c.line(c.x(e.t_s), TOP_PX, c.x(e.t_s), axis_y - 4, "#d9534f", 1, "4,3")
+
+
+def _axis(c: _Canvas, y: float) -> None:
+    """The time axis at ``y``: 1-2-5 ticks in seconds from t0, with faint guides up through the rows."""
+    step = nice_step_s(c.t1 - c.t0)
     c.line(LABEL_PX, y, LABEL_PX + c.plot_px, y, "#444")
     k = 0
-    while (t := k * step) <= c.t1 - t0_s + 1e-9:
-        x = c.x(t0_s + t)
+    while (t := k * step) <= c.t1 - c.t0 + 1e-9:
+        x = c.x(c.t0 + t)
         c.line(x, y, x, y + 5, "#444")
-        c.line(x, top, x, y, "#000", 0.3, "1,4")
+        c.line(x, TOP_PX, x, y, "#000", 0.3, "1,4")
         c.text(x, y + 17, f"{t:g}", size=10, anchor="middle")
         k += 1
     c.text(LABEL_PX + c.plot_px, y + 30, "time (s)", size=10, anchor="end", fill="#555")
 
-    # -- legend ---------------------------------------------------------------------
-    ly = y + 30
+
+def _legend(c: _Canvas, ly: float) -> float:
+    """The colour key on the line at ``ly``; returns the picture's height."""
     lx: float = LABEL_PX
     for name in ("idle", "connecting", "listening", "thinking", "speaking", "error", "muted"):
         c.rect(lx, ly - 9, 12, 12, STATE_COLOURS[name])
@@ -396,8 +449,11 @@ def render_svg(
     lx += 120
     c.line(lx, ly - 9, lx, ly + 3, "#e67e22", 2)
     c.text(lx + 6, ly + 1, "agent audio received", size=10)
-    height = ly + 14
+    return ly + 14
 
+
+def _document(c: _Canvas, height: float, title: str, subtitle: str) -> str:
+    """The SVG document: white page, title and subtitle, then everything drawn on ``c``."""
     header = (
         f'<text x="{LABEL_PX}" y="24" font-size="16" font-weight="bold" fill="#111">{escape(title)}</text>'
         f'<text x="{LABEL_PX}" y="44" font-size="12" fill="#444">{escape(subtitle)}</text>'

@@ -179,3 +179,23 @@ def test_conversations_end_where_the_controller_leaves_them() -> None:
         (0.0, 4.0, "idle_timeout"), (5.0, 5.5, "network"), (7.0, None, "unfinished")
     ]
     assert spans[1].detail == "connection refused"
+
+
+def test_the_figures_depend_only_on_the_events_not_on_their_order() -> None:
+    events = conversation()
+    latest_first = sorted(events, key=lambda e: -e.t_s)  # stable: events at the same time keep their order
+    for turns in (None, _agent_turns()):
+        fig = analysis.analyse(events, t0_s=T0, agent_turns=turns)
+        assert analysis.analyse(latest_first, t0_s=T0, agent_turns=turns) == fig
+        assert analysis.analyse(iter(events), t0_s=T0, agent_turns=turns) == fig
+
+
+def test_without_the_emulator_an_interruption_between_chunks_starts_a_new_reply() -> None:
+    events = [Ev(T0 + 1.0 + 0.05 * i, "agent_audio") for i in range(4)]  # one reply: no quiet spell
+    events += [Ev(T0 + 1.07, "interruption", {"event_id": 4})]
+    events += [Ev(T0 + 1.0, "reply_started"), Ev(T0 + 1.12, "reply_started")]
+    fig = analysis.analyse(events, t0_s=T0)
+    assert [t["first_agent_audio_received_s"] for t in fig.turns] == [pytest.approx(1.0), pytest.approx(1.1)]
+    assert [t["first_agent_audio_written_s"] for t in fig.turns] == [pytest.approx(1.0), pytest.approx(1.12)]
+    assert [t["interrupted"] for t in fig.turns] == [True, False]
+    assert fig.interruptions[0]["event_id"] == 4 and fig.interruptions[0]["old_audio_ms_after"] is None

@@ -121,3 +121,62 @@ def test_without_a_converter_only_the_svg_is_written(tmp_path: Path, monkeypatch
     monkeypatch.setattr(timeline.shutil, "which", lambda name: None)
     assert timeline.write("<svg/>", tmp_path / "t.svg") is None
     assert not (tmp_path / "t.png").exists()
+
+
+ROWS = ("state", "LED status", "button", "gate", "mic", "speaker", "latency", "events")
+
+
+def _full(events: list[Ev]) -> str:
+    return timeline.render_svg(events, t0_s=T0, t1_s=T0 + 20, speaker_levels=speaker_levels(),
+                               spans=[(T0 + 5.5, T0 + 6.55, "1050 ms")], title="demo")
+
+
+def test_the_picture_depends_only_on_the_events_not_on_their_order() -> None:
+    events = conversation()
+    svg = _full(events)
+    assert _full(events) == svg  # nothing carried over from one picture to the next
+    # latest first (stable, so events at the same time keep their order): the same picture
+    assert _full(sorted(events, key=lambda e: -e.t_s)) == svg
+    assert timeline.render_svg(iter(events), t0_s=T0) == timeline.render_svg(events, t0_s=T0)
+
+
+def test_rows_are_stacked_in_order_and_everything_stays_in_the_picture() -> None:
+    root = ET.fromstring(_full(conversation()))
+    height = float(root.get("height", 0))
+    label_y = {t.text: float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.get("font-weight") == "bold"}
+    ys = [label_y[row] for row in ROWS]
+    assert ys == sorted(ys) and len(set(ys)) == len(ys)
+    for r in root.iter(f"{SVG}rect"):
+        if r.get("x") is None:  # the page's background
+            continue
+        assert float(r.get("x", 0)) + float(r.get("width", 0)) <= timeline.WIDTH_PX + 0.05
+        assert float(r.get("y", 0)) >= 0 and float(r.get("y", 0)) + float(r.get("height", 0)) <= height
+    # the axis ticks sit below the events row, above the bottom
+    ticks = [float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.text == "20"]
+    assert ticks and label_y["events"] < ticks[0] < height
+
+
+def test_without_latency_spans_there_is_no_latency_row_and_the_rows_below_move_up() -> None:
+    with_spans = ET.fromstring(_full(conversation()))
+    without = _render(conversation(), t1_s=T0 + 20, speaker_levels=speaker_levels(), title="demo")
+    assert "latency" not in _texts(without)
+
+    def events_y(root: ET.Element) -> float:
+        return next(float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.text == "events")
+
+    shift = events_y(with_spans) - events_y(without)
+    assert shift == timeline.ROW_PX + timeline.ROW_GAP_PX
+    assert float(with_spans.get("height", 0)) - float(without.get("height", 0)) == shift
+
+
+def test_each_interruption_gets_a_guide_through_every_row() -> None:
+    root = ET.fromstring(_full(conversation()))
+    guides = [ln for ln in root.iter(f"{SVG}line") if ln.get("stroke-dasharray") == "4,3"]
+    assert len(guides) == 2  # the barge-in press at 9.0 s and the agent's interruption at 9.7 s
+    state_top = timeline.TOP_PX
+    events_y = next(float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.text == "events")
+    for g in guides:
+        assert float(g.get("y1", 0)) == state_top and float(g.get("y2", 0)) > events_y
+    xs = sorted(float(g.get("x1", 0)) for g in guides)
+    plot_px = timeline.WIDTH_PX - timeline.LABEL_PX - timeline.RIGHT_PX
+    assert xs == [pytest.approx(timeline.LABEL_PX + t / 20 * plot_px, abs=0.05) for t in (9.0, 9.7)]
