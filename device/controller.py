@@ -805,6 +805,7 @@ class Controller(Worker):
             self._act(action, now, cause)
         if self.machine.state is not before:
             self._settle_held(before)
+            self._settle_wake()
         self._refresh_snapshot()  # before telling anyone: whoever hears of the change can read it
         if self.machine.state is not before:
             self._entered(before, now, cause)
@@ -823,7 +824,6 @@ class Controller(Worker):
             self.idle.clear()
         else:
             self.gate.reset(now)
-            self._wake_ended()
             self._discard_le_id = _NO_EVENT_ID
             if state in (State.IDLE, State.MUTED):
                 self.idle.set()
@@ -1135,8 +1135,10 @@ class Controller(Worker):
             self.gate.wake(t_s)
         return detection
 
-    def _wake_ended(self) -> None:
-        """Back to idle: count a wake that led to no user speech; the detector starts afresh."""
+    def _settle_wake(self) -> None:
+        """Out of the conversation: count a wake that led to no user speech; the detector starts afresh."""
+        if self.machine.state in CONVERSATION or self.machine.between_attempts:
+            return
         if self._woke_seq is not None and not self._woke_heard_user:
             with self._lock:
                 self.counters["false_wakes"] += 1

@@ -263,8 +263,9 @@ class Gate:
         wake word are the user's, not the agent's echo.
         """
         self._wake_at_s = t_s
+        # Open for a hang-over from the wake word on; the user's turn starts when the VAD hears them
+        # (so a wake word nobody follows ends on the idle timeout, not in a wait for an answer).
         self._vad_open_until_s = max(self._vad_open_until_s, t_s + self.cfg.hangover_ms / 1000)
-        self._in_turn = True
         self._preroll.clear()
         if self.cfg.barge_in == "wake_word" and self._audible.value_at(t_s):
             self._audible.set(t_s, False)
@@ -294,6 +295,13 @@ class Gate:
         guard = _merge(blocked + overridden)
         allowed = subtract([(0, n)], guard)
 
+        wake_cut: Ranges = []
+        if self._wake_at_s is not None and self._wake_at_s < captured_at_s:
+            # The wake word itself (before the detection point) stays on the device and is not the user's turn.
+            cut = min(n, max(0, math.ceil((self._wake_at_s - start_s) / duration_s * n)))
+            wake_cut = [(0, cut)]
+            allowed = subtract(allowed, wake_cut)
+            self._wake_at_s = None
         heard = apply_ranges(pcm, allowed)
         speech = bool(allowed) and self._is_speech(heard, allowed)
         turn_started = turn_ended = False
@@ -317,11 +325,6 @@ class Gate:
         else:
             open_ranges = subtract(talk, guard)
 
-        if self._wake_at_s is not None and self._wake_at_s < captured_at_s:
-            # The wake word itself (before the detection point) stays on the device.
-            cut = min(n, max(0, math.ceil((self._wake_at_s - start_s) / duration_s * n)))
-            open_ranges = subtract(open_ranges, [(0, cut)])
-            self._wake_at_s = None
         out_pcm = apply_ranges(pcm, open_ranges)
         chunk = Chunk(out_pcm, captured_at_s, seq, bool(open_ranges))
         chunks: tuple[Chunk, ...] = (chunk,)
