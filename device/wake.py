@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from device.audioformat import CAPTURE_RATE_HZ
-from device.config import WakeConfig
+from device.config import Config, WakeConfig
 from device.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -251,3 +251,12 @@ def describe(cfg: WakeConfig) -> str:
         f"{info.engine} {info.name} ({info.path or 'bundled'}), cutoff {info.cutoff:g}, "
         f"refractory {cfg.refractory_s:g} s"
     )
+
+
+def hands_free_summary(cfg: Config) -> str:
+    """``run --check`` / ``doctor``: the wake word and the microphone processing, or why they cannot run."""
+    from device.audio import dsp
+
+    wake = describe(cfg.wake) if cfg.gate.mode == "wake_word" else f"off (gate.mode = {cfg.gate.mode})"
+    ns = dsp.describe(cfg.audio.noise_suppression, cfg.audio.auto_gain_dbfs)
+    return f"wake word: {wake}; noise suppression/auto gain: {ns}"

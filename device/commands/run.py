@@ -8,6 +8,7 @@ import json
 from device.commands.common import add_set_option, config_path, load_from_args
 from device.config import Config, config_to_dict
 from device.secrets import Secret, load_api_key
+from device.wake import hands_free_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"config: {config_path(args)} OK")
         print(f"api key: {'from ' + key.source if key else 'none (not needed for ' + cfg.agent.connection + ')'}")
+        print(hands_free_summary(cfg))
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=False))
         return 0
     from device.daemon import serve

@@ -8,7 +8,9 @@ the pairs that hear espeak; tests/bench/bench_wake.py measures the rates.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ pytestmark = g.needs_tools
 
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-us+m3", "en-gb-scotland", "en-us+m7")
 BLOCK_BYTES = 8000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def feed(det: WakeDetector, pcm: bytes) -> list[float]:
@@ -137,3 +140,30 @@ def test_without_the_engine_the_error_says_what_to_install(monkeypatch: pytest.M
         load_config(environ={}, overrides=["gate.mode=wake_word"])
     text = str(e.value)
     assert text.startswith("wake.engine:") and "voice-appliance[wake]" in text and "64-bit" in text
+
+
+def _cli(tmp_path: Path, *args: str, hide: str = "") -> subprocess.CompletedProcess[str]:
+    """`voice-appliance run --check` in a fresh interpreter; ``hide`` makes a package unimportable there."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[agent]\nagent_id = "agent_x"\nconnection = "public"\n[gate]\nmode = "wake_word"\n'
+                   '[wake]\nmodel = "alexa"\n[audio]\nnoise_suppression = 2\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_APPLIANCE_")}
+    code = (f"import sys\nif {hide!r}: sys.modules[{hide!r}] = None\n"
+            "from device.cli import main\nsys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, "run", "--check", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+
+
+def test_run_check_shows_the_wake_engine_model_and_noise_processing(tmp_path: Path) -> None:
+    r = _cli(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "wake word: microwakeword alexa (bundled), cutoff 0.9" in r.stdout
+    assert "noise suppression 2, auto gain off" in r.stdout
+
+
+@pytest.mark.parametrize("hidden", ["pymicro_wakeword", "webrtc_noise_gain"])
+def test_run_check_exits_78_when_a_library_is_missing(tmp_path: Path, hidden: str) -> None:
+    r = _cli(tmp_path, hide=hidden)
+    assert r.returncode == 78
+    assert ("64-bit" in r.stderr) if hidden == "pymicro_wakeword" else ("voice-appliance[dsp]" in r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1  # one line: what happened and what to do
