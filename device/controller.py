@@ -655,6 +655,7 @@ class Controller(Worker):
 
             self._wake = WakeDetector(cfg.wake)
         self._woke_seq: int | None = None  # the block the wake word ended in (this conversation)
+        self._wake_fed_seq: int | None = None  # the last block the detector heard
         self._woke_heard_user = False  # the user spoke after the wake word
         self.conversation_id = ""
         self._discard_le_id = _NO_EVENT_ID  # local barge-in: drop audio with event_id <= this
@@ -929,7 +930,10 @@ class Controller(Worker):
             with self._lock:
                 self.counters["barge_ins"] += 1
             log.info("barge-in: the agent's reply was cut off by a %s", "press" if cause is Kind.PRESS else "wake word")
-            self.telemetry.publish("interruption", now, event_id=self._last_audio_id, local=True)
+            self.telemetry.publish(
+                "interruption", now, event_id=self._last_audio_id, local=True,
+                by="press" if cause is Kind.PRESS else "wake word",
+            )
 
     def _earcon(self, name: str) -> None:
         if self._playback is None or not self.cfg.audio.earcons:
@@ -1112,14 +1116,21 @@ class Controller(Worker):
 
     # -- wake word ------------------------------------------------------------------------------
     def _wake_listening(self, state: State) -> bool:
-        """The detector hears this block: idle (to start), or the agent speaking (to barge in)."""
+        """The detector hears this block: idle (to start), and with barge-in by wake word the whole
+        conversation (it acts only while the agent speaks, but keeps hearing so that it is not deaf
+        while its model's context -- over a second of audio -- fills again)."""
         if self._wake is None or self.gate.muted:
             return False
-        return state is State.IDLE or (state is State.SPEAKING and self.cfg.gate.barge_in == "wake_word")
+        return state is State.IDLE or (state in CONVERSATION and self.cfg.gate.barge_in == "wake_word")
 
     def _on_wake_block(self, pcm: bytes, block: BlockEvent) -> Any:
+        if self._wake_fed_seq is not None and block.seq != self._wake_fed_seq + 1:
+            # The detector did not hear the blocks in between (a conversation, mute): what it still
+            # holds is old audio -- e.g. the wake word that started this conversation -- not the room now.
+            self._wake.reset()
+        self._wake_fed_seq = block.seq
         detection = self._wake.process(pcm, block.captured_at_s)
-        if detection is None:
+        if detection is None or self.machine.state not in (State.IDLE, State.SPEAKING):
             return None
         now = self._clock()
         n = len(pcm) // 2

@@ -179,7 +179,7 @@ def idle_cpu(tmp: Path, gate: GateConfig, wake: WakeConfig, seconds: float, **au
     raw = tmp / "in.raw"
     # Room noise with occasional other speech: what a kiosk hears all day.
     room = g.mix(g.silence(2.0) + g.speak(SENTENCES[0]) + g.silence(6.0), g.noise("pinknoise", 10.0), 15.0)
-    raw.write_bytes((room * (int(seconds / (len(room) / 32000)) + 3)))
+    raw.write_bytes(room * (int(seconds / (len(room) / 32000)) + 3))
     cfg = Config(
         agent=AgentConfig(agent_id="agent_bench", connection="public", base_url="http://127.0.0.1:9"),
         audio=AudioConfig(
