@@ -90,8 +90,9 @@ def test_barge_in_by_wake_word_cuts_the_agent_off(tmp_path: Path) -> None:
     scenario = fast_scenario(Turn(transcript="What can you do?", reply="I can help with many things. " * 12))
     wake = wake_word()
     # The second wake word comes while the long reply plays (it starts about 1 s after the question).
-    pcm = silence(WAKE_AT_S) + wake + silence(0.2) + QUESTION + silence(3.0) + wake + silence(0.2) + QUESTION \
-        + silence(8.0)
+    first = silence(WAKE_AT_S) + wake + silence(0.2) + QUESTION + silence(3.0)
+    second_at_s = len(first) / 32000
+    pcm = first + wake + silence(0.2) + QUESTION + silence(8.0)
     with rig(tmp_path, pcm, scenario, barge_in="wake_word") as r:
         r.wait_state("speaking")
         flushed = r.tel.wait("flushed")
@@ -99,6 +100,11 @@ def test_barge_in_by_wake_word_cuts_the_agent_off(tmp_path: Path) -> None:
         r.wait_state("listening", after=r.tel.items.index(flushed))
         c = counters(r)
         r.d.stop()
-    assert len(r.tel.of("wake")) == 2
+    wakes = r.tel.of("wake")
+    assert len(wakes) == 2
+    # The barge-in was the second wake word, heard where it was said -- not the first one again
+    # (the detector once kept the conversation's wake word and fired on it when the agent began to speak).
+    at_s = wakes[1].t_s - r.tel.of("captured")[0].t_s + 0.25
+    assert second_at_s < at_s < second_at_s + len(wake) / 32000 + 0.5, (at_s, second_at_s)
     assert interruption.data["local"] is True
     assert c["barge_ins"] == 1 and c["wake_detections"] == 2
