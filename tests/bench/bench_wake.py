@@ -9,6 +9,8 @@ All material is made on the spot (espeak-ng voices and speeds, sox noise), nothi
 - CPU seconds per minute of audio of each detector (process time while it scores that stream) and of
   noise suppression / automatic gain; and of the whole daemon idling for ``--idle-s`` with the
   detector on (each engine) and off (push_to_talk: idle blocks are dropped unprocessed);
+- barge-in by wake word: false triggers on >= 5 minutes of the agent's own voice (the emulator's espeak
+  voice) through an echo path (reverb, low-pass, -10 dB, room noise), as with no echo cancellation;
 - noise suppression: SNR of what is sent before/after at 0/5/10 dB input SNR (white, pink noise), and
   webrtcvad agreement with the clean reference.
 
@@ -120,6 +122,27 @@ def false_accepts(engine: str, model: str, stream: bytes) -> tuple[int, float]:
     return hits, cpu_s / minutes
 
 
+AGENT_REPLIES = (
+    "Done, volume set to 60%. The museum opens at nine in the morning and closes at six in the evening, "
+    "every day except Monday.",
+    "Guided tours start every hour from the main hall, the audio guide is free, and the special exhibition "
+    "on the first floor is open until the end of the month.",
+    "Yes, there is a cafe on the ground floor, next to the gift shop. Enjoy your visit!",
+    "I can help with opening hours, tickets, directions and the current exhibitions. What would you like to know?",
+    "The nearest bus stop is across the square; buses to the station leave every ten minutes.",
+    "Sorry, I did not catch that. Could you say it again?",
+)
+
+
+def agent_echo(minutes: float) -> bytes:
+    """The agent's voice (the emulator's: espeak-ng en-us, 175 wpm) as the microphone hears it with no echo
+    cancellation: reverberant, band-limited, 10 dB down, over room noise."""
+    one = b"".join(g.speak(t, "en-us", 175, "reverb", "50", "lowpass", "4000", "vol", "0.3") + g.silence(0.4)
+                   for t in AGENT_REPLIES)
+    n = int(minutes * 60 * 2 * g.RATE_HZ / len(one)) + 1
+    return g.mix(one * n, g.noise("pinknoise", 10.0), 20.0)
+
+
 # -- noise suppression ------------------------------------------------------------------------------------
 
 
@@ -130,6 +153,20 @@ def _vad_frames(pcm: bytes) -> list[bool]:
     return [vad.is_speech(pcm[i:i + 320], g.RATE_HZ) for i in range(0, len(pcm) - 319, 320)]
 
 
+def babble(seconds: float) -> bytes:
+    """Four talkers at once (overlapping espeak-ng sentences in different voices)."""
+    from array import array
+
+    n = int(seconds * g.RATE_HZ)
+    total = [0] * n
+    for k, voice in enumerate(("en-us+m3", "en-gb+f3", "en-us+m7", "en-gb")):
+        stream = b"".join(g.speak(SENTENCES[(k * 4 + i) % len(SENTENCES)], voice) for i in range(8))
+        samples = array("h", (stream * (2 * n // len(stream) + 2))[2 * k * 3000:2 * k * 3000 + 2 * n])
+        for i, x in enumerate(samples):
+            total[i] += x // 2
+    return array("h", (max(-32768, min(32767, x)) for x in total)).tobytes()
+
+
 def noise_figures() -> list[str]:
     speech = g.silence(1.0) + g.speak("when does the museum open on sunday, and where can I buy a ticket") \
         + g.silence(1.0)
@@ -137,8 +174,8 @@ def noise_figures() -> list[str]:
     spoken = slice(g.RATE_HZ * 2, len(speech) - g.RATE_HZ * 2)
     clean_vad = _vad_frames(speech)
     lines = []
-    for kind in ("whitenoise", "pinknoise"):
-        noise = g.noise(kind, 10.0)
+    for kind in ("whitenoise", "pinknoise", "babble"):
+        noise = babble(10.0) if kind == "babble" else g.noise(kind, 10.0)
         for snr in (0, 5, 10):
             noisy = g.mix(speech, noise, snr)
             row = [f"{kind:10} {snr:2d} dB in"]
@@ -211,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--idle-s", type=float, default=60.0, help="seconds the daemon idles per configuration")
     p.add_argument("--false-min", type=float, default=10.0, help="minutes of other speech for false accepts")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: rates,false,noise,idle")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: rates,false,echo,noise,idle")
     args = p.parse_args(argv)
     skip = set(args.skip.split(","))
     print(f"machine: {machine()}")
@@ -230,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
                 hits, cpu = false_accepts(engine, model, stream)
                 print(f"{engine:14} {model:12} {hits:3d} false accepts = {hits / minutes * 60:5.1f}/h; "
                       f"{cpu:.2f} CPU s per minute of audio", flush=True)
+    if "echo" not in skip:
+        stream = agent_echo(5.0)
+        minutes = len(stream) / 2 / g.RATE_HZ / 60
+        print(f"\n== barge-in listening: false triggers on {minutes:.1f} min of the agent's own voice (echo)")
+        for engine, models in MODELS.items():
+            for model in models:
+                hits, _ = false_accepts(engine, model, stream)
+                print(f"{engine:14} {model:12} {hits:3d} false triggers = {hits / minutes * 60:5.1f}/h", flush=True)
     if "noise" not in skip:
         print("\n== noise suppression (SNR of what is sent; webrtcvad agreement with the clean speech)")
         for line in noise_figures():
