@@ -34,6 +34,7 @@ from requests.adapters import HTTPAdapter
 import device
 from device.config import AgentConfig
 from device.errors import SessionError
+from device.neterrors import NetFailure, classify, describe
 from device.protocol import SOURCE_NAME, Outcome, classify_http_status, parse_retry_after
 from device.retry import backoff_delay_s
 from device.secrets import Secret, redact
@@ -165,62 +166,22 @@ def _service_message(body: bytes) -> str:
     return redact(" ".join(str(detail).split())[:_MAX_BODY_CHARS])
 
 
-def _chain(e: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and cur not in out and len(out) < 10:
-        out.append(cur)
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
-            nxt = cur.args[0]
-        if nxt is None and hasattr(cur, "reason") and isinstance(cur.reason, BaseException):
-            nxt = cur.reason
-        cur = nxt
-    return out
+# requests' own exception types, for the shared classifier (device.neterrors).
+_REQUESTS_FAILURES: dict[type[BaseException], NetFailure] = {
+    requests.exceptions.SSLError: NetFailure.TLS,
+    requests.exceptions.ProxyError: NetFailure.PROXY,
+    requests.exceptions.ConnectTimeout: NetFailure.CONNECT_TIMEOUT,
+    requests.exceptions.Timeout: NetFailure.TIMEOUT,
+}
 
 
 def classify_request_error(e: requests.RequestException, what: str, host: str, timeout_s: float) -> AgentHttpError:
     """A requests exception → an error naming the failure class (DNS, TLS, proxy, connect, timeout)."""
-    names = " ".join(type(x).__name__ for x in _chain(e))
-    text = " ".join(str(x) for x in _chain(e)).lower()
-    if isinstance(e, requests.exceptions.SSLError):
-        reason = "certificate verify failed" if "certificate verify failed" in text else "handshake failed"
-        if "hostname mismatch" in text or "doesn't match" in text:
-            reason = "the certificate does not match the host name"
-        elif "expired" in text:
-            reason = "the certificate has expired (or the device clock is wrong)"
-        return AgentHttpError(
-            Outcome.NETWORK,
-            f"TLS check of {host} failed ({reason}) while {what}; check the device clock, and if a proxy "
-            "inspects TLS set agent.ca_bundle to its CA certificate",
-        )
-    if isinstance(e, requests.exceptions.ProxyError):
-        return AgentHttpError(
-            Outcome.NETWORK, f"the HTTP(S) proxy failed while {what}; check HTTPS_PROXY/HTTP_PROXY and NO_PROXY"
-        )
-    if "NameResolutionError" in names or "gaierror" in names or "name or service not known" in text or (
-        "temporary failure in name resolution" in text
-    ):
-        return AgentHttpError(
-            Outcome.NETWORK,
-            f"cannot resolve {host} (DNS) while {what}; check the network connection and DNS, "
-            "and agent.region / agent.base_url",
-        )
-    if isinstance(e, requests.exceptions.ConnectTimeout):
-        return AgentHttpError(
-            Outcome.NETWORK, f"connecting to {host} timed out after {timeout_s:g} s while {what}; check the network"
-        )
-    if isinstance(e, requests.exceptions.Timeout):
-        return AgentHttpError(
-            Outcome.NETWORK,
-            f"{host} did not answer within {timeout_s:g} s while {what} (agent.http_timeout_s)",
-        )
-    if isinstance(e, requests.exceptions.ConnectionError):
-        why = "refused" if "refused" in text else "reset" if "reset" in text else "failed"
-        if "unreachable" in text:
-            why = "network unreachable"
-        return AgentHttpError(Outcome.NETWORK, f"connection to {host} {why} while {what}; check the network")
-    return AgentHttpError(Outcome.NETWORK, f"request to {host} failed while {what} ({type(e).__name__})")
+    kind = classify(e, _REQUESTS_FAILURES)
+    if kind is None:
+        return AgentHttpError(Outcome.NETWORK, f"request to {host} failed while {what} ({type(e).__name__})")
+    detail = describe(kind, e, host=host, what=what, timeout_s=timeout_s, timeout_key="agent.http_timeout_s")
+    return AgentHttpError(Outcome.NETWORK, detail)
 
 
 # -- the client -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "bench": "hold a conversation over loopback audio files against the emulator and report",
     "emulator": "serve a local ElevenAgents-compatible agent for benches, tests and kiosks",
     "doctor": "check audio devices, GPIO, credentials and the network, and say what to fix",
+    "check": "bring up the hardware: microphone, speaker, LEDs, button, VAD and the sound card, with verdicts",
     "ctl": "control a running daemon through its local socket",
     "version": "print the version",
 }
@@ -62,12 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     prog = f"voice-appliance {args.command}"
     try:
-        return int(args._module.run(args))
+        code = int(args._module.run(args))
+        sys.stdout.flush()  # here, so that a reader that went away is seen below and not at exit
+        return code
     except DeviceError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return int(e.exit_code)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `voice-appliance … | head` closed the pipe: not a bug. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again, and exit as a shell does on SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except Exception as e:  # a bug: one line for the user, details at debug level
         log.debug("unhandled exception", exc_info=True)
         from device.secrets import redact

@@ -37,7 +37,7 @@ BargeIn = Literal["none", "button", "voice", "wake_word"]
 AfterWake = Literal["voice", "always_open"]
 WakeEngine = Literal["microwakeword", "openwakeword"]
 StereoMode = Literal["mix", "left", "right"]
-LedKind = Literal["led", "pwmled", "rgbled"]
+LedKind = Literal["led", "pwmled", "rgbled", "apa102"]
 LedPreset = Literal["rgb", "three", "none", "custom"]
 Scalar = str | int | float | bool
 
@@ -212,11 +212,18 @@ class LedOutput:
     """One LED output: a plain LED, a PWM LED, or an RGB LED (3 pins)."""
 
     name: str = _f("status", "name used in leds.patterns")
-    kind: LedKind = _f("rgbled", "led, pwmled or rgbled")
-    pins: tuple[int, ...] = _f((5, 6, 13), "BCM pins (three for rgbled: red, green, blue)")
+    kind: LedKind = _f("rgbled", "led, pwmled, rgbled, or apa102 (an SPI chain of RGB LEDs, e.g. ReSpeaker HATs)")
+    pins: tuple[int, ...] = _f((5, 6, 13), "BCM pins (three for rgbled: red, green, blue; unused by apa102)")
     active_high: bool = _f(True, "LED lights when the pin is high")
+    # -- apa102 (field kit) ------------------------------------------------------------
+    count: int = _f(3, "apa102: LEDs in the chain (ReSpeaker 2-Mic HAT 3, 4-Mic HAT 12)", min=1, max=1024)
+    spi_bus: int = _f(0, "apa102: SPI bus (/dev/spidevBUS.DEVICE)", min=0, max=6)
+    spi_device: int = _f(1, "apa102: SPI chip select (ReSpeaker HATs: 1)", min=0, max=3)
+    brightness_percent: int = _f(25, "apa102: global brightness (5 bits; 100 is dazzling)", min=1, max=100)
 
     def __post_init__(self) -> None:
+        if self.kind == "apa102":
+            return  # an SPI device, no GPIO pins
         want = 3 if self.kind == "rgbled" else 1
         if len(self.pins) != want:
             raise ConfigError(

@@ -43,9 +43,12 @@ from device.protocol import (
     RichContent,
     ServerError,
     SessionEnded,
+    SessionEvent,
+    TentativeAgentResponse,
     ToolCallFinished,
     ToolCallStarted,
     UserTranscript,
+    VadScore,
 )
 from device.retry import backoff_delay_s
 from device.status import Status
@@ -495,7 +498,7 @@ class PlaybackLike(Protocol):
     def play_earcon(self, name: str) -> bool: ...
 
 
-SessionFactory = Callable[[Callable[[Any], None]], SessionLike]
+SessionFactory = Callable[[Callable[[SessionEvent], None]], SessionLike]
 
 
 @dataclass(frozen=True)
@@ -549,7 +552,7 @@ class SessionNote:
     """An event of conversation number ``gen``; events of an older one are ignored."""
 
     gen: int
-    event: Any
+    event: SessionEvent
 
 
 @dataclass(frozen=True)
@@ -704,8 +707,8 @@ class Controller(Worker):
     def release(self, source: str = "ctl") -> None:
         self.post(ButtonEvent(source, False, self._clock()))
 
-    def session_callback(self, gen: int) -> Callable[[Any], None]:
-        def on_event(event: Any) -> None:
+    def session_callback(self, gen: int) -> Callable[[SessionEvent], None]:
+        def on_event(event: SessionEvent) -> None:
             self.post(SessionNote(gen, event))
 
         return on_event
@@ -776,25 +779,20 @@ class Controller(Worker):
 
     # -- dispatch ---------------------------------------------------------------------------
     def _dispatch(self, event: object) -> None:
-        if isinstance(event, BlockEvent):
-            self._on_block(event)
-        elif isinstance(event, SessionNote):
-            if event.gen == self._gen and self._session is not None:
-                self._on_session_event(event.event)
-            else:
-                log.debug("ignored %s of an old conversation", type(event.event).__name__)
-        elif isinstance(event, PlaybackNote):
-            self._on_playback_event(event.event)
-        elif isinstance(event, ButtonEvent):
-            self._on_button(event)
-        elif isinstance(event, MuteEvent):
-            self._on_mute(event)
-        elif isinstance(event, Command):
-            self._on_command(event)
-        elif isinstance(event, Fault):
-            self._on_fault(event)
-        else:
+        handler = QUEUE_HANDLERS.get(type(event))
+        if handler is None:
             log.warning("the controller got an unknown event %r", type(event).__name__)
+        else:
+            handler(self, event)
+
+    def _on_session_note(self, note: SessionNote) -> None:
+        if note.gen == self._gen and self._session is not None:
+            self._on_session_event(note.event)
+        else:
+            log.debug("ignored %s of an old conversation", type(note.event).__name__)
+
+    def _on_playback_note(self, note: PlaybackNote) -> None:
+        self._on_playback_event(note.event)
 
     def _feed(self, event: Input, now: float) -> None:
         before = self.machine.state
@@ -943,81 +941,93 @@ class Controller(Worker):
         except Exception:
             log.exception("playing the %s earcon failed", name)
 
-    def _on_session_event(self, event: Any) -> None:
-        now = self._clock()
-        session = self._session
-        if isinstance(event, AgentAudio):
-            if event.event_id <= self._discard_le_id:
-                return  # the rest of a reply the user cut off
-            self._discard_le_id = _NO_EVENT_ID
-            self._last_audio_id = event.event_id
-            if self._playback is not None:
-                self._playback.write(event.audio, event.received_at_s)
-            self.telemetry.publish(
-                "agent_audio", now, event_id=event.event_id, nbytes=len(event.audio), received_at_s=event.received_at_s
-            )
-        elif isinstance(event, Connected):
-            self.conversation_id = event.conversation_id
-            if self._playback is not None:
-                self._playback.set_format(event.output_format)
-            self._feed(Input(Kind.CONNECTED), now)
-        elif isinstance(event, Interruption):
-            self._discard_le_id = _NO_EVENT_ID  # the session's own rule takes over
-            with self._lock:
-                self.counters["interruptions"] += 1
-            self.telemetry.publish("interruption", now, event_id=event.event_id, local=False)
-            self._feed(Input(Kind.INTERRUPTION), now)
-        elif isinstance(event, UserTranscript):
-            self.telemetry.publish("transcript", now, role="user", text=event.text, tentative=event.tentative)
-            if event.tentative:
-                self._feed(Input(Kind.ACTIVITY), now)
-            else:
-                self._discard_le_id = _NO_EVENT_ID
-                if event.text.strip():
-                    self._woke_heard_user = True
-                self._feed(Input(Kind.TURN_END), now)
-        elif isinstance(event, (AgentResponse, AgentResponseCorrection)):
-            self.telemetry.publish(
-                "transcript", now, role="agent", text=event.text, correction=isinstance(event, AgentResponseCorrection)
-            )
-        elif isinstance(event, Ping):
-            if event.ping_ms is not None:
-                with self._lock:
-                    self.counters["ping_ms"] = event.ping_ms
-            self.telemetry.publish("ping", now, ping_ms=event.ping_ms)
-        elif isinstance(event, (ToolCallStarted, ToolCallFinished)):
-            finished = isinstance(event, ToolCallFinished)
-            self.telemetry.publish(
-                "tool_call",
-                now,
-                name=event.name,
-                call_id=event.call_id,
-                phase="finished" if finished else "started",
-                is_error=bool(getattr(event, "is_error", False)),
-            )
-        elif type(event) in _COUNTED_EVENTS:
-            with self._lock:
-                self.counters[_COUNTED_EVENTS[type(event)]] += 1
-        elif isinstance(event, McpApproval):
-            with self._lock:
-                self.counters["mcp_approved" if event.approved else "mcp_denied"] += 1
-            self.telemetry.publish("mcp_approval", now, name=event.tool_name, approved=event.approved)
-        elif isinstance(event, ServerError):
-            self.telemetry.publish("error", now, message=event.message, source="agent")
-        elif isinstance(event, SessionEnded):
-            self.telemetry.publish(
-                "session_end", now, outcome=event.outcome.name, detail=event.detail, close_code=event.close_code
-            )
-            if event.outcome in _ENDED_OK:
-                log.info("conversation %s ended: %s", self.conversation_id or "-", event.message)
-                self._feed(Input(Kind.ENDED), now)
-            else:
-                self._feed(
-                    Input(Kind.FAILED, event.outcome.retryable, event.retry_after_s, event.message), now
-                )
+    def _on_session_event(self, event: SessionEvent) -> None:
+        """Hand a session event to its handler in :data:`SESSION_HANDLERS` (the first class of its MRO listed)."""
+        for cls in type(event).__mro__:
+            handler = SESSION_HANDLERS.get(cls)
+            if handler is not None:
+                handler(self, event, self._clock())
+                return
+        log.debug("session event %s not used", type(event).__name__)
+
+    # One handler per session event type, each given the event and the time it is handled.
+    def _on_agent_audio(self, event: AgentAudio, now: float) -> None:
+        if event.event_id <= self._discard_le_id:
+            return  # the rest of a reply the user cut off
+        self._discard_le_id = _NO_EVENT_ID
+        self._last_audio_id = event.event_id
+        if self._playback is not None:
+            self._playback.write(event.audio, event.received_at_s)
+        self.telemetry.publish(
+            "agent_audio", now, event_id=event.event_id, nbytes=len(event.audio), received_at_s=event.received_at_s
+        )
+
+    def _on_connected(self, event: Connected, now: float) -> None:
+        self.conversation_id = event.conversation_id
+        if self._playback is not None:
+            self._playback.set_format(event.output_format)
+        self._feed(Input(Kind.CONNECTED), now)
+
+    def _on_interruption(self, event: Interruption, now: float) -> None:
+        self._discard_le_id = _NO_EVENT_ID  # the session's own rule takes over
+        with self._lock:
+            self.counters["interruptions"] += 1
+        self.telemetry.publish("interruption", now, event_id=event.event_id, local=False)
+        self._feed(Input(Kind.INTERRUPTION), now)
+
+    def _on_user_transcript(self, event: UserTranscript, now: float) -> None:
+        self.telemetry.publish("transcript", now, role="user", text=event.text, tentative=event.tentative)
+        if event.tentative:
+            self._feed(Input(Kind.ACTIVITY), now)
         else:
-            log.debug("session event %s not used", type(event).__name__)
-        del session
+            self._discard_le_id = _NO_EVENT_ID
+            if event.text.strip():
+                self._woke_heard_user = True  # a wake word that led to a question
+            self._feed(Input(Kind.TURN_END), now)
+
+    def _on_agent_response(self, event: AgentResponse | AgentResponseCorrection, now: float) -> None:
+        self.telemetry.publish(
+            "transcript", now, role="agent", text=event.text, correction=isinstance(event, AgentResponseCorrection)
+        )
+
+    def _on_ping(self, event: Ping, now: float) -> None:
+        if event.ping_ms is not None:
+            with self._lock:
+                self.counters["ping_ms"] = event.ping_ms
+        self.telemetry.publish("ping", now, ping_ms=event.ping_ms)
+
+    def _on_tool_call(self, event: ToolCallStarted | ToolCallFinished, now: float) -> None:
+        finished = isinstance(event, ToolCallFinished)
+        self.telemetry.publish(
+            "tool_call",
+            now,
+            name=event.name,
+            call_id=event.call_id,
+            phase="finished" if finished else "started",
+            is_error=isinstance(event, ToolCallFinished) and event.is_error,
+        )
+
+    def _on_counted(self, event: AgentResponsePart | RichContent, now: float) -> None:
+        with self._lock:
+            self.counters[_COUNTED_EVENTS[type(event)]] += 1
+
+    def _on_mcp_approval(self, event: McpApproval, now: float) -> None:
+        with self._lock:
+            self.counters["mcp_approved" if event.approved else "mcp_denied"] += 1
+        self.telemetry.publish("mcp_approval", now, name=event.tool_name, approved=event.approved)
+
+    def _on_server_error(self, event: ServerError, now: float) -> None:
+        self.telemetry.publish("error", now, message=event.message, source="agent")
+
+    def _on_session_ended(self, event: SessionEnded, now: float) -> None:
+        self.telemetry.publish(
+            "session_end", now, outcome=event.outcome.name, detail=event.detail, close_code=event.close_code
+        )
+        if event.outcome in _ENDED_OK:
+            log.info("conversation %s ended: %s", self.conversation_id or "-", event.message)
+            self._feed(Input(Kind.ENDED), now)
+        else:
+            self._feed(Input(Kind.FAILED, event.outcome.retryable, event.retry_after_s, event.message), now)
 
     def _on_playback_event(self, event: Any) -> None:
         kind = getattr(event, "kind", "")
@@ -1281,3 +1291,34 @@ class Controller(Worker):
             gate_mode=self.cfg.gate.mode,
             counters=counters,
         )
+
+
+# What the controller's queue carries: event type → handler.
+QUEUE_HANDLERS: Mapping[type, Callable[[Controller, Any], None]] = {
+    BlockEvent: Controller._on_block,
+    SessionNote: Controller._on_session_note,
+    PlaybackNote: Controller._on_playback_note,
+    ButtonEvent: Controller._on_button,
+    MuteEvent: Controller._on_mute,
+    Command: Controller._on_command,
+    Fault: Controller._on_fault,
+}
+
+# The controller's dispatch of session events, table-driven like the Machine's TABLE: event type →
+# handler. The kiosk does not use the types in SESSION_EVENTS_UNUSED (the test checks every type is in one).
+SESSION_HANDLERS: Mapping[type, Callable[[Controller, Any, float], None]] = {
+    AgentAudio: Controller._on_agent_audio,
+    Connected: Controller._on_connected,
+    Interruption: Controller._on_interruption,
+    UserTranscript: Controller._on_user_transcript,
+    AgentResponse: Controller._on_agent_response,
+    AgentResponseCorrection: Controller._on_agent_response,
+    Ping: Controller._on_ping,
+    ToolCallStarted: Controller._on_tool_call,
+    ToolCallFinished: Controller._on_tool_call,
+    **dict.fromkeys(_COUNTED_EVENTS, Controller._on_counted),
+    McpApproval: Controller._on_mcp_approval,
+    ServerError: Controller._on_server_error,
+    SessionEnded: Controller._on_session_ended,
+}
+SESSION_EVENTS_UNUSED: frozenset[type] = frozenset({TentativeAgentResponse, VadScore})

@@ -172,22 +172,6 @@ class Daemon:
     def state(self) -> str:
         return self.controller.status.state if self.controller is not None else "stopped"
 
-    def wait_for_state(self, predicate: Callable[[str], bool], timeout_s: float) -> bool:
-        """Block until ``predicate(state)`` holds (the state is read from telemetry and the snapshot)."""
-        done = threading.Event()
-
-        def watch(record: Any) -> None:
-            if record.kind == "state" and predicate(str(record.data.get("state"))):
-                done.set()
-
-        unsubscribe = self.telemetry.subscribe(watch)
-        try:
-            if predicate(self.state):
-                return True
-            return done.wait(timeout_s)
-        finally:
-            unsubscribe()
-
     def workers(self) -> list[Worker]:
         """The threads whose heartbeat the watchdog checks.
 

@@ -214,10 +214,6 @@ class Gate:
     def muted(self) -> bool:
         return self._muted.last
 
-    @property
-    def agent_audible(self) -> bool:
-        return self._audible.last
-
     def press(self, t_s: float) -> bool | None:
         """A button press; returns True when it opened the talk intent, False when it closed it."""
         if self.cfg.mode == "push_to_talk" or (self.cfg.mode == "toggle" and not self._talk.last):

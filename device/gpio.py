@@ -46,12 +46,14 @@ class Gpio:
         *,
         pin_factory: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        spi_factory: Callable[[int, int, int], Any] | None = None,
     ) -> None:
         self.button_cfg = button
         self.plan: LedPlan = resolve(leds)
         self._on_button = on_button
         self._on_mute = on_mute
         self._factory = pin_factory
+        self._spi_factory = spi_factory  # None: the real /dev/spidev (device.apa102.open_spidev)
         self._clock = clock
         self.button: Any = None
         self.mute_switch: Any = None
@@ -132,6 +134,8 @@ class Gpio:
         return dev
 
     def _output(self, out: LedOutput) -> Any:
+        if out.kind == "apa102":
+            return self._apa102(out)
         try:
             import gpiozero
 
@@ -149,6 +153,18 @@ class Gpio:
             return None
 
 
+    def _apa102(self, out: LedOutput) -> Any:
+        from device import apa102  # the spidev importer; only when a chain is configured
+
+        opener = self._spi_factory or apa102.open_spidev
+        try:
+            spi = opener(out.spi_bus, out.spi_device, apa102.SPI_SPEED_HZ)
+        except Exception as e:
+            self.unavailable.append(f"LED {out.name} (SPI {out.spi_bus}.{out.spi_device}: {_reason(e)})")
+            return None
+        return apa102.Apa102Strip(spi, out.count, out.brightness_percent, name=out.name, clock=self._clock)
+
+
 def _reason(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     if type(e).__name__ == "BadPinFactory":
@@ -158,7 +174,9 @@ def _reason(e: BaseException) -> str:
 
 def _apply(led: Any, kind: str, p: Pattern) -> None:
     half_s = p.period_s / 2
-    if not p.lit:
+    if kind == "apa102":
+        led.show(p)  # the chain animates blink and pulse itself
+    elif not p.lit:
         led.off()
     elif kind == "rgbled":
         if p.mode == "on":

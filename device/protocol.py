@@ -1,7 +1,8 @@
 """The ElevenAgents conversation protocol, pure: messages in and out, outcomes.
 
 No sockets, threads or clocks here (times are passed in), so every rule is
-tested directly. See ``shared/docs/protocol.md`` for the wire format.
+tested directly. The wire format is ElevenLabs' AsyncAPI document vendored in
+``tests/contract/`` (see the README's "Protocol conformance").
 
 - :func:`decode_server_message` turns one text frame into a typed event, an
   :class:`UnknownEvent`, or raises :class:`MalformedMessage`.

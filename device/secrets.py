@@ -94,6 +94,9 @@ def _is_plainly_a_path(value: str) -> bool:
         return False
 
 
+is_plainly_a_path = _is_plainly_a_path  # public name for `run --check`
+
+
 def _missing_key_file(value: str) -> CredentialError:
     example = "/etc/voice-appliance/api_key"
     if _is_plainly_a_path(value):

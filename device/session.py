@@ -43,6 +43,7 @@ from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
 from device.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.config import AgentConfig, SessionConfig
 from device.errors import SessionError, WorkerStuckError
+from device.neterrors import NetFailure, classify, describe
 from device.protocol import (
     MAX_MESSAGE_BYTES,
     AgentAudio,
@@ -243,6 +244,15 @@ def _tls_context(ca_bundle: str) -> ssl.SSLContext:
         ) from None
 
 
+# websocket-client's own exception types, for the shared classifier (device.neterrors).
+_WEBSOCKET_FAILURES: dict[type[BaseException], NetFailure] = {
+    websocket.WebSocketProxyException: NetFailure.PROXY,
+    websocket.WebSocketAddressException: NetFailure.DNS,
+    websocket.WebSocketTimeoutException: NetFailure.TIMEOUT,
+    websocket.WebSocketConnectionClosedException: NetFailure.FAILED,
+}
+
+
 def _classify_connect_error(e: BaseException, host: str, timeout_s: float) -> _End:
     """An exception from opening the socket → an outcome naming the failure class."""
     if isinstance(e, websocket.WebSocketBadStatusException):
@@ -258,30 +268,13 @@ def _classify_connect_error(e: BaseException, host: str, timeout_s: float) -> _E
             Outcome.RATE_LIMITED: "is rate limiting",
         }.get(outcome, "refused the conversation socket")
         return _End(outcome, f"{host} {what} (HTTP {status})", None, retry)
-    chain: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and len(chain) < 8:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    if any(isinstance(x, ssl.SSLCertVerificationError) for x in chain) or any(
-        isinstance(x, ssl.SSLError) for x in chain
-    ):
-        return _End(
-            Outcome.NETWORK,
-            f"TLS check of {host} failed while opening the conversation; check the device clock, and if a "
-            "proxy inspects TLS set agent.ca_bundle to its CA certificate",
-        )
-    if isinstance(e, websocket.WebSocketProxyException):
-        return _End(Outcome.NETWORK, "the proxy refused the conversation socket; check HTTPS_PROXY and NO_PROXY")
-    if any(isinstance(x, socket.gaierror) for x in chain) or isinstance(e, websocket.WebSocketAddressException):
-        return _End(Outcome.NETWORK, f"cannot resolve {host} (DNS); check the network, DNS and agent.region")
-    if any(isinstance(x, ConnectionRefusedError) for x in chain):
-        return _End(Outcome.NETWORK, f"connection to {host} refused; check the network (or that the emulator runs)")
-    if any(isinstance(x, (socket.timeout, TimeoutError, websocket.WebSocketTimeoutException)) for x in chain):
-        return _End(Outcome.NETWORK, f"opening the conversation with {host} timed out after {timeout_s:g} s")
-    if isinstance(e, (OSError, websocket.WebSocketConnectionClosedException)):
-        return _End(Outcome.NETWORK, f"the connection to {host} failed while opening the conversation")
-    return _End(Outcome.PROTOCOL, f"{host} did not open a WebSocket ({type(e).__name__})")
+    kind = classify(e, _WEBSOCKET_FAILURES)
+    if kind is None:
+        return _End(Outcome.PROTOCOL, f"{host} did not open a WebSocket ({type(e).__name__})")
+    detail = describe(
+        kind, e, host=host, what="opening the conversation", timeout_s=timeout_s, timeout_key="agent.connect_timeout_s"
+    )
+    return _End(Outcome.NETWORK, detail)
 
 
 def _host_of(url: str) -> str:
@@ -296,12 +289,24 @@ def _host_of(url: str) -> str:
     return f"{host}:{port}" if port is not None else host
 
 
-def _limit_frame_size(ws: websocket.WebSocket, max_bytes: int) -> None:
-    """Refuse an oversized frame from its header, before its payload is buffered."""
-    fb = getattr(ws, "frame_buffer", None)
-    original = getattr(fb, "recv_length", None)
-    if fb is None or original is None:  # other websocket-client versions: the total is checked after reading
-        return
+# -- the frame-size cap -------------------------------------------------------------------------
+# websocket-client has no option to cap a message's size, and it buffers a frame's whole payload
+# before returning it, so a server could make the device hold any amount of memory. The cap hooks
+# the one step that reads a frame's length from its header (the private frame_buffer.recv_length,
+# the same from Debian's 1.2.3 to PyPI's 1.9) and refuses an oversized frame before its payload is
+# read. That step is private, so frame_cap_problem() first proves the hook works on the installed
+# release (a probe frame claiming 1 TiB must be refused); when a release changes it, every session
+# fails at once with SessionError saying what to install, rather than run without a cap.
+FRAME_CAP_TESTED = "websocket-client 1.2.3 (Debian 12's python3-websocket) to 1.9"
+
+
+class _ProbeExhausted(Exception):
+    """The probe frame's bytes are used up: the frame reader wanted the payload (the hook did not fire)."""
+
+
+def _install_frame_cap(fb: Any, max_bytes: int) -> None:
+    """Make ``fb`` (a websocket-client frame_buffer) refuse a frame over ``max_bytes`` from its header."""
+    original = fb.recv_length
 
     def recv_length() -> None:
         original()
@@ -314,6 +319,44 @@ def _limit_frame_size(ws: websocket.WebSocket, max_bytes: int) -> None:
             )
 
     fb.recv_length = recv_length
+
+
+def frame_cap_problem(frame_buffer_class: Any = None) -> str:
+    """Why the frame-size cap does not work with ``frame_buffer_class`` (default: the installed one); "" if it does."""
+    cls = frame_buffer_class or type(websocket.WebSocket().frame_buffer)
+    pending = [bytes([0x82, 0x7F]) + struct.pack("!Q", 1 << 40)]  # a binary frame header claiming 1 TiB
+
+    def recv(n: int) -> bytes:
+        if not pending:
+            raise _ProbeExhausted
+        chunk, rest = pending[0][:n], pending[0][n:]
+        pending[:] = [rest] if rest else []
+        return chunk
+
+    try:
+        fb = cls(recv, True)
+        _install_frame_cap(fb, MAX_MESSAGE_BYTES)
+        fb.recv_frame()
+    except _End:
+        return ""
+    except Exception as e:
+        return f"its frame reader changed ({type(e).__name__}: {e or 'no detail'})"
+    return "its frame reader changed (an oversized frame went through)"
+
+
+_frame_cap_checked: list[str] = []  # the installed library's answer, once per process
+
+
+def check_frame_cap() -> None:
+    """Raise SessionError (with what to install) when the installed websocket-client cannot be capped."""
+    if not _frame_cap_checked:
+        _frame_cap_checked.append(frame_cap_problem())
+    if _frame_cap_checked[0]:
+        raise SessionError(
+            f"websocket-client {getattr(websocket, '__version__', '?')}: {_frame_cap_checked[0]}, so the device "
+            f"cannot limit the size of the service's messages; install a tested release ({FRAME_CAP_TESTED}), "
+            "e.g. pip install 'websocket-client>=1.2.3,<1.10', or update the firmware"
+        )
 
 
 class Session:
@@ -332,6 +375,7 @@ class Session:
         hostname: str | None = None,
         name: str = "session",
     ) -> None:
+        check_frame_cap()  # before any thread: a websocket-client that cannot be capped is refused loudly
         self.agent = agent
         self.cfg = session
         self._tools = tools
@@ -563,7 +607,7 @@ class Session:
                 raise _End(Outcome.LOCAL, "the conversation was ended on the device while connecting") from None
             raise _classify_connect_error(e, host, self.agent.connect_timeout_s) from None
         self._timing_ms["handshake_ms"] = (time.monotonic() - t0) * 1000
-        _limit_frame_size(ws, MAX_MESSAGE_BYTES)
+        _install_frame_cap(ws.frame_buffer, MAX_MESSAGE_BYTES)  # checked in __init__ (check_frame_cap)
         with self._lock:
             self._handshake_done = True
         if worker.stopping:

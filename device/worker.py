@@ -1,4 +1,4 @@
-"""Base class for the firmware's threads (see shared/docs/style.md).
+"""Base class for the firmware's threads (see docs/ARCHITECTURE.md, "Threads").
 
 Every worker is a named, non-daemon thread with a stop Event. ``run()`` is
 written by the subclass and must only block in bounded or wakeable calls;

@@ -249,11 +249,3 @@ def list_devices(capture: bool) -> list[str]:
         return list(alsaaudio.pcms(alsaaudio.PCM_CAPTURE if capture else alsaaudio.PCM_PLAYBACK))
     except alsaaudio.ALSAAudioError as e:
         raise AudioError(f"cannot list ALSA devices: {e}") from e
-
-
-def list_cards() -> list[str]:
-    """Card ids usable in ``plughw:CARD=<id>,DEV=0``."""
-    try:
-        return list(alsaaudio.cards())
-    except alsaaudio.ALSAAudioError as e:
-        raise AudioError(f"cannot list sound cards: {e}") from e

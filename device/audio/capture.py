@@ -73,10 +73,6 @@ class Capture(Worker):
         """Counters: blocks, overruns, reopen_count, device_errors, open (0/1)."""
         return {**self._stats, "open": int(self._dev is not None)}
 
-    @property
-    def device_open(self) -> bool:
-        return self._dev is not None
-
     def wake(self) -> None:
         self._waker.wake()
 

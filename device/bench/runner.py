@@ -144,9 +144,9 @@ def _with_led_patterns(events: list[Any], cfg: Config) -> list[Any]:
 
 
 def _mock_pin_factory() -> Any:
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
+    from device.gpio import mock_factory  # device.gpio is the one module that imports gpiozero
 
-    return MockFactory(pin_class=MockPWMPin)
+    return mock_factory()
 
 
 def bench_config(

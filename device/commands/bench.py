@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         print("voice-appliance bench: --api-key-file is for --agent-url (the built-in emulator makes its own key)",
               file=sys.stderr)
         return ExitCode.USAGE
+    if not args.agent_url:  # the built-in emulator serves over websockets
+        from device.commands.common import require_extra
+
+        require_extra("websockets", "bench", "bench")
     opts = BenchOptions(
         out_dir=args.out,
         input_wav=args.input,

@@ -26,3 +26,35 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def load_from_args(args: argparse.Namespace) -> Config:
     return load_config(config_path(args), overrides=getattr(args, "overrides", []))
+
+
+def require_extra(module: str, extra: str, command: str) -> None:
+    """Import ``module`` or raise UnavailableError (exit 69) saying how to install ``extra`` into this venv.
+
+    An installed kiosk has the runtime dependencies only; ``emulator`` and
+    ``bench`` need the ``bench`` extra. The advice names the venv's own pip and
+    the extra's requirements (the package itself is not on PyPI).
+    """
+    import importlib
+    import sys
+    from importlib import metadata
+
+    from device.errors import UnavailableError
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        try:
+            reqs = [
+                r.split(";", 1)[0].strip() for r in metadata.requires("voice-appliance") or []
+                if f'extra == "{extra}"' in r
+            ]
+        except metadata.PackageNotFoundError:
+            reqs = []
+        wanted = " ".join(f"'{r}'" for r in reqs) or module
+        pip = Path(sys.prefix) / "bin" / "pip"
+        raise UnavailableError(
+            f"`voice-appliance {command}` needs the optional '{extra}' extra, which is not installed here ({e}); "
+            f"install it into this venv: sudo {pip} install {wanted} (from a source checkout: "
+            f"{pip} install -e '.[{extra}]')"
+        ) from None

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device import soundcards
 from device.commands.common import add_set_option, config_path
 from device.config import ENV_PREFIX, Config, load_config
 from device.errors import AudioError, ConfigError
@@ -117,6 +118,7 @@ class Context:
     timeout_s: float = 5.0
     run: Runner = run_command
     audio_probe: AudioProbe | None = None
+    asound_root: Path = Path("/")  # where /proc/asound and /etc/asound.conf are (device.soundcards)
     # Filled in as the checks run.
     cfg: Config | None = None
     key: Secret | None = None
@@ -644,7 +646,7 @@ def check_audio(ctx: Context) -> list[Finding]:
             out.append(Finding(
                 "audio", Status.FAIL, text,
                 f"set {key}" + (f"; ALSA knows: {listed}" if listed else "")
-                + f" (`{'arecord' if capture else 'aplay'} -L`)",
+                + f" (`{'arecord' if capture else 'aplay'} -L`)" + soundcards.proposal_hint(ctx.asound_root),
             ))
             continue
         channels = f", {a.capture_channels} ch" if capture else ""

@@ -232,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
     scenario = _scenario_from_args(args)
     key, key_source = _api_key(args)
 
+    from device.commands.common import require_extra
+
+    require_extra("websockets", "bench", "emulator")
     from device.emulator.server import Emulator
     from device.secrets import register_secret
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from device.commands.common import add_set_option, config_path, load_from_args
 from device.config import Config, config_to_dict
-from device.secrets import Secret, load_api_key
+from device.secrets import Secret, is_plainly_a_path, load_api_key
 from device.wake import hands_free_summary
 
 
@@ -40,13 +41,44 @@ def _load(args: argparse.Namespace) -> tuple[Config, Secret | None]:
     return cfg, key
 
 
+def check_warnings(cfg: Config, path: str) -> list[str]:
+    """What --check passes but the kiosk will trip over (doctor says the same)."""
+    from device.commands.doctor import EXAMPLE_AGENT_ID
+
+    out = []
+    if cfg.agent.agent_id == EXAMPLE_AGENT_ID:
+        out.append(
+            f"agent.agent_id is still the example's placeholder ({EXAMPLE_AGENT_ID}): the agent server will "
+            f"refuse it; set agent_id in [agent] of {path} (ElevenLabs dashboard → Agents)"
+        )
+    if cfg.agent.api_key_file and not is_plainly_a_path(cfg.agent.api_key_file):
+        out.append(
+            "agent.api_key_file does not look like a file path (its value is not shown: it may be the API key "
+            "itself); put the key in a root-only file and set api_key_file to that file's path"
+        )
+    return out
+
+
+def printable(cfg: Config) -> dict[str, Any]:
+    """The config as JSON data, minus anything that may be a secret pasted in the wrong place."""
+    data: dict[str, Any] = config_to_dict(cfg)
+    value = cfg.agent.api_key_file
+    if value and not is_plainly_a_path(value):
+        data["agent"]["api_key_file"] = "<redacted: not a file path, it may be the key>"
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, key = _load(args)
     if args.check:
-        print(f"config: {config_path(args)} OK")
+        path = str(config_path(args))
+        warnings = check_warnings(cfg, path)
+        print(f"config: {path} " + (f"valid, {len(warnings)} warning(s)" if warnings else "OK"))
+        for w in warnings:
+            print(f"warning: {w}")
         print(f"api key: {'from ' + key.source if key else 'none (not needed for ' + cfg.agent.connection + ')'}")
         print(hands_free_summary(cfg))
-        print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=False))
+        print(json.dumps(printable(cfg), indent=2, sort_keys=False))
         return 0
     from device.daemon import serve
 

@@ -5,7 +5,7 @@ wakes it at :meth:`Conversation.next_deadline_s` (:meth:`Conversation.tick`);
 both return the :data:`Action` list to perform on the socket, in order. Time
 comes from an injected clock, so tests can run it without a socket or sleeps.
 
-What it models (protocol.md): the initiation handshake and overrides, the
+What it models (the README's "The agent emulator"): the initiation handshake and overrides, the
 metadata, turn-taking with webrtcvad, replies streamed faster than real time
 in variable-size chunks with a per-reply playback clock, interruptions,
 pings, client tools, the service's timeouts, injected faults, and a check of
@@ -801,11 +801,12 @@ class Conversation:
             record = TurnRecord(index=0, trigger="first_message")
             with self.record.locked():
                 self.record.turns.append(record)
-            if self._text_only:
-                # Text comes out at once (no speech to synthesise): the service still takes its
-                # thinking time, and a client may not be listening in the instant after the metadata.
+            delay_s = self.timing.first_message_delay_ms / 1000
+            if delay_s > 0:
+                # The service synthesises before it speaks; some clients (the official JS one) listen
+                # for messages only after handling the metadata and lose what arrives with it.
                 first = Turn(reply=self._first_message)
-                self._pending = _Pending(first, record, now + self.timing.response_delay_ms / 1000, self._cursor)
+                self._pending = _Pending(first, record, now + delay_s, self._cursor)
             else:
                 self._begin_reply(now, self._first_message, record, False)
         else:

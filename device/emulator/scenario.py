@@ -231,7 +231,7 @@ class AgentSettings:
         metadata=_m(
             "event types the agent sends (its client_events; default as a real agent's: "
             + ", ".join(DEFAULT_CLIENT_EVENTS)
-            + "). Opt in to agent_response_correction, vad_score, agent_chat_response_part, … "
+            + "). Opt in to agent_response_correction, vad_score, agent_chat_response_part, …; "
             "audio, interruption, ping, the metadata, error and client_tool_call (when a turn calls a tool) "
             "are always sent",
         ),
@@ -298,6 +298,10 @@ class Timing:
     chunk_max_ms: int = field(default=500, metadata=_m("longest audio chunk", min=10, max=10000))
     response_delay_ms: int = field(
         default=300, metadata=_m("thinking time between the end of a user turn and the reply", min=0, max=60000)
+    )
+    first_message_delay_ms: int = field(
+        default=0,
+        metadata=_m("time between the metadata and the first message (the service's synthesis time)", min=0, max=60000),
     )
     end_of_turn_silence_ms: int = field(default=700, metadata=_m("silence that ends a user turn", min=30, max=10000))
     speech_start_ms: int = field(
@@ -490,9 +494,6 @@ class Scenario:
     turns: tuple[Turn, ...] = field(default=DEFAULT_TURNS, metadata=_m("user turns and answers, in order"))
     faults: tuple[Fault, ...] = field(default=(), metadata=_m("faults to inject"))
     name: str = field(default="default", metadata=_m("shown in logs and recordings"))
-
-    def faults_of(self, *kinds: str) -> tuple[Fault, ...]:
-        return tuple(f for f in self.faults if f.kind in kinds)
 
     def with_changes(self, **sections: Any) -> Scenario:
         """A copy with some keys of sections replaced, e.g. ``timing={"speed": 50}``, ``turns=(…)``."""

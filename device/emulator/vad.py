@@ -72,10 +72,6 @@ class TurnDetector:
     def in_speech(self) -> bool:
         return self._in_speech
 
-    @property
-    def audio_s(self) -> float:
-        return self._frames * FRAME_MS / 1000
-
     def speech_so_far_s(self) -> float:
         """Length of the current speech (0 when silent)."""
         if not self._in_speech:

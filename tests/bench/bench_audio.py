@@ -44,36 +44,15 @@ from device.audio import Block, Capture, Playback, PlaybackEvent, filedevices  #
 from device.audio.convert import ulaw_decode  # noqa: E402
 from device.audioformat import AudioFormat, parse_format  # noqa: E402
 from device.config import AudioConfig  # noqa: E402
+from tests.support import Collector  # noqa: E402
 
 TIMEOUT_S = 30.0
 
 
-class Events:
-    def __init__(self) -> None:
-        self.items: list[PlaybackEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, e: PlaybackEvent) -> None:
-        with self._cond:
-            self.items.append(e)
-            self._cond.notify_all()
-
+class Events(Collector[PlaybackEvent]):
     def next(self, kind: str, after: int) -> PlaybackEvent:
         """The first ``kind`` event at index ≥ ``after``."""
-        with self._cond:
-            found: list[PlaybackEvent] = []
-
-            def match() -> bool:
-                found[:] = [e for e in self.items[after:] if e.kind == kind]
-                return bool(found)
-
-            if not self._cond.wait_for(match, TIMEOUT_S):
-                raise TimeoutError(f"no {kind} event")
-            return found[0]
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self.items)
+        return self.wait_first(lambda e: e.kind == kind, TIMEOUT_S, after, what=f"a {kind} event")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -15,39 +15,22 @@ from device.audio.convert import ulaw_decode
 from device.audio.earcons import load_earcons
 from device.audioformat import AudioFormat
 from device.config import AudioConfig
+from tests.support import Collector
 
 TIMEOUT_S = 20.0
 
 
-class Events:
+class Events(Collector[PlaybackEvent]):
     """Collects playback events; tests wait on them instead of sleeping."""
 
-    def __init__(self) -> None:
-        self.items: list[PlaybackEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: PlaybackEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
     def wait_for(self, pred: Callable[[PlaybackEvent], bool], timeout_s: float = TIMEOUT_S) -> PlaybackEvent:
-        with self._cond:
-            found: list[PlaybackEvent] = []
-
-            def match() -> bool:
-                found[:] = [e for e in self.items if pred(e)]
-                return bool(found)
-
-            assert self._cond.wait_for(match, timeout_s), f"no such event; got {[e.kind for e in self.items]}"
-            return found[0]
+        return self.wait_first(pred, timeout_s, what=lambda: f"no such event; got {[e.kind for e in self.items]}")
 
     def kind(self, kind: str, reply_id: int | None = None) -> PlaybackEvent:
         return self.wait_for(lambda e: e.kind == kind and (reply_id is None or e.reply_id == reply_id))
 
     def of(self, kind: str) -> list[PlaybackEvent]:
-        with self._cond:
-            return [e for e in self.items if e.kind == kind]
+        return self.matching(lambda e: e.kind == kind)
 
 
 def pcm(samples: list[int]) -> bytes:

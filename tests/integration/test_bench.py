@@ -14,7 +14,6 @@ import webrtcvad
 from device.bench import report
 from device.cli import main
 
-pytest.importorskip("device.daemon", reason="the daemon (device/daemon.py) is not part of this build yet")
 pytest.importorskip("websockets", reason="the emulator needs the bench extra (websockets)")
 
 

@@ -10,7 +10,6 @@ when the capture reaches them (synchronised on the daemon's telemetry).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +26,7 @@ from device.gpio import mock_factory
 from device.notify import Notifier
 from device.secrets import Secret
 from device.telemetry import Telemetry
+from tests.support import Collector
 
 RATE_HZ = 16000
 BLOCK_FRAMES = 4000
@@ -64,41 +64,25 @@ def fast_scenario(*turns: Turn, **changes: Any) -> Scenario:
     return base.with_changes(**changes) if changes else base
 
 
-class Recorder:
-    """Telemetry collected in order; waits on a Condition (never sleeps)."""
-
-    def __init__(self) -> None:
-        self.items: list[Telemetry] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, record: Telemetry) -> None:
-        with self._cond:
-            self.items.append(record)
-            self._cond.notify_all()
+class Recorder(Collector[Telemetry]):
+    """Telemetry collected in order."""
 
     def of(self, kind: str) -> list[Telemetry]:
-        with self._cond:
-            return [r for r in self.items if r.kind == kind]
+        return self.matching(lambda r: r.kind == kind)
 
     def wait(
         self, kind: str, pred: Callable[[Telemetry], bool] = lambda r: True, timeout_s: float = WAIT_S, after: int = 0
     ) -> Telemetry:
         """The first record of ``kind`` (from index ``after``) matching ``pred``."""
-        found: list[Telemetry] = []
 
-        def check() -> bool:
-            found[:] = [r for r in self.items[after:] if r.kind == kind and pred(r)]
-            return bool(found)
+        def what() -> str:
+            states = [r.data.get("state") for r in self.items if r.kind == "state"]
+            return f"no {kind} telemetry within {timeout_s:g} s (states so far: {states})"
 
-        with self._cond:
-            if not self._cond.wait_for(check, timeout_s):
-                states = [r.data.get("state") for r in self.items if r.kind == "state"]
-                raise AssertionError(f"no {kind} telemetry within {timeout_s:g} s (states so far: {states})")
-            return found[0]
+        return self.wait_first(lambda r: r.kind == kind and pred(r), timeout_s, after, what)
 
     def mark(self) -> int:
-        with self._cond:
-            return len(self.items)
+        return len(self)
 
     def states(self) -> list[str]:
         return [str(r.data["state"]) for r in self.of("state")]

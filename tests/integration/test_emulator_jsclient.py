@@ -49,6 +49,11 @@ def run_peer(config: dict[str, Any]) -> tuple[int, list[dict[str, Any]], str]:
     return proc.returncode, events, proc.stderr
 
 
+def shown(events: list[dict[str, Any]], stderr: str) -> str:
+    """What the client saw, pings left out, for a failure message."""
+    return "\n".join(json.dumps(e) for e in events if e["event"] != "ping") + "\nstderr: " + stderr[-2000:]
+
+
 def of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["event"] == kind]
 
@@ -56,7 +61,16 @@ def of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def scenario(**agent: Any) -> Scenario:
     return default_scenario().with_changes(
         agent={"first_message": "Hello from the emulator.", **agent},
-        timing={"speed": 20.0, "response_delay_ms": 100, "turn_timeout_s": 0.0, "ping_interval_s": 0.3},
+        # The official client listens for messages only once it has handled the metadata and loses
+        # what arrives with it (@elevenlabs/client 1.25.0, WebSocketConnection.create): the service
+        # takes its synthesis time before the first message; so does this agent.
+        timing={
+            "speed": 20.0,
+            "response_delay_ms": 100,
+            "first_message_delay_ms": 300,
+            "turn_timeout_s": 0.0,
+            "ping_interval_s": 0.3,
+        },
         turns=(
             Turn(transcript="What can you do?", reply="I can answer questions."),
             Turn(transcript="How is the kiosk?", reply="The kiosk says {result}.", tool=ToolCall(name="device_status")),
@@ -72,16 +86,19 @@ def test_a_text_only_conversation(contract_check: ContractLog) -> None:
                 "url": emu.signed_url(),
                 "mode": "text",
                 "messages": ["What can you do?", "How is the kiosk?"],
+                "replies": ["I can answer questions.", "The kiosk says all systems go."],
                 "client_tools": {"device_status": "all systems go"},
                 "linger_ms": 700,
                 "timeout_ms": 40000,
             }
         )
         record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
-    assert rc == 0, (events, stderr)
+    assert rc == 0, shown(events, stderr)
     assert [e["conversation_id"] for e in of(events, "connect")] == [record.conversation_id]
     said = [e["message"] for e in of(events, "message") if e["source"] == "ai"]
-    assert said == ["Hello from the emulator.", "I can answer questions.", "The kiosk says all systems go."]
+    replies = ["I can answer questions.", "The kiosk says all systems go."]
+    # The greeting too, unless this machine stalled the client past the first message's delay (the race above).
+    assert said in (["Hello from the emulator.", *replies], replies), said
     assert of(events, "tool") == [{"event": "tool", "name": "device_status", "parameters": {}}]
     pings = of(events, "ping")
     assert len(pings) >= 2 and len(record.ping_rtts_ms) >= len(pings) - 1  # answered (the last may cross the close)
@@ -103,13 +120,20 @@ def test_a_voice_conversation_with_alignment(
     sc = scenario(alignment=True).with_changes(strict={"audio_rate_factor": 1.5})
     with Emulator(sc, speech="tone") as emu:
         rc, events, stderr = run_peer(
-            {"url": emu.signed_url(), "mode": "voice", "pcm_path": str(pcm), "linger_ms": 300, "timeout_ms": 40000}
+            {
+                "url": emu.signed_url(),
+                "mode": "voice",
+                "pcm_path": str(pcm),
+                "until_reply": "I can answer questions.",
+                "linger_ms": 300,
+                "timeout_ms": 40000,
+            }
         )
         record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
-    assert rc == 0, (events, stderr)
+    assert rc == 0, shown(events, stderr)
     done = of(events, "done")[0]
     said = [e["message"] for e in of(events, "message") if e["source"] == "ai"]
-    assert said[:2] == ["Hello from the emulator.", "I can answer questions."]
+    assert said[-1] == "I can answer questions." and set(said) <= {"Hello from the emulator.", said[-1]}
     heard = [e["message"] for e in of(events, "message") if e["source"] == "user"]
     assert heard[:1] == ["What can you do?"]
     sent_audio = sum(e["bytes"] for e in record.events if e["type"] == "audio" and e["direction"] == "from_agent")

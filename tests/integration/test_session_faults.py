@@ -32,6 +32,7 @@ from device.emulator.scenario import Fault
 from device.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded, SessionEvent
 from device.session import Session
 from device.tools import ToolRegistry
+from tests.support import FixedUrl
 
 
 def run_until_end(scenario_changes: dict[str, object], **agent_kw: object) -> tuple[SessionEnded, object, object]:
@@ -307,16 +308,6 @@ def test_unknown_agent() -> None:
             ended = events.ended()
     assert ended.outcome is Outcome.NOT_FOUND and "agent_nope" in ended.detail
     assert "agent.region" in ended.message
-
-
-class FixedUrl:
-    """Stands in for the prefetch cache to hand the session one given URL."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def take(self, wait_s: float = 0.0) -> str | None:
-        return self.url
 
 
 @pytest.mark.parametrize("refusal", ["close", "http"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +28,7 @@ from device.config import AgentConfig
 from device.emulator.scenario import Fault
 from device.protocol import Connected, Outcome
 from device.secrets import Secret
+from tests.support import free_port
 
 
 def quick_http(agent: AgentConfig, key: str | None) -> AgentHttp:
@@ -40,12 +40,6 @@ def end_of(agent: AgentConfig, key: str | None = EMULATOR_KEY) -> Any:
     session, events = make_session(None, agent=agent, key=key, http=quick_http(agent, key))
     with started(session):
         return events.ended()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- modes -------------------------------------------------------------------------------
@@ -216,20 +210,6 @@ def test_a_server_that_never_answers(connection: str) -> None:
         ended = end_of(agent)
     assert ended.outcome is Outcome.NETWORK
     assert "0.5 s" in ended.detail
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    crt, key = d / "server.crt", d / "server.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return crt, key
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
 from device.emulator.scenario import Fault
 from device.protocol import Connected
 from device.secrets import RedactingFilter, Secret
+from tests.support import FixedUrl
 
 KEY = "sk_live_secret_key_7f3a9c1b2d"
 DEVICE_TOKEN = "brk_device_token_5e8d2a41"
@@ -43,16 +44,6 @@ class Capture(logging.Handler):
         if record.name.startswith(WATCHED):
             self.records += 1
             self.stream.write(self.format(record) + "\n")
-
-
-class FixedUrl:
-    """Stands in for the prefetch cache to hand the session one given (expired) URL."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def take(self, wait_s: float = 0.0) -> str:
-        return self.url
 
 
 @pytest.fixture

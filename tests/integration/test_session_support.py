@@ -1,7 +1,7 @@
 """Shared pieces of the session integration tests (no tests here).
 
-The emulator is the agent service; the only stand-ins are the device hooks (a
-recording implementation of the DeviceHooks protocol) and, where the emulator
+The emulator is the agent service; the only stand-ins are the device hooks
+(``tests.support.Hooks``) and, where the emulator
 cannot express a case, a scripted ``websockets`` server (the cloud's edge).
 """
 
@@ -25,6 +25,7 @@ from device.protocol import SessionEnded, SessionEvent
 from device.secrets import Secret
 from device.session import Session
 from device.tools import ToolRegistry
+from tests.support import Collector, Hooks
 
 EMULATOR_KEY = "emulator-key"
 WAIT_S = 30.0  # every wait is bounded; generous because the machine is shared
@@ -53,69 +54,38 @@ def fast_scenario(**changes: Any) -> Scenario:
     return base.with_changes(**changes) if changes else base
 
 
-class Events:
-    """Collects session events; waits on a Condition (never sleeps)."""
+class Events(Collector[SessionEvent]):
+    """Collects session events and the threads that delivered them."""
 
     def __init__(self) -> None:
-        self.items: list[SessionEvent] = []
+        super().__init__(WAIT_S)
         self.threads: set[str] = set()
-        self._cond = threading.Condition()
 
     def __call__(self, event: SessionEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self.threads.add(threading.current_thread().name)
-            self._cond.notify_all()
+        self.threads.add(threading.current_thread().name)
+        super().__call__(event)
 
     def of(self, kind: type[E]) -> list[E]:
-        with self._cond:
-            return [e for e in self.items if isinstance(e, kind)]
+        return [e for e in self.matching(lambda e: isinstance(e, kind)) if isinstance(e, kind)]
 
     def wait_for(self, kind: type[E], pred: Callable[[E], bool] = lambda e: True, timeout_s: float = WAIT_S) -> E:
-        with self._cond:
-            found: list[E] = []
+        def what() -> str:
+            return f"no {kind.__name__} within {timeout_s:g} s; got {sorted({type(e).__name__ for e in self.items})}"
 
-            def check() -> bool:
-                found[:] = [e for e in self.items if isinstance(e, kind) and pred(e)]
-                return bool(found)
+        found = self.wait_first(lambda e: isinstance(e, kind) and pred(e), timeout_s, what=what)
+        assert isinstance(found, kind)
+        return found
 
-            if not self._cond.wait_for(check, timeout_s):
-                got = sorted({type(e).__name__ for e in self.items})
-                raise AssertionError(f"no {kind.__name__} within {timeout_s:g} s; got {got}")
-            return found[0]
-
-    def wait_count(
+    def wait_count(  # type: ignore[override]
         self, kind: type[E], n: int, pred: Callable[[E], bool] = lambda e: True, timeout_s: float = WAIT_S
     ) -> list[E]:
         """Until at least ``n`` events of ``kind`` matching ``pred`` have arrived."""
-        with self._cond:
-
-            def matching() -> list[E]:
-                return [e for e in self.items if isinstance(e, kind) and pred(e)]
-
-            if not self._cond.wait_for(lambda: len(matching()) >= n, timeout_s):
-                raise AssertionError(f"only {len(matching())} of {n} {kind.__name__} events in {timeout_s:g} s")
-            return matching()
+        what = f"{n} {kind.__name__} events in {timeout_s:g} s"
+        found = super().wait_count(lambda e: isinstance(e, kind) and pred(e), n, timeout_s, what=what)
+        return [e for e in found if isinstance(e, kind)]
 
     def ended(self, timeout_s: float = WAIT_S) -> SessionEnded:
         return self.wait_for(SessionEnded, timeout_s=timeout_s)
-
-
-class Hooks:
-    """A recording DeviceHooks implementation."""
-
-    def __init__(self) -> None:
-        self.volumes: list[int] = []
-        self.end_requests = 0
-
-    def set_volume(self, percent: int) -> None:
-        self.volumes.append(percent)
-
-    def device_status(self) -> dict[str, Any]:
-        return {"state": "listening", "volume_percent": 80}
-
-    def end_conversation(self) -> None:
-        self.end_requests += 1
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""A Debian root with a real systemd as PID 1, without a VM (see docs/recipes.md).
+"""A Debian root with a real systemd as PID 1, without a VM (how: the list below).
 
 - :func:`cached_root` builds a minimal Debian bookworm with debootstrap once
   and keeps it under ``/var/cache/voice-appliance-test/<hash of the package

@@ -169,25 +169,17 @@ def test_units_verify_clean_inside_the_installed_system(root: Path) -> None:
 
 
 class Agent:
-    """Where the kiosk's agent is: the emulator when this build has it, else a closed port."""
+    """The kiosk's agent: the emulator, on this machine's loopback."""
 
     def __init__(self) -> None:
-        self.emulator: object | None = None
-        try:
-            from device.emulator import Emulator  # type: ignore[attr-defined]
+        from device.emulator import Emulator
 
-            self.emulator = Emulator(api_key=EMU_KEY).start()
-            self.base_url: str = self.emulator.base_url  # type: ignore[attr-defined]
-            self.agent_id: str = self.emulator.agent_id  # type: ignore[attr-defined]
-        except ImportError:
-            with socket.socket() as s:  # a port nothing listens on: READY=1 does not need the network
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            self.base_url, self.agent_id = f"http://127.0.0.1:{port}", "agent_boot_test"
+        self.emulator = Emulator(api_key=EMU_KEY).start()
+        self.base_url: str = self.emulator.base_url
+        self.agent_id: str = self.emulator.agent_id
 
     def close(self) -> None:
-        if self.emulator is not None:
-            self.emulator.stop()  # type: ignore[attr-defined]
+        self.emulator.stop()
 
 
 @pytest.fixture(scope="module")
@@ -246,21 +238,17 @@ def state(m: Machine) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def daemon(machine: Machine) -> Machine:
-    """The service once it reached READY=1; skips (with the reason) while this build has no daemon."""
+    """The service once it reached READY=1."""
 
     def settled() -> str:
         s = state(machine)
         if s["ActiveState"] == "active":
             return "ready"
-        if "not part of this build" in machine.journal(UNIT):
-            return "no daemon"
         if s["ActiveState"] == "failed":
             return "failed"
         return ""
 
     outcome = wait_for(settled, 90, f"{UNIT} to become active (READY=1) or fail")
-    if outcome == "no daemon":
-        pytest.skip("device/daemon.py is not in this build: `voice-appliance run` exits 69 without a daemon")
     assert outcome == "ready", f"{state(machine)}\n{machine.journal(UNIT)}"
     return machine
 
@@ -311,8 +299,6 @@ def test_control_socket_is_for_its_group_and_drives_a_conversation(daemon: Machi
         *as_user("nobody", "voice-appliance", "ctl", "--socket", sock, "status", group="nogroup"), check=False
     )
     assert outsider.returncode == 77 and "not allowed" in outsider.stderr
-    if agent.emulator is None:
-        pytest.skip("device.emulator.Emulator is not in this build: no agent to hold a conversation with")
     emu = agent.emulator
     daemon.run(*as_user("kioskui", "voice-appliance", "ctl", "start"))
     wait_for(lambda: "conversation" in state(daemon)["StatusText"], 30, "STATUS= to show the conversation")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from device.agent_http import (
 from device.config import AgentConfig
 from device.protocol import Outcome
 from device.secrets import Secret
+from tests.support import free_port
 
 KEY = "sk_unit_test_key_0123456789"
 WAIT_S = 30.0
@@ -310,12 +310,6 @@ def test_dns_failure() -> None:
     assert "cannot resolve kiosk-test.invalid (DNS)" in str(info.value)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_connection_refused_is_retried_then_reported() -> None:
     with client(agent(free_port()), attempts=2) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
@@ -332,22 +326,6 @@ def test_a_server_that_never_answers_times_out() -> None:
             http.fetch_signed_url()
     assert info.value.outcome is Outcome.NETWORK
     assert "did not answer within 0.5 s" in str(info.value) and "agent.http_timeout_s" in str(info.value)
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    crt, key = d / "server.crt", d / "server.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return crt, key
 
 
 def test_tls_verification_is_always_on(cert: tuple[Path, Path]) -> None:

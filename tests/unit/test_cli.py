@@ -86,7 +86,7 @@ def test_check_validates_and_prints_without_the_key(tmp_path: Path) -> None:
     key.chmod(0o600)
     r = cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={key}")
     assert r.returncode == 0, r.stderr
-    assert "OK" in r.stdout and '"agent_id": "agent_0123456789abcdef"' in r.stdout
+    assert "valid, 1 warning(s)" in r.stdout and '"agent_id": "agent_0123456789abcdef"' in r.stdout
     assert KEY not in r.stdout + r.stderr
 
 
@@ -121,3 +121,18 @@ def test_internal_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: p
         root.setLevel(saved[1])
     err = capsys.readouterr().err
     assert "internal error: ZeroDivisionError" in err and KEY not in err
+
+
+def test_a_reader_that_went_away_is_not_an_internal_error() -> None:
+    # `voice-appliance bench --schema | head -1`: the reader closes the pipe before the output is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "device", "bench", "--schema"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert res.returncode == 141, res.stderr  # 128 + SIGPIPE, as a shell reports a command that SIGPIPE ended
+    assert res.stderr == ""

@@ -367,3 +367,25 @@ def test_held_audio_is_bounded_like_the_send_backlog_dropping_the_oldest() -> No
     dropped = [held.add(chunk(i)) for i in range(6)]
     assert dropped == [0.0, 0.0, 0.0, 0.0, pytest.approx(0.25), pytest.approx(0.25)]
     assert [c.seq for c in held.chunks] == [2, 3, 4, 5]
+
+
+# -- the controller's dispatch tables ------------------------------------------------------------
+
+
+def test_every_session_event_type_is_handled_or_declared_unused() -> None:
+    import typing
+
+    from device.controller import SESSION_EVENTS_UNUSED, SESSION_HANDLERS
+    from device.protocol import SessionEvent
+
+    types = set(typing.get_args(SessionEvent))
+    assert set(SESSION_HANDLERS) | SESSION_EVENTS_UNUSED == types  # a new event type must be decided on
+    assert not set(SESSION_HANDLERS) & SESSION_EVENTS_UNUSED
+
+
+def test_every_queue_event_type_has_a_handler() -> None:
+    from device import controller
+
+    posted = {controller.BlockEvent, controller.SessionNote, controller.PlaybackNote, controller.ButtonEvent,
+              controller.MuteEvent, controller.Command, controller.Fault}
+    assert set(controller.QUEUE_HANDLERS) == posted

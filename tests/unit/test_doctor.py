@@ -31,6 +31,7 @@ from device.commands.doctor import (
     render_table,
     run_checks,
 )
+from tests.support import self_signed_cert
 
 KEY = "sk_doctor_test_5e8f2a1b9c7d3e6f4a0b1c2d"
 REPO = Path(__file__).resolve().parents[2]
@@ -371,15 +372,7 @@ def test_dns_failure_says_to_check_dns(tmp_path: Path, monkeypatch: pytest.Monke
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A TLS server on 127.0.0.1 with a self-signed certificate for 'localhost'."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
+    cert, key = self_signed_cert(tmp_path, "localhost")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     srv = socket.create_server(("127.0.0.1", 0))
@@ -434,10 +427,7 @@ def test_trusted_with_ca_bundle(tmp_path: Path, tls_server: tuple[int, Path]) ->
 
 @pytest.fixture
 def emulator() -> Iterator[object]:
-    try:
-        from device.emulator import Emulator  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("device.emulator.Emulator is not in this build yet")
+    from device.emulator import Emulator
     with Emulator(api_key=KEY) as emu:
         yield emu
 

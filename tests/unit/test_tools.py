@@ -25,43 +25,20 @@ from device.config import ToolsConfig, ToolSpec
 from device.errors import ConfigError
 from device.secrets import REDACTED, register_secret
 from device.tools import MAX_RESULT_CHARS, ToolRegistry, ToolResult
+from tests.support import Collector, Hooks
 
 WAIT_S = 30.0  # generous: the machine is shared; nothing here asserts speed
 
 
-class Hooks:
-    """A real DeviceHooks implementation that records what the tools asked for."""
+class Replies(Collector[ToolResult]):
+    """Collects results."""
 
-    def __init__(self) -> None:
-        self.volumes: list[int] = []
-        self.ended = 0
-
-    def set_volume(self, percent: int) -> None:
-        self.volumes.append(percent)
-
-    def device_status(self) -> dict[str, Any]:
-        return {"state": "listening", "volume_percent": 80, "uptime_s": 12.5}
-
-    def end_conversation(self) -> None:
-        self.ended += 1
-
-
-class Replies:
-    """Collects results; waits on a Condition, never sleeps."""
-
-    def __init__(self) -> None:
-        self.results: list[ToolResult] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, result: ToolResult) -> None:
-        with self._cond:
-            self.results.append(result)
-            self._cond.notify_all()
+    @property
+    def results(self) -> list[ToolResult]:
+        return self.matching(lambda r: True)
 
     def wait(self, n: int = 1) -> list[ToolResult]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.results) >= n, WAIT_S), "no tool result arrived"
-            return list(self.results)
+        return self.wait_until(lambda rs: len(rs) >= n, WAIT_S, what="a tool result")
 
     def one(self) -> ToolResult:
         (result,) = self.wait(1)
@@ -254,7 +231,7 @@ def test_device_status_is_json() -> None:
 def test_end_conversation_asks_the_device() -> None:
     hooks = Hooks()
     result = call(ToolRegistry(cfg(), hooks), "end_conversation", {})
-    assert not result.is_error and hooks.ended == 1
+    assert not result.is_error and hooks.end_requests == 1
 
 
 def test_only_the_configured_builtins_are_offered() -> None:

@@ -30,19 +30,23 @@ const timer = setTimeout(() => {
 }, cfg.timeout_ms ?? 20000);
 
 let agentResponses = 0;
+const aiTexts = [];
 const waiters = [];
-function nextAgentResponse() {
-  const seen = agentResponses;
-  return new Promise((resolve) => waiters.push({ seen, resolve }));
+// Resolves when the agent has said `text` (any new response when undefined) after this call.
+function agentSays(text) {
+  const from = aiTexts.length;
+  return new Promise((resolve) => waiters.push({ from, text, resolve }));
 }
 function notify() {
   for (let i = waiters.length - 1; i >= 0; i--) {
-    if (agentResponses > waiters[i].seen) {
-      waiters[i].resolve();
+    const w = waiters[i];
+    if (aiTexts.slice(w.from).some((t) => w.text === undefined || t === w.text)) {
+      w.resolve();
       waiters.splice(i, 1);
     }
   }
 }
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const disconnected = new Promise((resolve) => {
   cfg.onDisconnectResolve = resolve;
@@ -63,6 +67,7 @@ const callbacks = {
     out({ event: "message", source: m.source, role: m.role, message: m.message, event_id: m.event_id });
     if (m.source === "ai") {
       agentResponses += 1;
+      aiTexts.push(m.message);
       notify();
     }
   },
@@ -160,29 +165,27 @@ setSetupStrategy(async (options) => {
 // -- the conversation ----------------------------------------------------------------------------
 try {
   if (cfg.mode === "text") {
-    const first = nextAgentResponse();
+    const first = agentSays();
     const conversation = await Conversation.startSession({ ...callbacks, textOnly: true });
     out({ event: "started", id: conversation.getId() });
-    await first;
+    // The client can lose a message that arrives with the metadata (see the test): wait, bounded.
+    await Promise.race([first, sleep(cfg.first_wait_ms ?? 3000)]);
     conversation.sendContextualUpdate("The visitor is at the entrance.");
     conversation.sendUserActivity();
-    for (const text of cfg.messages ?? []) {
-      const reply = nextAgentResponse();
+    for (const [i, text] of (cfg.messages ?? []).entries()) {
+      const reply = agentSays((cfg.replies ?? [])[i]);
       conversation.sendUserMessage(text);
       await reply;
     }
     if (conversation.canSendFeedback) conversation.sendFeedback(true);
-    await new Promise((r) => setTimeout(r, cfg.linger_ms ?? 0)); // pings keep coming meanwhile
+    await sleep(cfg.linger_ms ?? 0); // pings keep coming meanwhile
     await conversation.endSession();
   } else {
+    const reply = agentSays(cfg.until_reply);
     const conversation = await Conversation.startSession({ ...callbacks, connectionType: "websocket" });
     out({ event: "started", id: conversation.getId() });
-    const greetingAndReply = new Promise((resolve) => {
-      const check = () => (agentResponses >= 2 ? resolve() : nextAgentResponse().then(check));
-      check();
-    });
-    await greetingAndReply;
-    await new Promise((r) => setTimeout(r, cfg.linger_ms ?? 0));
+    await reply;
+    await sleep(cfg.linger_ms ?? 0);
     await conversation.endSession();
   }
   await disconnected;

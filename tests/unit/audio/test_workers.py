@@ -19,30 +19,20 @@ from device.audio import Block, Capture, CaptureEvent, Playback, PlaybackEvent
 from device.audio.waker import PollFd
 from device.config import AudioConfig
 from device.errors import AudioError
+from tests.support import Collector
 
 TIMEOUT_S = 10.0
 BLOCK = 8000
 
 
-class Q:
+class Q(Collector[object]):
     """Thread-safe collector with waiting."""
 
-    def __init__(self) -> None:
-        self.items: list[object] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, item: object) -> None:
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
     def wait_for(self, pred: Callable[[list[object]], bool]) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: pred(self.items), TIMEOUT_S), self.items
+        self.wait_until(pred, TIMEOUT_S)
 
     def kinds(self) -> list[str]:
-        with self._cond:
-            return [getattr(i, "kind", "?") for i in self.items]
+        return [getattr(i, "kind", "?") for i in self.matching(lambda i: True)]
 
 
 # -- capture ------------------------------------------------------------------

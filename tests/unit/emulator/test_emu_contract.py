@@ -281,7 +281,7 @@ def test_the_document_is_the_copy_the_readme_names() -> None:
 SERVER_REGIONS = {"production": "global", "eu-residency": "eu", "in-residency": "in"}
 # Not conversation hosts of the device: LiveKit (WebRTC, unused) and the document's local dev server.
 NOT_DEVICE_SERVERS = {"webrtc", "development"}
-# Device regions the document does not list (from the ElevenLabs docs, see docs/protocol.md).
+# Device regions the document does not list (from the ElevenLabs docs, see the README's `agent.region`).
 UNDOCUMENTED_REGIONS = {"us", "sg"}
 
 
@@ -292,3 +292,14 @@ def test_the_device_hosts_match_the_documents_servers() -> None:
         url = urlsplit(servers[server])
         assert url.scheme == "wss" and REGION_HOSTS[region] == url.hostname, (server, region)
     assert set(REGION_HOSTS) - set(SERVER_REGIONS.values()) == UNDOCUMENTED_REGIONS
+
+
+def test_huge_alignment_is_still_checked_item_by_item() -> None:
+    log = ContractLog()
+    n = 100_000
+    good = {"chars": ["a"] * n, "char_start_times_ms": list(range(n)), "char_durations_ms": [1] * n}
+    log(FROM_AGENT, {"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": 1, "alignment": good}}, True)
+    assert log.problems == [] and log.counts[FROM_AGENT] == {"audio": 1}
+    bad = {**good, "char_durations_ms": [1] * (n - 1) + ["1"]}
+    log(FROM_AGENT, {"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": 1, "alignment": bad}}, True)
+    assert len(log.problems) == 1 and "char_durations_ms" in log.problems[0]

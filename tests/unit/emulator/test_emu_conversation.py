@@ -1037,3 +1037,13 @@ def test_what_the_document_allows_is_not_a_violation(
         assert rules == ["mcp_approval_unknown_id"]
     else:
         assert rules == []
+
+
+def test_first_message_delay_holds_the_greeting_back(clock: FakeClock, tone_synth: Synthesizer) -> None:
+    h = harness(clock, tone_synth, timing={"first_message_delay_ms": 400})
+    h.init()
+    assert h.types() == ["conversation_initiation_metadata"]
+    h.run(0.39)
+    assert h.messages("audio") == []
+    h.run(0.02)
+    assert h.types()[1:3] == ["audio", "agent_response"]

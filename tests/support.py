@@ -1,0 +1,114 @@
+"""Helpers shared by the test suites: a waiting collector, loopback ports, recording doubles."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+WAIT_S = 30.0  # generous: the machines are shared; no test here asserts speed
+
+
+class Collector(Generic[T]):
+    """Items handed over by other threads, in order. Tests wait on a Condition, never sleep."""
+
+    def __init__(self, timeout_s: float = WAIT_S) -> None:
+        self.items: list[T] = []
+        self.timeout_s = timeout_s
+        self._cond = threading.Condition()
+
+    def __call__(self, item: T) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self.items)
+
+    def matching(self, pred: Callable[[T], bool], after: int = 0) -> list[T]:
+        """The items (from index ``after``) for which ``pred`` holds."""
+        with self._cond:
+            return [item for item in self.items[after:] if pred(item)]
+
+    def wait_until(
+        self, done: Callable[[list[T]], bool], timeout_s: float | None = None, what: Callable[[], str] | str = ""
+    ) -> list[T]:
+        """Until ``done(items)`` holds; a copy of the items then. ``what`` describes the failure."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: done(self.items), self.timeout_s if timeout_s is None else timeout_s):
+                text = what() if callable(what) else what
+                raise AssertionError(f"{text or 'the awaited items'} did not arrive; got {self.items!r:.2000}")
+            return list(self.items)
+
+    def wait_first(
+        self,
+        pred: Callable[[T], bool],
+        timeout_s: float | None = None,
+        after: int = 0,
+        what: Callable[[], str] | str = "",
+    ) -> T:
+        """The first item (from index ``after``) for which ``pred`` holds, once there is one."""
+        items = self.wait_until(lambda xs: any(pred(x) for x in xs[after:]), timeout_s, what)
+        return next(x for x in items[after:] if pred(x))
+
+    def wait_count(
+        self, pred: Callable[[T], bool], n: int, timeout_s: float | None = None, what: Callable[[], str] | str = ""
+    ) -> list[T]:
+        """Until at least ``n`` items satisfy ``pred``; those items."""
+        items = self.wait_until(lambda xs: sum(1 for x in xs if pred(x)) >= n, timeout_s, what)
+        return [x for x in items if pred(x)]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate and key for ``host`` (an IP address or a name) that no client trusts unless told to."""
+    crt, key = directory / "server.crt", directory / "server.key"
+    san = f"IP:{host}" if host.replace(".", "").isdigit() else f"DNS:{host}"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(crt), "-days", "2",
+         "-subj", f"/CN={host}", "-addext", f"subjectAltName={san}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return crt, key
+
+
+class FixedUrl:
+    """Stands in for the signed-URL prefetch cache to hand the session one given URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def take(self, wait_s: float = 0.0) -> str:
+        return self.url
+
+
+class Hooks:
+    """A real DeviceHooks implementation that records what the tools asked for."""
+
+    def __init__(self) -> None:
+        self.volumes: list[int] = []
+        self.end_requests = 0
+
+    def set_volume(self, percent: int) -> None:
+        self.volumes.append(percent)
+
+    def device_status(self) -> dict[str, Any]:
+        return {"state": "listening", "volume_percent": 80, "uptime_s": 12.5}
+
+    def end_conversation(self) -> None:
+        self.end_requests += 1
