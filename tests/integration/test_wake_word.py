@@ -3,12 +3,14 @@ wake-word engine (openWakeWord hey_jarvis, which hears espeak-ng voices) and rea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from test_daemon_support import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
 
 from device.config import GateConfig, SessionConfig, WakeConfig
 from device.emulator.scenario import Turn
+from device.status import to_json, to_prometheus
 from tests import speechgen as g
 
 pytestmark = g.needs_tools
@@ -34,9 +36,10 @@ def rig(tmp_path: Path, pcm: bytes, scenario: object = None, **gate: object) -> 
 
 
 def counters(r: Rig) -> dict[str, float]:
-    """The controller's counters and the last status snapshot's (what status.json shows)."""
-    controller = r.d.controller
-    return {**controller.counters, **controller.status.counters}
+    """The counters as status.json (and the Prometheus textfile) show them."""
+    status = r.d.controller.status  # the snapshot taken at the last state change
+    assert "voice_appliance_false_wakes_total " in to_prometheus(status)
+    return dict(json.loads(to_json(status))["counters"])
 
 
 def test_the_wake_word_starts_a_conversation_and_the_question_after_it_arrives_whole(tmp_path: Path) -> None:
