@@ -142,13 +142,15 @@ def test_without_the_engine_the_error_says_what_to_install(monkeypatch: pytest.M
     assert text.startswith("wake.engine:") and "voice-appliance[wake]" in text and "64-bit" in text
 
 
-def _cli(tmp_path: Path, *args: str, hide: str = "") -> subprocess.CompletedProcess[str]:
-    """`voice-appliance run --check` in a fresh interpreter; ``hide`` makes a package unimportable there."""
+def _cli(tmp_path: Path, *args: str, hide: str = "", hands_free: bool = True) -> subprocess.CompletedProcess[str]:
+    """`voice-appliance run --check` in a fresh interpreter; ``hide`` (comma list) makes packages unimportable."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[agent]\nagent_id = "agent_x"\nconnection = "public"\n[gate]\nmode = "wake_word"\n'
-                   '[wake]\nmodel = "alexa"\n[audio]\nnoise_suppression = 2\n')
+    body = '[agent]\nagent_id = "agent_x"\nconnection = "public"\n'
+    if hands_free:
+        body += '[gate]\nmode = "wake_word"\n[wake]\nmodel = "alexa"\n[audio]\nnoise_suppression = 2\n'
+    cfg.write_text(body)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_APPLIANCE_")}
-    code = (f"import sys\nif {hide!r}: sys.modules[{hide!r}] = None\n"
+    code = (f"import sys\nfor name in filter(None, {hide!r}.split(',')):\n    sys.modules[name] = None\n"
             "from device.cli import main\nsys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, "run", "--check", "--config", str(cfg), *args],
                           capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
@@ -167,3 +169,10 @@ def test_run_check_exits_78_when_a_library_is_missing(tmp_path: Path, hidden: st
     assert r.returncode == 78
     assert ("64-bit" in r.stderr) if hidden == "pymicro_wakeword" else ("voice-appliance[dsp]" in r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1  # one line: what happened and what to do
+
+
+def test_without_any_hands_free_library_the_kiosk_still_runs_as_before(tmp_path: Path) -> None:
+    # A 32-bit install without the extras: nothing imports the engines or webrtc-noise-gain unless asked.
+    r = _cli(tmp_path, hide="pymicro_wakeword,pyopen_wakeword,webrtc_noise_gain", hands_free=False)
+    assert r.returncode == 0, r.stderr
+    assert "wake word: off (gate.mode = push_to_talk); noise suppression/auto gain: off" in r.stdout
