@@ -32,8 +32,10 @@ ENV_PREFIX = "VOICE_APPLIANCE_"
 
 Region = Literal["global", "us", "eu", "in", "sg"]
 ConnectionMode = Literal["public", "signed_url", "broker"]
-GateMode = Literal["push_to_talk", "toggle", "voice", "always_open"]
-BargeIn = Literal["none", "button", "voice"]
+GateMode = Literal["push_to_talk", "toggle", "voice", "always_open", "wake_word"]
+BargeIn = Literal["none", "button", "voice", "wake_word"]
+AfterWake = Literal["voice", "always_open"]
+WakeEngine = Literal["microwakeword", "openwakeword"]
 StereoMode = Literal["mix", "left", "right"]
 LedKind = Literal["led", "pwmled", "rgbled", "apa102"]
 LedPreset = Literal["rgb", "three", "none", "custom"]
@@ -131,22 +133,61 @@ class AudioConfig:
     earcon_error: str = _f("", "WAV file for the error cue (empty: bundled)")
     pace_realtime: bool = _f(False, "pace clockless devices (ALSA type file) to real time")
     reopen_max_s: float = _f(10.0, "longest wait between attempts to reopen a missing device", min=0.1, max=300)
+    noise_suppression: int = _f(
+        0, "webrtc noise suppression on the microphone, 0 (off) to 4 (strongest); needs the dsp extra", min=0, max=4
+    )
+    auto_gain_dbfs: int = _f(
+        0, "webrtc automatic gain: target level in -dBFS, 1 to 31 (0: off); needs the dsp extra", min=0, max=31
+    )
 
 
 @dataclass(frozen=True)
 class GateConfig:
     """What the agent hears: the gate between microphone and socket."""
 
-    mode: GateMode = _f("push_to_talk", "push_to_talk, toggle, voice or always_open")
+    mode: GateMode = _f(
+        "push_to_talk",
+        "push_to_talk, toggle, voice, always_open, or wake_word (a wake word starts a conversation; see [wake])",
+    )
     vad_aggressiveness: int = _f(2, "webrtcvad aggressiveness, 0 (least) to 3 (most)", min=0, max=3)
     preroll_ms: int = _f(500, "audio kept from before speech starts (voice mode)", min=0, max=2000)
     hangover_ms: int = _f(750, "audio still sent after speech stops (voice mode)", min=0, max=5000)
     barge_in: BargeIn = _f(
         "button",
-        "how the user may interrupt the agent: none, button, or voice (only with echo cancellation)",
+        "how the user may interrupt the agent: none, button, voice (only with echo cancellation), "
+        "or wake_word (saying the wake word cuts the agent off; gate.mode = wake_word)",
     )
     echo_tail_ms: int = _f(300, "microphone stays closed this long after agent audio ends", min=0, max=3000)
     start_on_speech: bool = _f(False, "start a conversation when speech is heard while idle")
+    after_wake: AfterWake = _f(
+        "voice",
+        "wake_word mode: how the gate works during the conversation the wake word started: voice or always_open",
+    )
+
+    def __post_init__(self) -> None:
+        if self.barge_in == "wake_word" and self.mode != "wake_word":
+            raise ConfigError(
+                "barge_in = \"wake_word\" needs the wake-word detector; set gate.mode = \"wake_word\" "
+                "or choose another barge_in",
+                "gate.barge_in",
+            )
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    """The wake-word detector (gate.mode = "wake_word"); needs the wake extra."""
+
+    engine: WakeEngine = _f("microwakeword", "microwakeword (small, default) or openwakeword")
+    model: str = _f(
+        "hey_jarvis",
+        "a bundled model (okay_nabu, hey_jarvis, alexa, hey_mycroft; openwakeword also hey_rhasspy) or the "
+        "path to your own: microwakeword the model's .json (next to its .tflite), openwakeword the .tflite",
+    )
+    threshold: float = _f(
+        0.0, "score (0..1) that counts as the wake word; 0: the model's own cutoff (openwakeword: 0.5)",
+        min=0, max=1,
+    )
+    refractory_s: float = _f(2.0, "after a detection, ignore the wake word this long", min=0, max=60)
 
 
 @dataclass(frozen=True)
@@ -306,11 +347,23 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
     button: ButtonConfig = field(default_factory=ButtonConfig)
     leds: LedsConfig = field(default_factory=LedsConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     systemd: SystemdConfig = field(default_factory=SystemdConfig)
+
+    def __post_init__(self) -> None:
+        # Optional libraries: a setting that needs one fails here, on load, with what to install.
+        if self.audio.noise_suppression or self.audio.auto_gain_dbfs:
+            from device.audio.dsp import check_available
+
+            check_available()
+        if self.gate.mode == "wake_word":
+            from device.wake import resolve_model
+
+            resolve_model(self.wake)
 
     def require_agent(self) -> Config:
         """Check what the daemon needs beyond well-formed values."""

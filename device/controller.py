@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from device.audio import dsp
 from device.audioformat import CAPTURE_RATE_HZ
 from device.config import Config, SessionConfig
 from device.gate import Chunk, Gate, GateOutput
@@ -93,6 +94,7 @@ class Kind(enum.StrEnum):
     TIMEOUT = "timeout"  # the state's deadline passed
     MAX_DURATION = "max_duration"  # the conversation's deadline passed
     SHUTDOWN = "shutdown"
+    WAKE = "wake"  # the wake word was heard (gate.mode = "wake_word")
 
 
 class Action(enum.StrEnum):
@@ -135,6 +137,7 @@ RETRY_OR_FAIL = Rule(State.ERROR, _FAIL_ACTIONS)  # CONNECTING failed: maybe ret
 # the error) and the press's audio carries over to the next attempt (Controller._settle_held).
 RETRY = Rule(State.ERROR, (Action.STOP_SESSION, Action.REPORT_ERROR))
 BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only when barge-in is allowed
+WAKE_BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only with gate.barge_in = "wake_word"
 SPEECH_START = Rule(State.CONNECTING, (Action.START_SESSION,))  # only with gate.start_on_speech
 ERROR_TIMEOUT = Rule(State.IDLE)  # or CONNECTING when a retry is due
 
@@ -154,6 +157,8 @@ TABLE: Mapping[tuple[State, Kind], Rule] = {
     (State.IDLE, Kind.START): Rule(State.CONNECTING, (Action.START_SESSION,)),
     (State.IDLE, Kind.TURN_START): SPEECH_START,
     (State.IDLE, Kind.MUTE): Rule(State.MUTED),
+    # the cue confirms the wake word at once; the words after it are already being held for the agent
+    (State.IDLE, Kind.WAKE): Rule(State.CONNECTING, (Action.START_SESSION, Action.EARCON_LISTENING)),
     # muted: the microphone is off until unmuted
     (State.MUTED, Kind.UNMUTE): Rule(State.IDLE),
     (State.MUTED, Kind.PRESS): Rule(None, (Action.EARCON_ERROR, Action.REPORT_MUTED)),
@@ -183,6 +188,7 @@ TABLE: Mapping[tuple[State, Kind], Rule] = {
     (State.SPEAKING, Kind.REPLY_FINISHED): Rule(State.LISTENING),
     (State.SPEAKING, Kind.INTERRUPTION): Rule(State.LISTENING, (Action.FLUSH,)),
     (State.SPEAKING, Kind.PRESS): BARGE_IN,
+    (State.SPEAKING, Kind.WAKE): WAKE_BARGE_IN,
     (State.SPEAKING, Kind.TIMEOUT): Rule(State.LISTENING, (Action.FLUSH,)),
     (State.SPEAKING, Kind.ENDED): Rule(State.ENDING, (Action.STOP_SESSION,)),
     (State.SPEAKING, Kind.FAILED): Rule(State.ERROR, (Action.FLUSH, *_FAIL_ACTIONS)),
@@ -240,6 +246,7 @@ class Machine:
         self.errors = 0
         self.last_rule: Rule = STAY
         self.last_kind = Kind.SHUTDOWN  # the input handled last (the cause of a transition)
+        self.woken = False  # connecting because the wake word was heard (shown as "woken")
         self._rng = rng or random.Random()
 
     @property
@@ -250,6 +257,8 @@ class Machine:
             return "error"
         if self.muted and self.state is not State.ERROR:
             return "muted"
+        if self.woken and self.state is State.CONNECTING:
+            return "woken"
         return DISPLAY[self.state]
 
     def timeout_for(self, state: State) -> float | None:
@@ -311,6 +320,8 @@ class Machine:
     def _resolve(self, rule: Rule, event: Input, now_s: float) -> Rule:
         if rule is BARGE_IN and self.settings.barge_in == "none":
             return STAY
+        if rule is WAKE_BARGE_IN and self.settings.barge_in != "wake_word":
+            return STAY
         if rule is SPEECH_START and not self.settings.start_on_speech:
             return STAY
         if rule is ERROR_TIMEOUT and self.retry_pending:
@@ -336,6 +347,8 @@ class Machine:
         previous = self.state
         self.state = target
         self.since_s = now_s
+        if target is State.CONNECTING and previous is not State.ERROR:
+            self.woken = event.kind is Kind.WAKE
         if target is State.CONNECTING:
             if previous not in CONVERSATION:
                 self.conversation_deadline_s = now_s + self.settings.session.max_duration_s
@@ -637,6 +650,16 @@ class Controller(Worker):
         self._playing: set[str] = set()  # what the speaker plays now: "reply", "earcon"
         self._faults: dict[str, str] = {}  # devices missing now: source -> message
         self._started_by_speech = False
+        # Noise suppression / automatic gain, applied once to every block that is used.
+        self._dsp = dsp.make(cfg.audio.noise_suppression, cfg.audio.auto_gain_dbfs)
+        self._wake: Any = None  # device.wake.WakeDetector in wake_word mode
+        if cfg.gate.mode == "wake_word":
+            from device.wake import WakeDetector  # the engines load only in this mode
+
+            self._wake = WakeDetector(cfg.wake)
+        self._woke_seq: int | None = None  # the block the wake word ended in (this conversation)
+        self._wake_fed_seq: int | None = None  # the last block the detector heard
+        self._woke_heard_user = False  # the user spoke after the wake word
         self.conversation_id = ""
         self._discard_le_id = _NO_EVENT_ID  # local barge-in: drop audio with event_id <= this
         self._last_audio_id = _NO_EVENT_ID
@@ -656,6 +679,8 @@ class Controller(Worker):
             **dict.fromkeys(_COUNTED_EVENTS.values(), 0),
             "mcp_approved": 0,
             "mcp_denied": 0,
+            "wake_detections": 0,
+            "false_wakes": 0,  # a wake word that led to no user speech
         }
         self._lock = threading.Lock()
         self._snapshot = Status(gate_mode=cfg.gate.mode)
@@ -748,6 +773,8 @@ class Controller(Worker):
         finally:
             if self._session is not None:
                 self._end_session()
+            if self._wake is not None:
+                self._wake.close()
             self.idle.set()
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -777,6 +804,7 @@ class Controller(Worker):
             self._act(action, now, cause)
         if self.machine.state is not before:
             self._settle_held(before)
+            self._settle_wake()
         self._refresh_snapshot()  # before telling anyone: whoever hears of the change can read it
         if self.machine.state is not before:
             self._entered(before, now, cause)
@@ -829,7 +857,7 @@ class Controller(Worker):
         elif action is Action.EARCON_LISTENING:
             # "Talk now" is for someone who pressed; whoever started it by speaking is talking already,
             # and a cue would only close the echo guard over their words.
-            if not self._started_by_speech:
+            if not self._started_by_speech or cause is Kind.WAKE:
                 self._earcon("listening")
         elif action in (Action.EARCON_DONE, Action.EARCON_ERROR):
             self._earcon(action.value.removeprefix("earcon_"))
@@ -847,7 +875,7 @@ class Controller(Worker):
     def _start_session(self, now: float, cause: Kind) -> None:
         if self._session is not None:
             self._end_session()
-        self._started_by_speech = cause is Kind.TURN_START
+        self._started_by_speech = cause in (Kind.TURN_START, Kind.WAKE)
         self._gen += 1
         self.conversation_id = ""
         self._discard_le_id = _NO_EVENT_ID
@@ -893,14 +921,17 @@ class Controller(Worker):
                 log.exception("flushing playback failed")
         self._playing.clear()  # the flush cleared replies and queued cues alike
         self.gate.agent_stopped(now, flushed=True)
-        if cause in (Kind.PRESS, Kind.TIMEOUT):
+        if cause in (Kind.PRESS, Kind.TIMEOUT, Kind.WAKE):
             # We cut the reply short, not the service: drop the rest of it when it still arrives.
             self._discard_le_id = self._last_audio_id
-        if cause is Kind.PRESS:
+        if cause in (Kind.PRESS, Kind.WAKE):
             with self._lock:
                 self.counters["barge_ins"] += 1
-            log.info("barge-in: the agent's reply was cut off by a press")
-            self.telemetry.publish("interruption", now, event_id=self._last_audio_id, local=True)
+            log.info("barge-in: the agent's reply was cut off by a %s", "press" if cause is Kind.PRESS else "wake word")
+            self.telemetry.publish(
+                "interruption", now, event_id=self._last_audio_id, local=True,
+                by="press" if cause is Kind.PRESS else "wake word",
+            )
 
     def _earcon(self, name: str) -> None:
         if self._playback is None or not self.cfg.audio.earcons:
@@ -950,6 +981,8 @@ class Controller(Worker):
             self._feed(Input(Kind.ACTIVITY), now)
         else:
             self._discard_le_id = _NO_EVENT_ID
+            if event.text.strip():
+                self._woke_heard_user = True  # a wake word that led to a question
             self._feed(Input(Kind.TURN_END), now)
 
     def _on_agent_response(self, event: AgentResponse | AgentResponseCorrection, now: float) -> None:
@@ -1029,8 +1062,10 @@ class Controller(Worker):
             self._on_fault(Fault("speaker", ok=True))
             self.telemetry.publish("playback", t_s, kind=kind, detail=getattr(event, "detail", ""))
         elif kind in ("earcon_started", "earcon_finished"):
-            # a cue is audible: keep it out of the microphone like the agent's voice
-            self._audible(t_s, "earcon", kind == "earcon_started")
+            # a cue is audible: keep it out of the microphone like the agent's voice -- except the cue
+            # that answers a wake word: the user goes on talking over it ("hey jarvis, when does ...")
+            if not (self._wake is not None and event.detail == "listening"):
+                self._audible(t_s, "earcon", kind == "earcon_started")
             self.telemetry.publish(
                 "earcon", t_s, name=event.detail, phase="started" if kind == "earcon_started" else "finished"
             )
@@ -1066,9 +1101,15 @@ class Controller(Worker):
         state = self.machine.state
         listening_idle = state in (State.IDLE,) and self.cfg.gate.start_on_speech
         attempting = state in CONVERSATION or self.machine.between_attempts
-        if not attempting and not listening_idle and not self.gate.talking:
+        wake_listening = self._wake_listening(state)
+        if not attempting and not listening_idle and not self.gate.talking and not wake_listening:
             return  # nothing runs and nothing could start: the microphone goes nowhere
-        out = self.gate.process(block.pcm, block.captured_at_s, block.seq)
+        pcm = block.pcm if self._dsp is None else self._dsp.process(block.pcm)
+        if wake_listening and self._on_wake_block(pcm, block) is None and self.machine.state is State.IDLE:
+            return  # idle, no wake word: nothing leaves the device
+        out = self.gate.process(pcm, block.captured_at_s, block.seq)
+        if out.speech and self._woke_seq is not None and block.seq > self._woke_seq:
+            self._woke_heard_user = True
         now = self._clock()
         if self.telemetry.active:
             self.telemetry.publish(
@@ -1082,6 +1123,50 @@ class Controller(Worker):
             self._feed(Input(Kind.TURN_END), now)
         if out.speech or (out.open and self.gate.talking):
             self._feed(Input(Kind.ACTIVITY), now)
+
+    # -- wake word ------------------------------------------------------------------------------
+    def _wake_listening(self, state: State) -> bool:
+        """The detector hears this block: idle (to start), and with barge-in by wake word the whole
+        conversation (it acts only while the agent speaks, but keeps hearing so that it is not deaf
+        while its model's context -- over a second of audio -- fills again)."""
+        if self._wake is None or self.gate.muted:
+            return False
+        return state is State.IDLE or (state in CONVERSATION and self.cfg.gate.barge_in == "wake_word")
+
+    def _on_wake_block(self, pcm: bytes, block: BlockEvent) -> Any:
+        if self._wake_fed_seq is not None and block.seq != self._wake_fed_seq + 1:
+            # The detector did not hear the blocks in between (a conversation, mute): what it still
+            # holds is old audio -- e.g. the wake word that started this conversation -- not the room now.
+            self._wake.reset()
+        self._wake_fed_seq = block.seq
+        detection = self._wake.process(pcm, block.captured_at_s)
+        if detection is None or self.machine.state not in (State.IDLE, State.SPEAKING):
+            return None
+        now = self._clock()
+        n = len(pcm) // 2
+        t_s = block.captured_at_s - (n - detection.offset_samples) / CAPTURE_RATE_HZ
+        with self._lock:
+            self.counters["wake_detections"] += 1
+        self.telemetry.publish("wake", t_s, model=self._wake.info.name, score=round(detection.score, 3))
+        starting = self.machine.state is State.IDLE
+        self._feed(Input(Kind.WAKE), now)
+        if self.machine.state in CONVERSATION:
+            if starting:
+                self._woke_seq, self._woke_heard_user = block.seq, False
+            self.gate.wake(t_s)
+        return detection
+
+    def _settle_wake(self) -> None:
+        """Out of the conversation: count a wake that led to no user speech; the detector starts afresh."""
+        if self.machine.state in CONVERSATION or self.machine.between_attempts:
+            return
+        if self._woke_seq is not None and not self._woke_heard_user:
+            with self._lock:
+                self.counters["false_wakes"] += 1
+            log.info("the wake word led to no question (false wake?)")
+        self._woke_seq = None
+        if self._wake is not None:
+            self._wake.reset()
 
     def _send(self, out: GateOutput) -> None:
         session = self._session

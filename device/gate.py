@@ -15,12 +15,17 @@ What opens the gate, by mode:
 * ``push_to_talk`` — the button is held;
 * ``toggle`` — a press opens, the next press closes;
 * ``voice`` — webrtcvad hears speech (with pre-roll and hang-over);
-* ``always_open`` — always, during a conversation.
+* ``always_open`` — always, during a conversation;
+* ``wake_word`` — closed while idle (the wake-word detector listens, nothing
+  is sent); a detection (:meth:`Gate.wake`) opens it from the sample where the
+  wake word ended, and during that conversation it works like ``after_wake``
+  (``voice`` or ``always_open``).
 
 What closes it whatever the mode: mute, and the echo guard — while the agent's
 audio is playing (plus ``echo_tail_ms``) unless barge-in is allowed:
 ``barge_in = "button"`` lets a press/held button through, ``"voice"`` (for
-hardware with echo cancellation) disables the guard, ``"none"`` keeps it.
+hardware with echo cancellation) disables the guard, ``"none"`` keeps it,
+``"wake_word"`` keeps it but a wake word ends it (:meth:`Gate.wake`).
 """
 
 from __future__ import annotations
@@ -190,7 +195,10 @@ class Gate:
         self._active = False  # inside a conversation (always_open opens only then)
         self._vad_open_until_s = -math.inf
         self._in_turn = False
-        vad_modes = cfg.mode in ("voice", "always_open")
+        # The mode inside a conversation; wake_word works like its after_wake mode there.
+        self._conv_mode = cfg.after_wake if cfg.mode == "wake_word" else cfg.mode
+        self._wake_at_s: float | None = None  # a wake word ended here: open from this sample on
+        vad_modes = self._conv_mode in ("voice", "always_open")
         preroll_blocks = math.ceil(cfg.preroll_ms / 1000 / BLOCK_S) if vad_modes else 0
         self._preroll: deque[Chunk] = deque(maxlen=preroll_blocks)
         self.blocks = 0
@@ -241,7 +249,22 @@ class Gate:
         if not active:
             self._vad_open_until_s = -math.inf
             self._in_turn = False
+            self._wake_at_s = None
             self._preroll.clear()
+
+    def wake(self, t_s: float) -> None:
+        """The wake word ended at ``t_s``: send from there on, as a voice turn (hang-over from ``t_s``).
+
+        With ``barge_in = "wake_word"`` it also ends the echo guard at ``t_s``: the words after the
+        wake word are the user's, not the agent's echo.
+        """
+        self._wake_at_s = t_s
+        # Open for a hang-over from the wake word on; the user's turn starts when the VAD hears them
+        # (so a wake word nobody follows ends on the idle timeout, not in a wait for an answer).
+        self._vad_open_until_s = max(self._vad_open_until_s, t_s + self.cfg.hangover_ms / 1000)
+        self._preroll.clear()
+        if self.cfg.barge_in == "wake_word" and self._audible.value_at(t_s):
+            self._audible.set(t_s, False)
 
     def agent_started(self, t_s: float) -> None:
         """The agent's audio became audible."""
@@ -268,10 +291,17 @@ class Gate:
         guard = _merge(blocked + overridden)
         allowed = subtract([(0, n)], guard)
 
+        wake_cut: Ranges = []
+        if self._wake_at_s is not None and self._wake_at_s < captured_at_s:
+            # The wake word itself (before the detection point) stays on the device and is not the user's turn.
+            cut = min(n, max(0, math.ceil((self._wake_at_s - start_s) / duration_s * n)))
+            wake_cut = [(0, cut)]
+            allowed = subtract(allowed, wake_cut)
+            self._wake_at_s = None
         heard = apply_ranges(pcm, allowed)
         speech = bool(allowed) and self._is_speech(heard, allowed)
         turn_started = turn_ended = False
-        if self.cfg.mode in ("voice", "always_open"):
+        if self._conv_mode in ("voice", "always_open") and (self._active or self.cfg.mode != "wake_word"):
             if speech:
                 self._vad_open_until_s = captured_at_s + self.cfg.hangover_ms / 1000
                 if not self._in_turn:
@@ -281,9 +311,11 @@ class Gate:
                 turn_ended = True
 
         vad_open = start_s < self._vad_open_until_s
-        if self.cfg.mode == "voice":
+        if self.cfg.mode == "wake_word" and not self._active:
+            open_ranges = []  # idle: only the local detector listens
+        elif self._conv_mode == "voice":
             open_ranges = allowed if vad_open else []
-        elif self.cfg.mode == "always_open":
+        elif self._conv_mode == "always_open":
             # Outside a conversation only speech opens it (start_on_speech).
             open_ranges = allowed if self._active or vad_open else []
         else:

@@ -27,7 +27,8 @@ Mode = Literal["off", "on", "blink", "pulse"]
 Rgb = tuple[float, float, float]
 
 # The states an LED pattern can be given for (controller.DISPLAY_STATES).
-STATES = ("idle", "connecting", "listening", "thinking", "speaking", "error", "muted")
+# "woken": the wake word was heard and the conversation is connecting (gate.mode = "wake_word").
+STATES = ("idle", "woken", "connecting", "listening", "thinking", "speaking", "error", "muted")
 
 DEFAULT_PERIOD_S = {"blink": 1.0, "pulse": 2.0}
 MIN_PERIOD_S = 0.05
@@ -133,6 +134,7 @@ def parse_pattern(text: str, key: str = "leds.patterns") -> Pattern:
 # One RGB LED (common anode/cathode set by active_high) named "status".
 RGB_PATTERNS: Mapping[str, Mapping[str, str]] = {
     "idle": {"status": "#000033"},
+    "woken": {"status": "on #ffffff"},
     "connecting": {"status": "blink #0000ff 0.5"},
     "listening": {"status": "on #00ff00"},
     "thinking": {"status": "pulse #00ffff 1.0"},
@@ -145,6 +147,7 @@ RGB_PATTERNS: Mapping[str, Mapping[str, str]] = {
 # red = something needs attention (error blinks, muted is steady).
 THREE_PATTERNS: Mapping[str, Mapping[str, str]] = {
     "idle": {"green": "off", "amber": "off", "red": "off"},
+    "woken": {"green": "blink 0.25", "amber": "off", "red": "off"},
     "connecting": {"green": "off", "amber": "blink 0.5", "red": "off"},
     "listening": {"green": "on", "amber": "off", "red": "off"},
     "thinking": {"green": "off", "amber": "pulse 1.0", "red": "off"},

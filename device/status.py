@@ -23,7 +23,7 @@ from device import __version__
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA_VERSION = 1
-STATES = ("idle", "connecting", "listening", "thinking", "speaking", "error", "muted")
+STATES = ("idle", "woken", "connecting", "listening", "thinking", "speaking", "error", "muted")
 # Only in the Prometheus textfile: what a clean stop leaves behind (with voice_appliance_up 0).
 STOPPED = "stopped"
 
@@ -34,7 +34,9 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "xruns": ("counter", "Audio overruns (microphone) plus underruns (speaker)."),
     "capture_overruns": ("counter", "Microphone overruns."),
     "playback_underruns": ("counter", "Speaker underruns inside a reply."),
-    "barge_ins": ("counter", "Replies cut off by a press."),
+    "barge_ins": ("counter", "Replies cut off by a press or the wake word."),
+    "wake_detections": ("counter", "Wake words heard (gate.mode = wake_word), barge-ins included."),
+    "false_wakes": ("counter", "Conversations a wake word started in which the user then said nothing."),
     "interruptions": ("counter", "Replies the agent service interrupted."),
     "blocks_sent": ("counter", "250 ms audio blocks sent to the agent (zeros included)."),
     "blocks_open": ("counter", "Blocks that carried microphone audio."),

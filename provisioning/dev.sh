@@ -39,7 +39,7 @@ need_venv() {
     # $1: the extras to install (default bench,test; the benchmarks add the
     # official SDK as `baseline`). Debian's own Python 3.11, as on Raspberry
     # Pi OS Bookworm.
-    local extras=${1:-bench,test}
+    local extras=${1:-bench,test,wake}
     local py=/usr/bin/python3
     if [ ! -x "$venv/bin/python" ]; then
         log "creating $venv"
@@ -94,7 +94,7 @@ case "$cmd" in
         exec "$venv/bin/python" -m pytest "$@"
         ;;
     bench)
-        setup bench,test,baseline
+        setup bench,test,wake,baseline
         exec "$venv/bin/python" -m pytest -p no:cacheprovider tests/bench -s "$@"
         ;;
     *)

@@ -24,11 +24,16 @@ QUESTION_WAV = DATA_DIR / "question.wav"
 BARGE_IN_WAV = DATA_DIR / "barge_in.wav"
 DEMO_TIMELINE = DATA_DIR / "demo_timeline.toml"
 DEMO_SCENARIO = DATA_DIR / "demo_scenario.toml"
+# `bench --gate wake_word`: the wake word before each utterance, no button (openWakeWord hey_jarvis hears it).
+WAKE_WAV = DATA_DIR / "wake_hey_jarvis.wav"
+DEMO_WAKE_TIMELINE = DATA_DIR / "demo_wake_timeline.toml"
+WAKE_GAP_S = 0.2  # between the wake word and the words after it
 
 # What each fixture says, and how it was made (kept for regenerate_speech).
 SPEECH = {
     QUESTION_WAV.name: ("Please turn the volume down, and tell me when the museum opens.", 165),
     BARGE_IN_WAV.name: ("Sorry, is there a cafe?", 170),
+    WAKE_WAV.name: ("Hey Jarvis", 160),
 }
 
 # Where the demo's utterances start on the run's time line (see demo_timeline.toml).
@@ -48,10 +53,28 @@ class DemoInput:
         return len(self.pcm) / 2 / CAPTURE_RATE_HZ
 
 
-def demo_input() -> DemoInput:
-    """The demo's microphone audio: silence, the question, silence, the barge-in, silence."""
+def demo_input(wake: bool = False) -> DemoInput:
+    """The demo's microphone audio: silence, the question, silence, the barge-in, silence.
+
+    ``wake``: each utterance is preceded by the wake word, which ends ``WAKE_GAP_S`` before it
+    (the question starts that much later; the barge-in stays where the button demo has it).
+    """
     question, _ = wavfile.read_wav(QUESTION_WAV)
     barge_in, _ = wavfile.read_wav(BARGE_IN_WAV)
+    if wake:
+        word, _ = wavfile.read_wav(WAKE_WAV)
+        lead = word + wavfile.silence(WAKE_GAP_S)
+        lead_s = len(lead) / 2 / CAPTURE_RATE_HZ
+        spoken = demo_input()
+        q_at, b_at = QUESTION_AT_S + lead_s, BARGE_IN_AT_S
+        pcm = (
+            wavfile.silence(QUESTION_AT_S) + lead + question
+            + wavfile.silence(b_at - lead_s - q_at - len(question) / 2 / CAPTURE_RATE_HZ)
+            + lead + barge_in + wavfile.silence(TAIL_S)
+        )
+        q_len = spoken.question_span_s[1] - spoken.question_span_s[0]
+        b_len = spoken.barge_in_span_s[1] - spoken.barge_in_span_s[0]
+        return DemoInput(pcm, (q_at, q_at + q_len), (b_at, b_at + b_len))
     q_s = len(question) / 2 / CAPTURE_RATE_HZ
     b_s = len(barge_in) / 2 / CAPTURE_RATE_HZ
     gap_s = BARGE_IN_AT_S - QUESTION_AT_S - q_s

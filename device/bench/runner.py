@@ -160,6 +160,7 @@ def bench_config(
     gate_mode: str | None = None,
     control_socket: Path | None = None,
     pace_realtime: bool = True,
+    wake_demo: bool = False,
 ) -> Config:
     """The user's configuration (file, environment, --set) with the bench's devices, agent and pins.
 
@@ -181,6 +182,11 @@ def bench_config(
         forced["audio"]["earcons"] = False
     if gate_mode:
         forced["gate"] = {"mode": gate_mode}
+    if wake_demo:
+        # The demo's wake word is espeak-ng's "hey jarvis": openWakeWord hears it (microWakeWord's model does
+        # not hear synthetic voices), and the second one cuts the agent off.
+        forced["gate"]["barge_in"] = "wake_word"
+        forced["wake"] = {"engine": "openwakeword", "model": "hey_jarvis"}
     if user.button.pin is None:
         forced["button"] = {"pin": 17}
     changes = {}
@@ -224,9 +230,12 @@ class Runner:
     # -- preparation ------------------------------------------------------------
     def _input(self) -> tuple[bytes, dict[str, Any]]:
         if self.opts.input_wav is None:
-            demo = fixtures.demo_input()
+            wake = self.opts.gate_mode == "wake_word"
+            demo = fixtures.demo_input(wake)
+            what = f"{fixtures.QUESTION_WAV.name} + {fixtures.BARGE_IN_WAV.name}"
             return demo.pcm, {
-                "path": f"{fixtures.QUESTION_WAV.name} + {fixtures.BARGE_IN_WAV.name} (bundled demo)",
+                "path": f"{fixtures.WAKE_WAV.name} before {what} (bundled demo)" if wake
+                else f"{what} (bundled demo)",
                 "rate_hz": CAPTURE_RATE_HZ, "channels": 1, "duration_s": round(demo.duration_s, 3),
             }
         pcm, info = wavfile.read_wav(self.opts.input_wav)
@@ -237,7 +246,8 @@ class Runner:
         if self.opts.timeline is not None:
             return script.load_steps(self.opts.timeline)
         if self.demo:
-            return script.load_steps(fixtures.DEMO_TIMELINE)
+            wake = gate_mode == "wake_word"
+            return script.load_steps(fixtures.DEMO_WAKE_TIMELINE if wake else fixtures.DEMO_TIMELINE)
         # Own audio, no timeline: hold the button while it plays (push to talk),
         # otherwise a click starts the conversation.
         if gate_mode == "push_to_talk":
@@ -308,7 +318,8 @@ class Runner:
         try:
             cfg = bench_config(self.opts.config_path, self.opts.overrides, capture=capture, playback=playback,
                                agent=agent, gate_mode=self.opts.gate_mode, control_socket=self.work / "control.sock",
-                               pace_realtime=self.card is None)
+                               pace_realtime=self.card is None,
+                               wake_demo=self.demo and self.opts.gate_mode == "wake_word")
             if cfg.agent.connection == "signed_url" and api_key is None:
                 raise CredentialError(
                     "this agent needs a signed URL, and no API key was found: give --api-key-file FILE "

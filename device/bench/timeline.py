@@ -169,8 +169,10 @@ def _event_label(ev: Event, t0: float) -> tuple[str, str, str] | None:
     when = f"{ev.t_s - t0:.2f} s"
     if ev.kind == "interruption":
         if _field(d, "local"):
-            return "barge-in (press)", "#d9534f", when
+            return f"barge-in ({_field(d, 'by', default='press')})", "#d9534f", when
         return f"interruption #{_field(d, 'event_id', default='?')}", "#d9534f", when
+    if ev.kind == "wake":
+        return f"wake word {_field(d, 'model', default='')}".strip(), "#16a085", f"{when} score {_field(d, 'score')}"
     if ev.kind == "flushed":
         ms = _field(d, "old_audio_ms_after")
         return (f"flush +{ms:.0f} ms" if isinstance(ms, (int, float)) else "flush"), "#e67e22", when

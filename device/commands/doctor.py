@@ -49,6 +49,7 @@ from device.commands.common import add_set_option, config_path
 from device.config import ENV_PREFIX, Config, load_config
 from device.errors import AudioError, ConfigError
 from device.secrets import CREDENTIAL_NAME, ENV_VAR, Secret, register_secret
+from device.wake import hands_free_summary
 
 UNIT = "voice-appliance.service"
 SERVICE_USER = "voice-appliance"
@@ -345,6 +346,7 @@ def check_config(ctx: Context) -> list[Finding]:
     ctx.cfg = cfg
     a = cfg.agent
     detail = f"{path}: agent {a.agent_id}, connection {a.connection}, gate {cfg.gate.mode}"
+    detail += "; " + hands_free_summary(cfg)
     out: list[Finding] = []
     if a.agent_id == EXAMPLE_AGENT_ID:
         out.append(Finding(

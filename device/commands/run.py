@@ -9,6 +9,7 @@ from typing import Any
 from device.commands.common import add_set_option, config_path, load_from_args
 from device.config import Config, config_to_dict
 from device.secrets import Secret, is_plainly_a_path, load_api_key
+from device.wake import hands_free_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         for w in warnings:
             print(f"warning: {w}")
         print(f"api key: {'from ' + key.source if key else 'none (not needed for ' + cfg.agent.connection + ')'}")
+        print(hands_free_summary(cfg))
         print(json.dumps(printable(cfg), indent=2, sort_keys=False))
         return 0
     from device.daemon import serve

@@ -33,6 +33,7 @@ RETRY = [A.STOP_SESSION, A.REPORT_ERROR]  # retried at once: no earcon over the 
 # and do nothing.
 SPEC: dict[tuple[State, Kind], tuple[State, list[Action]]] = {
     (S.IDLE, K.PRESS): (S.CONNECTING, [A.START_SESSION]),
+    (S.IDLE, K.WAKE): (S.CONNECTING, [A.START_SESSION, A.EARCON_LISTENING]),
     (S.IDLE, K.START): (S.CONNECTING, [A.START_SESSION]),
     (S.IDLE, K.MUTE): (S.MUTED, []),
     (S.MUTED, K.UNMUTE): (S.IDLE, []),
@@ -245,6 +246,25 @@ def test_no_automatic_retry_when_retry_attempts_is_zero() -> None:
 def test_barge_in_none_ignores_a_press_while_speaking() -> None:
     m = machine(S.SPEAKING, barge_in="none")
     assert m.handle(Input(K.PRESS), 1.0) == [] and m.state is S.SPEAKING
+
+
+def test_wake_word_barges_in_only_with_barge_in_wake_word() -> None:
+    m = machine(S.SPEAKING, barge_in="wake_word")
+    assert m.handle(Input(K.WAKE), 1.0) == [A.FLUSH] and m.state is S.LISTENING
+    for other in ("button", "none", "voice"):
+        m = machine(S.SPEAKING, barge_in=other)
+        assert m.handle(Input(K.WAKE), 1.0) == [] and m.state is S.SPEAKING
+
+
+def test_a_wake_shows_woken_until_connected() -> None:
+    m = machine()
+    m.handle(Input(K.WAKE), 1.0)
+    assert m.state is S.CONNECTING and m.display == "woken"
+    m.handle(Input(K.CONNECTED), 1.5)
+    assert m.display == "listening"
+    m.handle(Input(K.STOP), 2.0)
+    m.handle(Input(K.PRESS), 3.0)
+    assert m.state is S.CONNECTING and m.display == "connecting"  # a press is not a wake
 
 
 def test_start_on_speech() -> None:

@@ -149,6 +149,16 @@ def test_config_ok_names_agent_and_mode(tmp_path: Path) -> None:
     assert "agent_test" in findings[0].detail and "toggle" in findings[0].detail
 
 
+def test_config_shows_the_wake_word_and_noise_processing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = "[gate]\nmode = \"wake_word\"\n[wake]\nmodel = \"alexa\"\n[audio]\nauto_gain_dbfs = 3\n"
+    [ok] = run_checks(make_ctx(tmp_path, body), ["config"])
+    assert ok.status is Status.OK and "wake word: microwakeword alexa" in ok.detail
+    assert "auto gain -3 dBFS" in ok.detail
+    monkeypatch.setitem(sys.modules, "pymicro_wakeword", None)  # a machine without the wake extra
+    [fail] = run_checks(make_ctx(tmp_path, body), ["config"])
+    assert fail.status is Status.FAIL and "64-bit Raspberry Pi OS" in fail.detail
+
+
 def test_config_error_names_the_key(tmp_path: Path) -> None:
     findings = run_checks(make_ctx(tmp_path, "[audio]\ncapture_devise = \"x\"\n"), ["config", "audio"])
     config = [f for f in findings if f.check == "config"]

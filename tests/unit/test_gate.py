@@ -269,3 +269,55 @@ def test_idle_speech_opens_for_start_on_speech(speech: bytes) -> None:
     outs = [gate.process(b, 1.0 + i * BLOCK_S) for i, b in enumerate([b"\0" * BLOCK_BYTES, *blocks_of(speech)])]
     started = next(o for o in outs if o.turn_started)
     assert started.open and len(started.chunks) == 2
+
+
+# -- wake_word mode ---------------------------------------------------------------
+
+
+def test_wake_word_gate_sends_nothing_while_idle_and_reports_no_turn(speech: bytes) -> None:
+    gate = Gate(GateConfig(mode="wake_word"))
+    for i, block in enumerate(blocks_of(speech)):
+        out = gate.process(block, (i + 1) * BLOCK_S)
+        assert not out.open and not out.turn_started and all(not c.open for c in out.chunks)
+        assert out.chunks[-1].pcm == bytes(len(block))
+
+
+def test_wake_opens_from_the_detection_sample_and_the_turn_starts_with_the_words_after_it(speech: bytes) -> None:
+    gate = Gate(GateConfig(mode="wake_word", hangover_ms=500))
+    gate.set_active(True)  # the controller starts the conversation on the detection
+    wake_at = 1000  # the wake word ended 1000 samples into the first block
+    gate.wake(wake_at / 16000)
+    pcm = ramp(N)
+    out = gate.process(pcm, BLOCK_S)
+    assert out.open and nonzero_span(out.chunks[-1].pcm) == (wake_at, N)  # nothing of the wake word itself
+    assert not out.turn_started  # a ramp is no speech: the user's turn has not begun
+    turns = [gate.process(b, (i + 2) * BLOCK_S).turn_started for i, b in enumerate(blocks_of(speech))]
+    assert turns.count(True) == 1  # the question that follows starts the turn (voice mode after the wake)
+
+
+def test_after_wake_always_open_keeps_the_gate_open_for_the_conversation() -> None:
+    gate = Gate(GateConfig(mode="wake_word", after_wake="always_open"))
+    gate.set_active(True)
+    gate.wake(0.0)
+    assert all(gate.process(ramp(), (i + 1) * BLOCK_S).open for i in range(8))
+    gate.reset(3.0)  # conversation over: closed again
+    assert not gate.process(ramp(), 4 * BLOCK_S + 3.0).open
+
+
+def test_wake_word_barge_in_ends_the_echo_guard_at_the_wake_word() -> None:
+    gate = Gate(GateConfig(mode="wake_word", barge_in="wake_word", echo_tail_ms=300))
+    gate.set_active(True)
+    gate.agent_started(0.0)
+    assert not gate.process(ramp(), BLOCK_S).open  # the agent speaks: the guard holds
+    gate.agent_stopped(2 * BLOCK_S, flushed=True)  # the controller flushes after the detection...
+    gate.wake(BLOCK_S + 2000 / 16000)  # ...which ended mid-block
+    out = gate.process(ramp(), 2 * BLOCK_S)
+    assert nonzero_span(out.chunks[-1].pcm) == (2000, N)
+
+
+def test_other_barge_in_modes_keep_the_guard_over_a_wake() -> None:
+    gate = Gate(GateConfig(mode="wake_word", barge_in="none"))
+    gate.set_active(True)
+    gate.agent_started(0.0)
+    gate.wake(BLOCK_S / 2)
+    assert not gate.process(ramp(), BLOCK_S).open
