@@ -77,7 +77,9 @@ register_binfmt() {
     # now, so the roots need no copy of it), written straight to the kernel.
     local q
     for q in "${QEMUS[@]}"; do
-        [ -e "/proc/sys/fs/binfmt_misc/$q" ] || cat "/usr/lib/binfmt.d/$q.conf" > /proc/sys/fs/binfmt_misc/register
+        # (EEXIST when another run registered it at the same moment: fine.)
+        [ -e "/proc/sys/fs/binfmt_misc/$q" ] \
+            || cat "/usr/lib/binfmt.d/$q.conf" 2>/dev/null > /proc/sys/fs/binfmt_misc/register || true
     done
 }
 
