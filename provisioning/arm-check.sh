@@ -358,6 +358,12 @@ run_bench() {
     in_root /bin/sh -c "cd /tmp && $PREFIX/bin/voice-appliance bench --no-progress --out /tmp/bench-out" \
         >"$logs/bench.out" 2>&1 || { cat "$logs/bench.out" >&2; return 1; }
     cat "$logs/bench.out" >&2
+    # The daemon's own watchdog thread logs this when a worker's heartbeat goes
+    # stale: under systemd that is a restart.
+    if grep -q "stopped responding" "$logs/bench.out"; then
+        echo "bench under emulation: a worker thread missed its heartbeat (a watchdog kill on a Pi)" >&2
+        return 1
+    fi
     python3 - "$R/tmp/bench-out/report.json" <<'PY'
 import json, sys
 rep = json.load(open(sys.argv[1]))
