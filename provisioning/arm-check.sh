@@ -33,6 +33,8 @@ RECIPE=1
 # relies on being there (systemctl for the units, useradd is in passwd).
 BASE_INCLUDE=systemd,systemd-sysv,ca-certificates,passwd
 HOST_PACKAGES=(qemu-user-static debootstrap)
+# For the unit tests only, not the kiosk: real speech for the gate and VAD tests.
+TEST_PACKAGES=(espeak-ng sox)
 
 log() { printf '\033[1m==> [arm] %s\033[0m\n' "$*" >&2; }
 die() { printf 'arm-check.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -123,7 +125,7 @@ sources() {
 
 root_key() {
     {
-        echo "recipe $RECIPE suite $suite arch $1 include $BASE_INCLUDE"
+        echo "recipe $RECIPE suite $suite arch $1 include $BASE_INCLUDE test ${TEST_PACKAGES[*]}"
         sources
         "$src/provisioning/install.sh" --print-apt-packages
     } | sha256sum | cut -c1-16
@@ -201,7 +203,6 @@ chroot_mounts() {
 build_root() {
     local arch=$1 dest=$2 tmp
     tmp="$dest.tmp.$$"
-    rm -rf "$tmp"
     TMPDIRS+=("$tmp")
     # Twice at most: on this shared machine another process may flush
     # binfmt_misc (see start_binfmt_keeper) while dpkg runs in the root.
@@ -225,12 +226,15 @@ build_root() {
     step "$arch" "install.sh packages (cache)" logged "$cache/$arch-packages.log" \
         chroot "$tmp" /var/tmp/va-src/provisioning/install.sh --packages-only
     rm -rf "$tmp/var/tmp/va-src"
+    step "$arch" "test packages (cache)" logged "$cache/$arch-test-packages.log" \
+        chroot "$tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${TEST_PACKAGES[@]}"
     chroot "$tmp" apt-get clean
     kill_root_procs "$tmp"
     unmount_all
     unmount_under "$tmp"
     ROOTS_IN_USE=()
-    rm -rf "$dest"
+    rm -rf --one-file-system "$dest"
     mv "$tmp" "$dest"
     du -sh "$dest" >&2
 }
@@ -245,7 +249,11 @@ ensure_root() {
     flock 8
     if [ ! -x "$dest/usr/bin/python3" ]; then
         log "$arch: no cached root for key $key: building it"
-        for old in "$cache/$arch-root-"*; do [ -e "$old" ] && [ "$old" != "$dest" ] && rm -rf "$old"; done
+        # Older roots, and what a killed build left (maybe still with mounts).
+        for old in "$cache/$arch-root-"*; do
+            if [ ! -e "$old" ] || [ "$old" = "$dest" ]; then continue; fi
+            unmount_under "$old"; rm -rf --one-file-system "$old"
+        done
         build_root "$arch" "$dest"
     else
         log "$arch: cached root $dest"
