@@ -355,11 +355,26 @@ if bad:
 PY
 }
 
+# The installed package must be this checkout's, byte for byte (the roots and
+# pip's cache outlive runs; pip even caches wheels of the project itself).
+installed_is_checkout() {
+    local site
+    site=$(in_root "$PREFIX/bin/python" -c 'import device, os; print(os.path.dirname(device.__file__))')
+    case "$site" in "$PREFIX"/*) ;; *) echo "device is imported from $site, not from $PREFIX" >&2; return 1 ;; esac
+    diff -r -q -x __pycache__ "$R$CLONE/device" "$R$site" >&2 \
+        || { echo "the package in $PREFIX is not the current checkout" >&2; return 1; }
+}
+
 install_extras() {
-    # The test and bench extras into the installed venv (pytest, hypothesis,
-    # ruff, mypy; websockets for the emulator): they must install on ARM too.
+    # The test and bench extras' requirements into the installed venv (pytest,
+    # hypothesis, ruff, mypy; websockets for the emulator): they must install
+    # on ARM too. Not the project again: install.sh installed it.
     # (--no-compile: byte-compiling all of mypy ahead of time is slow under emulation.)
-    in_root "$PREFIX/bin/python" -m pip install -q --no-compile --no-build-isolation "${CLONE}[bench,test]"
+    in_root "$PREFIX/bin/python" -c 'import tomllib
+extras = tomllib.load(open("'"$CLONE"'/pyproject.toml", "rb"))["project"]["optional-dependencies"]
+print("\n".join(extras["bench"] + extras["test"]))' > "$R/tmp/extras.txt"
+    cat "$R/tmp/extras.txt"
+    in_root "$PREFIX/bin/python" -m pip install -q --no-compile --no-build-isolation -r /tmp/extras.txt
 }
 
 run_bench() {
@@ -421,7 +436,8 @@ check_arch() {
     write_config
     step "$arch" "run --check" run_check
     step "$arch" "doctor (no hardware)" run_doctor
-    step "$arch" "pip install .[bench,test]" logged "$logs/extras.log" install_extras
+    step "$arch" "pip install extras" logged "$logs/extras.log" install_extras
+    step "$arch" "installed = checkout" installed_is_checkout
     step "$arch" "bench demo (emulator)" run_bench
     step "$arch" "unit tests" run_unit_tests
     cp -r "$R/tmp/bench-out" "$logs/" 2>/dev/null || true
