@@ -369,8 +369,8 @@ install_extras() {
     # The test and bench extras' requirements into the installed venv (pytest,
     # hypothesis, ruff, mypy; websockets for the emulator): they must install
     # on ARM too. Not the project again: install.sh installed it.
-    # With build isolation (unlike install.sh): on armhf a dependency of mypy
-    # has no wheel, and its sdist needs a newer setuptools than Debian's.
+    # With build isolation (unlike install.sh): on armhf mypy's dependency librt
+    # has no wheel, and its sdist needs a newer setuptools than the venv's 66.
     # (--no-compile: byte-compiling all of mypy ahead of time is slow under emulation.)
     in_root "$PREFIX/bin/python" -c 'import tomllib
 extras = tomllib.load(open("'"$CLONE"'/pyproject.toml", "rb"))["project"]["optional-dependencies"]
