@@ -33,8 +33,11 @@ RECIPE=1
 # relies on being there (systemctl for the units, useradd is in passwd).
 BASE_INCLUDE=systemd,systemd-sysv,ca-certificates,passwd
 HOST_PACKAGES=(qemu-user-static debootstrap)
-# For the unit tests only, not the kiosk: real speech for the gate and VAD tests.
-TEST_PACKAGES=(espeak-ng sox)
+# For the unit tests only, not the kiosk: real speech for the gate and VAD
+# tests. arm64 only: in the armhf root under qemu-user espeak-ng finds no
+# voice at all ("The specified espeak-ng voice does not exist"), an artefact
+# of emulating 32-bit on a 64-bit host; without it those tests skip.
+test_packages() { [ "$1" = arm64 ] && echo espeak-ng sox; true; }
 
 log() { printf '\033[1m==> [arm] %s\033[0m\n' "$*" >&2; }
 die() { printf 'arm-check.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -125,7 +128,7 @@ sources() {
 
 root_key() {
     {
-        echo "recipe $RECIPE suite $suite arch $1 include $BASE_INCLUDE test ${TEST_PACKAGES[*]}"
+        echo "recipe $RECIPE suite $suite arch $1 include $BASE_INCLUDE test $(test_packages "$1")"
         sources
         "$src/provisioning/install.sh" --print-apt-packages
     } | sha256sum | cut -c1-16
@@ -226,9 +229,12 @@ build_root() {
     step "$arch" "install.sh packages (cache)" logged "$cache/$arch-packages.log" \
         chroot "$tmp" /var/tmp/va-src/provisioning/install.sh --packages-only
     rm -rf "$tmp/var/tmp/va-src"
-    step "$arch" "test packages (cache)" logged "$cache/$arch-test-packages.log" \
-        chroot "$tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${TEST_PACKAGES[@]}"
+    local extra
+    read -r -a extra <<< "$(test_packages "$arch")"
+    if ((${#extra[@]})); then
+        step "$arch" "test packages (cache)" logged "$cache/$arch-test-packages.log" \
+            chroot "$tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${extra[@]}"
+    fi
     chroot "$tmp" apt-get clean
     kill_root_procs "$tmp"
     unmount_all
