@@ -407,6 +407,13 @@ for k, v in rep["xruns"].items():
 for i in rep["interruptions"]:
     if i["old_audio_ms_after"] is None or i["old_audio_ms_after"] > 62.5:
         bad.append(f"interruption at {i['at_s']}: {i['old_audio_ms_after']} ms of old audio after it")
+if not rep["interruptions"]:
+    bad.append("no interruption was measured")
+if "local" not in {i["source"] for i in rep["interruptions"]}:
+    # The demo's press comes at a fixed time; the emulator runs emulated too, and a
+    # reply that starts after the press leaves nothing to interrupt.
+    print("[arm] note: the reply started after the scripted barge-in press; "
+          "only the agent's interruption was measured", file=sys.stderr)
 if bad:
     sys.exit("bench under emulation: " + "; ".join(bad))
 PY
