@@ -401,6 +401,10 @@ rep = json.load(open(sys.argv[1]))
 bad = []
 if not rep["outcome"]["ok"]:
     bad.append(f"outcome: {rep['outcome']}")
+# The demo ends when the agent hangs up after the second question; a run cut off
+# at --max-wait-s means the agent never heard that question (seen once under qemu).
+if rep["outcome"]["ended_by"] != "agent_ended":
+    bad.append(f"ended by {rep['outcome']['ended_by']}, not agent_ended: {rep['outcome']['detail']}")
 for k, v in rep["xruns"].items():
     if isinstance(v, (int, float)) and v:
         bad.append(f"xruns.{k} = {v}")
