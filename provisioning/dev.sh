@@ -7,6 +7,11 @@
 #   provisioning/dev.sh demo    set up, then run the bench demo (the main job)
 #   provisioning/dev.sh test    set up, then lint, type-check and run every test
 #   provisioning/dev.sh bench   set up, then run the benchmarks in tests/bench
+#   provisioning/dev.sh arm [arm64|armhf|all]
+#                               install.sh, run --check, doctor, the bench demo and
+#                               the unit tests in ARM roots under qemu (root only;
+#                               provisioning/arm-check.sh; `test` runs it too, on
+#                               $VOICE_APPLIANCE_ARM_ARCHES, unless VOICE_APPLIANCE_SKIP_ARM=1)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -76,6 +81,24 @@ need_jsclient() {
 
 setup() { need_apt; need_venv "$@"; need_jsclient; }
 
+# The ARM check: Debian roots for arm64/armhf under qemu-user, cached in
+# /var/cache/voice-appliance-arm (provisioning/arm-check.sh). Needs root.
+arm_check() {
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" "$here/provisioning/arm-check.sh" "$@"
+}
+
+# Part of `test` (so CI proves ARM too); skip locally with VOICE_APPLIANCE_SKIP_ARM=1.
+test_arm() {
+    if [ "${VOICE_APPLIANCE_SKIP_ARM:-0}" = 1 ]; then
+        log "ARM check skipped (VOICE_APPLIANCE_SKIP_ARM=1)"
+        return 0
+    fi
+    # shellcheck disable=SC2086  # a list of architectures
+    arm_check ${VOICE_APPLIANCE_ARM_ARCHES:-arm64}
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -91,14 +114,16 @@ case "$cmd" in
         log "mypy"
         "$venv/bin/mypy"
         log "pytest"
-        exec "$venv/bin/python" -m pytest "$@"
+        "$venv/bin/python" -m pytest "$@"
+        test_arm
         ;;
     bench)
         setup bench,test,wake,baseline
         exec "$venv/bin/python" -m pytest -p no:cacheprovider tests/bench -s "$@"
         ;;
+    arm) arm_check "$@" ;;
     *)
-        echo "usage: provisioning/dev.sh setup|demo|test|bench [args…]" >&2
+        echo "usage: provisioning/dev.sh setup|demo|test|bench|arm [args…]" >&2
         exit 2
         ;;
 esac

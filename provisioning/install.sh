@@ -23,6 +23,7 @@ asound=""
 do_apt=1
 do_enable=1
 do_start=0
+packages_only=0
 
 # Debian packages: compilers and headers to build pyalsaaudio (Debian's
 # python3-alsaaudio 0.8.4 is too old), alsa-utils for `doctor`, and the
@@ -62,6 +63,8 @@ usage: provisioning/install.sh [options]
   --no-enable          do not enable the units
   --start              (re)start the service at the end
   --print-apt-packages print the Debian packages this needs, one a line, and exit
+  --packages-only      install the Debian packages only, then exit (prepares an
+                       image: the ARM check caches its roots this way)
   -h, --help           this help
 EOF
 }
@@ -83,6 +86,7 @@ while (($#)); do
         --no-apt) do_apt=0 ;;
         --no-enable) do_enable=0 ;;
         --start) do_start=1 ;;
+        --packages-only) packages_only=1 ;;
         --print-apt-packages) printf '%s\n' "${APT_PACKAGES[@]}"; exit 0 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
@@ -247,6 +251,7 @@ enable_units() {
 }
 
 install_packages
+((packages_only == 0)) || exit 0
 create_user
 install_venv
 install_config

@@ -10,6 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No wall-clock limits (the machines are shared, and the ARM check runs the unit
+# tests under qemu, 5-10x slower): no per-example deadline, no speed health check.
+settings.register_profile("no-deadline", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("no-deadline")
 
 from tests.support import self_signed_cert
 

@@ -186,6 +186,13 @@ class Machine:
         self.root = root
         self.group = f"{CGROUP_PREFIX}{os.getpid()}.{time.monotonic_ns()}"
         self._hierarchies = _cgroup_hierarchies()
+        # binfmt_misc is one table for the whole kernel: systemd-binfmt in here would flush the
+        # host's registrations (the ARM check's qemu interpreters) at boot and at stop.
+        masks = root / "etc" / "systemd" / "system"
+        masks.mkdir(parents=True, exist_ok=True)
+        for unit in ("systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount"):
+            if not (masks / unit).is_symlink():
+                (masks / unit).symlink_to("/dev/null")
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in shutdown()
         self._proc = subprocess.Popen(
             ["sh", "-c", _BOOT_SCRIPT, "boot", str(root), self.group, *map(str, self._hierarchies)],

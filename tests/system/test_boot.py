@@ -454,3 +454,21 @@ def test_uninstall_removes_the_install_and_purge_the_rest(machine: Machine, root
     assert res.returncode == 0, res.stderr
     assert not (root / "etc" / "voice-appliance").exists()
     assert "voice-appliance:" not in (root / "etc" / "passwd").read_text()
+
+
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def test_the_machine_leaves_the_hosts_binfmt_registrations_alone(machine: Machine) -> None:
+    # binfmt_misc is one table for the whole kernel: systemd-binfmt in the machine would flush
+    # the host's entries (the ARM check's qemu interpreters) at boot and again when it stops.
+    if not (BINFMT / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True, timeout=30)
+    name = f"va-boot-test-{os.getpid()}"
+    (BINFMT / "register").write_text(f":{name}:M::VA-BOOT-TEST-{os.getpid()}::/bin/false:\n")
+    try:
+        machine.run("systemctl", "restart", "systemd-binfmt.service", check=False, timeout_s=60)
+        assert (BINFMT / name).exists(), "systemd-binfmt in the booted machine flushed the host's binfmt_misc"
+    finally:
+        if (BINFMT / name).exists():
+            (BINFMT / name).write_text("-1\n")

@@ -730,9 +730,8 @@ def test_a_well_behaved_client_breaks_no_rule(
     h.init(conversation_config_override={}, dynamic_variables={"kiosk_id": "k"})
     answered: set[int] = set()
     results_sent: set[str] = set()
-    for _ in range(3):
-        h.speak(user_speech_16k)
-        h.silence(1.5)
+
+    def answer_what_is_owed() -> None:
         for m in h.messages("ping"):
             eid = m["ping_event"]["event_id"]
             if eid not in answered:
@@ -743,6 +742,14 @@ def test_a_well_behaved_client_breaks_no_rule(
             if call_id not in results_sent:
                 results_sent.add(call_id)
                 h.send({"type": "client_tool_result", "tool_call_id": call_id, "result": "ok", "is_error": False})
+
+    # Answer every half second, as a client does, whatever the sentence's length: without
+    # espeak-ng it is a 4.4 s tone, and a pong owed since its start would come too late.
+    turn = user_speech_16k + bytes(2 * 16000 * 3 // 2)  # the sentence, then 1.5 s of silence
+    for _ in range(3):
+        for i in range(0, len(turn), 16000):
+            h.speak(turn[i : i + 16000])
+            answer_what_is_owed()
     h.run(10)  # past every tool timeout (or the goodbye hangs up): nothing is still owed
     assert results_sent, "the default scenario calls a tool"
     h.send({"type": "contextual_update", "text": "The visitor is a child."})
