@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support import self_signed_cert
+
 # No wall-clock limits (the machines are shared, and the ARM check runs the unit
 # tests under qemu, 5-10x slower): no per-example deadline, no speed health check.
 settings.register_profile("no-deadline", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("no-deadline")
-
-from tests.support import self_signed_cert
 
 # Threads started by libraries that own them for the process lifetime.
 _ALLOWED_PREFIXES = ("pytest_timeout", "asyncio_")

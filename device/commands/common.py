@@ -36,6 +36,7 @@ def require_extra(module: str, extra: str, command: str) -> None:
     the extra's requirements (the package itself is not on PyPI).
     """
     import importlib
+    import re
     import sys
     from importlib import metadata
 
@@ -45,9 +46,9 @@ def require_extra(module: str, extra: str, command: str) -> None:
         importlib.import_module(module)
     except ImportError as e:
         try:
+            marker = re.compile(rf"""extra\s*==\s*['"]{re.escape(extra)}['"]""")  # any quoting a build writes
             reqs = [
-                r.split(";", 1)[0].strip() for r in metadata.requires("voice-appliance") or []
-                if f'extra == "{extra}"' in r
+                r.split(";", 1)[0].strip() for r in metadata.requires("voice-appliance") or [] if marker.search(r)
             ]
         except metadata.PackageNotFoundError:
             reqs = []

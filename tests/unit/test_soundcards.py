@@ -185,8 +185,27 @@ def test_no_cards_is_a_failure_with_advice(tmp_path: Path) -> None:
 # -- alsa-lib reads what we write ---------------------------------------------------------
 
 
+def _alsa_config_with_only(conf: Path) -> Path:
+    """alsa-lib's own alsa.conf, loading ``conf`` where it would load the machine's files.
+
+    The stock hook also loads /etc/asound.conf, ~/.asoundrc and conf.d: on a kiosk that already has a
+    kiosk_mic (install.sh --asound), alsa-lib would merge the two definitions and the test would read
+    the machine's configuration instead of the rendered one.
+    """
+    stock = Path("/usr/share/alsa/alsa.conf").read_text()
+    start = stock.index("files [", stock.index("@hooks"))
+    depth, end = 0, start
+    for end in range(start, len(stock)):  # the files list may nest brackets ({ @func concat strings [ … ] })
+        depth += {"[": 1, "]": -1}.get(stock[end], 0)
+        if depth == 0 and stock[end] == "]":
+            break
+    isolated = conf.with_name("alsa-isolated.conf")
+    isolated.write_text(stock[:start] + f'files [ "{conf}" ]' + stock[end + 1 :])
+    return isolated
+
+
 def _alsa_open_error(conf: Path, tool: str, device: str) -> str:
-    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    env = {**os.environ, "ALSA_CONFIG_PATH": str(_alsa_config_with_only(conf))}
     proc = subprocess.run(
         [tool, "-D", device, "-d", "1", "-f", "S16_LE", "-r", "16000",
          "/dev/null" if tool == "arecord" else "/dev/zero"],

@@ -391,7 +391,13 @@ def test_results_are_redacted_and_bounded(user_module: ModuleType) -> None:
 def test_many_concurrent_calls_each_get_exactly_one_result(user_module: ModuleType) -> None:
     names = ["lookup", "broken", "nope", "device_status"] * 5
     reg = ToolRegistry(
-        cfg(py_tool("lookup", user_module, "lookup"), py_tool("broken", user_module, "broken"), max_calls=len(names)),
+        # Ten Python processes start at once: a generous timeout, so that a slow CPU (the ARM check runs
+        # this under qemu) cannot turn a lookup into a timeout error. The test is about one result per call.
+        cfg(
+            py_tool("lookup", user_module, "lookup", timeout_s=WAIT_S),
+            py_tool("broken", user_module, "broken", timeout_s=WAIT_S),
+            max_calls=len(names),
+        ),
         Hooks(),
     )
     replies = Replies()
