@@ -92,6 +92,10 @@ class Progress:
         self._last_plain_s = float("-inf")
         self._drawn = False
 
+    def set_time_zero(self, t0_s: float) -> None:
+        """Count from ``t0_s`` from now on (the run learnt when its input really started)."""
+        self._t0_s = t0_s
+
     def on_event(self, ev: Event) -> None:
         """Record one telemetry event (called on daemon threads; never blocks for long)."""
         line = notable(ev, self._t0_s)

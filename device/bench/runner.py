@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from device import __version__
+from device.audio.capture import BLOCK_S
 from device.audioformat import CAPTURE_RATE_HZ
 from device.bench import analysis, clockedcard, fixtures, report, resources, script, timeline, wavfile
 from device.bench.progress import Progress
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 0.5  # telemetry that trails the end of a conversation (reply_finished, flushes)
 POLL_S = 0.1
+FIRST_BLOCK_WAIT_S = 30.0  # the daemon's microphone opens within this, even under emulation
 DEVICE_BUFFER_FRAMES = 4000  # what playback keeps queued in ALSA (4 × 62.5 ms at 16 kHz)
 # Threads that are not the daemon's: the bench's own, the built-in emulator's (its connection
 # threads and the websockets server's reader threads), pytest's. Library threads the daemon
@@ -88,10 +90,15 @@ class _Recorder:
     changed: threading.Event = field(default_factory=threading.Event)
     state: str = "idle"
     conversations: int = 0
+    first_block: threading.Event = field(default_factory=threading.Event)  # the microphone delivered
+    first_block_s: float = 0.0  # ... its first block, captured at this time
 
     def __call__(self, ev: Any) -> None:
         with self.lock:
             self.events.append(ev)
+            if ev.kind == "captured" and not self.first_block.is_set():
+                self.first_block_s = ev.t_s
+                self.first_block.set()
             if ev.kind == "state":
                 new = analysis.machine_state(ev.data) or self.state
                 if new in analysis.CONVERSATION_STATES and self.state not in analysis.CONVERSATION_STATES:
@@ -333,6 +340,20 @@ class Runner:
                 self.emulator.stop()
         return self._finish(cfg, input_info, agent_info, out_raw, filedevices.read_output)
 
+    def _file_time_zero(self, default_s: float) -> float:
+        """When the file microphone's first sample counts as said: the start of its first block.
+
+        The capture worker reads the input file from its start once it has opened the device,
+        which a slow CPU (the ARM check runs the bench under qemu) does seconds after the daemon
+        started. The timeline's times are the input's, so they count from there; otherwise a
+        press meant to frame a question would come before the question's audio is read.
+        """
+        deadline_s = time.monotonic() + FIRST_BLOCK_WAIT_S
+        while not self.recorder.first_block.wait(0.1):
+            if self.daemon is None or self.daemon.fatal.is_set() or time.monotonic() > deadline_s:
+                return default_s  # the run reports the microphone's failure itself
+        return self.recorder.first_block_s - BLOCK_S
+
     def _drive(self, cfg: Config, api_key: Secret | None, steps: tuple[script.Step, ...], expected_s: float) -> None:
         from device.daemon import Daemon
 
@@ -354,6 +375,10 @@ class Runner:
         pressed_low = cfg.button.pull_up
         try:
             self.daemon.start()
+            if self.card is None:
+                self.t0_s = self._file_time_zero(default_s=self.t0_s)
+                if progress is not None:
+                    progress.set_time_zero(self.t0_s)
             pending = list(steps)
             last_step_s = script.last_at_s(steps)
             settle_until: float | None = None

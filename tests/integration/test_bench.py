@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import wave
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -105,3 +106,29 @@ def test_a_private_agent_without_a_key_is_refused_before_anything_runs(
     assert code == 77
     assert "give --api-key-file FILE" in capsys.readouterr().err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_file_card_timeline_counts_from_the_microphones_first_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # On a slow CPU (the ARM check runs the bench under qemu) the capture worker opens the file
+    # microphone seconds after the daemon starts, and the file is read from its start only then. A
+    # timeline counted from the daemon's start pressed before the question was read: the agent got
+    # half of the first question and none of the barge-in. Here the microphone opens 2.5 s late.
+    from device.audio.capture import Capture
+
+    opened = Capture._open
+
+    def slow_open(self: Capture) -> bool:
+        threading.Event().wait(2.5)
+        return opened(self)
+
+    monkeypatch.setattr(Capture, "_open", slow_open)
+    out = tmp_path / "out"
+    code = main(["bench", "--card", "file", "--fast", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "report.json").read_text())
+    assert code == 0 and doc["outcome"]["ended_by"] == "agent_ended", printed
+    assert [t["role"] for t in doc["transcript"]].count("user") == 2  # the barge-in question reached the agent
+    user_pcm, rate = _wav(out / "user_audio.wav")
+    assert _voiced_s(user_pcm, rate) > 3.0
