@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -119,3 +120,25 @@ def restore_root_logging() -> Iterator[None]:
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate and key for 127.0.0.1."""
     return self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(autouse=True)
+def close_every_registry(monkeypatch: pytest.MonkeyPatch, no_process_left_running: None) -> Iterator[None]:
+    """Close each ToolRegistry a test made: it may hold a Python tool's process started ahead.
+
+    It asks for the process-leak guard so that the guard is torn down after it, once the
+    registries have closed.
+    """
+    from device.tools import ToolRegistry
+
+    made: list[ToolRegistry] = []
+    init = ToolRegistry.__init__
+
+    def recording_init(self: ToolRegistry, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(ToolRegistry, "__init__", recording_init)
+    yield
+    for registry in made:
+        registry.close()

@@ -87,20 +87,17 @@ def test_pings_are_answered_while_a_slow_tool_runs(sleepy_tool: str) -> None:
         turns=(Turn(transcript="Nap.", reply="Result {result}.", tool=ScenarioToolCall(name="nap")),),
     )
     registry = ToolRegistry(ToolsConfig(tool=(ToolSpec(name="nap", callable=sleepy_tool, timeout_s=10.0),)), Hooks())
-    try:
-        with running(scenario) as emu:
-            session, events = make_session(emu, tools=registry)
-            with started(session):
-                events.wait_for(AgentResponse)
-                wait_reply_played(emu, 0)
-                speak(session, "Nap.")
-                finished = events.wait_for(ToolCallFinished)
-                started_at = events.items.index(events.of(ToolCallStarted)[0])
-                during = [e for e in events.items[started_at : events.items.index(finished)] if isinstance(e, Ping)]
-                events.wait_for(AgentResponse, lambda e: e.text == "Result rested.")
-            record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
-    finally:
-        registry.close()  # the registry is the test's: closing it ends the Python tools' waiting process
+    with running(scenario) as emu:
+        session, events = make_session(emu, tools=registry)
+        with started(session):
+            events.wait_for(AgentResponse)
+            wait_reply_played(emu, 0)
+            speak(session, "Nap.")
+            finished = events.wait_for(ToolCallFinished)
+            started_at = events.items.index(events.of(ToolCallStarted)[0])
+            during = [e for e in events.items[started_at : events.items.index(finished)] if isinstance(e, Ping)]
+            events.wait_for(AgentResponse, lambda e: e.text == "Result rested.")
+        record = emu.wait_for_conversation_end(timeout_s=WAIT_S)
     assert not finished.is_error
     assert len(during) >= 10, "pings kept coming (and being answered) during the 3 s tool call"
     assert not record.violations, record.violations

@@ -43,22 +43,6 @@ from device.tools import ToolRegistry
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def close_every_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Close each ToolRegistry a test made: it may hold a Python tool's process started ahead."""
-    made: list[ToolRegistry] = []
-    init = ToolRegistry.__init__
-
-    def recording_init(self: ToolRegistry, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(ToolRegistry, "__init__", recording_init)
-    yield
-    for registry in made:
-        registry.close()
-
-
 @pytest.fixture
 def kiosk_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     name = f"kiosk_tools_{uuid.uuid4().hex[:8]}"

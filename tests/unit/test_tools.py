@@ -164,22 +164,6 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals: Signal
     sys.modules.pop(name, None)
 
 
-@pytest.fixture(autouse=True)
-def close_every_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Close each ToolRegistry a test made: it may hold a Python tool's process started ahead."""
-    made: list[ToolRegistry] = []
-    init = ToolRegistry.__init__
-
-    def recording_init(self: ToolRegistry, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(ToolRegistry, "__init__", recording_init)
-    yield
-    for registry in made:
-        registry.close()
-
-
 ALL_BUILTINS = ("set_volume", "device_status", "end_conversation")
 
 
