@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -112,3 +115,13 @@ class Hooks:
 
     def end_conversation(self) -> None:
         self.end_requests += 1
+
+
+def needs(module: str, extra: str) -> pytest.MarkDecorator:
+    """Skip where an optional extra's library is missing (the ARM check installs bench and test only).
+
+    dev.sh installs every extra, so in CI on x86-64 such a skip is a failure (tests/conftest.py).
+    """
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"{module} is not installed (the '{extra}' extra)"
+    )

@@ -31,7 +31,7 @@ from device.commands.doctor import (
     render_table,
     run_checks,
 )
-from tests.support import self_signed_cert
+from tests.support import needs, self_signed_cert
 
 KEY = "sk_doctor_test_5e8f2a1b9c7d3e6f4a0b1c2d"
 REPO = Path(__file__).resolve().parents[2]
@@ -149,6 +149,8 @@ def test_config_ok_names_agent_and_mode(tmp_path: Path) -> None:
     assert "agent_test" in findings[0].detail and "toggle" in findings[0].detail
 
 
+@needs("pymicro_wakeword", "wake")
+@needs("webrtc_noise_gain", "dsp")
 def test_config_shows_the_wake_word_and_noise_processing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = "[gate]\nmode = \"wake_word\"\n[wake]\nmodel = \"alexa\"\n[audio]\nauto_gain_dbfs = 3\n"
     [ok] = run_checks(make_ctx(tmp_path, body), ["config"])

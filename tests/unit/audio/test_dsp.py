@@ -10,6 +10,7 @@ from device.audio import dsp
 from device.config import load_config
 from device.errors import ConfigError
 from tests import speechgen as g
+from tests.support import needs
 
 pytestmark = g.needs_tools
 
@@ -39,6 +40,7 @@ def test_off_is_no_processor_at_all() -> None:
     assert dsp.make(0, 0) is None
 
 
+@needs("webrtc_noise_gain", "dsp")
 def test_suppression_lowers_noise_far_more_than_speech_so_snr_improves() -> None:
     noisy, noise_only, spoken = _noisy(5.0)
     out = _run(dsp.NoiseGain(3, 0), noisy)
@@ -49,6 +51,7 @@ def test_suppression_lowers_noise_far_more_than_speech_so_snr_improves() -> None
     assert noise_drop_db - speech_drop_db >= 6.0
 
 
+@needs("webrtc_noise_gain", "dsp")
 def test_a_stronger_level_suppresses_more() -> None:
     noisy, noise_only, _ = _noisy(5.0)
     drops = [g.db(g.rms(noisy[noise_only]) / g.rms(_run(dsp.NoiseGain(level, 0), noisy)[noise_only]))
@@ -56,6 +59,7 @@ def test_a_stronger_level_suppresses_more() -> None:
     assert drops[1] > drops[0] + 6.0  # measured: 6 dB at level 1, 20 dB at level 4
 
 
+@needs("webrtc_noise_gain", "dsp")
 def test_automatic_gain_raises_quiet_speech() -> None:
     quiet = g.scale(g.speak(QUESTION + ", and where can I buy a ticket"), -24.0)
     proc = dsp.NoiseGain(0, 3)
