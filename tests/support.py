@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 T = TypeVar("T")
 
+ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0  # generous: the machines are shared; no test here asserts speed
 
 
@@ -124,4 +127,19 @@ def needs(module: str, extra: str) -> pytest.MarkDecorator:
     """
     return pytest.mark.skipif(
         importlib.util.find_spec(module) is None, reason=f"{module} is not installed (the '{extra}' extra)"
+    )
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``voice-appliance …`` as a real process, with a clean credential environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
+    base.pop("CREDENTIALS_DIRECTORY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "device", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=60,
+        cwd=ROOT,
+        check=False,
     )

@@ -10,23 +10,13 @@ from pathlib import Path
 import pytest
 
 from device.cli import SUBCOMMANDS, build_parser, main
+from tests.support import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "config.toml"
 KEY = "sk_test_0123456789abcdef0123"
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
-    base.pop("CREDENTIALS_DIRECTORY", None)
-    return subprocess.run(
-        [sys.executable, "-m", "device", *args],
-        capture_output=True,
-        text=True,
-        env={**base, **(env or {})},
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 def test_top_level_help_lists_every_subcommand() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "config.toml"
@@ -13,13 +13,6 @@ KEY = "sk_test_0123456789abcdef0123"
 PASTED = "sk_pasted_fedcba9876543210fedcba"
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
-    base.pop("CREDENTIALS_DIRECTORY", None)
-    return subprocess.run(
-        [sys.executable, "-m", "device", *args], capture_output=True, text=True, env={**base, **(env or {})},
-        timeout=60, cwd=ROOT, check=False,
-    )
 
 
 def key_file(tmp_path: Path) -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from device.errors import CredentialError, ExitCode
 from device.logs import setup_logging
 from device.secrets import REDACTED, Secret, load_api_key, redact
+from tests.support import cli
 
 KEY = "sk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 TOKEN = "cs_7Hq2LmZx9PwR4tYv"
@@ -136,18 +135,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "config.toml"
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``voice-appliance …`` as a real process, with a clean credential environment."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
-    base.pop("CREDENTIALS_DIRECTORY", None)
-    return subprocess.run(
-        [sys.executable, "-m", "device", *args],
-        capture_output=True,
-        text=True,
-        env={**base, **(env or {})},
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 @pytest.mark.parametrize(
