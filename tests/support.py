@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import importlib.util
+import math
 import os
 import socket
 import subprocess
@@ -143,3 +145,11 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         cwd=ROOT,
         check=False,
     )
+
+
+def sine(freq_hz: float, rate_hz: int, seconds: float, amp: float = 12000) -> bytes:
+    """``seconds`` of a 16-bit mono sine at ``amp`` (rounded, clipped to the sample range)."""
+    w = 2 * math.pi * freq_hz / rate_hz
+    return array.array(
+        "h", (max(-32768, min(32767, round(amp * math.sin(w * i)))) for i in range(round(seconds * rate_hz)))
+    ).tobytes()
