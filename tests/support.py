@@ -7,10 +7,12 @@ import importlib.util
 import math
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -153,3 +155,39 @@ def sine(freq_hz: float, rate_hz: int, seconds: float, amp: float = 12000) -> by
     return array.array(
         "h", (max(-32768, min(32767, round(amp * math.sin(w * i)))) for i in range(round(seconds * rate_hz)))
     ).tobytes()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers in one call."""
+
+    def send_body(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class LocalHttp:
+    """``handler`` served on 127.0.0.1 (TLS with ``tls`` = (cert, key)) by a named thread; close() joins it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], name: str,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = False  # close() waits for requests in flight: nothing outlives a test
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port: int = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=name, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(WAIT_S)

@@ -13,7 +13,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +27,7 @@ from device.config import AgentConfig
 from device.emulator.scenario import Fault
 from device.protocol import Connected, Outcome
 from device.secrets import Secret
-from tests.support import free_port
+from tests.support import LocalHttp, QuietHandler, free_port
 
 
 def quick_http(agent: AgentConfig, key: str | None) -> AgentHttp:
@@ -94,14 +93,14 @@ def test_a_prefetch_miss_falls_back_to_fetching() -> None:
 # -- the token broker --------------------------------------------------------------------
 
 
-class Broker:
+class Broker(LocalHttp):
     """The operator's endpoint: checks the device token, asks the service with the real key."""
 
     def __init__(self, emulator_base: str, device_token: str) -> None:
         self.calls: list[dict[str, Any]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
                 outer.calls.append({"path": self.path, "auth": self.headers.get("Authorization")})
@@ -117,26 +116,10 @@ class Broker:
                 self._answer(resp.status_code, resp.json())
 
             def _answer(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = False
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/kiosk/signed-url?device=lobby-1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="broker", kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(WAIT_S)
+        super().__init__(Handler, "broker")
+        self.url = f"http://127.0.0.1:{self.port}/kiosk/signed-url?device=lobby-1"
 
 
 @pytest.fixture
