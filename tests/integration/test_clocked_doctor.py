@@ -7,10 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_clocked_card import sound_spans, tone
+from test_clocked_card import sound_spans
 
 from device.bench.clockedcard import ClockedCard
 from device.commands.doctor import AudioProbe, Context, Finding, Status, run_checks, sound_server_routes
+from tests.support import sine
 
 PULSE_HOOK = Path("/etc/alsa/conf.d/99-pulse.conf")
 
@@ -67,7 +68,7 @@ def test_against_pulseaudio_default_really_goes_to_the_server_and_doctor_says_so
     # With pulseaudio installed, 'default' is PulseAudio whenever a server answers: here the
     # clocked card's, as a desktop session's would be for its user.
     raw = tmp_path / "tone.raw"
-    raw.write_bytes(tone(440, 0.5, 16000))
+    raw.write_bytes(sine(440, 16000, 0.5))
     env = {**clocked_card.client_env}
     with clocked_card.record_speaker() as rec:
         subprocess.run(["aplay", "-q", "-D", "default", "-t", "raw", "-f", "S16_LE", "-r", "16000", "-c", "1",
