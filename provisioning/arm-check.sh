@@ -7,6 +7,9 @@
 #
 #   provisioning/arm-check.sh [arm64|armhf|all]          check (default arm64)
 #   provisioning/arm-check.sh --cache-only [ARCH…]       only build the cached roots
+#   provisioning/arm-check.sh --wheelhouse OUT [--wheelhouse-extras LIST] [--wheelhouse-tools] ARCH
+#                       build a kiosk's wheels for ARCH in its root (what
+#                       provisioning/wheelhouse.sh --arch ARCH runs)
 #
 # Cached under /var/cache/voice-appliance-arm/ (VOICE_APPLIANCE_ARM_CACHE):
 #   ARCH-root-KEY/   debootstrapped root with install.sh's Debian packages,
@@ -269,14 +272,17 @@ ensure_root() {
 
 main() {
     [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot and mounts need it)"
-    local cache_only=0 arches=()
+    local cache_only=0 arches=() wh_out="" wh_args=()
     while (($#)); do
         case "$1" in
             --cache-only) cache_only=1 ;;
+            --wheelhouse) wh_out=${2:?--wheelhouse needs a directory}; shift ;;
+            --wheelhouse-extras) wh_args+=(--extras "${2:?--wheelhouse-extras needs a list}"); shift ;;
+            --wheelhouse-tools) wh_args+=(--with-tools) ;;
             arm64|armhf) arches+=("$1") ;;
             all) arches+=(arm64 armhf) ;;
             -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-            *) die "unknown argument $1 (arm64, armhf, all, --cache-only)" ;;
+            *) die "unknown argument $1 (arm64, armhf, all, --cache-only, --wheelhouse OUT)" ;;
         esac
         shift
     done
@@ -286,11 +292,50 @@ main() {
     local arch
     for arch in "${arches[@]}"; do
         ensure_root "$arch"
-        ((cache_only)) || check_arch "$arch" "$ROOT_DIR"
+        if [ -n "$wh_out" ]; then
+            build_wheelhouse "$arch" "$ROOT_DIR" "$wh_out" "${wh_args[@]}"
+        elif ((cache_only == 0)); then
+            check_arch "$arch" "$ROOT_DIR"
+        fi
     done
     # Exit here: bash reads a script as it runs, and this file may have been
     # edited meanwhile (a checkout switching branches).
     exit 0
+}
+
+# overlay_root ARCH BASE: a writable overlay over the cached root in $R, with
+# the chroot mounts and pip's cache for ARCH.
+overlay_root() {
+    local arch=$1 base=$2 work
+    work=$(mktemp -d /var/tmp/voice-appliance-arm.XXXXXX)
+    TMPDIRS+=("$work")
+    mkdir -p "$work/upper" "$work/work" "$work/root"
+    R=$work/root
+    mnt -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/work" "$R"
+    ROOTS_IN_USE+=("$R")
+    chroot_mounts "$R"
+    install -d "$cache/$arch-pip" "$R/root/.cache/pip"
+    mnt --bind "$cache/$arch-pip" "$R/root/.cache/pip"
+}
+
+# The wheelhouse for ARCH: provisioning/wheelhouse.sh run natively in the
+# root (Bookworm's python3 and build tools for ARCH, under qemu), into OUT.
+build_wheelhouse() {
+    local arch=$1 base=$2 out=$3
+    shift 3
+    install -d "$out"
+    overlay_root "$arch" "$base"
+    install -d "$R/var/tmp/va-src" "$R/var/tmp/wheelhouse-out"
+    tar -C "$src" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ --exclude=./tests \
+        --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=./.cache -cf - . \
+        | tar -C "$R/var/tmp/va-src" -xf -
+    mnt --bind "$out" "$R/var/tmp/wheelhouse-out"
+    step "$arch" "wheelhouse" logged "$cache/$arch-wheelhouse.log" \
+        in_root /var/tmp/va-src/provisioning/wheelhouse.sh "$@" /var/tmp/wheelhouse-out
+    tail -1 "$cache/$arch-wheelhouse.log" >&2
+    kill_root_procs "$R"
+    unmount_all
+    ROOTS_IN_USE=()
 }
 
 # --- the check, in an overlay over the cached root ------------------------
@@ -430,19 +475,11 @@ run_unit_tests() {
 }
 
 check_arch() {
-    local arch=$1 base=$2 work
+    local arch=$1 base=$2
     # Step outputs outlive the run (the overlay does not): kept until the next run.
     logs="$cache/$arch-last-run"
     rm -rf "$logs"; install -d "$logs"
-    work=$(mktemp -d /var/tmp/voice-appliance-arm.XXXXXX)
-    TMPDIRS+=("$work")
-    mkdir -p "$work/upper" "$work/work" "$work/root"
-    R=$work/root
-    mnt -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/work" "$R"
-    ROOTS_IN_USE+=("$R")
-    chroot_mounts "$R"
-    install -d "$cache/$arch-pip" "$R/root/.cache/pip"
-    mnt --bind "$cache/$arch-pip" "$R/root/.cache/pip"
+    overlay_root "$arch" "$base"
     # The current checkout, working tree as it is (not a cached copy).
     install -d "$R$CLONE"
     tar -C "$src" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \

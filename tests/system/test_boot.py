@@ -19,6 +19,7 @@ First run builds the root (1–3 min); later runs take well under a minute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -300,6 +301,65 @@ def test_a_failed_install_leaves_nothing_half_created_and_says_how_to_resume(fre
     assert "install failed at pip install" in res.stderr and "nothing else was changed" in res.stderr, out
     assert "run the same command again" in res.stderr
     assert key_file.exists() and "remove it" not in out  # never removed when the install failed
+
+
+WHEELHOUSE_INPUTS = (REPO / "provisioning" / "constraints.txt", REPO / "pyproject.toml",
+                     REPO / "provisioning" / "wheelhouse.sh")
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(base_root: Path) -> Path:
+    """The default kiosk's wheels for this machine, built once per constraints/pyproject (cached like the root)."""
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in WHEELHOUSE_INPUTS)).hexdigest()[:16]
+    out = CACHE_DIR / f"wheelhouse-{key}"
+    if not (out / "complete").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        for old in CACHE_DIR.glob("wheelhouse-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        t0 = time.monotonic()
+        res = subprocess.run([str(REPO / "provisioning" / "wheelhouse.sh"), str(out)], capture_output=True,
+                             text=True, timeout=600, env=_install_env())
+        assert res.returncode == 0, res.stdout + res.stderr
+        print(f"\nwheelhouse.sh (amd64, default): {time.monotonic() - t0:.1f} s")
+        (out / "complete").write_text("")
+    return out
+
+
+COMPILERS = ("gcc", "cc", "c89", "c99", "cpp")
+
+
+def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
+    fresh_root: Path, wheelhouse: Path, tmp_path: Path,
+) -> None:
+    """Issue 16 "Done when": install.sh --wheelhouse in a network namespace without network, compilers removed."""
+    # No compiler in the root: a source build would fail (the boot root has install.sh's build tools).
+    bin_dir = fresh_root / "usr" / "bin"
+    for f in bin_dir.iterdir():
+        if f.name in COMPILERS or "-gcc" in f.name or f.name.startswith("gcc"):
+            f.unlink()
+    assert in_root(fresh_root, "sh", "-c", "command -v gcc cc").stdout == ""
+    wheels = tmp_path / "wheels"
+    shutil.copytree(wheelhouse, wheels, ignore=shutil.ignore_patterns("complete"))
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(FIXTURE_KEY + "\n")
+    t0 = time.monotonic()
+    res = install_sh("--root", str(fresh_root), "--wheelhouse", str(wheels), "--api-key-file", str(key_file),
+                     offline=True, stdin_tty_answer="y")
+    took = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    print(f"\ninstall.sh --root --wheelhouse (offline, no compiler): {took:.1f} s")
+    assert "nothing to compile" in out
+    imports = "import alsaaudio, webrtcvad, gpiozero, systemd.journal, websocket, requests, device.daemon"
+    res2 = in_root(fresh_root, "/opt/voice-appliance/bin/python", "-c", imports)
+    assert res2.returncode == 0, res2.stderr
+    assert_exactly_pinned(fresh_root)
+    # Asked on the terminal, answered y: the plaintext key file is gone, the key installed root-only.
+    assert "remove it now? [y/N]" in out and not key_file.exists()
+    installed = fresh_root / "etc" / "voice-appliance" / "api_key"
+    assert installed.read_text() == FIXTURE_KEY + "\n" and stat.S_IMODE(installed.stat().st_mode) == 0o600
+    assert FIXTURE_KEY not in out
+    assert "voice-appliance:" in (fresh_root / "etc" / "passwd").read_text()
 
 
 # -- the booted machine -------------------------------------------------------------
