@@ -301,7 +301,7 @@ install_venv() {
         CREATED+=("$R$target")
         current_step="creating the virtual environment $prefix"
         log "creating the virtual environment $prefix"
-        in_target python3 -m venv --system-site-packages "$target"
+        in_target python3 -m venv --system-site-packages --prompt "${prefix##*/}" "$target"
     fi
     spec=${stage#"$R"}/src
     if ((${#pip_extras[@]})); then spec="${spec}[$(IFS=,; echo "${pip_extras[*]}")]"; fi
@@ -315,8 +315,8 @@ install_venv() {
         --no-build-isolation --upgrade "${pip_args[@]}" "$spec"
     if [ "$target" != "$prefix" ]; then
         current_step="moving the virtual environment into $prefix"
-        # The venv's scripts name their interpreter by its path: point them at the final one.
-        grep -rlI --null -e "$target/bin" "$R$target/bin" | xargs -0 -r sed -i "s#$target/bin#$prefix/bin#g"
+        # The venv's scripts (shebangs, activate) name it by its path: point them at the final one.
+        grep -rlIZ -F -e "$target" "$R$target/bin" | xargs -0 -r sed -i "s#$target#$prefix#g"
         mv -T "$R$target" "$R$prefix"
         CREATED=("$stage")
     fi

@@ -201,6 +201,10 @@ def test_install_builds_the_venv_user_and_config(root: Path) -> None:
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 0, gid), path
     assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink()
     assert os.readlink(root / "usr/local/bin/voice-appliance") == "/opt/voice-appliance/bin/voice-appliance"
+    # Built in /opt/voice-appliance.new and moved: no script may still name that path.
+    for script in (root / "opt" / "voice-appliance" / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            assert b"voice-appliance.new" not in script.read_bytes(), script
 
 
 VENV_SITE = "/opt/voice-appliance/lib/python3.11/site-packages"
