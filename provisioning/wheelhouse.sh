@@ -32,7 +32,7 @@ BUILD_PACKAGES=(python3 python3-venv python3-dev python3-setuptools python3-whee
 
 log() { printf '\033[1m==> [wheelhouse] %s\033[0m\n' "$*" >&2; }
 die() { printf 'wheelhouse.sh: error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
     case "$1" in
@@ -53,6 +53,11 @@ host_arch=$(dpkg --print-architecture)
 arch=${arch:-$host_arch}
 case "$arch" in amd64|arm64|armhf) ;; *) die "--arch $arch: one of amd64, arm64, armhf" ;; esac
 ((print_latest)) || [ -n "$out" ] || { usage >&2; die "name the output directory"; }
+# The same names install.sh --extras accepts (bench comes with --with-tools).
+IFS=, read -r -a wanted <<< "$extras"
+for x in "${wanted[@]}"; do
+    case "$x" in wake|dsp|apa102) ;; *) die "--extras: unknown extra '$x' (valid: wake,dsp,apa102)" ;; esac
+done
 
 # The requirements of pyproject.toml's dependencies and the chosen extras,
 # without those Debian provides (constraints.txt's "debian-provided" line):
@@ -107,7 +112,8 @@ if ((print_latest)); then
     # One resolution without the pins: the newest release pip would choose for
     # every distribution a kiosk (all extras, the tools) may get.
     make_venv
-    mapfile -t reqs < <(requirements wake,dsp,apa102,bench)
+    reqs_text=$(requirements wake,dsp,apa102,bench)
+    mapfile -t reqs <<< "$reqs_text"
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q --dry-run --ignore-installed \
         --report "$venv/report.json" "${reqs[@]}"
     "$PY" - "$venv/report.json" <<'PY'
@@ -132,7 +138,8 @@ fi
     || die "this machine's python3 is not 3.11 (Debian Bookworm's): the wheels would not fit the kiosk"
 req_extras=$extras
 ((with_tools == 0)) || req_extras="${req_extras:+$req_extras,}bench"
-mapfile -t reqs < <(requirements "$req_extras")
+reqs_text=$(requirements "$req_extras")
+mapfile -t reqs <<< "$reqs_text"
 make_venv
 install -d "$out"
 log "building wheels for $arch (${reqs[*]}) into $out"

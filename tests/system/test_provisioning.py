@@ -225,3 +225,11 @@ def test_first_boot_scrubs_a_key_from_an_applied_config_too(tmp_path: Path) -> N
     applied = (boot / "voice-appliance.toml.applied").read_text()
     assert KEY not in applied and 'agent_id = "agent_new"' in applied
     assert "removed what looked like an API key" in res.stdout
+
+
+def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) -> None:
+    res = subprocess.run([str(REPO / "provisioning" / "wheelhouse.sh"), "--extras", "wake,bench", str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "unknown extra 'bench'" in res.stderr and "valid: wake,dsp,apa102" in res.stderr
+    assert not (tmp_path / "w").exists()
