@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import array
 import importlib.util
+import math
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -143,3 +147,47 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         cwd=ROOT,
         check=False,
     )
+
+
+def sine(freq_hz: float, rate_hz: int, seconds: float, amp: float = 12000) -> bytes:
+    """``seconds`` of a 16-bit mono sine at ``amp`` (rounded, clipped to the sample range)."""
+    w = 2 * math.pi * freq_hz / rate_hz
+    return array.array(
+        "h", (max(-32768, min(32767, round(amp * math.sin(w * i)))) for i in range(round(seconds * rate_hz)))
+    ).tobytes()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers in one call."""
+
+    def send_body(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class LocalHttp:
+    """``handler`` served on 127.0.0.1 (TLS with ``tls`` = (cert, key)) by a named thread; close() joins it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], name: str,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = False  # close() waits for requests in flight: nothing outlives a test
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port: int = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=name, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(WAIT_S)

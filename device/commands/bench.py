@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from device.commands.common import require_tools
+
+    require_tools("bench")
     from device.bench.runner import BenchOptions, quiet_device_logs
     from device.bench.runner import run as run_bench
 

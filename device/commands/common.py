@@ -28,6 +28,31 @@ def load_from_args(args: argparse.Namespace) -> Config:
     return load_config(config_path(args), overrides=getattr(args, "overrides", []))
 
 
+# The packages provisioning/install.sh leaves out of a kiosk unless --with-tools.
+TOOL_PACKAGES = ("device.emulator", "device.bench")
+
+
+def require_tools(command: str) -> None:
+    """Raise UnavailableError (exit 69) when this install has no emulator and bench packages.
+
+    A kiosk installed by provisioning/install.sh carries the firmware only: the
+    tools (device/emulator, device/bench, a third of the package) are left out
+    unless it ran with --with-tools.
+    """
+    from importlib.util import find_spec
+
+    from device.errors import UnavailableError
+
+    missing = [name for name in TOOL_PACKAGES if find_spec(name) is None]
+    if missing:
+        raise UnavailableError(
+            f"`voice-appliance {command}` is one of the tools, which are not installed on this kiosk "
+            f"({' and '.join(missing)} missing: install.sh leaves the tools out); reinstall with them: "
+            "sudo provisioning/install.sh --with-tools (from the clone it was installed from), "
+            "or run the tools on a development machine: provisioning/dev.sh demo"
+        )
+
+
 def require_extra(module: str, extra: str, command: str) -> None:
     """Import ``module`` or raise UnavailableError (exit 69) saying how to install ``extra`` into this venv.
 

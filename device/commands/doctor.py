@@ -48,7 +48,7 @@ from device import soundcards
 from device.commands.common import add_set_option, config_path
 from device.config import ENV_PREFIX, Config, load_config
 from device.errors import AudioError, ConfigError
-from device.secrets import CREDENTIAL_NAME, ENV_VAR, Secret, register_secret
+from device.secrets import CREDENTIAL_NAME, ENV_VAR, Secret, is_plainly_a_path, register_secret
 from device.wake import hands_free_summary
 
 UNIT = "voice-appliance.service"
@@ -425,17 +425,35 @@ def _key_file_findings(path: Path, what: str, ctx: Context, owner_uid: int) -> t
     except (OSError, UnicodeDecodeError) as e:
         out.append(Finding("credentials", Status.FAIL, f"{what} {path}: cannot read it: {e}", f"rewrite {path}"))
         return out, None
-    if not text or any(c.isspace() for c in text):
+    if not text:
+        # What the daemon does with it (device/secrets.py): a blank credential is no key at all.
         out.append(Finding(
             "credentials", Status.FAIL,
-            f"{what} {path} must hold the API key alone on one line; it is "
-            + ("empty" if not text else "not a single word"),
+            f"{what} {path} is blank, which the service reads as no API key; "
+            "connection = signed_url needs the key in it, alone on one line",
+            f"sudoedit {path}",
+        ))
+        return out, None
+    if any(c.isspace() for c in text):
+        out.append(Finding(
+            "credentials", Status.FAIL,
+            f"{what} {path} must hold the API key alone on one line; it is not a single word",
             f"sudoedit {path}",
         ))
         return out, None
     register_secret(text)
     out.append(Finding("credentials", Status.OK, f"{what} {path}: one key, {mode}, owner uid {st.st_uid}"))
     return out, Secret(text, f"file {path}")
+
+
+def _blank(path: Path) -> bool:
+    """True when ``path`` is missing or holds only whitespace (unreadable counts as not blank: judged later)."""
+    try:
+        return not path.read_bytes().strip()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def check_credentials(ctx: Context) -> list[Finding]:
@@ -458,7 +476,8 @@ def check_credentials(ctx: Context) -> list[Finding]:
         return [Finding("credentials", Status.OK, f"no API key needed (connection = {connection})")]
 
     cred_dir = ctx.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).exists():
+    # A blank credential is the unit's SetCredential= fallback: the daemon looks further, and so do we.
+    if cred_dir and not _blank(Path(cred_dir) / CREDENTIAL_NAME):
         found, key = _key_file_findings(Path(cred_dir) / CREDENTIAL_NAME, "systemd credential", ctx, ctx.euid)
         ctx.key = key
         return found
@@ -471,10 +490,21 @@ def check_credentials(ctx: Context) -> list[Finding]:
         account = _service_account()
         owner = account[0] if account else ctx.euid
         path = Path(cfg.agent.api_key_file)
-        found, key = _key_file_findings(path, "agent.api_key_file", ctx, owner)
+        try:
+            found, key = _key_file_findings(path, "agent.api_key_file", ctx, owner)
+        except (OSError, ValueError):  # e.g. a name too long for a file: a key pasted as the path
+            found, key = [], None
         if found:
             ctx.key = key
             return found
+        if not is_plainly_a_path(cfg.agent.api_key_file):
+            return [Finding(
+                "credentials", Status.FAIL,
+                "agent.api_key_file is not the path of an existing file (its value is not shown: it may be the "
+                "API key itself, which never belongs in the config)",
+                f"put the key in a root-only file: sudo install -m 600 /dev/null {UNIT_KEY_FILE} && sudoedit "
+                f"{UNIT_KEY_FILE}; then set api_key_file = \"{UNIT_KEY_FILE}\" in [agent], or remove the setting",
+            )]
         return [Finding(
             "credentials", Status.FAIL, f"agent.api_key_file {path} does not exist",
             f"sudo install -m 600 -o {SERVICE_USER} /dev/null {path} && sudoedit {path}",

@@ -218,6 +218,9 @@ def _api_key(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from device.commands.common import require_tools
+
+    require_tools("emulator")
     from device.emulator.scenario import FAULT_HELP, FAULT_PARAMS, describe_format
 
     if args.describe_scenario:

@@ -3,8 +3,9 @@
 A local HTTP server answers the signed-URL request with a JSON body padded to
 each size; a fresh Python process (the device code from ``--root``, this
 checkout by default) fetches it once with :class:`~device.agent_http.AgentHttp`
-and reports its peak RSS (``ru_maxrss``) and the outcome. ``--root`` may point
-at an older checkout to measure the same thing before a change.
+and reports its peak RSS (``VmHWM``: ``ru_maxrss`` keeps the parent's peak
+across exec) and the outcome. ``--root`` may point at an older checkout to
+measure the same thing before a change.
 
 Run: ``.venv/bin/python tests/bench/bench_signed_url_rss.py [--sizes 1024,65536,62914560] [--root DIR]``
 or ``.venv/bin/python -m pytest tests/bench/bench_signed_url_rss.py -s``.
@@ -18,18 +19,20 @@ import json
 import platform
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script
+    sys.path.insert(0, str(ROOT))
+
+from tests.support import LocalHttp, QuietHandler  # noqa: E402
+
 DEFAULT_SIZES = (1024, 64 * 1024, 60 * 1024 * 1024)
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 from device.agent_http import AgentHttp, AgentHttpError
 from device.config import AgentConfig
 from device.secrets import Secret
@@ -41,44 +44,29 @@ try:
     outcome = "accepted"
 except AgentHttpError as e:
     outcome = "refused: " + e.outcome.name
-print(json.dumps({"outcome": outcome, "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+with open("/proc/self/status") as f:
+    peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"outcome": outcome, "max_rss_kib": peak_kib}))
 """
 
 
-class BodyServer:
+class BodyServer(LocalHttp):
     """Answers every GET with a signed URL padded to ``size`` bytes of JSON."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 size = server.size
                 body = {"signed_url": "ws://127.0.0.1:1/v1/convai/conversation?agent_id=a&token=T", "pad": ""}
                 pad = max(0, size - len(json.dumps(body)))
                 data = json.dumps(body).encode()[:-2] + b"x" * pad + b'"}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
                 with contextlib.suppress(OSError):  # the client refused the rest
-                    self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                    self.send_body(200, data, {"Content-Type": "application/json"})
 
         server = self
         self.size = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = False
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="bench-body", kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(30)
+        super().__init__(Handler, "bench-body")
+        self.url = f"http://127.0.0.1:{self.port}"
 
 
 def run(sizes: list[int], root: Path) -> list[dict[str, object]]:

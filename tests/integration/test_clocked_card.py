@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import math
 import queue
 import subprocess
 import tempfile
@@ -15,14 +14,9 @@ import pytest
 from device.audio import Block, Capture, CaptureEvent
 from device.bench.clockedcard import ClockedCard
 from device.config import AudioConfig
+from tests.support import sine
 
 TIMEOUT_S = 20.0
-
-
-def tone(freq_hz: float, seconds: float, rate_hz: int, amplitude: int = 12000) -> bytes:
-    n = int(seconds * rate_hz)
-    w = 2 * math.pi * freq_hz / rate_hz
-    return array.array("h", (int(amplitude * math.sin(w * i)) for i in range(n))).tobytes()
 
 
 def loud_samples(pcm: bytes, threshold: int = 1000) -> list[int]:
@@ -43,7 +37,7 @@ def sound_spans(pcm: bytes, rate_hz: int, threshold: int = 200, gap_s: float = 0
 
 
 def test_the_speaker_recording_hears_what_is_played_on_the_monotonic_clock(clocked_card: ClockedCard) -> None:
-    pcm = tone(440, 1.0, 16000)
+    pcm = sine(440, 16000, 1.0)
     with clocked_card.record_speaker() as rec:
         raw = clocked_card.directory / "tone.raw"
         raw.write_bytes(pcm)
@@ -67,7 +61,7 @@ def test_the_microphone_hears_the_room(clocked_card: ClockedCard) -> None:
     cap.start()
     try:
         first = blocks.get(timeout=TIMEOUT_S)
-        player = clocked_card.play_into_room(tone(1000, 1.0, 16000))
+        player = clocked_card.play_into_room(sine(1000, 16000, 1.0))
         assert player.wait(TIMEOUT_S) == 0
         got = [first]
         while len(sound_spans(b"".join(b.pcm for b in got), 16000)) == 0 or got[-1].pcm.count(0) < len(got[-1].pcm):

@@ -9,8 +9,6 @@ recorder places heard samples on it within its ~10 ms latency.
 
 from __future__ import annotations
 
-import array
-import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from device.audio import Playback
 from device.audioformat import AudioFormat
 from device.bench.clockedcard import ClockedCard, SpeakerRecording
 from device.config import AudioConfig
+from tests.support import sine
 
 CHUNK_MS = 62.5
 CLOCK_ERROR_MS = 15.0  # the recorder's latency plus the sink's rendering step: how exactly "heard at" is known
@@ -30,11 +29,6 @@ TAIL_S = 0.5  # recording after the last event: what the card still had would be
 # PulseAudio's null sink loses up to ~10 ms whenever a stream (re)starts, whatever the client: aplay and
 # pacat alike were heard 1.490-1.4997 s of a 1.5 s tone here. Heard durations allow that per stretch.
 START_LOSS_S = 0.012
-
-
-def tone(rate_hz: int, seconds: float, freq_hz: float = 440.0, amplitude: int = 12000) -> bytes:
-    w = 2 * math.pi * freq_hz / rate_hz
-    return array.array("h", (int(amplitude * math.sin(w * i)) for i in range(int(seconds * rate_hz)))).tobytes()
 
 
 @contextmanager
@@ -62,7 +56,7 @@ def heard_spans_s(rec: SpeakerRecording) -> list[tuple[float, float]]:
 def test_at_most_one_chunk_is_heard_after_an_interruption(clocked_card: ClockedCard, rate_hz: int) -> None:
     person = threading.Event()  # never set: its waits are the scripted interruption's timing
     with playing(clocked_card, rate_hz, pace_realtime=False) as (pb, events, rec):
-        pb.write(tone(rate_hz, 4.0))
+        pb.write(sine(440, rate_hz, 4.0))
         started = events.kind("reply_started")
         heard_from_s = rec.wait_for_sound(started.t_s - 0.1)
         person.wait(0.6)  # part of the reply is heard; where it is cut does not matter
@@ -82,7 +76,7 @@ def test_at_most_one_chunk_is_heard_after_an_interruption(clocked_card: ClockedC
 
 def test_a_reply_arriving_slower_than_real_time_is_heard_in_full(clocked_card: ClockedCard) -> None:
     rate_hz = 16000
-    reply = tone(rate_hz, 2.0)
+    reply = sine(440, rate_hz, 2.0)
     piece = len(reply) // 20  # 100 ms pieces, one every 150 ms: the speaker runs dry between them
     network = threading.Event()  # never set: the slow network's pace
     with playing(clocked_card, rate_hz, pace_realtime=False) as (pb, events, rec):
@@ -112,7 +106,7 @@ def test_a_reply_is_not_heard_before_its_prebuffer(clocked_card: ClockedCard) ->
     prebuffer_ms = 400
     with playing(clocked_card, rate_hz, pace_realtime=False, prebuffer_ms=prebuffer_ms) as (pb, events, rec):
         arrived_s = rec.time_of(len(rec.pcm) // 2)  # now, on the recorder's clock
-        pb.write(tone(rate_hz, 0.1))  # less than the prebuffer and no end of input: it waits, then plays
+        pb.write(sine(440, rate_hz, 0.1))  # less than the prebuffer and no end of input: it waits, then plays
         events.kind("reply_finished")
         threading.Event().wait(TAIL_S)
         rec.stop()
@@ -128,7 +122,7 @@ def test_a_reply_is_heard_whole_at_the_card_rate_with_or_without_pacing(
 ) -> None:
     rate_hz = 22050
     with playing(clocked_card, rate_hz, pace_realtime=pace_realtime) as (pb, events, rec):
-        pb.write(tone(rate_hz, 1.5))
+        pb.write(sine(440, rate_hz, 1.5))
         pb.end_of_input()
         finished = events.kind("reply_finished")
         threading.Event().wait(TAIL_S)

@@ -32,7 +32,7 @@ WAIT_S = 60.0
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (JS_DIR / "node_modules" / "@elevenlabs" / "client").is_dir(),
-    reason="the official JS client is not installed: run provisioning/dev.sh setup (needs Node.js >= 20 and npm)",
+    reason="the official JS client is not installed: run provisioning/dev.sh setup (needs Node.js >= 18 and npm)",
 )
 
 

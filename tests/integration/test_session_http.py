@@ -9,11 +9,11 @@ answers, a name under .invalid, a TLS server with a private certificate.
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +28,7 @@ from device.config import AgentConfig
 from device.emulator.scenario import Fault
 from device.protocol import Connected, Outcome
 from device.secrets import Secret
-from tests.support import free_port
+from tests.support import LocalHttp, QuietHandler, free_port
 
 
 def quick_http(agent: AgentConfig, key: str | None) -> AgentHttp:
@@ -94,14 +94,14 @@ def test_a_prefetch_miss_falls_back_to_fetching() -> None:
 # -- the token broker --------------------------------------------------------------------
 
 
-class Broker:
+class Broker(LocalHttp):
     """The operator's endpoint: checks the device token, asks the service with the real key."""
 
     def __init__(self, emulator_base: str, device_token: str) -> None:
         self.calls: list[dict[str, Any]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
                 outer.calls.append({"path": self.path, "auth": self.headers.get("Authorization")})
@@ -117,26 +117,10 @@ class Broker:
                 self._answer(resp.status_code, resp.json())
 
             def _answer(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = False
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/kiosk/signed-url?device=lobby-1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="broker", kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(WAIT_S)
+        super().__init__(Handler, "broker")
+        self.url = f"http://127.0.0.1:{self.port}/kiosk/signed-url?device=lobby-1"
 
 
 @pytest.fixture
@@ -259,6 +243,81 @@ def test_ca_bundle_admits_a_private_ca(tls_agent_server: int, cert: tuple[Path, 
     session, events = make_session(None, agent=agent, key=None)
     with started(session):
         assert events.wait_for(Connected).conversation_id == "tls-1"
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on loopback (what HTTPS_PROXY names); records each tunnel's target."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._threads = [threading.Thread(target=self._accept, name="proxy-accept")]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._tunnel, args=(conn,), name="proxy-tunnel")
+            self._threads.append(t)
+            t.start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        with client:
+            client.settimeout(WAIT_S)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
+            self.targets.append(f"{method} {target}")
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=WAIT_S) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                upstream.sendall(head.split(b"\r\n\r\n", 1)[1])
+                with selectors.DefaultSelector() as sel:
+                    sel.register(client, selectors.EVENT_READ, upstream)
+                    sel.register(upstream, selectors.EVENT_READ, client)
+                    while not self._stop.is_set():
+                        for key, _ in sel.select(0.05):
+                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                            if not data:
+                                return
+                            key.data.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(WAIT_S)
+        self._listener.close()
+
+
+def test_the_socket_goes_through_the_environments_proxy_with_a_private_ca(
+    tls_agent_server: int, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd/drop-ins/proxy.conf: HTTPS_PROXY for the socket, agent.ca_bundle for a TLS-inspecting proxy's CA."""
+    proxy = ConnectProxy()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        agent = AgentConfig(
+            agent_id="a", connection="public", base_url=f"https://127.0.0.1:{tls_agent_server}",
+            ca_bundle=str(cert[0]),
+        )
+        session, events = make_session(None, agent=agent, key=None)
+        with started(session):
+            assert events.wait_for(Connected).conversation_id == "tls-1"
+    finally:
+        proxy.close()
+    assert proxy.targets == [f"CONNECT 127.0.0.1:{tls_agent_server}"]
 
 
 def test_missing_ca_bundle_file(tmp_path: Path, tls_agent_server: int) -> None:

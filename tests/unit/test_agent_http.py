@@ -14,7 +14,6 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,7 +35,7 @@ from device.agent_http import (
 from device.config import AgentConfig
 from device.protocol import Outcome
 from device.secrets import Secret
-from tests.support import free_port
+from tests.support import LocalHttp, QuietHandler, free_port
 
 KEY = "sk_unit_test_key_0123456789"
 WAIT_S = 30.0
@@ -117,40 +116,17 @@ class Script:
             return self.answers.pop(0) if self.answers else self.default
 
 
-class Server:
+class Server(LocalHttp):
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         script = self.script = Script()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 answer = script.next(self.path, {k.lower(): v for k, v in self.headers.items()})
                 body = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
-                self.send_response(answer.status)
-                for k, v in answer.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(answer.status, body, answer.headers)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = False
-        if tls is not None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="test-http", kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(WAIT_S)
+        super().__init__(Handler, "test-http", tls)
 
 
 @pytest.fixture

@@ -202,7 +202,9 @@ def test_group_readable_key_file_fails_with_the_chmod(tmp_path: Path) -> None:
     assert KEY not in all_text(findings)
 
 
-@pytest.mark.parametrize(("text", "why"), [("", "empty"), ("two words\n", "not a single word")])
+@pytest.mark.parametrize(("text", "why"), [("", "blank, which the service reads as no API key"),
+                                         (" \n\t\n", "blank, which the service reads as no API key"),
+                                         ("two words\n", "not a single word")])
 def test_malformed_key_file_fails(tmp_path: Path, text: str, why: str) -> None:
     _key(tmp_path, text, 0o600)
     findings = run_checks(make_ctx(tmp_path), ["credentials"])
@@ -231,6 +233,36 @@ def test_systemd_credential_directory_is_read_first(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)})
     findings = run_checks(ctx, ["credentials"])
     assert findings[-1].status is Status.OK and "systemd credential" in findings[-1].detail
+
+
+def test_a_blank_systemd_credential_is_no_key_as_for_the_daemon(tmp_path: Path) -> None:
+    """The unit's SetCredential= fallback (one newline) when no key file is installed: look further, say where."""
+    cred = tmp_path / "creds"
+    cred.mkdir()
+    (cred / "elevenlabs_api_key").write_text("\n")
+    findings = run_checks(make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)}), ["credentials"])
+    assert [f.status for f in findings] == [Status.FAIL]
+    assert "no API key" in findings[0].detail and str(tmp_path / "api_key") in findings[0].detail
+    assert "systemd credential" not in findings[0].detail  # not "the credential is empty": it stands for none
+    _key(tmp_path, KEY + "\n", 0o600)  # the key file behind LoadCredential= is what counts next
+    findings = run_checks(make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)}, euid=0), ["credentials"])
+    assert findings[-1].status is Status.OK and "one key" in findings[-1].detail
+
+
+@pytest.mark.parametrize("pasted", [KEY, "sk/" + "x" * 300, "x" * 5000])
+def test_a_key_pasted_as_api_key_file_is_never_quoted(tmp_path: Path, pasted: str) -> None:
+    ctx = make_ctx(tmp_path, f'api_key_file = "{pasted}"\n', key_file="")
+    findings = run_checks(ctx, ["credentials"])
+    assert [f.status for f in findings] == [Status.FAIL], all_text(findings)
+    assert "not the path of an existing file" in findings[0].detail and "sudoedit" in findings[0].fix
+    assert pasted not in all_text(findings) and pasted[:12] not in all_text(findings)
+
+
+def test_a_missing_key_file_path_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "keys" / "api_key"
+    missing.parent.mkdir()
+    findings = run_checks(make_ctx(tmp_path, f'api_key_file = "{missing}"\n', key_file=""), ["credentials"])
+    assert findings[0].status is Status.FAIL and f"{missing} does not exist" in findings[0].detail
 
 
 def test_broker_mode_warns_about_a_key_left_on_the_device(tmp_path: Path) -> None:

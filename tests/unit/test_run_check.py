@@ -13,8 +13,6 @@ KEY = "sk_test_0123456789abcdef0123"
 PASTED = "sk_pasted_fedcba9876543210fedcba"
 
 
-
-
 def key_file(tmp_path: Path) -> Path:
     key = tmp_path / "api_key"
     key.write_text(KEY)

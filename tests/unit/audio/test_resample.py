@@ -11,13 +11,9 @@ import pytest
 from device.audio.convert import CaptureConverter
 from device.audio.resample import Resampler, resample, resample_samples
 from device.audioformat import PCM_16000, AudioFormat
+from tests.support import sine
 
 RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-
-
-def sine(freq_hz: float, rate_hz: int, seconds: float, amp: int = 10000) -> bytes:
-    w = 2 * math.pi * freq_hz / rate_hz
-    return array.array("h", (int(amp * math.sin(w * i)) for i in range(int(seconds * rate_hz)))).tobytes()
 
 
 def rms(pcm: bytes) -> float:

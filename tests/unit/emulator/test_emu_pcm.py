@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 import struct
 import wave
 from array import array
@@ -15,11 +14,7 @@ from hypothesis import strategies as st
 
 from device.audioformat import parse_format
 from device.emulator import pcm
-
-
-def sine(freq_hz: float, rate_hz: int, seconds: float, amp: int = 12000) -> bytes:
-    n = int(rate_hz * seconds)
-    return array("h", (int(amp * math.sin(2 * math.pi * freq_hz * i / rate_hz)) for i in range(n))).tobytes()
+from tests.support import sine
 
 
 def zero_crossings(data: bytes) -> int:
