@@ -346,6 +346,10 @@ def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
     shutil.copytree(wheelhouse, wheels, ignore=shutil.ignore_patterns("complete"))
     key_file = tmp_path / "key.txt"
     key_file.write_text(FIXTURE_KEY + "\n")
+    # What a killed first install left (SIGKILL: no trap ran): started again from scratch, not taken over.
+    leftover = fresh_root / "opt" / "voice-appliance.new"
+    leftover.mkdir(parents=True)
+    (leftover / "half-built").write_text("")
     t0 = time.monotonic()
     res = install_sh("--root", str(fresh_root), "--wheelhouse", str(wheels), "--api-key-file", str(key_file),
                      offline=True, stdin_tty_answer="y")
@@ -358,6 +362,7 @@ def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
     res2 = in_root(fresh_root, "/opt/voice-appliance/bin/python", "-c", imports)
     assert res2.returncode == 0, res2.stderr
     assert_exactly_pinned(fresh_root)
+    assert not leftover.exists() and not (fresh_root / "opt" / "voice-appliance" / "half-built").exists()
     # Asked on the terminal, answered y: the plaintext key file is gone, the key installed root-only.
     assert "remove it now? [y/N]" in out and not key_file.exists()
     installed = fresh_root / "etc" / "voice-appliance" / "api_key"
@@ -645,9 +650,14 @@ def test_no_key_drop_in_lets_a_public_agent_start_without_a_credential(daemon: M
 
 def test_uninstall_removes_the_install_and_purge_the_rest(machine: Machine, root: Path) -> None:
     uninstall = str(REPO / "provisioning" / "uninstall.sh")
+    # An install.sh killed (SIGKILL: no trap ran) while building its first venv leaves the venv's .new.
+    leftover = root / "opt" / "voice-appliance.new"
+    (leftover / "bin").mkdir(parents=True)
+    (leftover / "pyvenv.cfg").write_text("home = /usr/bin\n")
     res = subprocess.run([uninstall, "--root", str(root)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    for gone in ("opt/voice-appliance", "usr/local/bin/voice-appliance", f"usr/local/lib/systemd/system/{UNIT}",
+    for gone in ("opt/voice-appliance", "opt/voice-appliance.new", "usr/local/bin/voice-appliance",
+                 f"usr/local/lib/systemd/system/{UNIT}",
                  f"etc/systemd/system/multi-user.target.wants/{UNIT}", "usr/local/sbin/voice-appliance-first-boot"):
         assert not os.path.lexists(root / gone), gone
     assert (root / "etc" / "voice-appliance" / "config.toml").exists()  # kept without --purge
