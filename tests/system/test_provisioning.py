@@ -233,3 +233,25 @@ def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Pat
     assert res.returncode == 1
     assert "unknown extra 'bench'" in res.stderr and "valid: wake,dsp,apa102" in res.stderr
     assert not (tmp_path / "w").exists()
+
+
+@needs_root
+def test_a_wheelhouse_of_wheels_only_needs_no_build_tools(tmp_path: Path) -> None:
+    """With a pyalsaaudio wheel and no source archive nothing compiles: gcc and the headers are not asked for."""
+    target = tmp_path / "root"
+    target.mkdir()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "pyalsaaudio-0.11.0-cp311-cp311-linux_aarch64.whl").write_bytes(b"")
+    res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(wheels))
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    missing = res.stderr.split("Debian packages missing", 1)[1].split(";", 1)[0].split()
+    assert "python3-venv" in missing and "alsa-utils" in missing
+    assert not {"gcc", "libc6-dev", "python3-dev", "libasound2-dev"} & set(missing), missing
+    # A source archive in it would be compiled: then the build tools are needed.
+    (wheels / "webrtcvad-wheels-2.0.14.post1.tar.gz").write_bytes(b"")
+    res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(wheels))
+    assert "gcc" in res.stderr.split("Debian packages missing", 1)[1].split(";", 1)[0].split()
+    assert list(target.iterdir()) == []
+    res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(tmp_path / "nowhere"))
+    assert res.returncode == 1 and "no such directory" in res.stderr
