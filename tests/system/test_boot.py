@@ -316,7 +316,8 @@ def wheelhouse(base_root: Path) -> Path:
     """The default kiosk's wheels for this machine, built once per constraints/pyproject (cached like the root)."""
     key = hashlib.sha256(b"".join(p.read_bytes() for p in WHEELHOUSE_INPUTS)).hexdigest()[:16]
     out = CACHE_DIR / f"wheelhouse-{key}"
-    if not (out / "complete").exists():
+    # (Marked "built", not "complete": cached_root removes other directories marked complete.)
+    if not (out / "built").exists():
         shutil.rmtree(out, ignore_errors=True)
         for old in CACHE_DIR.glob("wheelhouse-*"):
             shutil.rmtree(old, ignore_errors=True)
@@ -325,7 +326,7 @@ def wheelhouse(base_root: Path) -> Path:
                              text=True, timeout=600, env=_install_env())
         assert res.returncode == 0, res.stdout + res.stderr
         print(f"\nwheelhouse.sh (amd64, default): {time.monotonic() - t0:.1f} s")
-        (out / "complete").write_text("")
+        (out / "built").write_text("")
     return out
 
 
@@ -343,7 +344,7 @@ def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
             f.unlink()
     assert in_root(fresh_root, "sh", "-c", "command -v gcc cc").stdout == ""
     wheels = tmp_path / "wheels"
-    shutil.copytree(wheelhouse, wheels, ignore=shutil.ignore_patterns("complete"))
+    shutil.copytree(wheelhouse, wheels, ignore=shutil.ignore_patterns("built"))
     key_file = tmp_path / "key.txt"
     key_file.write_text(FIXTURE_KEY + "\n")
     # What a killed first install left (SIGKILL: no trap ran): started again from scratch, not taken over.
