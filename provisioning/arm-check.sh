@@ -7,6 +7,9 @@
 #
 #   provisioning/arm-check.sh [arm64|armhf|all]          check (default arm64)
 #   provisioning/arm-check.sh --cache-only [ARCH…]       only build the cached roots
+#   provisioning/arm-check.sh --wheelhouse OUT [--wheelhouse-extras LIST] [--wheelhouse-tools] ARCH
+#                       build a kiosk's wheels for ARCH in its root (what
+#                       provisioning/wheelhouse.sh --arch ARCH runs)
 #
 # Cached under /var/cache/voice-appliance-arm/ (VOICE_APPLIANCE_ARM_CACHE):
 #   ARCH-root-KEY/   debootstrapped root with install.sh's Debian packages,
@@ -38,6 +41,12 @@ HOST_PACKAGES=(qemu-user-static debootstrap)
 # voice at all ("The specified espeak-ng voice does not exist"), an artefact
 # of emulating 32-bit on a 64-bit host; without it those tests skip.
 test_packages() { [ "$1" = arm64 ] && echo espeak-ng sox; true; }
+# The kiosk extras install.sh gets (--extras): on arm64 noise suppression and
+# automatic gain (webrtc-noise-gain has an aarch64 wheel), so their unit tests
+# run there instead of skipping. Not `wake`: with it, test_wake's openWakeWord
+# case died of SIGSEGV in pyopen-wakeword's process_streaming under
+# qemu-aarch64 7.2 (not known whether a real Pi does the same).
+kiosk_extras() { [ "$1" = arm64 ] && echo dsp; true; }
 
 log() { printf '\033[1m==> [arm] %s\033[0m\n' "$*" >&2; }
 die() { printf 'arm-check.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -269,14 +278,17 @@ ensure_root() {
 
 main() {
     [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot and mounts need it)"
-    local cache_only=0 arches=()
+    local cache_only=0 arches=() wh_out="" wh_args=()
     while (($#)); do
         case "$1" in
             --cache-only) cache_only=1 ;;
+            --wheelhouse) wh_out=${2:?--wheelhouse needs a directory}; shift ;;
+            --wheelhouse-extras) wh_args+=(--extras "${2:?--wheelhouse-extras needs a list}"); shift ;;
+            --wheelhouse-tools) wh_args+=(--with-tools) ;;
             arm64|armhf) arches+=("$1") ;;
             all) arches+=(arm64 armhf) ;;
             -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-            *) die "unknown argument $1 (arm64, armhf, all, --cache-only)" ;;
+            *) die "unknown argument $1 (arm64, armhf, all, --cache-only, --wheelhouse OUT)" ;;
         esac
         shift
     done
@@ -286,11 +298,50 @@ main() {
     local arch
     for arch in "${arches[@]}"; do
         ensure_root "$arch"
-        ((cache_only)) || check_arch "$arch" "$ROOT_DIR"
+        if [ -n "$wh_out" ]; then
+            build_wheelhouse "$arch" "$ROOT_DIR" "$wh_out" "${wh_args[@]}"
+        elif ((cache_only == 0)); then
+            check_arch "$arch" "$ROOT_DIR"
+        fi
     done
     # Exit here: bash reads a script as it runs, and this file may have been
     # edited meanwhile (a checkout switching branches).
     exit 0
+}
+
+# overlay_root ARCH BASE: a writable overlay over the cached root in $R, with
+# the chroot mounts and pip's cache for ARCH.
+overlay_root() {
+    local arch=$1 base=$2 work
+    work=$(mktemp -d /var/tmp/voice-appliance-arm.XXXXXX)
+    TMPDIRS+=("$work")
+    mkdir -p "$work/upper" "$work/work" "$work/root"
+    R=$work/root
+    mnt -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/work" "$R"
+    ROOTS_IN_USE+=("$R")
+    chroot_mounts "$R"
+    install -d "$cache/$arch-pip" "$R/root/.cache/pip"
+    mnt --bind "$cache/$arch-pip" "$R/root/.cache/pip"
+}
+
+# The wheelhouse for ARCH: provisioning/wheelhouse.sh run natively in the
+# root (Bookworm's python3 and build tools for ARCH, under qemu), into OUT.
+build_wheelhouse() {
+    local arch=$1 base=$2 out=$3
+    shift 3
+    install -d "$out"
+    overlay_root "$arch" "$base"
+    install -d "$R/var/tmp/va-src" "$R/var/tmp/wheelhouse-out"
+    tar -C "$src" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ --exclude=./tests \
+        --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=./.cache -cf - . \
+        | tar -C "$R/var/tmp/va-src" -xf -
+    mnt --bind "$out" "$R/var/tmp/wheelhouse-out"
+    step "$arch" "wheelhouse" logged "$cache/$arch-wheelhouse.log" \
+        in_root /var/tmp/va-src/provisioning/wheelhouse.sh "$@" /var/tmp/wheelhouse-out
+    tail -1 "$cache/$arch-wheelhouse.log" >&2
+    kill_root_procs "$R"
+    unmount_all
+    ROOTS_IN_USE=()
 }
 
 # --- the check, in an overlay over the cached root ------------------------
@@ -372,15 +423,15 @@ installed_is_checkout() {
 }
 
 install_extras() {
-    # The test and bench extras' requirements into the installed venv (pytest,
-    # hypothesis, ruff, mypy; websockets for the emulator): they must install
-    # on ARM too. Not the project again: install.sh installed it.
+    # The test extra's requirements into the installed venv (pytest,
+    # hypothesis, ruff, mypy): they must install on ARM too. Not the project
+    # again: install.sh installed it (websockets came with --with-tools).
     # With build isolation (unlike install.sh): on armhf mypy's dependency librt
     # has no wheel, and its sdist needs a newer setuptools than the venv's 66.
     # (--no-compile: byte-compiling all of mypy ahead of time is slow under emulation.)
     in_root "$PREFIX/bin/python" -c 'import tomllib
 extras = tomllib.load(open("'"$CLONE"'/pyproject.toml", "rb"))["project"]["optional-dependencies"]
-print("\n".join(extras["bench"] + extras["test"]))' > "$R/tmp/extras.txt"
+print("\n".join(extras["test"]))' > "$R/tmp/extras.txt"
     cat "$R/tmp/extras.txt"
     in_root "$PREFIX/bin/python" -m pip install --no-compile --progress-bar off -r /tmp/extras.txt
 }
@@ -430,19 +481,11 @@ run_unit_tests() {
 }
 
 check_arch() {
-    local arch=$1 base=$2 work
+    local arch=$1 base=$2
     # Step outputs outlive the run (the overlay does not): kept until the next run.
     logs="$cache/$arch-last-run"
     rm -rf "$logs"; install -d "$logs"
-    work=$(mktemp -d /var/tmp/voice-appliance-arm.XXXXXX)
-    TMPDIRS+=("$work")
-    mkdir -p "$work/upper" "$work/work" "$work/root"
-    R=$work/root
-    mnt -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/work" "$R"
-    ROOTS_IN_USE+=("$R")
-    chroot_mounts "$R"
-    install -d "$cache/$arch-pip" "$R/root/.cache/pip"
-    mnt --bind "$cache/$arch-pip" "$R/root/.cache/pip"
+    overlay_root "$arch" "$base"
     # The current checkout, working tree as it is (not a cached copy).
     install -d "$R$CLONE"
     tar -C "$src" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \
@@ -450,8 +493,12 @@ check_arch() {
         | tar -C "$R$CLONE" -xf -
     printf 'emulator-key\n' > "$R/root/key.txt"
     printf '[arm] %s root: uname -m = %s\n' "$arch" "$(in_root uname -m)" >&2
+    # --with-tools: the bench demo below runs the emulator and the bench.
+    local extras
+    extras=$(kiosk_extras "$arch")
     step "$arch" "install.sh" logged "$logs/install.log" \
-        in_root /bin/sh -c "cd $CLONE && provisioning/install.sh --asound usb --api-key-file /root/key.txt"
+        in_root /bin/sh -c "cd $CLONE && provisioning/install.sh --asound usb --api-key-file /root/key.txt \
+            --with-tools${extras:+ --extras $extras}"
     write_config
     step "$arch" "run --check" run_check
     step "$arch" "doctor (no hardware)" run_doctor

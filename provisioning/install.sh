@@ -6,12 +6,18 @@
 #   sudo provisioning/install.sh                       # install, enable
 #   sudo provisioning/install.sh --api-key-file key.txt --asound usb --start
 #   provisioning/install.sh --root /mnt/sdcard-root     # into another system tree
+#   sudo provisioning/install.sh --wheelhouse /media/usb/wheels   # offline (provisioning/wheelhouse.sh)
 #
 # What it does: Debian packages (build tools for pyalsaaudio, python3-systemd
 # and the other libraries Debian ships in good enough versions), a virtual
 # environment at $prefix that also sees those Debian packages, the system user
 # voice-appliance (groups audio, gpio), /etc/voice-appliance/ (config from
 # examples/config.toml if absent; the key root-only), the units, enabled.
+# pip installs only the versions pinned in provisioning/constraints.txt.
+#
+# Order: inputs are checked first, then the risky part (pip) runs before
+# anything else is created; a failure removes what this run made and says
+# which step failed (run the same command again to resume).
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +30,10 @@ do_apt=1
 do_enable=1
 do_start=0
 packages_only=0
+with_tools=0
+extras=""
+wheelhouse=""
+remove_key_file=0
 
 # Debian packages: compilers and headers to build pyalsaaudio (Debian's
 # python3-alsaaudio 0.8.4 is too old), alsa-utils for `doctor`, and the
@@ -33,6 +43,12 @@ packages_only=0
 APT_PACKAGES=(python3 python3-venv python3-dev python3-setuptools python3-wheel gcc libc6-dev procps
               libasound2-dev alsa-utils ca-certificates
               python3-systemd python3-requests python3-websocket python3-gpiozero)
+# Only there to compile (pyalsaaudio, and webrtcvad-wheels on 32-bit ARM): a
+# --wheelhouse with wheels only (no source archive) needs none of them.
+BUILD_PACKAGES=(python3-dev gcc libc6-dev libasound2-dev)
+# The extras of pyproject.toml a kiosk may choose (--extras); `bench` (the
+# tools' websockets) comes with --with-tools only.
+KIOSK_EXTRAS=(wake dsp apa102)
 # Raspberry Pi OS only (gpiozero's default pin factory there); skipped elsewhere.
 APT_OPTIONAL=(python3-lgpio)
 
@@ -59,6 +75,15 @@ usage: provisioning/install.sh [options]
   --api-key-stdin      read the API key from standard input instead
   --asound NAME        install provisioning/asound/NAME.conf as /etc/asound.conf
                        if there is none (NAME: $(asound_names))
+  --extras LIST        also install these extras, comma-separated: ${KIOSK_EXTRAS[*]}
+                       (wake: wake word and noise suppression; dsp: noise
+                       suppression only; apa102: the ReSpeaker HATs' LEDs)
+  --with-tools         also install the emulator and the bench (left out of a
+                       kiosk by default) and their websockets dependency
+  --wheelhouse DIR     install offline from the wheels in DIR (built with
+                       provisioning/wheelhouse.sh on a connected machine)
+  --remove-key-file    remove the --api-key-file FILE after a successful install
+                       (overwritten first); without it you are asked (on a terminal)
   --no-apt             do not install Debian packages (fail if some are missing)
   --no-enable          do not enable the units
   --start              (re)start the service at the end
@@ -81,6 +106,12 @@ while (($#)); do
         --api-key-file) key_file=${2:?--api-key-file needs a file}; shift ;;
         --api-key-file=*) key_file=${1#*=} ;;
         --api-key-stdin) key_stdin=1 ;;
+        --remove-key-file) remove_key_file=1 ;;
+        --extras) extras=${2?--extras needs a list}; shift ;;
+        --extras=*) extras=${1#*=} ;;
+        --with-tools) with_tools=1 ;;
+        --wheelhouse) wheelhouse=${2:?--wheelhouse needs a directory}; shift ;;
+        --wheelhouse=*) wheelhouse=${1#*=} ;;
         --asound) asound=${2:?--asound needs a name}; shift ;;
         --asound=*) asound=${1#*=} ;;
         --no-apt) do_apt=0 ;;
@@ -96,25 +127,110 @@ done
 
 [ "$(id -u)" -eq 0 ] || die "run as root: sudo $0 $*"
 root=$(cd "$root" 2>/dev/null && pwd) || die "--root: no such directory"
-case "$prefix" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
+case "$prefix" in /?*) ;; *) die "--prefix must be an absolute path" ;; esac
+prefix=${prefix%/}
 [ -z "$asound" ] || [ -f "$src/provisioning/asound/$asound.conf" ] \
     || die "--asound $asound: no provisioning/asound/$asound.conf"
 [ -z "$key_file" ] || [ -r "$key_file" ] || die "--api-key-file $key_file: cannot read it"
+[ -z "$key_file" ] || ((key_stdin == 0)) || die "--api-key-file and --api-key-stdin: give one of them"
+((remove_key_file == 0)) || [ -n "$key_file" ] || die "--remove-key-file: only with --api-key-file FILE"
 if [ "$root" = / ]; then R=""; else R=$root; fi
+
+# --extras: names of pyproject's kiosk extras; anything else is refused.
+pip_extras=()
+if [ -n "$extras" ]; then
+    IFS=, read -r -a wanted <<< "$extras"
+    for x in "${wanted[@]}"; do
+        x=${x//[[:space:]]/}
+        [ -n "$x" ] || continue
+        if [[ " ${KIOSK_EXTRAS[*]} " != *" $x "* ]]; then
+            die "--extras: unknown extra '$x' (valid: $(IFS=,; echo "${KIOSK_EXTRAS[*]}"))"
+        fi
+        [[ " ${pip_extras[*]} " == *" $x "* ]] || pip_extras+=("$x")
+    done
+fi
+((with_tools == 0)) || pip_extras+=(bench)
+
+# --wheelhouse: a directory of wheels; with no source archive in it and a
+# pyalsaaudio wheel, nothing is compiled, so the build tools are not needed.
+wheels_only=0
+if [ -n "$wheelhouse" ]; then
+    wheelhouse=$(cd "$wheelhouse" 2>/dev/null && pwd) || die "--wheelhouse $wheelhouse: no such directory"
+    compgen -G "$wheelhouse/*.whl" >/dev/null \
+        || die "--wheelhouse $wheelhouse: no wheels in it (build it with provisioning/wheelhouse.sh)"
+    if compgen -G "$wheelhouse/pyalsaaudio-*.whl" >/dev/null \
+        && ! compgen -G "$wheelhouse/*.tar.gz" >/dev/null && ! compgen -G "$wheelhouse/*.zip" >/dev/null; then
+        wheels_only=1
+    fi
+fi
+
+# The key, read and checked before anything changes. Only a BOM, line ends
+# and surrounding blanks are stripped: whitespace INSIDE is refused, never
+# joined (a key pasted across two lines, or two keys, would otherwise become
+# one wrong key that fails only at the first conversation). Never printed.
+key=""
+key_given=0
+read_key() {
+    local text
+    text=$(sed -e '1s/^\xEF\xBB\xBF//' -e 's/\r$//')
+    text=${text#"${text%%[![:space:]]*}"}
+    text=${text%"${text##*[![:space:]]}"}
+    printf '%s' "$text"
+}
+if [ -n "$key_file" ]; then
+    key=$(read_key < "$key_file"); key_given=1
+    from="the API key in $key_file"
+elif ((key_stdin)); then
+    key=$(read_key); key_given=1
+    from="the API key on standard input"
+fi
+if ((key_given)); then
+    [ -n "$key" ] || die "$from is empty"
+    [[ "$key" != *[[:space:]]* ]] \
+        || die "$from has whitespace inside it (a space, tab or line break): an API key is one word; fix the file and run again (the key is not shown)"
+fi
 
 # Run a command inside the target system (chroot for --root).
 in_target() {
     if [ -z "$R" ]; then "$@"; else chroot "$R" "$@"; fi
 }
 
+# --- failure handling: what this run created, removed again on failure ------
+current_step="checking the inputs"
+venv_done=0
+declare -a CREATED=()
+on_exit() {
+    local rc=$? p
+    ((rc != 0)) || return 0
+    for p in "${CREATED[@]}"; do rm -rf --one-file-system -- "$p"; done
+    if ((venv_done)); then
+        printf 'install.sh: install failed at %s (the steps before it are complete); fix the cause and run the same command again (install.sh is idempotent)\n' \
+            "$current_step" >&2
+    else
+        printf 'install.sh: install failed at %s; nothing else was changed; fix the cause and run the same command again (install.sh is idempotent)\n' \
+            "$current_step" >&2
+    fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM HUP
+
 is_installed() {
     dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }
 
+needed_packages() {
+    local p
+    for p in "${APT_PACKAGES[@]}"; do
+        if ((wheels_only)) && [[ " ${BUILD_PACKAGES[*]} " == *" $p "* ]]; then continue; fi
+        echo "$p"
+    done
+}
+
 install_packages() {
     local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do is_installed "$p" || missing+=("$p"); done
-    if [ -z "$R" ] && ((do_apt)); then
+    current_step="the Debian packages"
+    for p in $(needed_packages); do is_installed "$p" || missing+=("$p"); done
+    if [ -z "$R" ] && ((do_apt)) && [ -z "$wheelhouse" ]; then
         for p in "${APT_OPTIONAL[@]}"; do
             is_installed "$p" || { apt-cache show "$p" >/dev/null 2>&1 && missing+=("$p"); } || true
         done
@@ -124,6 +240,12 @@ install_packages() {
         die "Debian packages missing${R:+ in $R}: ${missing[*]}; install them first${R:+ (e.g. debootstrap --include=\$(provisioning/install.sh --print-apt-packages | paste -sd,))}"
     fi
     log "installing Debian packages: ${missing[*]}"
+    if [ -n "$wheelhouse" ]; then
+        # Offline: from what apt already has (a local mirror, its cache), no update.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" || die \
+            "Debian packages missing and not installable offline: ${missing[*]}. Bring them: on a connected machine with the same Raspberry Pi OS image and architecture run 'apt-get install --download-only ${missing[*]}' (or 'apt-get download' for each, with its dependencies), copy /var/cache/apt/archives/*.deb over and 'sudo apt install ./*.deb'; or start from an image that has them"
+        return 0
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
@@ -133,6 +255,7 @@ has_user() { grep -q "^$1:" "$R/etc/passwd"; }
 
 create_user() {
     local rootopt=()
+    current_step="creating the user $SERVICE_USER"
     [ -z "$R" ] || rootopt=(--root "$R")
     # gpio exists on Raspberry Pi OS (udev gives it /dev/gpiochip*); elsewhere
     # create it so the unit's SupplementaryGroups= resolves.
@@ -149,31 +272,66 @@ create_user() {
     fi
 }
 
+# The venv and the project in it. A first install builds it in $prefix.new
+# and moves it into place only once pip succeeded, so a failed or killed run
+# never leaves a half venv that the next run would take for an install; an
+# upgrade installs into the existing venv (pip rolls back a failed upgrade).
 install_venv() {
-    local stage
-    if [ ! -x "$R$prefix/bin/python" ]; then
-        log "creating the virtual environment $prefix"
-        in_target python3 -m venv --system-site-packages "$prefix"
-    fi
-    # Build from a copy inside the target: the source tree stays untouched
-    # (no root-owned build files in a user's clone) and --root works.
+    local stage target spec pip_args=()
     stage=$(mktemp -d "$R/var/tmp/voice-appliance-src.XXXXXX")
-    trap 'rm -rf "$stage"' RETURN
-    tar -C "$src" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \
-        --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=tests -cf - . \
-        | tar -C "$stage" -xf -
-    log "installing voice-appliance into $prefix (builds pyalsaaudio; ~1 min on a Pi 4)"
+    CREATED+=("$stage")
+    # Build from a copy inside the target: the source tree stays untouched
+    # (no root-owned build files in a user's clone) and --root works. The
+    # tools (emulator, bench) stay out of a kiosk unless --with-tools.
+    local exclude=(--exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__
+                   --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=./tests
+                   --exclude=./build --exclude=./.cache)
+    ((with_tools)) || exclude+=(--exclude=./device/emulator --exclude=./device/bench)
+    install -d "$stage/src"
+    tar -C "$src" "${exclude[@]}" -cf - . | tar -C "$stage/src" -xf -
+    pip_args=(-c "${stage#"$R"}/src/provisioning/constraints.txt")
+    if [ -n "$wheelhouse" ]; then
+        cp -r "$wheelhouse" "$stage/wheels"
+        pip_args+=(--no-index --find-links "${stage#"$R"}/wheels")
+    fi
+    target=$prefix
+    if [ ! -x "$R$prefix/bin/python" ]; then
+        target=$prefix.new
+        rm -rf --one-file-system -- "$R$target"  # what a killed run left
+        CREATED+=("$R$target")
+        current_step="creating the virtual environment $prefix"
+        log "creating the virtual environment $prefix"
+        in_target python3 -m venv --system-site-packages --prompt "${prefix##*/}" "$target"
+    fi
+    spec=${stage#"$R"}/src
+    if ((${#pip_extras[@]})); then spec="${spec}[$(IFS=,; echo "${pip_extras[*]}")]"; fi
+    current_step="pip install (the Python packages${wheelhouse:+, offline from $wheelhouse})"
+    local note=" (builds pyalsaaudio; ~1 min on a Pi 4)"
+    ((wheels_only == 0)) || note=" (wheels only: nothing to compile)"
+    log "installing voice-appliance${pip_extras[*]:+ with ${pip_extras[*]}} into $prefix${wheelhouse:+ from the wheelhouse}$note"
     # No build isolation: Debian's setuptools and wheel build the project and
     # pyalsaaudio, so nothing but the missing libraries is downloaded.
-    in_target env PIP_DISABLE_PIP_VERSION_CHECK=1 "$prefix/bin/python" -m pip install -q \
-        --no-build-isolation --upgrade "${stage#"$R"}"
+    in_target env PIP_DISABLE_PIP_VERSION_CHECK=1 "$target/bin/python" -m pip install -q \
+        --no-build-isolation --upgrade "${pip_args[@]}" "$spec"
+    if [ "$target" != "$prefix" ]; then
+        current_step="moving the virtual environment into $prefix"
+        # The venv's scripts (shebangs, activate) name it by its path: point them at the final one.
+        grep -rlIZ -F -e "$target" "$R$target/bin" | xargs -0 -r sed -i "s#$target#$prefix#g"
+        mv -T "$R$target" "$R$prefix"
+        CREATED=("$stage")
+    fi
+    venv_done=1
+    current_step="linking $prefix/bin/voice-appliance"
     ln -sfn "$prefix/bin/voice-appliance" "$R/usr/local/bin/voice-appliance"
     install -d "$R$prefix/share/voice-appliance"
     cp -r "$src/systemd/drop-ins" "$src/provisioning/asound" "$src/examples" "$src/README.md" \
         "$R$prefix/share/voice-appliance/"
+    rm -rf --one-file-system -- "$stage"
+    CREATED=()
 }
 
 install_config() {
+    current_step="installing $ETC/config.toml"
     install -d -m 0750 "$R$ETC"
     in_target chown "root:$SERVICE_USER" "$ETC"
     if [ ! -e "$R$ETC/config.toml" ]; then
@@ -188,14 +346,9 @@ install_config() {
 # The key: root-only; systemd reads it (LoadCredential=) and hands the
 # service a private copy, so the service user never reads this file.
 install_key() {
-    local key="" tmp
-    if [ -n "$key_file" ]; then
-        key=$(sed -e 's/^\xEF\xBB\xBF//' -e 's/\r$//' "$key_file" | tr -d '[:space:]')
-    elif ((key_stdin)); then
-        key=$(sed -e 's/^\xEF\xBB\xBF//' -e 's/\r$//' | tr -d '[:space:]')
-    fi
-    if [ -n "$key_file" ] || ((key_stdin)); then
-        [ -n "$key" ] || die "the API key given is empty"
+    local tmp
+    current_step="installing the API key"
+    if ((key_given)); then
         tmp=$(umask 077 && mktemp "$R$ETC/.api_key.XXXXXX")
         printf '%s\n' "$key" > "$tmp"
         chown 0:0 "$tmp" && chmod 0600 "$tmp" && mv -f "$tmp" "$R$ETC/api_key"
@@ -212,6 +365,7 @@ install_key() {
 }
 
 install_units() {
+    current_step="installing the systemd units"
     install -d "$R$UNIT_DIR" "$R/usr/local/sbin"
     sed "s#/opt/voice-appliance#$prefix#g" "$src/systemd/$UNIT" > "$R$UNIT_DIR/$UNIT.new"
     chmod 0644 "$R$UNIT_DIR/$UNIT.new" && mv -f "$R$UNIT_DIR/$UNIT.new" "$R$UNIT_DIR/$UNIT"
@@ -224,6 +378,7 @@ install_units() {
 
 install_asound() {
     [ -n "$asound" ] || return 0
+    current_step="installing /etc/asound.conf"
     if [ -e "$R/etc/asound.conf" ] && ! cmp -s "$src/provisioning/asound/$asound.conf" "$R/etc/asound.conf"; then
         log "keeping the existing /etc/asound.conf (compare with $prefix/share/voice-appliance/asound/$asound.conf)"
         return 0
@@ -234,6 +389,7 @@ install_asound() {
 
 enable_units() {
     ((do_enable)) || return 0
+    current_step="enabling the units"
     if [ -n "$R" ]; then
         systemctl --root="$R" enable "$UNIT" "$FIRSTBOOT_UNIT" >/dev/null
         return 0
@@ -250,19 +406,41 @@ enable_units() {
     fi
 }
 
+# The plaintext key file the user gave: now installed, it need not stay in a
+# home folder (backups, other users, a lost SD card). Only after a complete
+# install: on failure the user still needs it to run again.
+remove_plain_key_file() {
+    local abs answer=""
+    [ -n "$key_file" ] || return 0
+    abs=$(realpath -- "$key_file")
+    if ((remove_key_file == 0)) && [ -t 0 ] && [ -t 2 ]; then
+        read -r -p "the plaintext key is still in $abs: remove it now? [y/N] " answer || answer=""
+        case "$answer" in [yY]|[yY][eE][sS]) remove_key_file=1 ;; esac
+    fi
+    if ((remove_key_file)); then
+        shred -u -- "$abs" 2>/dev/null || rm -f -- "$abs"
+        [ ! -e "$abs" ] || die "could not remove $abs: remove it yourself (shred -u '$abs')"
+        log "overwrote and removed $abs (the key is installed as $ETC/api_key)"
+    else
+        log "the plaintext key is still in $abs: remove it with: shred -u '$abs'"
+    fi
+}
+
 install_packages
 ((packages_only == 0)) || exit 0
-create_user
 install_venv
+create_user
 install_config
 install_key
 install_units
 install_asound
 enable_units
+remove_plain_key_file
+current_step="the end"
 
 cat >&2 <<EOF
 
-voice-appliance installed in $prefix${R:+ under $R}.
+voice-appliance installed in $prefix${R:+ under $R}$( ((with_tools)) && echo " (with the emulator and the bench)").
 Next:
   1. sudoedit $ETC/config.toml            # set agent.agent_id (and audio devices)
   2. the API key, if the agent needs one (connection = "signed_url"):

@@ -43,6 +43,11 @@ if [ -x "$R$prefix/bin/python" ]; then
     log "removing $prefix"
     rm -rf -- "$R$prefix"
 fi
+# What an install.sh killed while building its first venv left (it builds in $prefix.new).
+if [ -e "$R$prefix.new/pyvenv.cfg" ]; then
+    log "removing $prefix.new (left by an interrupted install)"
+    rm -rf -- "$R$prefix.new"
+fi
 [ -z "$R" ] && [ -d /run/systemd/system ] && systemctl daemon-reload
 
 if ((purge)); then

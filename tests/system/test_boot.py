@@ -19,8 +19,12 @@ First run builds the root (1–3 min); later runs take well under a minute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
+import pty
+import select
 import shutil
 import socket
 import stat
@@ -30,8 +34,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from device.audio import filedevices
+from tests.system import pins
 from tests.system.machine import (
     BASE_PACKAGES,
     CACHE_DIR,
@@ -96,26 +102,79 @@ def _install_env() -> dict[str, str]:
     return env
 
 
+FIXTURE_KEY = "sk_fixture_0123456789abcdef0123456789"
+INSTALL_OUTPUT: dict[str, str] = {}
+
+
+def _prepare(r: Path, overlay: Overlay) -> None:
+    """What every fresh root gets before install.sh: this host's resolver, CAs and pip cache."""
+    # This host's resolver and trusted CAs (e.g. a TLS-inspecting proxy) for pip inside the root.
+    shutil.copy("/etc/resolv.conf", r / "etc" / "resolv.conf")
+    host_cas = Path("/etc/ssl/certs/ca-certificates.crt")
+    if host_cas.exists():
+        shutil.copy(host_cas, r / "etc" / "ssl" / "certs" / "ca-certificates.crt")
+    (r / "etc" / "hostname").write_text("kiosk-test\n")
+    pip_cache = CACHE_DIR / "pip"
+    pip_cache.mkdir(parents=True, exist_ok=True)
+    overlay.bind(pip_cache, "/root/.cache/pip")
+
+
+def install_sh(*args: str, env: dict[str, str] | None = None, offline: bool = False,
+               stdin_tty_answer: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run provisioning/install.sh; ``offline``: in a network namespace of its own (loopback down, no route)."""
+    argv = [str(REPO / "provisioning" / "install.sh"), *args]
+    if offline:
+        argv = ["unshare", "--net", "--", *argv]
+    if stdin_tty_answer is None:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env or _install_env(),
+                              stdin=subprocess.DEVNULL)
+    # A terminal on stdin and stderr, as for a user at the console (install.sh asks only then).
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=terminal, stdout=subprocess.PIPE, stderr=terminal,
+                                env=env or _install_env(), start_new_session=True)
+        os.close(terminal)
+        terminal = -1
+        output = b""
+        answered = False
+        while True:
+            ready, _, _ = select.select([controller], [], [], 600)
+            assert ready, "install.sh produced no output for 600 s"
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's other end closed (install.sh exited)
+                break
+            if not chunk:
+                break
+            output += chunk
+            if not answered and b"[y/N]" in output:
+                os.write(controller, stdin_tty_answer.encode() + b"\n")
+                answered = True
+        stdout = proc.stdout.read().decode() if proc.stdout else ""
+        proc.wait(timeout=60)
+        if proc.stdout:
+            proc.stdout.close()
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, output.decode(errors="replace"))
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+
+
 @pytest.fixture(scope="module")
 def root(base_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh writable copy of the cached root with the appliance installed by install.sh --root."""
     overlay = Overlay(base_root, tmp_path_factory.mktemp("overlay"))
     try:
         r = overlay.path
-        # This host's resolver and trusted CAs (e.g. a TLS-inspecting proxy) for pip inside the root.
-        shutil.copy("/etc/resolv.conf", r / "etc" / "resolv.conf")
-        host_cas = Path("/etc/ssl/certs/ca-certificates.crt")
-        if host_cas.exists():
-            shutil.copy(host_cas, r / "etc" / "ssl" / "certs" / "ca-certificates.crt")
-        (r / "etc" / "hostname").write_text("kiosk-test\n")
-        pip_cache = CACHE_DIR / "pip"
-        pip_cache.mkdir(parents=True, exist_ok=True)
-        overlay.bind(pip_cache, "/root/.cache/pip")
-        res = subprocess.run(
-            [str(REPO / "provisioning" / "install.sh"), "--root", str(r)],
-            capture_output=True, text=True, timeout=600, env=_install_env(),
-        )
+        _prepare(r, overlay)
+        key_file = tmp_path_factory.mktemp("home") / "key.txt"
+        key_file.write_text(FIXTURE_KEY + "\n")
+        t0 = time.monotonic()
+        res = install_sh("--root", str(r), "--api-key-file", str(key_file))
+        print(f"\ninstall.sh --root (default, online, pip cache warm): {time.monotonic() - t0:.1f} s")
         assert res.returncode == 0, res.stdout + res.stderr
+        INSTALL_OUTPUT.update(stderr=res.stderr, key_file=str(key_file))
         yield r
     finally:
         overlay.close()
@@ -142,6 +201,58 @@ def test_install_builds_the_venv_user_and_config(root: Path) -> None:
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 0, gid), path
     assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink()
     assert os.readlink(root / "usr/local/bin/voice-appliance") == "/opt/voice-appliance/bin/voice-appliance"
+    # Built in /opt/voice-appliance.new and moved: no script may still name that path.
+    for script in (root / "opt" / "voice-appliance" / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            assert b"voice-appliance.new" not in script.read_bytes(), script
+
+
+VENV_SITE = "/opt/voice-appliance/lib/python3.11/site-packages"
+# In the venv's own site-packages without pip installing them: the venv's seed (ensurepip) and the project.
+NOT_FROM_PIP = {"pip", "setuptools", "voice-appliance"}
+
+
+def venv_distributions(root: Path) -> dict[str, str]:
+    """name → version of what the venv itself holds (not what it sees of Debian's packages)."""
+    res = in_root(root, "/opt/voice-appliance/bin/python", "-m", "pip", "list", "--path", VENV_SITE,
+                  "--format", "json", "--disable-pip-version-check")
+    assert res.returncode == 0, res.stderr
+    return {canonicalize_name(d["name"]): d["version"] for d in json.loads(res.stdout)}
+
+
+def assert_exactly_pinned(root: Path) -> None:
+    installed = venv_distributions(root)
+    pinned = pins.pinned_for(platform.machine())
+    wrong = {n: v for n, v in installed.items() if n not in NOT_FROM_PIP and pinned.get(n) != v}
+    assert not wrong, f"not the pinned version (constraints.txt: {[f'{n}=={pinned.get(n)}' for n in wrong]}): {wrong}"
+    assert {"pyalsaaudio", "webrtcvad-wheels"} <= set(installed)
+
+
+def test_the_venv_holds_exactly_the_pinned_versions(root: Path) -> None:
+    """Issue 16: pip ran as root with unpinned dependencies; now every distribution is constraints.txt's."""
+    assert_exactly_pinned(root)
+    assert "requests" not in venv_distributions(root)  # Debian's, through --system-site-packages
+
+
+def test_the_kiosk_install_leaves_the_tools_out(root: Path) -> None:
+    """Issue 14, item 2: no emulator or bench on a kiosk unless --with-tools; the CLI names the flag."""
+    package = root / VENV_SITE.lstrip("/") / "device"
+    assert (package / "daemon.py").exists() and (package / "data" / "bench" / "question.wav").exists()
+    assert not (package / "emulator").exists() and not (package / "bench").exists()
+    assert "websockets" not in venv_distributions(root)
+    for tool in ("emulator", "bench"):
+        res = in_root(root, "/opt/voice-appliance/bin/voice-appliance", tool)
+        assert res.returncode == 69, res.stdout + res.stderr
+        assert "--with-tools" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_install_says_the_plaintext_key_file_is_still_there(root: Path) -> None:
+    """Issue 16, item 5: not a terminal, no --remove-key-file: the file stays and the command to remove it is shown."""
+    key_file = INSTALL_OUTPUT["key_file"]
+    assert Path(key_file).exists()
+    advice = f"the plaintext key is still in {key_file}: remove it with: shred -u '{key_file}'"
+    assert advice in INSTALL_OUTPUT["stderr"]
+    assert FIXTURE_KEY not in INSTALL_OUTPUT["stderr"]
 
 
 def test_install_again_keeps_the_config_and_tightens_the_key(root: Path) -> None:
@@ -163,6 +274,102 @@ def test_install_again_keeps_the_config_and_tightens_the_key(root: Path) -> None
 def test_units_verify_clean_inside_the_installed_system(root: Path) -> None:
     res = in_root(root, "systemd-analyze", "verify", "--man=no", UNIT, FIRSTBOOT)
     assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+# -- installs that fail, and offline installs (each in a fresh root of its own) -------------
+
+
+@pytest.fixture
+def fresh_root(base_root: Path, tmp_path: Path) -> Iterator[Path]:
+    overlay = Overlay(base_root, tmp_path / "overlay")
+    try:
+        _prepare(overlay.path, overlay)
+        yield overlay.path
+    finally:
+        overlay.close()
+
+
+def test_a_failed_install_leaves_nothing_half_created_and_says_how_to_resume(fresh_root: Path, tmp_path: Path) -> None:
+    """Issue 16, item 4: pip fails (no network, the index at a closed port): no venv, no user, the key file kept."""
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(FIXTURE_KEY + "\n")
+    env = {**_install_env(), "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "5"}
+    res = install_sh("--root", str(fresh_root), "--api-key-file", str(key_file), env=env, offline=True)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    for gone in ("opt/voice-appliance", "opt/voice-appliance.new", "etc/voice-appliance",
+                 "usr/local/bin/voice-appliance", "usr/local/lib/systemd/system/voice-appliance.service"):
+        assert not os.path.lexists(fresh_root / gone), f"{gone} left behind:\n{out}"
+    assert "voice-appliance:" not in (fresh_root / "etc" / "passwd").read_text()
+    assert not list((fresh_root / "var" / "tmp").glob("voice-appliance-src.*"))
+    assert "install failed at pip install" in res.stderr and "nothing else was changed" in res.stderr, out
+    assert "run the same command again" in res.stderr
+    assert key_file.exists() and "remove it" not in out  # never removed when the install failed
+
+
+WHEELHOUSE_INPUTS = (REPO / "provisioning" / "constraints.txt", REPO / "pyproject.toml",
+                     REPO / "provisioning" / "wheelhouse.sh")
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(base_root: Path) -> Path:
+    """The default kiosk's wheels for this machine, built once per constraints/pyproject (cached like the root)."""
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in WHEELHOUSE_INPUTS)).hexdigest()[:16]
+    out = CACHE_DIR / f"wheelhouse-{key}"
+    # (Marked "built", not "complete": cached_root removes other directories marked complete.)
+    if not (out / "built").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        for old in CACHE_DIR.glob("wheelhouse-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        t0 = time.monotonic()
+        res = subprocess.run([str(REPO / "provisioning" / "wheelhouse.sh"), str(out)], capture_output=True,
+                             text=True, timeout=600, env=_install_env())
+        assert res.returncode == 0, res.stdout + res.stderr
+        print(f"\nwheelhouse.sh (amd64, default): {time.monotonic() - t0:.1f} s")
+        (out / "built").write_text("")
+    return out
+
+
+COMPILERS = ("gcc", "cc", "c89", "c99", "cpp")
+
+
+def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
+    fresh_root: Path, wheelhouse: Path, tmp_path: Path,
+) -> None:
+    """Issue 16 "Done when": install.sh --wheelhouse in a network namespace without network, compilers removed."""
+    # No compiler in the root: a source build would fail (the boot root has install.sh's build tools).
+    bin_dir = fresh_root / "usr" / "bin"
+    for f in bin_dir.iterdir():
+        if f.name in COMPILERS or "-gcc" in f.name or f.name.startswith("gcc"):
+            f.unlink()
+    assert in_root(fresh_root, "sh", "-c", "command -v gcc cc").stdout == ""
+    wheels = tmp_path / "wheels"
+    shutil.copytree(wheelhouse, wheels, ignore=shutil.ignore_patterns("built"))
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(FIXTURE_KEY + "\n")
+    # What a killed first install left (SIGKILL: no trap ran): started again from scratch, not taken over.
+    leftover = fresh_root / "opt" / "voice-appliance.new"
+    leftover.mkdir(parents=True)
+    (leftover / "half-built").write_text("")
+    t0 = time.monotonic()
+    res = install_sh("--root", str(fresh_root), "--wheelhouse", str(wheels), "--api-key-file", str(key_file),
+                     offline=True, stdin_tty_answer="y")
+    took = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    print(f"\ninstall.sh --root --wheelhouse (offline, no compiler): {took:.1f} s")
+    assert "nothing to compile" in out
+    imports = "import alsaaudio, webrtcvad, gpiozero, systemd.journal, websocket, requests, device.daemon"
+    res2 = in_root(fresh_root, "/opt/voice-appliance/bin/python", "-c", imports)
+    assert res2.returncode == 0, res2.stderr
+    assert_exactly_pinned(fresh_root)
+    assert not leftover.exists() and not (fresh_root / "opt" / "voice-appliance" / "half-built").exists()
+    # Asked on the terminal, answered y: the plaintext key file is gone, the key installed root-only.
+    assert "remove it now? [y/N]" in out and not key_file.exists()
+    installed = fresh_root / "etc" / "voice-appliance" / "api_key"
+    assert installed.read_text() == FIXTURE_KEY + "\n" and stat.S_IMODE(installed.stat().st_mode) == 0o600
+    assert FIXTURE_KEY not in out
+    assert "voice-appliance:" in (fresh_root / "etc" / "passwd").read_text()
 
 
 # -- the booted machine -------------------------------------------------------------
@@ -444,9 +651,14 @@ def test_no_key_drop_in_lets_a_public_agent_start_without_a_credential(daemon: M
 
 def test_uninstall_removes_the_install_and_purge_the_rest(machine: Machine, root: Path) -> None:
     uninstall = str(REPO / "provisioning" / "uninstall.sh")
+    # An install.sh killed (SIGKILL: no trap ran) while building its first venv leaves the venv's .new.
+    leftover = root / "opt" / "voice-appliance.new"
+    (leftover / "bin").mkdir(parents=True)
+    (leftover / "pyvenv.cfg").write_text("home = /usr/bin\n")
     res = subprocess.run([uninstall, "--root", str(root)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    for gone in ("opt/voice-appliance", "usr/local/bin/voice-appliance", f"usr/local/lib/systemd/system/{UNIT}",
+    for gone in ("opt/voice-appliance", "opt/voice-appliance.new", "usr/local/bin/voice-appliance",
+                 f"usr/local/lib/systemd/system/{UNIT}",
                  f"etc/systemd/system/multi-user.target.wants/{UNIT}", "usr/local/sbin/voice-appliance-first-boot"):
         assert not os.path.lexists(root / gone), gone
     assert (root / "etc" / "voice-appliance" / "config.toml").exists()  # kept without --purge

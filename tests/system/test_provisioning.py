@@ -47,6 +47,56 @@ def test_install_rejects_an_unknown_option_with_usage() -> None:
     assert "unknown option --frobnicate" in res.stderr and "--root DIR" in res.stderr
 
 
+def _install(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "provisioning" / "install.sh"), *args], capture_output=True, text=True, timeout=60, input=input
+    )
+
+
+@needs_root
+@pytest.mark.parametrize("inner", [" ", "\t", "\n", "\r\n"], ids=["space", "tab", "newline", "crlf"])
+def test_install_refuses_a_key_with_whitespace_inside_and_never_prints_it(tmp_path: Path, inner: str) -> None:
+    """Issue 16: `tr -d '[:space:]'` joined "sk_abc def" into one wrong key; now it is refused before any change."""
+    target = tmp_path / "root"
+    target.mkdir()
+    half = KEY[:16], KEY[16:]
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(f"{half[0]}{inner}{half[1]}\n")
+    res = _install("--root", str(target), "--no-apt", "--api-key-file", str(key_file))
+    assert res.returncode == 1
+    assert "whitespace inside" in res.stderr and str(key_file) in res.stderr
+    assert half[0] not in res.stdout + res.stderr and half[1] not in res.stdout + res.stderr
+    assert list(target.iterdir()) == [] and key_file.exists()
+    res = _install("--root", str(target), "--no-apt", "--api-key-stdin", input=f"{half[0]}{inner}{half[1]}")
+    assert res.returncode == 1 and "standard input has whitespace inside" in res.stderr
+    assert half[0] not in res.stdout + res.stderr
+
+
+@needs_root
+def test_install_accepts_a_notepad_key_with_bom_crlf_and_blanks_around(tmp_path: Path) -> None:
+    target = tmp_path / "root"
+    target.mkdir()
+    key_file = tmp_path / "key.txt"
+    key_file.write_bytes(b"\xef\xbb\xbf  " + KEY.encode() + b" \r\n\r\n")
+    res = _install("--root", str(target), "--no-apt", "--api-key-file", str(key_file))
+    # Past the key: the next step finds the (empty) root without Debian's packages.
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    assert "API key" not in res.stderr and KEY not in res.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \r\n")
+    res = _install("--root", str(target), "--no-apt", "--api-key-file", str(empty))
+    assert res.returncode == 1 and "is empty" in res.stderr
+
+
+@needs_root
+def test_install_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) -> None:
+    res = _install("--root", str(tmp_path), "--no-apt", "--extras", "wake,bench")
+    assert res.returncode == 1
+    assert "unknown extra 'bench'" in res.stderr and "valid: wake,dsp,apa102" in res.stderr
+    res = _install("--root", str(tmp_path), "--no-apt", "--remove-key-file")
+    assert res.returncode == 1 and "only with --api-key-file" in res.stderr
+
+
 @pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils (arecord)")
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
 def test_asound_templates_parse_down_to_the_sound_card(tmp_path: Path, template: Path) -> None:
@@ -175,3 +225,33 @@ def test_first_boot_scrubs_a_key_from_an_applied_config_too(tmp_path: Path) -> N
     applied = (boot / "voice-appliance.toml.applied").read_text()
     assert KEY not in applied and 'agent_id = "agent_new"' in applied
     assert "removed what looked like an API key" in res.stdout
+
+
+def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) -> None:
+    res = subprocess.run([str(REPO / "provisioning" / "wheelhouse.sh"), "--extras", "wake,bench", str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "unknown extra 'bench'" in res.stderr and "valid: wake,dsp,apa102" in res.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@needs_root
+def test_a_wheelhouse_of_wheels_only_needs_no_build_tools(tmp_path: Path) -> None:
+    """With a pyalsaaudio wheel and no source archive nothing compiles: gcc and the headers are not asked for."""
+    target = tmp_path / "root"
+    target.mkdir()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "pyalsaaudio-0.11.0-cp311-cp311-linux_aarch64.whl").write_bytes(b"")
+    res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(wheels))
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    missing = res.stderr.split("Debian packages missing", 1)[1].split(";", 1)[0].split()
+    assert "python3-venv" in missing and "alsa-utils" in missing
+    assert not {"gcc", "libc6-dev", "python3-dev", "libasound2-dev"} & set(missing), missing
+    # A source archive in it would be compiled: then the build tools are needed.
+    (wheels / "webrtcvad-wheels-2.0.14.post1.tar.gz").write_bytes(b"")
+    res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(wheels))
+    assert "gcc" in res.stderr.split("Debian packages missing", 1)[1].split(";", 1)[0].split()
+    assert list(target.iterdir()) == []
+    res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(tmp_path / "nowhere"))
+    assert res.returncode == 1 and "no such directory" in res.stderr
