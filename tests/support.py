@@ -125,7 +125,7 @@ class Hooks:
 
 
 def needs(module: str, extra: str) -> pytest.MarkDecorator:
-    """Skip where an optional extra's library is missing (the ARM check installs bench and test only).
+    """Skip where an optional extra's library is missing (the ARM check installs the tools, test, and dsp on arm64).
 
     dev.sh installs every extra, so in CI on x86-64 such a skip is a failure (tests/conftest.py).
     """
