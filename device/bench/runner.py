@@ -316,7 +316,7 @@ class Runner:
             scenario_name = str(self.opts.scenario) if self.opts.scenario else sc.name
             key = secrets.token_urlsafe(24)
             api_key = Secret(key, "bench emulator key")
-            self.emulator = emulator_cls(sc, api_key=key)
+            self.emulator = emulator_cls(sc, api_key=key, render_replies=True)
             self.emulator.start()
             self.first_conversation = len(self.emulator.conversations)
             agent = {"base_url": self.emulator.base_url, "agent_id": self.emulator.agent_id,

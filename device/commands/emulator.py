@@ -258,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         record_dir=args.record_dir,
         speech=args.speech,
         keep_conversations=KEEP_IN_MEMORY,
+        render_replies=True,
     )
     emu.start()
     try:

@@ -38,7 +38,7 @@ from websockets.typing import Subprotocol
 from device.emulator.conversation import CLOSE_INTERNAL, Action, Close, Conversation, Drop, Send, SendRaw
 from device.emulator.recording import ConversationRecord, Violation, save
 from device.emulator.scenario import Fault, Scenario, default_scenario
-from device.emulator.speech import Backend, Synthesizer
+from device.emulator.speech import CACHE_ENTRIES, Backend, Synthesizer
 from device.errors import UnavailableError
 from device.worker import Worker
 
@@ -88,6 +88,7 @@ class Emulator:
         speech: Backend = "auto",
         synthesizer: Synthesizer | None = None,
         keep_conversations: int | None = None,
+        render_replies: bool = False,
     ) -> None:
         self.scenario = scenario or default_scenario()
         self.host = host
@@ -96,6 +97,10 @@ class Emulator:
         self.record_dir = record_dir
         agent = self.scenario.agent
         self.synthesizer = synthesizer or Synthesizer(speech, agent.voice, agent.words_per_minute)
+        # Also synthesise every scripted reply at start (the bench, `voice-appliance emulator`), so a reply
+        # starts when the scenario's timing says, however long espeak-ng and the resampler take here (on
+        # a slow or emulated CPU seconds, which the bench would otherwise count as the agent's latency).
+        self._render_replies = render_replies
         self._secret = secrets.token_bytes(32)
         self._cond = threading.Condition()
         self._records: list[ConversationRecord] = []
@@ -126,9 +131,8 @@ class Emulator:
         # Synthesise what every conversation starts with now, so the metadata and the
         # first audio are not held up by espeak-ng when a client connects.
         agent = self.scenario.agent
-        for text in (agent.first_message, agent.reprompt):
-            if text.strip():
-                self.synthesizer.render(text, agent.output)
+        for text in self._texts_to_render():
+            self.synthesizer.render(text, agent.output)
         try:
             self._server = serve(
                 self._handle,
@@ -158,6 +162,18 @@ class Emulator:
             "public" if self.scenario.agent.public else "private: signed URL required",
         )
         return self
+
+    def _texts_to_render(self) -> list[str]:
+        """What start() synthesises: the opening lines, and with render_replies the scripted replies.
+
+        A reply with ``{result}`` depends on the tool's answer and is left to its turn; no more
+        than the synthesizer keeps are rendered, so none pushes out the opening lines.
+        """
+        agent = self.scenario.agent
+        texts = [t for t in (agent.first_message, agent.reprompt) if t.strip()]
+        if self._render_replies:
+            texts += [t.reply for t in self.scenario.turns if "{result}" not in t.reply]
+        return list(dict.fromkeys(texts))[:CACHE_ENTRIES]
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Close every conversation (1011), join every thread, release the port. Idempotent."""

