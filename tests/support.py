@@ -191,3 +191,14 @@ class LocalHttp:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(WAIT_S)
+
+
+def read_http_head(conn: socket.socket) -> bytes | None:
+    """An HTTP request's head and whatever came with it (up to and past the blank line); None if the peer hung up."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data

@@ -28,7 +28,7 @@ from device.config import AgentConfig
 from device.emulator.scenario import Fault
 from device.protocol import Connected, Outcome
 from device.secrets import Secret
-from tests.support import LocalHttp, QuietHandler, free_port
+from tests.support import LocalHttp, QuietHandler, free_port, read_http_head
 
 
 def quick_http(agent: AgentConfig, key: str | None) -> AgentHttp:
@@ -270,12 +270,9 @@ class ConnectProxy:
     def _tunnel(self, client: socket.socket) -> None:
         with client:
             client.settimeout(WAIT_S)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = read_http_head(client)
+            if head is None:
+                return
             method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
             self.targets.append(f"{method} {target}")
             host, port = target.rsplit(":", 1)

@@ -35,7 +35,7 @@ from device.agent_http import (
 from device.config import AgentConfig
 from device.protocol import Outcome
 from device.secrets import Secret
-from tests.support import LocalHttp, QuietHandler, free_port
+from tests.support import LocalHttp, QuietHandler, free_port, read_http_head
 
 KEY = "sk_unit_test_key_0123456789"
 WAIT_S = 30.0
@@ -482,12 +482,8 @@ class RawServer:
                 ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
                 conn = ctx.wrap_socket(conn, server_side=True)
             conn.settimeout(WAIT_S)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            if read_http_head(conn) is None:
+                return
             self.asked.set()
             if self.reply is None:
                 self.release.wait(WAIT_S)
