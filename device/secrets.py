@@ -97,19 +97,26 @@ def _is_plainly_a_path(value: str) -> bool:
 is_plainly_a_path = _is_plainly_a_path  # public name for `run --check`
 
 
+UNIT_KEY_FILE = "/etc/voice-appliance/api_key"
+# What to say when agent.api_key_file may be the key itself (the daemon's error and doctor's finding alike).
+PASTED_KEY_FILE = (
+    "agent.api_key_file is not the path of an existing file (its value is not shown: it may be the API key "
+    "itself, which never belongs in the config)"
+)
+PASTED_KEY_FILE_FIX = (
+    f"put the key in a root-only file: sudo install -m 600 /dev/null {UNIT_KEY_FILE} && sudoedit {UNIT_KEY_FILE}; "
+    f"then set api_key_file = \"{UNIT_KEY_FILE}\" (or remove it: the unit loads {UNIT_KEY_FILE} with "
+    "LoadCredential=)"
+)
+
+
 def _missing_key_file(value: str) -> CredentialError:
-    example = "/etc/voice-appliance/api_key"
     if _is_plainly_a_path(value):
         return CredentialError(
             f"agent.api_key_file {value} does not exist; create it with: "
             f"sudo install -m 600 /dev/null {value} && sudoedit {value}"
         )
-    return CredentialError(
-        f"agent.api_key_file is not the path of an existing file (its value is not shown: it may be the API "
-        f"key itself, which never belongs in the config). Put the key in a root-only file: sudo install -m 600 "
-        f"/dev/null {example} && sudoedit {example}; then set api_key_file = \"{example}\" (or remove it: "
-        f"the unit loads {example} with LoadCredential=)"
-    )
+    return CredentialError(f"{PASTED_KEY_FILE}. {PASTED_KEY_FILE_FIX[0].upper()}{PASTED_KEY_FILE_FIX[1:]}")
 
 
 def load_api_key(

@@ -48,12 +48,20 @@ from device import soundcards
 from device.commands.common import add_set_option, config_path
 from device.config import ENV_PREFIX, Config, load_config
 from device.errors import AudioError, ConfigError
-from device.secrets import CREDENTIAL_NAME, ENV_VAR, Secret, is_plainly_a_path, register_secret
+from device.secrets import (
+    CREDENTIAL_NAME,
+    ENV_VAR,
+    PASTED_KEY_FILE,
+    PASTED_KEY_FILE_FIX,
+    UNIT_KEY_FILE,
+    Secret,
+    is_plainly_a_path,
+    register_secret,
+)
 from device.wake import hands_free_summary
 
 UNIT = "voice-appliance.service"
 SERVICE_USER = "voice-appliance"
-UNIT_KEY_FILE = "/etc/voice-appliance/api_key"
 # The example config's placeholder: a kiosk still carrying it cannot work.
 EXAMPLE_AGENT_ID = "agent_0123456789abcdef"
 CHECK_RATE_HZ = 16000
@@ -498,13 +506,7 @@ def check_credentials(ctx: Context) -> list[Finding]:
             ctx.key = key
             return found
         if not is_plainly_a_path(cfg.agent.api_key_file):
-            return [Finding(
-                "credentials", Status.FAIL,
-                "agent.api_key_file is not the path of an existing file (its value is not shown: it may be the "
-                "API key itself, which never belongs in the config)",
-                f"put the key in a root-only file: sudo install -m 600 /dev/null {UNIT_KEY_FILE} && sudoedit "
-                f"{UNIT_KEY_FILE}; then set api_key_file = \"{UNIT_KEY_FILE}\" in [agent], or remove the setting",
-            )]
+            return [Finding("credentials", Status.FAIL, PASTED_KEY_FILE, PASTED_KEY_FILE_FIX)]
         return [Finding(
             "credentials", Status.FAIL, f"agent.api_key_file {path} does not exist",
             f"sudo install -m 600 -o {SERVICE_USER} /dev/null {path} && sudoedit {path}",
