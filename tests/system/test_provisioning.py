@@ -227,6 +227,74 @@ def test_first_boot_scrubs_a_key_from_an_applied_config_too(tmp_path: Path) -> N
     assert "removed what looked like an API key" in res.stdout
 
 
+KEY_NAME = "voice-appliance-api-key.txt"
+CONFIG_NAME = "voice-appliance.toml"
+# What a link may point at: a file outside the boot partition that must keep its bytes.
+VICTIM = b'root:x:0:0:root:/root:/bin/bash\npassword = "hunter2"\n'
+
+
+def _plant(kind: str, path: Path, victim: Path) -> None:
+    victim.write_bytes(VICTIM)
+    if kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "hardlink":
+        os.link(victim, path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
+@needs_root
+@pytest.mark.parametrize("name", [KEY_NAME, CONFIG_NAME])
+@pytest.mark.parametrize(("kind", "why"), [
+    ("symlink", "is a symbolic link"),
+    ("hardlink", "has other names (hard links)"),
+    ("fifo", "is not a regular file"),
+    ("directory", "is not a regular file"),
+])
+def test_first_boot_takes_nothing_but_a_plain_file_and_leaves_the_rest_alone(
+    tmp_path: Path, name: str, kind: str, why: str
+) -> None:
+    """A link on a boot directory that allows them (/boot on plain Debian) had its target installed and zeroed."""
+    boot, etc, env = _first_boot(tmp_path)
+    victim = tmp_path / "victim.txt"
+    _plant(kind, boot / name, victim)
+    res = _run_first_boot(boot, etc, env)  # bounded: a FIFO opened for reading would block here
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if why in line]
+    assert len(lines) == 1 and f"{boot / name} {why}" in lines[0] and "left it as it is" in lines[0], res.stdout
+    assert res.stderr == ""
+    assert victim.read_bytes() == VICTIM
+    assert not (etc / "api_key").exists() and not (etc / "config.toml").exists()
+    assert [p.name for p in boot.iterdir()] == [name]  # untouched: still there, nothing written next to it
+    assert (boot / name).is_symlink() == (kind == "symlink")
+
+
+@needs_root
+@pytest.mark.parametrize(("output", "config"), [
+    ("voice-appliance-error.txt", '[agent]\nagent_id = "agent_new"\nregoin = "eu"\n'),
+    ("voice-appliance.toml.invalid", f'[agent]\nagent_id = "agent_new"\napi_key = "{KEY}"\n'),
+    ("voice-appliance.toml.applied", f'# my key: {KEY}\n[agent]\nagent_id = "agent_new"\n'),
+], ids=["error-text", "invalid", "applied"])
+def test_first_boot_replaces_a_link_where_it_writes_on_the_boot_partition(
+    tmp_path: Path, output: str, config: str
+) -> None:
+    """What first-boot leaves on the boot partition is a new file: a link already there is never written through."""
+    boot, etc, env = _first_boot(tmp_path)
+    victim = tmp_path / "victim.txt"
+    _plant("symlink", boot / output, victim)
+    (boot / CONFIG_NAME).write_text(config)
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == (0 if output.endswith(".applied") else 1), res.stdout + res.stderr
+    assert victim.read_bytes() == VICTIM
+    written = boot / output
+    assert not written.is_symlink() and written.is_file()
+    assert "agent_new" in written.read_text() or "NOT applied" in written.read_text()
+    assert KEY not in written.read_text()
+    assert sorted(p.name for p in boot.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
 def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) -> None:
     res = subprocess.run([str(REPO / "provisioning" / "wheelhouse.sh"), "--extras", "wake,bench", str(tmp_path / "w")],
                          capture_output=True, text=True, timeout=60)
