@@ -97,6 +97,36 @@ def test_install_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) 
     assert res.returncode == 1 and "only with --api-key-file" in res.stderr
 
 
+@pytest.mark.parametrize("prefix", [
+    "/opt/voice appliance", "/opt/a&b", "/opt/a#b", "/opt/a%b", "/opt/a\\b", "/opt/a\nb", "/opt/../etc", "/opt/./a",
+    "opt/relative",
+], ids=["space", "ampersand", "hash", "percent", "backslash", "newline", "dotdot", "dot", "relative"])
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_install_refuses_a_prefix_the_units_and_sed_cannot_hold_before_changing_anything(
+    tmp_path: Path, prefix: str, form: str
+) -> None:
+    """The prefix goes into the units (ExecStart=) and sed's replacement: a space split ExecStart, & expanded."""
+    target = tmp_path / "root"
+    target.mkdir()
+    args = ["--prefix", prefix] if form == "separate" else [f"--prefix={prefix}"]
+    res = _install("--root", str(target), "--no-apt", *args)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"install.sh: error: --prefix {prefix}: "), res.stderr
+    assert "letters, digits" in res.stderr and "systemd units" in res.stderr
+    assert len(res.stderr.replace(prefix, "PREFIX").splitlines()) == 1, res.stderr
+    assert res.stdout == "" and list(target.iterdir()) == []
+
+
+@needs_root
+def test_install_takes_a_plain_prefix_with_dots_dashes_and_a_trailing_slash(tmp_path: Path) -> None:
+    target = tmp_path / "root"
+    target.mkdir()
+    res = _install("--root", str(target), "--no-apt", "--prefix", "/opt/kiosk_2.0-b+c/")
+    # Past the prefix: the next step finds the (empty) root without Debian's packages.
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    assert "--prefix" not in res.stderr
+
+
 @pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils (arecord)")
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
 def test_asound_templates_parse_down_to_the_sound_card(tmp_path: Path, template: Path) -> None:
