@@ -144,6 +144,12 @@ root=$(cd "$root" 2>/dev/null && pwd) || die "--root: no such directory"
 [ -z "$key_file" ] || ((key_stdin == 0)) || die "--api-key-file and --api-key-stdin: give one of them"
 ((remove_key_file == 0)) || [ -n "$key_file" ] || die "--remove-key-file: only with --api-key-file FILE"
 if [ "$root" = / ]; then R=""; else R=$root; fi
+# Only a virtual environment is upgraded in place: a directory holding anything else (--prefix
+# /usr out of the autotools habit) is not ours to pip into, nor for uninstall.sh to remove.
+is_venv() { [ -f "$1/pyvenv.cfg" ] && [ -x "$1/bin/python" ]; }
+if [ -e "$R$prefix" ] && ! is_venv "$R$prefix" && { [ ! -d "$R$prefix" ] || [ -n "$(ls -A "$R$prefix")" ]; }; then
+    die "--prefix $prefix already holds something other than a virtual environment (no pyvenv.cfg): give a new or empty directory"
+fi
 
 # --extras: names of pyproject's kiosk extras; anything else is refused.
 pip_extras=()
@@ -304,7 +310,7 @@ install_venv() {
         pip_args+=(--no-index --find-links "${stage#"$R"}/wheels")
     fi
     target=$prefix
-    if [ ! -x "$R$prefix/bin/python" ]; then
+    if ! is_venv "$R$prefix"; then
         target=$prefix.new
         rm -rf --one-file-system -- "$R$target"  # what a killed run left
         CREATED+=("$R$target")

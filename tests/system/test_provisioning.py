@@ -127,6 +127,42 @@ def test_install_takes_a_plain_prefix_with_dots_dashes_and_a_trailing_slash(tmp_
     assert "--prefix" not in res.stderr
 
 
+def _not_a_venv(target: Path) -> Path:
+    """A system tree whose /usr has an executable bin/python (python-is-python3) but is no venv."""
+    usr = target / "usr"
+    (usr / "bin").mkdir(parents=True)
+    (usr / "bin" / "python").write_text("#!/bin/sh\n")
+    (usr / "bin" / "python").chmod(0o755)
+    (usr / "lib").mkdir()
+    return usr
+
+
+@needs_root
+def test_uninstall_removes_only_a_virtual_environment_at_the_prefix(tmp_path: Path) -> None:
+    """`--prefix /usr` (the autotools habit) removed /usr when it had a bin/python."""
+    target = tmp_path / "root"
+    usr = _not_a_venv(target)
+    res = subprocess.run([str(REPO / "provisioning" / "uninstall.sh"), "--root", str(target), "--prefix", "/usr/"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (usr / "bin" / "python").exists() and (usr / "lib").is_dir()
+    assert "left /usr as it is: it is not a virtual environment (no pyvenv.cfg)" in res.stderr
+
+
+@needs_root
+def test_install_refuses_a_prefix_that_holds_something_else(tmp_path: Path) -> None:
+    """A non-empty directory without pyvenv.cfg is no venv to upgrade: pip would have gone into the system's."""
+    target = tmp_path / "root"
+    usr = _not_a_venv(target)
+    res = _install("--root", str(target), "--no-apt", "--prefix", "/usr")
+    assert res.returncode == 1
+    assert "--prefix /usr already holds something other than a virtual environment" in res.stderr, res.stderr
+    assert sorted(p.name for p in usr.iterdir()) == ["bin", "lib"] and [p.name for p in target.iterdir()] == ["usr"]
+    (target / "opt" / "voice-appliance").mkdir(parents=True)  # an empty directory made for it is fine
+    res = _install("--root", str(target), "--no-apt")
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+
+
 @pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils (arecord)")
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
 def test_asound_templates_parse_down_to_the_sound_card(tmp_path: Path, template: Path) -> None:
