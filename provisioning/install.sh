@@ -70,7 +70,8 @@ usage: provisioning/install.sh [options]
 
   --root DIR           install into the system tree mounted at DIR instead of /
                        (Debian packages must already be there; nothing is started)
-  --prefix DIR         virtual environment location (default: $prefix)
+  --prefix DIR         virtual environment location (default: $prefix; letters,
+                       digits, . _ - + and / only)
   --api-key-file FILE  install the API key from FILE as $ETC/api_key (root-only)
   --api-key-stdin      read the API key from standard input instead
   --asound NAME        install provisioning/asound/NAME.conf as /etc/asound.conf
@@ -125,16 +126,30 @@ while (($#)); do
     shift
 done
 
+# The prefix is written into the units (in ExecStart= a space splits the command and % is a
+# specifier) and into sed's replacements (where & and # are special): refused unless it is an
+# absolute path of plain characters, before anything else (root or not).
+plain_prefix() {
+    case "$1" in /*) ;; *) return 1 ;; esac
+    case "$1/" in *[!A-Za-z0-9._/+-]* | *//* | */./* | */../*) return 1 ;; esac
+}
+plain_prefix "${prefix%/}" \
+    || die "--prefix $prefix: not a plain absolute path; use letters, digits, '.', '_', '-', '+' and '/' only, no '.' or '..' as a directory name (it goes into the systemd units and sed)"
+prefix=${prefix%/}
 [ "$(id -u)" -eq 0 ] || die "run as root: sudo $0 $*"
 root=$(cd "$root" 2>/dev/null && pwd) || die "--root: no such directory"
-case "$prefix" in /?*) ;; *) die "--prefix must be an absolute path" ;; esac
-prefix=${prefix%/}
 [ -z "$asound" ] || [ -f "$src/provisioning/asound/$asound.conf" ] \
     || die "--asound $asound: no provisioning/asound/$asound.conf"
 [ -z "$key_file" ] || [ -r "$key_file" ] || die "--api-key-file $key_file: cannot read it"
 [ -z "$key_file" ] || ((key_stdin == 0)) || die "--api-key-file and --api-key-stdin: give one of them"
 ((remove_key_file == 0)) || [ -n "$key_file" ] || die "--remove-key-file: only with --api-key-file FILE"
 if [ "$root" = / ]; then R=""; else R=$root; fi
+# Only a virtual environment is upgraded in place: a directory holding anything else (--prefix
+# /usr out of the autotools habit) is not ours to pip into, nor for uninstall.sh to remove.
+is_venv() { [ -f "$1/pyvenv.cfg" ] && [ -x "$1/bin/python" ]; }
+if [ -e "$R$prefix" ] && ! is_venv "$R$prefix" && { [ ! -d "$R$prefix" ] || [ -n "$(ls -A "$R$prefix")" ]; }; then
+    die "--prefix $prefix already holds something other than a virtual environment (no pyvenv.cfg): give a new or empty directory"
+fi
 
 # --extras: names of pyproject's kiosk extras; anything else is refused.
 pip_extras=()
@@ -295,7 +310,7 @@ install_venv() {
         pip_args+=(--no-index --find-links "${stage#"$R"}/wheels")
     fi
     target=$prefix
-    if [ ! -x "$R$prefix/bin/python" ]; then
+    if ! is_venv "$R$prefix"; then
         target=$prefix.new
         rm -rf --one-file-system -- "$R$target"  # what a killed run left
         CREATED+=("$R$target")

@@ -27,6 +27,7 @@ done
 root=$(cd "$root" && pwd)
 if [ "$root" = / ]; then R=""; else R=$root; fi
 case "$prefix" in /?*) ;; *) echo "uninstall.sh: error: --prefix must be an absolute path" >&2; exit 1 ;; esac
+prefix=${prefix%/}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -39,9 +40,12 @@ for u in "${UNITS[@]}"; do rm -f "$R$UNIT_DIR/$u"; done
 rm -f "$R/usr/local/sbin/voice-appliance-first-boot"
 [ "$(readlink "$R/usr/local/bin/voice-appliance" 2>/dev/null)" = "$prefix/bin/voice-appliance" ] \
     && rm -f "$R/usr/local/bin/voice-appliance"
-if [ -x "$R$prefix/bin/python" ]; then
+# Only a virtual environment: --prefix /usr (the autotools habit) has a bin/python too.
+if [ -f "$R$prefix/pyvenv.cfg" ]; then
     log "removing $prefix"
     rm -rf -- "$R$prefix"
+elif [ -e "$R$prefix" ]; then
+    log "left $prefix as it is: it is not a virtual environment (no pyvenv.cfg)"
 fi
 # What an install.sh killed while building its first venv left (it builds in $prefix.new).
 if [ -e "$R$prefix.new/pyvenv.cfg" ]; then

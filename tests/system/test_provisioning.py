@@ -97,6 +97,72 @@ def test_install_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) 
     assert res.returncode == 1 and "only with --api-key-file" in res.stderr
 
 
+@pytest.mark.parametrize("prefix", [
+    "/opt/voice appliance", "/opt/a&b", "/opt/a#b", "/opt/a%b", "/opt/a\\b", "/opt/a\nb", "/opt/../etc", "/opt/./a",
+    "opt/relative",
+], ids=["space", "ampersand", "hash", "percent", "backslash", "newline", "dotdot", "dot", "relative"])
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_install_refuses_a_prefix_the_units_and_sed_cannot_hold_before_changing_anything(
+    tmp_path: Path, prefix: str, form: str
+) -> None:
+    """The prefix goes into the units (ExecStart=) and sed's replacement: a space split ExecStart, & expanded."""
+    target = tmp_path / "root"
+    target.mkdir()
+    args = ["--prefix", prefix] if form == "separate" else [f"--prefix={prefix}"]
+    res = _install("--root", str(target), "--no-apt", *args)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"install.sh: error: --prefix {prefix}: "), res.stderr
+    assert "letters, digits" in res.stderr and "systemd units" in res.stderr
+    assert len(res.stderr.replace(prefix, "PREFIX").splitlines()) == 1, res.stderr
+    assert res.stdout == "" and list(target.iterdir()) == []
+
+
+@needs_root
+def test_install_takes_a_plain_prefix_with_dots_dashes_and_a_trailing_slash(tmp_path: Path) -> None:
+    target = tmp_path / "root"
+    target.mkdir()
+    res = _install("--root", str(target), "--no-apt", "--prefix", "/opt/kiosk_2.0-b+c/")
+    # Past the prefix: the next step finds the (empty) root without Debian's packages.
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    assert "--prefix" not in res.stderr
+
+
+def _not_a_venv(target: Path) -> Path:
+    """A system tree whose /usr has an executable bin/python (python-is-python3) but is no venv."""
+    usr = target / "usr"
+    (usr / "bin").mkdir(parents=True)
+    (usr / "bin" / "python").write_text("#!/bin/sh\n")
+    (usr / "bin" / "python").chmod(0o755)
+    (usr / "lib").mkdir()
+    return usr
+
+
+@needs_root
+def test_uninstall_removes_only_a_virtual_environment_at_the_prefix(tmp_path: Path) -> None:
+    """`--prefix /usr` (the autotools habit) removed /usr when it had a bin/python."""
+    target = tmp_path / "root"
+    usr = _not_a_venv(target)
+    res = subprocess.run([str(REPO / "provisioning" / "uninstall.sh"), "--root", str(target), "--prefix", "/usr/"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (usr / "bin" / "python").exists() and (usr / "lib").is_dir()
+    assert "left /usr as it is: it is not a virtual environment (no pyvenv.cfg)" in res.stderr
+
+
+@needs_root
+def test_install_refuses_a_prefix_that_holds_something_else(tmp_path: Path) -> None:
+    """A non-empty directory without pyvenv.cfg is no venv to upgrade: pip would have gone into the system's."""
+    target = tmp_path / "root"
+    usr = _not_a_venv(target)
+    res = _install("--root", str(target), "--no-apt", "--prefix", "/usr")
+    assert res.returncode == 1
+    assert "--prefix /usr already holds something other than a virtual environment" in res.stderr, res.stderr
+    assert sorted(p.name for p in usr.iterdir()) == ["bin", "lib"] and [p.name for p in target.iterdir()] == ["usr"]
+    (target / "opt" / "voice-appliance").mkdir(parents=True)  # an empty directory made for it is fine
+    res = _install("--root", str(target), "--no-apt")
+    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+
+
 @pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils (arecord)")
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
 def test_asound_templates_parse_down_to_the_sound_card(tmp_path: Path, template: Path) -> None:
@@ -225,6 +291,74 @@ def test_first_boot_scrubs_a_key_from_an_applied_config_too(tmp_path: Path) -> N
     applied = (boot / "voice-appliance.toml.applied").read_text()
     assert KEY not in applied and 'agent_id = "agent_new"' in applied
     assert "removed what looked like an API key" in res.stdout
+
+
+KEY_NAME = "voice-appliance-api-key.txt"
+CONFIG_NAME = "voice-appliance.toml"
+# What a link may point at: a file outside the boot partition that must keep its bytes.
+VICTIM = b'root:x:0:0:root:/root:/bin/bash\npassword = "hunter2"\n'
+
+
+def _plant(kind: str, path: Path, victim: Path) -> None:
+    victim.write_bytes(VICTIM)
+    if kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "hardlink":
+        os.link(victim, path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
+@needs_root
+@pytest.mark.parametrize("name", [KEY_NAME, CONFIG_NAME])
+@pytest.mark.parametrize(("kind", "why"), [
+    ("symlink", "is a symbolic link"),
+    ("hardlink", "has other names (hard links)"),
+    ("fifo", "is not a regular file"),
+    ("directory", "is not a regular file"),
+])
+def test_first_boot_takes_nothing_but_a_plain_file_and_leaves_the_rest_alone(
+    tmp_path: Path, name: str, kind: str, why: str
+) -> None:
+    """A link on a boot directory that allows them (/boot on plain Debian) had its target installed and zeroed."""
+    boot, etc, env = _first_boot(tmp_path)
+    victim = tmp_path / "victim.txt"
+    _plant(kind, boot / name, victim)
+    res = _run_first_boot(boot, etc, env)  # bounded: a FIFO opened for reading would block here
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if why in line]
+    assert len(lines) == 1 and f"{boot / name} {why}" in lines[0] and "left it as it is" in lines[0], res.stdout
+    assert res.stderr == ""
+    assert victim.read_bytes() == VICTIM
+    assert not (etc / "api_key").exists() and not (etc / "config.toml").exists()
+    assert [p.name for p in boot.iterdir()] == [name]  # untouched: still there, nothing written next to it
+    assert (boot / name).is_symlink() == (kind == "symlink")
+
+
+@needs_root
+@pytest.mark.parametrize(("output", "config"), [
+    ("voice-appliance-error.txt", '[agent]\nagent_id = "agent_new"\nregoin = "eu"\n'),
+    ("voice-appliance.toml.invalid", f'[agent]\nagent_id = "agent_new"\napi_key = "{KEY}"\n'),
+    ("voice-appliance.toml.applied", f'# my key: {KEY}\n[agent]\nagent_id = "agent_new"\n'),
+], ids=["error-text", "invalid", "applied"])
+def test_first_boot_replaces_a_link_where_it_writes_on_the_boot_partition(
+    tmp_path: Path, output: str, config: str
+) -> None:
+    """What first-boot leaves on the boot partition is a new file: a link already there is never written through."""
+    boot, etc, env = _first_boot(tmp_path)
+    victim = tmp_path / "victim.txt"
+    _plant("symlink", boot / output, victim)
+    (boot / CONFIG_NAME).write_text(config)
+    res = _run_first_boot(boot, etc, env)
+    assert res.returncode == (0 if output.endswith(".applied") else 1), res.stdout + res.stderr
+    assert victim.read_bytes() == VICTIM
+    written = boot / output
+    assert not written.is_symlink() and written.is_file()
+    assert "agent_new" in written.read_text() or "NOT applied" in written.read_text()
+    assert KEY not in written.read_text()
+    assert sorted(p.name for p in boot.iterdir() if p.name.startswith(".")) == []  # no temporary file left
 
 
 def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) -> None:
