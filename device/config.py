@@ -234,7 +234,7 @@ class LedOutput:
 
 @dataclass(frozen=True)
 class LedsConfig:
-    """Status LEDs: outputs and a pattern per state (see README for the table)."""
+    """Status LEDs: outputs and a pattern per state (see docs/hardware.md for the table)."""
 
     preset: LedPreset = _f("rgb", "rgb (one RGB LED), three (three LEDs), none, or custom")
     output: tuple[LedOutput, ...] = _f((), "LED outputs ([[leds.output]] tables; preset custom)")

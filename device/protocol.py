@@ -2,7 +2,7 @@
 
 No sockets, threads or clocks here (times are passed in), so every rule is
 tested directly. The wire format is ElevenLabs' AsyncAPI document vendored in
-``tests/contract/`` (see the README's "Protocol conformance").
+``tests/contract/`` (see "Protocol conformance" in docs/bench.md).
 
 - :func:`decode_server_message` turns one text frame into a typed event, an
   :class:`UnknownEvent`, or raises :class:`MalformedMessage`.

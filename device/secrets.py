@@ -56,7 +56,7 @@ def _read_key(path: Path, what: str) -> str:
     except PermissionError:
         raise CredentialError(
             f"cannot read the {what} {path}: permission denied; the service reads it as root "
-            f"(or use LoadCredential=, see README)"
+            f"(or use LoadCredential=, see docs/security.md)"
         ) from None
     except OSError as e:
         raise CredentialError(f"cannot read the {what} {path}: {e.strerror}") from None

@@ -6,7 +6,7 @@ USB card takes: channels and rates per direction) and ``arecord -l`` /
 the rendered file. The templates are ``provisioning/asound/*.conf`` (installed
 under ``$prefix/share/voice-appliance/asound``); rendering edits only the
 lines that name the card, the rate and the channels, so the result stays the
-commented file the README describes. :func:`install` writes it, keeping a
+commented file docs/hardware.md describes. :func:`install` writes it, keeping a
 backup of the file it replaces.
 """
 
@@ -349,7 +349,7 @@ def check(
     if not cards:
         return [Result(
             "soundcard", "FAIL", f"no sound card in {root / 'proc/asound/cards'}",
-            "plug in the USB device, or for a HAT install its driver (README: Sound cards) and reboot",
+            "plug in the USB device, or for a HAT install its driver (docs/hardware.md: Sound cards) and reboot",
         )]
     for c in cards:
         line(f"  {c.describe()}")
@@ -357,7 +357,7 @@ def check(
     if p is None:
         return [Result(
             "soundcard", "FAIL", "no card with a microphone (USB or 2-mic HAT) found",
-            "plug in a USB microphone or speakerphone, or install the HAT's driver (README: Sound cards)",
+            "plug in a USB microphone or speakerphone, or install the HAT's driver (docs/hardware.md: Sound cards)",
         )]
     text = render(read_template(p.template), p)
     dest = root / "etc" / "asound.conf"

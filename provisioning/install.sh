@@ -339,7 +339,7 @@ install_venv() {
     current_step="linking $prefix/bin/voice-appliance"
     ln -sfn "$prefix/bin/voice-appliance" "$R/usr/local/bin/voice-appliance"
     install -d "$R$prefix/share/voice-appliance"
-    cp -r "$src/systemd/drop-ins" "$src/provisioning/asound" "$src/examples" "$src/README.md" \
+    cp -r "$src/systemd/drop-ins" "$src/provisioning/asound" "$src/examples" "$src/README.md" "$src/docs" \
         "$R$prefix/share/voice-appliance/"
     rm -rf --one-file-system -- "$stage"
     CREATED=()

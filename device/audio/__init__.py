@@ -1,8 +1,8 @@
 """The audio engine: ALSA capture in 4000-frame blocks, ring-buffered playback, instant flush.
 
 ``Capture`` and ``Playback`` are workers (one thread each) that own their PCM;
-only :mod:`device.audio.alsa` imports pyalsaaudio. See the README's audio
-section for devices, options and measured latencies.
+only :mod:`device.audio.alsa` imports pyalsaaudio. See docs/hardware.md
+(Audio) for devices and options, docs/bench.md for measured latencies.
 """
 
 from typing import TYPE_CHECKING, Any

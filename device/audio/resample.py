@@ -13,7 +13,7 @@ input, computed by ``sum(map(mul, …))`` so the inner loop runs in C.
 between blocks, so a stream cut into blocks comes out as if converted
 whole); :func:`resample` converts a whole clip.
 
-Which path converts what (see README "Audio"): agent audio for the speaker
+Which path converts what (see "Audio" in docs/hardware.md): agent audio for the speaker
 goes to ALSA at the agent's rate and ALSA's ``plug`` converts it (with the
 ``speexrate`` converter of libasound2-plugins when ``defaults.pcm.rate_converter``
 selects it); this module converts the microphone's 16 kHz blocks when the

@@ -5,7 +5,7 @@ All inputs are plain data: telemetry events with ``t_s``/``kind``/``data``
 records as mappings (device/emulator/recording.py ``TurnRecord`` fields).
 Times in the output are seconds from ``t0_s``; durations are milliseconds.
 
-Definitions (also in the README):
+Definitions (also in docs/bench.md, ``report.json``):
 
 - user speech end: capture time of the block that carried the last voiced
   audio the agent heard (the emulator knows when that audio arrived; the

@@ -1,7 +1,7 @@
 """``report.json``: its schema (versioned), a validator, and the human summary (pure).
 
 The schema is a JSON Schema (draft 2020-12 subset) kept as data so it can be
-printed for the README (:func:`schema_table`) and checked without a
+printed for docs/bench.md (:func:`schema_table`) and checked without a
 third-party validator (:func:`validate`). Times are seconds from the start of
 the run (``*_s``), durations in milliseconds (``*_ms``); ``null`` means "not
 measured in this run" (e.g. no interruption happened).

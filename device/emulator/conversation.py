@@ -5,7 +5,7 @@ wakes it at :meth:`Conversation.next_deadline_s` (:meth:`Conversation.tick`);
 both return the :data:`Action` list to perform on the socket, in order. Time
 comes from an injected clock, so tests can run it without a socket or sleeps.
 
-What it models (the README's "The agent emulator"): the initiation handshake and overrides, the
+What it models (docs/bench.md, "The agent emulator"): the initiation handshake and overrides, the
 metadata, turn-taking with webrtcvad, replies streamed faster than real time
 in variable-size chunks with a per-reply playback clock, interruptions,
 pings, client tools, the service's timeouts, injected faults, and a check of

@@ -598,7 +598,7 @@ DOCUMENT_ERROR_TYPES: dict[str, int | None] = {
     "turn_probability_error": 1002, "tts_cascade_error": 1002, "redis_timeout_error": 1002,
     "unknown_websocket_crash": 1011,
 }
-# What each one means to the kiosk (the README's table says the same).
+# What each one means to the kiosk (docs/conversations.md's table says the same).
 EXPECTED: dict[str, Outcome] = {
     "invalid_message": Outcome.REJECTED, "value_error": Outcome.REJECTED, "missing_fields": Outcome.REJECTED,
     "telephony_agent_error": Outcome.AGENT_SETUP, "mcp_tool_error": Outcome.AGENT_SETUP,

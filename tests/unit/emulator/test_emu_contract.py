@@ -281,7 +281,7 @@ def test_the_document_is_the_copy_the_readme_names() -> None:
 SERVER_REGIONS = {"production": "global", "eu-residency": "eu", "in-residency": "in"}
 # Not conversation hosts of the device: LiveKit (WebRTC, unused) and the document's local dev server.
 NOT_DEVICE_SERVERS = {"webrtc", "development"}
-# Device regions the document does not list (from the ElevenLabs docs, see the README's `agent.region`).
+# Device regions the document does not list (from the ElevenLabs docs, see `agent.region` in docs/configuration.md).
 UNDOCUMENTED_REGIONS = {"us", "sg"}
 
 
