@@ -27,12 +27,18 @@ from typing import Any
 
 from device.audioformat import AudioFormat
 from device.errors import ProtocolError
+from device.logs import escape_controls
 
 # Largest server message accepted (the service sends frames over 1 MiB).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SOURCE_NAME = "voice-appliance"
-# Longest text kept from a close reason or server error in a detail string.
-_MAX_REASON_CHARS = 200
+# Every string the service sends is cleaned before it leaves the parser (clean_text): its control
+# characters escaped, so that it can forge no log line, sd_notify field or terminal sequence, and cut to
+# a length that a log line, status.json and the control socket's answer can carry.
+# Longest id, name, type or message kept (and close reason or server error in a detail string).
+MAX_FIELD_CHARS = 200
+# Longest transcript or agent text kept: minutes of speech; they are published, not logged.
+MAX_TEXT_CHARS = 10_000
 
 
 # -- outcomes -----------------------------------------------------------------
@@ -118,9 +124,20 @@ class Outcome(enum.Enum):
         self.retryable = retryable
 
 
+def clean_text(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """Text from the service, safe to log, store and show: at most ``limit`` characters, controls escaped.
+
+    Nothing is lost silently: an escape stays visible (``\\n``, ``\\x1b``), a cut text ends in "…".
+    """
+    cut = len(text) > limit
+    text = escape_controls(text[:limit])  # cut first: the escaping is then bounded too
+    if cut or len(text) > limit:
+        return text[: limit - 1] + "…"
+    return text
+
+
 def _reason_text(reason: str) -> str:
-    text = " ".join(reason.split())
-    return text[:_MAX_REASON_CHARS]
+    return clean_text(" ".join(reason.split()))
 
 
 _AUTH_WORDS = ("auth", "api key", "api_key", "signature", "token", "expired", "credential", "permission")
@@ -494,13 +511,21 @@ def _wrapper(msg: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
     raise MalformedMessage("missing_field", f"{msg.get('type')!r} message without {names[0]!r}")
 
 
-def _str(wrapper: Mapping[str, Any], name: str, kind_type: str, default: str | None = None) -> str:
+def _str(
+    wrapper: Mapping[str, Any], name: str, kind_type: str, default: str | None = None, limit: int = MAX_FIELD_CHARS
+) -> str:
+    """A string field, cleaned (:func:`clean_text`)."""
     value = wrapper.get(name, default)
     if not isinstance(value, str):
         if value is None and default is not None:
             return default
         raise MalformedMessage("missing_field", f"{kind_type!r} message: {name!r} is not a string")
-    return value
+    return clean_text(value, limit)
+
+
+def _text_field(wrapper: Mapping[str, Any], name: str, kind_type: str, default: str | None = None) -> str:
+    """A transcript or agent text: cleaned like the other strings, but it may be long."""
+    return _str(wrapper, name, kind_type, default, MAX_TEXT_CHARS)
 
 
 def _int(wrapper: Mapping[str, Any], name: str, kind_type: str) -> int:
@@ -530,12 +555,13 @@ def decode_format(name: Any, which: str) -> AudioFormat:
     from device.audioformat import parse_format
 
     if not isinstance(name, str):
+        got = repr(name) if name is None or isinstance(name, (bool, int, float)) else f"a JSON {type(name).__name__}"
         raise UnsupportedFormat(
-            f"the agent announced no {which} audio format (got {name!r}); "
+            f"the agent announced no {which} audio format (got {got}); "
             "set the agent's audio formats in the ElevenLabs dashboard"
         )
     try:
-        return parse_format(name)
+        return parse_format(clean_text(name))  # the name is in the error: never a megabyte of it
     except ProtocolError as e:
         raise UnsupportedFormat(f"{which}: {e}") from None
 
@@ -599,23 +625,24 @@ def decode_server_message(
         return Connected(conversation_id, out_fmt, in_fmt)
     if kind == "agent_response":
         w = _wrapper(msg, "agent_response_event")
-        return AgentResponse(_str(w, "agent_response", kind))
+        return AgentResponse(_text_field(w, "agent_response", kind))
     if kind == "agent_response_correction":
         w = _wrapper(msg, "agent_response_correction_event", "correction_event")
         corrected = w.get("corrected_agent_response", w.get("corrected_response"))
         if not isinstance(corrected, str):
             raise MalformedMessage("missing_field", f"{kind!r} message without the corrected response")
         original = w.get("original_agent_response", w.get("original_response", ""))
-        return AgentResponseCorrection(corrected, original if isinstance(original, str) else "")
+        original = clean_text(original, MAX_TEXT_CHARS) if isinstance(original, str) else ""
+        return AgentResponseCorrection(clean_text(corrected, MAX_TEXT_CHARS), original)
     if kind == "agent_chat_response_part":
         w = _wrapper(msg, "text_response_part")
-        return AgentResponsePart(_str(w, "text", kind, default=""), _str(w, "type", kind, default="delta"))
+        return AgentResponsePart(_text_field(w, "text", kind, default=""), _str(w, "type", kind, default="delta"))
     if kind == "user_transcript":
         w = _wrapper(msg, "user_transcription_event")
-        return UserTranscript(_str(w, "user_transcript", kind), False)
+        return UserTranscript(_text_field(w, "user_transcript", kind), False)
     if kind == "tentative_user_transcript":
         w = _wrapper(msg, "tentative_user_transcription_event")
-        return UserTranscript(_str(w, "user_transcript", kind), True)
+        return UserTranscript(_text_field(w, "user_transcript", kind), True)
     if kind == "vad_score":
         w = _wrapper(msg, "vad_score_event")
         score = w.get("vad_score")
@@ -630,14 +657,14 @@ def decode_server_message(
         return ToolCall(_str(w, "tool_name", kind), _str(w, "tool_call_id", kind), dict(params))
     if kind == "internal_tentative_agent_response":
         w = _wrapper(msg, "tentative_agent_response_internal_event")
-        return TentativeAgentResponse(_str(w, "tentative_agent_response", kind))
+        return TentativeAgentResponse(_text_field(w, "tentative_agent_response", kind))
     if kind in ("agent_tool_response", "agent_tool_response_full_payload"):
         w = _wrapper(msg, kind)
         is_error = w.get("is_error")
         return AgentToolResponse(
-            _str(w, "tool_name", kind)[:200],
-            _str(w, "tool_call_id", kind, default="")[:200],
-            _str(w, "tool_type", kind, default="")[:50],
+            _str(w, "tool_name", kind),
+            _str(w, "tool_call_id", kind, default=""),
+            _str(w, "tool_type", kind, default=""),
             is_error if isinstance(is_error, bool) else False,
         )
     if kind == "mcp_tool_call":
@@ -645,16 +672,16 @@ def decode_server_message(
         timeout = w.get("approval_timeout_secs")
         return McpToolCall(
             _str(w, "tool_call_id", kind),
-            _str(w, "tool_name", kind)[:200],
-            _str(w, "state", kind)[:50],
-            _str(w, "service_id", kind, default="")[:200],
+            _str(w, "tool_name", kind),
+            _str(w, "state", kind),
+            _str(w, "service_id", kind, default=""),
             _optional_int(timeout),
-            _str(w, "error_message", kind, default="")[:500],
+            _str(w, "error_message", kind, default=""),
         )
     if kind == "rich_content":
         w = _wrapper(msg, "rich_content")
         return RichContent(
-            _str(w, "rich_content_id", kind, default="")[:200], _str(w, "component", kind, default="")[:100]
+            _str(w, "rich_content_id", kind, default=""), _str(w, "component", kind, default="")
         )
     if kind == "error":
         ew = msg.get("error_event")
@@ -663,8 +690,8 @@ def decode_server_message(
         message = next((v for v in (w.get("message"), w.get("reason")) if isinstance(v, str) and v), "")
         etype_keys = ("error_type", "type") if w is ew else ("error_type",)  # an old server's name for it
         etype = next((v for k in etype_keys if isinstance(v := w.get(k), str) and v), "")
-        return ServerError(_optional_int(w.get("code")), message[:500], etype[:100])
-    return UnknownEvent(kind[:100])
+        return ServerError(_optional_int(w.get("code")), clean_text(message), clean_text(etype))
+    return UnknownEvent(clean_text(kind))
 
 
 # -- encoding -----------------------------------------------------------------

@@ -44,6 +44,7 @@ from device.audio.convert import CaptureConverter
 from device.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.config import AgentConfig, SessionConfig
 from device.errors import SessionError, WorkerStuckError
+from device.logs import RateLimitedLog
 from device.neterrors import NetFailure, classify, describe
 from device.protocol import (
     MAX_MESSAGE_BYTES,
@@ -69,6 +70,7 @@ from device.protocol import (
     UnsupportedFormat,
     classify_end,
     classify_http_status,
+    clean_text,
     decode_server_message,
     dynamic_variables_for,
     encode_audio_chunk,
@@ -98,8 +100,16 @@ POLL_S = 0.25
 TOOL_CANCEL_WAIT_S = 2.0
 # Control messages waiting to be sent (oldest dropped beyond, with a warning).
 MAX_CONTROL_BACKLOG = 1000
-# At most one warning per kind of malformed message in this interval.
-MALFORMED_LOG_INTERVAL_S = 30.0
+# What the service can make a session log is rate-limited: at most one line per kind of line (a kind of
+# malformed message, the service's error events, ...) in this interval, and SERVER_LOG_LINES in all.
+SERVER_LOG_INTERVAL_S = 30.0
+SERVER_LOG_LINES = 50
+# Unknown message types counted by name (and logged once each); further ones are counted as "other".
+MAX_UNKNOWN_TYPES = 32
+# MCP tool call ids remembered as answered (a repeated delivery is not answered twice).
+MAX_MCP_ANSWERED = 256
+# Longest detail kept for the end of a session (it is shown in the log, status.json and ctl status).
+MAX_END_DETAIL_CHARS = 1000
 
 
 class _End(Exception):
@@ -109,26 +119,8 @@ class _End(Exception):
         self, outcome: Outcome, detail: str, close_code: int | None = None, retry_after_s: float | None = None
     ) -> None:
         super().__init__(detail)
-        self.ended = SessionEnded(outcome, redact(detail), close_code, retry_after_s)
-
-
-class _RateLimitedLog:
-    """First message of each kind at once, then at most one summary per interval."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._next_s: dict[str, float] = {}
-        self._suppressed: dict[str, int] = collections.Counter()
-
-    def warning(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        if now < self._next_s.get(kind, 0.0):
-            self._suppressed[kind] += 1
-            return
-        more = self._suppressed.pop(kind, 0)
-        suffix = f" ({more} more like it since the last report)" if more else ""
-        log.warning("%s%s", message, suffix)
-        self._next_s[kind] = now + self._interval_s
+        # Details quote the service (close reasons, HTTP bodies, library errors): cleaned like its messages.
+        self.ended = SessionEnded(outcome, clean_text(redact(detail), MAX_END_DETAIL_CHARS), close_code, retry_after_s)
 
 
 @dataclass(frozen=True)
@@ -403,10 +395,11 @@ class Session:
         self._filter = InterruptionFilter()
         self._tool_calls: list[ToolCallHandle] = []
         self._tool_lock = threading.RLock()  # starting a tool call vs. cancelling them all before the close frame
-        self._malformed_log = _RateLimitedLog(MALFORMED_LOG_INTERVAL_S)
+        self._server_log = RateLimitedLog(log, SERVER_LOG_INTERVAL_S, max_lines=SERVER_LOG_LINES)
+        self._unknown_types: set[str] = set()  # at most MAX_UNKNOWN_TYPES: counted by name, the rest as "other"
         self._input_fmt: AudioFormat | None = None
         self._server_error: ServerError | None = None  # the service's last error event: why it closes
-        self._mcp_answered: set[str] = set()  # one approval answer per MCP tool call id
+        self._mcp_answered: collections.OrderedDict[str, None] = collections.OrderedDict()  # the latest answered
         self.output_format: AudioFormat | None = None
         self.conversation_id: str | None = None
         self.ping_ms: int | None = None
@@ -542,6 +535,7 @@ class Session:
         level = logging.INFO if ended.outcome in (Outcome.NORMAL, Outcome.AGENT_ENDED, Outcome.LOCAL) else (
             logging.WARNING
         )
+        self._server_log.flush(self.name)
         log.log(level, "%s ended: %s: %s", self.name, ended.outcome.name, ended.message)
         self._emit(ended)
         with self._lock:
@@ -756,7 +750,9 @@ class Session:
         except MalformedMessage as e:
             self._count("malformed_messages")
             self._count(f"malformed_{e.kind}")
-            self._malformed_log.warning(e.kind, f"{self.name}: ignored a malformed message from the service: {e}")
+            self._server_log.warning(
+                f"malformed:{e.kind}", "%s: ignored a malformed message from the service: %s", self.name, e
+            )
             return
         if isinstance(event, Ping):
             self._send_now(encode_pong(event.event_id))  # first, before anything else
@@ -779,9 +775,7 @@ class Session:
         elif isinstance(event, Connected):
             self._on_connected(event)
         elif isinstance(event, UnknownEvent):
-            self._count("unknown_events")
-            if self._count(f"unknown:{event.type}") == 1:
-                log.info("%s: ignoring unknown event type %r from the service", self.name, event.type)
+            self._on_unknown(event)
         elif isinstance(event, AgentToolResponse):
             self._count("agent_tool_responses")
             if event.ends_call:  # the agent hung up: end now, cleanly (close 1000), as the JS client does
@@ -802,16 +796,44 @@ class Session:
         elif isinstance(event, ServerError):
             self._count("server_errors")
             self._server_error = event
-            log.warning(
-                "%s: the service reported an error: %s %s %s", self.name, event.code, event.error_type, event.message
+            self._server_log.warning(
+                "server_error",
+                "%s: the service reported an error: %s %s %s",
+                self.name,
+                event.code,
+                event.error_type,
+                event.message,
             )
             self._emit(event)
         else:
             self._emit(event)
 
+    def _on_unknown(self, event: UnknownEvent) -> None:
+        """Count it (a bounded table, so a flood of new types costs no memory) and log each new type once."""
+        self._count("unknown_events")
+        if event.type in self._unknown_types or len(self._unknown_types) < MAX_UNKNOWN_TYPES:
+            if self._count(f"unknown:{event.type}") == 1:
+                self._unknown_types.add(event.type)
+                self._server_log.info(
+                    f"unknown:{event.type}",
+                    "%s: ignoring unknown event type %r from the service",
+                    self.name,
+                    event.type,
+                )
+            return
+        self._count("unknown:other")
+        self._server_log.info(
+            "unknown:other",
+            "%s: ignoring unknown event types from the service; over %d types, they are counted as unknown:other",
+            self.name,
+            MAX_UNKNOWN_TYPES,
+        )
+
     def _on_connected(self, event: Connected) -> None:
         if self.connected.is_set():
-            log.warning("%s: a second conversation_initiation_metadata was ignored", self.name)
+            self._server_log.warning(
+                "second_metadata", "%s: a second conversation_initiation_metadata was ignored", self.name
+            )
             return
         self.conversation_id = event.conversation_id
         self.output_format = event.output_format
@@ -851,19 +873,33 @@ class Session:
         self._count("mcp_tool_calls")
         if call.state != "awaiting_approval":
             if call.state == "failure":
-                log.info("%s: MCP tool %r failed on the service: %s", self.name, call.tool_name, call.error[:200])
+                self._server_log.info(
+                    f"mcp_failure:{call.tool_name}",
+                    "%s: MCP tool %r failed on the service: %s",
+                    self.name,
+                    call.tool_name,
+                    call.error,
+                )
             return
         with self._lock:
             if call.call_id in self._mcp_answered:  # answered already; a second answer would contradict it
                 return
-            self._mcp_answered.add(call.call_id)
+            self._mcp_answered[call.call_id] = None
+            if len(self._mcp_answered) > MAX_MCP_ANSWERED:
+                self._mcp_answered.popitem(last=False)
         approved = self._tools.mcp_approves(call.tool_name)
         self._send_now(encode_mcp_approval(call.call_id, approved))
         self._count("mcp_approved" if approved else "mcp_denied")
         if approved:
-            log.info("%s: approved MCP tool %r (listed in tools.mcp_approve)", self.name, call.tool_name)
+            self._server_log.info(
+                f"mcp_approved:{call.tool_name}",
+                "%s: approved MCP tool %r (listed in tools.mcp_approve)",
+                self.name,
+                call.tool_name,
+            )
         else:
-            log.warning(
+            self._server_log.warning(
+                f"mcp_denied:{call.tool_name}",
                 "%s: denied MCP tool %r: only the tools listed in tools.mcp_approve are approved; "
                 "add it there to let the agent run it",
                 self.name,

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from device.config import ToolsConfig, ToolSpec
 from device.errors import ConfigError, WorkerStuckError
+from device.logs import RateLimitedLog
 from device.secrets import redact
 from device.toolhost import BOOTSTRAP, ToolFailure, result_text
 from device.worker import Worker
@@ -513,6 +514,7 @@ class ToolRegistry:
         self._lock = threading.Lock()
         self._active: set[_CallWorker] = set()
         self._refused = 0  # calls refused since the last one that ran (one warning per burst)
+        self._agent_log = RateLimitedLog(log, 30.0)  # the agent decides how often it calls an unknown tool
         self._mcp_approve = frozenset(tools_cfg.mcp_approve)
         if modules:
             self._python.refill()  # so that even the first call finds its process started
@@ -537,7 +539,9 @@ class ToolRegistry:
         if tool is None:
             shown = _echo(name)  # the name is the agent's: a megabyte of it is not echoed back
             offered = ", ".join(self.names) or "none"
-            log.warning("the agent called unknown tool %r; this device offers: %s", shown, offered)
+            self._agent_log.warning(
+                "unknown_tool", "the agent called unknown tool %r; this device offers: %s", shown, offered
+            )
             reply(ToolResult(shown, call_id, _clip(f"unknown tool {shown!r}: this device offers {offered}"), True))
             return ToolCallHandle(None)
         worker = _CallWorker(tool, call_id, parameters, reply, self._finished)

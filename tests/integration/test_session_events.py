@@ -8,7 +8,11 @@ service's edge where the emulator cannot (hostile shapes).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +34,7 @@ from websockets.sync.server import ServerConnection
 
 from device.config import AgentConfig, ToolsConfig
 from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
+from device.logs import setup_logging
 from device.protocol import (
     AgentResponse,
     AgentResponsePart,
@@ -39,6 +44,7 @@ from device.protocol import (
     RichContent,
     SessionEnded,
 )
+from device.session import MAX_UNKNOWN_TYPES, SERVER_LOG_LINES
 from device.tools import ToolRegistry
 
 DEEP = 100_000
@@ -120,6 +126,102 @@ def test_a_100000_deep_message_is_counted_and_ignored() -> None:
     assert [m["event_id"] for m in seen if m.get("type") == "pong"] == [8]
     stats = session.stats
     assert stats["malformed_too_deep"] == 2 and stats["malformed_messages"] == 2
+
+
+FLOOD = 5000
+FORGED = "boom\n<0>forged emergency\r\x1b[2J\x1b]0;title\x07"
+
+
+def test_a_flood_of_new_unknown_types_is_counted_in_a_bounded_table_and_logged_a_bounded_number_of_times(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT_S)  # the initiation
+        ws.send(metadata())
+        for i in range(FLOOD):
+            ws.send(json.dumps({"type": f"new_type_{i}", "n": i}))
+        ws.send(ping(9))
+        recv_until(ws, lambda m: m.get("type") == "pong", [])  # still answered at once after the flood
+        ws.send(agent_response("still here"))
+        drain(ws)
+
+    caplog.set_level(logging.INFO, logger="device.session")
+    session, ended = converse(script)
+    assert ended.outcome is Outcome.LOCAL, ended
+    stats = session.stats
+    assert stats["unknown_events"] == FLOOD and stats["pings"] == 1
+    named = [k for k in stats if k.startswith("unknown:")]
+    assert len(named) == MAX_UNKNOWN_TYPES + 1 and stats["unknown:other"] == FLOOD - MAX_UNKNOWN_TYPES
+    lines = [r.getMessage() for r in caplog.records if r.name == "device.session"]
+    assert len([m for m in lines if "unknown event type '" in m]) == MAX_UNKNOWN_TYPES
+    assert len(lines) < MAX_UNKNOWN_TYPES + 10, lines[-10:]
+    held = FLOOD - MAX_UNKNOWN_TYPES - 1  # the first type over the table is reported at once
+    assert f"session: {held} log lines were held back by the rate limit (unknown:other ×{held})" in lines
+
+
+def test_whatever_the_service_floods_the_log_gets_a_bounded_number_of_lines(caplog: pytest.LogCaptureFixture) -> None:
+    n = 500
+    answers: list[dict[str, Any]] = []
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT_S)
+        ws.send(metadata())
+        for i in range(n):
+            ws.send(metadata(f"conv_{i}"))  # a second one, ignored
+            ws.send("{not json")
+            ws.send(json.dumps({"type": "error", "error_event": {"code": 1011, "message": f"e{i}", "error_type": "x"}}))
+            ws.send(json.dumps({"type": "client_tool_call", "client_tool_call": {
+                "tool_name": f"nope_{i}", "tool_call_id": f"t{i}", "parameters": {},
+            }}))
+            ws.send(json.dumps({"type": "mcp_tool_call", "mcp_tool_call": {
+                "tool_call_id": f"m{i}", "tool_name": f"mcp_{i}", "state": "awaiting_approval",
+            }}))
+        ws.send(ping(9))
+        recv_until(ws, lambda m: m.get("type") == "pong", answers)
+        ws.send(agent_response("still here"))
+        drain(ws)
+
+    caplog.set_level(logging.INFO, logger="device")
+    session, ended = converse(script)
+    assert ended.outcome is Outcome.LOCAL, ended
+    # every call was still answered, at once
+    assert len([m for m in answers if m.get("type") == "client_tool_result" and m["is_error"]]) == n
+    assert len([m for m in answers if m.get("type") == "mcp_tool_approval_result"]) == n
+    stats = session.stats
+    assert stats["malformed_bad_json"] == stats["server_errors"] == stats["mcp_denied"] == n
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("device.")]
+    assert len(lines) <= SERVER_LOG_LINES + 10, lines[-10:]  # of 2,500 the service caused
+    assert any("log lines were held back by the rate limit" in m for m in lines)
+
+
+@pytest.mark.parametrize("journald", [False, True], ids=["stderr", "syslog-prefix"])
+def test_text_from_the_service_cannot_forge_a_log_line(journald: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if journald:  # under journald without systemd-python: <N> prefixes on stderr
+        monkeypatch.setitem(sys.modules, "systemd.journal", None)
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging("info", journald=journald)  # the daemon's handler (the root logger is restored after the test)
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT_S)
+        ws.send(metadata("conv_1" + FORGED))
+        ws.send(json.dumps({"type": f"type{FORGED}", "n": 1}))
+        ws.send(json.dumps({"type": "mcp_tool_call", "mcp_tool_call": {
+            "tool_call_id": "m1", "tool_name": f"t{FORGED}", "state": "failure", "error_message": FORGED,
+        }}))
+        ws.send(json.dumps({"type": "error", "error_event": {"code": 1011, "message": FORGED, "error_type": FORGED}}))
+        ws.send(agent_response("still here"))
+        drain(ws)
+
+    converse(script)
+    out = stream.getvalue()
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    start = re.compile(r"<[0-7]>[\w.]+: " if journald else r"\d{4}-\d\d-\d\d [\d:,]{12} [A-Z]+ +[\w.]+: ")
+    assert all(start.match(line) for line in out.splitlines()), out  # every line is a record's own
+    shown = "boom\\n<0>forged emergency\\r\\x1b[2J\\x1b]0;title\\x07"  # escaped, not dropped
+    for what in ("conversation conv_1", "unknown event type 'type", "MCP tool 't", "reported an error: 1011"):
+        [line] = [line for line in out.splitlines() if what in line]
+        assert shown in line or repr(shown)[1:-1] in line, line
 
 
 # -- through the emulator ---------------------------------------------------------------------

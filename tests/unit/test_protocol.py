@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
+import re
 import types
 
 import pytest
@@ -14,7 +16,9 @@ from hypothesis import strategies as st
 from device.audioformat import PCM_16000, AudioFormat
 from device.protocol import (
     ERROR_TYPES,
+    MAX_FIELD_CHARS,
     MAX_MESSAGE_BYTES,
+    MAX_TEXT_CHARS,
     AgentAudio,
     AgentResponse,
     AgentResponseCorrection,
@@ -39,6 +43,7 @@ from device.protocol import (
     classify_close,
     classify_end,
     classify_http_status,
+    clean_text,
     decode_server_message,
     dynamic_variables_for,
     encode_audio_chunk,
@@ -402,6 +407,87 @@ def test_fuzzed_server_messages_never_raise_anything_else(
     for fmt in (PCM_16000, None):
         with contextlib.suppress(MalformedMessage, UnsupportedFormat):
             decode_server_message(json.dumps(msg), fmt, 0.0)
+
+
+# -- every string from the service leaves the parser short and without control characters ----------
+
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+HOSTILE = "\n<0>forged\r\x1b[2J\x1b]0;t\x07\x9b\u2028\ud800"
+HOSTILE_TEXT = st.one_of(
+    st.text(st.characters(codec=None), max_size=20), st.just(HOSTILE), st.just("x" * 300 + HOSTILE * 3000)
+)
+TEXT_FIELDS = {"agent_response", "corrected_agent_response", "corrected_response", "original_agent_response",
+               "text", "user_transcript", "tentative_agent_response"}
+
+
+def strings_of(event: object) -> dict[str, str]:
+    return {f.name: v for f in dataclasses.fields(event) if isinstance(v := getattr(event, f.name), str)}  # type: ignore[arg-type]
+
+
+def test_clean_text_escapes_controls_and_marks_a_cut() -> None:
+    assert clean_text("conv_1") == "conv_1"
+    assert clean_text("a\nb\x1b[31m") == "a\\nb\\x1b[31m"
+    assert clean_text("x" * 201) == "x" * 199 + "…" and len(clean_text("\x1b" * 1000)) == MAX_FIELD_CHARS
+
+
+@settings(RELAXED, max_examples=40)
+@pytest.mark.parametrize("typed", TYPED_WRAPPERS, ids=[f"{k}.{w}" for k, w in TYPED_WRAPPERS])
+@given(fields=st.fixed_dictionaries({}, optional={f: HOSTILE_TEXT for f in FIELDS}), etype=HOSTILE_TEXT)
+def test_every_string_from_the_service_is_short_and_has_no_control_character(
+    typed: tuple[str, str], fields: dict[str, object], etype: str
+) -> None:
+    kind, wrapper = typed
+    fields.update(agent_output_audio_format="pcm_16000", user_input_audio_format="pcm_16000")
+    msg = {"type": kind if kind != "context_usage" else etype, wrapper: fields}
+    try:
+        event = decode_server_message(json.dumps(msg), PCM_16000, 0.0)
+    except MalformedMessage:
+        return
+    for name, value in strings_of(event).items():
+        assert not CONTROLS.search(value), (name, value)
+        limit = MAX_TEXT_CHARS if name in TEXT_FIELDS or name in ("text", "original") else MAX_FIELD_CHARS
+        assert len(value) <= limit, (name, len(value))
+
+
+def test_a_two_megabyte_conversation_id_is_cut_and_escaped() -> None:
+    huge = "conv_" + ("A" * 1000 + HOSTILE) * 2000
+    ev = dec({
+        "type": "conversation_initiation_metadata",
+        "conversation_initiation_metadata_event": {
+            "conversation_id": huge, "agent_output_audio_format": "pcm_16000", "user_input_audio_format": "pcm_16000",
+        },
+    })
+    assert isinstance(ev, Connected) and len(ev.conversation_id) == MAX_FIELD_CHARS
+    assert ev.conversation_id.startswith("conv_AAA") and ev.conversation_id.endswith("…")
+
+
+def test_the_error_events_text_is_escaped_not_dropped() -> None:
+    ev = dec({"type": "error", "error_event": {"code": 1011, "message": "boom" + HOSTILE, "error_type": "x\ny"}})
+    assert ev == ServerError(1011, "boom\\n<0>forged\\r\\x1b[2J\\x1b]0;t\\x07\\x9b\\u2028\\ud800", "x\\ny")
+
+
+def test_a_transcript_keeps_its_text_with_controls_escaped() -> None:
+    ev = dec({"type": "agent_response", "agent_response_event": {"agent_response": "Steps:\n1. \x1b[1mgo\x1b[0m"}})
+    assert ev == AgentResponse("Steps:\\n1. \\x1b[1mgo\\x1b[0m")
+    long = dec({"type": "user_transcript", "user_transcription_event": {"user_transcript": "w " * 20_000}})
+    assert isinstance(long, UserTranscript) and len(long.text) == MAX_TEXT_CHARS and long.text.endswith("…")
+
+
+def test_an_unusable_format_name_of_megabytes_makes_a_short_error() -> None:
+    for name in ("x" * 2_000_000 + HOSTILE, ["pcm_16000"] * 200_000):
+        with pytest.raises(UnsupportedFormat) as info:
+            dec({
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": {
+                    "conversation_id": "c", "agent_output_audio_format": name, "user_input_audio_format": "pcm_16000",
+                },
+            })
+        assert len(str(info.value)) < 600 and not CONTROLS.search(str(info.value)), str(info.value)[:300]
+
+
+def test_a_close_reason_is_escaped_in_the_detail() -> None:
+    _, detail = classify_close(1011, "bad\x1b[2Jthing")
+    assert "\x1b" not in detail and "bad\\x1b[2Jthing" in detail
 
 
 # -- encoding ---------------------------------------------------------------------
