@@ -90,6 +90,33 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
         srv.close()
 
 
+def test_a_live_socket_is_never_replaced(server: tuple[ControlServer, FakeController]) -> None:
+    srv, fake = server
+    second = ControlServer(str(srv.path), own_group(), fake.post, fake.status)
+    with pytest.raises(control.ControlError, match=f"served by another process \\(pid {os.getpid()}\\)"):
+        second.bind()
+    second.close()
+    assert request(str(srv.path), "press") == (True, "")  # the first one still serves its socket
+
+
+def test_a_stop_leaves_a_socket_that_replaced_its_own(tmp_path: Path) -> None:
+    fake = FakeController()
+    path = tmp_path / "c.sock"
+    srv = ControlServer(str(path), own_group(), fake.post, fake.status)
+    srv.start()
+    path.unlink()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(str(path))  # someone else's socket now has the name
+        other.listen()
+        srv.close()
+        assert path.is_socket()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))  # and still works
+    finally:
+        other.close()
+
+
 def test_press_release_mute_unmute_post_the_same_events_as_the_hardware(
     server: tuple[ControlServer, FakeController],
 ) -> None:
