@@ -488,8 +488,11 @@ class ControlServer(Worker):
 # -- the client side (voice-appliance ctl) ------------------------------------------------------------
 
 
-def request(path: str, line: str, timeout_s: float = 5.0) -> tuple[bool, str]:
-    """Send one request line; returns (ok, text). ControlError when the daemon cannot be reached."""
+def request(path: str, line: str, timeout_s: float = 5.0, group: str | None = None) -> tuple[bool, str]:
+    """Send one request line; returns (ok, text). ControlError when the daemon cannot be reached.
+
+    ``group`` is systemd.control_group, for the advice when this user may not connect (None: not known).
+    """
     if "\n" in line:
         raise ValueError("one request per line")
     try:
@@ -499,10 +502,12 @@ def request(path: str, line: str, timeout_s: float = 5.0) -> tuple[bool, str]:
             f"no control socket at {path}: is the daemon running? (systemctl status voice-appliance)"
         ) from None
     except PermissionError:
-        err = ControlError(
-            f"not allowed to use {path}; run as root or join its group (sudo adduser $USER voice-appliance, "
-            "then log in again)"
+        join = (
+            f"join its group {group} (sudo adduser $USER {group}"
+            if group
+            else "join the group systemd.control_group names (sudo adduser $USER GROUP"
         )
+        err = ControlError(f"not allowed to use {path}; run as root or {join}, then log in again)")
         err.exit_code = ExitCode.NOPERM
         raise err from None
     except ConnectionRefusedError:

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from device import control
 from device.cli import main
 from device.control import ControlServer, request
 from device.controller import ButtonEvent, Command, MuteEvent
+from tests.support import cli
 
 
 class FakeController:
@@ -116,6 +118,36 @@ def test_a_stop_leaves_a_socket_that_replaced_its_own(tmp_path: Path) -> None:
     finally:
         other.close()
 
+
+def test_ctl_not_allowed_names_the_configured_group(tmp_path: Path) -> None:
+    """As a user who may not connect (nobody, when the tests run as root): the advice names control_group."""
+    with tempfile.TemporaryDirectory(prefix="ctl-perm-") as name:
+        public = Path(name)
+        public.chmod(0o755)  # tmp_path's parents are private to the test user
+        sock = public / "c.sock"
+        config = public / "config.toml"
+        config.write_text(f'[systemd]\ncontrol_socket = "{sock}"\ncontrol_group = "kiosk-ui"\n')
+        config.chmod(0o644)
+        fake = FakeController()
+        srv = ControlServer(str(sock), own_group(), fake.post, fake.status)
+        srv.start()
+        as_outsider = {"user": "nobody", "group": "nogroup", "extra_groups": []} if os.geteuid() == 0 else {}
+        try:
+            if not as_outsider:
+                sock.chmod(0)
+            res = cli("ctl", "--config", str(config), "status", **as_outsider)
+            config.chmod(0)  # --socket works without a readable configuration, which then cannot name the group
+            unread = cli("ctl", "--config", str(config), "--socket", str(sock), "status", **as_outsider)
+        finally:
+            srv.close()
+    assert res.returncode == 77, res.stderr
+    assert res.stderr == (
+        f"voice-appliance ctl: error: not allowed to use {sock}; run as root or join its group kiosk-ui "
+        "(sudo adduser $USER kiosk-ui, then log in again)\n"
+    )
+    assert unread.returncode == 77, unread.stderr
+    assert "join the group systemd.control_group names (sudo adduser $USER GROUP, then" in unread.stderr
+    assert fake.events == []
 
 def test_press_release_mute_unmute_post_the_same_events_as_the_hardware(
     server: tuple[ControlServer, FakeController],
