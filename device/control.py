@@ -28,6 +28,7 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -127,6 +128,7 @@ class ControlServer(Worker):
         self._status = status
         self._clock = clock
         self._listener: socket.socket | None = None
+        self._made: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file it bound
         self._clients: list[_Client] = []
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -140,17 +142,25 @@ class ControlServer(Worker):
 
     # -- lifetime ------------------------------------------------------------------------------
     def bind(self) -> None:
-        """Create the socket (replacing a stale one) and restrict it to the group."""
+        """Create the socket (replacing a stale one, never a live one) and restrict it to the group."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_socket():
-                self.path.unlink()  # left over from a killed daemon
+                pid = serving_pid(str(self.path))
+                if pid is not None:
+                    raise ControlError(
+                        f"{self.path} is served by another process{pid_note(pid)}; it is left alone (give this "
+                        "daemon its own systemd.control_socket)"
+                    )
+                self.path.unlink()  # left over from a killed daemon: nobody listens on it
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             old_umask = os.umask(0o177)  # never world-accessible, not even for a moment
             try:
                 sock.bind(str(self.path))
             finally:
                 os.umask(old_umask)
+            made = os.stat(self.path)
+            self._made = (made.st_dev, made.st_ino)
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
         except OSError as e:
@@ -220,14 +230,25 @@ class ControlServer(Worker):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+            self._remove_socket_file()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def _remove_socket_file(self) -> None:
+        """Remove the socket file if it is still the one this server made (not one that replaced it)."""
+        try:
+            now = os.lstat(self.path)
+        except OSError:
+            return  # already gone
+        if (now.st_dev, now.st_ino) != self._made:
+            log.info("control socket: %s is no longer the one this daemon made; leaving it", self.path)
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
     def close(self) -> None:
-        """Stop serving, remove the socket file, release everything (idempotent)."""
+        """Stop serving, remove the socket file (if still ours), release everything (idempotent)."""
         self.stop()
         if not self.alive:
             self._close_all()  # also when it was bound but never started
@@ -467,32 +488,35 @@ class ControlServer(Worker):
 # -- the client side (voice-appliance ctl) ------------------------------------------------------------
 
 
-def request(path: str, line: str, timeout_s: float = 5.0) -> tuple[bool, str]:
-    """Send one request line; returns (ok, text). ControlError when the daemon cannot be reached."""
+def request(path: str, line: str, timeout_s: float = 5.0, group: str | None = None) -> tuple[bool, str]:
+    """Send one request line; returns (ok, text). ControlError when the daemon cannot be reached.
+
+    ``group`` is systemd.control_group, for the advice when this user may not connect (None: not known).
+    """
     if "\n" in line:
         raise ValueError("one request per line")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout_s)
     try:
-        try:
-            _connect(sock, path, time.monotonic() + timeout_s)
-        except FileNotFoundError:
-            raise ControlError(
-                f"no control socket at {path}: is the daemon running? (systemctl status voice-appliance)"
-            ) from None
-        except PermissionError:
-            err = ControlError(
-                f"not allowed to use {path}; run as root or join its group (sudo adduser $USER voice-appliance, "
-                "then log in again)"
-            )
-            err.exit_code = ExitCode.NOPERM
-            raise err from None
-        except ConnectionRefusedError:
-            raise ControlError(f"nothing listens on {path}: the daemon is not running") from None
-        except BlockingIOError:
-            raise ControlError(f"the daemon did not accept the connection on {path} in {timeout_s:g} s") from None
-        except OSError as e:
-            raise ControlError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
+        sock = _connected(path, timeout_s)
+    except FileNotFoundError:
+        raise ControlError(
+            f"no control socket at {path}: is the daemon running? (systemctl status voice-appliance)"
+        ) from None
+    except PermissionError:
+        join = (
+            f"join its group {group} (sudo adduser $USER {group}"
+            if group
+            else "join the group systemd.control_group names (sudo adduser $USER GROUP"
+        )
+        err = ControlError(f"not allowed to use {path}; run as root or {join}, then log in again)")
+        err.exit_code = ExitCode.NOPERM
+        raise err from None
+    except ConnectionRefusedError:
+        raise ControlError(f"nothing listens on {path}: the daemon is not running") from None
+    except BlockingIOError:
+        raise ControlError(f"the daemon did not accept the connection on {path} in {timeout_s:g} s") from None
+    except OSError as e:
+        raise ControlError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
+    with sock:
         try:
             sock.sendall(line.encode("utf-8") + b"\n")
             buf = b""
@@ -503,13 +527,44 @@ def request(path: str, line: str, timeout_s: float = 5.0) -> tuple[bool, str]:
                 buf += chunk
         except OSError as e:
             raise ControlError(f"the daemon did not answer on {path}: {e.strerror or e}") from None
-    finally:
-        sock.close()
     answer = buf.partition(b"\n")[0].decode("utf-8", "replace")
     word, _, text = answer.partition(" ")
     if word not in ("ok", "error"):
         raise ControlError(f"unexpected answer from the daemon: {answer[:200]!r}")
     return word == "ok", text
+
+
+def serving_pid(path: str, timeout_s: float = 2.0) -> int | None:
+    """The pid of the process listening on ``path`` (0 when it cannot be told); None when nobody listens.
+
+    A socket file nobody listens on (ECONNREFUSED) is what a killed daemon leaves behind.
+    """
+    try:
+        sock = _connected(path, timeout_s)
+    except BlockingIOError:
+        return 0  # its accept queue stays full: someone listens
+    except OSError:
+        return None  # refused, missing, or not ours to tell: what comes next (bind, unlink) says which
+    with sock:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])  # struct ucred: pid, uid, gid
+
+
+def pid_note(pid: int) -> str:
+    """`` (pid N)`` for a message, or nothing when the pid is not known (0)."""
+    return f" (pid {pid})" if pid else ""
+
+
+def _connected(path: str, timeout_s: float) -> socket.socket:
+    """A stream socket connected to ``path`` (OSError as connect raised it; the socket is then closed)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout_s)
+    try:
+        _connect(sock, path, time.monotonic() + timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _connect(sock: socket.socket, path: str, deadline: float) -> None:

@@ -33,6 +33,7 @@ from device.controller import (
     SessionLike,
 )
 from device.errors import DeviceError, ExitCode, WorkerStuckError
+from device.instance import InstanceLock, claim
 from device.notify import Notifier, Watchdog
 from device.secrets import Secret
 from device.status import Status, StatusFiles, status_line
@@ -71,6 +72,7 @@ class Daemon:
         self._last_written: tuple[object, ...] = ()
         self._last_write_s = 0.0
         self._last_status_line = ""
+        self._instance = InstanceLock()  # held from start() to stop(), across reloads
         self._clear_parts()
 
     def _clear_parts(self) -> None:
@@ -93,11 +95,13 @@ class Daemon:
             raise RuntimeError("the daemon is already running")
         t0 = time.monotonic()
         self.started_at_s = t0
+        self._instance = claim(self.cfg.systemd)  # first: a refusal must leave another daemon's files alone
         try:
             self._build()
             self._start_parts()
         except BaseException:
             self._stop_parts()
+            self._instance.release()
             raise
         self._running = True
         self.notifier.ready(status_line(self.status()))
@@ -110,6 +114,7 @@ class Daemon:
         self.notifier.stopping()
         self._running = False
         self._stop_parts()
+        self._instance.release()
         self.notifier.close()
         log.info("voice appliance stopped")
 

@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad command line (argparse)
     UNAVAILABLE = 69  # a subcommand or service is not available
     SOFTWARE = 70  # internal error: a bug, please report it
+    ALREADY_RUNNING = 73  # another daemon runs with this configuration (EX_CANTCREAT): systemd must not restart
     IO = 74  # audio device could not be used
     PROTOCOL = 76  # the agent server broke the protocol
     NOPERM = 77  # credentials missing, unreadable or too widely readable
@@ -61,6 +62,12 @@ class ProtocolError(SessionError):
     """The agent server sent something the protocol does not allow."""
 
     exit_code = ExitCode.PROTOCOL
+
+
+class AlreadyRunningError(DeviceError):
+    """Another daemon runs with this configuration: its control socket or lock is taken."""
+
+    exit_code = ExitCode.ALREADY_RUNNING
 
 
 class WorkerStuckError(DeviceError):

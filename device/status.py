@@ -141,18 +141,23 @@ def to_prometheus(st: Status, prefix: str = "voice_appliance", *, running: bool 
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` in one rename (readers see old or new, never half)."""
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> tuple[int, int]:
+    """Replace ``path`` with ``text`` in one rename (readers see old or new, never half).
+
+    Returns the new file's (st_dev, st_ino), so its writer can tell later whether it is still its file.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            made = os.fstat(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return made.st_dev, made.st_ino
 
 
 class StatusFiles:
@@ -162,6 +167,7 @@ class StatusFiles:
         self.status_path = Path(status_file) if status_file else None
         self.prometheus_path = Path(prometheus_textfile) if prometheus_textfile else None
         self._failed: set[Path] = set()
+        self._written: dict[Path, tuple[int, int]] = {}  # (st_dev, st_ino) of the file each path got last
         self._last: Status | None = None
         self.writes = 0
 
@@ -176,7 +182,7 @@ class StatusFiles:
         try:
             if create_dir:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, text)
+            self._written[path] = write_atomic(path, text)
             self.writes += 1
             self._failed.discard(path)
         except OSError as e:
@@ -196,9 +202,25 @@ class StatusFiles:
         rewritten rather than removed, so a fleet dashboard sees
         ``voice_appliance_up 0`` and ``state="stopped"`` (and the last counters)
         instead of the kiosk's series vanishing or staying at its last state.
+        A file another process has put in the place of ours since our last
+        write is its, not ours: it is left alone.
         """
-        if self.status_path is not None:
+        if self.status_path is not None and self._still_ours(self.status_path):
             with contextlib.suppress(OSError):
                 self.status_path.unlink()
-        if self.prometheus_path is not None:
+        if self.prometheus_path is not None and self._still_ours(self.prometheus_path):
             self._write(self.prometheus_path, to_prometheus(self._last or Status(), running=False), create_dir=False)
+
+    def _still_ours(self, path: Path) -> bool:
+        """True unless our last write of ``path`` was replaced by another's (never written: nothing to compare)."""
+        made = self._written.get(path)
+        if made is None:
+            return True
+        try:
+            now = os.lstat(path)
+        except OSError:
+            return True  # gone: removing is a no-op, rewriting the textfile says we stopped
+        if (now.st_dev, now.st_ino) == made:
+            return True
+        log.info("%s is no longer the file this daemon wrote; leaving it", path)
+        return False

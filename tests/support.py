@@ -134,8 +134,8 @@ def needs(module: str, extra: str) -> pytest.MarkDecorator:
     )
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``voice-appliance …`` as a real process, with a clean credential environment."""
+def cli(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.CompletedProcess[str]:
+    """``voice-appliance …`` as a real process, with a clean credential environment (``popen``: e.g. ``user=``)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
     base.pop("CREDENTIALS_DIRECTORY", None)
     return subprocess.run(
@@ -146,6 +146,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=60,
         cwd=ROOT,
         check=False,
+        **popen,
     )
 
 

@@ -28,20 +28,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    explicit = args.config or os.environ.get("VOICE_APPLIANCE_CONFIG")
-    if not explicit and not DEFAULT_CONFIG_PATH.exists():
-        return SystemdConfig().control_socket  # no config on this machine: the default place
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The control socket and the group allowed to use it (None: the configuration cannot be read)."""
     from device.commands.common import load_from_args
+    from device.errors import DeviceError
 
-    path = load_from_args(args).systemd.control_socket
-    if not path:
+    explicit = args.config or os.environ.get("VOICE_APPLIANCE_CONFIG")
+    if not explicit and not DEFAULT_CONFIG_PATH.exists():  # no config on this machine: the defaults
+        defaults = SystemdConfig()
+        return str(args.socket or defaults.control_socket), defaults.control_group
+    if args.socket:
+        try:  # only for the advice on a permission error: --socket works without a readable config
+            return str(args.socket), load_from_args(args).systemd.control_group
+        except DeviceError:
+            return str(args.socket), None
+    systemd = load_from_args(args).systemd
+    if not systemd.control_socket:
         from device.control import ControlError
 
         raise ControlError("the control socket is turned off (systemd.control_socket = \"\") in the configuration")
-    return path
+    return systemd.control_socket, systemd.control_group
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action not in ("context", "message") and text:
         print(f"voice-appliance ctl: error: {args.action} takes no text", file=sys.stderr)
         return 2
-    ok, answer = request(_socket_path(args), f"{args.action} {text}".strip())
+    path, group = _target(args)
+    ok, answer = request(path, f"{args.action} {text}".strip(), group=group)
     if not ok:
         print(f"voice-appliance ctl: error: {answer}", file=sys.stderr)
         return 1

@@ -183,6 +183,10 @@ _EXIT_MEANING = {
     "78": ("the configuration is invalid (exit 78)", "fix it (see the config line above), " + _RESTART),
     "77": ("the API key is missing or unsafe (exit 77)", "fix it (see the credentials line above), " + _RESTART),
     "74": ("an audio device could not be used (exit 74)", "see the audio lines above, " + _RESTART),
+    "73": (
+        "another voice-appliance daemon ran with this configuration (exit 73)",
+        "stop that one (journalctl -u {unit} -b names its pid), " + _RESTART,
+    ),
 }
 
 

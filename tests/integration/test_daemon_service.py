@@ -8,14 +8,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, fast_scenario, silence, speech
+from test_daemon_support import WAIT_S, Rig, fast_scenario, run_daemon, silence, speech
 
 from device.audio import filedevices
 from device.config import SystemdConfig, load_config
@@ -25,8 +23,6 @@ from device.daemon import serve
 from device.emulator.server import Emulator
 from device.notify import Notifier
 from device.secrets import Secret
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class NotifySocket:
@@ -146,22 +142,7 @@ def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: N
     emu = Emulator(fast_scenario(), speech="tone").start()
     try:
         config = write_config(tmp_path, emu, silence(60.0))
-        env = {
-            **os.environ,
-            **filedevices.alsa_env(tmp_path / "alsa" / filedevices.CONFIG_NAME),
-            "NOTIFY_SOCKET": notify.path,
-            "WATCHDOG_USEC": "2000000",
-        }
-        for var in [v for v in env if v.startswith("VOICE_APPLIANCE_")]:
-            del env[var]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
-            env=env,
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with run_daemon(tmp_path, config, notify.path) as proc:
             assert notify.wait_for("READY=1").startswith("READY=1")
             sock = str(tmp_path / "run" / "control.sock")
             ok, text = request(sock, "status")
@@ -180,11 +161,7 @@ def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: N
             proc.send_signal(signal.SIGTERM)
             assert notify.wait_for("STOPPING=1")
             code = proc.wait(timeout=15)  # the unit's TimeoutStopSec
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        stderr = proc.stderr.read() if proc.stderr else ""
+            stderr = proc.stderr.read() if proc.stderr else ""
         assert code == 0, stderr
         assert "threads still running" not in stderr and "Traceback" not in stderr
         assert not (tmp_path / "run" / "control.sock").exists()

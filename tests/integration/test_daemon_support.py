@@ -10,8 +10,13 @@ when the capture reaches them (synchronised on the daemon's telemetry).
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ BLOCK_BYTES = BLOCK_FRAMES * 2
 BLOCK_S = BLOCK_FRAMES / RATE_HZ
 CHUNK_FRAMES = 1000  # one playback chunk at 16 kHz (62.5 ms)
 WAIT_S = 30.0  # every wait is bounded; generous because the machine is shared
+ROOT = Path(__file__).resolve().parents[2]
 BUTTON_PIN = 17
 MUTE_PIN = 27
 RED, GREEN, BLUE = 5, 6, 13  # the rgb preset's pins
@@ -215,3 +221,36 @@ def with_session(**changes: Any) -> SessionConfig:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+@contextmanager
+def run_daemon(tmp_path: Path, config: Path, notify_path: str) -> Iterator[subprocess.Popen[str]]:
+    """``voice-appliance run`` as its own process on the ALSA files of ``tmp_path``, notifying ``notify_path``.
+
+    Its stderr is a pipe (read it once it has ended); SIGTERM, then SIGKILL, at the end if it still runs.
+    """
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VOICE_APPLIANCE_")},
+        **filedevices.alsa_env(tmp_path / "alsa" / filedevices.CONFIG_NAME),
+        "NOTIFY_SOCKET": notify_path,
+        "WATCHDOG_USEC": "2000000",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

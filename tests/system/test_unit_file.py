@@ -116,7 +116,7 @@ def test_config_and_credential_errors_do_not_restart() -> None:
     s = service()
     assert s["Restart"] == ["on-failure"]
     prevented = {int(v) for value in s["RestartPreventExitStatus"] for v in value.split()}
-    assert {int(ExitCode.CONFIG), int(ExitCode.NOPERM)} <= prevented
+    assert {int(ExitCode.CONFIG), int(ExitCode.NOPERM), int(ExitCode.ALREADY_RUNNING)} <= prevented
 
 
 def test_notify_watchdog_and_runtime_directory() -> None:

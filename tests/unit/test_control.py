@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from device import control
 from device.cli import main
 from device.control import ControlServer, request
 from device.controller import ButtonEvent, Command, MuteEvent
+from tests.support import cli
 
 
 class FakeController:
@@ -89,6 +91,63 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
     finally:
         srv.close()
 
+
+def test_a_live_socket_is_never_replaced(server: tuple[ControlServer, FakeController]) -> None:
+    srv, fake = server
+    second = ControlServer(str(srv.path), own_group(), fake.post, fake.status)
+    with pytest.raises(control.ControlError, match=f"served by another process \\(pid {os.getpid()}\\)"):
+        second.bind()
+    second.close()
+    assert request(str(srv.path), "press") == (True, "")  # the first one still serves its socket
+
+
+def test_a_stop_leaves_a_socket_that_replaced_its_own(tmp_path: Path) -> None:
+    fake = FakeController()
+    path = tmp_path / "c.sock"
+    srv = ControlServer(str(path), own_group(), fake.post, fake.status)
+    srv.start()
+    path.unlink()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(str(path))  # someone else's socket now has the name
+        other.listen()
+        srv.close()
+        assert path.is_socket()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))  # and still works
+    finally:
+        other.close()
+
+
+def test_ctl_not_allowed_names_the_configured_group(tmp_path: Path) -> None:
+    """As a user who may not connect (nobody, when the tests run as root): the advice names control_group."""
+    with tempfile.TemporaryDirectory(prefix="ctl-perm-") as name:
+        public = Path(name)
+        public.chmod(0o755)  # tmp_path's parents are private to the test user
+        sock = public / "c.sock"
+        config = public / "config.toml"
+        config.write_text(f'[systemd]\ncontrol_socket = "{sock}"\ncontrol_group = "kiosk-ui"\n')
+        config.chmod(0o644)
+        fake = FakeController()
+        srv = ControlServer(str(sock), own_group(), fake.post, fake.status)
+        srv.start()
+        as_outsider = {"user": "nobody", "group": "nogroup", "extra_groups": []} if os.geteuid() == 0 else {}
+        try:
+            if not as_outsider:
+                sock.chmod(0)
+            res = cli("ctl", "--config", str(config), "status", **as_outsider)
+            config.chmod(0)  # --socket works without a readable configuration, which then cannot name the group
+            unread = cli("ctl", "--config", str(config), "--socket", str(sock), "status", **as_outsider)
+        finally:
+            srv.close()
+    assert res.returncode == 77, res.stderr
+    assert res.stderr == (
+        f"voice-appliance ctl: error: not allowed to use {sock}; run as root or join its group kiosk-ui "
+        "(sudo adduser $USER kiosk-ui, then log in again)\n"
+    )
+    assert unread.returncode == 77, unread.stderr
+    assert "join the group systemd.control_group names (sudo adduser $USER GROUP, then" in unread.stderr
+    assert fake.events == []
 
 def test_press_release_mute_unmute_post_the_same_events_as_the_hardware(
     server: tuple[ControlServer, FakeController],

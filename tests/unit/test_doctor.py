@@ -98,6 +98,8 @@ SERVICE_CASES = [
      Status.FAIL, "configuration is invalid", "restart"),
     ({"LoadState": "loaded", "ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "77"},
      Status.FAIL, "API key", "credentials"),
+    ({"LoadState": "loaded", "ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "73"},
+     Status.FAIL, "another voice-appliance daemon ran", "names its pid"),
     ({"LoadState": "loaded", "ActiveState": "failed", "Result": "watchdog"}, Status.FAIL, "watchdog", "journalctl"),
     ({"LoadState": "loaded", "ActiveState": "failed", "Result": "start-limit-hit", "NRestarts": "9"},
      Status.FAIL, "too often", "reset-failed"),

@@ -77,6 +77,18 @@ def test_a_clean_stop_leaves_the_textfile_saying_stopped(tmp_path: Path) -> None
     assert not (tmp_path / "status.json").exists()
 
 
+def test_a_stop_leaves_files_another_process_put_in_place_of_ours(tmp_path: Path) -> None:
+    status, prom = tmp_path / "status.json", tmp_path / "node.prom"
+    files = StatusFiles(str(status), str(prom))
+    files.write(ST)
+    theirs = StatusFiles(str(status), str(prom))  # another writer, e.g. a daemon that did not see this one
+    theirs.write(Status(state="speaking"))
+    before = {p: p.read_text() for p in (status, prom)}
+    files.remove()
+    assert {p: p.read_text() for p in (status, prom)} == before
+    theirs.remove()  # its own files it does remove
+    assert not status.exists() and "voice_appliance_up 0\n" in prom.read_text()
+
 def test_status_line_says_state_conversation_and_last_error() -> None:
     assert status_line(ST) == "listening, conversation conv_123, ping 42 ms, 2 conversations"
     line = status_line(Status(state="error", last_error="key rejected; check the API key", muted=True))
