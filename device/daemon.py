@@ -14,13 +14,16 @@ changes state. :func:`serve` is the process main loop used by
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from device.config import Config
 from device.controller import (
@@ -433,8 +436,13 @@ def serve(
     *,
     pin_factory: Any = None,
     stop_event: threading.Event | None = None,
+    hard_exit: bool = False,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT (clean stop) or a fatal failure; SIGHUP reloads."""
+    """Run the daemon until SIGTERM/SIGINT (clean stop) or a fatal failure; SIGHUP reloads.
+
+    ``hard_exit`` (the process's entry point): should a thread outlive the stop, the process
+    ends anyway, with exit code 70, instead of returning and waiting for it.
+    """
     stop = stop_event or threading.Event()
     reload_requested = threading.Event()
 
@@ -465,13 +473,40 @@ def serve(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    left = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    left = lingering_threads()
     if left:  # the interpreter would wait for them: say which, so it can be fixed
         log.error("threads still running after the stop: %s (please report this)", ", ".join(left))
+    code = ExitCode.OK
     if daemon.fatal.is_set():
         log.error("stopped after a failure: %s", daemon.fatal_reason)
-        return int(ExitCode.SOFTWARE)
-    return int(ExitCode.OK)
+        code = ExitCode.SOFTWARE
+    if left and hard_exit:
+        _exit_without(left, daemon.notifier)
+    return int(code)
+
+
+def lingering_threads() -> list[str]:
+    """Names of the threads besides this one that the interpreter would wait for at exit (non-daemon)."""
+    me = threading.current_thread()
+    return [t.name for t in threading.enumerate() if t is not me and t.is_alive() and not t.daemon]
+
+
+def _exit_without(threads: list[str], notifier: Notifier) -> NoReturn:
+    """End the process now, without the threads that outlived the stop.
+
+    One blocked in a device (a speaker that stopped taking audio) may never return, and the
+    interpreter would wait for it for ever. Such a thread is a bug: exit code 70 (SOFTWARE), so
+    systemd records a failure and the restart policy applies. Logs, stdio and STATUS= go out first.
+    """
+    code = ExitCode.SOFTWARE
+    notifier.status(f"stopped; thread(s) {', '.join(threads)} did not end (exit code {int(code)})")
+    notifier.close()
+    log.error("exiting with code %d without waiting for %s", code, ", ".join(threads))
+    logging.shutdown()  # flushes every handler (journal, stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _reload(daemon: Daemon, reload_config: Loader | None) -> None:
