@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, fast_scenario, silence, speech
+from test_daemon_support import WAIT_S, Rig, fast_scenario, silence, speech, with_session
 
 from device.audio import filedevices
 from device.config import SystemdConfig, load_config
 from device.control import request
 from device.controller import Command
 from device.daemon import serve
+from device.emulator.scenario import Fault
 from device.emulator.server import Emulator
 from device.notify import Notifier
 from device.secrets import Secret
@@ -321,6 +322,34 @@ def test_a_missing_microphone_shows_the_error_until_it_appears(tmp_path: Path) -
         raw.write_bytes(content)  # ... now it has
         rig.wait_state("idle", after=mark)
         rig.wait_captured(1.0)
+        assert rig.d.status_dict()["last_error"] == ""  # "the microphone works again": its error is over
+
+
+def handled_so_far(rig: Rig) -> None:
+    """Until the controller has handled every event posted before this call (a command answered after them)."""
+    answered = threading.Event()
+    rig.d.controller.post(Command("nothing", reply=lambda ok, text: answered.set()))  # type: ignore[union-attr]
+    assert answered.wait(WAIT_S)
+
+
+def test_the_microphone_coming_back_leaves_a_newer_error_shown(tmp_path: Path) -> None:
+    scenario = fast_scenario(faults=(Fault(kind="quota", conversation=0),))
+    rig = Rig(tmp_path, silence(10.0), scenario, audio={"reopen_max_s": 0.2}, session=with_session(error_hold_s=60.0))
+    raw = tmp_path / "in.raw"
+    content = raw.read_bytes()
+    raw.unlink()
+    with rig:
+        rig.wait_state("error")
+        mark = rig.tel.mark()
+        rig.d.command("start")  # a conversation the agent refuses: a newer error than the microphone's
+        rig.wait_state("connecting", after=mark)
+        rig.wait_state("error", after=mark)
+        refused = rig.d.status().last_error
+        assert refused and not refused.startswith("microphone:")
+        raw.write_bytes(content)
+        rig.wait_captured(1.0)
+        handled_so_far(rig)  # the microphone's "works again" included
+        assert rig.d.status().last_error == refused
 
 
 def test_a_bad_reload_keeps_the_running_configuration(
