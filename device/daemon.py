@@ -3,7 +3,7 @@
 ::
 
     d = Daemon(cfg, api_key, pin_factory=mock_factory())
-    d.start()            # READY=1 once audio and GPIO are up (the network may come later)
+    d.start()            # READY=1 once GPIO is up and the microphone delivers (the network may come later)
     d.press(); d.release()
     d.stop()             # STOPPING=1, every thread joined, every device closed
 
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 STATUS_REWRITE_S = 10.0  # rewrite the status files at least this often (counters, ping)
 STOP_JOIN_S = 5.0
+# READY waits this long at most for the microphone's first block (through a sound server it takes
+# ~2 s; the capture gives up on a silent one after 3.25 s): far inside the unit's TimeoutStartSec.
+READY_WAIT_S = 10.0
+STARTING = "starting"  # the state shown until the microphone has delivered (or failed)
 
 
 class Daemon:
@@ -70,6 +74,7 @@ class Daemon:
         self.started_at_s = 0.0
         self.sessions_made = 0
         self._running = False
+        self._starting = False  # parts are up, the microphone has not delivered yet: not ready
         self._lock = threading.Lock()
         self._last_written: tuple[object, ...] = ()
         self._last_write_s = 0.0
@@ -91,17 +96,21 @@ class Daemon:
 
     # -- lifetime -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every part; READY=1 when audio and GPIO are up."""
+        """Start every part; READY=1 once GPIO is up and the microphone delivers (or failed: shown)."""
         if self._running:
             raise RuntimeError("the daemon is already running")
         t0 = time.monotonic()
         self.started_at_s = t0
+        self._starting = True
         try:
             self._build()
             self._start_parts()
+            self._wait_until_heard()
         except BaseException:
+            self._starting = False
             self._stop_parts()
             raise
+        self._starting = False
         self._running = True
         self.notifier.ready(status_line(self.status()))
         log.info("voice appliance ready in %.0f ms (gate %s)", (time.monotonic() - t0) * 1000, self.cfg.gate.mode)
@@ -127,6 +136,7 @@ class Daemon:
         log.info("reloading the configuration (a running conversation ends)")
         old = self.cfg, self.api_key
         self._running = False
+        self._starting = True
         self._stop_parts()
         self.cfg, self.api_key = cfg, api_key
         refused = ""
@@ -140,9 +150,22 @@ class Daemon:
             self.cfg, self.api_key = old
             self._build()
             self._start_parts()
+        self._wait_until_heard()
+        self._starting = False
         self._running = True
         self.notifier.ready(refused or status_line(self.status()))
         return not refused
+
+    def _wait_until_heard(self) -> None:
+        """Ready means able to hear: a press before the microphone's first block could lose the
+        first words. A microphone that fails is shown as an error and does not hold READY back."""
+        if self.capture is None or self.capture.wait_settled(READY_WAIT_S):
+            return
+        log.warning(
+            "the microphone %s delivered no audio within %.0f s of the start; ready without it (still trying)",
+            self.cfg.audio.capture_device,
+            READY_WAIT_S,
+        )
 
     def __enter__(self) -> Daemon:
         self.start()
@@ -202,7 +225,7 @@ class Daemon:
         counters["xruns"] = counters.get("capture_overruns", 0) + counters.get("playback_underruns", 0)
         counters["uptime_s"] = round(time.monotonic() - self.started_at_s, 1)
         return Status(
-            state=base.state,
+            state=STARTING if self._starting and c is not None else base.state,
             muted=base.muted,
             conversation_id=base.conversation_id,
             last_error=self.fatal_reason or base.last_error,
