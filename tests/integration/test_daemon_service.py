@@ -145,28 +145,25 @@ watchdog = true
     return path
 
 
-def start_run(config: Path, notify: NotifySocket, **env_changes: str) -> subprocess.Popen[str]:
-    """`voice-appliance run --config CONFIG --mock-gpio` in a child process (stderr piped) under a stand-in systemd.
-
-    Its ALSA loads the file devices of write_config (``ALSA_CONFIG_PATH`` in ``env_changes`` replaces them).
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_APPLIANCE_")}
-    env.update(filedevices.alsa_env(config.parent / "alsa" / filedevices.CONFIG_NAME), NOTIFY_SOCKET=notify.path)
-    env.update(env_changes)
-    return subprocess.Popen(
-        [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: NotifySocket) -> None:
     emu = Emulator(fast_scenario(), speech="tone").start()
     try:
         config = write_config(tmp_path, emu, silence(60.0))
-        proc = start_run(config, notify, WATCHDOG_USEC="2000000")
+        env = {
+            **os.environ,
+            **filedevices.alsa_env(tmp_path / "alsa" / filedevices.CONFIG_NAME),
+            "NOTIFY_SOCKET": notify.path,
+            "WATCHDOG_USEC": "2000000",
+        }
+        for var in [v for v in env if v.startswith("VOICE_APPLIANCE_")]:
+            del env[var]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert notify.wait_for("READY=1").startswith("READY=1")
             sock = str(tmp_path / "run" / "control.sock")

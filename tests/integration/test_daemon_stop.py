@@ -6,13 +6,14 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_daemon_service import NotifySocket, start_run, write_config
+from test_daemon_service import ROOT, NotifySocket, write_config
 from test_daemon_support import WAIT_S, fast_scenario, silence
 
 from device.audio import filedevices
@@ -63,6 +64,23 @@ def blocked_in_a_pipe(pid: int) -> bool:
         except OSError:
             continue  # that thread just ended
     return False
+
+
+def start_run(config: Path, notify: NotifySocket, **env_changes: str) -> subprocess.Popen[str]:
+    """`voice-appliance run --config CONFIG --mock-gpio` in a child process (stderr piped) under a stand-in systemd.
+
+    Its ALSA loads the file devices of write_config (``ALSA_CONFIG_PATH`` in ``env_changes`` replaces them).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_APPLIANCE_")}
+    env.update(filedevices.alsa_env(config.parent / "alsa" / filedevices.CONFIG_NAME), NOTIFY_SOCKET=notify.path)
+    env.update(env_changes)
+    return subprocess.Popen(
+        [sys.executable, "-m", "device", "run", "--config", str(config), "--mock-gpio"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sigterm_ends_the_process_while_the_speaker_blocks(tmp_path: Path) -> None:
