@@ -648,7 +648,7 @@ class Controller(Worker):
         self._gen = 0
         self._mute_sources: set[str] = set()
         self._playing: set[str] = set()  # what the speaker plays now: "reply", "earcon"
-        self._faults: dict[str, str] = {}  # devices missing now: source -> message
+        self._faults: dict[str, str] = {}  # devices missing now: source -> the last_error it set
         self._started_by_speech = False
         # Noise suppression / automatic gain, applied once to every block that is used.
         self._dsp = dsp.make(cfg.audio.noise_suppression, cfg.audio.auto_gain_dbfs)
@@ -1252,18 +1252,19 @@ class Controller(Worker):
         now = self._clock()
         before = self.machine.state
         if fault.ok:
-            if self._faults.pop(fault.source, None) is None:
+            shown = self._faults.pop(fault.source, None)
+            if shown is None:
                 return
             log.info("the %s works again", fault.source)
+            if self.machine.last_error == shown:  # its error is over (a newer, unrelated one stays)
+                self.machine.last_error = next(iter(self._faults.values()), "")  # another device still missing
         else:
-            new = fault.source not in self._faults
-            self._faults[fault.source] = fault.message
-            if not new:
+            if fault.source in self._faults:
                 return  # still failing: the audio worker retries (and logs, rate-limited)
             with self._lock:
                 self.counters["audio_errors"] += 1
             self.telemetry.publish("error", now, message=fault.message, source=fault.source)
-            self.machine.last_error = f"{fault.source}: {fault.message}"
+            self._faults[fault.source] = self.machine.last_error = f"{fault.source}: {fault.message}"
         self.machine.device_fault = bool(self._faults)
         if not fault.ok and self.machine.state in CONVERSATION:
             # Without a microphone or speaker the conversation cannot go on.

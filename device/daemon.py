@@ -3,7 +3,7 @@
 ::
 
     d = Daemon(cfg, api_key, pin_factory=mock_factory())
-    d.start()            # READY=1 once audio and GPIO are up (the network may come later)
+    d.start()            # READY=1 once GPIO is up and the microphone delivers (the network may come later)
     d.press(); d.release()
     d.stop()             # STOPPING=1, every thread joined, every device closed
 
@@ -14,13 +14,16 @@ changes state. :func:`serve` is the process main loop used by
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from device.config import Config
 from device.controller import (
@@ -44,6 +47,10 @@ log = logging.getLogger(__name__)
 
 STATUS_REWRITE_S = 10.0  # rewrite the status files at least this often (counters, ping)
 STOP_JOIN_S = 5.0
+# READY waits this long at most for the microphone's first block (through a sound server it takes
+# ~2 s; the capture gives up on a silent one after 3.25 s): far inside the unit's TimeoutStartSec.
+READY_WAIT_S = 10.0
+STARTING = "starting"  # the state shown until the microphone has delivered (or failed)
 
 
 class Daemon:
@@ -68,6 +75,7 @@ class Daemon:
         self.started_at_s = 0.0
         self.sessions_made = 0
         self._running = False
+        self._starting = False  # parts are up, the microphone has not delivered yet: not ready
         self._lock = threading.Lock()
         self._last_written: tuple[object, ...] = ()
         self._last_write_s = 0.0
@@ -90,19 +98,23 @@ class Daemon:
 
     # -- lifetime -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every part; READY=1 when audio and GPIO are up."""
+        """Start every part; READY=1 once GPIO is up and the microphone delivers (or failed: shown)."""
         if self._running:
             raise RuntimeError("the daemon is already running")
         t0 = time.monotonic()
         self.started_at_s = t0
         self._instance = claim(self.cfg.systemd)  # first: a refusal must leave another daemon's files alone
+        self._starting = True
         try:
             self._build()
             self._start_parts()
+            self._wait_until_heard()
         except BaseException:
+            self._starting = False
             self._stop_parts()
             self._instance.release()
             raise
+        self._starting = False
         self._running = True
         self.notifier.ready(status_line(self.status()))
         log.info("voice appliance ready in %.0f ms (gate %s)", (time.monotonic() - t0) * 1000, self.cfg.gate.mode)
@@ -129,6 +141,7 @@ class Daemon:
         log.info("reloading the configuration (a running conversation ends)")
         old = self.cfg, self.api_key
         self._running = False
+        self._starting = True
         self._stop_parts()
         self.cfg, self.api_key = cfg, api_key
         refused = ""
@@ -142,9 +155,22 @@ class Daemon:
             self.cfg, self.api_key = old
             self._build()
             self._start_parts()
+        self._wait_until_heard()
+        self._starting = False
         self._running = True
         self.notifier.ready(refused or status_line(self.status()))
         return not refused
+
+    def _wait_until_heard(self) -> None:
+        """Ready means able to hear: a press before the microphone's first block could lose the
+        first words. A microphone that fails is shown as an error and does not hold READY back."""
+        if self.capture is None or self.capture.wait_settled(READY_WAIT_S):
+            return
+        log.warning(
+            "the microphone %s delivered no audio within %.0f s of the start; ready without it (still trying)",
+            self.cfg.audio.capture_device,
+            READY_WAIT_S,
+        )
 
     def __enter__(self) -> Daemon:
         self.start()
@@ -204,7 +230,7 @@ class Daemon:
         counters["xruns"] = counters.get("capture_overruns", 0) + counters.get("playback_underruns", 0)
         counters["uptime_s"] = round(time.monotonic() - self.started_at_s, 1)
         return Status(
-            state=base.state,
+            state=STARTING if self._starting and c is not None else base.state,
             muted=base.muted,
             conversation_id=base.conversation_id,
             last_error=self.fatal_reason or base.last_error,
@@ -438,8 +464,13 @@ def serve(
     *,
     pin_factory: Any = None,
     stop_event: threading.Event | None = None,
+    hard_exit: bool = False,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT (clean stop) or a fatal failure; SIGHUP reloads."""
+    """Run the daemon until SIGTERM/SIGINT (clean stop) or a fatal failure; SIGHUP reloads.
+
+    ``hard_exit`` (the process's entry point): should a thread outlive the stop, the process
+    ends anyway, with exit code 70, instead of returning and waiting for it.
+    """
     stop = stop_event or threading.Event()
     reload_requested = threading.Event()
 
@@ -470,13 +501,40 @@ def serve(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    left = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    left = lingering_threads()
     if left:  # the interpreter would wait for them: say which, so it can be fixed
         log.error("threads still running after the stop: %s (please report this)", ", ".join(left))
+    code = ExitCode.OK
     if daemon.fatal.is_set():
         log.error("stopped after a failure: %s", daemon.fatal_reason)
-        return int(ExitCode.SOFTWARE)
-    return int(ExitCode.OK)
+        code = ExitCode.SOFTWARE
+    if left and hard_exit:
+        _exit_without(left, daemon.notifier)
+    return int(code)
+
+
+def lingering_threads() -> list[str]:
+    """Names of the threads besides this one that the interpreter would wait for at exit (non-daemon)."""
+    me = threading.current_thread()
+    return [t.name for t in threading.enumerate() if t is not me and t.is_alive() and not t.daemon]
+
+
+def _exit_without(threads: list[str], notifier: Notifier) -> NoReturn:
+    """End the process now, without the threads that outlived the stop.
+
+    One blocked in a device (a speaker that stopped taking audio) may never return, and the
+    interpreter would wait for it for ever. Such a thread is a bug: exit code 70 (SOFTWARE), so
+    systemd records a failure and the restart policy applies. Logs, stdio and STATUS= go out first.
+    """
+    code = ExitCode.SOFTWARE
+    notifier.status(f"stopped; thread(s) {', '.join(threads)} did not end (exit code {int(code)})")
+    notifier.close()
+    log.error("exiting with code %d without waiting for %s", code, ", ".join(threads))
+    logging.shutdown()  # flushes every handler (journal, stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _reload(daemon: Daemon, reload_config: Loader | None) -> None:

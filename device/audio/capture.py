@@ -11,6 +11,7 @@ show an error state. The worker never exits because of the device.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -79,12 +80,21 @@ class Capture(Worker):
         self._failures = 0  # consecutive failures without a block in between
         self._last_log_s = -LOG_EVERY_S
         self._stats = {"blocks": 0, "overruns": 0, "reopen_count": 0, "device_errors": 0}
+        self._settled = threading.Event()  # the first block was handed on, or the microphone failed
 
     # -- for owners -----------------------------------------------------
     @property
     def stats(self) -> dict[str, int]:
         """Counters: blocks, overruns, reopen_count, device_errors, open (0/1)."""
         return {**self._stats, "open": int(self._dev is not None)}
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Until the microphone has delivered its first block or failed (True), or ``timeout_s`` passed.
+
+        Through a sound server the first block may come ~2 s after the open: until then the
+        device cannot hear.
+        """
+        return self._settled.wait(timeout_s)
 
     def wake(self) -> None:
         self._waker.wake()
@@ -110,7 +120,9 @@ class Capture(Worker):
                     self._failures = 0
                     self._stats["blocks"] += 1
                     self._on_block(block)
+                    self._settled.set()
         finally:
+            self._settled.set()  # nobody waits for a worker that ended
             self._close()
             self._waker.close()
 
@@ -165,6 +177,7 @@ class Capture(Worker):
                 "device_error", now, self._cfg.capture_device, str(error), delay_s, self._failures
             )
         )
+        self._settled.set()  # the failure is reported (the owner shows it): no use waiting for audio
         self.wait(delay_s)
 
     def _next_block(self) -> Block | None:

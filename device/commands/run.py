@@ -87,4 +87,4 @@ def run(args: argparse.Namespace) -> int:
         from device.gpio import mock_factory
 
         pin_factory = mock_factory()
-    return serve(cfg, key, lambda: _load(args), pin_factory=pin_factory)
+    return serve(cfg, key, lambda: _load(args), pin_factory=pin_factory, hard_exit=True)

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, fast_scenario, run_daemon, silence, speech
+from test_daemon_support import WAIT_S, Rig, fast_scenario, run_daemon, silence, speech, with_session
 
 from device.audio import filedevices
 from device.config import SystemdConfig, load_config
 from device.control import request
 from device.controller import Command
 from device.daemon import serve
+from device.emulator.scenario import Fault
 from device.emulator.server import Emulator
 from device.notify import Notifier
 from device.secrets import Secret
@@ -102,8 +103,10 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
         assert rig.d.watchdog.stuck == []
 
 
-def write_config(tmp_path: Path, emu: Emulator, input_pcm: bytes) -> Path:
+def write_config(tmp_path: Path, emu: Emulator, input_pcm: bytes, playback_device: str = "") -> Path:
+    """A config for `voice-appliance run`: file devices, the emulator, the control socket; [systemd] comes last."""
     conf = filedevices.install(tmp_path / "alsa")
+    playback_device = playback_device or filedevices.playback_device(tmp_path / "out.raw", fixed_16k=True)
     raw = tmp_path / "in.raw"
     raw.write_bytes(input_pcm + silence(4.0))
     key = tmp_path / "api_key"
@@ -119,7 +122,7 @@ api_key_file = "{key}"
 
 [audio]
 capture_device = '{filedevices.capture_device(raw)}'
-playback_device = '{filedevices.playback_device(tmp_path / "out.raw", fixed_16k=True)}'
+playback_device = '{playback_device}'
 pace_realtime = true
 earcons = false
 
@@ -280,12 +283,15 @@ def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "status.json").exists()  # a stopped daemon leaves no stale status
 
 
-def test_a_missing_microphone_shows_the_error_until_it_appears(tmp_path: Path) -> None:
+def test_a_missing_microphone_shows_the_error_until_it_appears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rig = Rig(tmp_path, silence(10.0), audio={"reopen_max_s": 0.2})
     raw = tmp_path / "in.raw"
     content = raw.read_bytes()
     raw.unlink()  # the sound card has not appeared yet at boot
     with rig:
+        assert "ready without it" not in caplog.text  # its failure, not a timeout, made the daemon ready
         rig.wait_state("error")
         assert rig.d.status().last_error.startswith("microphone:")
         assert rig.d.controller is not None and rig.d.controller.machine.state.value == "idle"
@@ -293,6 +299,34 @@ def test_a_missing_microphone_shows_the_error_until_it_appears(tmp_path: Path) -
         raw.write_bytes(content)  # ... now it has
         rig.wait_state("idle", after=mark)
         rig.wait_captured(1.0)
+        assert rig.d.status_dict()["last_error"] == ""  # "the microphone works again": its error is over
+
+
+def handled_so_far(rig: Rig) -> None:
+    """Until the controller has handled every event posted before this call (a command answered after them)."""
+    answered = threading.Event()
+    rig.d.controller.post(Command("nothing", reply=lambda ok, text: answered.set()))  # type: ignore[union-attr]
+    assert answered.wait(WAIT_S)
+
+
+def test_the_microphone_coming_back_leaves_a_newer_error_shown(tmp_path: Path) -> None:
+    scenario = fast_scenario(faults=(Fault(kind="quota", conversation=0),))
+    rig = Rig(tmp_path, silence(10.0), scenario, audio={"reopen_max_s": 0.2}, session=with_session(error_hold_s=60.0))
+    raw = tmp_path / "in.raw"
+    content = raw.read_bytes()
+    raw.unlink()
+    with rig:
+        rig.wait_state("error")
+        mark = rig.tel.mark()
+        rig.d.command("start")  # a conversation the agent refuses: a newer error than the microphone's
+        rig.wait_state("connecting", after=mark)
+        rig.wait_state("error", after=mark)
+        refused = rig.d.status().last_error
+        assert refused and not refused.startswith("microphone:")
+        raw.write_bytes(content)
+        rig.wait_captured(1.0)
+        handled_so_far(rig)  # the microphone's "works again" included
+        assert rig.d.status().last_error == refused
 
 
 def test_a_bad_reload_keeps_the_running_configuration(
