@@ -36,7 +36,7 @@ from device.config import AgentConfig
 from device.errors import SessionError
 from device.neterrors import NetFailure, classify, describe
 from device.protocol import SOURCE_NAME, Outcome, classify_http_status, parse_retry_after
-from device.retry import backoff_delay_s
+from device.retry import retry_delay_s
 from device.secrets import Secret, redact
 from device.worker import Worker, WorkerExited
 
@@ -364,11 +364,11 @@ class AgentHttp:
                 retry = e.outcome in (Outcome.SERVER_ERROR, Outcome.NETWORK) and "TLS" not in e.detail
                 if not retry or attempt >= self._attempts:
                     raise
-                delay_s = backoff_delay_s(attempt - 1, self._retry_initial_s, self._retry_max_s, rng=self._rng)
-                if e.retry_after_s is not None:
-                    if e.retry_after_s > self._retry_max_s:
-                        raise
-                    delay_s = max(delay_s, e.retry_after_s)
+                if e.retry_after_s is not None and e.retry_after_s > self._retry_max_s:
+                    raise  # longer than this client waits: the caller's own retry (capped) decides
+                delay_s = retry_delay_s(
+                    attempt - 1, self._retry_initial_s, self._retry_max_s, e.retry_after_s, rng=self._rng
+                )
                 log.info("%s; retry %d of %d in %.1f s", e.detail, attempt, self._attempts - 1, delay_s)
                 if cancel.wait(delay_s):
                     raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
@@ -450,8 +450,9 @@ class AgentHttp:
         elif outcome is Outcome.NOT_FOUND:
             detail = f"{who} does not know agent {self.agent.agent_id!r} (HTTP 404){said}"
         elif outcome is Outcome.RATE_LIMITED:
-            wait = f"; retry after {retry_after_s:g} s" if retry_after_s is not None else ""
-            detail = f"{who} is rate limiting (HTTP 429){wait}{said}"
+            # The server's own figure, named as such: the device waits at most session.retry_max_s.
+            wait = f", Retry-After {retry_after_s:g} s" if retry_after_s is not None else ""
+            detail = f"{who} is rate limiting (HTTP 429{wait}){said}"
         elif outcome is Outcome.SERVER_ERROR:
             detail = f"{who} failed (HTTP {status}){said}"
         elif outcome is Outcome.MISCONFIGURED:
@@ -470,7 +471,7 @@ class SignedUrlSource(Worker):
     A URL is handed out at most once (:meth:`take`) and only while it has
     ``margin_s`` of its 15-minute validity left; the worker fetches the next one
     at once and refreshes a waiting one after ``refresh_after_s``. Failures are
-    retried with capped, jittered backoff (honouring Retry-After).
+    retried with capped, jittered backoff (honouring Retry-After up to ``retry_max_s``).
     """
 
     def __init__(
@@ -576,11 +577,9 @@ class SignedUrlSource(Worker):
             except AgentHttpError as e:
                 self.failures += 1
                 self.last_error = e
-                delay_s = backoff_delay_s(attempt, self._retry_initial_s, self._retry_max_s)
-                if e.retry_after_s is not None:
-                    delay_s = max(delay_s, e.retry_after_s)
+                delay_s = retry_delay_s(attempt, self._retry_initial_s, self._retry_max_s, e.retry_after_s)
                 attempt += 1
-                log.warning("prefetching a signed URL failed: %s (next try in %.0f s)", e, delay_s)
+                log.warning("prefetching a signed URL failed: %s (next try in %.1f s)", e, delay_s)
                 with self._cond:
                     self._fetching = False
                     self._kicked = False

@@ -9,6 +9,8 @@ server that accepts and never answers.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 import ssl
 import threading
@@ -220,7 +222,7 @@ def test_rate_limit_reports_retry_after_without_retrying(server: Server) -> None
     with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
     assert info.value.outcome is Outcome.RATE_LIMITED and info.value.retry_after_s == 17.0
-    assert "retry after 17 s" in str(info.value)
+    assert "(HTTP 429, Retry-After 17 s)" in str(info.value)
     assert len(server.script.requests) == 1
 
 
@@ -245,6 +247,14 @@ def test_a_retry_after_longer_than_the_cap_is_not_waited_for(server: Server) -> 
     with client(agent(server.port), attempts=3) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
     assert info.value.retry_after_s == 3600.0 and len(server.script.requests) == 1
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "nan", "-5"])
+def test_an_unusable_retry_after_on_a_server_error_gets_the_normal_backoff(server: Server, retry_after: str) -> None:
+    server.script.answers = [Answer(503, b"busy", {"Retry-After": retry_after})]
+    with client(agent(server.port), attempts=2) as http:
+        assert "SIGNED_TOKEN_1" in http.fetch_signed_url().url
+    assert len(server.script.requests) == 2
 
 
 def test_retry_backoff_is_cancellable(server: Server) -> None:
@@ -429,6 +439,35 @@ def test_prefetch_failure_leaves_a_miss_and_the_error(server: Server) -> None:
     finally:
         source.close()
     assert source.misses == 1 and source.failures == 1, "the failure backoff (30 s) holds the next try"
+
+
+HOSTILE_RETRY_AFTER = [
+    (429, "inf"),
+    (429, "nan"),
+    (429, "-5"),
+    (429, "3600"),
+    (429, "Fri, 31 Dec 9999 23:59:59 GMT"),
+    (503, "inf"),
+]
+
+
+@pytest.mark.parametrize(("status", "retry_after"), HOSTILE_RETRY_AFTER)
+def test_the_prefetcher_tries_again_within_retry_max_s_whatever_retry_after_says(
+    server: Server, status: int, retry_after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script.answers = [Answer(status, {"detail": "slow down"}, {"Retry-After": retry_after})]
+    caplog.set_level(logging.INFO, logger="device.agent_http")
+    source = SignedUrlSource(client(agent(server.port), attempts=1), retry_initial_s=0.05, retry_max_s=1.0)
+    source.start()
+    try:
+        assert source.wait_ready(WAIT_S), "the prefetcher stopped trying"
+    finally:
+        source.close()
+    assert len(server.script.requests) == 2 and source.failures == 1
+    lines = [r.getMessage() for r in caplog.records if "prefetching a signed URL failed" in r.getMessage()]
+    assert len(lines) == 1 and not re.search(r"\b(inf|nan)\b", lines[0])
+    waited = re.search(r"next try in ([0-9.]+) s", lines[0])
+    assert waited is not None and float(waited.group(1)) <= 1.0
 
 
 def test_an_expired_url_is_never_handed_out(server: Server) -> None:
