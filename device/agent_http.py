@@ -15,6 +15,7 @@ so a button press connects without waiting for the REST round trip.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import random
@@ -108,9 +109,22 @@ def plaintext_allowed(signed_url: str, asked_url: str) -> bool:
     parts = urlsplit(signed_url)
     if parts.scheme.lower() == "wss":
         return True
-    host = (parts.hostname or "").lower()
-    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
-    return loopback or urlsplit(asked_url).scheme.lower() == "http"
+    return is_loopback_host(parts.hostname or "") or urlsplit(asked_url).scheme.lower() == "http"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname, IPv6 without brackets) is this machine: a loopback address
+    (127.0.0.0/8, ::1, ::ffff:127.x.y.z) or the name ``localhost``. A name that merely starts like
+    one (127.example.com, localhost.example.com) is whatever its DNS says, so it is not loopback."""
+    name = host.lower()
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def public_conversation_url(endpoints: Endpoints, agent_id: str, version: str = device.__version__) -> str:

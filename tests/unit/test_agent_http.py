@@ -30,6 +30,7 @@ from device.agent_http import (
     add_client_params,
     broker_request,
     endpoints_for,
+    is_loopback_host,
     plaintext_allowed,
     public_conversation_url,
     signed_url_request,
@@ -339,9 +340,12 @@ def test_ca_bundle_lets_a_private_ca_through(cert: tuple[Path, Path]) -> None:
         srv.close()
 
 
-def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    "host", ["agent.example.com", "127.attacker.example", "127.0.0.1.nip.io", "localhost.attacker.example"]
+)
+def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[Path, Path], host: str) -> None:
     srv = Server(tls=cert)
-    srv.script.default = Answer(body={"signed_url": "ws://agent.example.com/v1/convai/conversation?token=SIGNED_TOKEN_2"})
+    srv.script.default = Answer(body={"signed_url": f"ws://{host}/v1/convai/conversation?token=SIGNED_TOKEN_2"})
     try:
         cfg = AgentConfig(
             agent_id="a", base_url=f"https://127.0.0.1:{srv.port}", http_timeout_s=5.0, ca_bundle=str(cert[0])
@@ -363,10 +367,35 @@ def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[P
         ("ws://localhost:8765/v1/x?t=1", "https://broker.example.com/s", True),
         ("ws://192.168.1.20:8765/v1/x?t=1", "http://192.168.1.20:8765/v1/y", True),  # chosen plaintext
         ("ws://192.168.1.20:8765/v1/x?t=1", "https://broker.example.com/s", False),
+        ("ws://127.attacker.example/v1/x?t=1", "https://broker.example.com/s", False),
+        ("ws://[::1]:8765/v1/x?t=1", "https://broker.example.com/s", True),
     ],
 )
 def test_plaintext_signed_urls_only_where_plaintext_was_chosen(signed: str, asked: str, allowed: bool) -> None:
     assert plaintext_allowed(signed, asked) is allowed
+
+
+LOOPBACK = ["127.0.0.1", "127.1.2.3", "127.255.255.254", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1",
+            "localhost", "LocalHost", "localhost."]
+NOT_LOOPBACK = ["127.attacker.example", "127.0.0.1.nip.io", "localhost.attacker.example", "127.0.0.1.", "127.1",
+                "0x7f000001", "2130706433", "128.0.0.1", "10.0.0.1", "::2", "::ffff:10.0.0.1", "fe80::1",
+                "0.0.0.0", "::", "localhost..", "xlocalhost", "", "api.elevenlabs.io"]
+
+
+@pytest.mark.parametrize("host", LOOPBACK)
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback_host(host)
+    bracketed = f"[{host}]" if ":" in host else host
+    assert plaintext_allowed(f"ws://{bracketed}:8765/v1/x?token=T", "https://broker.example.com/s")
+
+
+@pytest.mark.parametrize("host", NOT_LOOPBACK)
+def test_names_and_addresses_that_only_look_like_loopback_are_not(host: str) -> None:
+    """A name is whatever its DNS says (127.0.0.1.nip.io resolves anywhere it likes)."""
+    assert not is_loopback_host(host)
+    if host:
+        bracketed = f"[{host}]" if ":" in host else host
+        assert not plaintext_allowed(f"ws://{bracketed}:8765/v1/x?token=T", "https://broker.example.com/s")
 
 
 def test_unreadable_ca_bundle_names_the_setting(tmp_path: Path) -> None:
