@@ -15,6 +15,7 @@ so a button press connects without waiting for the REST round trip.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import random
@@ -36,7 +37,7 @@ from device.config import AgentConfig
 from device.errors import SessionError
 from device.neterrors import NetFailure, classify, describe
 from device.protocol import SOURCE_NAME, Outcome, classify_http_status, parse_retry_after
-from device.retry import backoff_delay_s
+from device.retry import retry_delay_s
 from device.secrets import Secret, redact
 from device.worker import Worker, WorkerExited
 
@@ -108,9 +109,22 @@ def plaintext_allowed(signed_url: str, asked_url: str) -> bool:
     parts = urlsplit(signed_url)
     if parts.scheme.lower() == "wss":
         return True
-    host = (parts.hostname or "").lower()
-    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
-    return loopback or urlsplit(asked_url).scheme.lower() == "http"
+    return is_loopback_host(parts.hostname or "") or urlsplit(asked_url).scheme.lower() == "http"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname, IPv6 without brackets) is this machine: a loopback address
+    (127.0.0.0/8, ::1, ::ffff:127.x.y.z) or the name ``localhost``. A name that merely starts like
+    one (127.example.com, localhost.example.com) is whatever its DNS says, so it is not loopback."""
+    name = host.lower()
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def public_conversation_url(endpoints: Endpoints, agent_id: str, version: str = device.__version__) -> str:
@@ -364,11 +378,11 @@ class AgentHttp:
                 retry = e.outcome in (Outcome.SERVER_ERROR, Outcome.NETWORK) and "TLS" not in e.detail
                 if not retry or attempt >= self._attempts:
                     raise
-                delay_s = backoff_delay_s(attempt - 1, self._retry_initial_s, self._retry_max_s, rng=self._rng)
-                if e.retry_after_s is not None:
-                    if e.retry_after_s > self._retry_max_s:
-                        raise
-                    delay_s = max(delay_s, e.retry_after_s)
+                if e.retry_after_s is not None and e.retry_after_s > self._retry_max_s:
+                    raise  # longer than this client waits: the caller's own retry (capped) decides
+                delay_s = retry_delay_s(
+                    attempt - 1, self._retry_initial_s, self._retry_max_s, e.retry_after_s, rng=self._rng
+                )
                 log.info("%s; retry %d of %d in %.1f s", e.detail, attempt, self._attempts - 1, delay_s)
                 if cancel.wait(delay_s):
                     raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
@@ -450,8 +464,9 @@ class AgentHttp:
         elif outcome is Outcome.NOT_FOUND:
             detail = f"{who} does not know agent {self.agent.agent_id!r} (HTTP 404){said}"
         elif outcome is Outcome.RATE_LIMITED:
-            wait = f"; retry after {retry_after_s:g} s" if retry_after_s is not None else ""
-            detail = f"{who} is rate limiting (HTTP 429){wait}{said}"
+            # The server's own figure, named as such: the device waits at most session.retry_max_s.
+            wait = f", Retry-After {retry_after_s:g} s" if retry_after_s is not None else ""
+            detail = f"{who} is rate limiting (HTTP 429{wait}){said}"
         elif outcome is Outcome.SERVER_ERROR:
             detail = f"{who} failed (HTTP {status}){said}"
         elif outcome is Outcome.MISCONFIGURED:
@@ -470,7 +485,7 @@ class SignedUrlSource(Worker):
     A URL is handed out at most once (:meth:`take`) and only while it has
     ``margin_s`` of its 15-minute validity left; the worker fetches the next one
     at once and refreshes a waiting one after ``refresh_after_s``. Failures are
-    retried with capped, jittered backoff (honouring Retry-After).
+    retried with capped, jittered backoff (honouring Retry-After up to ``retry_max_s``).
     """
 
     def __init__(
@@ -576,11 +591,9 @@ class SignedUrlSource(Worker):
             except AgentHttpError as e:
                 self.failures += 1
                 self.last_error = e
-                delay_s = backoff_delay_s(attempt, self._retry_initial_s, self._retry_max_s)
-                if e.retry_after_s is not None:
-                    delay_s = max(delay_s, e.retry_after_s)
+                delay_s = retry_delay_s(attempt, self._retry_initial_s, self._retry_max_s, e.retry_after_s)
                 attempt += 1
-                log.warning("prefetching a signed URL failed: %s (next try in %.0f s)", e, delay_s)
+                log.warning("prefetching a signed URL failed: %s (next try in %.1f s)", e, delay_s)
                 with self._cond:
                     self._fetching = False
                     self._kicked = False

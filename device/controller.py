@@ -50,7 +50,7 @@ from device.protocol import (
     UserTranscript,
     VadScore,
 )
-from device.retry import backoff_delay_s
+from device.retry import retry_delay_s
 from device.status import Status
 from device.telemetry import TelemetryBus
 from device.worker import Worker, WorkerExited
@@ -114,7 +114,7 @@ class Input:
 
     kind: Kind
     retryable: bool = False  # FAILED: worth an automatic retry
-    retry_after_s: float | None = None  # FAILED: the server asked for this delay
+    retry_after_s: float | None = None  # FAILED: the server asked for this delay (waited up to retry_max_s)
     message: str = ""  # FAILED: one line, what happened and what to do
 
 
@@ -366,9 +366,9 @@ class Machine:
             delay_s = None
             s = self.settings.session
             if self._will_retry(previous, event):
-                delay_s = event.retry_after_s
-                if delay_s is None:
-                    delay_s = backoff_delay_s(self.attempts, s.retry_initial_s, s.retry_max_s, rng=self._rng)
+                delay_s = retry_delay_s(
+                    self.attempts, s.retry_initial_s, s.retry_max_s, event.retry_after_s, rng=self._rng
+                )
                 self.attempts += 1
                 self.retry_pending = True
             self.deadline_s = now_s + (delay_s if delay_s is not None else self.settings.session.error_hold_s)

@@ -19,9 +19,11 @@ import base64
 import binascii
 import enum
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -256,21 +258,30 @@ def classify_http_status(status: int) -> Outcome:
     return Outcome.PROTOCOL
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def parse_retry_after(value: str | None, now_epoch_s: float | None = None) -> float | None:
-    """``Retry-After`` seconds (delta or HTTP date) → seconds, None when absent or unreadable."""
+    """``Retry-After`` (delay-seconds or an HTTP-date) → seconds from now; None when absent or unusable.
+
+    Unusable, so the caller backs off as if there were none: a negative, non-finite or malformed
+    number (``inf``, ``nan``, ``-5``, ``1e3``), an unreadable date, or a date without ``now_epoch_s``.
+    A date in the past is 0. The value is not capped here: whoever waits caps it (device.retry).
+    """
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELAY_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None  # a few hundred digits overflow to inf
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if now_epoch_s is None:
         return None
+    if when.tzinfo is None:  # asctime and "-0000" dates carry no zone; HTTP dates are always UTC
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now_epoch_s)
 
 

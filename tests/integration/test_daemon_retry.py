@@ -9,6 +9,10 @@ question, measured in the emulator's recording, not just "a turn happened".
 from __future__ import annotations
 
 import json
+import logging
+import re
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +30,9 @@ from test_daemon_support import (
 )
 
 from device.bench import fixtures, wavfile
-from device.config import GateConfig, SessionConfig
+from device.config import Config, GateConfig, SessionConfig
 from device.emulator.scenario import Fault, Turn
+from tests.support import LocalHttp, QuietHandler
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 PRESS_S = 1.0
@@ -159,3 +164,63 @@ def test_voice_mode_speech_between_attempts_is_gated_held_and_heard(tmp_path: Pa
         heard = record.user_audio_pcm
     assert samples_equal_somewhere(q, heard)
     assert record.turns[0].user_transcript
+
+
+class RateLimitedOnce(LocalHttp):
+    """get-signed-url that answers the first request 429 with ``retry_after``, then with the emulator's signed URL."""
+
+    def __init__(self, retry_after: str, mint: Any) -> None:
+        self.requests = 0
+        self.cond = threading.Condition()
+        outer = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                with outer.cond:
+                    outer.requests += 1
+                    n = outer.requests
+                    outer.cond.notify_all()
+                if n == 1:
+                    body = json.dumps({"detail": {"status": "rate_limited", "message": "slow down"}}).encode()
+                    self.send_body(429, body, {"Retry-After": retry_after})
+                else:
+                    self.send_body(200, json.dumps({"signed_url": mint()}).encode())
+
+        super().__init__(Handler, "test-rate-limit")
+
+
+class RateLimitedRig(Rig):
+    """The rig with get-signed-url served by a :class:`RateLimitedOnce` in front of the emulator."""
+
+    def __init__(self, tmp: Path, retry_after: str, **kw: Any) -> None:
+        super().__init__(tmp, silence(20.0), **kw)
+        self.rest = RateLimitedOnce(retry_after, lambda: self.emu.signed_url())
+
+    def config(self) -> Config:
+        cfg = super().config()
+        return replace(cfg, agent=replace(cfg.agent, base_url=f"http://127.0.0.1:{self.rest.port}"))
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self.rest.close()
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "nan", "-5", "3600", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_rate_limited_connection_is_retried_within_retry_max_s_whatever_retry_after_says(
+    tmp_path: Path, retry_after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="device.controller")
+    session = SessionConfig(retry_initial_s=0.2, retry_max_s=1.0)
+    with RateLimitedRig(tmp_path, retry_after, session=session, agent={"prefetch_signed_url": False}) as rig:
+        rig.press_at(PRESS_S)
+        rig.wait_state("error")  # the signed URL was refused with the hostile Retry-After ...
+        rig.wait_state("listening")  # ... and the retry came, and connected (an hour's wait would time out here)
+        rig.button.drive_high()
+        rig.d.command("stop")
+    assert rig.rest.requests == 2
+    errors = [r.getMessage() for r in caplog.records if "rate limiting" in r.getMessage()]
+    assert len(errors) == 1 and not re.search(r"\b(inf|nan)\b", errors[0]), errors
+    waited = re.search(r"\(trying again in ([0-9.]+) s\)", errors[0])
+    assert waited is not None and float(waited.group(1)) <= 1.0, errors[0]

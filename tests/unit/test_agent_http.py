@@ -9,6 +9,8 @@ server that accepts and never answers.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 import ssl
 import threading
@@ -28,6 +30,7 @@ from device.agent_http import (
     add_client_params,
     broker_request,
     endpoints_for,
+    is_loopback_host,
     plaintext_allowed,
     public_conversation_url,
     signed_url_request,
@@ -220,7 +223,7 @@ def test_rate_limit_reports_retry_after_without_retrying(server: Server) -> None
     with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
     assert info.value.outcome is Outcome.RATE_LIMITED and info.value.retry_after_s == 17.0
-    assert "retry after 17 s" in str(info.value)
+    assert "(HTTP 429, Retry-After 17 s)" in str(info.value)
     assert len(server.script.requests) == 1
 
 
@@ -245,6 +248,14 @@ def test_a_retry_after_longer_than_the_cap_is_not_waited_for(server: Server) -> 
     with client(agent(server.port), attempts=3) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
     assert info.value.retry_after_s == 3600.0 and len(server.script.requests) == 1
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "nan", "-5"])
+def test_an_unusable_retry_after_on_a_server_error_gets_the_normal_backoff(server: Server, retry_after: str) -> None:
+    server.script.answers = [Answer(503, b"busy", {"Retry-After": retry_after})]
+    with client(agent(server.port), attempts=2) as http:
+        assert "SIGNED_TOKEN_1" in http.fetch_signed_url().url
+    assert len(server.script.requests) == 2
 
 
 def test_retry_backoff_is_cancellable(server: Server) -> None:
@@ -329,9 +340,12 @@ def test_ca_bundle_lets_a_private_ca_through(cert: tuple[Path, Path]) -> None:
         srv.close()
 
 
-def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    "host", ["agent.example.com", "127.attacker.example", "127.0.0.1.nip.io", "localhost.attacker.example"]
+)
+def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[Path, Path], host: str) -> None:
     srv = Server(tls=cert)
-    srv.script.default = Answer(body={"signed_url": "ws://agent.example.com/v1/convai/conversation?token=SIGNED_TOKEN_2"})
+    srv.script.default = Answer(body={"signed_url": f"ws://{host}/v1/convai/conversation?token=SIGNED_TOKEN_2"})
     try:
         cfg = AgentConfig(
             agent_id="a", base_url=f"https://127.0.0.1:{srv.port}", http_timeout_s=5.0, ca_bundle=str(cert[0])
@@ -353,10 +367,35 @@ def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[P
         ("ws://localhost:8765/v1/x?t=1", "https://broker.example.com/s", True),
         ("ws://192.168.1.20:8765/v1/x?t=1", "http://192.168.1.20:8765/v1/y", True),  # chosen plaintext
         ("ws://192.168.1.20:8765/v1/x?t=1", "https://broker.example.com/s", False),
+        ("ws://127.attacker.example/v1/x?t=1", "https://broker.example.com/s", False),
+        ("ws://[::1]:8765/v1/x?t=1", "https://broker.example.com/s", True),
     ],
 )
 def test_plaintext_signed_urls_only_where_plaintext_was_chosen(signed: str, asked: str, allowed: bool) -> None:
     assert plaintext_allowed(signed, asked) is allowed
+
+
+LOOPBACK = ["127.0.0.1", "127.1.2.3", "127.255.255.254", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1",
+            "localhost", "LocalHost", "localhost."]
+NOT_LOOPBACK = ["127.attacker.example", "127.0.0.1.nip.io", "localhost.attacker.example", "127.0.0.1.", "127.1",
+                "0x7f000001", "2130706433", "128.0.0.1", "10.0.0.1", "::2", "::ffff:10.0.0.1", "fe80::1",
+                "0.0.0.0", "::", "localhost..", "xlocalhost", "", "api.elevenlabs.io"]
+
+
+@pytest.mark.parametrize("host", LOOPBACK)
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback_host(host)
+    bracketed = f"[{host}]" if ":" in host else host
+    assert plaintext_allowed(f"ws://{bracketed}:8765/v1/x?token=T", "https://broker.example.com/s")
+
+
+@pytest.mark.parametrize("host", NOT_LOOPBACK)
+def test_names_and_addresses_that_only_look_like_loopback_are_not(host: str) -> None:
+    """A name is whatever its DNS says (127.0.0.1.nip.io resolves anywhere it likes)."""
+    assert not is_loopback_host(host)
+    if host:
+        bracketed = f"[{host}]" if ":" in host else host
+        assert not plaintext_allowed(f"ws://{bracketed}:8765/v1/x?token=T", "https://broker.example.com/s")
 
 
 def test_unreadable_ca_bundle_names_the_setting(tmp_path: Path) -> None:
@@ -429,6 +468,35 @@ def test_prefetch_failure_leaves_a_miss_and_the_error(server: Server) -> None:
     finally:
         source.close()
     assert source.misses == 1 and source.failures == 1, "the failure backoff (30 s) holds the next try"
+
+
+HOSTILE_RETRY_AFTER = [
+    (429, "inf"),
+    (429, "nan"),
+    (429, "-5"),
+    (429, "3600"),
+    (429, "Fri, 31 Dec 9999 23:59:59 GMT"),
+    (503, "inf"),
+]
+
+
+@pytest.mark.parametrize(("status", "retry_after"), HOSTILE_RETRY_AFTER)
+def test_the_prefetcher_tries_again_within_retry_max_s_whatever_retry_after_says(
+    server: Server, status: int, retry_after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script.answers = [Answer(status, {"detail": "slow down"}, {"Retry-After": retry_after})]
+    caplog.set_level(logging.INFO, logger="device.agent_http")
+    source = SignedUrlSource(client(agent(server.port), attempts=1), retry_initial_s=0.05, retry_max_s=1.0)
+    source.start()
+    try:
+        assert source.wait_ready(WAIT_S), "the prefetcher stopped trying"
+    finally:
+        source.close()
+    assert len(server.script.requests) == 2 and source.failures == 1
+    lines = [r.getMessage() for r in caplog.records if "prefetching a signed URL failed" in r.getMessage()]
+    assert len(lines) == 1 and not re.search(r"\b(inf|nan)\b", lines[0])
+    waited = re.search(r"next try in ([0-9.]+) s", lines[0])
+    assert waited is not None and float(waited.group(1)) <= 1.0
 
 
 def test_an_expired_url_is_never_handed_out(server: Server) -> None:

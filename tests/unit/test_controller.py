@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -202,6 +203,14 @@ def test_server_retry_after_is_honoured() -> None:
     m = machine(S.CONNECTING, now_s=0.0)
     m.handle(Input(K.FAILED, retryable=True, retry_after_s=42.0), 1.0)
     assert m.retry_pending and m.deadline_s == 43.0
+
+
+@pytest.mark.parametrize("retry_after_s", [3600.0, 1e12, math.inf, math.nan, -5.0])
+def test_the_retry_waits_at_most_retry_max_s_whatever_the_server_asks(retry_after_s: float) -> None:
+    m = machine(S.CONNECTING, now_s=0.0, session=SessionConfig(retry_initial_s=0.5, retry_max_s=2.0))
+    m.handle(Input(K.FAILED, retryable=True, retry_after_s=retry_after_s), 1.0)
+    assert m.retry_pending and m.deadline_s is not None and 1.0 < m.deadline_s <= 3.0
+    assert m.poll(m.deadline_s) == [A.START_SESSION]  # type: ignore[arg-type]
 
 
 def test_connect_timeout_is_retried() -> None:

@@ -31,7 +31,7 @@ from device.commands.doctor import (
     render_table,
     run_checks,
 )
-from tests.support import needs, self_signed_cert
+from tests.support import LocalHttp, QuietHandler, needs, self_signed_cert
 
 KEY = "sk_doctor_test_5e8f2a1b9c7d3e6f4a0b1c2d"
 REPO = Path(__file__).resolve().parents[2]
@@ -486,6 +486,48 @@ def test_signed_url_proves_key_and_agent(
     agent = findings[-1]
     assert agent.status is status and words in agent.detail, render_table(findings)
     assert key not in all_text(findings)
+
+
+class Broker(LocalHttp):
+    """A token broker over TLS that hands out ``signed_url``."""
+
+    def __init__(self, cert: tuple[Path, Path], signed_url: str) -> None:
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                self.send_body(200, json.dumps({"signed_url": signed_url}).encode())
+
+        super().__init__(Handler, "test-broker", cert)
+
+
+@pytest.mark.parametrize(("host", "status"), [
+    ("127.0.0.1:9", Status.OK),
+    ("[::1]:9", Status.OK),
+    ("localhost:9", Status.OK),
+    ("127.attacker.example", Status.FAIL),
+    ("127.0.0.1.nip.io", Status.FAIL),
+    ("localhost.attacker.example", Status.FAIL),
+    ("agents.example.com", Status.FAIL),
+])
+def test_an_https_broker_handing_out_plaintext_ws_is_refused_unless_loopback(
+    tmp_path: Path, cert: tuple[Path, Path], host: str, status: Status
+) -> None:
+    token = "BROKER_TOKEN_7f3a9c"
+    broker = Broker(cert, f"ws://{host}/v1/convai/conversation?agent_id=agent_test&token={token}")
+    try:
+        ctx = make_ctx(tmp_path)
+        base = f"https://127.0.0.1:{broker.port}"
+        ctx.config_path.write_text(
+            f'[agent]\nagent_id = "agent_test"\nconnection = "broker"\nbroker_url = "{base}/kiosk"\n'
+            f'base_url = "{base}"\nca_bundle = "{cert[0]}"\n'
+        )
+        findings = run_checks(ctx, ["network"])
+    finally:
+        broker.close()
+    agent = findings[-1]
+    assert agent.status is status, render_table(findings)
+    if status is Status.FAIL:
+        assert "unencrypted ws://" in agent.detail and "wss://" in agent.detail
+    assert token not in all_text(findings)
 
 
 # -- the command ------------------------------------------------------------------

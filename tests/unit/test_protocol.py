@@ -6,6 +6,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import types
 
@@ -664,10 +665,46 @@ def test_every_outcome_has_advice_and_only_transient_ones_retry() -> None:
 
 def test_retry_after() -> None:
     assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(" 2.5 ") == 2.5
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now_epoch_s=1445412480.0) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["inf", "Infinity", "-inf", "nan", "NaN", "-5", "-0.5", "+5", "1e3", "1_000", "9" * 400, "", " ", "5 s",
+     "٣", "0x10", "Wed, 99 Oct 2015 07:28:10 GMT"],
+)
+def test_an_unusable_retry_after_counts_as_absent(value: str) -> None:
+    """Absent, not 0 or for ever: the caller then backs off as it would without the header."""
+    assert parse_retry_after(value, now_epoch_s=1445412480.0) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("Sun, 06 Nov 1994 08:49:47 GMT", 10.0),  # IMF-fixdate
+        ("Sunday, 06-Nov-94 08:49:47 GMT", 10.0),  # the obsolete RFC 850 form
+        ("Sun Nov  6 08:49:47 1994", 10.0),  # asctime: no zone, and HTTP dates are UTC
+        ("Sun, 06 Nov 1994 08:49:27 GMT", 0.0),  # in the past: now
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 253402300799.0 - 784111777.0),  # far off, but a finite figure
+    ],
+)
+def test_retry_after_dates(value: str, seconds: float) -> None:
+    assert parse_retry_after(value, now_epoch_s=784111777.0) == pytest.approx(seconds)
+    assert parse_retry_after(value) is None  # a date means nothing without the time now
+
+
+@given(st.text(max_size=40), st.floats(min_value=0, max_value=4e9))
+def test_retry_after_is_none_or_a_finite_delay(value: str, now_epoch_s: float) -> None:
+    seconds = parse_retry_after(value, now_epoch_s)
+    assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+
+
+@given(st.integers(min_value=0, max_value=10**30))
+def test_retry_after_reads_every_whole_number_of_seconds(seconds: int) -> None:
+    assert parse_retry_after(str(seconds)) == float(seconds)
 
 
 # -- outcomes from the error event's machine-readable fields ---------------------------------
