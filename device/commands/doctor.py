@@ -849,6 +849,10 @@ def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
     try:
         if secure:
             try:
+                if ca_bundle:
+                    from device.agent_http import check_ca_bundle
+
+                    check_ca_bundle(ca_bundle)  # not a FIFO: ssl's open() of one would hang doctor
                 context = ssl.create_default_context(cafile=ca_bundle or None)
             except OSError as e:
                 return Finding(

@@ -478,6 +478,14 @@ def test_trusted_with_ca_bundle(tmp_path: Path, tls_server: tuple[int, Path]) ->
     assert findings[0].status is Status.OK and "TLS" in findings[0].detail, render_table(findings)
 
 
+def test_a_fifo_as_ca_bundle_fails_instead_of_hanging(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
+    port, _cert = tls_server
+    fifo = make_fifo(tmp_path / "ca.pem")
+    findings = unless_blocked_on(fifo, lambda: run_checks(_https_ctx(tmp_path, port, str(fifo)), ["network"]))
+    assert findings[0].status is Status.FAIL, render_table(findings)
+    assert findings[0].detail == f"agent.ca_bundle {fifo}: it is a FIFO (named pipe), not a regular file"
+
+
 # -- the agent itself, through the emulator --------------------------------------------
 
 
