@@ -39,6 +39,7 @@ from device.neterrors import NetFailure, classify, describe
 from device.protocol import SOURCE_NAME, Outcome, classify_http_status, parse_retry_after
 from device.retry import retry_delay_s
 from device.secrets import Secret, redact
+from device.userfiles import MIB, check_file
 from device.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,17 @@ MAX_REPLY_BYTES = 64 * 1024
 # Connecting (TCP and TLS handshake) cannot be interrupted by a stop, so it gets at most this long;
 # waiting for the answer can be interrupted and gets the full agent.http_timeout_s.
 MAX_CONNECT_TIMEOUT_S = 5.0
+# Debian's whole system store is about 0.2 MiB; a larger "bundle" is some other file.
+CA_BUNDLE_MAX_BYTES = 8 * MIB
+
+
+def check_ca_bundle(path: str) -> None:
+    """Refuse (OSError) a CA bundle that is not a regular file of a bundle's size, without opening it.
+
+    The TLS libraries open it themselves, and opening a FIFO waits for a writer: the
+    thread (and a stop) would wait with it.
+    """
+    check_file(path, CA_BUNDLE_MAX_BYTES)
 
 
 # -- URLs (pure) ----------------------------------------------------------------
@@ -392,6 +404,14 @@ class AgentHttp:
     ) -> SignedUrl:
         timeout_s = self.agent.http_timeout_s
         verify: bool | str = self.agent.ca_bundle or True
+        if self.agent.ca_bundle:
+            try:
+                check_ca_bundle(self.agent.ca_bundle)
+            except OSError as e:  # "TLS": not retried, the file will not change by itself
+                raise AgentHttpError(
+                    Outcome.NETWORK, f"{what} failed: cannot use the TLS CA bundle {self.agent.ca_bundle}: "
+                    f"{e.strerror}; set agent.ca_bundle to a PEM file (or leave it empty for the system store)"
+                ) from None
         broker = self.agent.connection == "broker"
         with self._lock:
             self.requests_made += 1

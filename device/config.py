@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from device.errors import ConfigError
+from device.errors import ConfigError, DeviceError
+from device.userfiles import MIB, UnsuitableFile, read_file, size_text
 
 DEFAULT_CONFIG_PATH = Path("/etc/voice-appliance/config.toml")
 ENV_PREFIX = "VOICE_APPLIANCE_"
+CONFIG_MAX_BYTES = 1 * MIB  # the example with every comment is 8 KiB
+MAX_NESTING = 32  # levels of tables and arrays in a free-form value (custom_llm_extra_body)
 
 Region = Literal["global", "us", "eu", "in", "sg"]
 ConnectionMode = Literal["public", "signed_url", "broker"]
@@ -459,11 +462,14 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
     )
 
 
-def _freeze(value: Any, key: str) -> Any:
+def _freeze(value: Any, key: str, depth: int = 0) -> Any:
+    if isinstance(value, (Mapping, list)) and depth >= MAX_NESTING:
+        # Dotted table headers nest without limit in TOML; deeper than this is a mistake, not a payload.
+        raise ConfigError(f"nests tables or arrays more than {MAX_NESTING} levels deep; flatten it", key)
     if isinstance(value, Mapping):
-        return types.MappingProxyType({str(k): _freeze(v, f"{key}.{k}") for k, v in value.items()})
+        return types.MappingProxyType({str(k): _freeze(v, f"{key}.{k}", depth + 1) for k, v in value.items()})
     if isinstance(value, list):
-        return tuple(_freeze(v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_freeze(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value))
     if isinstance(value, float) and not math.isfinite(value):  # JSON to the agent has no nan or inf
         raise ConfigError(f"{value} cannot be sent to the agent (JSON has no nan or inf); write a number", key)
     return value
@@ -568,12 +574,18 @@ def read_toml(
 ) -> dict[str, Any]:
     """Read a TOML file; errors name the file (as ``what``), the line and the fix.
 
-    ``missing_hint`` (with ``{path}``) says what to do when the file is absent.
+    ``missing_hint`` (with ``{path}``) says what to do when the file is absent. Only a
+    regular file of at most ``CONFIG_MAX_BYTES`` is read (a FIFO would block the reload).
     """
     try:
-        raw = path.read_bytes()
+        raw = read_file(path, CONFIG_MAX_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist; {missing_hint.format(path=path)}") from None
+    except UnsuitableFile as e:
+        raise ConfigError(
+            f"{what} {path} cannot be used: {e.strerror}; it must be a plain TOML text file "
+            f"(at most {size_text(CONFIG_MAX_BYTES)})"
+        ) from None
     except OSError as e:
         raise ConfigError(
             f"cannot read {what} {path}: {e.strerror}; check its permissions "
@@ -585,6 +597,11 @@ def read_toml(
         raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{what} {path} is not valid TOML: {e}; fix the syntax at that line") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(
+            f"{what} {path} nests arrays or inline tables too deeply to read; no setting needs more than a "
+            "few levels: remove the extra brackets"
+        ) from None
 
 
 def load_config(
@@ -592,7 +609,27 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Config:
-    """Load defaults < file < environment < ``section.key=value`` overrides."""
+    """Load defaults < file < environment < ``section.key=value`` overrides.
+
+    Every failure is a :class:`~device.errors.DeviceError` (a ConfigError unless an
+    optional library says otherwise): a value no check foresaw must not end the
+    process as an internal error, at start (exit 70, restarted in a loop) or on reload.
+    """
+    try:
+        return _load_config(path, environ, overrides)
+    except (DeviceError, MemoryError):
+        raise
+    except Exception as e:
+        where = f"the configuration ({path} with the environment and --set)" if path else "the configuration"
+        raise ConfigError(
+            f"{where} could not be loaded ({type(e).__name__}: {e}); fix the value it names, then check "
+            "it with: voice-appliance run --check"
+        ) from e
+
+
+def _load_config(
+    path: Path | None, environ: Mapping[str, str] | None, overrides: list[str] | tuple[str, ...]
+) -> Config:
     data: dict[str, Any] = {}
     if path is not None:
         data = read_toml(path)

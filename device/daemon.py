@@ -543,8 +543,10 @@ def _reload(daemon: Daemon, reload_config: Loader | None) -> None:
         return
     try:
         cfg, key = reload_config()
-    except DeviceError as e:  # a bad edit must not take the kiosk down
-        log.error("reload refused, keeping the running configuration: %s", e)
-        daemon.notifier.status(f"reload refused: {e}")
+    except Exception as e:  # a bad edit, or a bug in reading it, must not take the kiosk down
+        bug = not isinstance(e, DeviceError)
+        reason = f"{type(e).__name__}: {e}" if bug else str(e)
+        log.error("reload refused, keeping the running configuration: %s", reason, exc_info=bug)
+        daemon.notifier.status(f"reload refused: {reason}")
         return
     daemon.reload(cfg, key)

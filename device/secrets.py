@@ -3,7 +3,8 @@
 Order: the systemd credential ``$CREDENTIALS_DIRECTORY/elevenlabs_api_key``
 (``LoadCredential=``), then ``agent.api_key_file`` (must not be readable by
 group or others), then ``ELEVENLABS_API_KEY`` in the environment (development
-only). The key is never taken from argv or the config file.
+only). The key is never taken from argv or the config file. A key file is a
+regular file of at most ``KEY_MAX_BYTES``, read without blocking.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from device.errors import CredentialError
+from device.userfiles import KIB, UnsuitableFile, read_file
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +52,50 @@ class Secret:
         return hash(self._value)
 
 
+KEY_MAX_BYTES = 4 * KIB  # an API key is under 200 bytes; more is some other file
+
+
+def read_key_bytes(path: Path) -> bytes:
+    """A key file's bytes: a regular file of at most KEY_MAX_BYTES, never blocking (a FIFO, a device).
+
+    Raises OSError (:class:`~device.userfiles.UnsuitableFile` for the wrong kind or size).
+    """
+    return read_file(path, KEY_MAX_BYTES)
+
+
 def _read_key(path: Path, what: str) -> str:
     try:
-        raw = path.read_bytes()
+        raw = read_key_bytes(path)
     except PermissionError:
         raise CredentialError(
             f"cannot read the {what} {path}: permission denied; the service reads it as root "
             f"(or use LoadCredential=, see docs/security.md)"
         ) from None
+    except UnsuitableFile as e:
+        raise unsuitable_key_file(path, what, e) from None
     except OSError as e:
         raise CredentialError(f"cannot read the {what} {path}: {e.strerror}") from None
-    return _parse_key(raw, path, what)
+    return parse_key(raw, path, what)
 
 
-def _parse_key(raw: bytes, path: Path, what: str) -> str:
-    """The key alone on one line; errors never quote the file's content (it may be most of a key)."""
+def unsuitable_key_file(path: Path, what: str, e: UnsuitableFile) -> CredentialError:
+    """A key file that is no regular file, or too large for a key (the daemon's error and doctor's finding)."""
+    return CredentialError(
+        f"the {what} {path} cannot be used: {e.strerror}; it must be a plain file holding the API key alone "
+        "on one line (a key is under 200 bytes)"
+    )
+
+
+def parse_key(raw: bytes, path: Path, what: str) -> str:
+    """The key alone on one line; errors never quote the file's content (it may be most of a key).
+
+    A UTF-8 byte order mark (Notepad), line ends and blanks around the key are dropped;
+    a control or invisible character left in it (a NUL, an escape, a zero-width space)
+    would make a key the server refuses, or a header the HTTP library refuses, so it is
+    refused here, where the file can be named.
+    """
     try:
-        text = raw.decode("utf-8").strip()
+        text = raw.decode("utf-8").removeprefix("\ufeff").strip()
     except UnicodeDecodeError as e:
         raise CredentialError(
             f"the {what} {path} is not UTF-8 text (byte {e.start} is not valid); it must hold the API key "
@@ -76,6 +105,12 @@ def _parse_key(raw: bytes, path: Path, what: str) -> str:
         raise CredentialError(
             f"the {what} {path} must hold the API key alone on one line; it is "
             + ("empty" if not text else "not a single word")
+        )
+    bad = next((i for i, c in enumerate(text) if not c.isprintable()), None)
+    if bad is not None:
+        raise CredentialError(
+            f"the {what} {path} holds a control or invisible character (U+{ord(text[bad]):04X}, character "
+            f"{bad + 1} of the key); it must hold the API key alone on one line: sudoedit it and paste the key again"
         )
     return text
 
@@ -128,9 +163,11 @@ def load_api_key(
     if cred_dir:
         path = Path(cred_dir) / CREDENTIAL_NAME
         try:
-            raw = path.read_bytes()
+            raw = read_key_bytes(path)
         except FileNotFoundError:
             raw = b""
+        except UnsuitableFile as e:
+            raise unsuitable_key_file(path, "systemd credential", e) from None
         except OSError as e:
             raise CredentialError(
                 f"cannot read the systemd credential {path}: {e.strerror}; check the unit's LoadCredential="
@@ -139,7 +176,7 @@ def load_api_key(
         # credential of only whitespace is no key at all, so a public agent runs and a private one
         # is told where the key goes. Anything else must be a well-formed key.
         if raw.strip():
-            return Secret(_parse_key(raw, path, "systemd credential"), f"credential {CREDENTIAL_NAME}")
+            return Secret(parse_key(raw, path, "systemd credential"), f"credential {CREDENTIAL_NAME}")
     if api_key_file:
         path = Path(api_key_file)
         try:

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import websocket
 
 import device
-from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
+from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource, check_ca_bundle
 from device.audio.convert import CaptureConverter
 from device.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.config import AgentConfig, SessionConfig
@@ -228,6 +228,8 @@ class _Sender(Worker):
 def _tls_context(ca_bundle: str) -> ssl.SSLContext:
     """Verification and host-name checks always on; ``ca_bundle`` replaces the system store."""
     try:
+        if ca_bundle:
+            check_ca_bundle(ca_bundle)  # not a FIFO: ssl's open() of one would hold this thread
         return ssl.create_default_context(cafile=ca_bundle or None)
     except (OSError, ssl.SSLError) as e:
         raise _End(

@@ -29,12 +29,16 @@ from typing import Any, Protocol
 from device.audioformat import CAPTURE_RATE_HZ
 from device.config import Config, WakeConfig
 from device.errors import ConfigError
+from device.userfiles import KIB, MIB, check_file, read_file
 
 log = logging.getLogger(__name__)
 
 FRAME_SAMPLES = CAPTURE_RATE_HZ // 100  # 10 ms
 FRAME_BYTES = FRAME_SAMPLES * 2
 OPENWAKEWORD_DEFAULT_THRESHOLD = 0.5
+# Caps on a model given by path: the bundled .tflite files are 0.05 to 1.3 MiB, their JSON under 1 KiB.
+MODEL_MAX_BYTES = 64 * MIB
+DESCRIPTION_MAX_BYTES = 64 * KIB
 # openWakeWord scores every 80 ms; the detector feeds it this much at a time.
 _OWW_CHUNK_FRAMES = 8
 
@@ -91,7 +95,7 @@ def resolve_model(cfg: WakeConfig) -> ModelInfo:
         if cfg.engine == "microwakeword":
             import pymicro_wakeword.microwakeword as mww_mod
 
-            cutoff = _json_cutoff(Path(mww_mod.__file__).parent / "models" / f"{cfg.model}.json")
+            cutoff, _ = _description(Path(mww_mod.__file__).parent / "models" / f"{cfg.model}.json")
         else:
             cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD
         return ModelInfo(cfg.engine, cfg.model, "", cfg.threshold or cutoff)
@@ -109,23 +113,45 @@ def resolve_model(cfg: WakeConfig) -> ModelInfo:
             f"openWakeWord: the .tflite classifier), got {cfg.model!r}",
             "wake.model",
         )
-    if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist; check the path", "wake.model")
     if cfg.engine == "microwakeword":
-        cutoff = _json_cutoff(path)
-        tflite = path.parent / str(json.loads(path.read_text("utf-8")).get("model", ""))
-        if not tflite.is_file():
-            raise ConfigError(f"{path} names model file {tflite}, which does not exist", "wake.model")
+        cutoff, tflite = _description(path)
+        _check_model(path.parent / tflite, named_by=path)
     else:
+        _check_model(path)
         cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD
     return ModelInfo(cfg.engine, path.stem, str(path), cfg.threshold or cutoff)
 
 
-def _json_cutoff(path: Path) -> float:
+def _file_error(path: Path, e: OSError, named_by: Path | None = None) -> ConfigError:
+    if isinstance(e, FileNotFoundError):
+        what = f"{named_by} names model file {path}, which" if named_by else f"model file {path}"
+        return ConfigError(f"{what} does not exist; check the path", "wake.model")
+    return ConfigError(
+        f"model file {path} cannot be used: {e.strerror}; give the path of a readable model file", "wake.model"
+    )
+
+
+def _check_model(path: Path, named_by: Path | None = None) -> None:
+    """A .tflite the engine opens itself: a regular file of a model's size (opening a FIFO would block)."""
     try:
-        data = json.loads(path.read_text("utf-8"))
-        return float(data["micro"]["probability_cutoff"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        check_file(path, MODEL_MAX_BYTES)
+    except OSError as e:
+        raise _file_error(path, e, named_by) from None
+
+
+def _description(path: Path) -> tuple[float, str]:
+    """A microWakeWord model's JSON: its cutoff and the name of its .tflite (next to it)."""
+    try:
+        raw = read_file(path, DESCRIPTION_MAX_BYTES)
+    except OSError as e:
+        raise _file_error(path, e) from None
+    try:
+        data = json.loads(raw)
+        cutoff, tflite = float(data["micro"]["probability_cutoff"]), data["model"]
+        if not isinstance(tflite, str) or not tflite:
+            raise ValueError("model is not a file name")
+        return cutoff, tflite
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise ConfigError(
             f"{path} is not a microWakeWord model description ({e}); it needs micro.probability_cutoff "
             "and model (the .tflite file name)",

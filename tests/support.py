@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib.util
 import math
 import os
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pytest
 
@@ -148,6 +149,40 @@ def cli(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subproce
         check=False,
         **popen,
     )
+
+
+def make_fifo(path: Path) -> Path:
+    """A real FIFO (mode 600, as a key file would be) that nobody writes to: opening it to read blocks."""
+    os.mkfifo(path, 0o600)
+    return path
+
+
+def unless_blocked_on(fifo: Path, call: Callable[[], T], timeout_s: float = WAIT_S) -> T:
+    """``call()`` in a thread; fail the test (instead of hanging it) when it is still blocked after ``timeout_s``.
+
+    A reader blocked opening the FIFO is released by a writer opening and closing it, so the
+    thread ends and the failure says what happened.
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # handed back to the test's thread
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, name="test-fifo-call")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        with contextlib.suppress(OSError):  # ENXIO: no reader (any more)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout_s)
+        pytest.fail(f"still blocked after {timeout_s:.0f} s: the FIFO {fifo} was opened and waited on")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)
 
 
 def sine(freq_hz: float, rate_hz: int, seconds: float, amp: float = 12000) -> bytes:

@@ -10,6 +10,7 @@ silently at the first cue.
 from __future__ import annotations
 
 import importlib.resources
+import io
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ from device.audio.convert import to_mono
 from device.audio.resample import resample
 from device.config import AudioConfig
 from device.errors import ConfigError
+from device.userfiles import MIB, UnsuitableFile, read_file
 
 EarconName = Literal["listening", "done", "error"]
 EARCON_NAMES: tuple[EarconName, ...] = ("listening", "done", "error")
 MAX_EARCON_S = 5.0
+MAX_EARCON_BYTES = 8 * MIB  # 5 s of 16-bit stereo at 192 kHz is 3.7 MiB
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ def load_wav(path: Path, name: str, key: str) -> Earcon:
     """Read a cue; errors name the config key and how to convert the file."""
     fix = f"convert it with: sox IN.wav -r 16000 -c 1 -b 16 {path.name}"
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(io.BytesIO(read_file(path, MAX_EARCON_BYTES)), "rb") as w:
             channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             if width != 2 or channels not in (1, 2):
                 raise ConfigError(
@@ -62,6 +65,12 @@ def load_wav(path: Path, name: str, key: str) -> Earcon:
     except FileNotFoundError:
         raise ConfigError(
             f"earcon file {path} does not exist; fix the path or leave it empty for the bundled cue", key
+        ) from None
+    except UnsuitableFile as e:
+        raise ConfigError(
+            f"earcon file {path} cannot be used: {e.strerror}; give the path of a WAV file (at most "
+            f"{MAX_EARCON_S:.0f} s) or leave it empty for the bundled cue",
+            key,
         ) from None
     except (wave.Error, EOFError) as e:
         raise ConfigError(f"{path} is not a readable PCM WAV file ({e}); {fix}", key) from None

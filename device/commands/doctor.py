@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 from device import soundcards
 from device.commands.common import add_set_option, config_path
 from device.config import ENV_PREFIX, Config, load_config
-from device.errors import AudioError, ConfigError
+from device.errors import AudioError, ConfigError, CredentialError
 from device.secrets import (
     CREDENTIAL_NAME,
     ENV_VAR,
@@ -56,8 +56,12 @@ from device.secrets import (
     UNIT_KEY_FILE,
     Secret,
     is_plainly_a_path,
+    parse_key,
+    read_key_bytes,
     register_secret,
+    unsuitable_key_file,
 )
+from device.userfiles import UnsuitableFile
 from device.wake import hands_free_summary
 
 UNIT = "voice-appliance.service"
@@ -427,17 +431,23 @@ def _key_file_findings(path: Path, what: str, ctx: Context, owner_uid: int) -> t
             f"sudo chown {owner}: {path}",
         ))
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        raw = read_key_bytes(path)
     except PermissionError:
         out.append(Finding(
             "credentials", Status.WARN, f"{what} {path} exists ({mode}) but I may not read it",
             "run as root to check its content: sudo voice-appliance doctor",
         ))
         return out, None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnsuitableFile as e:
+        out.append(Finding(
+            "credentials", Status.FAIL, str(unsuitable_key_file(path, what, e)),
+            f"replace it with a plain file: sudo rm {path} && sudo install -m 600 /dev/null {path} && sudoedit {path}",
+        ))
+        return out, None
+    except OSError as e:
         out.append(Finding("credentials", Status.FAIL, f"{what} {path}: cannot read it: {e}", f"rewrite {path}"))
         return out, None
-    if not text:
+    if not raw.strip():
         # What the daemon does with it (device/secrets.py): a blank credential is no key at all.
         out.append(Finding(
             "credentials", Status.FAIL,
@@ -446,12 +456,10 @@ def _key_file_findings(path: Path, what: str, ctx: Context, owner_uid: int) -> t
             f"sudoedit {path}",
         ))
         return out, None
-    if any(c.isspace() for c in text):
-        out.append(Finding(
-            "credentials", Status.FAIL,
-            f"{what} {path} must hold the API key alone on one line; it is not a single word",
-            f"sudoedit {path}",
-        ))
+    try:
+        text = parse_key(raw, path, what)  # the daemon's own judgement of the content
+    except CredentialError as e:
+        out.append(Finding("credentials", Status.FAIL, str(e), f"sudoedit {path}"))
         return out, None
     register_secret(text)
     out.append(Finding("credentials", Status.OK, f"{what} {path}: one key, {mode}, owner uid {st.st_uid}"))
@@ -461,7 +469,7 @@ def _key_file_findings(path: Path, what: str, ctx: Context, owner_uid: int) -> t
 def _blank(path: Path) -> bool:
     """True when ``path`` is missing or holds only whitespace (unreadable counts as not blank: judged later)."""
     try:
-        return not path.read_bytes().strip()
+        return not read_key_bytes(path).strip()
     except FileNotFoundError:
         return True
     except OSError:
@@ -845,6 +853,10 @@ def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
     try:
         if secure:
             try:
+                if ca_bundle:
+                    from device.agent_http import check_ca_bundle
+
+                    check_ca_bundle(ca_bundle)  # not a FIFO: ssl's open() of one would hang doctor
                 context = ssl.create_default_context(cafile=ca_bundle or None)
             except OSError as e:
                 return Finding(

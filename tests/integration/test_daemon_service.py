@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, fast_scenario, run_daemon, silence, speech, with_session
+from test_daemon_support import (
+    WAIT_S,
+    Rig,
+    fast_scenario,
+    run_daemon,
+    serve_with_operator,
+    silence,
+    speech,
+    with_session,
+)
 
 from device.audio import filedevices
 from device.config import SystemdConfig, load_config
@@ -340,7 +349,6 @@ def test_a_bad_reload_keeps_the_running_configuration(
         key = Secret("emulator-key", "test")
         sock = cfg.systemd.control_socket
         monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
-        failures: list[BaseException] = []
 
         def gate_mode() -> str:
             ok, text = request(sock, "status")
@@ -348,54 +356,37 @@ def test_a_bad_reload_keeps_the_running_configuration(
             return str(json.loads(text)["gate_mode"])
 
         def operator() -> None:
-            try:
-                notify.wait_for("READY=1")
-                assert gate_mode() == "toggle"
+            notify.wait_for("READY=1")
+            assert gate_mode() == "toggle"
 
-                # A broken edit: the file does not load, nothing is stopped.
-                path.write_text(good.replace('mode = "toggle"', 'mode = "shout"'))
-                os.kill(os.getpid(), signal.SIGHUP)
-                assert "gate.mode" in notify.wait_for("STATUS=reload refused")
-                assert gate_mode() == "toggle"
+            # A broken edit: the file does not load, nothing is stopped.
+            path.write_text(good.replace('mode = "toggle"', 'mode = "shout"'))
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert "gate.mode" in notify.wait_for("STATUS=reload refused")
+            assert gate_mode() == "toggle"
 
-                # An edit that loads but cannot be put to work (a tool that is not installed):
-                # the old configuration comes back instead of the service exiting.
-                path.write_text(
-                    good.replace('mode = "toggle"', 'mode = "push_to_talk"')
-                    + '\n[[tools.tool]]\nname = "lights"\ncommand = ["/nonexistent/lights-tool"]\n'
-                )
-                os.kill(os.getpid(), signal.SIGHUP)
-                notify.wait_for("RELOADING=1")
-                ready = notify.wait_for("READY=1")
-                assert "STATUS=reload refused" in ready and "lights-tool" in ready
-                assert gate_mode() == "toggle"
-                assert request(sock, "start")[0]  # ... and it still works
-                notify.wait_for("STATUS=listening")
+            # An edit that loads but cannot be put to work (a tool that is not installed):
+            # the old configuration comes back instead of the service exiting.
+            path.write_text(
+                good.replace('mode = "toggle"', 'mode = "push_to_talk"')
+                + '\n[[tools.tool]]\nname = "lights"\ncommand = ["/nonexistent/lights-tool"]\n'
+            )
+            os.kill(os.getpid(), signal.SIGHUP)
+            notify.wait_for("RELOADING=1")
+            ready = notify.wait_for("READY=1")
+            assert "STATUS=reload refused" in ready and "lights-tool" in ready
+            assert gate_mode() == "toggle"
+            assert request(sock, "start")[0]  # ... and it still works
+            notify.wait_for("STATUS=listening")
 
-                # A good edit is applied.
-                path.write_text(good.replace('mode = "toggle"', 'mode = "push_to_talk"'))
-                os.kill(os.getpid(), signal.SIGHUP)
-                notify.wait_for("RELOADING=1")
-                notify.wait_for("READY=1")
-                assert gate_mode() == "push_to_talk"
-            except BaseException as e:  # reported by the test below
-                failures.append(e)
-            finally:
-                os.kill(os.getpid(), signal.SIGTERM)
+            # A good edit is applied.
+            path.write_text(good.replace('mode = "toggle"', 'mode = "push_to_talk"'))
+            os.kill(os.getpid(), signal.SIGHUP)
+            notify.wait_for("RELOADING=1")
+            notify.wait_for("READY=1")
+            assert gate_mode() == "push_to_talk"
 
-        helper = threading.Thread(target=operator, name="test-operator")
-        helper.start()
-        from device.gpio import mock_factory
-
-        # Should serve() end early, a late signal must not kill the test run: serve() restores these.
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGHUP, signal.SIGTERM)}
-        try:
-            code = serve(cfg, key, lambda: (load_config(path, environ={}), key), pin_factory=mock_factory())
-        finally:
-            helper.join(WAIT_S)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        assert not failures, failures
+        code = serve_with_operator(cfg, key, lambda: (load_config(path, environ={}), key), operator)
         assert code == 0
     finally:
         emu.stop()

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any
 
 from device.audio import filedevices
 from device.config import AgentConfig, AudioConfig, ButtonConfig, Config, GateConfig, SessionConfig, SystemdConfig
-from device.daemon import Daemon
+from device.daemon import Daemon, Loader, serve
 from device.emulator.scenario import Scenario, Turn, default_scenario
 from device.emulator.server import Emulator
 from device.emulator.speech import speechlike_pcm
@@ -254,3 +255,31 @@ def run_daemon(tmp_path: Path, config: Path, notify_path: str) -> Iterator[subpr
                 proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def serve_with_operator(cfg: Config, key: Secret | None, loader: Loader, operator: Callable[[], None]) -> int:
+    """serve() in this (the main) thread, as the process runs it, while ``operator`` drives it from another
+    (signals to this process, the control socket); SIGTERM when it is done. Its failure is raised here."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            operator()
+        except BaseException as e:  # raised in the test's thread below
+            failures.append(e)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=run, name="test-operator")
+    helper.start()
+    # Should serve() end early, a late signal must not kill the test run: serve() restores these.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        code = serve(cfg, key, loader, pin_factory=mock_factory())
+    finally:
+        helper.join(WAIT_S)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failures:
+        raise failures[0]
+    return code

@@ -28,7 +28,7 @@ from device.config import AgentConfig
 from device.emulator.scenario import Fault
 from device.protocol import Connected, Outcome
 from device.secrets import Secret
-from tests.support import LocalHttp, QuietHandler, free_port, read_http_head
+from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
 
 
 def quick_http(agent: AgentConfig, key: str | None) -> AgentHttp:
@@ -324,6 +324,18 @@ def test_missing_ca_bundle_file(tmp_path: Path, tls_agent_server: int) -> None:
     )
     ended = end_of(agent, key=None)
     assert ended.outcome is Outcome.NETWORK and "agent.ca_bundle" in ended.detail
+
+
+def test_a_fifo_as_ca_bundle_ends_the_attempt_instead_of_holding_the_socket_thread(
+    tmp_path: Path, tls_agent_server: int
+) -> None:
+    fifo = make_fifo(tmp_path / "ca.pem")
+    agent = AgentConfig(
+        agent_id="a", connection="public", base_url=f"https://127.0.0.1:{tls_agent_server}", ca_bundle=str(fifo)
+    )
+    ended = unless_blocked_on(fifo, lambda: end_of(agent, key=None))
+    assert ended.outcome is Outcome.NETWORK and "agent.ca_bundle" in ended.detail
+    assert "FIFO (named pipe), not a regular file" in ended.detail
 
 
 def test_stop_while_fetching_ends_locally() -> None:

@@ -38,7 +38,7 @@ from device.agent_http import (
 from device.config import AgentConfig
 from device.protocol import Outcome
 from device.secrets import Secret
-from tests.support import LocalHttp, QuietHandler, free_port, read_http_head
+from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
 
 KEY = "sk_unit_test_key_0123456789"
 WAIT_S = 30.0
@@ -403,6 +403,26 @@ def test_unreadable_ca_bundle_names_the_setting(tmp_path: Path) -> None:
     with client(cfg, attempts=1) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
     assert "agent.ca_bundle" in str(info.value)
+
+
+def test_a_fifo_as_ca_bundle_is_refused_not_waited_on(tmp_path: Path, cert: tuple[Path, Path]) -> None:
+    srv = Server(tls=cert)  # a real TLS server: the bundle is opened once the connection stands
+    fifo = make_fifo(tmp_path / "ca.pem")
+    try:
+        cfg = AgentConfig(agent_id="a", base_url=f"https://127.0.0.1:{srv.port}", http_timeout_s=5.0,
+                          ca_bundle=str(fifo))
+
+        def fetch() -> AgentHttpError:
+            with client(cfg, attempts=3) as http, pytest.raises(AgentHttpError) as info:
+                http.fetch_signed_url()
+            return info.value
+
+        error = unless_blocked_on(fifo, fetch)
+    finally:
+        srv.close()
+    assert error.outcome is Outcome.NETWORK
+    assert f"cannot use the TLS CA bundle {fifo}: it is a FIFO (named pipe), not a regular file" in str(error)
+    assert "set agent.ca_bundle to a PEM file" in str(error)
 
 
 def test_proxy_from_the_environment_is_used(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:

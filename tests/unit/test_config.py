@@ -13,6 +13,7 @@ import pytest
 
 from device.config import DEFAULT_CONFIG_PATH, SECTIONS, Config, LedOutput, ToolSpec, load_config
 from device.errors import ConfigError, ExitCode
+from tests.support import cli, make_fifo
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "config.toml"
@@ -81,10 +82,10 @@ def test_missing_file_says_how_to_create_it(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml", environ={})
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_a_directory_is_no_config_file(tmp_path: Path) -> None:
     path = tmp_path / "dir.toml"
     path.mkdir()
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match="cannot be used: it is a directory, not a regular file"):
         load_config(path, environ={})
 
 
@@ -230,3 +231,51 @@ def test_nan_makes_the_daemon_exit_78_naming_the_key() -> None:
     )
     assert r.returncode == 78, r.stdout + r.stderr
     assert "session.idle_timeout_s: nan" in r.stderr and "choose a value from 1 to 3600" in r.stderr
+
+
+# -- hostile files: the daemon must refuse them with one line, at start (78) and on reload ----------
+
+
+def test_a_deeply_nested_config_exits_78_with_the_reason(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nagent_id = "a"\nconnection = "public"\nx = ' + "[" * 50_000 + "]" * 50_000 + "\n")
+    r = cli("run", "--check", "--config", str(path))
+    assert r.returncode == 78, r.stderr
+    assert f"config file {path} nests arrays or inline tables too deeply" in r.stderr
+    assert "internal error" not in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_deeply_nested_tables_in_a_free_form_value_are_refused(tmp_path: Path) -> None:
+    """Dotted table headers nest without recursion in the TOML parser, so the depth is checked on load."""
+    header = "[agent.custom_llm_extra_body." + ".".join(["a"] * 50_000) + "]"
+    path = write(tmp_path, f'[agent]\nagent_id = "a"\nconnection = "public"\n{header}\nb = 1\n')
+    r = cli("run", "--check", "--config", str(path))
+    assert r.returncode == 78, r.stderr
+    assert "nests tables or arrays more than 32 levels deep; flatten it" in r.stderr
+    assert "internal error" not in r.stderr
+    deep_enough = "[agent.custom_llm_extra_body." + ".".join(["a"] * 31) + "]\nb = 1\n"
+    assert load_config(write(tmp_path, deep_enough), environ={}).agent.custom_llm_extra_body["a"]
+
+
+def test_any_failure_while_loading_is_a_config_error() -> None:
+    """A value no check foresaw (here one the TOML parser overflows on) is exit 78, not an internal error."""
+    env = {"VOICE_APPLIANCE_AGENT_CUSTOM_LLM_EXTRA_BODY": "[" * 20_000 + "]" * 20_000}
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ=env)
+    assert "the configuration could not be loaded (RecursionError" in str(err.value)
+    assert "voice-appliance run --check" in str(err.value)
+
+
+def test_a_fifo_as_the_config_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = make_fifo(tmp_path / "config.toml")
+    r = cli("run", "--check", "--config", str(fifo))  # before: open() waited for a writer (cli's timeout)
+    assert r.returncode == 78, r.stderr
+    assert f"config file {fifo} cannot be used: it is a FIFO (named pipe), not a regular file" in r.stderr
+
+
+def test_a_config_file_over_1_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nagent_id = "a"\n')
+    with path.open("r+b") as f:
+        f.truncate(2 * 1024 * 1024)  # NUL bytes after the table, as a file gone wrong would hold
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert "it holds 2 MiB, over the 1 MiB limit" in str(err.value)

@@ -31,7 +31,7 @@ from device.commands.doctor import (
     render_table,
     run_checks,
 )
-from tests.support import LocalHttp, QuietHandler, needs, self_signed_cert
+from tests.support import LocalHttp, QuietHandler, make_fifo, needs, self_signed_cert, unless_blocked_on
 
 KEY = "sk_doctor_test_5e8f2a1b9c7d3e6f4a0b1c2d"
 REPO = Path(__file__).resolve().parents[2]
@@ -211,6 +211,28 @@ def test_malformed_key_file_fails(tmp_path: Path, text: str, why: str) -> None:
     _key(tmp_path, text, 0o600)
     findings = run_checks(make_ctx(tmp_path), ["credentials"])
     assert findings[-1].status is Status.FAIL and why in findings[-1].detail
+
+
+def test_a_fifo_or_a_nul_filled_key_file_fails_as_it_does_for_the_daemon(tmp_path: Path) -> None:
+    fifo = make_fifo(tmp_path / "api_key")
+    findings = unless_blocked_on(fifo, lambda: run_checks(make_ctx(tmp_path), ["credentials"]))
+    assert findings[-1].status is Status.FAIL, all_text(findings)
+    assert "it is a FIFO (named pipe), not a regular file" in findings[-1].detail
+    assert f"sudo rm {fifo} && sudo install -m 600 /dev/null {fifo}" in findings[-1].fix
+    fifo.unlink()
+    _key(tmp_path, "\0" * 64, 0o600)
+    findings = run_checks(make_ctx(tmp_path), ["credentials"])
+    assert findings[-1].status is Status.FAIL and "control or invisible character" in findings[-1].detail
+
+
+def test_a_fifo_as_the_systemd_credential_is_not_waited_on(tmp_path: Path) -> None:
+    cred = tmp_path / "creds"
+    cred.mkdir()
+    fifo = make_fifo(cred / "elevenlabs_api_key")
+    ctx = make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)})
+    findings = unless_blocked_on(fifo, lambda: run_checks(ctx, ["credentials"]))
+    assert findings[-1].status is Status.FAIL and "systemd credential" in findings[-1].detail
+    assert "FIFO" in findings[-1].detail
 
 
 def test_missing_key_says_how_to_install_it(tmp_path: Path) -> None:
@@ -456,6 +478,14 @@ def test_trusted_with_ca_bundle(tmp_path: Path, tls_server: tuple[int, Path]) ->
     port, cert = tls_server
     findings = run_checks(_https_ctx(tmp_path, port, str(cert)), ["network"])
     assert findings[0].status is Status.OK and "TLS" in findings[0].detail, render_table(findings)
+
+
+def test_a_fifo_as_ca_bundle_fails_instead_of_hanging(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
+    port, _cert = tls_server
+    fifo = make_fifo(tmp_path / "ca.pem")
+    findings = unless_blocked_on(fifo, lambda: run_checks(_https_ctx(tmp_path, port, str(fifo)), ["network"]))
+    assert findings[0].status is Status.FAIL, render_table(findings)
+    assert findings[0].detail == f"agent.ca_bundle {fifo}: it is a FIFO (named pipe), not a regular file"
 
 
 # -- the agent itself, through the emulator --------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from device.errors import CredentialError, ExitCode
 from device.logs import setup_logging
 from device.secrets import REDACTED, Secret, load_api_key, redact
-from tests.support import cli
+from tests.support import cli, make_fifo
 
 KEY = "sk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 TOKEN = "cs_7Hq2LmZx9PwR4tYv"
@@ -203,3 +204,61 @@ def test_a_malformed_credential_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match="not a single word") as err:
         load_api_key("", {"CREDENTIALS_DIRECTORY": str(cred)})
     assert "two words" not in str(err.value)
+
+
+# -- a key file that is no key: refused with one line, never read whole, never waited on ---------------
+
+
+def check_key(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`run --check` with ``path`` as agent.api_key_file, as a process (cli's timeout catches a hang)."""
+    return cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={path}", env=env)
+
+
+def test_a_fifo_as_the_key_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = make_fifo(tmp_path / "api_key")
+    r = check_key(fifo)  # before: open() waited for a writer, for ever
+    assert r.returncode == 77, r.stderr
+    assert f"the key file {fifo} cannot be used: it is a FIFO (named pipe), not a regular file" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_fifo_as_the_systemd_credential_is_refused_at_once(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    make_fifo(creds / "elevenlabs_api_key")
+    r = cli("run", "--check", "--config", str(EXAMPLE), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 77, r.stderr
+    assert "systemd credential" in r.stderr and "FIFO (named pipe), not a regular file" in r.stderr
+
+
+def test_a_huge_file_of_nul_bytes_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "api_key"
+    with path.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: costs no disk
+    path.chmod(0o600)
+    r = check_key(path)
+    assert r.returncode == 77, r.stderr
+    assert f"the key file {path} cannot be used: it holds 64 MiB, over the 4 KiB limit" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\0" * 100, KEY.encode() + b"\0\n", b"sk_live\x1b[2J" + KEY.encode(), ("sk_\u200b" + KEY).encode()],
+    ids=["nul-bytes", "trailing-nul", "escape", "zero-width-space"],
+)
+def test_a_key_with_a_control_or_invisible_character_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "api_key"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    r = check_key(path)
+    assert r.returncode == 77, r.stderr
+    assert f"the key file {path} holds a control or invisible character" in r.stderr
+    assert KEY not in r.stdout + r.stderr and KEY[:12] not in r.stderr
+
+
+def test_a_notepad_key_with_a_byte_order_mark_is_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "api_key"
+    path.write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n")  # as provisioning/install.sh accepts it
+    path.chmod(0o600)
+    key = load_api_key(str(path), {})
+    assert key is not None and key.reveal() == KEY

@@ -21,7 +21,7 @@ from device.config import WakeConfig, load_config
 from device.errors import ConfigError
 from device.wake import WakeDetector, resolve_model
 from tests import speechgen as g
-from tests.support import needs
+from tests.support import make_fifo, needs
 
 pytestmark = g.needs_tools
 
@@ -147,6 +147,31 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path: Path) -> None:
     # The engine is checked only when the wake word is used.
     load_config(environ={}, overrides=["wake.model=hey_siri"])
     assert resolve_model(WakeConfig(engine="openwakeword", model="hey_rhasspy")).cutoff == 0.5
+
+
+@HANDS_FREE
+def test_a_model_path_must_be_a_regular_file_of_a_models_size(tmp_path: Path) -> None:
+    import pymicro_wakeword
+
+    def refused(engine: str, model: Path) -> str:
+        with pytest.raises(ConfigError) as e:
+            resolve_model(WakeConfig(engine=engine, model=str(model)))  # type: ignore[arg-type]
+        return str(e.value)
+
+    fifo = make_fifo(tmp_path / "word.json")
+    assert refused("microwakeword", fifo) == (
+        f"wake.model: model file {fifo} cannot be used: it is a FIFO (named pipe), not a regular file; "
+        "give the path of a readable model file"
+    )
+    assert "is a FIFO" in refused("openwakeword", make_fifo(tmp_path / "word.tflite"))
+    # A description naming a FIFO: the engine would open it itself.
+    shutil.copy(Path(pymicro_wakeword.__file__).parent / "models" / "alexa.json", tmp_path / "alexa.json")
+    make_fifo(tmp_path / "alexa.tflite")
+    assert "alexa.tflite cannot be used: it is a FIFO" in refused("microwakeword", tmp_path / "alexa.json")
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(300 * 1000 * 1000)
+    assert "it holds 286 MiB, over the 64 KiB limit" in refused("microwakeword", big)
 
 
 def test_without_the_engine_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import pytest
 from device.audio.earcons import EARCON_NAMES, EarconSet, bundled_path, load_earcons, load_wav
 from device.config import AudioConfig
 from device.errors import ConfigError
+from tests.support import make_fifo, unless_blocked_on
 
 
 def _wav(path: Path, samples: list[int], rate: int = 16000, channels: int = 1, width: int = 2) -> Path:
@@ -70,6 +71,14 @@ def test_too_long_is_refused(tmp_path: Path) -> None:
     path = _wav(tmp_path / "long.wav", [0] * 8000 * 6, rate=8000)
     with pytest.raises(ConfigError, match="at most"):
         load_wav(path, "listening", "audio.earcon_listening")
+
+
+def test_a_fifo_as_a_cue_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = make_fifo(tmp_path / "ding.wav")
+    with pytest.raises(ConfigError) as err:
+        unless_blocked_on(fifo, lambda: load_earcons(AudioConfig(earcon_done=str(fifo))))
+    assert err.value.key == "audio.earcon_done"
+    assert f"earcon file {fifo} cannot be used: it is a FIFO (named pipe), not a regular file" in str(err.value)
 
 
 def test_cues_are_converted_to_the_speaker_rate_once() -> None:
