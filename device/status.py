@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 STATUS_SCHEMA_VERSION = 1
 STATES = ("idle", "woken", "connecting", "listening", "thinking", "speaking", "error", "muted")
+# Shown by the daemon until the microphone has delivered its first block (not a state of the controller).
+STARTING = "starting"
 # Only in the Prometheus textfile: what a clean stop leaves behind (with voice_appliance_up 0).
 STOPPED = "stopped"
 
@@ -125,7 +127,7 @@ def to_prometheus(st: Status, prefix: str = "voice_appliance", *, running: bool 
         f"# HELP {prefix}_state The daemon's state (1 for the current one).",
         f"# TYPE {prefix}_state gauge",
     ]
-    lines += [f'{prefix}_state{{state="{s}"}} {int(s == state)}' for s in (*STATES, STOPPED)]
+    lines += [f'{prefix}_state{{state="{s}"}} {int(s == state)}' for s in (STARTING, *STATES, STOPPED)]
     lines += [
         f"# HELP {prefix}_muted 1 while the microphone is muted.",
         f"# TYPE {prefix}_muted gauge",

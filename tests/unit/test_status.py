@@ -144,3 +144,15 @@ def test_telemetry_bus_fans_out_and_survives_a_bad_subscriber() -> None:
     unsubscribe()
     bus.publish("button", action="release")
     assert got == []
+
+
+def test_the_prometheus_state_gauge_shows_starting_while_the_microphone_is_not_heard_yet() -> None:
+    text = to_prometheus(Status(state="starting"))
+    assert 'voice_appliance_state{state="starting"} 1\n' in text
+
+
+def test_only_the_current_state_is_one_in_the_gauge() -> None:
+    text = to_prometheus(Status(state="starting"))
+    assert [line for line in text.splitlines() if line.startswith("voice_appliance_state{") and line.endswith(" 1")] == [
+        'voice_appliance_state{state="starting"} 1'
+    ]
