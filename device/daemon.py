@@ -39,7 +39,7 @@ from device.errors import DeviceError, ExitCode, WorkerStuckError
 from device.instance import InstanceLock, claim
 from device.notify import Notifier, Watchdog
 from device.secrets import Secret
-from device.status import Status, StatusFiles, status_line
+from device.status import STARTING, Status, StatusFiles, status_line
 from device.telemetry import TelemetryBus
 from device.worker import Worker, WorkerExited
 
@@ -50,7 +50,6 @@ STOP_JOIN_S = 5.0
 # READY waits this long at most for the microphone's first block (through a sound server it takes
 # ~2 s; the capture gives up on a silent one after 3.25 s): far inside the unit's TimeoutStartSec.
 READY_WAIT_S = 10.0
-STARTING = "starting"  # the state shown until the microphone has delivered (or failed)
 
 
 class Daemon:
@@ -457,6 +456,11 @@ class Daemon:
 Loader = Callable[[], tuple[Config, Secret | None]]
 
 
+# From the start of the stop to the end of the process, whatever a thread does: below the unit's
+# TimeoutStopSec (15 s), after which systemd would SIGKILL the process with no last log line.
+STOP_DEADLINE_S = 12.0
+
+
 def serve(
     cfg: Config,
     api_key: Secret | None,
@@ -465,11 +469,14 @@ def serve(
     pin_factory: Any = None,
     stop_event: threading.Event | None = None,
     hard_exit: bool = False,
+    stop_deadline_s: float = STOP_DEADLINE_S,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT (clean stop) or a fatal failure; SIGHUP reloads.
 
     ``hard_exit`` (the process's entry point): should a thread outlive the stop, the process
-    ends anyway, with exit code 70, instead of returning and waiting for it.
+    ends anyway, with exit code 70, instead of returning and waiting for it; and should the stop
+    itself take longer than ``stop_deadline_s`` (the joins of several stuck threads add up), the
+    process ends then, so systemd never has to SIGKILL it.
     """
     stop = stop_event or threading.Event()
     reload_requested = threading.Event()
@@ -496,9 +503,19 @@ def serve(
                 reload_requested.clear()
                 _reload(daemon, reload_config)
     finally:
+        deadline_armed = hard_exit and installed
+        if deadline_armed:
+            def on_deadline(signum: int, frame: FrameType | None) -> None:
+                log.error("the stop took longer than %g s", stop_deadline_s)
+                _exit_without(lingering_threads() or [threading.current_thread().name], daemon.notifier)
+
+            previous.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, on_deadline))
+            signal.setitimer(signal.ITIMER_REAL, stop_deadline_s)
         try:
             daemon.stop()
         finally:
+            if deadline_armed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     left = lingering_threads()

@@ -134,3 +134,42 @@ def test_sigterm_ends_the_process_while_the_speaker_blocks(tmp_path: Path) -> No
         os.close(reader)
         emu.stop()
         notify.close()
+
+
+# serve() as `voice-appliance run` calls it, around a daemon whose stop never returns: the joins of
+# several stuck threads can add up past TimeoutStopSec, and the deadline must end the process anyway.
+STUCK_STOP = """
+import sys, threading
+from device import daemon
+from device.config import Config
+from device.notify import Notifier
+
+class StuckDaemon:
+    def __init__(self, cfg, api_key, pin_factory=None):
+        self.fatal = threading.Event()
+        self.notifier = Notifier()
+    def start(self):
+        print("started", flush=True)
+    def stop(self):
+        threading.Event().wait()
+
+daemon.Daemon = StuckDaemon
+sys.exit(daemon.serve(Config(), None, hard_exit=True, stop_deadline_s=float(sys.argv[1])))
+"""
+
+
+def test_a_stop_that_never_ends_is_cut_at_the_deadline() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_STOP, "1.0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 70
+    assert "the stop took longer than 1 s" in err
+    assert "exiting with code 70 without waiting for MainThread" in err
