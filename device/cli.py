@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from device import __version__
-from device.errors import DeviceError, ExitCode
-from device.logs import LEVELS, setup_logging
+from device.core.errors import DeviceError, ExitCode
+from device.drivers.logs import LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except Exception as e:  # a bug: one line for the user, details at debug level
         log.debug("unhandled exception", exc_info=True)
-        from device.secrets import redact
+        from device.drivers.secrets import redact
 
         print(
             f"{prog}: internal error: {redact(type(e).__name__ + ': ' + str(e))}; "

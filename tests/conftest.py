@@ -129,7 +129,7 @@ def close_every_registry(monkeypatch: pytest.MonkeyPatch, no_process_left_runnin
     It asks for the process-leak guard so that the guard is torn down after it, once the
     registries have closed.
     """
-    from device.tools import ToolRegistry
+    from device.drivers.tools import ToolRegistry
 
     made: list[ToolRegistry] = []
     init = ToolRegistry.__init__

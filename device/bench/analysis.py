@@ -1,7 +1,7 @@
 """From telemetry (and the emulator's turn records) to the figures of report.json (pure).
 
 All inputs are plain data: telemetry events with ``t_s``/``kind``/``data``
-(device/telemetry.py) and, when the agent is the built-in emulator, its turn
+(device/app/telemetry.py) and, when the agent is the built-in emulator, its turn
 records as mappings (device/emulator/recording.py ``TurnRecord`` fields).
 Times in the output are seconds from ``t0_s``; durations are milliseconds.
 
@@ -32,7 +32,7 @@ FLUSH_PAIR_S = 1.0  # a flush this soon after an interruption belongs to it
 
 
 class Event(Protocol):
-    """What the bench reads of a telemetry record (device.telemetry.Telemetry fits)."""
+    """What the bench reads of a telemetry record (device.app.telemetry.Telemetry fits)."""
 
     @property
     def t_s(self) -> float: ...
@@ -104,7 +104,7 @@ def machine_state(data: Mapping[str, Any]) -> str:
     """The controller's own state (the displayed one says "muted" during a muted conversation)."""
     return str(_get(data, "machine_state", "state", "to", "new", default=""))
 # How a conversation ended when the session itself reported nothing: the cause of the
-# controller's move out of the conversation (device/controller.py Kind values).
+# controller's move out of the conversation (device/app/controller.py Kind values).
 END_CAUSES = {
     "timeout": "idle_timeout",
     "long_press": "local",

@@ -15,7 +15,7 @@ It needs no kernel module and no desktop session: one ``pulseaudio`` process
 
 The ALSA names go through ALSA's ``pulse`` plugin (libasound2-plugins) with the
 daemon's socket as an argument (``va_pulse:SERVER=…,DEVICE=…``, defined in
-:mod:`device.audio.filedevices`' configuration), so neither ``default`` nor
+:mod:`device.drivers.filedevices`' configuration), so neither ``default`` nor
 ``PULSE_SERVER`` of this process changes. Use::
 
     with ClockedCard.start(tmp_dir) as card:
@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from device.audio import filedevices
-from device.errors import AudioError, UnavailableError
+from device.core.errors import AudioError, UnavailableError
+from device.drivers import filedevices
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.audioformat import CAPTURE_RATE_HZ
 from device.bench import wavfile
-from device.errors import UnavailableError
+from device.core.audioformat import CAPTURE_RATE_HZ
+from device.core.errors import UnavailableError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "bench"
 QUESTION_WAV = DATA_DIR / "question.wav"

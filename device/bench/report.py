@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from device.errors import DeviceError
+from device.core.errors import DeviceError
 
 SCHEMA_VERSION = 2  # 2: card, heard figures (latency_ms and old_audio_ms_after heard on the clocked card)
 

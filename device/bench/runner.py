@@ -1,9 +1,9 @@
 """One bench run: the real daemon, an agent, loopback audio files, a scripted person.
 
-The daemon (:class:`device.daemon.Daemon`) runs in this process exactly as
+The daemon (:class:`device.app.daemon.Daemon`) runs in this process exactly as
 ``voice-appliance run`` would run it, except that its configuration points
 the microphone and speaker at ALSA ``type file`` devices
-(:mod:`device.audio.filedevices`), its agent at the built-in emulator (or
+(:mod:`device.drivers.filedevices`), its agent at the built-in emulator (or
 ``--agent-url``), and its pins at gpiozero's mock factory, whose button pin
 the script presses. Nothing of the daemon's logic is re-implemented here:
 the bench only feeds inputs, listens to telemetry and writes the results.
@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from device import __version__
-from device.audio.capture import BLOCK_S
-from device.audioformat import CAPTURE_RATE_HZ
 from device.bench import analysis, clockedcard, fixtures, report, resources, script, timeline, wavfile
 from device.bench.progress import Progress
-from device.config import AudioConfig, Config, load_config
-from device.errors import ConfigError, CredentialError, DeviceError, ExitCode, UnavailableError
-from device.secrets import Secret, load_api_key, redact
+from device.core.audioformat import CAPTURE_RATE_HZ
+from device.core.config import AudioConfig, Config, load_config
+from device.core.errors import ConfigError, CredentialError, DeviceError, ExitCode, UnavailableError
+from device.drivers.capture import BLOCK_S
+from device.drivers.secrets import Secret, load_api_key, redact
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ def _emulator_api() -> tuple[Any, Any, Any]:
 
 def _with_led_patterns(events: list[Any], cfg: Config) -> list[Any]:
     """``led`` telemetry names the state; add what each LED output shows in it (for the picture)."""
-    from device.ledpatterns import resolve
-    from device.telemetry import Telemetry
+    from device.app.telemetry import Telemetry
+    from device.core.ledpatterns import resolve
 
     try:
         plan = resolve(cfg.leds)
@@ -152,7 +152,7 @@ def _with_led_patterns(events: list[Any], cfg: Config) -> list[Any]:
 
 
 def _mock_pin_factory() -> Any:
-    from device.gpio import mock_factory  # device.gpio is the one module that imports gpiozero
+    from device.drivers.gpio import mock_factory  # device.drivers.gpio is the one module that imports gpiozero
 
     return mock_factory()
 
@@ -285,7 +285,7 @@ class Runner:
             self._work.cleanup()
 
     def _run(self) -> BenchResult:
-        from device.audio import filedevices
+        from device.drivers import filedevices
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         pcm, input_info = self._input()
@@ -355,7 +355,7 @@ class Runner:
         return self.recorder.first_block_s - BLOCK_S
 
     def _drive(self, cfg: Config, api_key: Secret | None, steps: tuple[script.Step, ...], expected_s: float) -> None:
-        from device.daemon import Daemon
+        from device.app.daemon import Daemon
 
         factory = self.pin_factory = _mock_pin_factory()
         self.daemon = Daemon(cfg, api_key, pin_factory=factory)
@@ -456,7 +456,7 @@ class Runner:
 
     def _control(self, command: str, cfg: Config) -> None:
         """A control command over the daemon's control socket, exactly as `voice-appliance ctl` sends it."""
-        from device.control import request
+        from device.drivers.control import request
 
         ok, answer = request(cfg.systemd.control_socket, command)
         log.debug("ctl %s → %s %s", command.split(" ", 1)[0], "ok" if ok else "error", answer)

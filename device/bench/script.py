@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from device.config import read_toml
-from device.errors import ConfigError
+from device.core.config import read_toml
+from device.core.errors import ConfigError
 
 Action = Literal["press", "release", "mute", "unmute", "ctl", "end"]
 ACTIONS = ("press", "release", "click", "hold", "mute", "unmute", "ctl", "end")

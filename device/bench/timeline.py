@@ -7,7 +7,7 @@ tick for each chunk of agent audio received), and labelled events
 (interruptions, flushes, tool calls, transcripts, xruns, session end).
 
 Input is the daemon's telemetry: objects with ``t_s`` (monotonic), ``kind``
-and ``data`` (see device/telemetry.py). Written directly as SVG so a Pi needs
+and ``data`` (see device/app/telemetry.py). Written directly as SVG so a Pi needs
 no plotting library; ``rsvg-convert`` (librsvg2-bin) makes a PNG when present.
 """
 

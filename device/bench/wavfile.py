@@ -2,7 +2,7 @@
 
 The capture path takes S16_LE mono 16 kHz; ``--input`` may be any rate,
 channel count and PCM sample width, so it is converted here once, before the
-run (through the firmware's one resampler, device/audio/resample.py; no numpy).
+run (through the firmware's one resampler, device/core/resample.py; no numpy).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.audio.resample import resample_samples
-from device.audioformat import CAPTURE_RATE_HZ
-from device.errors import DeviceError
+from device.core.audioformat import CAPTURE_RATE_HZ
+from device.core.errors import DeviceError
+from device.core.resample import resample_samples
 
 
 class WavError(DeviceError):
@@ -67,7 +67,7 @@ def downmix(samples: array.array[int], channels: int) -> array.array[int]:
 
 
 def resample(samples: array.array[int], src_hz: int, dst_hz: int) -> array.array[int]:
-    """Mono int16 at another rate: the firmware's one resampler (:mod:`device.audio.resample`)."""
+    """Mono int16 at another rate: the firmware's one resampler (:mod:`device.core.resample`)."""
     return resample_samples(samples, src_hz, dst_hz)
 
 

@@ -8,8 +8,8 @@ import typing
 from pathlib import Path
 
 from device.commands.common import add_set_option
-from device.config import GateMode
-from device.errors import ExitCode
+from device.core.config import GateMode
+from device.core.errors import ExitCode
 
 EPILOG = """\
 With no options: the bundled demo. A spoken question with the button held,

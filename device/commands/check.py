@@ -13,7 +13,7 @@ service stopped (it holds the sound card and the pins)::
 
 On a terminal the live views redraw one line (plain ANSI, fine over SSH);
 piped, they print one line per second of audio. Exit status 1 when a part
-FAILed. The verdicts are computed in :mod:`device.bringup`.
+FAILed. The verdicts are computed in :mod:`device.commands.bringup`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from device import bringup
-from device.audioformat import CAPTURE_RATE_HZ
-from device.bringup import Result
+from device.commands import bringup
+from device.commands.bringup import Result
 from device.commands.common import add_set_option, config_path
-from device.config import Config, LedsConfig, load_config
-from device.errors import AudioError, DeviceError
+from device.core.audioformat import CAPTURE_RATE_HZ
+from device.core.config import Config, LedsConfig, load_config
+from device.core.errors import AudioError, DeviceError
 
 PARTS = ("mic", "speaker", "leds", "button", "vad")
 DEFAULT_SECONDS = {"mic": 5.0, "button": 20.0, "vad": 10.0}
@@ -125,14 +125,14 @@ class Ui:
 
 
 def _backend() -> Any:
-    from device.audio.alsa import AlsaBackend  # imports alsaaudio: only when a part needs audio
+    from device.drivers.alsa import AlsaBackend  # imports alsaaudio: only when a part needs audio
 
     return AlsaBackend()
 
 
 def capture_blocks(cfg: Config, seconds: float, stop: threading.Event, backend: Any = None) -> Iterator[bytes]:
     """100 ms mono blocks from the configured microphone, ``seconds`` of audio in all."""
-    from device.audio.convert import to_mono
+    from device.core.convert import to_mono
 
     a = cfg.audio
     dev = (backend or _backend()).open_capture(a.capture_device, CAPTURE_RATE_HZ, a.capture_channels, BLOCK_FRAMES, 4)
@@ -169,7 +169,7 @@ def capture_blocks(cfg: Config, seconds: float, stop: threading.Event, backend: 
 
 def play(cfg: Config, pcm: bytes, stop: threading.Event, ui: Ui, label: str, backend: Any = None) -> None:
     """Play mono 16 kHz ``pcm`` at the configured volume (mixer control, else software gain)."""
-    from device.audio.convert import GainTable, volume_to_gain
+    from device.core.convert import GainTable, volume_to_gain
 
     a = cfg.audio
     be = backend or _backend()
@@ -261,9 +261,9 @@ def check_mic(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
 
 
 def _bundled_speech() -> bytes:
-    from device.audio.convert import to_mono
-    from device.audio.filedevices import read_wav
-    from device.audio.resample import resample
+    from device.core.convert import to_mono
+    from device.core.resample import resample
+    from device.drivers.filedevices import read_wav
 
     pcm, rate_hz, channels = read_wav(Path(__file__).resolve().parent.parent / "data" / "bench" / "question.wav")
     pcm = to_mono(pcm, channels)
@@ -271,7 +271,7 @@ def _bundled_speech() -> bytes:
 
 
 def check_speaker(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.audio.earcons import EarconSet, load_earcons
+    from device.drivers.earcons import EarconSet, load_earcons
 
     a = cfg.audio
     volume = f"mixer {a.mixer_card} {a.mixer_control!r}" if a.mixer_control else "software gain"
@@ -296,7 +296,7 @@ def check_speaker(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> l
 
 
 def _gpio(cfg: Config, opt: Options, leds: LedsConfig, on_button: Any, on_mute: Any, *, inputs: bool) -> Any:
-    from device.gpio import Gpio
+    from device.drivers.gpio import Gpio
 
     button = cfg.button if inputs else dataclasses.replace(cfg.button, pin=None, mute_pin=None)
     g = Gpio(button, leds, on_button, on_mute, pin_factory=opt.pin_factory, clock=opt.clock)
@@ -305,7 +305,7 @@ def _gpio(cfg: Config, opt: Options, leds: LedsConfig, on_button: Any, on_mute: 
 
 
 def check_leds(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.ledpatterns import STATES
+    from device.core.ledpatterns import STATES
 
     plan_outputs = ", ".join(f"{o.name} ({o.kind})" for o in cfg.leds.output) or f"preset {cfg.leds.preset}"
     ui.heading(f"leds: {plan_outputs}, {opt.dwell_s:g} s per state")
@@ -387,7 +387,7 @@ def check_button(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> li
 
 
 def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.gate import webrtc_vad
+    from device.core.gate import webrtc_vad
 
     seconds = opt.seconds or DEFAULT_SECONDS["vad"]
     mine = cfg.gate.vad_aggressiveness
@@ -428,7 +428,7 @@ def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
 
 
 def check_soundcard(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device import soundcards
+    from device.commands import soundcards
 
     ui.heading(f"soundcard: {opt.root / 'proc/asound'}")
     return soundcards.check(opt.root, write=opt.write, line=ui.line)
@@ -494,7 +494,7 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         ui.line(f"warning: the voice-appliance daemon is running ({cfg.systemd.control_socket}); {SERVICE_HINT}")
     factory = None
     if args.mock_gpio:
-        from device.gpio import mock_factory
+        from device.drivers.gpio import mock_factory
 
         factory = mock_factory()
     opt = Options(

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from device.config import DEFAULT_CONFIG_PATH, Config, load_config
+from device.core.config import DEFAULT_CONFIG_PATH, Config, load_config
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def require_tools(command: str) -> None:
     """
     from importlib.util import find_spec
 
-    from device.errors import UnavailableError
+    from device.core.errors import UnavailableError
 
     missing = [name for name in TOOL_PACKAGES if find_spec(name) is None]
     if missing:
@@ -65,7 +65,7 @@ def require_extra(module: str, extra: str, command: str) -> None:
     import sys
     from importlib import metadata
 
-    from device.errors import UnavailableError
+    from device.core.errors import UnavailableError
 
     try:
         importlib.import_module(module)

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from device.config import DEFAULT_CONFIG_PATH, SystemdConfig
+from device.core.config import DEFAULT_CONFIG_PATH, SystemdConfig
 
 ACTIONS = ("start", "stop", "press", "release", "mute", "unmute", "context", "message", "status")
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
     """The control socket and the group allowed to use it (None: the configuration cannot be read)."""
     from device.commands.common import load_from_args
-    from device.errors import DeviceError
+    from device.core.errors import DeviceError
 
     explicit = args.config or os.environ.get("VOICE_APPLIANCE_CONFIG")
     if not explicit and not DEFAULT_CONFIG_PATH.exists():  # no config on this machine: the defaults
@@ -44,14 +44,14 @@ def _target(args: argparse.Namespace) -> tuple[str, str | None]:
             return str(args.socket), None
     systemd = load_from_args(args).systemd
     if not systemd.control_socket:
-        from device.control import ControlError
+        from device.drivers.control import ControlError
 
         raise ControlError("the control socket is turned off (systemd.control_socket = \"\") in the configuration")
     return systemd.control_socket, systemd.control_group
 
 
 def run(args: argparse.Namespace) -> int:
-    from device.control import request
+    from device.drivers.control import request
 
     # One request is one line: text from a file (ctl context "$(cat notes.txt)") has its line breaks as spaces.
     text = " ".join(" ".join(args.text).splitlines()).strip()

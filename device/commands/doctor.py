@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device import soundcards
+from device.commands import soundcards
 from device.commands.common import add_set_option, config_path
-from device.config import ENV_PREFIX, Config, load_config
-from device.errors import AudioError, ConfigError, CredentialError
-from device.secrets import (
+from device.core.config import ENV_PREFIX, Config, load_config
+from device.core.errors import AudioError, ConfigError, CredentialError
+from device.drivers.secrets import (
     CREDENTIAL_NAME,
     ENV_VAR,
     PASTED_KEY_FILE,
@@ -61,8 +61,8 @@ from device.secrets import (
     register_secret,
     unsuitable_key_file,
 )
-from device.userfiles import UnsuitableFile
-from device.wake import hands_free_summary
+from device.drivers.userfiles import UnsuitableFile
+from device.drivers.wake import hands_free_summary
 
 UNIT = "voice-appliance.service"
 SERVICE_USER = "voice-appliance"
@@ -130,7 +130,7 @@ class Context:
     timeout_s: float = 5.0
     run: Runner = run_command
     audio_probe: AudioProbe | None = None
-    asound_root: Path = Path("/")  # where /proc/asound and /etc/asound.conf are (device.soundcards)
+    asound_root: Path = Path("/")  # where /proc/asound and /etc/asound.conf are (device.commands.soundcards)
     alsa_conf_dirs: Sequence[Path] = (Path("/etc/alsa/conf.d"),)
     # Filled in as the checks run.
     cfg: Config | None = None
@@ -448,7 +448,7 @@ def _key_file_findings(path: Path, what: str, ctx: Context, owner_uid: int) -> t
         out.append(Finding("credentials", Status.FAIL, f"{what} {path}: cannot read it: {e}", f"rewrite {path}"))
         return out, None
     if not raw.strip():
-        # What the daemon does with it (device/secrets.py): a blank credential is no key at all.
+        # What the daemon does with it (device/drivers/secrets.py): a blank credential is no key at all.
         out.append(Finding(
             "credentials", Status.FAIL,
             f"{what} {path} is blank, which the service reads as no API key; "
@@ -582,7 +582,7 @@ class AlsaHelperProbe(AudioProbe):
     name = "pyalsaaudio"
 
     def __init__(self) -> None:
-        from device.audio import alsa  # imports alsaaudio; only when audio is checked
+        from device.drivers import alsa  # imports alsaaudio; only when audio is checked
 
         self._alsa = alsa
 
@@ -804,7 +804,7 @@ def check_gpio(ctx: Context) -> list[Finding]:
 
 
 def _targets(cfg: Config) -> list[tuple[str, str]]:
-    from device.agent_http import endpoints_for
+    from device.drivers.agent_http import endpoints_for
 
     out = []
     if cfg.agent.connection == "broker":
@@ -854,7 +854,7 @@ def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
         if secure:
             try:
                 if ca_bundle:
-                    from device.agent_http import check_ca_bundle
+                    from device.drivers.agent_http import check_ca_bundle
 
                     check_ca_bundle(ca_bundle)  # not a FIFO: ssl's open() of one would hang doctor
                 context = ssl.create_default_context(cafile=ca_bundle or None)
@@ -903,7 +903,7 @@ def check_network(ctx: Context) -> list[Finding]:
 
 def _check_agent(ctx: Context, cfg: Config) -> Finding:
     """Fetch one signed URL: proves the key, the agent id and the region together."""
-    from device.agent_http import AgentHttp, AgentHttpError
+    from device.drivers.agent_http import AgentHttp, AgentHttpError
 
     if cfg.agent.connection == "public":
         return Finding("network", Status.OK, "public agent: nothing to fetch before a conversation")

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from device.errors import ConfigError, ExitCode
+from device.core.errors import ConfigError, ExitCode
 
 DEFAULT_PORT = 8765
 DEFAULT_API_KEY = "emulator-key"
@@ -238,8 +238,8 @@ def run(args: argparse.Namespace) -> int:
     from device.commands.common import require_extra
 
     require_extra("websockets", "bench", "emulator")
+    from device.drivers.secrets import register_secret
     from device.emulator.server import Emulator
-    from device.secrets import register_secret
 
     if key != DEFAULT_API_KEY:
         register_secret(key)

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from device.commands.common import add_set_option, config_path, load_from_args
-from device.config import Config, config_to_dict
-from device.secrets import Secret, is_plainly_a_path, load_api_key
-from device.wake import hands_free_summary
+from device.core.config import Config, config_to_dict
+from device.drivers.secrets import Secret, is_plainly_a_path, load_api_key
+from device.drivers.wake import hands_free_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, Secret | None]:
     cfg = load_from_args(args).require_agent()
     key = load_api_key(cfg.agent.api_key_file)
     if cfg.agent.connection == "signed_url" and key is None:
-        from device.errors import CredentialError
+        from device.core.errors import CredentialError
 
         raise CredentialError(
             "connection = \"signed_url\" needs an API key and none was found: put it in "
@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
         print(hands_free_summary(cfg))
         print(json.dumps(printable(cfg), indent=2, sort_keys=False))
         return 0
-    from device.daemon import serve
+    from device.app.daemon import serve
 
     pin_factory = None
     if args.mock_gpio:
-        from device.gpio import mock_factory
+        from device.drivers.gpio import mock_factory
 
         pin_factory = mock_factory()
     return serve(cfg, key, lambda: _load(args), pin_factory=pin_factory, hard_exit=True)

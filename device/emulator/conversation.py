@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from device.audioformat import AudioFormat
+from device.core.audioformat import AudioFormat
 from device.emulator import pcm as pcmlib
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
 from device.emulator.scenario import ERROR_TYPE_CODES, QUOTA_REASON, REPLY_FAULTS, Fault, Scenario, Turn

@@ -13,9 +13,9 @@ import sys
 import wave
 from array import array
 
-from device.audio.convert import ulaw_decode, ulaw_encode
-from device.audio.resample import resample as _resample
-from device.audioformat import AudioFormat
+from device.core.audioformat import AudioFormat
+from device.core.convert import ulaw_decode, ulaw_encode
+from device.core.resample import resample as _resample
 
 
 def _samples(pcm: bytes) -> array[int]:
@@ -35,7 +35,7 @@ def _to_bytes(a: array[int]) -> bytes:
 
 
 def resample(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
-    """S16LE mono at another rate: the firmware's one resampler (:mod:`device.audio.resample`)."""
+    """S16LE mono at another rate: the firmware's one resampler (:mod:`device.core.resample`)."""
     return _resample(pcm, from_hz, to_hz)
 
 

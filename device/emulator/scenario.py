@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from device.audioformat import SUPPORTED, AudioFormat, parse_format
-from device.config import build_section, read_toml
-from device.errors import ConfigError, ProtocolError
+from device.core.audioformat import SUPPORTED, AudioFormat, parse_format
+from device.core.config import build_section, read_toml
+from device.core.errors import ConfigError, ProtocolError
 
 OVERRIDABLE = ("prompt", "first_message", "language", "voice_id", "text_only", "client_events")
 AfterLast = Literal["cycle", "repeat_last", "end_call"]

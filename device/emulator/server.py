@@ -35,12 +35,12 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
+from device.core.errors import UnavailableError
+from device.drivers.worker import Worker
 from device.emulator.conversation import CLOSE_INTERNAL, Action, Close, Conversation, Drop, Send, SendRaw
 from device.emulator.recording import ConversationRecord, Violation, save
 from device.emulator.scenario import Fault, Scenario, default_scenario
 from device.emulator.speech import CACHE_ENTRIES, Backend, Synthesizer
-from device.errors import UnavailableError
-from device.worker import Worker
 
 log = logging.getLogger(__name__)
 

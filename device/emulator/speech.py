@@ -18,9 +18,9 @@ from array import array
 from collections import OrderedDict
 from typing import Literal
 
-from device.audioformat import AudioFormat
+from device.core.audioformat import AudioFormat
+from device.core.errors import UnavailableError
 from device.emulator import pcm as pcmlib
-from device.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 

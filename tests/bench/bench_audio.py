@@ -40,10 +40,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from device.audio import Block, Capture, Playback, PlaybackEvent, filedevices  # noqa: E402
-from device.audio.convert import ulaw_decode  # noqa: E402
-from device.audioformat import AudioFormat, parse_format  # noqa: E402
-from device.config import AudioConfig  # noqa: E402
+from device.core.audioevents import Block, PlaybackEvent  # noqa: E402
+from device.core.audioformat import AudioFormat, parse_format  # noqa: E402
+from device.core.config import AudioConfig  # noqa: E402
+from device.core.convert import ulaw_decode  # noqa: E402
+from device.drivers import filedevices  # noqa: E402
+from device.drivers.capture import Capture  # noqa: E402
+from device.drivers.playback import Playback  # noqa: E402
 from tests.support import Collector  # noqa: E402
 
 TIMEOUT_S = 30.0

@@ -13,7 +13,7 @@ that moment) and the figures come from the session's own stats:
 - press → first audio on the wire: ``first_audio_sent_ms``.
 
 Modes: ``fetch`` (signed URL fetched at the press), ``prefetch`` (a warm
-:class:`~device.agent_http.SignedUrlSource`), ``public`` (no URL needed: the floor).
+:class:`~device.drivers.agent_http.SignedUrlSource`), ``public`` (no URL needed: the floor).
 
 Run: ``.venv/bin/python tests/bench/bench_connect.py [--rounds 20] [--delays-ms 0,25]``
 or ``.venv/bin/python -m pytest tests/bench/bench_connect.py -s``.
@@ -38,14 +38,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from device.agent_http import AgentHttp, SignedUrlSource  # noqa: E402
-from device.config import AgentConfig, SessionConfig, ToolsConfig  # noqa: E402
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig  # noqa: E402
+from device.core.protocol import Connected, SessionEnded, SessionEvent  # noqa: E402
+from device.drivers.agent_http import AgentHttp, SignedUrlSource  # noqa: E402
+from device.drivers.secrets import Secret  # noqa: E402
+from device.drivers.session import Session  # noqa: E402
+from device.drivers.tools import ToolRegistry  # noqa: E402
 from device.emulator.scenario import default_scenario  # noqa: E402
 from device.emulator.server import Emulator  # noqa: E402
-from device.protocol import Connected, SessionEnded, SessionEvent  # noqa: E402
-from device.secrets import Secret  # noqa: E402
-from device.session import Session  # noqa: E402
-from device.tools import ToolRegistry  # noqa: E402
 
 KEY = "emulator-key"
 WAIT_S = 30.0

@@ -1,13 +1,13 @@
 """Benchmark: control-socket request latency while hostile local clients hold connections.
 
-A real :class:`~device.control.ControlServer` on a Unix socket, with a
+A real :class:`~device.drivers.control.ControlServer` on a Unix socket, with a
 controller stand-in that answers at once. Hostile clients, kept up by one
 thread that reconnects them whenever the server closes them:
 
 - ``idle``: connect and never send anything;
 - ``nonreading``: send a burst of ``help`` requests and never read an answer.
 
-A well-behaved client (``voice-appliance ctl``'s :func:`~device.control.request`,
+A well-behaved client (``voice-appliance ctl``'s :func:`~device.drivers.control.request`,
 one connection per request) then sends ``status`` requests one after another;
 the figures are its latency (median, p95, max) and how many requests failed
 (refused, error answer or timeout).
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from device.control import ControlError, ControlServer, request  # noqa: E402
+from device.drivers.control import ControlError, ControlServer, request  # noqa: E402
 
 REQUEST_TIMEOUT_S = 10.0
 SCENARIO_BUDGET_S = 90.0  # the unfixed server can take seconds per request; stop measuring after this

@@ -5,7 +5,7 @@ message with alignment data (the ``oversized_frame`` fault) to each frame size:
 1 MiB, 8 MiB, the largest the device accepts (``MAX_MESSAGE_BYTES``) and one
 element more (refused from the frame header, close 1009); a baseline has no
 fault. A fresh Python process (the device code from ``--root``, this checkout
-by default) runs a real :class:`~device.session.Session` through the signed
+by default) runs a real :class:`~device.drivers.session.Session` through the signed
 URL, waits for that audio event to arrive (accepted) or for the session to end
 (refused), and reports its peak RSS (``VmHWM``; ``ru_maxrss`` would include the
 parent's peak, carried over by Linux through the exec), before the session too.
@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from device.core.protocol import MAX_MESSAGE_BYTES  # noqa: E402
 from device.emulator.scenario import Fault, default_scenario  # noqa: E402
 from device.emulator.server import Emulator  # noqa: E402
-from device.protocol import MAX_MESSAGE_BYTES  # noqa: E402
 
 KEY = "emulator-key"
 WAIT_S = 120.0  # a 16 MiB frame is built, sent and parsed on a shared machine
@@ -45,11 +45,11 @@ DEFAULT_SIZES = ("1048576", "8388608", "max", "over")
 # The child reads its settings (the key among them) from stdin: never in argv.
 CHILD = r"""
 import json, queue, resource, sys
-from device.config import AgentConfig, SessionConfig, ToolsConfig
-from device.protocol import AgentAudio, SessionEnded
-from device.secrets import Secret
-from device.session import Session
-from device.tools import ToolRegistry
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.protocol import AgentAudio, SessionEnded
+from device.drivers.secrets import Secret
+from device.drivers.session import Session
+from device.drivers.tools import ToolRegistry
 
 def rss_kib():
     # VmHWM: the peak of this process image only. ru_maxrss also counts the parent's peak, which

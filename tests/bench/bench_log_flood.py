@@ -4,8 +4,8 @@ A hostile service (a ``websockets`` server in this process) starts a
 conversation, then sends frames of a new unknown ``type`` each, as fast as the
 device reads them, for ``--seconds`` (15 by default); then an agent response
 that ends the flood. A fresh Python process (the device code from ``--root``,
-this checkout by default) runs a real :class:`~device.session.Session` with
-the daemon's logging (:func:`device.logs.setup_logging`, stderr) and reports
+this checkout by default) runs a real :class:`~device.drivers.session.Session` with
+the daemon's logging (:func:`device.drivers.logs.setup_logging`, stderr) and reports
 its RSS before, its peak (``VmHWM``) and its RSS after the conversation
 ended (session dropped, garbage collected); the log lines are counted on its stderr.
 
@@ -37,11 +37,11 @@ LAST_WORDS = "the flood is over"
 # The child reads its settings from stdin; it logs as the daemon does (stderr, timestamps).
 CHILD = r"""
 import gc, json, queue, sys
-from device.config import AgentConfig, SessionConfig, ToolsConfig
-from device.logs import setup_logging
-from device.protocol import AgentResponse, SessionEnded
-from device.session import Session
-from device.tools import ToolRegistry
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig
+from device.drivers.logs import setup_logging
+from device.core.protocol import AgentResponse, SessionEnded
+from device.drivers.session import Session
+from device.drivers.tools import ToolRegistry
 
 def status_kib(field):
     with open("/proc/self/status") as f:

@@ -2,7 +2,7 @@
 
 A local HTTP server answers the signed-URL request with a JSON body padded to
 each size; a fresh Python process (the device code from ``--root``, this
-checkout by default) fetches it once with :class:`~device.agent_http.AgentHttp`
+checkout by default) fetches it once with :class:`~device.drivers.agent_http.AgentHttp`
 and reports its peak RSS (``VmHWM``: ``ru_maxrss`` keeps the parent's peak
 across exec) and the outcome. ``--root`` may point at an older checkout to
 measure the same thing before a change.
@@ -33,9 +33,9 @@ DEFAULT_SIZES = (1024, 64 * 1024, 60 * 1024 * 1024)
 
 CHILD = r"""
 import json, sys
-from device.agent_http import AgentHttp, AgentHttpError
-from device.config import AgentConfig
-from device.secrets import Secret
+from device.drivers.agent_http import AgentHttp, AgentHttpError
+from device.core.config import AgentConfig
+from device.drivers.secrets import Secret
 
 cfg = AgentConfig(agent_id="a", base_url=sys.argv[1], http_timeout_s=60.0)
 http = AgentHttp(cfg, Secret("bench-key", "bench"), attempts=1)

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from device.audio.pacing import PlaybackClock  # noqa: E402
+from device.drivers.pacing import PlaybackClock  # noqa: E402
 
 RATE_HZ = 16000
 IN_BLOCK_FRAMES = 4000  # DefaultAudioInterface.INPUT_FRAMES_PER_BUFFER

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from device.audio import dsp, filedevices  # noqa: E402
-from device.config import AgentConfig, AudioConfig, Config, GateConfig, SystemdConfig, WakeConfig  # noqa: E402
-from device.wake import WakeDetector  # noqa: E402
+from device.core.config import AgentConfig, AudioConfig, Config, GateConfig, SystemdConfig, WakeConfig  # noqa: E402
+from device.drivers import dsp, filedevices  # noqa: E402
+from device.drivers.wake import WakeDetector  # noqa: E402
 from tests import speechgen as g  # noqa: E402
 
 VOICES = ("en-us", "en-gb", "en-us+m3", "en-us+f3", "en-gb+m1", "en-us+f2", "en-gb-x-rp", "en-us+m7", "en-029",
@@ -207,9 +207,9 @@ def noise_figures() -> list[str]:
 
 def idle_cpu(tmp: Path, gate: GateConfig, wake: WakeConfig, seconds: float, **audio: int) -> float:
     """CPU seconds per minute of the whole daemon process idling (real time, file microphone)."""
-    from device.daemon import Daemon
-    from device.gpio import mock_factory
-    from device.notify import Notifier
+    from device.app.daemon import Daemon
+    from device.drivers.gpio import mock_factory
+    from device.drivers.notify import Notifier
 
     tmp.mkdir(parents=True, exist_ok=True)
     filedevices.install(tmp / "alsa")

@@ -76,8 +76,8 @@ def run_emulator(args: argparse.Namespace) -> int:
 
 def _write_long_input(path: Path, cycles: int) -> None:
     """The demo's speech, once per cycle, streamed to a raw file (no big buffer in memory)."""
-    from device.audio import filedevices
     from device.bench import fixtures
+    from device.drivers import filedevices
 
     demo = fixtures.demo_input().pcm
     cycle_bytes = 2 * int(CYCLE_S * 16000)
@@ -95,13 +95,13 @@ def run_device(args: argparse.Namespace) -> int:
 
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from device.audio import filedevices
     from device.bench import analysis, resources, script
     from device.bench.fixtures import DEMO_TIMELINE
     from device.bench.runner import bench_config
-    from device.secrets import Secret
+    from device.drivers import filedevices
+    from device.drivers.secrets import Secret
 
-    daemon_cls = importlib.import_module("device.daemon").Daemon
+    daemon_cls = importlib.import_module("device.app.daemon").Daemon
 
     minutes = float(args.minutes)
     cycles = int(minutes * 60 // CYCLE_S) + 1

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from device.audio import filedevices
 from device.bench import clockedcard
 from device.bench.clockedcard import ClockedCard
+from device.drivers import filedevices
 from tests.contract.checking import contract_check  # noqa: F401 (autouse: every message against the contract)
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from device.audio import Block, Capture, CaptureEvent, filedevices
-from device.config import AudioConfig
+from device.core.audioevents import Block, CaptureEvent
+from device.core.config import AudioConfig
+from device.drivers import filedevices
+from device.drivers.capture import Capture
 
 TIMEOUT_S = 20.0
 BLOCK_BYTES = 8000

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from device.audio import Playback, PlaybackEvent, filedevices
-from device.audio.convert import ulaw_decode
-from device.audio.earcons import load_earcons
-from device.audioformat import AudioFormat
-from device.config import AudioConfig
+from device.core.audioevents import PlaybackEvent
+from device.core.audioformat import AudioFormat
+from device.core.config import AudioConfig
+from device.core.convert import ulaw_decode
+from device.drivers import filedevices
+from device.drivers.earcons import load_earcons
+from device.drivers.playback import Playback
 from tests.support import Collector
 
 TIMEOUT_S = 20.0

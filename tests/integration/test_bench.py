@@ -115,7 +115,7 @@ def test_the_file_card_timeline_counts_from_the_microphones_first_sample(
     # microphone seconds after the daemon starts, and the file is read from its start only then. A
     # timeline counted from the daemon's start pressed before the question was read: the agent got
     # half of the first question and none of the barge-in. Here the microphone opens 2.5 s late.
-    from device.audio.capture import Capture
+    from device.drivers.capture import Capture
 
     opened = Capture._open
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from device import bringup
-from device.audio import filedevices
-from device.commands import check
+from device.commands import bringup, check
 from device.commands.check import Options, Ui
-from device.config import Config, load_config
-from device.gpio import mock_factory
+from device.core.config import Config, load_config
+from device.drivers import filedevices
+from device.drivers.gpio import mock_factory
 
 RATE = 16000
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from device.audio import Block, Capture, CaptureEvent
 from device.bench.clockedcard import ClockedCard
-from device.config import AudioConfig
+from device.core.audioevents import Block, CaptureEvent
+from device.core.config import AudioConfig
+from device.drivers.capture import Capture
 from tests.support import sine
 
 TIMEOUT_S = 20.0

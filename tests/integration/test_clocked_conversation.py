@@ -16,8 +16,8 @@ from test_daemon_support import WAIT_S, Rig, fast_scenario, speech
 
 from device.bench import clockedcard
 from device.bench.clockedcard import ClockedCard
-from device.config import SystemdConfig
-from device.control import ControlError, request
+from device.core.config import SystemdConfig
+from device.drivers.control import ControlError, request
 from device.emulator.scenario import Turn
 
 QUESTION = speech("Could you tell me what the weather will be like tomorrow morning, please?")

@@ -17,10 +17,10 @@ import pytest
 from test_audio_playback import Events
 from test_clocked_card import sound_spans
 
-from device.audio import Playback
-from device.audioformat import AudioFormat
 from device.bench.clockedcard import ClockedCard, SpeakerRecording
-from device.config import AudioConfig
+from device.core.audioformat import AudioFormat
+from device.core.config import AudioConfig
+from device.drivers.playback import Playback
 from tests.support import sine
 
 CHUNK_MS = 62.5

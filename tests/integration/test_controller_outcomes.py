@@ -24,13 +24,13 @@ from test_session_events import drain, metadata, public_agent
 from test_session_support import WAIT_S, Hooks, agent_for, fast_scenario, running, scripted
 from websockets.sync.server import ServerConnection
 
-from device.config import Config, SessionConfig, ToolsConfig
-from device.controller import Controller
+from device.app.controller import Controller
+from device.app.telemetry import TelemetryBus
+from device.core.config import Config, SessionConfig, ToolsConfig
+from device.drivers.secrets import Secret
+from device.drivers.session import Session
+from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
-from device.secrets import Secret
-from device.session import Session
-from device.telemetry import TelemetryBus
-from device.tools import ToolRegistry
 
 
 def error_event(code: int, error_type: str, message: str = "") -> str:
@@ -109,7 +109,7 @@ def kiosk(plan: list[str]) -> Iterator[tuple[Controller, Recorder, Service]]:
 
 
 def error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "device.controller" and r.levelno >= logging.ERROR]
+    return [r.getMessage() for r in caplog.records if r.name == "device.app.controller" and r.levelno >= logging.ERROR]
 
 
 def test_a_conversation_that_broke_off_is_shown_not_reopened_and_the_line_says_so(

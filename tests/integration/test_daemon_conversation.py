@@ -21,7 +21,7 @@ from test_daemon_support import (
     speech,
 )
 
-from device.config import ButtonConfig, GateConfig, SessionConfig
+from device.core.config import ButtonConfig, GateConfig, SessionConfig
 from device.emulator.scenario import Fault, Turn
 
 QUESTION = speech("What can you do for me today?")
@@ -220,7 +220,7 @@ def test_network_drop_shows_the_error_and_the_next_press_recovers(
         agent={"first_message": "Hello there, welcome to the museum, how can I help you today?"},
         faults=(Fault(kind="drop", conversation=0, reply=0, after_chunks=1),),
     )
-    caplog.set_level(logging.ERROR, logger="device.controller")
+    caplog.set_level(logging.ERROR, logger="device.app.controller")
     with Rig(tmp_path, input_with(silence(20.0)), scenario, session=SessionConfig(error_hold_s=30)) as rig:
         rig.button.drive_low()
         rig.button.drive_high()

@@ -24,14 +24,14 @@ from test_daemon_support import WAIT_S, Rig, silence
 from test_session_support import scripted
 from websockets.sync.server import ServerConnection
 
-from device.config import Config, SystemdConfig
-from device.protocol import MAX_FIELD_CHARS
+from device.core.config import Config, SystemdConfig
+from device.core.protocol import MAX_FIELD_CHARS
 
 ROOT = Path(__file__).resolve().parents[2]
 FORGED = "\n<0>forged emergency\r\x1b[2J\x1b]0;title\x07"
 HUGE_ID = "conv_" + ("A" * 998 + FORGED) * 2000  # over 2 MB
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-CTL_ANSWER_LIMIT = 64 * 1024  # what the control socket keeps for one answer (device.control.MAX_OUTPUT_BYTES)
+CTL_ANSWER_LIMIT = 64 * 1024  # what the control socket keeps for one answer (device.drivers.control.MAX_OUTPUT_BYTES)
 
 
 class ScriptedRig(Rig):

@@ -19,9 +19,9 @@ from pathlib import Path
 from test_daemon_service import NotifySocket, write_config
 from test_daemon_support import WAIT_S, fast_scenario, run_daemon, silence
 
-from device.control import request
+from device.core.errors import ExitCode
+from device.drivers.control import request
 from device.emulator.server import Emulator
-from device.errors import ExitCode
 
 
 @contextmanager

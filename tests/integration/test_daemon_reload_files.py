@@ -15,11 +15,11 @@ import pytest
 from test_daemon_service import NotifySocket, write_config
 from test_daemon_support import WAIT_S, fast_scenario, serve_with_operator, silence
 
-from device.audio import filedevices
-from device.config import Config, load_config
-from device.control import request
+from device.core.config import Config, load_config
+from device.drivers import filedevices
+from device.drivers.control import request
+from device.drivers.secrets import Secret
 from device.emulator.server import Emulator
-from device.secrets import Secret
 from tests.support import make_fifo
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from test_daemon_support import (
 )
 
 from device.bench import fixtures, wavfile
-from device.config import Config, GateConfig, SessionConfig
+from device.core.config import Config, GateConfig, SessionConfig
 from device.emulator.scenario import Fault, Turn
 from tests.support import LocalHttp, QuietHandler
 
@@ -211,7 +211,7 @@ class RateLimitedRig(Rig):
 def test_a_rate_limited_connection_is_retried_within_retry_max_s_whatever_retry_after_says(
     tmp_path: Path, retry_after: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="device.controller")
+    caplog.set_level(logging.ERROR, logger="device.app.controller")
     session = SessionConfig(retry_initial_s=0.2, retry_max_s=1.0)
     with RateLimitedRig(tmp_path, retry_after, session=session, agent={"prefetch_signed_url": False}) as rig:
         rig.press_at(PRESS_S)

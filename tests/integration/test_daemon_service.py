@@ -24,15 +24,15 @@ from test_daemon_support import (
     with_session,
 )
 
-from device.audio import filedevices
-from device.config import SystemdConfig, load_config
-from device.control import request
-from device.controller import Command
-from device.daemon import serve
+from device.app.controller import Command
+from device.app.daemon import serve
+from device.core.config import SystemdConfig, load_config
+from device.drivers import filedevices
+from device.drivers.control import request
+from device.drivers.notify import Notifier
+from device.drivers.secrets import Secret
 from device.emulator.scenario import Fault
 from device.emulator.server import Emulator
-from device.notify import Notifier
-from device.secrets import Secret
 
 
 class NotifySocket:
@@ -209,7 +209,7 @@ def test_sigterm_in_process_leaves_no_thread_and_no_open_device(
 
         helper = threading.Thread(target=operator, name="test-operator")
         helper.start()
-        from device.gpio import mock_factory
+        from device.drivers.gpio import mock_factory
 
         code = serve(cfg, Secret("emulator-key", "test"), pin_factory=mock_factory())
         helper.join(WAIT_S)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_daemon_support import WAIT_S, Rig, silence
 
-from device.config import SystemdConfig
+from device.core.config import SystemdConfig
 
 
 def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import pytest
 from test_daemon_service import NotifySocket, write_config
 from test_daemon_support import WAIT_S, fast_scenario, silence
 
-from device.audio import filedevices
-from device.control import request
+from device.drivers import filedevices
+from device.drivers.control import request
 from device.emulator.server import Emulator
 from tests.support import ROOT
 
@@ -140,9 +140,9 @@ def test_sigterm_ends_the_process_while_the_speaker_blocks(tmp_path: Path) -> No
 # several stuck threads can add up past TimeoutStopSec, and the deadline must end the process anyway.
 STUCK_STOP = """
 import sys, threading
-from device import daemon
-from device.config import Config
-from device.notify import Notifier
+from device.app import daemon
+from device.core.config import Config
+from device.drivers.notify import Notifier
 
 class StuckDaemon:
     def __init__(self, cfg, api_key, pin_factory=None):

@@ -22,16 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from device.audio import filedevices
-from device.config import AgentConfig, AudioConfig, ButtonConfig, Config, GateConfig, SessionConfig, SystemdConfig
-from device.daemon import Daemon, Loader, serve
+from device.app.daemon import Daemon, Loader, serve
+from device.app.telemetry import Telemetry
+from device.core.config import AgentConfig, AudioConfig, ButtonConfig, Config, GateConfig, SessionConfig, SystemdConfig
+from device.drivers import filedevices
+from device.drivers.gpio import mock_factory
+from device.drivers.notify import Notifier
+from device.drivers.secrets import Secret
 from device.emulator.scenario import Scenario, Turn, default_scenario
 from device.emulator.server import Emulator
 from device.emulator.speech import speechlike_pcm
-from device.gpio import mock_factory
-from device.notify import Notifier
-from device.secrets import Secret
-from device.telemetry import Telemetry
 from tests.support import Collector
 
 RATE_HZ = 16000

@@ -22,10 +22,10 @@ from test_session_support import (
     wait_reply_played,
 )
 
-from device.config import ToolsConfig
+from device.core.config import ToolsConfig
+from device.core.protocol import AgentAudio, AgentResponse, ToolCallFinished
+from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import ToolCall, Turn
-from device.protocol import AgentAudio, AgentResponse, ToolCallFinished
-from device.tools import ToolRegistry
 from tests.contract.checking import ContractLog
 from tests.contract.validator import FROM_AGENT, TO_AGENT
 

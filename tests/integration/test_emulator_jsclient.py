@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from device.agent_http import REGION_HOSTS
+from device.drivers.agent_http import REGION_HOSTS
 from device.emulator import Emulator, Scenario, default_scenario
 from device.emulator.scenario import ToolCall, Turn
 from device.emulator.speech import Synthesizer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from test_daemon_support import WAIT_S, Rig, samples_equal_somewhere
 
-from device.config import GateConfig, SessionConfig
+from device.core.config import GateConfig, SessionConfig
 from tests import speechgen as g
 
 pytestmark = g.needs_tools

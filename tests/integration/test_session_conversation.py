@@ -25,11 +25,9 @@ from test_session_support import (
 )
 from websockets.sync.server import ServerConnection
 
-from device.audioformat import SUPPORTED, parse_format
-from device.config import AgentConfig, SessionConfig, ToolsConfig
-from device.emulator.scenario import ToolCall as ScenarioToolCall
-from device.emulator.scenario import Turn
-from device.protocol import (
+from device.core.audioformat import SUPPORTED, parse_format
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.protocol import (
     AgentAudio,
     AgentResponse,
     Connected,
@@ -40,7 +38,9 @@ from device.protocol import (
     ToolCallStarted,
     UserTranscript,
 )
-from device.tools import ToolRegistry
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import ToolCall as ScenarioToolCall
+from device.emulator.scenario import Turn
 
 
 def marked(n_blocks: int, start: int = 0) -> list[bytes]:
@@ -348,7 +348,7 @@ def test_a_flood_of_malformed_messages_is_counted_logged_once_and_survived(caplo
     try:
         agent = AgentConfig(agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}")
         session, events = make_session(None, agent=agent, key=None)
-        with caplog.at_level("WARNING", logger="device.session"), started(session):
+        with caplog.at_level("WARNING", logger="device.drivers.session"), started(session):
             events.wait_for(AgentResponse, lambda e: e.text == "still here")
     finally:
         server.shutdown()

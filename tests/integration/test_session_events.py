@@ -32,10 +32,8 @@ from test_session_support import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
-from device.config import AgentConfig, ToolsConfig
-from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
-from device.logs import setup_logging
-from device.protocol import (
+from device.core.config import AgentConfig, ToolsConfig
+from device.core.protocol import (
     AgentResponse,
     AgentResponsePart,
     Connected,
@@ -44,8 +42,10 @@ from device.protocol import (
     RichContent,
     SessionEnded,
 )
-from device.session import MAX_UNKNOWN_TYPES, SERVER_LOG_LINES
-from device.tools import ToolRegistry
+from device.drivers.logs import setup_logging
+from device.drivers.session import MAX_UNKNOWN_TYPES, SERVER_LOG_LINES
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
 
 DEEP = 100_000
 
@@ -145,14 +145,14 @@ def test_a_flood_of_new_unknown_types_is_counted_in_a_bounded_table_and_logged_a
         ws.send(agent_response("still here"))
         drain(ws)
 
-    caplog.set_level(logging.INFO, logger="device.session")
+    caplog.set_level(logging.INFO, logger="device.drivers.session")
     session, ended = converse(script)
     assert ended.outcome is Outcome.LOCAL, ended
     stats = session.stats
     assert stats["unknown_events"] == FLOOD and stats["pings"] == 1
     named = [k for k in stats if k.startswith("unknown:")]
     assert len(named) == MAX_UNKNOWN_TYPES + 1 and stats["unknown:other"] == FLOOD - MAX_UNKNOWN_TYPES
-    lines = [r.getMessage() for r in caplog.records if r.name == "device.session"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "device.drivers.session"]
     assert len([m for m in lines if "unknown event type '" in m]) == MAX_UNKNOWN_TYPES
     assert len(lines) < MAX_UNKNOWN_TYPES + 10, lines[-10:]
     held = FLOOD - MAX_UNKNOWN_TYPES - 1  # the first type over the table is reported at once

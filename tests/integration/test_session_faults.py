@@ -27,11 +27,11 @@ from test_session_support import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
-from device.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded, SessionEvent
+from device.drivers.session import Session
+from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import Fault
-from device.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded, SessionEvent
-from device.session import Session
-from device.tools import ToolRegistry
 from tests.support import FixedUrl
 
 

@@ -23,11 +23,11 @@ import requests
 from test_session_support import EMULATOR_KEY, WAIT_S, agent_for, fast_scenario, make_session, running, started
 from websockets.sync.server import ServerConnection, serve
 
-from device.agent_http import AgentHttp, SignedUrlSource
-from device.config import AgentConfig
+from device.core.config import AgentConfig
+from device.core.protocol import Connected, Outcome
+from device.drivers.agent_http import AgentHttp, SignedUrlSource
+from device.drivers.secrets import Secret
 from device.emulator.scenario import Fault
-from device.protocol import Connected, Outcome
-from device.secrets import Secret
 from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
 
 

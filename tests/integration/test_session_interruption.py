@@ -10,8 +10,8 @@ import pytest
 from test_session_support import WAIT_S, fast_scenario, make_session, running, speak, started
 from websockets.sync.server import ServerConnection, serve
 
-from device.config import AgentConfig
-from device.protocol import AgentAudio, AgentResponse, Connected, Interruption, UserTranscript
+from device.core.config import AgentConfig
+from device.core.protocol import AgentAudio, AgentResponse, Connected, Interruption, UserTranscript
 
 LONG_FIRST = "Hello. I am the emulated agent, and I am here to help you with anything you need today."
 

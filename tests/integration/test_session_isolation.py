@@ -7,8 +7,8 @@ import time
 
 from test_session_support import WAIT_S, fast_scenario, make_session, running, started, wait_reply_played
 
+from device.core.protocol import AgentAudio, AgentResponse, Connected, Outcome, SessionEnded
 from device.emulator.scenario import Fault
-from device.protocol import AgentAudio, AgentResponse, Connected, Outcome, SessionEnded
 
 
 def marked(value: int, n_blocks: int) -> list[bytes]:

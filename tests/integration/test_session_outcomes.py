@@ -17,8 +17,8 @@ from test_session_events import drain, metadata, public_agent
 from test_session_support import WAIT_S, agent_for, fast_scenario, make_session, running, scripted, started
 from websockets.sync.server import ServerConnection
 
+from device.core.protocol import ERROR_TYPES, Connected, Outcome, ServerError, SessionEnded
 from device.emulator.scenario import ERROR_TYPE_CODES, Fault
-from device.protocol import ERROR_TYPES, Connected, Outcome, ServerError, SessionEnded
 
 # A reason text that the old English matching misread ("timeout" → "the device sent no audio").
 MISLEADING_REASON = "timeout"

@@ -22,11 +22,11 @@ from test_session_support import (
     wait_reply_played,
 )
 
-from device.config import ToolsConfig, ToolSpec
+from device.core.config import ToolsConfig, ToolSpec
+from device.core.protocol import AgentAudio, AgentResponse, Ping, ToolCallFinished, ToolCallStarted
+from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import ToolCall as ScenarioToolCall
 from device.emulator.scenario import Turn
-from device.protocol import AgentAudio, AgentResponse, Ping, ToolCallFinished, ToolCallStarted
-from device.tools import ToolRegistry
 
 LONG = "This is a long answer with many words so that the audio keeps streaming for a good while longer."
 

@@ -19,16 +19,18 @@ import pytest
 import websocket
 from test_session_support import WAIT_S, agent_for, fast_scenario, make_session, running, started
 
-from device.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
+from device.core.protocol import Connected
+from device.drivers.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
+from device.drivers.secrets import RedactingFilter, Secret
 from device.emulator.scenario import Fault
-from device.protocol import Connected
-from device.secrets import RedactingFilter, Secret
 from tests.support import FixedUrl
 
 KEY = "sk_live_secret_key_7f3a9c1b2d"
 DEVICE_TOKEN = "brk_device_token_5e8d2a41"
-WATCHED = ("device.session", "device.agent_http", "device.tools", "device.protocol", "websocket", "urllib3",
-           "requests")
+WATCHED = (
+    "device.drivers.session", "device.drivers.agent_http", "device.drivers.tools", "device.core.protocol", "websocket",
+    "urllib3", "requests",
+)
 SIGNATURE_RE = re.compile(r"~[0-9a-f]{40}")
 
 
@@ -158,7 +160,7 @@ def test_a_token_in_the_signed_urls_userinfo_never_reaches_a_log_line_or_an_erro
 
 def test_the_redacting_filter_hides_url_userinfo_in_messages_arguments_and_tracebacks() -> None:
     handler = Capture()
-    logger = logging.getLogger("device.session.userinfo-test")
+    logger = logging.getLogger("device.drivers.session.userinfo-test")
     logger.addHandler(handler)
     url = f"wss://kiosk:{USERINFO_TOKEN}@api.example.com/v1/convai/conversation?agent_id=a1"
     try:

@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from device.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.protocol import SessionEnded, SessionEvent
+from device.drivers.secrets import Secret
+from device.drivers.session import Session
+from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import Scenario, Turn, default_scenario
 from device.emulator.server import Emulator
 from device.emulator.speech import speechlike_pcm
-from device.protocol import SessionEnded, SessionEvent
-from device.secrets import Secret
-from device.session import Session
-from device.tools import ToolRegistry
 from tests.support import Collector, Hooks
 
 EMULATOR_KEY = "emulator-key"

@@ -32,13 +32,13 @@ from test_session_support import (
     wait_reply_played,
 )
 
-from device.audio import filedevices
-from device.config import ToolsConfig, ToolSpec
-from device.control import request
+from device.core.config import ToolsConfig, ToolSpec
+from device.core.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
+from device.drivers import filedevices
+from device.drivers.control import request
+from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import ToolCall as ScenarioToolCall
 from device.emulator.scenario import Turn
-from device.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
-from device.tools import ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 

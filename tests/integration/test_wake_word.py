@@ -8,9 +8,9 @@ from pathlib import Path
 
 from test_daemon_support import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
 
-from device.config import GateConfig, SessionConfig, WakeConfig
+from device.core.config import GateConfig, SessionConfig, WakeConfig
+from device.drivers.status import to_json, to_prometheus
 from device.emulator.scenario import Turn
-from device.status import to_json, to_prometheus
 from tests import speechgen as g
 
 pytestmark = g.needs_tools

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from device.audio import filedevices
+from device.drivers import filedevices
 from tests.system import pins
 from tests.system.machine import (
     BASE_PACKAGES,
@@ -359,7 +359,7 @@ def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
     assert res.returncode == 0, out
     print(f"\ninstall.sh --root --wheelhouse (offline, no compiler): {took:.1f} s")
     assert "nothing to compile" in out
-    imports = "import alsaaudio, webrtcvad, gpiozero, systemd.journal, websocket, requests, device.daemon"
+    imports = "import alsaaudio, webrtcvad, gpiozero, systemd.journal, websocket, requests, device.app.daemon"
     res2 = in_root(fresh_root, "/opt/voice-appliance/bin/python", "-c", imports)
     assert res2.returncode == 0, res2.stderr
     assert_exactly_pinned(fresh_root)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from device.errors import ExitCode
-from device.secrets import CREDENTIAL_NAME
+from device.core.errors import ExitCode
+from device.drivers.secrets import CREDENTIAL_NAME
 from tests.system.unitfile import DROP_INS, FIRSTBOOT_UNIT_PATH, UNIT_PATH, service
 
 # The exposure score the unit must stay at or under (0 best, 10 worst). The

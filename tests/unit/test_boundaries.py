@@ -28,7 +28,7 @@ class Imp:
     lazy: bool
 
 
-Tree = Mapping[str, tuple[Imp, ...]]  # module name ("device.gate") → what it imports
+Tree = Mapping[str, tuple[Imp, ...]]  # module name ("device.core.gate") → what it imports
 
 
 def module_name(rel: Path) -> str:
@@ -84,17 +84,17 @@ def under(module: str, package: str) -> bool:
 # A library that touches hardware or the network has exactly one owner: that module translates its
 # exceptions into DeviceError, holds its threads and handles, and is the one place a test swaps out.
 OWNERS: Mapping[str, frozenset[str]] = {
-    "alsaaudio": frozenset({"device.audio.alsa"}),
-    "gpiozero": frozenset({"device.gpio"}),
-    "websocket": frozenset({"device.session"}),
-    "requests": frozenset({"device.agent_http"}),
-    "urllib3": frozenset({"device.agent_http"}),
+    "alsaaudio": frozenset({"device.drivers.alsa"}),
+    "gpiozero": frozenset({"device.drivers.gpio"}),
+    "websocket": frozenset({"device.drivers.session"}),
+    "requests": frozenset({"device.drivers.agent_http"}),
+    "urllib3": frozenset({"device.drivers.agent_http"}),
     # webrtcvad is C code with its own frame rules; the gate (kiosk) and the emulator's VAD (tool) wrap it.
-    "webrtcvad": frozenset({"device.gate", "device.emulator.vad"}),
+    "webrtcvad": frozenset({"device.core.gate", "device.emulator.vad"}),
     # The hands-free stages (may not exist yet): one wrapper each, so an engine can be swapped or absent.
-    "pymicro_wakeword": frozenset({"device.wake"}),
-    "pyopen_wakeword": frozenset({"device.wake"}),
-    "webrtc_noise_gain": frozenset({"device.audio.dsp"}),
+    "pymicro_wakeword": frozenset({"device.drivers.wake"}),
+    "pyopen_wakeword": frozenset({"device.drivers.wake"}),
+    "webrtc_noise_gain": frozenset({"device.drivers.dsp"}),
     # The emulator's server library is a [bench] extra: a kiosk must run without it.
     "websockets": frozenset({"device.emulator.server", "device.emulator.client"}),
 }
@@ -108,11 +108,14 @@ TOOLS: Mapping[str, tuple[str, ...]] = {
 
 # Pure logic has no threads of its own and no I/O, so it is tested directly and fast; importing it
 # (also through a package's __init__) must not pull in a module that owns hardware or the network.
-PURE = ("device.protocol", "device.gate", "device.controller", "device.audio.ringbuffer", "device.config")
+PURE = (
+    "device.core.protocol", "device.core.gate", "device.app.controller", "device.core.ringbuffer", "device.core.config",
+)
 IO_MODULES = (
     "alsaaudio", "gpiozero", "websocket", "websockets", "requests", "urllib3", "socket", "ssl", "select",
-    "subprocess", "device.audio.alsa", "device.audio.capture", "device.audio.playback", "device.gpio",
-    "device.session", "device.agent_http", "device.control", "device.notify", "device.daemon",
+    "subprocess", "device.drivers.alsa", "device.drivers.capture", "device.drivers.playback", "device.drivers.gpio",
+    "device.drivers.session", "device.drivers.agent_http", "device.drivers.control", "device.drivers.notify",
+    "device.app.daemon",
 )
 # Native engines a pure module may wrap, imported inside the function that needs them only.
 LAZY_ONLY = ("webrtcvad", "pymicro_wakeword", "pyopen_wakeword", "webrtc_noise_gain")
@@ -184,8 +187,8 @@ RULES = (
     Rule("tools-apart", tools_apart,
          {"device/telemetry_extra.py": "from device.emulator import Emulator\n"}, "device.telemetry_extra"),
     Rule("pure-stays-pure", pure_stays_pure,
-         {"device/levels.py": "import socket\n", "device/audio/ringbuffer.py": "from device import levels\n"},
-         "device.audio.ringbuffer loads socket (through device.levels)"),
+         {"device/levels.py": "import socket\n", "device/core/ringbuffer.py": "from device import levels\n"},
+         "device.core.ringbuffer loads socket (through device.levels)"),
 )
 
 
@@ -204,7 +207,7 @@ def test_a_planted_violation_breaks_the_rule(rule: Rule) -> None:
 def test_a_lazy_import_still_counts_for_ownership() -> None:
     planted = {"device/tools_x.py": "def f():\n    import requests.adapters\n"}
     assert [c for c in one_owner(load_tree(planted=planted)) if "tools_x" in c] == [
-        "device.tools_x imports requests (only device.agent_http may)"
+        "device.tools_x imports requests (only device.drivers.agent_http may)"
     ]
 
 
@@ -215,23 +218,27 @@ def test_relative_imports_are_resolved() -> None:
 
 
 def test_a_pure_module_may_not_name_io_even_inside_a_function() -> None:
-    planted = {"device/gate.py": "def vad():\n    import webrtcvad\n\ndef send():\n    from device import session\n"}
-    assert pure_stays_pure(load_tree(planted=planted)) == ["device.gate imports device.session"]
+    planted = {
+        "device/core/gate.py": (
+            "def vad():\n    import webrtcvad\n\ndef send():\n    from device.drivers import session\n"
+        )
+    }
+    assert pure_stays_pure(load_tree(planted=planted)) == ["device.core.gate imports device.drivers.session"]
 
 
 def test_a_native_engine_in_a_pure_module_is_imported_on_use_only() -> None:
-    planted = {"device/gate.py": "import webrtcvad\n"}
-    assert pure_stays_pure(load_tree(planted=planted)) == ["device.gate imports webrtcvad at module level"]
+    planted = {"device/core/gate.py": "import webrtcvad\n"}
+    assert pure_stays_pure(load_tree(planted=planted)) == ["device.core.gate imports webrtcvad at module level"]
 
 
 def test_type_checking_imports_do_not_count() -> None:
-    text = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from device.session import Session\n"
-    assert imports_of(text, "device.gate") == (Imp("typing", False), Imp("typing.TYPE_CHECKING", False))
+    text = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from device.drivers.session import Session\n"
+    assert imports_of(text, "device.core.gate") == (Imp("typing", False), Imp("typing.TYPE_CHECKING", False))
 
 
 def test_a_pure_module_may_not_reach_io_through_a_package() -> None:
-    planted = {"device/audio/__init__.py": "from device.audio.capture import Capture\n"}
-    assert "device.audio.ringbuffer loads device.audio.capture (through device.audio)" in pure_stays_pure(
+    planted = {"device/core/__init__.py": "from device.drivers.capture import Capture\n"}
+    assert "device.core.ringbuffer loads device.drivers.capture (through device.core)" in pure_stays_pure(
         load_tree(planted=planted)
     )
 

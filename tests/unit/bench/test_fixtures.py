@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import webrtcvad
 
-from device.audioformat import CAPTURE_RATE_HZ
 from device.bench import fixtures, script
+from device.core.audioformat import CAPTURE_RATE_HZ
 
 FRAME = 480  # 30 ms at 16 kHz, one webrtcvad frame
 

@@ -8,7 +8,7 @@ import pytest
 
 from device.bench import script
 from device.bench.fixtures import DEMO_TIMELINE
-from device.errors import ConfigError
+from device.core.errors import ConfigError
 
 
 def _load(tmp_path: Path, text: str) -> tuple[script.Step, ...]:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from device.agent_http import REGION_HOSTS
+from device.drivers.agent_http import REGION_HOSTS
 from device.emulator import pcm as pcmlib
 from device.emulator.conversation import Close, Conversation, Send
 from device.emulator.recording import ConversationRecord

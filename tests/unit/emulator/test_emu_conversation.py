@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from device.audioformat import SUPPORTED, parse_format
+from device.core.audioformat import SUPPORTED, parse_format
+from device.core.errors import ConfigError
 from device.emulator.conversation import Action, Close, Conversation, Drop, Send, SendRaw
 from device.emulator.recording import ConversationRecord
 from device.emulator.scenario import (
@@ -22,7 +23,6 @@ from device.emulator.scenario import (
     parse_fault_spec,
 )
 from device.emulator.speech import Synthesizer
-from device.errors import ConfigError
 
 INIT = "conversation_initiation_client_data"
 BLOCK = 8000  # 250 ms of 16 kHz PCM: what the device sends

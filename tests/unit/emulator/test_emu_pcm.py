@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.audioformat import parse_format
+from device.core.audioformat import parse_format
 from device.emulator import pcm
 from tests.support import sine
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from device.core.errors import ConfigError, ExitCode
 from device.emulator.scenario import (
     FAULT_PARAMS,
     Scenario,
@@ -14,7 +15,6 @@ from device.emulator.scenario import (
     load_scenario,
     parse_fault_spec,
 )
-from device.errors import ConfigError, ExitCode
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "scenarios"
 

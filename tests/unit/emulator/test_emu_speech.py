@@ -8,10 +8,10 @@ import shutil
 import pytest
 import webrtcvad
 
-from device.audioformat import parse_format
+from device.core.audioformat import parse_format
+from device.core.errors import UnavailableError
 from device.emulator import pcm
 from device.emulator.speech import Synthesizer, speechlike_pcm
-from device.errors import UnavailableError
 
 TEXT = "Welcome to the museum. The new wing opens at ten, and the cafe is on the left."
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")

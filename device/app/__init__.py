@@ -1,0 +1,1 @@
+"""The application: the controller that runs the core's actions, and the daemon that builds it all."""

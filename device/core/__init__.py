@@ -1,0 +1,1 @@
+"""Pure logic: no threads, no I/O, no native libraries; time comes in as an argument."""
