@@ -490,7 +490,7 @@ class SessionLike(Protocol):
 
 
 class PlaybackLike(Protocol):
-    """What the controller needs of :class:`device.audio.Playback`."""
+    """What the controller needs of :class:`device.drivers.playback.Playback`."""
 
     def set_format(self, fmt: Any) -> None: ...
     def write(self, audio: bytes, received_at_s: float | None = None) -> None: ...
@@ -533,7 +533,7 @@ class Command:
 
 @dataclass(frozen=True)
 class BlockEvent:
-    """One captured block (see :class:`device.audio.Block`)."""
+    """One captured block (see :class:`device.core.audioevents.Block`)."""
 
     pcm: bytes = field(repr=False)
     seq: int
@@ -542,7 +542,7 @@ class BlockEvent:
 
 @dataclass(frozen=True)
 class PlaybackNote:
-    """A :class:`device.audio.PlaybackEvent` for the controller."""
+    """A :class:`device.core.audioevents.PlaybackEvent` for the controller."""
 
     event: Any
 
