@@ -1,3 +1,3 @@
 """voice-appliance: firmware for a Raspberry Pi kiosk that talks with an ElevenLabs agent."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

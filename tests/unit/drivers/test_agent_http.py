@@ -155,7 +155,7 @@ def client(cfg: AgentConfig, key: str | None = KEY, **kw: Any) -> AgentHttp:
 def test_signed_url_is_fetched_with_the_key_header(server: Server) -> None:
     with client(agent(server.port)) as http:
         signed = http.fetch_signed_url()
-    assert "token=SIGNED_TOKEN_1" in signed.url and signed.url.endswith("&source=voice-appliance&version=0.1.0")
+    assert "token=SIGNED_TOKEN_1" in signed.url and signed.url.endswith("&source=voice-appliance&version=0.2.0")
     path, headers = server.script.requests[0]
     assert path == "/v1/convai/conversation/get-signed-url?agent_id=agent_x"
     assert headers["xi-api-key"] == KEY
