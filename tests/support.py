@@ -151,6 +151,34 @@ def cli(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subproce
     )
 
 
+def outsider_python(*argv: str, user: str = "nobody", group: str = "nogroup") -> subprocess.CompletedProcess[str]:
+    """Debian's python3 ``argv`` as another user (the tests run as root), on a world-readable copy of ``device/``.
+
+    The checkout and its venv may sit where that user cannot go (a clone under /root), so neither is used:
+    what runs needs only the standard library (ctl, config loading).
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="va-outsider-") as name:
+        copy = Path(name)
+        shutil.copytree(ROOT / "device", copy / "device", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (copy, *copy.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return subprocess.run(
+            ["/usr/bin/python3", *argv],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(copy), "LANG": "C.UTF-8"},
+            timeout=60,
+            cwd=copy,
+            check=False,
+            user=user,
+            group=group,
+            extra_groups=[],
+        )
+
+
 def make_fifo(path: Path) -> Path:
     """A real FIFO (mode 600, as a key file would be) that nobody writes to: opening it to read blocks."""
     os.mkfifo(path, 0o600)

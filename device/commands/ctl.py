@@ -34,13 +34,13 @@ def _target(args: argparse.Namespace) -> tuple[str, str | None]:
     from device.core.errors import DeviceError
 
     explicit = args.config or os.environ.get("VOICE_APPLIANCE_CONFIG")
-    if not explicit and not DEFAULT_CONFIG_PATH.exists():  # no config on this machine: the defaults
+    if not explicit and not _default_config_exists():  # no config on this machine: the defaults
         defaults = SystemdConfig()
         return str(args.socket or defaults.control_socket), defaults.control_group
     if args.socket:
         try:  # only for the advice on a permission error: --socket works without a readable config
             return str(args.socket), load_from_args(args).systemd.control_group
-        except DeviceError:
+        except (DeviceError, OSError):
             return str(args.socket), None
     systemd = load_from_args(args).systemd
     if not systemd.control_socket:
@@ -48,6 +48,14 @@ def _target(args: argparse.Namespace) -> tuple[str, str | None]:
 
         raise ControlError("the control socket is turned off (systemd.control_socket = \"\") in the configuration")
     return systemd.control_socket, systemd.control_group
+
+
+def _default_config_exists() -> bool:
+    """Whether the default configuration file is there; one in a directory this user may not enter counts."""
+    try:
+        return DEFAULT_CONFIG_PATH.exists()
+    except OSError:  # PermissionError: /etc/voice-appliance is the service group's
+        return True
 
 
 def run(args: argparse.Namespace) -> int:

@@ -229,7 +229,8 @@ class AlsaMixer:
 
 
 class AlsaBackend:
-    """The real ALSA backend of :class:`~device.drivers.capture.Capture` and :class:`~device.drivers.playback.Playback`."""
+    """The real ALSA backend of :class:`~device.drivers.capture.Capture` and :class:`~device.drivers.playback.Playback`.
+    """
 
     def open_capture(
         self, device: str, rate_hz: int, channels: int, period_frames: int, periods: int
