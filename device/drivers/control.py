@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import logging
 import os
 import selectors
@@ -37,12 +36,26 @@ from pathlib import Path
 from typing import Any
 
 from device.app.controller import ButtonEvent, Command, MuteEvent
+from device.core.controlproto import (
+    BUSY_ANSWER,
+    HELP_ANSWER,
+    LINE_TOO_LONG_ANSWER,
+    MAX_LINE_BYTES,
+    OK,
+    REPLY_TIMEOUT_ANSWER,
+    LineBuffer,
+    LineTooLong,
+    encode,
+    parse,
+    parse_answer,
+    reply_answer,
+    status_answer,
+)
 from device.core.errors import DeviceError, ExitCode
 from device.drivers.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 4096
 MAX_CLIENTS = 32  # when all are taken, the least recently active connection is closed to make room
 LISTEN_BACKLOG = 64  # connections the kernel queues for accept()
 IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing for this long is closed
@@ -51,22 +64,7 @@ MAX_OUTPUT_BYTES = 64 * 1024  # unsent answers kept per connection (a status lin
 POLL_S = 0.5
 DROP_LOG_EVERY_S = 60.0
 REPLY_TIMEOUT_S = 3.0
-REPLY_TIMEOUT_ANSWER = "error the daemon did not answer in time; see `journalctl -u voice-appliance`"
 SOURCE = "ctl"
-
-COMMANDS: Mapping[str, str] = {
-    "start": "start a conversation",
-    "stop": "end the conversation",
-    "press": "press the button (on-screen push-to-talk)",
-    "release": "release the button",
-    "mute": "force the microphone off",
-    "unmute": "let the microphone on again",
-    "context": "context TEXT: background information for the agent",
-    "message": "message TEXT: text the agent treats as the user's words",
-    "status": "the daemon's status as JSON",
-    "help": "this list",
-}
-_NEEDS_TEXT = ("context", "message")
 
 
 class ControlError(DeviceError):
@@ -89,7 +87,7 @@ class _Ask:
 class _Client:
     sock: socket.socket
     last_progress: float  # monotonic time of the last byte read from or written to it
-    inbuf: bytearray = field(default_factory=bytearray)
+    lines: LineBuffer = field(default_factory=LineBuffer)
     outbuf: bytearray = field(default_factory=bytearray)
     ask: _Ask | None = None  # at most one command in flight, so answers keep the order of requests
     eof: bool = False  # it has shut down its side: answer what it sent, then close
@@ -322,7 +320,7 @@ class ControlServer(Worker):
             return
         if data:
             client.last_progress = time.monotonic()
-            client.inbuf += data
+            client.lines.feed(data)
         else:
             client.eof = True  # answer what it sent, then close
         self._process(client)
@@ -330,19 +328,19 @@ class ControlServer(Worker):
     def _process(self, client: _Client) -> None:
         """Answer the client's complete lines, one at a time, while it is not busy; then re-register it."""
         while not client.busy and client in self._clients:
-            line, sep, rest = bytes(client.inbuf).partition(b"\n")
-            if not sep:
-                break
-            client.inbuf = bytearray(rest)
-            if len(line) > MAX_LINE_BYTES:  # its end may arrive in a later read than the limit
+            try:
+                line = client.lines.pop()
+            except LineTooLong:
                 self._refuse_long_line(client)
                 break
-            answer = self.handle(line.decode("utf-8", "replace"), client)
+            if line is None:
+                break
+            answer = self.handle(line, client)
             if answer is not None:
                 self._send(client, answer)
         if client not in self._clients:
             return
-        if len(client.inbuf) > MAX_LINE_BYTES and b"\n" not in client.inbuf:  # complete lines wait their turn
+        if client.lines.overlong:
             self._refuse_long_line(client)
         if client.eof and not client.busy:
             self._drop(client, None)
@@ -350,12 +348,12 @@ class ControlServer(Worker):
             self._register(client)
 
     def _refuse_long_line(self, client: _Client) -> None:
-        client.inbuf.clear()
+        client.lines.clear()
         client.eof = True  # read no more from it; close once the refusal is out
-        self._send(client, f"error line longer than {MAX_LINE_BYTES} bytes; send shorter lines")
+        self._send(client, LINE_TOO_LONG_ANSWER)
 
-    def _send(self, client: _Client, text: str) -> None:
-        client.outbuf += text.encode("utf-8") + b"\n"
+    def _send(self, client: _Client, answer: str) -> None:
+        client.outbuf += encode(answer)
         if len(client.outbuf) > MAX_OUTPUT_BYTES:
             self._drop(client, f"more than {MAX_OUTPUT_BYTES} bytes of its answers were unread")
             return
@@ -443,37 +441,30 @@ class ControlServer(Worker):
     def handle(self, line: str, client: _Client | None = None) -> str | None:
         """Answer one request line; None when the answer comes later (a command sent to the controller)."""
         self.requests += 1
-        name, _, text = line.strip().partition(" ")
-        name = name.lower()
-        text = text.strip()
-        if not name:
-            return "error empty command; send one of: " + ", ".join(COMMANDS)
-        if name not in COMMANDS:
-            return f"error unknown command {name!r}; send one of: " + ", ".join(COMMANDS)
-        if name in _NEEDS_TEXT and not text:
-            return f"error {name} needs text: {name} TEXT"
-        if name not in _NEEDS_TEXT and text:
-            return f"error {name} takes no arguments"
+        req = parse(line)
+        if isinstance(req, str):
+            return req  # what is wrong with it
+        name = req.name
         now = self._clock()
         if name == "help":
-            return "ok " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())
+            return HELP_ANSWER
         if name == "status":
-            return "ok " + json.dumps(self._status(), separators=(",", ":"))
+            return status_answer(self._status())
         if name in ("press", "release"):
             return self._posted(ButtonEvent(SOURCE, name == "press", now))
         if name in ("mute", "unmute"):
             return self._posted(MuteEvent(SOURCE, name == "mute", now))
         assert client is not None, "commands are only answered on a connection"
-        return self._ask(client, Command(name, text))
+        return self._ask(client, Command(name, req.text))
 
     def _posted(self, event: object) -> str:
-        return "ok" if self._post(event) else "error the daemon is busy; try again"
+        return OK if self._post(event) else BUSY_ANSWER
 
     def _ask(self, client: _Client, cmd: Command) -> str | None:
         ask = _Ask(client, time.monotonic() + REPLY_TIMEOUT_S)
 
         def reply(ok: bool, text: str) -> None:  # called on the controller's thread
-            if self._finish(ask, f"ok {text}" if ok else f"error {text}"):
+            if self._finish(ask, reply_answer(ok, text)):
                 self.wake()
 
         client.ask = ask
@@ -481,7 +472,7 @@ class ControlServer(Worker):
             client.ask = None
             with self._answer_lock:
                 ask.done = True
-            return "error the daemon is busy; try again"
+            return BUSY_ANSWER
         return None
 
 
@@ -528,10 +519,10 @@ def request(path: str, line: str, timeout_s: float = 5.0, group: str | None = No
         except OSError as e:
             raise ControlError(f"the daemon did not answer on {path}: {e.strerror or e}") from None
     answer = buf.partition(b"\n")[0].decode("utf-8", "replace")
-    word, _, text = answer.partition(" ")
-    if word not in ("ok", "error"):
+    parsed = parse_answer(answer)
+    if parsed is None:
         raise ControlError(f"unexpected answer from the daemon: {answer[:200]!r}")
-    return word == "ok", text
+    return parsed
 
 
 def serving_pid(path: str, timeout_s: float = 2.0) -> int | None:
