@@ -85,6 +85,11 @@ class _Ask:
 
 @dataclass(eq=False)
 class _Client:
+    """One connection: its unread requests, its unsent answers, and the limits that close it.
+
+    The limits read the module's constants when they are checked, so a test can shorten them.
+    """
+
     sock: socket.socket
     last_progress: float  # monotonic time of the last byte read from or written to it
     lines: LineBuffer = field(default_factory=LineBuffer)
@@ -97,6 +102,68 @@ class _Client:
     def busy(self) -> bool:
         """Its next request must wait: an answer is unsent or a command is in flight."""
         return bool(self.outbuf) or self.ask is not None
+
+    @property
+    def wanted_events(self) -> int:
+        """What to wait for in the selector.
+
+        Read only while it is not busy: a client that does not read cannot make us buffer more.
+        """
+        events = selectors.EVENT_WRITE if self.outbuf else 0
+        if not self.busy and not self.eof:
+            events |= selectors.EVENT_READ
+        return events
+
+    def deadline(self) -> float:
+        """When it next needs looking at: its command's answer is due, or a limit runs out."""
+        if self.ask is not None:
+            return self.ask.deadline
+        if self.outbuf:
+            return self.last_progress + WRITE_STALL_S
+        return self.last_progress + IDLE_TIMEOUT_S
+
+    def overdue(self, now: float) -> str | None:
+        """Why it must be closed at ``now`` (idle, or not reading its answer); None while it may stay.
+
+        Never while a command is in flight: that one is answered with a timeout instead.
+        """
+        if self.ask is not None:
+            return None
+        if self.outbuf and now >= self.last_progress + WRITE_STALL_S:
+            return f"it left its answer unread for {WRITE_STALL_S:.0f} s"
+        if not self.outbuf and now >= self.last_progress + IDLE_TIMEOUT_S:
+            return f"it was idle for {IDLE_TIMEOUT_S:.0f} s"
+        return None
+
+    def queue(self, answer: str) -> str | None:
+        """Add an answer to the unsent ones; why it must be closed when that makes too many."""
+        self.outbuf += encode(answer)
+        if len(self.outbuf) > MAX_OUTPUT_BYTES:
+            return f"more than {MAX_OUTPUT_BYTES} bytes of its answers were unread"
+        return None
+
+    def read(self) -> bool:
+        """Take what the socket has, or its end; False when there was nothing after all. OSError: it failed."""
+        try:
+            data = self.sock.recv(MAX_LINE_BYTES)
+        except BlockingIOError:
+            return False
+        if data:
+            self.last_progress = time.monotonic()
+            self.lines.feed(data)
+        else:
+            self.eof = True  # answer what it sent, then close
+        return True
+
+    def write(self) -> None:
+        """Send what the socket takes now; the rest waits for EVENT_WRITE. OSError: it failed."""
+        try:
+            sent = self.sock.send(self.outbuf)
+        except BlockingIOError:
+            return
+        if sent:
+            del self.outbuf[:sent]
+            self.last_progress = time.monotonic()
 
 
 class ControlServer(Worker):
@@ -256,7 +323,7 @@ class ControlServer(Worker):
         now = time.monotonic()
         timeout_s = POLL_S
         for c in self._clients:
-            timeout_s = min(timeout_s, self._deadline(c) - now)
+            timeout_s = min(timeout_s, c.deadline() - now)
         for key, mask in self._selector.select(max(0.0, timeout_s)):
             obj = key.fileobj
             if obj == self._wake_r:
@@ -275,23 +342,14 @@ class ControlServer(Worker):
         self._collect_answers()
         self._expire(time.monotonic())
 
-    def _deadline(self, client: _Client) -> float:
-        if client.ask is not None:
-            return client.ask.deadline
-        if client.outbuf:
-            return client.last_progress + WRITE_STALL_S
-        return client.last_progress + IDLE_TIMEOUT_S
-
     def _expire(self, now: float) -> None:
         for c in list(self._clients):
             ask = c.ask
             if ask is not None:
                 if now >= ask.deadline and self._finish(ask, REPLY_TIMEOUT_ANSWER):
                     self._collect_answers()
-            elif c.outbuf and now >= c.last_progress + WRITE_STALL_S:
-                self._drop(c, f"it left its answer unread for {WRITE_STALL_S:.0f} s")
-            elif not c.outbuf and now >= c.last_progress + IDLE_TIMEOUT_S:
-                self._drop(c, f"it was idle for {IDLE_TIMEOUT_S:.0f} s")
+            elif (why := c.overdue(now)) is not None:
+                self._drop(c, why)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -312,17 +370,11 @@ class ControlServer(Worker):
 
     def _read(self, client: _Client) -> None:
         try:
-            data = client.sock.recv(MAX_LINE_BYTES)
-        except BlockingIOError:
-            return
+            if not client.read():
+                return
         except OSError:
             self._drop(client, None)
             return
-        if data:
-            client.last_progress = time.monotonic()
-            client.lines.feed(data)
-        else:
-            client.eof = True  # answer what it sent, then close
         self._process(client)
 
     def _process(self, client: _Client) -> None:
@@ -353,24 +405,17 @@ class ControlServer(Worker):
         self._send(client, LINE_TOO_LONG_ANSWER)
 
     def _send(self, client: _Client, answer: str) -> None:
-        client.outbuf += encode(answer)
-        if len(client.outbuf) > MAX_OUTPUT_BYTES:
-            self._drop(client, f"more than {MAX_OUTPUT_BYTES} bytes of its answers were unread")
+        why = client.queue(answer)
+        if why is not None:
+            self._drop(client, why)
             return
         self._write(client)
 
     def _write(self, client: _Client) -> None:
-        """Send what the socket takes now; the rest waits for EVENT_WRITE."""
         try:
-            sent = client.sock.send(client.outbuf)
-        except BlockingIOError:
-            return
+            client.write()
         except OSError:
             self._drop(client, None)
-            return
-        if sent:
-            del client.outbuf[:sent]
-            client.last_progress = time.monotonic()
 
     def _flush(self, client: _Client) -> None:
         if client.outbuf:
@@ -379,10 +424,7 @@ class ControlServer(Worker):
             self._process(client)  # requests that waited behind this answer
 
     def _register(self, client: _Client) -> None:
-        # Read only while it is not busy: a client that does not read cannot make us buffer more.
-        events = selectors.EVENT_WRITE if client.outbuf else 0
-        if not client.busy and not client.eof:
-            events |= selectors.EVENT_READ
+        events = client.wanted_events
         if events == client.events:
             return
         if client.events == 0:
