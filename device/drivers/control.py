@@ -166,6 +166,81 @@ class _Client:
             self.last_progress = time.monotonic()
 
 
+class _SocketFile:
+    """The socket's name on disk: made only for this user and the group, removed only while it is still ours."""
+
+    def __init__(self, path: Path, group: str) -> None:
+        self.path = path
+        self.group = group
+        self._made: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file it bound
+
+    def bind(self) -> socket.socket:
+        """A listening socket at ``path``, replacing a stale file there, never a live one (ControlError)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_socket():
+                pid = serving_pid(str(self.path))
+                if pid is not None:
+                    raise ControlError(
+                        f"{self.path} is served by another process{pid_note(pid)}; it is left alone (give this "
+                        "daemon its own systemd.control_socket)"
+                    )
+                self.path.unlink()  # left over from a killed daemon: nobody listens on it
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            old_umask = os.umask(0o177)  # never world-accessible, not even for a moment
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old_umask)
+            made = os.stat(self.path)
+            self._made = (made.st_dev, made.st_ino)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as e:
+            raise ControlError(
+                f"cannot create the control socket {self.path}: {e.strerror or e}; check that its directory "
+                "exists and the service may write it (RuntimeDirectory=voice-appliance), or set "
+                "systemd.control_socket = \"\" to turn it off"
+            ) from None
+        return sock
+
+    def restrict(self) -> None:
+        """Give it to the group (mode 0660), or only to this user when that cannot be done."""
+        mode = 0o600
+        if self.group:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+                os.chown(self.path, -1, gid)
+                mode = 0o660
+            except KeyError:
+                log.warning(
+                    "control socket: group %r does not exist, so only this user can use %s "
+                    "(create the group or set systemd.control_group)",
+                    self.group,
+                    self.path,
+                )
+            except OSError as e:
+                log.warning(
+                    "control socket: cannot give %s to group %r (%s); only this user can use it",
+                    self.path,
+                    self.group,
+                    e.strerror,
+                )
+        os.chmod(self.path, mode)
+
+    def remove(self) -> None:
+        """Remove the socket file if it is still the one this server made (not one that replaced it)."""
+        try:
+            now = os.lstat(self.path)
+        except OSError:
+            return  # already gone
+        if (now.st_dev, now.st_ino) != self._made:
+            log.info("control socket: %s is no longer the one this daemon made; leaving it", self.path)
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
 class ControlServer(Worker):
     """Serves the control socket on its own thread; posts events to the controller.
 
@@ -193,7 +268,7 @@ class ControlServer(Worker):
         self._status = status
         self._clock = clock
         self._listener: socket.socket | None = None
-        self._made: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file it bound
+        self._file = _SocketFile(self.path, group)
         self._clients: list[_Client] = []
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -208,57 +283,8 @@ class ControlServer(Worker):
     # -- lifetime ------------------------------------------------------------------------------
     def bind(self) -> None:
         """Create the socket (replacing a stale one, never a live one) and restrict it to the group."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_socket():
-                pid = serving_pid(str(self.path))
-                if pid is not None:
-                    raise ControlError(
-                        f"{self.path} is served by another process{pid_note(pid)}; it is left alone (give this "
-                        "daemon its own systemd.control_socket)"
-                    )
-                self.path.unlink()  # left over from a killed daemon: nobody listens on it
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            old_umask = os.umask(0o177)  # never world-accessible, not even for a moment
-            try:
-                sock.bind(str(self.path))
-            finally:
-                os.umask(old_umask)
-            made = os.stat(self.path)
-            self._made = (made.st_dev, made.st_ino)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-        except OSError as e:
-            raise ControlError(
-                f"cannot create the control socket {self.path}: {e.strerror or e}; check that its directory "
-                "exists and the service may write it (RuntimeDirectory=voice-appliance), or set "
-                "systemd.control_socket = \"\" to turn it off"
-            ) from None
-        self._listener = sock
-        self._restrict()
-
-    def _restrict(self) -> None:
-        mode = 0o600
-        if self.group:
-            try:
-                gid = grp.getgrnam(self.group).gr_gid
-                os.chown(self.path, -1, gid)
-                mode = 0o660
-            except KeyError:
-                log.warning(
-                    "control socket: group %r does not exist, so only this user can use %s "
-                    "(create the group or set systemd.control_group)",
-                    self.group,
-                    self.path,
-                )
-            except OSError as e:
-                log.warning(
-                    "control socket: cannot give %s to group %r (%s); only this user can use it",
-                    self.path,
-                    self.group,
-                    e.strerror,
-                )
-        os.chmod(self.path, mode)
+        self._listener = self._file.bind()
+        self._file.restrict()
 
     def start(self) -> None:
         if self._listener is None:
@@ -295,22 +321,10 @@ class ControlServer(Worker):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            self._remove_socket_file()
+            self._file.remove()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def _remove_socket_file(self) -> None:
-        """Remove the socket file if it is still the one this server made (not one that replaced it)."""
-        try:
-            now = os.lstat(self.path)
-        except OSError:
-            return  # already gone
-        if (now.st_dev, now.st_ino) != self._made:
-            log.info("control socket: %s is no longer the one this daemon made; leaving it", self.path)
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
 
     def close(self) -> None:
         """Stop serving, remove the socket file (if still ours), release everything (idempotent)."""
