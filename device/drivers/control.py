@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import logging
 import os
 import selectors
@@ -37,12 +36,26 @@ from pathlib import Path
 from typing import Any
 
 from device.app.controller import ButtonEvent, Command, MuteEvent
+from device.core.controlproto import (
+    BUSY_ANSWER,
+    HELP_ANSWER,
+    LINE_TOO_LONG_ANSWER,
+    MAX_LINE_BYTES,
+    OK,
+    REPLY_TIMEOUT_ANSWER,
+    LineBuffer,
+    LineTooLong,
+    encode,
+    parse,
+    parse_answer,
+    reply_answer,
+    status_answer,
+)
 from device.core.errors import DeviceError, ExitCode
 from device.drivers.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 4096
 MAX_CLIENTS = 32  # when all are taken, the least recently active connection is closed to make room
 LISTEN_BACKLOG = 64  # connections the kernel queues for accept()
 IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing for this long is closed
@@ -51,22 +64,7 @@ MAX_OUTPUT_BYTES = 64 * 1024  # unsent answers kept per connection (a status lin
 POLL_S = 0.5
 DROP_LOG_EVERY_S = 60.0
 REPLY_TIMEOUT_S = 3.0
-REPLY_TIMEOUT_ANSWER = "error the daemon did not answer in time; see `journalctl -u voice-appliance`"
 SOURCE = "ctl"
-
-COMMANDS: Mapping[str, str] = {
-    "start": "start a conversation",
-    "stop": "end the conversation",
-    "press": "press the button (on-screen push-to-talk)",
-    "release": "release the button",
-    "mute": "force the microphone off",
-    "unmute": "let the microphone on again",
-    "context": "context TEXT: background information for the agent",
-    "message": "message TEXT: text the agent treats as the user's words",
-    "status": "the daemon's status as JSON",
-    "help": "this list",
-}
-_NEEDS_TEXT = ("context", "message")
 
 
 class ControlError(DeviceError):
@@ -87,9 +85,14 @@ class _Ask:
 
 @dataclass(eq=False)
 class _Client:
+    """One connection: its unread requests, its unsent answers, and the limits that close it.
+
+    The limits read the module's constants when they are checked, so a test can shorten them.
+    """
+
     sock: socket.socket
     last_progress: float  # monotonic time of the last byte read from or written to it
-    inbuf: bytearray = field(default_factory=bytearray)
+    lines: LineBuffer = field(default_factory=LineBuffer)
     outbuf: bytearray = field(default_factory=bytearray)
     ask: _Ask | None = None  # at most one command in flight, so answers keep the order of requests
     eof: bool = False  # it has shut down its side: answer what it sent, then close
@@ -99,6 +102,143 @@ class _Client:
     def busy(self) -> bool:
         """Its next request must wait: an answer is unsent or a command is in flight."""
         return bool(self.outbuf) or self.ask is not None
+
+    @property
+    def wanted_events(self) -> int:
+        """What to wait for in the selector.
+
+        Read only while it is not busy: a client that does not read cannot make us buffer more.
+        """
+        events = selectors.EVENT_WRITE if self.outbuf else 0
+        if not self.busy and not self.eof:
+            events |= selectors.EVENT_READ
+        return events
+
+    def deadline(self) -> float:
+        """When it next needs looking at: its command's answer is due, or a limit runs out."""
+        if self.ask is not None:
+            return self.ask.deadline
+        if self.outbuf:
+            return self.last_progress + WRITE_STALL_S
+        return self.last_progress + IDLE_TIMEOUT_S
+
+    def overdue(self, now: float) -> str | None:
+        """Why it must be closed at ``now`` (idle, or not reading its answer); None while it may stay.
+
+        Never while a command is in flight: that one is answered with a timeout instead.
+        """
+        if self.ask is not None:
+            return None
+        if self.outbuf and now >= self.last_progress + WRITE_STALL_S:
+            return f"it left its answer unread for {WRITE_STALL_S:.0f} s"
+        if not self.outbuf and now >= self.last_progress + IDLE_TIMEOUT_S:
+            return f"it was idle for {IDLE_TIMEOUT_S:.0f} s"
+        return None
+
+    def queue(self, answer: str) -> str | None:
+        """Add an answer to the unsent ones; why it must be closed when that makes too many."""
+        self.outbuf += encode(answer)
+        if len(self.outbuf) > MAX_OUTPUT_BYTES:
+            return f"more than {MAX_OUTPUT_BYTES} bytes of its answers were unread"
+        return None
+
+    def read(self) -> bool:
+        """Take what the socket has, or its end; False when there was nothing after all. OSError: it failed."""
+        try:
+            data = self.sock.recv(MAX_LINE_BYTES)
+        except BlockingIOError:
+            return False
+        if data:
+            self.last_progress = time.monotonic()
+            self.lines.feed(data)
+        else:
+            self.eof = True  # answer what it sent, then close
+        return True
+
+    def write(self) -> None:
+        """Send what the socket takes now; the rest waits for EVENT_WRITE. OSError: it failed."""
+        try:
+            sent = self.sock.send(self.outbuf)
+        except BlockingIOError:
+            return
+        if sent:
+            del self.outbuf[:sent]
+            self.last_progress = time.monotonic()
+
+
+class _SocketFile:
+    """The socket's name on disk: made only for this user and the group, removed only while it is still ours."""
+
+    def __init__(self, path: Path, group: str) -> None:
+        self.path = path
+        self.group = group
+        self._made: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file it bound
+
+    def bind(self) -> socket.socket:
+        """A listening socket at ``path``, replacing a stale file there, never a live one (ControlError)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_socket():
+                pid = serving_pid(str(self.path))
+                if pid is not None:
+                    raise ControlError(
+                        f"{self.path} is served by another process{pid_note(pid)}; it is left alone (give this "
+                        "daemon its own systemd.control_socket)"
+                    )
+                self.path.unlink()  # left over from a killed daemon: nobody listens on it
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            old_umask = os.umask(0o177)  # never world-accessible, not even for a moment
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old_umask)
+            made = os.stat(self.path)
+            self._made = (made.st_dev, made.st_ino)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as e:
+            raise ControlError(
+                f"cannot create the control socket {self.path}: {e.strerror or e}; check that its directory "
+                "exists and the service may write it (RuntimeDirectory=voice-appliance), or set "
+                "systemd.control_socket = \"\" to turn it off"
+            ) from None
+        return sock
+
+    def restrict(self) -> None:
+        """Give it to the group (mode 0660), or only to this user when that cannot be done."""
+        mode = 0o600
+        if self.group:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+                os.chown(self.path, -1, gid)
+                mode = 0o660
+            except KeyError:
+                log.warning(
+                    "control socket: group %r does not exist, so only this user can use %s "
+                    "(create the group or set systemd.control_group)",
+                    self.group,
+                    self.path,
+                )
+            except OSError as e:
+                log.warning(
+                    "control socket: cannot give %s to group %r (%s); only this user can use it",
+                    self.path,
+                    self.group,
+                    e.strerror,
+                )
+        os.chmod(self.path, mode)
+
+    def remove(self) -> None:
+        """Remove the socket file if it is still the one this server made (not one that replaced it)."""
+        try:
+            now = os.lstat(self.path)
+        except OSError:
+            return  # already gone
+        if (now.st_dev, now.st_ino) != self._made:
+            log.info("control socket: %s is no longer the one this daemon made; leaving it", self.path)
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 class ControlServer(Worker):
@@ -128,7 +268,7 @@ class ControlServer(Worker):
         self._status = status
         self._clock = clock
         self._listener: socket.socket | None = None
-        self._made: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file it bound
+        self._file = _SocketFile(self.path, group)
         self._clients: list[_Client] = []
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -143,57 +283,8 @@ class ControlServer(Worker):
     # -- lifetime ------------------------------------------------------------------------------
     def bind(self) -> None:
         """Create the socket (replacing a stale one, never a live one) and restrict it to the group."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_socket():
-                pid = serving_pid(str(self.path))
-                if pid is not None:
-                    raise ControlError(
-                        f"{self.path} is served by another process{pid_note(pid)}; it is left alone (give this "
-                        "daemon its own systemd.control_socket)"
-                    )
-                self.path.unlink()  # left over from a killed daemon: nobody listens on it
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            old_umask = os.umask(0o177)  # never world-accessible, not even for a moment
-            try:
-                sock.bind(str(self.path))
-            finally:
-                os.umask(old_umask)
-            made = os.stat(self.path)
-            self._made = (made.st_dev, made.st_ino)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-        except OSError as e:
-            raise ControlError(
-                f"cannot create the control socket {self.path}: {e.strerror or e}; check that its directory "
-                "exists and the service may write it (RuntimeDirectory=voice-appliance), or set "
-                "systemd.control_socket = \"\" to turn it off"
-            ) from None
-        self._listener = sock
-        self._restrict()
-
-    def _restrict(self) -> None:
-        mode = 0o600
-        if self.group:
-            try:
-                gid = grp.getgrnam(self.group).gr_gid
-                os.chown(self.path, -1, gid)
-                mode = 0o660
-            except KeyError:
-                log.warning(
-                    "control socket: group %r does not exist, so only this user can use %s "
-                    "(create the group or set systemd.control_group)",
-                    self.group,
-                    self.path,
-                )
-            except OSError as e:
-                log.warning(
-                    "control socket: cannot give %s to group %r (%s); only this user can use it",
-                    self.path,
-                    self.group,
-                    e.strerror,
-                )
-        os.chmod(self.path, mode)
+        self._listener = self._file.bind()
+        self._file.restrict()
 
     def start(self) -> None:
         if self._listener is None:
@@ -230,22 +321,10 @@ class ControlServer(Worker):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            self._remove_socket_file()
+            self._file.remove()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def _remove_socket_file(self) -> None:
-        """Remove the socket file if it is still the one this server made (not one that replaced it)."""
-        try:
-            now = os.lstat(self.path)
-        except OSError:
-            return  # already gone
-        if (now.st_dev, now.st_ino) != self._made:
-            log.info("control socket: %s is no longer the one this daemon made; leaving it", self.path)
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
 
     def close(self) -> None:
         """Stop serving, remove the socket file (if still ours), release everything (idempotent)."""
@@ -258,7 +337,7 @@ class ControlServer(Worker):
         now = time.monotonic()
         timeout_s = POLL_S
         for c in self._clients:
-            timeout_s = min(timeout_s, self._deadline(c) - now)
+            timeout_s = min(timeout_s, c.deadline() - now)
         for key, mask in self._selector.select(max(0.0, timeout_s)):
             obj = key.fileobj
             if obj == self._wake_r:
@@ -277,23 +356,14 @@ class ControlServer(Worker):
         self._collect_answers()
         self._expire(time.monotonic())
 
-    def _deadline(self, client: _Client) -> float:
-        if client.ask is not None:
-            return client.ask.deadline
-        if client.outbuf:
-            return client.last_progress + WRITE_STALL_S
-        return client.last_progress + IDLE_TIMEOUT_S
-
     def _expire(self, now: float) -> None:
         for c in list(self._clients):
             ask = c.ask
             if ask is not None:
                 if now >= ask.deadline and self._finish(ask, REPLY_TIMEOUT_ANSWER):
                     self._collect_answers()
-            elif c.outbuf and now >= c.last_progress + WRITE_STALL_S:
-                self._drop(c, f"it left its answer unread for {WRITE_STALL_S:.0f} s")
-            elif not c.outbuf and now >= c.last_progress + IDLE_TIMEOUT_S:
-                self._drop(c, f"it was idle for {IDLE_TIMEOUT_S:.0f} s")
+            elif (why := c.overdue(now)) is not None:
+                self._drop(c, why)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -314,35 +384,29 @@ class ControlServer(Worker):
 
     def _read(self, client: _Client) -> None:
         try:
-            data = client.sock.recv(MAX_LINE_BYTES)
-        except BlockingIOError:
-            return
+            if not client.read():
+                return
         except OSError:
             self._drop(client, None)
             return
-        if data:
-            client.last_progress = time.monotonic()
-            client.inbuf += data
-        else:
-            client.eof = True  # answer what it sent, then close
         self._process(client)
 
     def _process(self, client: _Client) -> None:
         """Answer the client's complete lines, one at a time, while it is not busy; then re-register it."""
         while not client.busy and client in self._clients:
-            line, sep, rest = bytes(client.inbuf).partition(b"\n")
-            if not sep:
-                break
-            client.inbuf = bytearray(rest)
-            if len(line) > MAX_LINE_BYTES:  # its end may arrive in a later read than the limit
+            try:
+                line = client.lines.pop()
+            except LineTooLong:
                 self._refuse_long_line(client)
                 break
-            answer = self.handle(line.decode("utf-8", "replace"), client)
+            if line is None:
+                break
+            answer = self.handle(line, client)
             if answer is not None:
                 self._send(client, answer)
         if client not in self._clients:
             return
-        if len(client.inbuf) > MAX_LINE_BYTES and b"\n" not in client.inbuf:  # complete lines wait their turn
+        if client.lines.overlong:
             self._refuse_long_line(client)
         if client.eof and not client.busy:
             self._drop(client, None)
@@ -350,29 +414,22 @@ class ControlServer(Worker):
             self._register(client)
 
     def _refuse_long_line(self, client: _Client) -> None:
-        client.inbuf.clear()
+        client.lines.clear()
         client.eof = True  # read no more from it; close once the refusal is out
-        self._send(client, f"error line longer than {MAX_LINE_BYTES} bytes; send shorter lines")
+        self._send(client, LINE_TOO_LONG_ANSWER)
 
-    def _send(self, client: _Client, text: str) -> None:
-        client.outbuf += text.encode("utf-8") + b"\n"
-        if len(client.outbuf) > MAX_OUTPUT_BYTES:
-            self._drop(client, f"more than {MAX_OUTPUT_BYTES} bytes of its answers were unread")
+    def _send(self, client: _Client, answer: str) -> None:
+        why = client.queue(answer)
+        if why is not None:
+            self._drop(client, why)
             return
         self._write(client)
 
     def _write(self, client: _Client) -> None:
-        """Send what the socket takes now; the rest waits for EVENT_WRITE."""
         try:
-            sent = client.sock.send(client.outbuf)
-        except BlockingIOError:
-            return
+            client.write()
         except OSError:
             self._drop(client, None)
-            return
-        if sent:
-            del client.outbuf[:sent]
-            client.last_progress = time.monotonic()
 
     def _flush(self, client: _Client) -> None:
         if client.outbuf:
@@ -381,10 +438,7 @@ class ControlServer(Worker):
             self._process(client)  # requests that waited behind this answer
 
     def _register(self, client: _Client) -> None:
-        # Read only while it is not busy: a client that does not read cannot make us buffer more.
-        events = selectors.EVENT_WRITE if client.outbuf else 0
-        if not client.busy and not client.eof:
-            events |= selectors.EVENT_READ
+        events = client.wanted_events
         if events == client.events:
             return
         if client.events == 0:
@@ -443,37 +497,30 @@ class ControlServer(Worker):
     def handle(self, line: str, client: _Client | None = None) -> str | None:
         """Answer one request line; None when the answer comes later (a command sent to the controller)."""
         self.requests += 1
-        name, _, text = line.strip().partition(" ")
-        name = name.lower()
-        text = text.strip()
-        if not name:
-            return "error empty command; send one of: " + ", ".join(COMMANDS)
-        if name not in COMMANDS:
-            return f"error unknown command {name!r}; send one of: " + ", ".join(COMMANDS)
-        if name in _NEEDS_TEXT and not text:
-            return f"error {name} needs text: {name} TEXT"
-        if name not in _NEEDS_TEXT and text:
-            return f"error {name} takes no arguments"
+        req = parse(line)
+        if isinstance(req, str):
+            return req  # what is wrong with it
+        name = req.name
         now = self._clock()
         if name == "help":
-            return "ok " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())
+            return HELP_ANSWER
         if name == "status":
-            return "ok " + json.dumps(self._status(), separators=(",", ":"))
+            return status_answer(self._status())
         if name in ("press", "release"):
             return self._posted(ButtonEvent(SOURCE, name == "press", now))
         if name in ("mute", "unmute"):
             return self._posted(MuteEvent(SOURCE, name == "mute", now))
         assert client is not None, "commands are only answered on a connection"
-        return self._ask(client, Command(name, text))
+        return self._ask(client, Command(name, req.text))
 
     def _posted(self, event: object) -> str:
-        return "ok" if self._post(event) else "error the daemon is busy; try again"
+        return OK if self._post(event) else BUSY_ANSWER
 
     def _ask(self, client: _Client, cmd: Command) -> str | None:
         ask = _Ask(client, time.monotonic() + REPLY_TIMEOUT_S)
 
         def reply(ok: bool, text: str) -> None:  # called on the controller's thread
-            if self._finish(ask, f"ok {text}" if ok else f"error {text}"):
+            if self._finish(ask, reply_answer(ok, text)):
                 self.wake()
 
         client.ask = ask
@@ -481,7 +528,7 @@ class ControlServer(Worker):
             client.ask = None
             with self._answer_lock:
                 ask.done = True
-            return "error the daemon is busy; try again"
+            return BUSY_ANSWER
         return None
 
 
@@ -528,10 +575,10 @@ def request(path: str, line: str, timeout_s: float = 5.0, group: str | None = No
         except OSError as e:
             raise ControlError(f"the daemon did not answer on {path}: {e.strerror or e}") from None
     answer = buf.partition(b"\n")[0].decode("utf-8", "replace")
-    word, _, text = answer.partition(" ")
-    if word not in ("ok", "error"):
+    parsed = parse_answer(answer)
+    if parsed is None:
         raise ControlError(f"unexpected answer from the daemon: {answer[:200]!r}")
-    return word == "ok", text
+    return parsed
 
 
 def serving_pid(path: str, timeout_s: float = 2.0) -> int | None:

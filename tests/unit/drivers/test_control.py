@@ -6,6 +6,7 @@ import contextlib
 import grp
 import json
 import os
+import selectors
 import socket
 import stat
 import tempfile
@@ -385,3 +386,54 @@ def test_a_burst_of_pipelined_requests_is_answered_in_full_and_in_order(
     assert [a == b"ok\n" for a in answers] == [i % 3 != 2 for i in range(n)]
     assert all(a.startswith(b"ok start: ") for a in answers[2::3])
     assert [e.pressed for e in fake.events] == [i % 3 == 0 for i in range(n) if i % 3 != 2]  # type: ignore[attr-defined]
+
+
+# -- one connection's limits, on a fake clock ---------------------------------------------------------
+
+
+@pytest.fixture
+def conn() -> Iterator[control._Client]:
+    ours, theirs = socket.socketpair()
+    try:
+        yield control._Client(ours, last_progress=100.0)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_quiet_connection_may_stay_just_under_a_minute(conn: control._Client) -> None:
+    assert conn.overdue(159.9) is None
+
+
+def test_a_quiet_connection_is_closed_after_a_minute(conn: control._Client) -> None:
+    assert (conn.deadline(), conn.overdue(160.0)) == (160.0, "it was idle for 60 s")
+
+
+def test_an_unread_answer_closes_the_connection_after_5_s(conn: control._Client) -> None:
+    assert conn.queue("ok") is None
+    assert (conn.deadline(), conn.overdue(104.9), conn.overdue(105.0)) == (
+        105.0,
+        None,
+        "it left its answer unread for 5 s",
+    )
+
+
+def test_a_command_in_flight_is_waited_for_not_closed(conn: control._Client) -> None:
+    conn.ask = control._Ask(conn, deadline=103.0)
+    assert (conn.deadline(), conn.overdue(1000.0)) == (103.0, None)
+
+
+def test_over_64_kib_of_unread_answers_closes_the_connection(conn: control._Client) -> None:
+    assert conn.queue("x" * (64 * 1024 - 1)) is None  # with its newline: exactly the limit
+    assert conn.queue("ok") == "more than 65536 bytes of its answers were unread"
+
+
+def test_a_busy_connection_is_not_read_from(conn: control._Client) -> None:
+    assert conn.wanted_events == selectors.EVENT_READ
+    conn.queue("ok")
+    assert conn.wanted_events == selectors.EVENT_WRITE  # its next request waits until this answer is out
+
+
+def test_a_connection_that_closed_its_side_is_only_written_to(conn: control._Client) -> None:
+    conn.eof = True
+    assert conn.wanted_events == 0
