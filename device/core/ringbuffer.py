@@ -1,7 +1,8 @@
 """A fixed-capacity byte FIFO for agent audio (pure).
 
-Not locked: :class:`~device.drivers.playback.Playback` guards it with its own
-lock, because a flush must clear the ring and mark the request atomically.
+Not locked: :class:`~device.core.playqueue.PlayQueue` owns it, and the
+playback driver holds one lock around every call into the queue, because a
+flush must clear the ring and mark the request atomically.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from device.core.convert import to_mono
 from device.core.errors import AudioError
 from device.core.retry import backoff_delay_s
 from device.drivers.audiobackend import Backend, CaptureDevice
+from device.drivers.logs import RateLimitedLog
 from device.drivers.pacing import BlockPacer
 from device.drivers.waker import Waker
 from device.drivers.worker import DEFAULT_JOIN_TIMEOUT_S, Worker, WorkerExited
@@ -78,7 +79,8 @@ class Capture(Worker):
         self._pacer = BlockPacer(BLOCK_S)
         self._seq = 0
         self._failures = 0  # consecutive failures without a block in between
-        self._last_log_s = -LOG_EVERY_S
+        self._error_log = RateLimitedLog(log, LOG_EVERY_S)  # replaced at each outage: its first line goes out
+        self._overrun_log = RateLimitedLog(log, LOG_EVERY_S)
         self._stats = {"blocks": 0, "overruns": 0, "reopen_count": 0, "device_errors": 0}
         self._settled = threading.Event()  # the first block was handed on, or the microphone failed
 
@@ -169,9 +171,10 @@ class Capture(Worker):
         delay_s = backoff_delay_s(self._failures, FIRST_RETRY_S, self._cfg.reopen_max_s)
         self._failures += 1
         now = time.monotonic()
-        if self._failures == 1 or now - self._last_log_s >= LOG_EVERY_S:
-            self._last_log_s = now
-            log.error("%s%s; retrying in %.1f s", "lost " if lost else "", error, delay_s)
+        if self._failures == 1:
+            self._error_log = RateLimitedLog(log, LOG_EVERY_S)
+        lost_text = "lost " if lost else ""
+        self._error_log.log(logging.ERROR, "device_error", "%s%s; retrying in %.1f s", lost_text, error, delay_s)
         self._emit(
             CaptureEvent(
                 "device_error", now, self._cfg.capture_device, str(error), delay_s, self._failures
@@ -240,14 +243,12 @@ class Capture(Worker):
 
     def _overrun(self) -> None:
         self._stats["overruns"] += 1
-        now = time.monotonic()
-        if now - self._last_log_s >= LOG_EVERY_S:
-            self._last_log_s = now
-            log.warning(
-                "microphone overrun (%d so far): audio was lost because this thread fell behind",
-                self._stats["overruns"],
-            )
-        self._emit(CaptureEvent("overrun", now, self._cfg.capture_device))
+        self._overrun_log.warning(
+            "overrun",
+            "microphone overrun (%d so far): audio was lost because this thread fell behind",
+            self._stats["overruns"],
+        )
+        self._emit(CaptureEvent("overrun", time.monotonic(), self._cfg.capture_device))
 
     def _close(self) -> None:
         if self._dev is not None:

@@ -3,19 +3,18 @@
 Through ALSA's pulse plugin (PulseAudio, PipeWire) the first 4000-frame period
 arrives after ~1.9 s; the device used to declare the microphone lost after 2 s
 of silence counted from the open, so the first conversation failed in one of
-two runs. The fake microphones below stand in for such devices.
+two runs. Fake microphones (``tests/fakeaudio.py``) whose first audio comes
+late stand in for such devices.
 """
 
 from __future__ import annotations
 
 import queue
-import time
-from collections.abc import Sequence
 
 from device.core.audioevents import Block, CaptureEvent
 from device.core.config import AudioConfig
 from device.drivers.capture import STALL_S, Capture
-from device.drivers.waker import PollFd
+from tests.fakeaudio import Delayed, FakeBackend, FakeCapture
 
 TIMEOUT_S = 10.0
 BLOCK = 8000
@@ -37,47 +36,11 @@ def test_a_running_stream_is_lost_after_the_stall_time_from_its_last_frames() ->
     assert stall_deadline_s(100.0, 100.1) < 100.0 + FIRST_DATA_S  # once running, the start allowance is gone
 
 
-class SlowMic:
-    """Clocked like a sound server: nothing until ``first_after_s`` past the open, then blocks; then maybe silence."""
-
-    channels = 1
-
-    def __init__(self, first_after_s: float, blocks: int) -> None:
-        self.device = "slow-mic"
-        self.opened_at_s = time.monotonic()
-        self.first_after_s = first_after_s
-        self.blocks = blocks
-
-    def read(self) -> bytes | None:
-        if self.blocks and time.monotonic() - self.opened_at_s >= self.first_after_s:
-            self.blocks -= 1
-            return bytes([7]) * BLOCK
-        return b""
-
-    def pollfds(self) -> Sequence[PollFd]:
-        return ()
-
-    def readable(self, ready: Sequence[PollFd]) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-class Backend:
-    def __init__(self, mic: SlowMic) -> None:
-        self.mic = mic
-
-    def open_capture(self, device: str, rate_hz: int, channels: int, period_frames: int, periods: int) -> SlowMic:
-        self.mic.opened_at_s = time.monotonic()
-        return self.mic
-
-
 def test_a_first_period_later_than_the_stall_time_is_no_error() -> None:
-    mic = SlowMic(first_after_s=STALL_S + 0.3, blocks=1)
+    mic = FakeCapture([Delayed(STALL_S + 0.3, bytes([7]) * BLOCK)], device="slow-mic")  # clocked like a sound server
     blocks: queue.Queue[Block] = queue.Queue()
     events: queue.Queue[CaptureEvent] = queue.Queue()
-    cap = Capture(AudioConfig(), blocks.put, on_event=events.put, backend=Backend(mic))  # type: ignore[arg-type]
+    cap = Capture(AudioConfig(), blocks.put, on_event=events.put, backend=FakeBackend(captures=[mic]))
     cap.start()
     try:
         block = blocks.get(timeout=TIMEOUT_S)
@@ -92,9 +55,9 @@ def test_a_first_period_later_than_the_stall_time_is_no_error() -> None:
 
 
 def test_a_stream_that_stops_delivering_is_still_declared_lost() -> None:
-    mic = SlowMic(first_after_s=0.0, blocks=1)
+    mic = FakeCapture([bytes([7]) * BLOCK], device="slow-mic")  # one block, then silence
     events: queue.Queue[CaptureEvent] = queue.Queue()
-    cap = Capture(AudioConfig(), lambda b: None, on_event=events.put, backend=Backend(mic))  # type: ignore[arg-type]
+    cap = Capture(AudioConfig(), lambda b: None, on_event=events.put, backend=FakeBackend(captures=[mic]))
     cap.start()
     try:
         while (event := events.get(timeout=TIMEOUT_S)).kind != "device_error":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from device.drivers.pacing import BlockPacer, PacedPlayback, PlaybackClock
+from tests.fakeaudio import FakePlayback
 
 
 def test_clock_plays_at_the_nominal_rate() -> None:
@@ -44,34 +45,15 @@ def test_block_pacer_deadlines() -> None:
     assert pacer.next_deadline_s == 100.75
 
 
-class _Sink:
+def clockless_sink() -> FakePlayback:
     """A clockless device: takes everything at once, like ALSA's null."""
-
-    device = "sink"
-    rate_hz = 1000
-    period_frames = 10
-    buffer_frames = 40
-    clocked = True
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.dropped = 0
-
-    def write(self, data: bytes) -> int:
-        self.data += data
-        return len(data) // 2
-
-    def drop(self) -> None:
-        self.dropped += 1
-
-    def close(self) -> None:
-        pass
+    return FakePlayback(1000, device="sink", period_frames=10, buffer_frames=40)
 
 
 def test_paced_playback_accepts_one_buffer_then_the_rate() -> None:
     now = [0.0]
-    sink = _Sink()
-    dev = PacedPlayback(sink, lambda: now[0])  # type: ignore[arg-type]
+    sink = clockless_sink()
+    dev = PacedPlayback(sink, lambda: now[0])
     assert not dev.clocked
     assert dev.write(b"\x01\x00" * 100) == 40  # only the buffer fits
     assert dev.write(b"\x01\x00" * 10) == 0
@@ -87,12 +69,12 @@ def test_paced_playback_accepts_one_buffer_then_the_rate() -> None:
 
 def test_paced_playback_reports_an_underrun_like_alsa() -> None:
     now = [0.0]
-    sink = _Sink()
-    dev = PacedPlayback(sink, lambda: now[0])  # type: ignore[arg-type]
+    sink = clockless_sink()
+    dev = PacedPlayback(sink, lambda: now[0])
     dev.write(b"\x00\x00" * 20)
     now[0] = 1.0  # everything played long ago
     assert dev.write(b"\x00\x00" * 5) == -1  # nothing written
     assert dev.write(b"\x00\x00" * 5) == 5  # and ready again
     assert len(sink.data) == 2 * 25
     dev.drop()
-    assert sink.dropped == 1 and dev.delay_frames() == 0
+    assert sink.drops == 1 and dev.delay_frames() == 0

@@ -1,8 +1,9 @@
 """Capture and playback against a scripted backend, for what `type file` devices cannot do.
 
 A real sound card can vanish mid-read (USB unplugged), overrun, underrun or
-lack a mixer switch; the fakes below stand in for ALSA at exactly that edge.
-Everything above it — the workers, ring, flush, backoff — is the real code.
+lack a mixer switch; the fakes of ``tests/fakeaudio.py`` stand in for ALSA at
+exactly that edge. Everything above it — the workers, ring, flush, backoff —
+is the real code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +21,7 @@ from device.core.config import AudioConfig
 from device.core.errors import AudioError
 from device.drivers.capture import Capture
 from device.drivers.playback import Playback
-from device.drivers.waker import PollFd
+from tests.fakeaudio import FakeBackend, FakeCapture, FakeMixer, FakePlayback
 from tests.support import Collector
 
 TIMEOUT_S = 10.0
@@ -40,55 +41,14 @@ class Q(Collector[object]):
 # -- capture ------------------------------------------------------------------
 
 
-class ScriptedMic:
-    """Returns scripted reads: bytes, None (overrun) or an exception; then nothing."""
-
-    channels = 1
-
-    def __init__(self, script: list[bytes | Exception | None]) -> None:
-        self.device = "fake-mic"
-        self._script = list(script)
-        self.closed = False
-
-    def read(self) -> bytes | None:
-        if not self._script:
-            return b""
-        item = self._script.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def pollfds(self) -> Sequence[PollFd]:
-        return ()
-
-    def readable(self, ready: Sequence[PollFd]) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class MicBackend:
-    def __init__(self, opens: list[ScriptedMic | Exception]) -> None:
-        self.opens = opens
-        self.attempts = 0
-
-    def open_capture(self, device: str, rate_hz: int, channels: int, period_frames: int, periods: int) -> ScriptedMic:
-        self.attempts += 1
-        item = self.opens.pop(0) if len(self.opens) > 1 else self.opens[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-
 def test_mic_unplugged_mid_run_is_reopened_and_blocks_go_on() -> None:
     a, b, c = (bytes([n]) * BLOCK for n in (1, 2, 3))
-    first = ScriptedMic([a[:3000], a[3000:], None, b, AudioError("microphone 'x': No such device")])
-    second = ScriptedMic([c])
-    backend = MicBackend([first, AudioError("microphone 'x': not found"), second])
+    first = FakeCapture([a[:3000], a[3000:], None, b, AudioError("microphone 'x': No such device")])
+    second = FakeCapture([c])
+    backend = FakeBackend(captures=[first, AudioError("microphone 'x': not found"), second])
     blocks: queue.Queue[Block] = queue.Queue()
     events = Q()
-    cap = Capture(AudioConfig(reopen_max_s=0.3), blocks.put, on_event=events, backend=backend)  # type: ignore[arg-type]
+    cap = Capture(AudioConfig(reopen_max_s=0.3), blocks.put, on_event=events, backend=backend)
     cap.start()
     try:
         got = [blocks.get(timeout=TIMEOUT_S) for _ in range(3)]
@@ -104,9 +64,9 @@ def test_mic_unplugged_mid_run_is_reopened_and_blocks_go_on() -> None:
 
 
 def test_missing_mic_is_retried_with_capped_backoff_not_a_busy_loop() -> None:
-    backend = MicBackend([AudioError("microphone 'x': not found")])
+    backend = FakeBackend(captures=[AudioError("microphone 'x': not found")])
     events = Q()
-    cap = Capture(AudioConfig(reopen_max_s=0.1), lambda b: None, on_event=events, backend=backend)  # type: ignore[arg-type]
+    cap = Capture(AudioConfig(reopen_max_s=0.1), lambda b: None, on_event=events, backend=backend)
     cap.start()
     try:
         events.wait_for(lambda items: len(items) >= 4)
@@ -123,89 +83,7 @@ def test_missing_mic_is_retried_with_capped_backoff_not_a_busy_loop() -> None:
 # -- playback -------------------------------------------------------------------
 
 
-class FakeSpeaker:
-    """Takes every frame at once; a hook may act on the n-th write (1-based)."""
-
-    clocked = True
-
-    def __init__(self, rate_hz: int, hooks: dict[int, Callable[[], int | None]] | None = None) -> None:
-        self.device = "fake-speaker"
-        self.rate_hz = rate_hz
-        self.period_frames = round(rate_hz * 0.0625)
-        self.buffer_frames = 4 * self.period_frames
-        self.hooks = hooks or {}
-        self.writes = 0
-        self.data = bytearray()
-        self.drops = 0
-
-    def write(self, data: bytes) -> int:
-        self.writes += 1
-        hook = self.hooks.get(self.writes)
-        if hook is not None:
-            result = hook()
-            if result is not None:
-                return result
-        self.data += data
-        return len(data) // 2
-
-    def delay_frames(self) -> int:
-        return 0
-
-    def pollfds(self) -> Sequence[PollFd]:
-        return ()
-
-    def writable(self, ready: Sequence[PollFd]) -> bool:
-        return False
-
-    def seconds_until_room(self, frames: int) -> float:
-        return 0.0
-
-    def drop(self) -> None:
-        self.drops += 1
-
-    def close(self) -> None:
-        pass
-
-
-class FakeMixer:
-    def __init__(self, has_switch: bool = True) -> None:
-        self.volume: list[int] = []
-        self.mute: list[bool] = []
-        self.has_switch = has_switch
-
-    def set_volume(self, percent: int) -> None:
-        self.volume.append(percent)
-
-    def set_mute(self, muted: bool) -> bool:
-        if self.has_switch:
-            self.mute.append(muted)
-        return self.has_switch
-
-    def close(self) -> None:
-        pass
-
-
-class SpeakerBackend:
-    def __init__(self, speakers: list[FakeSpeaker | Exception], mixer: FakeMixer | Exception | None = None) -> None:
-        self.speakers = speakers
-        self.mixer = mixer
-        self.opened: list[FakeSpeaker] = []
-
-    def open_playback(self, device: str, rate_hz: int, period_frames: int, periods: int) -> FakeSpeaker:
-        item = self.speakers.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        self.opened.append(item)
-        return item
-
-    def open_mixer(self, card: str, control: str) -> FakeMixer:
-        if isinstance(self.mixer, Exception):
-            raise self.mixer
-        assert self.mixer is not None
-        return self.mixer
-
-
-def playback(backend: SpeakerBackend, events: Q, **cfg: object) -> Playback:
+def playback(backend: FakeBackend, events: Q, **cfg: object) -> Playback:
     settings: dict[str, object] = {"volume_percent": 100, "earcons": False, **cfg}
     pb = Playback(AudioConfig(**settings), events, backend=backend)  # type: ignore[arg-type]
     pb.start()
@@ -217,9 +95,9 @@ def finished(n: int) -> Callable[[list[object]], bool]:
 
 
 def test_underrun_inside_a_reply_is_counted_and_nothing_is_lost() -> None:
-    speaker = FakeSpeaker(16000, {1: lambda: -1, 3: lambda: -1})  # ran dry before the reply, then inside it
+    speaker = FakePlayback(16000, {1: -1, 3: -1})  # ran dry before the reply, then inside it
     events = Q()
-    pb = playback(SpeakerBackend([speaker]), events)
+    pb = playback(FakeBackend(playbacks=[speaker]), events)
     reply = bytes(range(256)) * 32  # 8192 bytes
     try:
         pb.write(reply)
@@ -239,9 +117,9 @@ def test_flush_arriving_during_a_write_costs_at_most_that_chunk() -> None:
     def flush_now() -> None:  # the interruption lands while ALSA is taking chunk 3
         holder[0].flush()
 
-    speaker = FakeSpeaker(16000, {3: flush_now})
+    speaker = FakePlayback(16000, {3: flush_now})
     events = Q()
-    pb = playback(SpeakerBackend([speaker]), events)
+    pb = playback(FakeBackend(playbacks=[speaker]), events)
     holder.append(pb)
     try:
         pb.write(bytes(2 * 16000))
@@ -259,13 +137,10 @@ def test_flush_arriving_during_a_write_costs_at_most_that_chunk() -> None:
 
 
 def test_speaker_lost_mid_reply_discards_stale_audio_and_reopens() -> None:
-    def unplug() -> None:
-        raise AudioError("speaker 'x' stopped taking audio: No such device")
-
-    first = FakeSpeaker(16000, {2: unplug})  # type: ignore[dict-item]
-    second = FakeSpeaker(16000)
+    first = FakePlayback(16000, {2: AudioError("speaker 'x' stopped taking audio: No such device")})  # unplugged
+    second = FakePlayback(16000)
     events = Q()
-    pb = playback(SpeakerBackend([first, second]), events, reopen_max_s=0.1)
+    pb = playback(FakeBackend(playbacks=[first, second]), events, reopen_max_s=0.1)
     try:
         pb.write(bytes(2 * 8000))
         events.wait_for(lambda items: "device_error" in [getattr(e, "kind", "") for e in items])
@@ -282,9 +157,9 @@ def test_speaker_lost_mid_reply_discards_stale_audio_and_reopens() -> None:
 
 
 def test_mixer_control_sets_volume_and_mute_instead_of_software_gain() -> None:
-    speaker, mixer = FakeSpeaker(16000), FakeMixer()
+    speaker, mixer = FakePlayback(16000), FakeMixer()
     events = Q()
-    pb = playback(SpeakerBackend([speaker], mixer), events, mixer_control="PCM", volume_percent=30)
+    pb = playback(FakeBackend(playbacks=[speaker], mixer=mixer), events, mixer_control="PCM", volume_percent=30)
     try:
         pb.set_volume(55)
         pb.set_muted(True)
@@ -299,9 +174,9 @@ def test_mixer_control_sets_volume_and_mute_instead_of_software_gain() -> None:
 
 
 def test_mixer_without_switch_mutes_in_software() -> None:
-    speaker, mixer = FakeSpeaker(16000), FakeMixer(has_switch=False)
+    speaker, mixer = FakePlayback(16000), FakeMixer(has_switch=False)
     events = Q()
-    pb = playback(SpeakerBackend([speaker], mixer), events, mixer_control="Speaker")
+    pb = playback(FakeBackend(playbacks=[speaker], mixer=mixer), events, mixer_control="Speaker")
     try:
         pb.set_muted(True)
         pb.write(b"\x10\x27" * 1000)
@@ -313,9 +188,9 @@ def test_mixer_without_switch_mutes_in_software() -> None:
 
 
 def test_missing_mixer_control_falls_back_to_software_volume() -> None:
-    speaker = FakeSpeaker(16000)
+    speaker = FakePlayback(16000)
     events = Q()
-    backend = SpeakerBackend([speaker], AudioError("mixer control 'PCM' on 'default': not found"))
+    backend = FakeBackend(playbacks=[speaker], mixer=AudioError("mixer control 'PCM' on 'default': not found"))
     pb = playback(backend, events, mixer_control="PCM", volume_percent=50)
     try:
         pb.write(b"\x10\x27" * 1000)  # 10000
@@ -328,15 +203,15 @@ def test_missing_mixer_control_falls_back_to_software_volume() -> None:
 
 
 def test_volume_out_of_range_is_refused() -> None:
-    pb = Playback(AudioConfig(earcons=False), backend=SpeakerBackend([]))  # type: ignore[arg-type]
+    pb = Playback(AudioConfig(earcons=False), backend=FakeBackend())
     with pytest.raises(ValueError, match="0 to 100"):
         pb.set_volume(101)
 
 
 def test_odd_byte_pieces_are_joined_not_lost() -> None:
-    speaker = FakeSpeaker(16000)
+    speaker = FakePlayback(16000)
     events = Q()
-    pb = playback(SpeakerBackend([speaker]), events)
+    pb = playback(FakeBackend(playbacks=[speaker]), events)
     data = bytes(range(1, 201)) * 10
     try:
         pb.write(data[:3])
@@ -350,9 +225,9 @@ def test_odd_byte_pieces_are_joined_not_lost() -> None:
 
 
 def test_overflowing_ring_is_reported_not_silent() -> None:
-    speaker = FakeSpeaker(8000)
+    speaker = FakePlayback(8000)
     events = Q()
-    pb = playback(SpeakerBackend([FakeSpeaker(16000), speaker]), events, ring_s=5)
+    pb = playback(FakeBackend(playbacks=[FakePlayback(16000), speaker]), events, ring_s=5)
     from device.core.audioformat import AudioFormat
 
     try:
@@ -375,10 +250,10 @@ def test_format_change_mid_reply_cuts_it_and_reopens_at_the_new_rate() -> None:
         hold.wait(TIMEOUT_S)
         return 0
 
-    old_speaker = FakeSpeaker(16000, {2: busy_until_released})
-    new_speaker = FakeSpeaker(22050)
+    old_speaker = FakePlayback(16000, {2: busy_until_released})
+    new_speaker = FakePlayback(22050)
     events = Q()
-    pb = playback(SpeakerBackend([old_speaker, new_speaker]), events)
+    pb = playback(FakeBackend(playbacks=[old_speaker, new_speaker]), events)
     try:
         pb.write(bytes(2 * 16000))
         events.wait_for(lambda items: "reply_started" in [getattr(e, "kind", "") for e in items])
@@ -409,9 +284,9 @@ def test_reply_arriving_before_the_worker_served_a_flush_still_starts_on_its_own
         arrived_at.append(time.monotonic())
         pb.write(b"\x01\x00" * 500, received_at_s=arrived_at[0])  # 31 ms, under the 125 ms prebuffer
 
-    speaker = FakeSpeaker(16000, {3: interrupt_then_new_reply})
+    speaker = FakePlayback(16000, {3: interrupt_then_new_reply})
     events = Q()
-    pb = playback(SpeakerBackend([speaker]), events)
+    pb = playback(FakeBackend(playbacks=[speaker]), events)
     holder.append(pb)
     try:
         pb.write(bytes(2 * 16000))
