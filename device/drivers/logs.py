@@ -21,8 +21,8 @@ import threading
 import time
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
+from device.core import ratelog
 from device.drivers.secrets import RedactingFilter
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -142,25 +142,11 @@ def setup_logging(level: str = "info", journald: bool | None = None) -> logging.
 
 # -- the rate limit -------------------------------------------------------------------------------
 
-OTHER_KIND = "other"
+OTHER_KIND = ratelog.OTHER_KIND
 
 
-@dataclass
-class _Kind:
-    window_end_s: float = 0.0  # before it, lines of this kind are held back
-    held: int = 0
-
-
-class RateLimitedLog:
-    """Lines another party can cause, rate-limited: each kind, and all kinds together.
-
-    The first line of a kind goes out at once; then at most one per
-    ``interval_s``, saying how many like it were held back since. All kinds
-    together write at most ``max_lines`` per ``interval_s`` (lines over it are
-    held and counted like the others). At most ``max_kinds`` kinds are told
-    apart; further ones share the kind ``"other"``. :meth:`flush` reports
-    what is still held (e.g. when a conversation ends).
-    """
+class RateLimitedLog(ratelog.RateLimitedLog):
+    """:class:`device.core.ratelog.RateLimitedLog` for the drivers: thread-safe, on the monotonic clock by default."""
 
     def __init__(
         self,
@@ -171,57 +157,18 @@ class RateLimitedLog:
         max_kinds: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._log = logger
-        self._interval_s = interval_s
-        self._max_lines = max_lines
-        self._max_kinds = max_kinds
-        self._clock = clock
+        super().__init__(logger, interval_s, max_lines=max_lines, max_kinds=max_kinds, clock=clock)
         self._lock = threading.Lock()
-        self._kinds: dict[str, _Kind] = {}
-        self._window_end_s = 0.0  # of the window all kinds share
-        self._window_lines = 0
 
-    def log(self, level: int, kind: str, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` at ``level`` unless ``kind`` (or the total) is over its rate; True when written."""
-        return self._write(level, kind, msg, args)
-
-    def info(self, kind: str, msg: str, *args: object) -> bool:
-        return self._write(logging.INFO, kind, msg, args)
-
-    def warning(self, kind: str, msg: str, *args: object) -> bool:
-        return self._write(logging.WARNING, kind, msg, args)
-
-    def _write(self, level: int, kind: str, msg: str, args: tuple[object, ...]) -> bool:
+    def _admit(self, kind: str, now_s: float | None) -> int | None:
         with self._lock:
-            now = self._clock()
-            if kind not in self._kinds and len(self._kinds) >= self._max_kinds:
-                kind = OTHER_KIND
-            state = self._kinds.setdefault(kind, _Kind())
-            if now >= self._window_end_s:
-                self._window_end_s, self._window_lines = now + self._interval_s, 0
-            if now < state.window_end_s or self._window_lines >= self._max_lines:
-                state.held += 1
-                return False
-            held, state.held = state.held, 0
-            state.window_end_s = now + self._interval_s
-            self._window_lines += 1
-        suffix = f" ({held} more like it since the last report)" if held else ""
-        self._log.log(level, msg + "%s", *args, suffix, stacklevel=3)  # the record names the caller's line
-        return True
+            return super()._admit(kind, now_s)
 
     @property
     def held(self) -> int:
-        """Lines held back and not yet reported."""
         with self._lock:
-            return sum(k.held for k in self._kinds.values())
+            return super().held
 
-    def flush(self, what: str) -> None:
-        """One line for everything still held back (``what`` names the source), then forget the kinds."""
+    def _drain(self) -> list[tuple[int, str]]:
         with self._lock:
-            held = sorted(((k.held, name) for name, k in self._kinds.items() if k.held), reverse=True)
-            self._kinds.clear()
-            self._window_end_s, self._window_lines = 0.0, 0
-        if held:
-            shown = ", ".join(f"{name} ×{n}" for n, name in held[:5]) + (", …" if len(held) > 5 else "")
-            total = sum(n for n, _ in held)
-            self._log.info("%s: %d log lines were held back by the rate limit (%s)", what, total, shown)
+            return super()._drain()

@@ -1,15 +1,18 @@
-"""One conversation with the agent: owns the WebSocket (the only module importing ``websocket``).
+"""One conversation with the agent: its transport, the WebSocket (the only module importing ``websocket``).
 
-Two workers per session:
+What the service's messages mean and what to answer is decided by
+:class:`device.core.conversation.AgentConversation` (no I/O); this module
+feeds it every message and does what it says. Two workers per session:
 
 - ``<name>-rx`` gets the URL (public, signed, broker; a prefetched one when
   available), opens the socket, sends the initiation, then reads every frame:
-  pings are answered at once from this thread (never queued behind audio),
-  and so are MCP tool calls awaiting approval (``tools.mcp_approve``); the
-  agent's ``end_call`` tool ends the conversation at once; client tool calls
-  go to the :class:`~device.drivers.tools.ToolRegistry`, everything else
-  becomes a typed event for ``on_event``. It ends the session and reports one
-  :class:`~device.core.protocol.SessionEnded` as the very last event.
+  WebSocket pings are answered here, each whole message goes to the
+  conversation, and what it returns is done at once from this thread — pongs
+  and MCP approvals are sent without queueing behind audio, client tool calls
+  go to the :class:`~device.drivers.tools.ToolRegistry` (each result goes back
+  through the conversation), events go to ``on_event``, and an end (the
+  agent's ``end_call`` tool, say) closes the socket. It ends the session and
+  reports one :class:`~device.core.protocol.SessionEnded` as the very last event.
 - ``<name>-tx`` sends user audio and control messages from a bounded outbox.
   :meth:`Session.send_audio` never blocks: audio captured before the
   conversation is ready is held and sent first; only when more than
@@ -41,49 +44,24 @@ import websocket
 import device
 from device.core.audioformat import CAPTURE_RATE_HZ, AudioFormat
 from device.core.config import AgentConfig, SessionConfig
+from device.core.conversation import AgentConversation, Emit, End, Output, RunTool, Send, StartSending
 from device.core.convert import CaptureConverter
 from device.core.errors import SessionError, WorkerStuckError
 from device.core.protocol import (
     MAX_MESSAGE_BYTES,
-    AgentAudio,
-    AgentResponsePart,
-    AgentToolResponse,
-    Connected,
-    Interruption,
-    InterruptionFilter,
-    MalformedMessage,
-    McpApproval,
-    McpToolCall,
     Outcome,
-    Ping,
-    RichContent,
-    ServerError,
     SessionEnded,
     SessionEvent,
-    ToolCall,
-    ToolCallFinished,
-    ToolCallStarted,
-    UnknownEvent,
-    UnsupportedFormat,
-    classify_end,
     classify_http_status,
     clean_text,
-    decode_server_message,
-    dynamic_variables_for,
     encode_audio_chunk,
     encode_contextual_update,
     encode_feedback,
-    encode_initiation,
-    encode_mcp_approval,
-    encode_pong,
-    encode_tool_result,
     encode_user_activity,
     encode_user_message,
-    initiation_message,
     parse_retry_after,
 )
 from device.drivers.agent_http import AgentHttp, AgentHttpError, SignedUrlSource, check_ca_bundle
-from device.drivers.logs import RateLimitedLog
 from device.drivers.neterrors import NetFailure, classify, describe
 from device.drivers.secrets import Secret, redact
 from device.drivers.tools import ToolCallHandle, ToolRegistry, ToolResult
@@ -100,14 +78,6 @@ POLL_S = 0.25
 TOOL_CANCEL_WAIT_S = 2.0
 # Control messages waiting to be sent (oldest dropped beyond, with a warning).
 MAX_CONTROL_BACKLOG = 1000
-# What the service can make a session log is rate-limited: at most one line per kind of line (a kind of
-# malformed message, the service's error events, ...) in this interval, and SERVER_LOG_LINES in all.
-SERVER_LOG_INTERVAL_S = 30.0
-SERVER_LOG_LINES = 50
-# Unknown message types counted by name (and logged once each); further ones are counted as "other".
-MAX_UNKNOWN_TYPES = 32
-# MCP tool call ids remembered as answered (a repeated delivery is not answered twice).
-MAX_MCP_ANSWERED = 256
 # Longest detail kept for the end of a session (it is shown in the log, status.json and ctl status).
 MAX_END_DETAIL_CHARS = 1000
 
@@ -121,6 +91,28 @@ class _End(Exception):
         super().__init__(detail)
         # Details quote the service (close reasons, HTTP bodies, library errors): cleaned like its messages.
         self.ended = SessionEnded(outcome, clean_text(redact(detail), MAX_END_DETAIL_CHARS), close_code, retry_after_s)
+
+    @classmethod
+    def of(cls, ended: SessionEnded) -> _End:
+        """The conversation's verdict, its detail cleaned like every other."""
+        return cls(ended.outcome, ended.detail, ended.close_code, ended.retry_after_s)
+
+
+class _Closed(Exception):
+    """The service's close frame arrived (and was answered); the conversation classifies it."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class _Lost(Exception):
+    """The connection ended without a close frame; ``kind`` is "lost" or "reset"."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -200,6 +192,18 @@ class _Outbox:
         with self._cond:
             return self._audio_bytes
 
+    def stats(self) -> dict[str, int | float]:
+        def ms(n_bytes: int) -> float:
+            return round(n_bytes / CAPTURE_BYTES_PER_S * 1000, 1)
+
+        return {
+            "audio_blocks_dropped": self.dropped_blocks,
+            "audio_dropped_ms": ms(self.dropped_bytes),
+            "control_dropped": self.dropped_control,
+            "send_backlog_ms": ms(self.backlog_bytes),
+            "send_backlog_max_ms": ms(self.max_backlog_bytes),
+        }
+
 
 class _Receiver(Worker):
     def __init__(self, session: Session, name: str) -> None:
@@ -214,15 +218,53 @@ class _Receiver(Worker):
 
 
 class _Sender(Worker):
-    def __init__(self, session: Session, name: str) -> None:
+    """Sends the outbox: control messages as they are, capture audio converted to the agent's input format."""
+
+    def __init__(self, name: str, outbox: _Outbox, send: Callable[[str], bool]) -> None:
         super().__init__(name)
-        self._session = session
+        self._outbox = outbox
+        self._send = send
+        self.input_format: AudioFormat | None = None  # what the agent hears (set before start)
+        self.started_s: float | None = None  # when the session started
+        self._blocks_sent = 0
+        self._latency_last_ms = 0.0
+        self._latency_max_ms = 0.0
+        self._first_sent_ms: float | None = None
 
     def run(self) -> None:
-        self._session._tx_main(self)
+        fmt = self.input_format
+        to_agent = CaptureConverter()  # one stream per connection: the resampler keeps its history
+        while not self.stopping:
+            self.beat()
+            item = self._outbox.get(1.0)
+            if item is None:
+                continue
+            if isinstance(item, str):
+                if not self._send(item):
+                    return
+                continue
+            pcm = item.pcm if fmt is None else to_agent.convert(item.pcm, fmt)
+            if not self._send(encode_audio_chunk(pcm)):
+                return
+            sent_s = time.monotonic()
+            self._latency_last_ms = (sent_s - item.captured_at_s) * 1000
+            self._latency_max_ms = max(self._latency_max_ms, self._latency_last_ms)
+            self._blocks_sent += 1
+            if self._first_sent_ms is None and self.started_s is not None:
+                self._first_sent_ms = (sent_s - self.started_s) * 1000
 
     def wake(self) -> None:
-        self._session._outbox.close()
+        self._outbox.close()
+
+    def stats(self) -> dict[str, int | float]:
+        out: dict[str, int | float] = {
+            "audio_blocks_sent": self._blocks_sent,
+            "send_latency_last_ms": round(self._latency_last_ms, 1),
+            "send_latency_max_ms": round(self._latency_max_ms, 1),
+        }
+        if self._first_sent_ms is not None:
+            out["first_audio_sent_ms"] = round(self._first_sent_ms, 1)
+        return out
 
 
 def _tls_context(ca_bundle: str) -> ssl.SSLContext:
@@ -353,6 +395,179 @@ def check_frame_cap() -> None:
         )
 
 
+class _Socket:
+    """The session's WebSocket: opened once, written from any thread, read by the receiver, closed once."""
+
+    def __init__(self, name: str, timeout_s: float, on_stall: Callable[[str], None]) -> None:
+        self.name = name
+        self._timeout_s = timeout_s  # of the connect, and of each send
+        self._on_stall = on_stall
+        self._lock = threading.Lock()
+        self._ws: websocket.WebSocket | None = None
+        self._handshake_done = False
+        self._close_sent = False
+        self._close_sent_s: float | None = None
+        self._parts: list[bytes] = []  # of a fragmented message
+        self._parts_len = 0
+
+    @property
+    def ws(self) -> websocket.WebSocket | None:
+        return self._ws
+
+    @property
+    def exists(self) -> bool:
+        return self._ws is not None
+
+    @property
+    def open(self) -> bool:
+        """The handshake is done and no close frame was sent."""
+        with self._lock:
+            return self._handshake_done and not self._close_sent
+
+    def connect(self, url: str, ca_bundle: str, stopping: Callable[[], bool]) -> float:
+        """Open the socket (TLS for wss://, the frame cap on); returns how long the handshake took, in seconds."""
+        host = _host_of(url)
+        sslopt: dict[str, Any] = {"context": _tls_context(ca_bundle)} if url.startswith("wss://") else {}
+        ws = websocket.WebSocket(enable_multithread=True, sslopt=sslopt, skip_utf8_validation=False)
+        with self._lock:
+            self._ws = ws
+        t0 = time.monotonic()
+        log.info("%s: opening the conversation with %s", self.name, host)
+        try:
+            ws.connect(
+                url,
+                timeout=self._timeout_s,
+                header=[f"User-Agent: voice-appliance/{device.__version__}"],
+                suppress_origin=True,
+                redirect_limit=0,
+            )
+        except _End:
+            raise
+        except Exception as e:
+            if stopping():
+                raise _End(Outcome.LOCAL, "the conversation was ended on the device while connecting") from None
+            raise _classify_connect_error(e, host, self._timeout_s) from None
+        handshake_s = time.monotonic() - t0
+        _install_frame_cap(ws.frame_buffer, MAX_MESSAGE_BYTES)  # checked in Session.__init__ (check_frame_cap)
+        with self._lock:
+            self._handshake_done = True
+        return handshake_s
+
+    def send(self, text: str) -> bool:
+        """Send one message from any thread (websocket-client serialises senders). False when gone."""
+        with self._lock:
+            ws = None if self._close_sent else self._ws  # no data frame may follow a close frame
+        if ws is None:
+            return False
+        try:
+            ws.send(text)
+            return True
+        except websocket.WebSocketTimeoutException:
+            self._on_stall(f"sending to the service stalled for {self._timeout_s:g} s (network lost?)")
+            self.abort()
+            return False
+        except (OSError, websocket.WebSocketException):
+            return False  # the receiving thread sees the end and classifies it
+
+    def send_close(self, code: int, reason: str = "") -> None:
+        """The close frame, once (and only after the handshake)."""
+        with self._lock:
+            if self._close_sent or not self._handshake_done:
+                return
+            self._close_sent = True
+            self._close_sent_s = time.monotonic()
+            ws = self._ws
+        with contextlib.suppress(OSError, websocket.WebSocketException, ValueError):
+            if ws is not None:
+                ws.send_close(code, reason.encode())
+
+    def close_overdue(self, now_s: float) -> bool:
+        """Our close frame has waited over CLOSE_WAIT_S for the service's answer."""
+        with self._lock:
+            return self._close_sent_s is not None and now_s - self._close_sent_s > CLOSE_WAIT_S
+
+    def abort(self) -> None:
+        """Cut the connection (wakes a blocked read or send)."""
+        sock = getattr(self._ws, "sock", None) if self._ws is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def shutdown(self) -> None:
+        if self._ws is not None:
+            self._ws.shutdown()
+
+    def receive(self, stopping: Callable[[], bool]) -> bytes | None:
+        """A whole data message, when one completes within POLL_S; None otherwise (control frames are answered here).
+
+        Raises _Closed for the service's close frame (answered first), _Lost when the connection broke.
+        """
+        ws = self._ws
+        if ws is None or not self._readable(ws):
+            return None
+        try:
+            frame = ws.recv_frame()
+        except _End:
+            raise
+        except websocket.WebSocketProtocolException as e:
+            raise _End(Outcome.PROTOCOL, f"the service broke the WebSocket framing ({e})", 1002) from None
+        except (OSError, websocket.WebSocketException) as e:
+            if stopping():
+                raise _End(Outcome.LOCAL, "the conversation was ended on the device") from None
+            raise _Lost("reset" if isinstance(e, ConnectionResetError) else "lost") from e
+        op = frame.opcode
+        if op == websocket.ABNF.OPCODE_PING:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                ws.pong(frame.data)  # a dead connection shows on the next read, classified there
+            return None
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            self._answer_close(ws, bytes(frame.data))
+        if op not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT):
+            return None
+        data = frame.data if isinstance(frame.data, bytes) else str(frame.data).encode()
+        if op != websocket.ABNF.OPCODE_CONT:
+            self._parts, self._parts_len = [], 0
+        self._parts.append(data)
+        self._parts_len += len(data)
+        if self._parts_len > MAX_MESSAGE_BYTES:
+            raise _End(
+                Outcome.PROTOCOL, f"the service sent a message over the {MAX_MESSAGE_BYTES // 1048576} MiB limit", 1009
+            )
+        if not frame.fin:
+            return None
+        message = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts, self._parts_len = [], 0
+        return message
+
+    def _answer_close(self, ws: websocket.WebSocket, data: bytes) -> None:
+        code: int | None = None
+        reason = ""
+        if len(data) >= 2:
+            code = struct.unpack("!H", data[:2])[0]
+            reason = data[2:].decode("utf-8", "replace")
+        with self._lock:
+            echo = not self._close_sent
+            self._close_sent = True
+        if echo:  # the service closed first: answer its close frame
+            with contextlib.suppress(OSError, websocket.WebSocketException, ValueError):
+                ws.send_close(code if code and code not in (1005, 1006, 1015) else 1000)
+        raise _Closed(code, reason)
+
+    def _readable(self, ws: websocket.WebSocket) -> bool:
+        """Wait up to POLL_S for data (the socket's own timeout stays long: it also bounds sends)."""
+        sock = ws.sock
+        if sock is None:
+            return True  # let recv_frame report the closed socket
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending() > 0:  # bytes already decrypted inside the TLS layer
+            return True
+        try:
+            ready, _, _ = select.select([sock], [], [], POLL_S)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
+
 class Session:
     """One conversation: connect, talk, end. See the module docstring."""
 
@@ -372,46 +587,39 @@ class Session:
         check_frame_cap()  # before any thread: a websocket-client that cannot be capped is refused loudly
         self.agent = agent
         self.cfg = session
+        self.name = name
         self._tools = tools
         self._api_key = api_key
         self._on_event = on_event
         self._signed_urls = signed_urls
         self._http = http
         self._own_http = http is None
-        self._hostname = hostname or socket.gethostname()
-        self.name = name
+        self._conv = AgentConversation(
+            agent,
+            approves=tools.mcp_approves,
+            hostname=hostname or socket.gethostname(),
+            version=device.__version__,
+            name=name,
+            logger=log,
+        )
+        self._conv_lock = threading.Lock()  # the receiver, the tool calls' replies and stats() all reach it
         self._outbox = _Outbox(int(session.send_backlog_s * CAPTURE_BYTES_PER_S))
+        self._sock = _Socket(name, agent.connect_timeout_s, self._stalled)
         self._rx = _Receiver(self, f"{name}-rx")
-        self._tx = _Sender(self, f"{name}-tx")
+        self._tx = _Sender(f"{name}-tx", self._outbox, self._sock.send)
         self._lock = threading.Lock()
-        self._ws: websocket.WebSocket | None = None
-        self._handshake_done = False
-        self._close_sent = False
-        self._close_sent_s: float | None = None
         self._cancel = threading.Event()  # interrupts REST retry backoff on stop
-        self._stats_lock = threading.Lock()
         self._wakes = 0
         self._end: SessionEnded | None = None
         self._ended_emitted = False
         self._started_s: float | None = None
-        self._filter = InterruptionFilter()
         self._tool_calls: list[ToolCallHandle] = []
         self._tool_lock = threading.RLock()  # starting a tool call vs. cancelling them all before the close frame
-        self._server_log = RateLimitedLog(log, SERVER_LOG_INTERVAL_S, max_lines=SERVER_LOG_LINES)
-        self._unknown_types: set[str] = set()  # at most MAX_UNKNOWN_TYPES: counted by name, the rest as "other"
-        self._input_fmt: AudioFormat | None = None
-        self._server_error: ServerError | None = None  # the service's last error event: why it closes
-        self._mcp_answered: collections.OrderedDict[str, None] = collections.OrderedDict()  # the latest answered
-        self.output_format: AudioFormat | None = None
-        self.conversation_id: str | None = None
-        self.ping_ms: int | None = None
+        self._counts: dict[str, int] = {}  # the transport's own (the URL's prefetch)
+        self._timing_ms: dict[str, float] = {}
         self.connected = threading.Event()  # set when the metadata arrived
         self.ended = threading.Event()  # set after SessionEnded was delivered
         self.outcome: SessionEnded | None = None
-        self._counts: collections.Counter[str] = collections.Counter()
-        self._timing_ms: dict[str, float] = {}
-        self._send_latency_max_ms = 0.0
-        self._send_latency_last_ms = 0.0
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -419,7 +627,7 @@ class Session:
         with self._lock:
             if self._end is not None or self._started_s is not None:
                 raise SessionError("this session was already started or stopped; create a new Session")
-            self._started_s = time.monotonic()
+            self._started_s = self._tx.started_s = time.monotonic()
         self._rx.start()
 
     def send_audio(self, pcm: bytes, captured_at_s: float) -> None:
@@ -466,42 +674,35 @@ class Session:
 
     @property
     def input_format(self) -> AudioFormat | None:
-        return self._input_fmt
+        return self._conv.input_format
+
+    @property
+    def output_format(self) -> AudioFormat | None:
+        return self._conv.output_format
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self._conv.conversation_id
+
+    @property
+    def ping_ms(self) -> int | None:
+        return self._conv.ping_ms
+
+    @property
+    def _ws(self) -> websocket.WebSocket | None:
+        """The socket, once made (a test cuts the connection under a running session)."""
+        return self._sock.ws
 
     @property
     def stats(self) -> dict[str, int | float]:
         """Counters and timings (names carry their unit)."""
-        with self._stats_lock:
-            out: dict[str, int | float] = dict(self._counts)
-        for key in (
-            "audio_blocks_sent",
-            "audio_blocks_dropped",
-            "agent_audio_chunks",
-            "agent_audio_dropped",
-            "messages_received",
-            "unknown_events",
-            "malformed_messages",
-            "pings",
-            "tool_calls",
-        ):
-            out.setdefault(key, 0)
-        out["audio_blocks_dropped"] = self._outbox.dropped_blocks
-        out["audio_dropped_ms"] = round(self._outbox.dropped_bytes / CAPTURE_BYTES_PER_S * 1000, 1)
-        out["control_dropped"] = self._outbox.dropped_control
-        out["send_backlog_ms"] = round(self._outbox.backlog_bytes / CAPTURE_BYTES_PER_S * 1000, 1)
-        out["send_backlog_max_ms"] = round(self._outbox.max_backlog_bytes / CAPTURE_BYTES_PER_S * 1000, 1)
-        out["send_latency_last_ms"] = round(self._send_latency_last_ms, 1)
-        out["send_latency_max_ms"] = round(self._send_latency_max_ms, 1)
-        out["agent_audio_dropped"] = self._filter.dropped_chunks
-        if self.ping_ms is not None:
-            out["ping_ms"] = self.ping_ms
-        out.update({k: round(v, 1) for k, v in self._timing_ms.items()})
+        with self._conv_lock:
+            out = self._conv.stats()
+        out.update(dict(self._counts))
+        out.update(self._tx.stats())
+        out.update(self._outbox.stats())
+        out.update({k: round(v, 1) for k, v in dict(self._timing_ms).items()})
         return out
-
-    def _count(self, key: str) -> int:
-        with self._stats_lock:
-            self._counts[key] += 1
-            return self._counts[key]
 
     # -- events ---------------------------------------------------------------------
     def _emit(self, event: SessionEvent) -> None:
@@ -521,6 +722,9 @@ class Session:
             self._end = ended
             return True
 
+    def _stalled(self, detail: str) -> None:
+        self._set_end(_End(Outcome.NETWORK, detail).ended)
+
     def _finish_unstarted(self) -> None:
         with self._lock:
             if self._ended_emitted:
@@ -537,18 +741,60 @@ class Session:
         level = logging.INFO if ended.outcome in (Outcome.NORMAL, Outcome.AGENT_ENDED, Outcome.LOCAL) else (
             logging.WARNING
         )
-        self._server_log.flush(self.name)
+        with self._conv_lock:
+            self._conv.flush_log()
         log.log(level, "%s ended: %s: %s", self.name, ended.outcome.name, ended.message)
         self._emit(ended)
         with self._lock:
             self._ended_emitted = True
         self.ended.set()
 
+    # -- the conversation -------------------------------------------------------------
+    def _feed(self, step: Callable[..., list[Output]], *args: Any) -> None:
+        """Run one step of the conversation, then do what it says, in order (outside its lock)."""
+        with self._conv_lock:
+            outputs = step(*args)
+        for out in outputs:
+            self._perform(out)
+
+    def _perform(self, out: Output) -> None:
+        match out:
+            case Send(text=text, tool=tool):
+                if not self._sock.send(text) and tool:
+                    log.info("%s: the result of tool %s could not be sent: the conversation ended", self.name, tool)
+            case Emit(event=event):
+                self._emit(event)
+            case RunTool():
+                self._run_tool(out)
+            case StartSending(input_format=fmt):
+                if self._started_s is not None:
+                    self._timing_ms["connect_ms"] = (time.monotonic() - self._started_s) * 1000
+                self.connected.set()
+                self._outbox.open()
+                self._tx.input_format = fmt
+                self._tx.start()
+            case End(ended=ended, close_reason=reason):
+                self._sock.send_close(ended.close_code or 1000, reason)
+                raise _End.of(ended)
+
+    def _run_tool(self, run: RunTool) -> None:
+        call = run.call
+        # Atomic with respect to ending (see _wake_rx): a stop() after ToolCallStarted finds the call registered.
+        with self._tool_lock:
+            self._emit(run.started)
+            handle = self._tools.call(call.name, call.call_id, call.parameters, self._tool_reply)
+            with self._lock:
+                self._tool_calls = [h for h in self._tool_calls if not h.done]
+                self._tool_calls.append(handle)
+
+    def _tool_reply(self, result: ToolResult) -> None:
+        self._feed(self._conv.tool_finished, result.name, result.call_id, result.result, result.is_error)
+
     # -- the receiving thread ---------------------------------------------------------
     def _rx_main(self, worker: Worker) -> None:
         try:
-            ws = self._open(worker)
-            self._converse(ws, worker)
+            self._open(worker)
+            self._converse(worker)
         except _End as e:
             self._set_end(e.ended)
         except Exception as e:  # a bug: still end cleanly and say so
@@ -559,7 +805,7 @@ class Session:
         finally:
             self._finish()
 
-    def _conversation_url(self, worker: Worker) -> str:
+    def _conversation_url(self) -> str:
         t0 = time.monotonic()
         http = self._http
         if http is None:
@@ -567,7 +813,7 @@ class Session:
         url: str | None = None
         if http.needs_fetch and self._signed_urls is not None:
             url = self._signed_urls.take()
-            self._count("prefetch_hits" if url else "prefetch_misses")
+            self._counts["prefetch_hits" if url else "prefetch_misses"] = 1
         if url is None:
             try:
                 url = http.conversation_url(self._cancel)
@@ -576,392 +822,54 @@ class Session:
         self._timing_ms["url_ms"] = (time.monotonic() - t0) * 1000
         return url
 
-    def _open(self, worker: Worker) -> websocket.WebSocket:
-        url = self._conversation_url(worker)
+    def _open(self, worker: Worker) -> None:
+        url = self._conversation_url()
         if worker.stopping:
             raise _End(Outcome.LOCAL, "the conversation was ended on the device before it started")
-        host = _host_of(url)
-        secure = url.startswith("wss://")
-        sslopt: dict[str, Any] = {"context": _tls_context(self.agent.ca_bundle)} if secure else {}
-        ws = websocket.WebSocket(enable_multithread=True, sslopt=sslopt, skip_utf8_validation=False)
-        with self._lock:
-            self._ws = ws
-        t0 = time.monotonic()
-        log.info("%s: opening the conversation with %s", self.name, host)
-        try:
-            ws.connect(
-                url,
-                timeout=self.agent.connect_timeout_s,
-                header=[f"User-Agent: voice-appliance/{device.__version__}"],
-                suppress_origin=True,
-                redirect_limit=0,
-            )
-        except _End:
-            raise
-        except Exception as e:
-            if worker.stopping:
-                raise _End(Outcome.LOCAL, "the conversation was ended on the device while connecting") from None
-            raise _classify_connect_error(e, host, self.agent.connect_timeout_s) from None
-        self._timing_ms["handshake_ms"] = (time.monotonic() - t0) * 1000
-        _install_frame_cap(ws.frame_buffer, MAX_MESSAGE_BYTES)  # checked in __init__ (check_frame_cap)
-        with self._lock:
-            self._handshake_done = True
+        handshake_s = self._sock.connect(url, self.agent.ca_bundle, lambda: worker.stopping)
+        self._timing_ms["handshake_ms"] = handshake_s * 1000
         if worker.stopping:
             raise _End(Outcome.LOCAL, "the conversation was ended on the device", 1000)
-        self._send_now(encode_initiation(self._initiation()))
-        return ws
+        self._feed(self._conv.opened, time.monotonic())
 
-    def _initiation(self) -> dict[str, Any]:
-        a = self.agent
-        return initiation_message(
-            prompt=a.prompt,
-            first_message=a.first_message,
-            language=a.language,
-            voice_id=a.voice_id,
-            dynamic_variables=dynamic_variables_for(a.kiosk_id, a.location, a.dynamic_variables, self._hostname),
-            custom_llm_extra_body=a.custom_llm_extra_body,
-            user_id=a.user_id,
-            version=device.__version__,
-        )
-
-    def _send_now(self, text: str) -> bool:
-        """Send one message from any thread (websocket-client serialises senders). False when gone."""
-        with self._lock:
-            ws = None if self._close_sent else self._ws  # no data frame may follow a close frame
-        if ws is None:
-            return False
-        try:
-            ws.send(text)
-            return True
-        except websocket.WebSocketTimeoutException:
-            self._set_end(
-                _End(
-                    Outcome.NETWORK,
-                    f"sending to the service stalled for {self.agent.connect_timeout_s:g} s (network lost?)",
-                ).ended
-            )
-            self._abort_socket()
-            return False
-        except (OSError, websocket.WebSocketException):
-            return False  # the receiving thread sees the end and classifies it
-
-    def _readable(self, ws: websocket.WebSocket) -> bool:
-        """Wait up to POLL_S for data (the socket's own timeout stays long: it also bounds sends)."""
-        sock = ws.sock
-        if sock is None:
-            return True  # let recv_frame report the closed socket
-        pending = getattr(sock, "pending", None)
-        if pending is not None and pending() > 0:  # bytes already decrypted inside the TLS layer
-            return True
-        try:
-            ready, _, _ = select.select([sock], [], [], POLL_S)
-        except (OSError, ValueError):
-            return True
-        return bool(ready)
-
-    def _check_deadlines(self, metadata_deadline_s: float) -> None:
-        now = time.monotonic()
-        with self._lock:
-            close_sent_s = self._close_sent_s
-        if close_sent_s is not None and now - close_sent_s > CLOSE_WAIT_S:
-            raise _End(Outcome.LOCAL, "the service did not answer the close frame", 1000)
-        if not self.connected.is_set() and now > metadata_deadline_s:
-            raise _End(
-                Outcome.SERVER_ERROR,
-                f"the service accepted the connection but did not start the conversation within "
-                f"{self.agent.connect_timeout_s:g} s",
-                1000,
-            )
-
-    def _converse(self, ws: websocket.WebSocket, worker: Worker) -> None:
-        metadata_deadline_s = time.monotonic() + self.agent.connect_timeout_s
-        parts: list[bytes] = []
-        parts_len = 0
+    def _converse(self, worker: Worker) -> None:
         while True:
             worker.beat()
             # Every pass, not only when idle: a steady stream of pings must not hide a deadline.
-            self._check_deadlines(metadata_deadline_s)
-            if not self._readable(ws):
-                continue
+            if self._sock.close_overdue(time.monotonic()):
+                raise _End(Outcome.LOCAL, "the service did not answer the close frame", 1000)
+            self._feed(self._conv.tick, time.monotonic())
             try:
-                frame = ws.recv_frame()
-            except _End:
-                raise
-            except websocket.WebSocketProtocolException as e:
-                raise _End(Outcome.PROTOCOL, f"the service broke the WebSocket framing ({e})", 1002) from None
-            except (OSError, websocket.WebSocketException) as e:
-                if worker.stopping:
-                    raise _End(Outcome.LOCAL, "the conversation was ended on the device") from None
-                kind = "reset" if isinstance(e, ConnectionResetError) else "lost"
-                if self._server_error is not None:  # the service said why before the line dropped
-                    raise _End(*classify_end(None, "", self._server_error)) from e
-                raise _End(Outcome.NETWORK, f"the connection to the service was {kind} without a close frame") from e
-            op = frame.opcode
-            if op == websocket.ABNF.OPCODE_PING:
-                with contextlib.suppress(OSError, websocket.WebSocketException):
-                    ws.pong(frame.data)  # a dead connection shows on the next read, classified there
-                continue
-            if op == websocket.ABNF.OPCODE_PONG:
-                continue
-            if op == websocket.ABNF.OPCODE_CLOSE:
-                self._on_close_frame(ws, bytes(frame.data))
-                return
-            if op in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT):
-                data = frame.data if isinstance(frame.data, bytes) else str(frame.data).encode()
-                if op != websocket.ABNF.OPCODE_CONT:
-                    parts, parts_len = [], 0
-                parts.append(data)
-                parts_len += len(data)
-                if parts_len > MAX_MESSAGE_BYTES:
-                    raise _End(
-                        Outcome.PROTOCOL,
-                        f"the service sent a message over the {MAX_MESSAGE_BYTES // 1048576} MiB limit",
-                        1009,
-                    )
-                if not frame.fin:
-                    continue
-                message = parts[0] if len(parts) == 1 else b"".join(parts)
-                parts, parts_len = [], 0
-                self._on_message(message, ws)
-
-    def _on_close_frame(self, ws: websocket.WebSocket, data: bytes) -> None:
-        code: int | None = None
-        reason = ""
-        if len(data) >= 2:
-            code = struct.unpack("!H", data[:2])[0]
-            reason = data[2:].decode("utf-8", "replace")
-        with self._lock:
-            echo = not self._close_sent
-            self._close_sent = True
-        if echo:  # the service closed first: answer its close frame
-            with contextlib.suppress(OSError, websocket.WebSocketException, ValueError):
-                ws.send_close(code if code and code not in (1005, 1006, 1015) else 1000)
-        outcome, detail = classify_end(code if code is not None else 1005, reason, self._server_error)
-        if code is None and self._server_error is None:
-            outcome, detail = Outcome.NORMAL, "the service ended the conversation (no close code)"
-        raise _End(outcome, detail, code)
-
-    def _on_message(self, raw: bytes, ws: websocket.WebSocket) -> None:
-        now = time.monotonic()
-        self._count("messages_received")
-        try:
-            event = decode_server_message(raw, self.output_format, now)
-        except UnsupportedFormat as e:
-            self._send_close(ws, 1003, "unsupported audio format")
-            raise _End(Outcome.PROTOCOL, str(e), 1003) from None
-        except MalformedMessage as e:
-            self._count("malformed_messages")
-            self._count(f"malformed_{e.kind}")
-            self._server_log.warning(
-                f"malformed:{e.kind}", "%s: ignored a malformed message from the service: %s", self.name, e
-            )
-            return
-        if isinstance(event, Ping):
-            self._send_now(encode_pong(event.event_id))  # first, before anything else
-            self._count("pings")
-            if event.ping_ms is not None:
-                self.ping_ms = event.ping_ms
-            self._emit(event)
-        elif isinstance(event, AgentAudio):
-            if self._filter.admit(event.event_id):
-                self._count("agent_audio_chunks")
-                self._emit(event)
-            else:
-                log.debug("%s: dropped stale audio of event %d", self.name, event.event_id)
-        elif isinstance(event, Interruption):
-            self._filter.interrupt(event.event_id)
-            self._count("interruptions")
-            self._emit(event)
-        elif isinstance(event, ToolCall):
-            self._on_tool_call(event)
-        elif isinstance(event, Connected):
-            self._on_connected(event)
-        elif isinstance(event, UnknownEvent):
-            self._on_unknown(event)
-        elif isinstance(event, AgentToolResponse):
-            self._count("agent_tool_responses")
-            if event.ends_call:  # the agent hung up: end now, cleanly (close 1000), as the JS client does
-                raise _End(Outcome.AGENT_ENDED, f"the agent ended the conversation ({event.tool_name} tool)", 1000)
-        elif isinstance(event, McpToolCall):
-            self._on_mcp_tool_call(event)
-        elif isinstance(event, RichContent):
-            if self._count("rich_content") == 1:
-                log.info(
-                    "%s: the agent sent rich content (%s) that this kiosk has no screen for; counted and ignored",
-                    self.name,
-                    event.component or "no component",
-                )
-            self._emit(event)
-        elif isinstance(event, AgentResponsePart):
-            self._count("agent_text_parts")
-            self._emit(event)
-        elif isinstance(event, ServerError):
-            self._count("server_errors")
-            self._server_error = event
-            self._server_log.warning(
-                "server_error",
-                "%s: the service reported an error: %s %s %s",
-                self.name,
-                event.code,
-                event.error_type,
-                event.message,
-            )
-            self._emit(event)
-        else:
-            self._emit(event)
-
-    def _on_unknown(self, event: UnknownEvent) -> None:
-        """Count it (a bounded table, so a flood of new types costs no memory) and log each new type once."""
-        self._count("unknown_events")
-        if event.type in self._unknown_types or len(self._unknown_types) < MAX_UNKNOWN_TYPES:
-            if self._count(f"unknown:{event.type}") == 1:
-                self._unknown_types.add(event.type)
-                self._server_log.info(
-                    f"unknown:{event.type}",
-                    "%s: ignoring unknown event type %r from the service",
-                    self.name,
-                    event.type,
-                )
-            return
-        self._count("unknown:other")
-        self._server_log.info(
-            "unknown:other",
-            "%s: ignoring unknown event types from the service; over %d types, they are counted as unknown:other",
-            self.name,
-            MAX_UNKNOWN_TYPES,
-        )
-
-    def _on_connected(self, event: Connected) -> None:
-        if self.connected.is_set():
-            self._server_log.warning(
-                "second_metadata", "%s: a second conversation_initiation_metadata was ignored", self.name
-            )
-            return
-        self.conversation_id = event.conversation_id
-        self.output_format = event.output_format
-        self._input_fmt = event.input_format
-        if self._started_s is not None:
-            self._timing_ms["connect_ms"] = (time.monotonic() - self._started_s) * 1000
-        log.info(
-            "%s: conversation %s started (agent speaks %s, hears %s)",
-            self.name,
-            event.conversation_id,
-            event.output_format.name,
-            event.input_format.name,
-        )
-        self.connected.set()
-        self._emit(event)
-        self._outbox.open()
-        self._tx.start()
-
-    # -- tools ----------------------------------------------------------------------------
-    def _on_tool_call(self, call: ToolCall) -> None:
-        self._count("tool_calls")
-        # Atomic with respect to ending (see _wake_rx): a stop() after ToolCallStarted finds the call registered.
-        with self._tool_lock:
-            self._emit(ToolCallStarted(call.name, call.call_id))
-            handle = self._tools.call(call.name, call.call_id, call.parameters, self._tool_reply)
-            with self._lock:
-                self._tool_calls = [h for h in self._tool_calls if not h.done]
-                self._tool_calls.append(handle)
-
-    def _tool_reply(self, result: ToolResult) -> None:
-        if not self._send_now(encode_tool_result(result.call_id, result.result, result.is_error)):
-            log.info("%s: the result of tool %s could not be sent: the conversation ended", self.name, result.name)
-        self._emit(ToolCallFinished(result.name, result.call_id, result.is_error))
-
-    def _on_mcp_tool_call(self, call: McpToolCall) -> None:
-        """Answer an MCP tool call awaiting approval at once: tools.mcp_approve lists the approved ones."""
-        self._count("mcp_tool_calls")
-        if call.state != "awaiting_approval":
-            if call.state == "failure":
-                self._server_log.info(
-                    f"mcp_failure:{call.tool_name}",
-                    "%s: MCP tool %r failed on the service: %s",
-                    self.name,
-                    call.tool_name,
-                    call.error,
-                )
-            return
-        with self._lock:
-            if call.call_id in self._mcp_answered:  # answered already; a second answer would contradict it
-                return
-            self._mcp_answered[call.call_id] = None
-            if len(self._mcp_answered) > MAX_MCP_ANSWERED:
-                self._mcp_answered.popitem(last=False)
-        approved = self._tools.mcp_approves(call.tool_name)
-        self._send_now(encode_mcp_approval(call.call_id, approved))
-        self._count("mcp_approved" if approved else "mcp_denied")
-        if approved:
-            self._server_log.info(
-                f"mcp_approved:{call.tool_name}",
-                "%s: approved MCP tool %r (listed in tools.mcp_approve)",
-                self.name,
-                call.tool_name,
-            )
-        else:
-            self._server_log.warning(
-                f"mcp_denied:{call.tool_name}",
-                "%s: denied MCP tool %r: only the tools listed in tools.mcp_approve are approved; "
-                "add it there to let the agent run it",
-                self.name,
-                call.tool_name,
-            )
-        self._emit(McpApproval(call.tool_name, call.call_id, approved))
-
-    # -- the sending thread -----------------------------------------------------------------
-    def _tx_main(self, worker: Worker) -> None:
-        fmt = self._input_fmt
-        to_agent = CaptureConverter()  # one stream per connection: the resampler keeps its history
-        while not worker.stopping:
-            worker.beat()
-            item = self._outbox.get(1.0)
-            if item is None:
-                continue
-            if isinstance(item, str):
-                if not self._send_now(item):
-                    return
-                continue
-            pcm = item.pcm if fmt is None else to_agent.convert(item.pcm, fmt)
-            if not self._send_now(encode_audio_chunk(pcm)):
-                return
-            sent_s = time.monotonic()
-            latency_ms = (sent_s - item.captured_at_s) * 1000
-            self._send_latency_last_ms = latency_ms
-            self._send_latency_max_ms = max(self._send_latency_max_ms, latency_ms)
-            self._count("audio_blocks_sent")
-            if "first_audio_sent_ms" not in self._timing_ms and self._started_s is not None:
-                self._timing_ms["first_audio_sent_ms"] = (sent_s - self._started_s) * 1000
+                message = self._sock.receive(lambda: worker.stopping)
+            except _Closed as e:
+                with self._conv_lock:
+                    ended = self._conv.service_closed(e.code, e.reason)
+                raise _End.of(ended) from None
+            except _Lost as e:
+                with self._conv_lock:
+                    ended = self._conv.connection_lost(e.kind)
+                raise _End.of(ended) from e.__cause__
+            if message is not None:
+                self._feed(self._conv.receive, message, time.monotonic())
 
     # -- ending ---------------------------------------------------------------------------------
-    def _send_close(self, ws: websocket.WebSocket, code: int, reason: str = "") -> None:
-        with self._lock:
-            if self._close_sent or not self._handshake_done:
-                return
-            self._close_sent = True
-            self._close_sent_s = time.monotonic()
-        with contextlib.suppress(OSError, websocket.WebSocketException, ValueError):
-            ws.send_close(code, reason.encode())
-
     def _wake_rx(self) -> None:
         """First wake: send the close frame (the service answers it); later wakes cut the socket."""
         self._cancel.set()
         if self._http is not None:
-            self._http.interrupt()  # a signed-URL request in flight ends now (issue 10, item 11)
+            self._http.interrupt()  # a signed-URL request in flight ends now
         with self._lock:
             self._wakes += 1
             first = self._wakes == 1
-            ws = self._ws
-            open_ = self._handshake_done and not self._close_sent
-        if ws is None:
+        if not self._sock.exists:
             return
-        if first and open_:
+        if first and self._sock.open:
             # A running tool still owes the service its one result: cancel it so that goes out before the close.
             with self._tool_lock:
                 self._cancel_tools()
-                self._send_close(ws, 1000)
+                self._sock.send_close(1000)
         else:
-            self._abort_socket()
+            self._sock.abort()
 
     def _cancel_tools(self) -> None:
         """Cancel running tool calls and wait for them (each sends its one, cancelled, result)."""
@@ -973,31 +881,21 @@ class Session:
             except WorkerStuckError:
                 log.error("%s: a tool call did not stop", self.name)
 
-    def _abort_socket(self) -> None:
-        with self._lock:
-            ws = self._ws
-        sock = getattr(ws, "sock", None) if ws is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
     def _finish(self) -> None:
         self._outbox.close()
-        ws = self._ws
-        if ws is not None:
+        if self._sock.exists:
             with self._lock:
                 end = self._end
             # A dead network would only stall a close frame; otherwise say goodbye properly.
             if end is None or end.outcome is not Outcome.NETWORK:
                 code = end.close_code if end is not None and end.close_code in (1000, 1002, 1003, 1009) else 1000
-                self._send_close(ws, code or 1000)
-            self._abort_socket()
+                self._sock.send_close(code or 1000)
+            self._sock.abort()
         try:
             self._tx.stop(self.agent.connect_timeout_s + 2.0)
         except WorkerStuckError:
             log.error("%s: the sending thread did not stop", self.name)
-        if ws is not None:
-            ws.shutdown()
+        self._sock.shutdown()
         self._cancel_tools()
         if self._own_http and self._http is not None:
             self._http.close()

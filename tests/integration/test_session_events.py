@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
 from device.core.config import AgentConfig, ToolsConfig
+from device.core.conversation import MAX_UNKNOWN_TYPES, SERVER_LOG_LINES
 from device.core.protocol import (
     AgentResponse,
     AgentResponsePart,
@@ -43,7 +44,6 @@ from device.core.protocol import (
     SessionEnded,
 )
 from device.drivers.logs import setup_logging
-from device.drivers.session import MAX_UNKNOWN_TYPES, SERVER_LOG_LINES
 from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
 
