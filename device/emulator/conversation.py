@@ -28,6 +28,7 @@ from typing import Any
 
 from device.core.audioformat import AudioFormat
 from device.emulator import pcm as pcmlib
+from device.emulator import wire
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
 from device.emulator.scenario import ERROR_TYPE_CODES, QUOTA_REASON, REPLY_FAULTS, Fault, Scenario, Turn
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
@@ -381,7 +382,7 @@ class Conversation:
         if "vad_score" in self._client_events and now >= self._next_score_s:
             score = self._vad.take_score()
             if score is not None:
-                self._send(now, {"type": "vad_score", "vad_score_event": {"vad_score": round(score, 3)}})
+                self._send(now, wire.vad_score(round(score, 3)))
                 self._next_score_s = now + self.timing.vad_score_interval_ms / 1000
 
     def _check_rate(self, now: float, duration_s: float) -> None:
@@ -653,16 +654,7 @@ class Conversation:
         ):
             self._tentative_sent = True
             text = self._peek_turn().transcript or "…"
-            self._send(
-                now,
-                {
-                    "type": "tentative_user_transcript",
-                    "tentative_user_transcription_event": {
-                        "user_transcript": _words_prefix(text, 0.5),
-                        "event_id": self._turn_event_id(),
-                    },
-                },
-            )
+            self._send(now, wire.tentative_user_transcript(_words_prefix(text, 0.5), self._turn_event_id()))
 
     def _peek_turn(self) -> Turn:
         turns = self.scenario.turns
@@ -697,8 +689,7 @@ class Conversation:
             speech_s = ev.speech_s if ev else 0.0
             transcript = turn.transcript or f"[{speech_s:.1f} s of speech]"
             if "user_transcript" in self._client_events:
-                event = {"user_transcript": transcript, "event_id": self._turn_event_id()}
-                self._send(now, {"type": "user_transcript", "user_transcription_event": event})
+                self._send(now, wire.user_transcript(transcript, self._turn_event_id()))
         record = TurnRecord(index=len(self.record.turns), trigger=trigger, user_transcript=transcript)
         if ev is not None:
             record.speech_start_t_s = self._speech_start_t_s
@@ -783,17 +774,10 @@ class Conversation:
                 self._begin_reply(now, self.agent.reprompt, record, False)
 
     def _activate(self, now: float) -> None:
-        self._send(
-            now,
-            {
-                "type": "conversation_initiation_metadata",
-                "conversation_initiation_metadata_event": {
-                    "conversation_id": self.record.conversation_id,
-                    "agent_output_audio_format": self.output_fmt.name,
-                    "user_input_audio_format": self.input_fmt.name,
-                },
-            },
+        metadata = wire.conversation_initiation_metadata(
+            self.record.conversation_id, self.output_fmt.name, self.input_fmt.name
         )
+        self._send(now, metadata)
         self.state = "active"
         if self.timing.ping_interval_s:
             self._next_ping_s = now + self.timing.ping_interval_s
@@ -821,7 +805,7 @@ class Conversation:
         if self._next_ping_s is not None and now >= self._next_ping_s:
             eid = self._new_event_id()
             self._pings[eid] = now
-            self._send(now, {"type": "ping", "ping_event": {"event_id": eid, "ping_ms": self._rtt_ms}})
+            self._send(now, wire.ping(eid, self._rtt_ms))
             self._next_ping_s = max(self._next_ping_s + t.ping_interval_s, now + t.ping_interval_s / 2)
 
     # -- tools ---------------------------------------------------------------
@@ -840,18 +824,7 @@ class Conversation:
         p.tool_call = call
         p.tool_deadline_s = now + self.timing.tool_timeout_s
         self._calls_open[call_id] = call
-        self._send(
-            now,
-            {
-                "type": "client_tool_call",
-                "client_tool_call": {
-                    "tool_name": tool.name,
-                    "tool_call_id": call_id,
-                    "parameters": params,
-                    "event_id": self._turn_event_id(),
-                },
-            },
-        )
+        self._send(now, wire.client_tool_call(tool.name, call_id, params, self._turn_event_id()))
 
     def _tool_timed_out(self, now: float, p: _Pending) -> None:
         call = p.tool_call
@@ -958,11 +931,9 @@ class Conversation:
                 [("start", "")] + [("delta", w if i == 0 else " " + w) for i, w in enumerate(words)] + [("stop", "")]
             )
             for kind, text in parts:
-                part = {"text": text, "type": kind, "event_id": r.event_id}
-                self._send(now, {"type": "agent_chat_response_part", "text_response_part": part})
+                self._send(now, wire.agent_chat_response_part(text, kind, r.event_id))
         if "agent_response" in self._client_events:
-            event = {"agent_response": r.text, "event_id": r.event_id}
-            self._send(now, {"type": "agent_response", "agent_response_event": event})
+            self._send(now, wire.agent_response(r.text, r.event_id))
 
     def _plan_chunks(self, nbytes: int) -> list[tuple[int, int]]:
         fmt = self.output_fmt
@@ -999,12 +970,12 @@ class Conversation:
                 self._inject_faults(now, r, r.next_chunk, at_end=True)
 
     def _send_audio(self, now: float, r: _Reply, chunk: bytes, oversized: int = 0, start_byte: int = -1) -> None:
-        event: dict[str, Any] = {"audio_base_64": base64.b64encode(chunk).decode("ascii"), "event_id": r.event_id}
+        alignment = None
         if oversized:
-            event["alignment"] = _padding_alignment(oversized)
+            alignment = _padding_alignment(oversized)
         elif self.agent.alignment and start_byte >= 0:
-            event["alignment"] = _alignment(r.text, r.fmt.duration_s(len(r.audio)), r.fmt, start_byte, len(chunk))
-        msg = {"type": "audio", "audio_event": event}
+            alignment = _alignment(r.text, r.fmt.duration_s(len(r.audio)), r.fmt, start_byte, len(chunk))
+        msg = wire.audio(wire.encode_audio(chunk), r.event_id, alignment)
         summary: dict[str, Any] = {
             "event_id": r.event_id,
             "bytes": len(chunk),
@@ -1021,23 +992,13 @@ class Conversation:
         r.interrupted = True
         self._reply = None
         self._interrupted_id = r.event_id
-        self._send(now, {"type": "interruption", "interruption_event": {"event_id": r.event_id}})
+        self._send(now, wire.interruption(r.event_id))
         with self.record.locked():
             r.record.interrupted = True
             r.record.interrupted_t_s = now
         if r.response_sent and "agent_response_correction" in self._client_events:
             heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
-            self._send(
-                now,
-                {
-                    "type": "agent_response_correction",
-                    "agent_response_correction_event": {
-                        "original_agent_response": r.text,
-                        "corrected_agent_response": _words_prefix(r.text, heard),
-                        "event_id": r.event_id,
-                    },
-                },
-            )
+            self._send(now, wire.agent_response_correction(r.text, _words_prefix(r.text, heard), r.event_id))
 
     # -- faults --------------------------------------------------------------
     def _inject_faults(self, now: float, r: _Reply, chunk: int, at_end: bool = False) -> None:
@@ -1060,30 +1021,20 @@ class Conversation:
             self._out.append(Drop())
             self.state = "closed"
         elif f.kind == "malformed_json":
-            self._out.append(SendRaw('{"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": '))
+            self._out.append(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
         elif f.kind == "unknown_event":
             if f.event_type == "context_usage":  # a real event of the document the device may not know
-                usage: dict[str, Any] = {"event_id": r.event_id, "model": "emulated-llm", "context_tokens": 1234}
-                self._send(
-                    now, {"type": "context_usage", "context_usage_event": {**usage, "context_limit_tokens": 128000}}
-                )
+                self._send(now, wire.context_usage(r.event_id, "emulated-llm", 1234, 128000))
             else:
-                event = {"type": f.event_type, f"{f.event_type}_event": {"emulated": True, "value": 42}}
+                event = wire.unknown_event(f.event_type, {"emulated": True, "value": 42})
                 self._out.append(Send(event, conforms=False))
                 self._event(now, FROM_AGENT, f.event_type, emulated=True)
         elif f.kind == "error_event":
             self._error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
         elif f.kind == "agent_tool_response":
             self._call_seq += 1
-            tool_event: dict[str, Any] = {
-                "tool_name": f.tool_name,
-                "tool_call_id": f"toolu_agent_{self._call_seq:03d}",
-                "tool_type": f.tool_type,
-                "is_error": f.is_error,
-                "is_called": True,
-                "event_id": r.event_id,
-            }
-            self._send(now, {"type": "agent_tool_response", "agent_tool_response": tool_event})
+            call_id = f"toolu_agent_{self._call_seq:03d}"
+            self._send(now, wire.agent_tool_response(f.tool_name, call_id, f.tool_type, f.is_error, r.event_id))
             if f.tool_name == "end_call" and not f.is_error:
                 self._end_call_at_s = now + f.delay_s
         elif f.kind == "mcp_tool_call":
@@ -1093,24 +1044,12 @@ class Conversation:
                 self._mcp_waiting[call_id] = (now + f.approval_timeout_s, f.tool_name)
             self._mcp_update(now, call_id, f.tool_name, f.state, "Emulated MCP failure", f.approval_timeout_s)
         elif f.kind == "rich_content":
-            self._send(
-                now,
-                {
-                    "type": "rich_content",
-                    "rich_content": {
-                        "rich_content_id": f"rc_{r.event_id}_{chunk}",
-                        "component": f.component,
-                        "props": {"title": "Emulated card", "text": r.text},
-                        "event_id": r.event_id,
-                    },
-                },
-            )
+            props = {"title": "Emulated card", "text": r.text}
+            self._send(now, wire.rich_content(f"rc_{r.event_id}_{chunk}", f.component, props, r.event_id))
         elif f.kind == "bad_base64":
-            bad = {"type": "audio", "audio_event": {"audio_base_64": "@@not*base64!!", "event_id": r.event_id}}
-            self._out.append(Send(bad, conforms=False))
+            self._out.append(Send(wire.audio("@@not*base64!!", r.event_id), conforms=False))
         elif f.kind == "odd_length_audio":
-            odd = base64.b64encode(b"\x00\x01\x00").decode("ascii")
-            self._out.append(Send({"type": "audio", "audio_event": {"audio_base_64": odd, "event_id": r.event_id}}))
+            self._out.append(Send(wire.audio(wire.encode_audio(b"\x00\x01\x00"), r.event_id)))
         elif f.kind == "oversized_frame":
             if chunk < len(r.bounds):
                 r.oversized_chunks[chunk] = f.size_bytes
@@ -1122,30 +1061,26 @@ class Conversation:
         self, now: float, call_id: str, name: str, state: str, error: str, approval_timeout_s: int = 300
     ) -> None:
         """One mcp_tool_call event in ``state``, shaped as the document's MCPToolCall* schemas."""
-        call: dict[str, Any] = {
-            "service_id": "mcp_emulated",
-            "tool_call_id": call_id,
-            "tool_name": name,
-            "tool_description": f"Emulated MCP tool {name}",
-            "parameters": {"query": "emulated"},
-            "timestamp": datetime.now(UTC).isoformat(),
-            "state": state,
-        }
-        if state == "awaiting_approval":
-            call["approval_timeout_secs"] = approval_timeout_s
-        elif state == "success":
-            call["result"] = [{"type": "text", "text": f"{name}: done"}]
-        elif state == "failure":
-            call["error_message"] = error
-        self._send(now, {"type": "mcp_tool_call", "mcp_tool_call": call})
+        message = wire.mcp_tool_call(
+            service_id="mcp_emulated",
+            tool_call_id=call_id,
+            tool_name=name,
+            tool_description=f"Emulated MCP tool {name}",
+            parameters={"query": "emulated"},
+            timestamp=datetime.now(UTC).isoformat(),
+            state=state,
+            approval_timeout_secs=approval_timeout_s if state == "awaiting_approval" else None,
+            result=[{"type": "text", "text": f"{name}: done"}] if state == "success" else None,
+            error_message=error if state == "failure" else None,
+        )
+        self._send(now, message)
 
     # -- helpers -------------------------------------------------------------
     def _error(self, now: float, error_type: str, message: str, *, code: int | None = None, close: bool = True) -> None:
         """The document's ``error`` event, then (``close``) the close with the same code."""
         code = ERROR_TYPE_CODES[error_type] if code is None else code
         message = message or f"Emulated {error_type} error"
-        event = {"code": code, "message": message, "error_type": error_type, "reason": error_type}
-        self._send(now, {"type": "error", "error_event": event})
+        self._send(now, wire.error(code, message, error_type))
         if close:
             self._close(now, code, message)
 
