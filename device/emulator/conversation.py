@@ -722,18 +722,7 @@ class Conversation:
             self._activate(now)
         if t.inactivity_timeout_s and now - self._last_audio_s >= t.inactivity_timeout_s:
             message = f"No user audio received for {t.inactivity_timeout_s:g} s"
-            self._send(
-                now,
-                {
-                    "type": "error",
-                    "error_event": {
-                        "code": 1002,
-                        "error_type": "transport_receive_timeout",
-                        "message": message,
-                        "reason": "transport_receive_timeout",
-                    },
-                },
-            )
+            self._send(now, wire.error(CLOSE_INACTIVITY, message, "transport_receive_timeout"))
             self._close(now, CLOSE_INACTIVITY, f"{message} (transport_receive_timeout)")
             return
         if t.max_duration_s and now - self._opened_s >= t.max_duration_s:
