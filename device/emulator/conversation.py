@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from device.core.audioformat import AudioFormat
@@ -68,6 +69,16 @@ CLOSE_MAX_DURATION = (1000, "Maximum conversation duration reached")
 CLOSE_STOPPING = (1011, "Emulator shutting down")
 CLOSE_INTERNAL = (1011, "Internal error")
 AFTER_LAST_GOODBYE = "That is all I can help with today. Goodbye!"
+
+
+class ConversationState(Enum):
+    """Where a conversation is: new → awaiting_init → awaiting_metadata → active → closed (from any)."""
+
+    NEW = "new"
+    AWAITING_INIT = "awaiting_init"  # connected; the client's initiation has not come yet
+    AWAITING_METADATA = "awaiting_metadata"  # initiated; the metadata is not sent yet (slow or missing)
+    ACTIVE = "active"  # the metadata is sent: turns, replies and pings
+    CLOSED = "closed"  # either side closed, or the connection dropped
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,7 @@ class Conversation:
         self._rng = random.Random(seed)
         self.input_fmt = self.agent.input
         self.output_fmt = self.agent.output
-        self.state = "new"  # new → awaiting_init → awaiting_metadata → active → closed
+        self.state = ConversationState.NEW
         self._out: list[Action] = []
         self._event_id = 0
         self._first_message = self.agent.first_message
@@ -241,10 +252,10 @@ class Conversation:
     # -- entry points --------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self.state == "closed"
+        return self.state is ConversationState.CLOSED
 
     def open(self) -> list[Action]:
-        self.state = "awaiting_init"
+        self.state = ConversationState.AWAITING_INIT
         self._event(self._clock(), FROM_AGENT, "connected")
         return self._flush()
 
@@ -295,14 +306,14 @@ class Conversation:
     def client_closed(self, code: int | None, reason: str) -> None:
         if not self.closed:
             self._event(self._clock(), TO_AGENT, "close", code=code, reason=reason)
-            self.state = "closed"
+            self.state = ConversationState.CLOSED
 
     def next_deadline_s(self) -> float | None:
         if self.closed:
             return None
         t = self.timing
         times: list[float] = []
-        if self.state == "awaiting_init":
+        if self.state is ConversationState.AWAITING_INIT:
             times.append(self._init_deadline_s)
         if self._metadata_due_s is not None:
             times.append(self._metadata_due_s)
@@ -366,12 +377,12 @@ class Conversation:
                 duration_ms=round(duration_s * 1000, 1),
                 peak=pcmlib.peak(pcm),
             )
-        if self.state == "awaiting_init":
+        if self.state is ConversationState.AWAITING_INIT:
             self._early(now, "user_audio_chunk")
             return
         self._last_audio_s = now
         self._check_rate(now, duration_s)
-        if self.state != "active":
+        if self.state is not ConversationState.ACTIVE:
             return
         for ev in self._vad.feed(pcm, now):
             if isinstance(ev, SpeechStarted):
@@ -428,7 +439,7 @@ class Conversation:
         if handler is None:
             self._violate(now, "unknown_type", f"client message type {kind!r} is not in the protocol")
             return
-        if self.state == "awaiting_init":
+        if self.state is ConversationState.AWAITING_INIT:
             self._early(now, kind)
             return
         handler(now, msg)
@@ -444,7 +455,7 @@ class Conversation:
 
     def _on_initiation(self, now: float, msg: dict[str, Any]) -> None:
         self._event(now, TO_AGENT, INIT_TYPE, **_clip({k: v for k, v in msg.items() if k != "type"}))
-        if self.state != "awaiting_init":
+        if self.state is not ConversationState.AWAITING_INIT:
             self._violate(now, "initiation_repeated", f"{INIT_TYPE} sent again after the conversation started")
             return
         with self.record.locked():
@@ -473,7 +484,7 @@ class Conversation:
         if any(f.kind == "quota" for f in self._faults):
             self._close(now, 1002, QUOTA_REASON)
             return
-        self.state = "awaiting_metadata"
+        self.state = ConversationState.AWAITING_METADATA
         if any(f.kind == "missing_metadata" for f in self._faults):
             return
         delays = [f.delay_s for f in self._faults if f.kind == "slow_metadata"]
@@ -704,7 +715,7 @@ class Conversation:
             and self._reply is None
             and self._pending is None
             and not self._vad.in_speech
-            and self.state == "active"
+            and self.state is ConversationState.ACTIVE
         ):
             self._reprompt_at_s = now + self.timing.turn_timeout_s
 
@@ -713,7 +724,7 @@ class Conversation:
         t = self.timing
         if self.closed:
             return
-        if self.state == "awaiting_init" and now >= self._init_deadline_s:
+        if self.state is ConversationState.AWAITING_INIT and now >= self._init_deadline_s:
             self._violate(now, "initiation_missing", f"no {INIT_TYPE} within {t.init_timeout_s:g} s of connecting")
             self._close(now, *CLOSE_NO_INITIATION)
             return
@@ -767,7 +778,7 @@ class Conversation:
             self.record.conversation_id, self.output_fmt.name, self.input_fmt.name
         )
         self._send(now, metadata)
-        self.state = "active"
+        self.state = ConversationState.ACTIVE
         if self.timing.ping_interval_s:
             self._next_ping_s = now + self.timing.ping_interval_s
         if self._first_message.strip():
@@ -1008,7 +1019,7 @@ class Conversation:
             self._close(now, f.close_code, reason)
         elif f.kind == "drop":
             self._out.append(Drop())
-            self.state = "closed"
+            self.state = ConversationState.CLOSED
         elif f.kind == "malformed_json":
             self._out.append(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
         elif f.kind == "unknown_event":
@@ -1081,7 +1092,7 @@ class Conversation:
 
     def _close(self, now: float, code: int, reason: str) -> None:
         self._out.append(Close(code, reason))
-        self.state = "closed"
+        self.state = ConversationState.CLOSED
         self._event(now, FROM_AGENT, "close", code=code, reason=reason)
 
     def _event(self, now: float, direction: str, type_: str, **summary: Any) -> None:
