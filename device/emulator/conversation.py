@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -1014,48 +1014,61 @@ class Conversation:
 
     def _fire(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         self._event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
-        if f.kind == "close":
-            reason = f.reason or ("Internal error" if f.close_code == 1011 else "")
-            self._close(now, f.close_code, reason)
-        elif f.kind == "drop":
-            self._out.append(Drop())
-            self.state = ConversationState.CLOSED
-        elif f.kind == "malformed_json":
-            self._out.append(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
-        elif f.kind == "unknown_event":
-            if f.event_type == "context_usage":  # a real event of the document the device may not know
-                self._send(now, wire.context_usage(r.event_id, "emulated-llm", 1234, 128000))
-            else:
-                event = wire.unknown_event(f.event_type, {"emulated": True, "value": 42})
-                self._out.append(Send(event, conforms=False))
-                self._event(now, FROM_AGENT, f.event_type, emulated=True)
-        elif f.kind == "error_event":
-            self._error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
-        elif f.kind == "agent_tool_response":
-            self._call_seq += 1
-            call_id = f"toolu_agent_{self._call_seq:03d}"
-            self._send(now, wire.agent_tool_response(f.tool_name, call_id, f.tool_type, f.is_error, r.event_id))
-            if f.tool_name == "end_call" and not f.is_error:
-                self._end_call_at_s = now + f.delay_s
-        elif f.kind == "mcp_tool_call":
-            self._mcp_seq += 1
-            call_id = f"mcp_{self.record.conversation_id[-8:]}_{self._mcp_seq:03d}"
-            if f.state == "awaiting_approval":
-                self._mcp_waiting[call_id] = (now + f.approval_timeout_s, f.tool_name)
-            self._mcp_update(now, call_id, f.tool_name, f.state, "Emulated MCP failure", f.approval_timeout_s)
-        elif f.kind == "rich_content":
-            props = {"title": "Emulated card", "text": r.text}
-            self._send(now, wire.rich_content(f"rc_{r.event_id}_{chunk}", f.component, props, r.event_id))
-        elif f.kind == "bad_base64":
-            self._out.append(Send(wire.audio("@@not*base64!!", r.event_id), conforms=False))
-        elif f.kind == "odd_length_audio":
-            self._out.append(Send(wire.audio(wire.encode_audio(b"\x00\x01\x00"), r.event_id)))
-        elif f.kind == "oversized_frame":
-            if chunk < len(r.bounds):
-                r.oversized_chunks[chunk] = f.size_bytes
-            else:  # after the last chunk: a short tail of silence carries the padding
-                tail = bytes(r.fmt.bytes_per_frame * (r.fmt.rate_hz // 100))
-                self._send_audio(now, r, tail, oversized=f.size_bytes)
+        FAULT_HANDLERS[f.kind](self, now, f, r, chunk)
+
+    # One handler per reply-level fault kind (FAULT_HANDLERS): ``chunk`` is how many chunks of ``r`` went out.
+    def _fault_close(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        reason = f.reason or ("Internal error" if f.close_code == 1011 else "")
+        self._close(now, f.close_code, reason)
+
+    def _fault_drop(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._out.append(Drop())
+        self.state = ConversationState.CLOSED
+
+    def _fault_malformed_json(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._out.append(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
+
+    def _fault_unknown_event(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        if f.event_type == "context_usage":  # a real event of the document the device may not know
+            self._send(now, wire.context_usage(r.event_id, "emulated-llm", 1234, 128000))
+            return
+        event = wire.unknown_event(f.event_type, {"emulated": True, "value": 42})
+        self._out.append(Send(event, conforms=False))
+        self._event(now, FROM_AGENT, f.event_type, emulated=True)
+
+    def _fault_error_event(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
+
+    def _fault_agent_tool_response(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._call_seq += 1
+        call_id = f"toolu_agent_{self._call_seq:03d}"
+        self._send(now, wire.agent_tool_response(f.tool_name, call_id, f.tool_type, f.is_error, r.event_id))
+        if f.tool_name == "end_call" and not f.is_error:
+            self._end_call_at_s = now + f.delay_s
+
+    def _fault_mcp_tool_call(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._mcp_seq += 1
+        call_id = f"mcp_{self.record.conversation_id[-8:]}_{self._mcp_seq:03d}"
+        if f.state == "awaiting_approval":
+            self._mcp_waiting[call_id] = (now + f.approval_timeout_s, f.tool_name)
+        self._mcp_update(now, call_id, f.tool_name, f.state, "Emulated MCP failure", f.approval_timeout_s)
+
+    def _fault_rich_content(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        props = {"title": "Emulated card", "text": r.text}
+        self._send(now, wire.rich_content(f"rc_{r.event_id}_{chunk}", f.component, props, r.event_id))
+
+    def _fault_bad_base64(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._out.append(Send(wire.audio("@@not*base64!!", r.event_id), conforms=False))
+
+    def _fault_odd_length_audio(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        self._out.append(Send(wire.audio(wire.encode_audio(b"\x00\x01\x00"), r.event_id)))
+
+    def _fault_oversized_frame(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
+        if chunk < len(r.bounds):
+            r.oversized_chunks[chunk] = f.size_bytes
+        else:  # after the last chunk: a short tail of silence carries the padding
+            tail = bytes(r.fmt.bytes_per_frame * (r.fmt.rate_hz // 100))
+            self._send_audio(now, r, tail, oversized=f.size_bytes)
 
     def _mcp_update(
         self, now: float, call_id: str, name: str, state: str, error: str, approval_timeout_s: int = 300
@@ -1116,6 +1129,21 @@ class Conversation:
         return out
 
 
+_FaultHandler = Callable[[Conversation, float, Fault, _Reply, int], None]
+# What each reply-level fault kind does (FaultKind's others act on the initiation or the HTTP side).
+FAULT_HANDLERS: Mapping[str, _FaultHandler] = {
+    "close": Conversation._fault_close,
+    "drop": Conversation._fault_drop,
+    "malformed_json": Conversation._fault_malformed_json,
+    "unknown_event": Conversation._fault_unknown_event,
+    "bad_base64": Conversation._fault_bad_base64,
+    "odd_length_audio": Conversation._fault_odd_length_audio,
+    "oversized_frame": Conversation._fault_oversized_frame,
+    "error_event": Conversation._fault_error_event,
+    "agent_tool_response": Conversation._fault_agent_tool_response,
+    "mcp_tool_call": Conversation._fault_mcp_tool_call,
+    "rich_content": Conversation._fault_rich_content,
+}
 _REPLY_FAULT_KINDS = frozenset(REPLY_FAULTS)
 
 
