@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import random
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,14 +29,39 @@ from typing import Any
 from device.core.audioformat import AudioFormat
 from device.emulator import pcm as pcmlib
 from device.emulator import wire
+from device.emulator.outbox import (
+    FROM_AGENT,
+    TO_AGENT,
+    Action,
+    Close,
+    Drop,
+    Outbox,
+    Send,
+    SendRaw,
+    add_message_tap,
+    clip,
+    remove_message_tap,
+    tap,
+)
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
-from device.emulator.scenario import ERROR_TYPE_CODES, QUOTA_REASON, REPLY_FAULTS, Fault, Scenario, Turn
+from device.emulator.scenario import QUOTA_REASON, REPLY_FAULTS, Fault, Scenario, Turn
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
 
 log = logging.getLogger(__name__)
 
-TO_AGENT = "to_agent"
-FROM_AGENT = "from_agent"
+__all__ = [
+    "CLOSE_INTERNAL",
+    "FAULT_HANDLERS",
+    "Action",
+    "Close",
+    "Conversation",
+    "ConversationState",
+    "Drop",
+    "Send",
+    "SendRaw",
+    "add_message_tap",
+    "remove_message_tap",
+]
 
 INIT_TYPE = "conversation_initiation_client_data"
 INITIATION_FIELDS = frozenset(
@@ -79,60 +103,6 @@ class ConversationState(Enum):
     AWAITING_METADATA = "awaiting_metadata"  # initiated; the metadata is not sent yet (slow or missing)
     ACTIVE = "active"  # the metadata is sent: turns, replies and pings
     CLOSED = "closed"  # either side closed, or the connection dropped
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send one JSON message as a text frame (``conforms``: False for faults that break the contract)."""
-
-    message: dict[str, Any]
-    conforms: bool = True
-
-
-@dataclass(frozen=True)
-class SendRaw:
-    """Send a text frame exactly as given (faults that are not valid JSON)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Close:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Drop:
-    """Cut the TCP connection without a close frame."""
-
-
-Action = Send | SendRaw | Close | Drop
-
-# Observers of every JSON message, both directions: ``tap(direction, message, conforms)``.
-# The contract tests register one to validate each message against the AsyncAPI document.
-MessageTap = Callable[[str, dict[str, Any], bool], None]
-_taps: list[MessageTap] = []
-_taps_lock = threading.Lock()
-
-
-def add_message_tap(tap: MessageTap) -> None:
-    """Call ``tap`` for every JSON message any conversation receives or sends (from its thread)."""
-    with _taps_lock:
-        _taps.append(tap)
-
-
-def remove_message_tap(tap: MessageTap) -> None:
-    with _taps_lock:
-        if tap in _taps:
-            _taps.remove(tap)
-
-
-def _tap(direction: str, message: dict[str, Any], conforms: bool = True) -> None:
-    with _taps_lock:
-        taps = list(_taps)
-    for tap in taps:
-        tap(direction, message, conforms)
 
 
 @dataclass
@@ -202,8 +172,8 @@ class Conversation:
         self._rng = random.Random(seed)
         self.input_fmt = self.agent.input
         self.output_fmt = self.agent.output
-        self.state = ConversationState.NEW
-        self._out: list[Action] = []
+        self._phase = ConversationState.NEW
+        self._out = Outbox(record)
         self._event_id = 0
         self._first_message = self.agent.first_message
         self._vad = TurnDetector(
@@ -242,7 +212,6 @@ class Conversation:
         self._calls_done: set[str] = set()
         self._calls_timed_out: set[str] = set()
         self._call_seq = 0
-        self._muted = False
         self._client_events = frozenset(self.agent.client_events)
         self._text_only = False
         self._mcp_waiting: dict[str, tuple[float, str]] = {}  # tool_call_id → (deadline, tool name)
@@ -252,61 +221,65 @@ class Conversation:
     # -- entry points --------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self.state is ConversationState.CLOSED
+        return self._out.ended
+
+    @property
+    def state(self) -> ConversationState:
+        return ConversationState.CLOSED if self._out.ended else self._phase
 
     def open(self) -> list[Action]:
-        self.state = ConversationState.AWAITING_INIT
-        self._event(self._clock(), FROM_AGENT, "connected")
-        return self._flush()
+        self._phase = ConversationState.AWAITING_INIT
+        self._out.event(self._clock(), FROM_AGENT, "connected")
+        return self._out.flush()
 
     def receive(self, data: str | bytes) -> list[Action]:
         now = self._clock()
         if self.closed:
             return []
         if isinstance(data, bytes):
-            self._event(now, TO_AGENT, "binary_frame", bytes=len(data))
+            self._out.event(now, TO_AGENT, "binary_frame", bytes=len(data))
             self._violate(now, "binary_frame", f"a {len(data)}-byte binary frame; every message is JSON text")
-            return self._flush()
+            return self._out.flush()
         try:
             msg = json.loads(data)
         except ValueError as e:
-            self._event(now, TO_AGENT, "invalid_json", bytes=len(data))
+            self._out.event(now, TO_AGENT, "invalid_json", bytes=len(data))
             self._violate(now, "invalid_json", f"not JSON ({e}): {data[:80]!r}")
-            return self._flush()
+            return self._out.flush()
         if not isinstance(msg, dict):
-            self._event(now, TO_AGENT, "not_an_object")
+            self._out.event(now, TO_AGENT, "not_an_object")
             self._violate(now, "not_an_object", f"a JSON {type(msg).__name__}, not an object: {data[:80]!r}")
-            return self._flush()
-        _tap(TO_AGENT, msg)
+            return self._out.flush()
+        tap(TO_AGENT, msg)
         if self._text_only:  # a text-only client sends no audio: its messages keep the session alive
             self._last_audio_s = now
         if "user_audio_chunk" in msg:
             self._on_audio(now, msg)
         else:
             self._on_message(now, msg)
-        if not self._muted:  # nobody is listening any more: no replies to prepare
+        if not self._out.muted:  # nobody is listening any more: no replies to prepare
             self._advance(now)
-        return self._flush()
+        return self._out.flush()
 
     def tick(self) -> list[Action]:
         if not self.closed:
             self._advance(self._clock())
-        return self._flush()
+        return self._out.flush()
 
     def stop(self) -> list[Action]:
         """The emulator is shutting down."""
         if not self.closed:
-            self._close(self._clock(), *CLOSE_STOPPING)
-        return self._flush()
+            self._out.close(self._clock(), *CLOSE_STOPPING)
+        return self._out.flush()
 
     def mute(self) -> None:
         """The socket is gone: keep checking what the client sent, but say and log nothing more."""
-        self._muted = True
+        self._out.muted = True
 
     def client_closed(self, code: int | None, reason: str) -> None:
         if not self.closed:
-            self._event(self._clock(), TO_AGENT, "close", code=code, reason=reason)
-            self.state = ConversationState.CLOSED
+            self._out.event(self._clock(), TO_AGENT, "close", code=code, reason=reason)
+            self._out.ended = True
 
     def next_deadline_s(self) -> float | None:
         if self.closed:
@@ -345,13 +318,13 @@ class Conversation:
         if extra:
             self._violate(now, "unknown_field", f"user_audio_chunk message has extra field(s) {extra}")
         if not isinstance(value, str):
-            self._event(now, TO_AGENT, "user_audio_chunk", error="not a string")
+            self._out.event(now, TO_AGENT, "user_audio_chunk", error="not a string")
             self._violate(now, "audio_not_string", f"user_audio_chunk is a {type(value).__name__}, not base64 text")
             return
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as e:
-            self._event(now, TO_AGENT, "user_audio_chunk", error="bad base64", chars=len(value))
+            self._out.event(now, TO_AGENT, "user_audio_chunk", error="bad base64", chars=len(value))
             self._violate(now, "audio_bad_base64", f"user_audio_chunk of {len(value)} characters is not base64: {e}")
             return
         if self.input_fmt.encoding == "pcm" and len(raw) % 2:
@@ -362,14 +335,14 @@ class Conversation:
             )
             raw = raw[:-1]
         if not raw:
-            self._event(now, TO_AGENT, "user_audio_chunk", bytes=0)
+            self._out.event(now, TO_AGENT, "user_audio_chunk", bytes=0)
             self._violate(now, "audio_empty", "user_audio_chunk with no audio")
             return
         pcm = pcmlib.to_pcm(raw, self.input_fmt)
         duration_s = self.input_fmt.duration_s(len(raw))
         with self.record.locked():  # audio and its event land together in snapshots
             self.record.add_audio(pcm)
-            self._event(
+            self._out.event(
                 now,
                 TO_AGENT,
                 "user_audio_chunk",
@@ -393,7 +366,7 @@ class Conversation:
         if "vad_score" in self._client_events and now >= self._next_score_s:
             score = self._vad.take_score()
             if score is not None:
-                self._send(now, wire.vad_score(round(score, 3)))
+                self._out.send(now, wire.vad_score(round(score, 3)))
                 self._next_score_s = now + self.timing.vad_score_interval_ms / 1000
 
     def _check_rate(self, now: float, duration_s: float) -> None:
@@ -422,7 +395,7 @@ class Conversation:
             return
         summary = {k: v for k, v in msg.items() if k != "type"}
         if not isinstance(kind, str):
-            self._event(now, TO_AGENT, "untyped", keys=sorted(msg))
+            self._out.event(now, TO_AGENT, "untyped", keys=sorted(msg))
             self._violate(now, "unknown_message", f"message without user_audio_chunk or type: keys {sorted(msg)}")
             return
         handler = {
@@ -435,7 +408,7 @@ class Conversation:
             "mcp_tool_approval_result": self._on_mcp_approval,
             "multimodal_message": self._on_multimodal_message,
         }.get(kind)
-        self._event(now, TO_AGENT, kind, **_clip(summary))
+        self._out.event(now, TO_AGENT, kind, **clip(summary))
         if handler is None:
             self._violate(now, "unknown_type", f"client message type {kind!r} is not in the protocol")
             return
@@ -454,7 +427,7 @@ class Conversation:
             )
 
     def _on_initiation(self, now: float, msg: dict[str, Any]) -> None:
-        self._event(now, TO_AGENT, INIT_TYPE, **_clip({k: v for k, v in msg.items() if k != "type"}))
+        self._out.event(now, TO_AGENT, INIT_TYPE, **clip({k: v for k, v in msg.items() if k != "type"}))
         if self.state is not ConversationState.AWAITING_INIT:
             self._violate(now, "initiation_repeated", f"{INIT_TYPE} sent again after the conversation started")
             return
@@ -473,7 +446,7 @@ class Conversation:
                 found[name] = value
         for name in found:
             if name not in self.agent.allowed_overrides:
-                self._error(now, "override_error", f"Override for field '{name}' is not allowed by config.")
+                self._out.error(now, "override_error", f"Override for field '{name}' is not allowed by config.")
                 return
         if isinstance(found.get("first_message"), str):
             self._first_message = found["first_message"]
@@ -482,9 +455,9 @@ class Conversation:
         if isinstance(found.get("client_events"), list):
             self._client_events = frozenset(str(e) for e in found["client_events"])
         if any(f.kind == "quota" for f in self._faults):
-            self._close(now, 1002, QUOTA_REASON)
+            self._out.close(now, 1002, QUOTA_REASON)
             return
-        self.state = ConversationState.AWAITING_METADATA
+        self._phase = ConversationState.AWAITING_METADATA
         if any(f.kind == "missing_metadata" for f in self._faults):
             return
         delays = [f.delay_s for f in self._faults if f.kind == "slow_metadata"]
@@ -549,7 +522,7 @@ class Conversation:
         if call is None:
             if call_id in self._calls_timed_out:
                 self._calls_done.add(call_id)
-                self._event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
+                self._out.event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
                 return
             self._violate(now, "tool_result_unknown_id", f"client_tool_result for unknown tool_call_id {call_id!r}")
             return
@@ -631,7 +604,7 @@ class Conversation:
 
     # -- turn-taking ---------------------------------------------------------
     def _on_speech_started(self, now: float, ev: SpeechStarted) -> None:
-        self._event(now, FROM_AGENT, "vad_speech_started", audio_pos_s=round(ev.audio_pos_s, 3))
+        self._out.event(now, FROM_AGENT, "vad_speech_started", audio_pos_s=round(ev.audio_pos_s, 3))
         self._reprompt_at_s = None
         self._tentative_sent = False
         self._speech_start_t_s = ev.t_s
@@ -646,7 +619,7 @@ class Conversation:
             self._pending = None
 
     def _on_speech_ended(self, now: float, ev: SpeechEnded) -> None:
-        self._event(now, FROM_AGENT, "vad_speech_ended", speech_s=round(ev.speech_s, 3), is_turn=ev.is_turn)
+        self._out.event(now, FROM_AGENT, "vad_speech_ended", speech_s=round(ev.speech_s, 3), is_turn=ev.is_turn)
         if not ev.is_turn:
             self._arm_reprompt(now)
             return
@@ -665,7 +638,7 @@ class Conversation:
         ):
             self._tentative_sent = True
             text = self._peek_turn().transcript or "…"
-            self._send(now, wire.tentative_user_transcript(_words_prefix(text, 0.5), self._turn_event_id()))
+            self._out.send(now, wire.tentative_user_transcript(_words_prefix(text, 0.5), self._turn_event_id()))
 
     def _peek_turn(self) -> Turn:
         turns = self.scenario.turns
@@ -700,7 +673,7 @@ class Conversation:
             speech_s = ev.speech_s if ev else 0.0
             transcript = turn.transcript or f"[{speech_s:.1f} s of speech]"
             if "user_transcript" in self._client_events:
-                self._send(now, wire.user_transcript(transcript, self._turn_event_id()))
+                self._out.send(now, wire.user_transcript(transcript, self._turn_event_id()))
         record = TurnRecord(index=len(self.record.turns), trigger=trigger, user_transcript=transcript)
         if ev is not None:
             record.speech_start_t_s = self._speech_start_t_s
@@ -726,26 +699,26 @@ class Conversation:
             return
         if self.state is ConversationState.AWAITING_INIT and now >= self._init_deadline_s:
             self._violate(now, "initiation_missing", f"no {INIT_TYPE} within {t.init_timeout_s:g} s of connecting")
-            self._close(now, *CLOSE_NO_INITIATION)
+            self._out.close(now, *CLOSE_NO_INITIATION)
             return
         if self._metadata_due_s is not None and now >= self._metadata_due_s:
             self._metadata_due_s = None
             self._activate(now)
         if t.inactivity_timeout_s and now - self._last_audio_s >= t.inactivity_timeout_s:
             message = f"No user audio received for {t.inactivity_timeout_s:g} s"
-            self._send(now, wire.error(CLOSE_INACTIVITY, message, "transport_receive_timeout"))
-            self._close(now, CLOSE_INACTIVITY, f"{message} (transport_receive_timeout)")
+            self._out.send(now, wire.error(CLOSE_INACTIVITY, message, "transport_receive_timeout"))
+            self._out.close(now, CLOSE_INACTIVITY, f"{message} (transport_receive_timeout)")
             return
         if t.max_duration_s and now - self._opened_s >= t.max_duration_s:
-            self._error(now, "max_duration_exceeded", CLOSE_MAX_DURATION[1])
+            self._out.error(now, "max_duration_exceeded", CLOSE_MAX_DURATION[1])
             return
         if self._end_call_at_s is not None and now >= self._end_call_at_s:
-            self._close(now, 1000, self.agent.end_call_reason)
+            self._out.close(now, 1000, self.agent.end_call_reason)
             return
         for call_id, (deadline, name) in list(self._mcp_waiting.items()):
             if now >= deadline:
                 del self._mcp_waiting[call_id]
-                self._event(now, FROM_AGENT, "mcp_approval_timed_out", tool_call_id=call_id)
+                self._out.event(now, FROM_AGENT, "mcp_approval_timed_out", tool_call_id=call_id)
                 self._mcp_update(now, call_id, name, "failure", "Approval timed out")
         self._check_pings(now)
         self._check_abandoned_calls(now)
@@ -762,7 +735,7 @@ class Conversation:
         if r is not None and not r.streaming and now >= r.play_end_s:
             self._reply = None
             if r.end_call and not r.interrupted:
-                self._close(now, 1000, self.agent.end_call_reason)
+                self._out.close(now, 1000, self.agent.end_call_reason)
                 return
             self._arm_reprompt(now)
         if self._reprompt_at_s is not None and now >= self._reprompt_at_s:
@@ -777,8 +750,8 @@ class Conversation:
         metadata = wire.conversation_initiation_metadata(
             self.record.conversation_id, self.output_fmt.name, self.input_fmt.name
         )
-        self._send(now, metadata)
-        self.state = ConversationState.ACTIVE
+        self._out.send(now, metadata)
+        self._phase = ConversationState.ACTIVE
         if self.timing.ping_interval_s:
             self._next_ping_s = now + self.timing.ping_interval_s
         if self._first_message.strip():
@@ -805,7 +778,7 @@ class Conversation:
         if self._next_ping_s is not None and now >= self._next_ping_s:
             eid = self._new_event_id()
             self._pings[eid] = now
-            self._send(now, wire.ping(eid, self._rtt_ms))
+            self._out.send(now, wire.ping(eid, self._rtt_ms))
             self._next_ping_s = max(self._next_ping_s + t.ping_interval_s, now + t.ping_interval_s / 2)
 
     # -- tools ---------------------------------------------------------------
@@ -824,7 +797,7 @@ class Conversation:
         p.tool_call = call
         p.tool_deadline_s = now + self.timing.tool_timeout_s
         self._calls_open[call_id] = call
-        self._send(now, wire.client_tool_call(tool.name, call_id, params, self._turn_event_id()))
+        self._out.send(now, wire.client_tool_call(tool.name, call_id, params, self._turn_event_id()))
 
     def _tool_timed_out(self, now: float, p: _Pending) -> None:
         call = p.tool_call
@@ -931,9 +904,9 @@ class Conversation:
                 [("start", "")] + [("delta", w if i == 0 else " " + w) for i, w in enumerate(words)] + [("stop", "")]
             )
             for kind, text in parts:
-                self._send(now, wire.agent_chat_response_part(text, kind, r.event_id))
+                self._out.send(now, wire.agent_chat_response_part(text, kind, r.event_id))
         if "agent_response" in self._client_events:
-            self._send(now, wire.agent_response(r.text, r.event_id))
+            self._out.send(now, wire.agent_response(r.text, r.event_id))
 
     def _plan_chunks(self, nbytes: int) -> list[tuple[int, int]]:
         fmt = self.output_fmt
@@ -983,8 +956,8 @@ class Conversation:
         }
         if oversized:
             summary["oversized_to_bytes"] = oversized
-        self._out.append(Send(msg))
-        self._event(now, FROM_AGENT, "audio", **summary)
+        self._out.put(Send(msg))
+        self._out.event(now, FROM_AGENT, "audio", **summary)
 
     def _interrupt(self, now: float) -> None:
         r = self._reply
@@ -992,13 +965,13 @@ class Conversation:
         r.interrupted = True
         self._reply = None
         self._interrupted_id = r.event_id
-        self._send(now, wire.interruption(r.event_id))
+        self._out.send(now, wire.interruption(r.event_id))
         with self.record.locked():
             r.record.interrupted = True
             r.record.interrupted_t_s = now
         if r.response_sent and "agent_response_correction" in self._client_events:
             heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
-            self._send(now, wire.agent_response_correction(r.text, _words_prefix(r.text, heard), r.event_id))
+            self._out.send(now, wire.agent_response_correction(r.text, _words_prefix(r.text, heard), r.event_id))
 
     # -- faults --------------------------------------------------------------
     def _inject_faults(self, now: float, r: _Reply, chunk: int, at_end: bool = False) -> None:
@@ -1013,36 +986,35 @@ class Conversation:
                 return
 
     def _fire(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
+        self._out.event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
         FAULT_HANDLERS[f.kind](self, now, f, r, chunk)
 
     # One handler per reply-level fault kind (FAULT_HANDLERS): ``chunk`` is how many chunks of ``r`` went out.
     def _fault_close(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         reason = f.reason or ("Internal error" if f.close_code == 1011 else "")
-        self._close(now, f.close_code, reason)
+        self._out.close(now, f.close_code, reason)
 
     def _fault_drop(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.append(Drop())
-        self.state = ConversationState.CLOSED
+        self._out.drop()
 
     def _fault_malformed_json(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.append(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
+        self._out.put(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
 
     def _fault_unknown_event(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         if f.event_type == "context_usage":  # a real event of the document the device may not know
-            self._send(now, wire.context_usage(r.event_id, "emulated-llm", 1234, 128000))
+            self._out.send(now, wire.context_usage(r.event_id, "emulated-llm", 1234, 128000))
             return
         event = wire.unknown_event(f.event_type, {"emulated": True, "value": 42})
-        self._out.append(Send(event, conforms=False))
-        self._event(now, FROM_AGENT, f.event_type, emulated=True)
+        self._out.put(Send(event, conforms=False))
+        self._out.event(now, FROM_AGENT, f.event_type, emulated=True)
 
     def _fault_error_event(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
+        self._out.error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
 
     def _fault_agent_tool_response(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         self._call_seq += 1
         call_id = f"toolu_agent_{self._call_seq:03d}"
-        self._send(now, wire.agent_tool_response(f.tool_name, call_id, f.tool_type, f.is_error, r.event_id))
+        self._out.send(now, wire.agent_tool_response(f.tool_name, call_id, f.tool_type, f.is_error, r.event_id))
         if f.tool_name == "end_call" and not f.is_error:
             self._end_call_at_s = now + f.delay_s
 
@@ -1055,13 +1027,13 @@ class Conversation:
 
     def _fault_rich_content(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         props = {"title": "Emulated card", "text": r.text}
-        self._send(now, wire.rich_content(f"rc_{r.event_id}_{chunk}", f.component, props, r.event_id))
+        self._out.send(now, wire.rich_content(f"rc_{r.event_id}_{chunk}", f.component, props, r.event_id))
 
     def _fault_bad_base64(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.append(Send(wire.audio("@@not*base64!!", r.event_id), conforms=False))
+        self._out.put(Send(wire.audio("@@not*base64!!", r.event_id), conforms=False))
 
     def _fault_odd_length_audio(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.append(Send(wire.audio(wire.encode_audio(b"\x00\x01\x00"), r.event_id)))
+        self._out.put(Send(wire.audio(wire.encode_audio(b"\x00\x01\x00"), r.event_id)))
 
     def _fault_oversized_frame(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
         if chunk < len(r.bounds):
@@ -1086,47 +1058,14 @@ class Conversation:
             result=[{"type": "text", "text": f"{name}: done"}] if state == "success" else None,
             error_message=error if state == "failure" else None,
         )
-        self._send(now, message)
+        self._out.send(now, message)
 
     # -- helpers -------------------------------------------------------------
-    def _error(self, now: float, error_type: str, message: str, *, code: int | None = None, close: bool = True) -> None:
-        """The document's ``error`` event, then (``close``) the close with the same code."""
-        code = ERROR_TYPE_CODES[error_type] if code is None else code
-        message = message or f"Emulated {error_type} error"
-        self._send(now, wire.error(code, message, error_type))
-        if close:
-            self._close(now, code, message)
-
-    def _send(self, now: float, msg: dict[str, Any]) -> None:
-        self._out.append(Send(msg))
-        body = {k: v for k, v in msg.items() if k != "type"}
-        inner = next(iter(body.values()), {}) if len(body) == 1 else body
-        self._event(now, FROM_AGENT, str(msg["type"]), **_clip(inner if isinstance(inner, dict) else body))
-
-    def _close(self, now: float, code: int, reason: str) -> None:
-        self._out.append(Close(code, reason))
-        self.state = ConversationState.CLOSED
-        self._event(now, FROM_AGENT, "close", code=code, reason=reason)
-
-    def _event(self, now: float, direction: str, type_: str, **summary: Any) -> None:
-        if self._muted and direction == FROM_AGENT:
-            return
-        self.record.add_event(now, direction, type_, **summary)
-
     def _violate(self, now: float, rule: str, detail: str) -> None:
         v = Violation(self.record.conversation_id, rule, detail, now)
         self.record.add_violation(v)
         self.record.add_event(now, TO_AGENT, "violation", rule=rule, detail=detail)
         log.warning("protocol violation in %s: %s: %s", v.conversation_id, rule, detail)
-
-    def _flush(self) -> list[Action]:
-        out, self._out = self._out, []
-        if self._muted:
-            return []
-        for action in out:
-            if isinstance(action, Send):
-                _tap(FROM_AGENT, action.message, action.conforms)
-        return out
 
 
 _FaultHandler = Callable[[Conversation, float, Fault, _Reply, int], None]
@@ -1191,11 +1130,3 @@ def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tu
 
 def _tname(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _clip(summary: dict[str, Any], limit: int = 2000) -> dict[str, Any]:
-    """Keep event-log entries small: long values are cut."""
-    text = json.dumps(summary, default=str)
-    if len(text) <= limit:
-        return summary
-    return {"truncated_json": text[:limit]}
