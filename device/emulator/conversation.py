@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
-import math
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 from device.core.audioformat import AudioFormat
 from device.emulator import pcm as pcmlib
 from device.emulator import wire
+from device.emulator.faults import FaultRunner
 from device.emulator.outbox import (
     FROM_AGENT,
     TO_AGENT,
@@ -44,14 +43,14 @@ from device.emulator.outbox import (
     tap,
 )
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
-from device.emulator.scenario import QUOTA_REASON, REPLY_FAULTS, Fault, Scenario, Turn
+from device.emulator.replies import Pending, Reply, plan_chunks, send_chunk, words_prefix
+from device.emulator.scenario import QUOTA_REASON, Scenario, Turn
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CLOSE_INTERNAL",
-    "FAULT_HANDLERS",
     "Action",
     "Close",
     "Conversation",
@@ -105,52 +104,6 @@ class ConversationState(Enum):
     CLOSED = "closed"  # either side closed, or the connection dropped
 
 
-@dataclass
-class _Pending:
-    """A reply waiting for its thinking time or for a tool result."""
-
-    turn: Turn
-    record: TurnRecord
-    start_at_s: float
-    cursor_before: int
-    tool_call: ToolCallRecord | None = None
-    tool_deadline_s: float | None = None
-
-
-@dataclass
-class _Reply:
-    """A reply being streamed and (on the client's side) played."""
-
-    text: str
-    event_id: int
-    index: int  # replies started in this conversation before this one
-    audio: bytes
-    fmt: AudioFormat
-    bounds: list[tuple[int, int]]  # byte ranges of the chunks
-    play_start_s: float
-    play_end_s: float
-    record: TurnRecord
-    end_call: bool
-    next_chunk: int = 0
-    response_sent: bool = False
-    interrupted: bool = False
-    oversized_chunks: dict[int, int] = field(default_factory=dict)  # chunk index → frame size
-
-    def chunk_due_s(self, i: int, speed: float) -> float:
-        start_byte = self.bounds[i][0]
-        return self.play_start_s + self.fmt.duration_s(start_byte) / speed
-
-    @property
-    def streaming(self) -> bool:
-        return self.next_chunk < len(self.bounds) and not self.interrupted
-
-
-def _words_prefix(text: str, fraction: float) -> str:
-    words = text.split()
-    keep = max(0, min(len(words), math.floor(len(words) * fraction)))
-    return " ".join(words[:keep])
-
-
 class Conversation:
     """The agent's side of one conversation (not thread-safe: one thread drives it)."""
 
@@ -184,7 +137,6 @@ class Conversation:
             min_speech_ms=self.timing.min_speech_ms,
         )
         self._faults = [f for f in scenario.faults if f.applies_to(record.index)]
-        self._fired: set[int] = set()
         now = clock()
         self._opened_s = now
         self._init_deadline_s = now + self.timing.init_timeout_s
@@ -202,8 +154,8 @@ class Conversation:
         self._next_ping_s: float | None = None
         self._rtt_ms: int | None = None
         self._cursor = 0
-        self._pending: _Pending | None = None
-        self._reply: _Reply | None = None
+        self._pending: Pending | None = None
+        self._reply: Reply | None = None
         self._replies_started = 0
         self._reprompt_at_s: float | None = None
         self._interrupted_id: int | None = None
@@ -211,12 +163,12 @@ class Conversation:
         self._calls_open: dict[str, ToolCallRecord] = {}
         self._calls_done: set[str] = set()
         self._calls_timed_out: set[str] = set()
-        self._call_seq = 0
+        self._call_numbers = itertools.count(1)  # client tool calls and agent tool responses
         self._client_events = frozenset(self.agent.client_events)
         self._text_only = False
-        self._mcp_waiting: dict[str, tuple[float, str]] = {}  # tool_call_id → (deadline, tool name)
-        self._mcp_seq = 0
-        self._end_call_at_s: float | None = None
+        self._fault_runner = FaultRunner(
+            self._faults, self._out, end_call_reason=self.agent.end_call_reason, call_numbers=self._call_numbers
+        )
 
     # -- entry points --------------------------------------------------------
     @property
@@ -294,9 +246,7 @@ class Conversation:
             times.append(self._last_audio_s + t.inactivity_timeout_s)
         if t.max_duration_s:
             times.append(self._opened_s + t.max_duration_s)
-        times += [deadline for deadline, _ in self._mcp_waiting.values()]
-        if self._end_call_at_s is not None:
-            times.append(self._end_call_at_s)
+        times += self._fault_runner.deadlines()
         if self._next_ping_s is not None:
             times.append(self._next_ping_s)
         times += [sent + t.pong_timeout_s for eid, sent in self._pings.items() if eid not in self._pings_flagged]
@@ -594,13 +544,11 @@ class Conversation:
                 "mcp_tool_approval_result needs a string tool_call_id and a boolean is_approved",
             )
             return
-        waiting = self._mcp_waiting.pop(call_id, None)
-        if waiting is None:
+        if not self._fault_runner.approve(now, call_id, approved):
             self._violate(
                 now, "mcp_approval_unknown_id", f"mcp_tool_approval_result for {call_id!r}, which awaits no approval"
             )
             return
-        self._mcp_update(now, call_id, waiting[1], "success" if approved else "failure", "Rejected by the user")
 
     # -- turn-taking ---------------------------------------------------------
     def _on_speech_started(self, now: float, ev: SpeechStarted) -> None:
@@ -638,7 +586,7 @@ class Conversation:
         ):
             self._tentative_sent = True
             text = self._peek_turn().transcript or "…"
-            self._out.send(now, wire.tentative_user_transcript(_words_prefix(text, 0.5), self._turn_event_id()))
+            self._out.send(now, wire.tentative_user_transcript(words_prefix(text, 0.5), self._turn_event_id()))
 
     def _peek_turn(self) -> Turn:
         turns = self.scenario.turns
@@ -679,7 +627,7 @@ class Conversation:
             record.speech_start_t_s = self._speech_start_t_s
         with self.record.locked():
             self.record.turns.append(record)
-        self._pending = _Pending(turn, record, now + self.timing.response_delay_ms / 1000, cursor_before)
+        self._pending = Pending(turn, record, now + self.timing.response_delay_ms / 1000, cursor_before)
         return record
 
     def _arm_reprompt(self, now: float) -> None:
@@ -712,14 +660,9 @@ class Conversation:
         if t.max_duration_s and now - self._opened_s >= t.max_duration_s:
             self._out.error(now, "max_duration_exceeded", CLOSE_MAX_DURATION[1])
             return
-        if self._end_call_at_s is not None and now >= self._end_call_at_s:
-            self._out.close(now, 1000, self.agent.end_call_reason)
+        self._fault_runner.advance(now)
+        if self.closed:
             return
-        for call_id, (deadline, name) in list(self._mcp_waiting.items()):
-            if now >= deadline:
-                del self._mcp_waiting[call_id]
-                self._out.event(now, FROM_AGENT, "mcp_approval_timed_out", tool_call_id=call_id)
-                self._mcp_update(now, call_id, name, "failure", "Approval timed out")
         self._check_pings(now)
         self._check_abandoned_calls(now)
         p = self._pending
@@ -763,7 +706,7 @@ class Conversation:
                 # The service synthesises before it speaks; some clients (the official JS one) listen
                 # for messages only after handling the metadata and lose what arrives with it.
                 first = Turn(reply=self._first_message)
-                self._pending = _Pending(first, record, now + delay_s, self._cursor)
+                self._pending = Pending(first, record, now + delay_s, self._cursor)
             else:
                 self._begin_reply(now, self._first_message, record, False)
         else:
@@ -782,14 +725,13 @@ class Conversation:
             self._next_ping_s = max(self._next_ping_s + t.ping_interval_s, now + t.ping_interval_s / 2)
 
     # -- tools ---------------------------------------------------------------
-    def _start_pending(self, now: float, p: _Pending) -> None:
+    def _start_pending(self, now: float, p: Pending) -> None:
         tool = p.turn.tool
         if tool is None:
             self._pending = None
             self._begin_reply(now, p.turn.reply, p.record, p.turn.end_call)
             return
-        self._call_seq += 1
-        call_id = f"toolu_{self.record.conversation_id[-8:]}_{self._call_seq:03d}"
+        call_id = f"toolu_{self.record.conversation_id[-8:]}_{next(self._call_numbers):03d}"
         params = json.loads(json.dumps(dict(tool.parameters)))
         call = ToolCallRecord(name=tool.name, call_id=call_id, parameters=params, sent_t_s=now)
         with self.record.locked():
@@ -799,7 +741,7 @@ class Conversation:
         self._calls_open[call_id] = call
         self._out.send(now, wire.client_tool_call(tool.name, call_id, params, self._turn_event_id()))
 
-    def _tool_timed_out(self, now: float, p: _Pending) -> None:
+    def _tool_timed_out(self, now: float, p: Pending) -> None:
         call = p.tool_call
         assert call is not None
         self._call_unanswered(now, call)
@@ -858,12 +800,12 @@ class Conversation:
         else:
             event_id = self._new_event_id()
         self._interrupted_id = None
-        bounds = self._plan_chunks(len(audio))
+        bounds = plan_chunks(len(audio), self.output_fmt, self._rng, self.timing.chunk_min_ms, self.timing.chunk_max_ms)
         duration_s = self.output_fmt.duration_s(len(audio))
         speed = self.timing.speed
         last_s = self.output_fmt.duration_s(bounds[-1][1] - bounds[-1][0]) if bounds else 0.0
         play_end = now + max(duration_s, (duration_s - last_s) / speed + last_s)
-        reply = _Reply(
+        reply = Reply(
             text, event_id, self._replies_started, audio, self.output_fmt, bounds, now, play_end, record, end_call
         )
         self._replies_started += 1
@@ -884,7 +826,7 @@ class Conversation:
         else:
             event_id = self._new_event_id()
         self._interrupted_id = None
-        reply = _Reply(text, event_id, self._replies_started, b"", self.output_fmt, [], now, now, record, end_call)
+        reply = Reply(text, event_id, self._replies_started, b"", self.output_fmt, [], now, now, record, end_call)
         self._replies_started += 1
         self._reply_ids.add(event_id)
         with self.record.locked():
@@ -893,9 +835,9 @@ class Conversation:
             record.reply_play_end_t_s = now
         self._reply = reply
         self._send_response(now, reply)
-        self._inject_faults(now, reply, 0, at_end=True)
+        self._fault_runner.inject(now, reply, 0, at_end=True)
 
-    def _send_response(self, now: float, r: _Reply) -> None:
+    def _send_response(self, now: float, r: Reply) -> None:
         """The reply's text: streamed parts (when enabled), then agent_response."""
         r.response_sent = True
         if "agent_chat_response_part" in self._client_events:
@@ -908,29 +850,16 @@ class Conversation:
         if "agent_response" in self._client_events:
             self._out.send(now, wire.agent_response(r.text, r.event_id))
 
-    def _plan_chunks(self, nbytes: int) -> list[tuple[int, int]]:
-        fmt = self.output_fmt
-        bytes_per_ms = fmt.rate_hz * fmt.bytes_per_frame / 1000
-        bounds: list[tuple[int, int]] = []
-        pos = 0
-        while pos < nbytes:
-            ms = self._rng.uniform(self.timing.chunk_min_ms, self.timing.chunk_max_ms)
-            size = max(fmt.bytes_per_frame, int(ms * bytes_per_ms) // fmt.bytes_per_frame * fmt.bytes_per_frame)
-            bounds.append((pos, min(nbytes, pos + size)))
-            pos += size
-        return bounds
-
     def _stream(self, now: float) -> None:
         r = self._reply
         while r is not None and r.streaming and not self.closed:
             i = r.next_chunk
             if r.chunk_due_s(i, self.timing.speed) > now:
                 return
-            self._inject_faults(now, r, i)
+            self._fault_runner.inject(now, r, i)
             if self.closed or r.interrupted:
                 return
-            start, end = r.bounds[i]
-            self._send_audio(now, r, r.audio[start:end], oversized=r.oversized_chunks.pop(i, 0), start_byte=start)
+            send_chunk(self._out, now, r, i, alignment=self.agent.alignment)
             r.next_chunk += 1
             with self.record.locked():
                 r.record.chunks_sent = r.next_chunk
@@ -940,24 +869,7 @@ class Conversation:
             if not r.response_sent:
                 self._send_response(now, r)
             if not r.streaming:
-                self._inject_faults(now, r, r.next_chunk, at_end=True)
-
-    def _send_audio(self, now: float, r: _Reply, chunk: bytes, oversized: int = 0, start_byte: int = -1) -> None:
-        alignment = None
-        if oversized:
-            alignment = _padding_alignment(oversized)
-        elif self.agent.alignment and start_byte >= 0:
-            alignment = _alignment(r.text, r.fmt.duration_s(len(r.audio)), r.fmt, start_byte, len(chunk))
-        msg = wire.audio(wire.encode_audio(chunk), r.event_id, alignment)
-        summary: dict[str, Any] = {
-            "event_id": r.event_id,
-            "bytes": len(chunk),
-            "duration_ms": round(r.fmt.duration_s(len(chunk)) * 1000, 1),
-        }
-        if oversized:
-            summary["oversized_to_bytes"] = oversized
-        self._out.put(Send(msg))
-        self._out.event(now, FROM_AGENT, "audio", **summary)
+                self._fault_runner.inject(now, r, r.next_chunk, at_end=True)
 
     def _interrupt(self, now: float) -> None:
         r = self._reply
@@ -971,94 +883,7 @@ class Conversation:
             r.record.interrupted_t_s = now
         if r.response_sent and "agent_response_correction" in self._client_events:
             heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
-            self._out.send(now, wire.agent_response_correction(r.text, _words_prefix(r.text, heard), r.event_id))
-
-    # -- faults --------------------------------------------------------------
-    def _inject_faults(self, now: float, r: _Reply, chunk: int, at_end: bool = False) -> None:
-        for n, f in enumerate(self._faults):
-            if n in self._fired or f.kind not in _REPLY_FAULT_KINDS or f.reply != r.index:
-                continue
-            if not (f.after_chunks == chunk or (at_end and f.after_chunks >= chunk)):
-                continue
-            self._fired.add(n)
-            self._fire(now, f, r, chunk)
-            if self.closed:
-                return
-
-    def _fire(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.event(now, FROM_AGENT, "fault", kind=f.kind, reply=r.index, after_chunks=chunk)
-        FAULT_HANDLERS[f.kind](self, now, f, r, chunk)
-
-    # One handler per reply-level fault kind (FAULT_HANDLERS): ``chunk`` is how many chunks of ``r`` went out.
-    def _fault_close(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        reason = f.reason or ("Internal error" if f.close_code == 1011 else "")
-        self._out.close(now, f.close_code, reason)
-
-    def _fault_drop(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.drop()
-
-    def _fault_malformed_json(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.put(SendRaw(wire.TRUNCATED_AUDIO_FRAME))
-
-    def _fault_unknown_event(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        if f.event_type == "context_usage":  # a real event of the document the device may not know
-            self._out.send(now, wire.context_usage(r.event_id, "emulated-llm", 1234, 128000))
-            return
-        event = wire.unknown_event(f.event_type, {"emulated": True, "value": 42})
-        self._out.put(Send(event, conforms=False))
-        self._out.event(now, FROM_AGENT, f.event_type, emulated=True)
-
-    def _fault_error_event(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.error(now, f.error_type, f.message, code=f.close_code, close=f.then_close)
-
-    def _fault_agent_tool_response(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._call_seq += 1
-        call_id = f"toolu_agent_{self._call_seq:03d}"
-        self._out.send(now, wire.agent_tool_response(f.tool_name, call_id, f.tool_type, f.is_error, r.event_id))
-        if f.tool_name == "end_call" and not f.is_error:
-            self._end_call_at_s = now + f.delay_s
-
-    def _fault_mcp_tool_call(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._mcp_seq += 1
-        call_id = f"mcp_{self.record.conversation_id[-8:]}_{self._mcp_seq:03d}"
-        if f.state == "awaiting_approval":
-            self._mcp_waiting[call_id] = (now + f.approval_timeout_s, f.tool_name)
-        self._mcp_update(now, call_id, f.tool_name, f.state, "Emulated MCP failure", f.approval_timeout_s)
-
-    def _fault_rich_content(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        props = {"title": "Emulated card", "text": r.text}
-        self._out.send(now, wire.rich_content(f"rc_{r.event_id}_{chunk}", f.component, props, r.event_id))
-
-    def _fault_bad_base64(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.put(Send(wire.audio("@@not*base64!!", r.event_id), conforms=False))
-
-    def _fault_odd_length_audio(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        self._out.put(Send(wire.audio(wire.encode_audio(b"\x00\x01\x00"), r.event_id)))
-
-    def _fault_oversized_frame(self, now: float, f: Fault, r: _Reply, chunk: int) -> None:
-        if chunk < len(r.bounds):
-            r.oversized_chunks[chunk] = f.size_bytes
-        else:  # after the last chunk: a short tail of silence carries the padding
-            tail = bytes(r.fmt.bytes_per_frame * (r.fmt.rate_hz // 100))
-            self._send_audio(now, r, tail, oversized=f.size_bytes)
-
-    def _mcp_update(
-        self, now: float, call_id: str, name: str, state: str, error: str, approval_timeout_s: int = 300
-    ) -> None:
-        """One mcp_tool_call event in ``state``, shaped as the document's MCPToolCall* schemas."""
-        message = wire.mcp_tool_call(
-            service_id="mcp_emulated",
-            tool_call_id=call_id,
-            tool_name=name,
-            tool_description=f"Emulated MCP tool {name}",
-            parameters={"query": "emulated"},
-            timestamp=datetime.now(UTC).isoformat(),
-            state=state,
-            approval_timeout_secs=approval_timeout_s if state == "awaiting_approval" else None,
-            result=[{"type": "text", "text": f"{name}: done"}] if state == "success" else None,
-            error_message=error if state == "failure" else None,
-        )
-        self._out.send(now, message)
+            self._out.send(now, wire.agent_response_correction(r.text, words_prefix(r.text, heard), r.event_id))
 
     # -- helpers -------------------------------------------------------------
     def _violate(self, now: float, rule: str, detail: str) -> None:
@@ -1066,55 +891,6 @@ class Conversation:
         self.record.add_violation(v)
         self.record.add_event(now, TO_AGENT, "violation", rule=rule, detail=detail)
         log.warning("protocol violation in %s: %s: %s", v.conversation_id, rule, detail)
-
-
-_FaultHandler = Callable[[Conversation, float, Fault, _Reply, int], None]
-# What each reply-level fault kind does (FaultKind's others act on the initiation or the HTTP side).
-FAULT_HANDLERS: Mapping[str, _FaultHandler] = {
-    "close": Conversation._fault_close,
-    "drop": Conversation._fault_drop,
-    "malformed_json": Conversation._fault_malformed_json,
-    "unknown_event": Conversation._fault_unknown_event,
-    "bad_base64": Conversation._fault_bad_base64,
-    "odd_length_audio": Conversation._fault_odd_length_audio,
-    "oversized_frame": Conversation._fault_oversized_frame,
-    "error_event": Conversation._fault_error_event,
-    "agent_tool_response": Conversation._fault_agent_tool_response,
-    "mcp_tool_call": Conversation._fault_mcp_tool_call,
-    "rich_content": Conversation._fault_rich_content,
-}
-_REPLY_FAULT_KINDS = frozenset(REPLY_FAULTS)
-
-
-def _alignment(text: str, total_s: float, fmt: AudioFormat, start_byte: int, nbytes: int) -> dict[str, Any]:
-    """The characters spoken in one chunk, with times relative to the chunk, as the service sends them.
-
-    The emulator does not know real character timings: the text is spread evenly over the reply's audio.
-    """
-    if not text or total_s <= 0:
-        return {"chars": [], "char_start_times_ms": [], "char_durations_ms": []}
-    per_char_ms = total_s * 1000 / len(text)
-    t0_ms = fmt.duration_s(start_byte) * 1000
-    t1_ms = fmt.duration_s(start_byte + nbytes) * 1000
-    first = math.ceil(t0_ms / per_char_ms - 1e-9)
-    chars, starts, durations = [], [], []
-    i = first
-    while i < len(text) and i * per_char_ms < t1_ms:
-        chars.append(text[i])
-        starts.append(round(i * per_char_ms - t0_ms))
-        durations.append(max(1, round(per_char_ms)))
-        i += 1
-    return {"chars": chars, "char_start_times_ms": starts, "char_durations_ms": durations}
-
-
-def _padding_alignment(size_bytes: int) -> dict[str, list[Any]]:
-    """Alignment data (a legitimate field) big enough to make the frame ``size_bytes``."""
-    n = max(1, size_bytes // 12)
-    return {
-        "chars": ["a"] * n,
-        "char_start_times_ms": list(range(n)),
-        "char_durations_ms": [1] * n,
-    }
 
 
 def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:

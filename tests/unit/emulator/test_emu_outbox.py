@@ -20,12 +20,6 @@ from device.emulator.outbox import (
     clip,
     remove_message_tap,
 )
-from device.emulator.recording import ConversationRecord
-
-
-@pytest.fixture
-def out() -> Outbox:
-    return Outbox(ConversationRecord("conv_0123456789abcdef", "agent_emulator", 0, 0.0, "pcm_16000", "pcm_16000"))
 
 
 @pytest.fixture
