@@ -17,6 +17,8 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from device.emulator import wire
+
 Predicate = Callable[[dict[str, Any]], bool]
 
 
@@ -48,10 +50,10 @@ class ProtocolClient:
             raise
 
     def send_init(self, **fields: Any) -> None:
-        self.send({"type": "conversation_initiation_client_data", **fields})
+        self.send(wire.conversation_initiation_client_data(**fields))
 
     def send_audio(self, audio: bytes) -> None:
-        self.send({"user_audio_chunk": base64.b64encode(audio).decode("ascii")})
+        self.send(wire.user_audio_chunk(audio))
 
     def stream_audio(self, audio: bytes, chunk_bytes: int = 8000) -> None:
         """Send ``audio`` as consecutive chunks (4000-frame blocks of 16 kHz PCM by default)."""
@@ -76,7 +78,7 @@ class ProtocolClient:
             msg = {"type": "<not an object>", "value": msg}
         self.received.append(msg)
         if self.auto_pong and msg.get("type") == "ping":
-            self.send({"type": "pong", "event_id": msg["ping_event"]["event_id"]})
+            self.send(wire.pong(msg["ping_event"]["event_id"]))
         return msg
 
     def recv_until(self, what: str | Predicate, timeout_s: float = 10.0) -> dict[str, Any]:

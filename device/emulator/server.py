@@ -37,7 +37,8 @@ from websockets.typing import Subprotocol
 
 from device.core.errors import UnavailableError
 from device.drivers.worker import Worker
-from device.emulator.conversation import CLOSE_INTERNAL, Action, Close, Conversation, Drop, Send, SendRaw
+from device.emulator.conversation import CLOSE_INTERNAL, Conversation
+from device.emulator.outbox import Action, Close, Drop, Send, SendRaw
 from device.emulator.recording import ConversationRecord, Violation, save
 from device.emulator.scenario import Fault, Scenario, default_scenario
 from device.emulator.speech import CACHE_ENTRIES, Backend, Synthesizer

@@ -1,9 +1,11 @@
-"""Fixtures for the emulator's unit tests: real speech, a fast agent voice."""
+"""Fixtures for the emulator's unit tests: real speech, a fast agent voice, an empty outbox."""
 
 from __future__ import annotations
 
 import pytest
 
+from device.emulator.outbox import Outbox
+from device.emulator.recording import ConversationRecord
 from device.emulator.speech import Synthesizer
 
 USER_SENTENCE = "Could you tell me what is on show in the museum today?"
@@ -19,3 +21,9 @@ def user_speech_16k() -> bytes:
 def tone_synth() -> Synthesizer:
     """Fast deterministic agent voice for state-machine tests."""
     return Synthesizer("tone")
+
+
+@pytest.fixture
+def out() -> Outbox:
+    """The outbox of a fresh conversation's record."""
+    return Outbox(ConversationRecord("conv_0123456789abcdef", "agent_emulator", 0, 0.0, "pcm_16000", "pcm_16000"))
