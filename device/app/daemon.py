@@ -263,7 +263,6 @@ class Daemon:
 
     # -- building ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        from device.drivers.agent_http import AgentHttp, SignedUrlSource
         from device.drivers.capture import Capture
         from device.drivers.control import ControlServer
         from device.drivers.gpio import Gpio
@@ -272,15 +271,20 @@ class Daemon:
 
         cfg = self.cfg
         self._tools = ToolRegistry(cfg.tools, self)
-        self._http = AgentHttp(cfg.agent, self.api_key)
-        if cfg.agent.connection != "public" and cfg.agent.prefetch_signed_url:
-            self._prefetch_http = AgentHttp(cfg.agent, self.api_key)
-            self.signed_urls = SignedUrlSource(
-                self._prefetch_http,
-                retry_initial_s=cfg.session.retry_initial_s,
-                retry_max_s=cfg.session.retry_max_s,
-                on_exit=self._worker_exited,
-            )
+        if cfg.agent.connection != "public":
+            # requests (and TLS) only for agents that fetch a signed URL: a public agent's
+            # session makes its own client when a conversation opens.
+            from device.drivers.agent_http import AgentHttp, SignedUrlSource
+
+            self._http = AgentHttp(cfg.agent, self.api_key)
+            if cfg.agent.prefetch_signed_url:
+                self._prefetch_http = AgentHttp(cfg.agent, self.api_key)
+                self.signed_urls = SignedUrlSource(
+                    self._prefetch_http,
+                    retry_initial_s=cfg.session.retry_initial_s,
+                    retry_max_s=cfg.session.retry_max_s,
+                    on_exit=self._worker_exited,
+                )
         self.playback = Playback(cfg.audio, on_event=self._on_playback_event, on_exit=self._worker_exited)
         self.gpio = Gpio(
             cfg.button,

@@ -7,6 +7,8 @@ flush must clear the ring and mark the request atomically.
 
 from __future__ import annotations
 
+import mmap
+
 
 class RingBuffer:
     """FIFO of bytes with a fixed capacity; writes beyond it are refused, not wrapped over."""
@@ -14,7 +16,10 @@ class RingBuffer:
     def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes <= 0:
             raise ValueError("capacity_bytes must be positive")
-        self._buf = bytearray(capacity_bytes)
+        # Anonymous memory, not bytearray(): that one is zero-filled at once, and the default ring
+        # (180 s of audio) would be megabytes of resident memory on an idle kiosk. The kernel
+        # hands these pages out as the ring first reaches them.
+        self._buf = mmap.mmap(-1, capacity_bytes)
         self._head = 0  # index of the oldest byte
         self._size = 0
 

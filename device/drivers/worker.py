@@ -45,7 +45,8 @@ class Worker:
         self._thread = threading.Thread(target=self._main, name=name, daemon=False)
         self._heartbeat = time.monotonic()
         self._started = False
-        self._lock = threading.Lock()
+        # Not ``_lock``: subclasses name their own locks that, and would replace this one.
+        self._worker_lock = threading.Lock()
 
     # -- for subclasses -------------------------------------------------
     def run(self) -> None:  # pragma: no cover - abstract
@@ -76,7 +77,7 @@ class Worker:
         return self._thread.is_alive()
 
     def start(self) -> None:
-        with self._lock:
+        with self._worker_lock:
             if self._started:
                 raise RuntimeError(f"worker {self.name} already started")
             self._started = True

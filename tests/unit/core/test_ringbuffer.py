@@ -73,3 +73,18 @@ def test_accepts_memoryviews_of_any_shape() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RingBuffer(0)
+
+
+def _rss_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_an_empty_ring_takes_no_memory_until_audio_reaches_it() -> None:
+    before = _rss_bytes()
+    ring = RingBuffer(64 * 1024 * 1024)
+    assert _rss_bytes() - before < 8 * 1024 * 1024
+    ring.write(b"\x01" * 1000)
+    assert ring.read(1000) == b"\x01" * 1000

@@ -107,3 +107,49 @@ def test_heartbeat_age_grows_without_beats() -> None:
     assert first >= 0
     w._heartbeat -= 100
     assert w.heartbeat_age_s >= 100
+
+
+def test_a_subclass_holding_its_own_lock_while_starting_starts_and_stops() -> None:
+    class Guarded(Worker):
+        """Starts under its own ``_lock``: the base class's start lock must be a different one."""
+
+        def __init__(self) -> None:
+            super().__init__("guarded")
+            self._lock = threading.Lock()
+            self.running = threading.Event()
+
+        def start(self) -> None:
+            with self._lock:
+                super().start()
+
+        def run(self) -> None:
+            self.running.set()
+            self.wait(10.0)
+
+    w = Guarded()
+    starter = threading.Thread(target=w.start, name="test-starter")
+    starter.start()
+    starter.join(2.0)
+    stuck = starter.is_alive()
+    if stuck:  # a plain Lock may be released by any thread: let the starter finish
+        w._lock.release()
+        starter.join(5.0)
+    assert not stuck, "start() deadlocked on the subclass's own _lock"
+    assert w.running.wait(5)
+    w.stop(timeout_s=5)
+    assert not w.alive
+
+
+def test_a_subclass_whose_lock_attribute_is_no_lock_starts_and_stops() -> None:
+    class Keyed(Worker):
+        def __init__(self) -> None:
+            super().__init__("keyed")
+            self._lock: dict[str, threading.Lock] = {}  # its own name, its own meaning
+
+        def run(self) -> None:
+            self.wait(10.0)
+
+    w = Keyed()
+    w.start()
+    w.stop(timeout_s=5)
+    assert not w.alive
