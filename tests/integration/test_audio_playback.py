@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import struct
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,7 @@ from device.core.convert import ulaw_decode
 from device.drivers import filedevices
 from device.drivers.earcons import load_earcons
 from device.drivers.playback import Playback
-from tests.support import Collector
-
-TIMEOUT_S = 20.0
-
-
-class Events(Collector[PlaybackEvent]):
-    """Collects playback events; tests wait on them instead of sleeping."""
-
-    def wait_for(self, pred: Callable[[PlaybackEvent], bool], timeout_s: float = TIMEOUT_S) -> PlaybackEvent:
-        return self.wait_first(pred, timeout_s, what=lambda: f"no such event; got {[e.kind for e in self.items]}")
-
-    def kind(self, kind: str, reply_id: int | None = None) -> PlaybackEvent:
-        return self.wait_for(lambda e: e.kind == kind and (reply_id is None or e.reply_id == reply_id))
-
-    def of(self, kind: str) -> list[PlaybackEvent]:
-        return self.matching(lambda e: e.kind == kind)
+from tests.integration.audiorig import Events
 
 
 def pcm(samples: list[int]) -> bytes:

@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_clocked_card import sound_spans
 
 from device.bench.clockedcard import ClockedCard
 from device.commands.doctor import AudioProbe, Context, Finding, Status, run_checks, sound_server_routes
+from tests.integration.audiorig import sound_spans
 from tests.support import sine
 
 PULSE_HOOK = Path("/etc/alsa/conf.d/99-pulse.conf")

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from test_audio_playback import Events
-from test_clocked_card import sound_spans
 
 from device.bench.clockedcard import ClockedCard, SpeakerRecording
 from device.core.audioformat import AudioFormat
 from device.core.config import AudioConfig
 from device.drivers.playback import Playback
+from tests.integration.audiorig import Events, sound_spans
 from tests.support import sine
 
 CHUNK_MS = 62.5

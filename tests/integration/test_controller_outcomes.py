@@ -19,9 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from test_daemon_support import Recorder
-from test_session_events import drain, metadata, public_agent
-from test_session_support import WAIT_S, Hooks, agent_for, fast_scenario, running, scripted
 from websockets.sync.server import ServerConnection
 
 from device.app.controller import Controller
@@ -31,6 +28,18 @@ from device.drivers.secrets import Secret
 from device.drivers.session import Session
 from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
+from tests.integration.daemonrig import Recorder
+from tests.integration.sessionrig import (
+    WAIT_S,
+    Hooks,
+    agent_for,
+    drain,
+    fast_scenario,
+    metadata,
+    public_agent,
+    running,
+    scripted,
+)
 
 
 def error_event(code: int, error_type: str, message: str = "") -> str:

@@ -7,7 +7,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (
+
+from device.core.config import ButtonConfig, GateConfig, SessionConfig
+from device.emulator.scenario import Fault, Turn
+from tests.integration.daemonrig import (
     BLOCK_S,
     CHUNK_FRAMES,
     MUTE_PIN,
@@ -20,9 +23,6 @@ from test_daemon_support import (
     silence,
     speech,
 )
-
-from device.core.config import ButtonConfig, GateConfig, SessionConfig
-from device.emulator.scenario import Fault, Turn
 
 QUESTION = speech("What can you do for me today?")
 LEAD_S = 1.25  # speech starts here in the input file

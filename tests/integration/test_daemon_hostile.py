@@ -20,12 +20,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, silence
-from test_session_support import scripted
 from websockets.sync.server import ServerConnection
 
 from device.core.config import Config, SystemdConfig
 from device.core.protocol import MAX_FIELD_CHARS
+from tests.integration.daemonrig import WAIT_S, Rig, silence
+from tests.integration.sessionrig import scripted
 
 ROOT = Path(__file__).resolve().parents[2]
 FORGED = "\n<0>forged emergency\r\x1b[2J\x1b]0;title\x07"

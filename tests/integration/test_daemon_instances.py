@@ -16,12 +16,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
-from test_daemon_service import NotifySocket, write_config
-from test_daemon_support import WAIT_S, fast_scenario, run_daemon, silence
-
 from device.core.errors import ExitCode
 from device.drivers.control import request
 from device.emulator.server import Emulator
+from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, run_daemon, silence, write_config
 
 
 @contextmanager

@@ -12,24 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_service import NotifySocket, write_config
-from test_daemon_support import WAIT_S, fast_scenario, serve_with_operator, silence
 
 from device.core.config import Config, load_config
 from device.drivers import filedevices
 from device.drivers.control import request
 from device.drivers.secrets import Secret
 from device.emulator.server import Emulator
+from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, serve_with_operator, silence, write_config
 from tests.support import make_fifo
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path / "notify.sock")
-    yield n
-    n.close()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 import webrtcvad
-from test_daemon_support import (
+
+from device.bench import fixtures, wavfile
+from device.core.config import Config, GateConfig, SessionConfig
+from device.emulator.scenario import Fault, Turn
+from tests.integration.daemonrig import (
     BLOCK_S,
     RATE_HZ,
     WAIT_S,
@@ -28,10 +32,6 @@ from test_daemon_support import (
     silence,
     speech,
 )
-
-from device.bench import fixtures, wavfile
-from device.core.config import Config, GateConfig, SessionConfig
-from device.emulator.scenario import Fault, Turn
 from tests.support import LocalHttp, QuietHandler
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import signal
-import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (
+
+from device.app.controller import Command
+from device.app.daemon import serve
+from device.core.config import SystemdConfig, load_config
+from device.drivers.control import request
+from device.drivers.notify import Notifier
+from device.drivers.secrets import Secret
+from device.emulator.scenario import Fault
+from device.emulator.server import Emulator
+from tests.integration.daemonrig import (
     WAIT_S,
+    NotifySocket,
     Rig,
     fast_scenario,
     run_daemon,
@@ -22,62 +29,8 @@ from test_daemon_support import (
     silence,
     speech,
     with_session,
+    write_config,
 )
-
-from device.app.controller import Command
-from device.app.daemon import serve
-from device.core.config import SystemdConfig, load_config
-from device.drivers import filedevices
-from device.drivers.control import request
-from device.drivers.notify import Notifier
-from device.drivers.secrets import Secret
-from device.emulator.scenario import Fault
-from device.emulator.server import Emulator
-
-
-class NotifySocket:
-    """A stand-in for systemd's notification socket: a real AF_UNIX datagram socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(WAIT_S)
-        self.messages: list[str] = []
-
-    def next(self, timeout_s: float = WAIT_S) -> str:
-        self.sock.settimeout(timeout_s)
-        msg = self.sock.recv(4096).decode()
-        self.messages.append(msg)
-        return msg
-
-    def wait_for(self, fragment: str, timeout_s: float = WAIT_S) -> str:
-        """The next message containing ``fragment`` (others are kept in ``messages``)."""
-        while True:
-            msg = self.next(timeout_s)
-            if fragment in msg:
-                return msg
-
-    def drain(self) -> list[str]:
-        out = []
-        self.sock.settimeout(0)
-        try:
-            while True:
-                out.append(self.sock.recv(4096).decode())
-        except BlockingIOError:
-            pass
-        self.messages += out
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path / "notify.sock")
-    yield n
-    n.close()
 
 
 def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifySocket) -> None:
@@ -110,44 +63,6 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
             release.set()
         notify.wait_for("WATCHDOG=1")  # the controller answers again: pings resume
         assert rig.d.watchdog.stuck == []
-
-
-def write_config(tmp_path: Path, emu: Emulator, input_pcm: bytes, playback_device: str = "") -> Path:
-    """A config for `voice-appliance run`: file devices, the emulator, the control socket; [systemd] comes last."""
-    conf = filedevices.install(tmp_path / "alsa")
-    playback_device = playback_device or filedevices.playback_device(tmp_path / "out.raw", fixed_16k=True)
-    raw = tmp_path / "in.raw"
-    raw.write_bytes(input_pcm + silence(4.0))
-    key = tmp_path / "api_key"
-    key.write_text("emulator-key\n")
-    key.chmod(0o600)
-    group = grp.getgrgid(os.getgid()).gr_name
-    text = f"""
-[agent]
-agent_id = "{emu.agent_id}"
-base_url = "{emu.base_url}"
-connection = "signed_url"
-api_key_file = "{key}"
-
-[audio]
-capture_device = '{filedevices.capture_device(raw)}'
-playback_device = '{playback_device}'
-pace_realtime = true
-earcons = false
-
-[gate]
-mode = "toggle"
-
-[systemd]
-status_file = "{tmp_path / "run" / "status.json"}"
-control_socket = "{tmp_path / "run" / "control.sock"}"
-control_group = "{group}"
-watchdog = true
-"""
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    assert conf.exists()
-    return path
 
 
 def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: NotifySocket) -> None:

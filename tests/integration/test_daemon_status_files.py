@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_daemon_support import WAIT_S, Rig, silence
-
 from device.core.config import SystemdConfig
+from tests.integration.daemonrig import WAIT_S, Rig, silence
 
 
 def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: Path) -> None:

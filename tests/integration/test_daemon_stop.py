@@ -13,12 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_daemon_service import NotifySocket, write_config
-from test_daemon_support import WAIT_S, fast_scenario, silence
 
 from device.drivers import filedevices
 from device.drivers.control import request
 from device.emulator.server import Emulator
+from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, silence, write_config
 from tests.support import ROOT
 
 # A speaker writing into a FIFO. Unlike the project's va_out devices this one truncates

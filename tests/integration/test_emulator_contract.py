@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_session_support import (
+from device.core.config import ToolsConfig
+from device.core.protocol import AgentAudio, AgentResponse, ToolCallFinished
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import ToolCall, Turn
+from tests.contract.checking import ContractLog
+from tests.contract.validator import FROM_AGENT, TO_AGENT
+from tests.integration.sessionrig import (
     WAIT_S,
     Hooks,
     agent_for,
@@ -21,13 +27,6 @@ from test_session_support import (
     started,
     wait_reply_played,
 )
-
-from device.core.config import ToolsConfig
-from device.core.protocol import AgentAudio, AgentResponse, ToolCallFinished
-from device.drivers.tools import ToolRegistry
-from device.emulator.scenario import ToolCall, Turn
-from tests.contract.checking import ContractLog
-from tests.contract.validator import FROM_AGENT, TO_AGENT
 
 
 def test_every_device_message_conforms(contract_check: ContractLog) -> None:

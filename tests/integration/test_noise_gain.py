@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_daemon_support import WAIT_S, Rig, samples_equal_somewhere
-
 from device.core.config import GateConfig, SessionConfig
 from tests import speechgen as g
+from tests.integration.daemonrig import WAIT_S, Rig, samples_equal_somewhere
 
 pytestmark = g.needs_tools
 

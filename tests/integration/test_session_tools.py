@@ -21,7 +21,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from test_session_support import (
+
+from device.core.config import ToolsConfig, ToolSpec
+from device.core.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
+from device.drivers import filedevices
+from device.drivers.control import request
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import ToolCall as ScenarioToolCall
+from device.emulator.scenario import Turn
+from tests.integration.sessionrig import (
     WAIT_S,
     Hooks,
     fast_scenario,
@@ -31,14 +39,6 @@ from test_session_support import (
     started,
     wait_reply_played,
 )
-
-from device.core.config import ToolsConfig, ToolSpec
-from device.core.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
-from device.drivers import filedevices
-from device.drivers.control import request
-from device.drivers.tools import ToolRegistry
-from device.emulator.scenario import ToolCall as ScenarioToolCall
-from device.emulator.scenario import Turn
 
 ROOT = Path(__file__).resolve().parents[2]
 

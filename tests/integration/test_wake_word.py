@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_daemon_support import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
-
 from device.core.config import GateConfig, SessionConfig, WakeConfig
 from device.drivers.status import to_json, to_prometheus
 from device.emulator.scenario import Turn
 from tests import speechgen as g
+from tests.integration.daemonrig import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
 
 pytestmark = g.needs_tools
 
