@@ -65,7 +65,7 @@ def test_the_microphone_hears_the_room(clocked_card: ClockedCard) -> None:
 def test_capture_through_the_sound_server_starts_without_a_lost_microphone(alsa_dir: Path) -> None:
     """A fresh sound server without a low-latency client on the room delivers the pulse plugin's first
     4000-frame period after ~1.9 s (measured here: 1.95 s): a slow start, never 'no audio for 2 s',
-    which failed whenever the machine added 50 ms (one run in two in the issue)."""
+    which failed whenever the machine added 50 ms (one run in two on a loaded machine)."""
     for _ in range(3):
         with tempfile.TemporaryDirectory(prefix="va-card-") as directory:
             card = ClockedCard.start(Path(directory), listen_to_room=False)

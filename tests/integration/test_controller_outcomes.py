@@ -5,7 +5,7 @@ The real controller drives real sessions against a hand-written WebSocket
 server that plays the service, or the emulator (no ALSA here: playback is not
 part of these cases). Retries happen only while a conversation is being opened; a
 conversation that broke off is shown as an error and never reopened on its
-own, and the log line says exactly that (issue 10 item 14).
+own, and the log line says exactly that.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Prometheus textfile after the daemon's real stop (issue 10, item 13).
+"""The Prometheus textfile after the daemon's real stop shows it stopped, not busy.
 
 A stop in the middle of a conversation used to leave the last state in the
 textfile for good (``state="connecting"} 1``), so a fleet dashboard showed a

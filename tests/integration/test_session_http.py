@@ -351,7 +351,7 @@ def test_stop_while_fetching_ends_locally() -> None:
 
 
 def test_stop_interrupts_a_signed_url_request_waiting_for_its_answer() -> None:
-    """Issue 10, item 11: even with the longest http_timeout_s, a stop does not wait for the answer."""
+    """Even with the longest http_timeout_s, a stop does not wait for the answer."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)

@@ -281,7 +281,7 @@ watchdog = false
 
 
 def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> None:
-    """Issue 10 item 1: a hung callable kept the process alive ~59 s after SIGTERM (systemd kills at 15 s).
+    """SIGTERM ends the daemon while its tools hang, well within systemd's 15 s (a hung callable once held it ~59 s).
 
     The real daemon runs as a process; the agent calls four tools (tools.max_concurrent_calls) that
     hang for 120 s — a Python callable that sleeps, one that ignores SIGTERM and starts a process

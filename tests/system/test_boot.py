@@ -229,13 +229,13 @@ def assert_exactly_pinned(root: Path) -> None:
 
 
 def test_the_venv_holds_exactly_the_pinned_versions(root: Path) -> None:
-    """Issue 16: pip ran as root with unpinned dependencies; now every distribution is constraints.txt's."""
+    """Every distribution in the venv is the version constraints.txt pins (pip runs as root: nothing unpinned)."""
     assert_exactly_pinned(root)
     assert "requests" not in venv_distributions(root)  # Debian's, through --system-site-packages
 
 
 def test_the_kiosk_install_leaves_the_tools_out(root: Path) -> None:
-    """Issue 14, item 2: no emulator or bench on a kiosk unless --with-tools; the CLI names the flag."""
+    """No emulator or bench on a kiosk unless --with-tools; the CLI names the flag."""
     package = root / VENV_SITE.lstrip("/") / "device"
     assert (package / "daemon.py").exists() and (package / "data" / "bench" / "question.wav").exists()
     assert not (package / "emulator").exists() and not (package / "bench").exists()
@@ -247,7 +247,7 @@ def test_the_kiosk_install_leaves_the_tools_out(root: Path) -> None:
 
 
 def test_install_says_the_plaintext_key_file_is_still_there(root: Path) -> None:
-    """Issue 16, item 5: not a terminal, no --remove-key-file: the file stays and the command to remove it is shown."""
+    """Not a terminal, no --remove-key-file: the file stays and the command to remove it is shown."""
     key_file = INSTALL_OUTPUT["key_file"]
     assert Path(key_file).exists()
     advice = f"the plaintext key is still in {key_file}: remove it with: shred -u '{key_file}'"
@@ -290,7 +290,7 @@ def fresh_root(base_root: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_failed_install_leaves_nothing_half_created_and_says_how_to_resume(fresh_root: Path, tmp_path: Path) -> None:
-    """Issue 16, item 4: pip fails (no network, the index at a closed port): no venv, no user, the key file kept."""
+    """pip fails (no network, the index at a closed port): no venv, no user, the key file kept."""
     key_file = tmp_path / "key.txt"
     key_file.write_text(FIXTURE_KEY + "\n")
     env = {**_install_env(), "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "5"}
@@ -336,7 +336,7 @@ COMPILERS = ("gcc", "cc", "c89", "c99", "cpp")
 def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
     fresh_root: Path, wheelhouse: Path, tmp_path: Path,
 ) -> None:
-    """Issue 16 "Done when": install.sh --wheelhouse in a network namespace without network, compilers removed."""
+    """install.sh --wheelhouse installs offline: in a network namespace without network, compilers removed."""
     # No compiler in the root: a source build would fail (the boot root has install.sh's build tools).
     bin_dir = fresh_root / "usr" / "bin"
     for f in bin_dir.iterdir():
@@ -551,7 +551,7 @@ def test_stop_is_clean_within_the_stop_timeout(daemon: Machine) -> None:
 
 
 def test_stop_interrupts_a_signed_url_request_that_never_answers(daemon: Machine, root: Path) -> None:
-    """Issue 10, item 11: the worst case, agent.http_timeout_s at its maximum (120 s) and the
+    """The worst case, agent.http_timeout_s at its maximum (120 s) and the
     prefetcher's signed-URL request in flight to a server that accepts and never answers: the
     unit still stops by itself within TimeoutStopSec (Result=success, not timeout/SIGKILL)."""
     drop = root / "etc" / "systemd" / "system" / f"{UNIT}.d" / "hanging-agent.conf"

@@ -56,7 +56,7 @@ def _install(*args: str, input: str | None = None) -> subprocess.CompletedProces
 @needs_root
 @pytest.mark.parametrize("inner", [" ", "\t", "\n", "\r\n"], ids=["space", "tab", "newline", "crlf"])
 def test_install_refuses_a_key_with_whitespace_inside_and_never_prints_it(tmp_path: Path, inner: str) -> None:
-    """Issue 16: `tr -d '[:space:]'` joined "sk_abc def" into one wrong key; now it is refused before any change."""
+    """A key with whitespace inside is refused before any change (`tr -d '[:space:]'` would make one wrong key)."""
     target = tmp_path / "root"
     target.mkdir()
     half = KEY[:16], KEY[16:]
@@ -266,7 +266,7 @@ def test_first_boot_refuses_an_empty_key_and_still_wipes_the_file(tmp_path: Path
 
 @needs_root
 def test_first_boot_never_leaves_an_inline_key_on_the_boot_partition(tmp_path: Path) -> None:
-    """Issue 10, item 15: the refused config kept the key readable as voice-appliance.toml.invalid."""
+    """A refused config does not keep the key readable (as voice-appliance.toml.invalid, say)."""
     boot, etc, env = _first_boot(tmp_path)
     config = f'[agent]\r\nagent_id = "agent_new"\r\napi_key = "{KEY}"\r\nregion = "eu"\r\n'
     (boot / "voice-appliance.toml").write_text(config)

@@ -1,4 +1,4 @@
-"""The kiosk's package: ``device/`` without the tools, as provisioning/install.sh installs it (issue 14, item 2).
+"""The kiosk's package: ``device/`` without the tools, as provisioning/install.sh installs it.
 
 A copy of the package without the tool packages must import every module and
 run, and the tool commands must say how to get the tools (exit 69), never

@@ -1,4 +1,4 @@
-"""`run --check` and the optional-extra commands as a user meets them (issue 16, item 5)."""
+"""`run --check` and the optional-extra commands as a user meets them."""
 
 from __future__ import annotations
 

@@ -538,7 +538,7 @@ def test_query_of_requests_carries_only_the_agent_id(server: Server) -> None:
     assert parse_qs(urlsplit(path).query) == {"agent_id": ["agent_x"]}
 
 
-# -- a stop interrupts a request in flight; the reply size is capped (issue 10, items 11 and 12) -------
+# -- a stop interrupts a request in flight; the reply size is capped ------------------------------------
 
 
 class RawServer:

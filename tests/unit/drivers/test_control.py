@@ -255,7 +255,7 @@ def test_server_stops_cleanly_and_removes_its_socket(tmp_path: Path) -> None:
         client.close()
 
 
-# -- hostile and slow clients (issue 10, item 4) -----------------------------------------------------
+# -- hostile and slow clients ------------------------------------------------------------------------
 
 
 def _connect(path: Path) -> socket.socket:

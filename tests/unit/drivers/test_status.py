@@ -47,7 +47,7 @@ def test_prometheus_textfile_is_well_formed() -> None:
 
 
 def test_prometheus_values_are_exact() -> None:
-    """Issue 10: ``:g`` wrote 1234567 as 1.23457e+06 and 2592001.5 s as 2.592e+06."""
+    """Values are written in full: ``:g`` would write 1234567 as 1.23457e+06 and 2592001.5 s as 2.592e+06."""
     st = Status(counters={"blocks_sent": 1234567, "uptime_s": 2592001.5, "ping_ms": 0.1, "errors": 10**15})
     text = to_prometheus(st)
     assert "voice_appliance_blocks_sent_total 1234567\n" in text

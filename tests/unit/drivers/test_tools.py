@@ -324,7 +324,7 @@ def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType, sign
 
 
 def test_a_hung_callable_cannot_hold_the_process(user_module: ModuleType, signals: Signals) -> None:
-    """Issue 10 item 1: closing the tools ends a hung Python tool; nothing of it is left to wait for.
+    """Closing the tools ends a hung Python tool; nothing of it is left to wait for.
 
     (Before, it ran in a non-daemon thread of the daemon that no stop could end: the process
     lived until the function returned. The thread guard and the pid check both catch that.)
@@ -540,7 +540,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Signals) -> None:
-    """Issue 10 item 9: 300 calls made 310 threads and 300 processes; the default limit is 4."""
+    """Calls beyond the limit (default 4) are refused at once; unlimited, 300 calls made 310 threads, 300 processes."""
     code = (
         "import os, socket, time\n"
         "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
@@ -566,7 +566,7 @@ def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Sign
 
 
 def test_a_huge_unknown_tool_name_is_not_echoed_whole(caplog: pytest.LogCaptureFixture) -> None:
-    """Issue 10 item 10: a 1 MB tool name came back whole in the error result."""
+    """A 1 MB tool name or parameter is cut short in the error result and the log lines, not echoed whole."""
     caplog.set_level(logging.DEBUG, logger="device.drivers.tools")
     name = "x" * 1_000_000
     reg = ToolRegistry(cfg(), Hooks())
