@@ -64,7 +64,8 @@ def test_output_equals_agent_audio_nothing_lost_or_duplicated(alsa_dir: Path) ->
         pb.stop()
     assert filedevices.read_output(out) == reply
     assert pb.stats["frames_written"] == 48123
-    assert pb.stats["underruns"] == 0 and pb.stats["overflow_frames"] == 0
+    assert pb.stats["underruns"] == 0
+    assert pb.stats["overflow_frames"] == 0
 
 
 def test_software_volume_scales_the_output(alsa_dir: Path) -> None:
@@ -110,12 +111,15 @@ def test_flush_mid_reply_leaves_at_most_one_chunk_and_next_reply_is_clean(alsa_d
     n_old = sum(1 for s in got if s > 0)
     assert got[:n_old] == samples_of(old)[:n_old]  # the old reply, uncorrupted, then cut
     assert got[n_old:] == samples_of(new)  # the next reply complete, nothing old after it
-    assert report.was_playing and report.reply_id == 1 and report.discarded_frames > 0
+    assert report.was_playing
+    assert report.reply_id == 1
+    assert report.discarded_frames > 0
     chunk = 1000
     assert flushed.frames <= chunk  # written after the request
     assert n_old == report.reply_frames_written + flushed.frames
     assert n_old < 16000 * 4 - report.discarded_frames + chunk
-    assert flushed.latency_ms is not None and flushed.reply_id == 1
+    assert flushed.latency_ms is not None
+    assert flushed.reply_id == 1
     assert pb.stats["flushes"] == 1
 
 
@@ -128,7 +132,8 @@ def test_flush_when_idle_is_harmless(alsa_dir: Path) -> None:
         flushed = events.kind("flushed")
     finally:
         pb.stop()
-    assert not report.was_playing and report.reply_id == 0
+    assert not report.was_playing
+    assert report.reply_id == 0
     assert flushed.frames == 0
 
 
@@ -154,7 +159,8 @@ def test_other_pcm_rates_reach_the_device_unchanged(alsa_dir: Path, rate_hz: int
     raw = alsa_dir / f"rate{rate_hz}.raw"
     reply = pcm([int(8000 * ((i * 440 / rate_hz) % 1.0 - 0.5)) for i in range(rate_hz)])  # 1 s sawtooth
     _, finished = play_reply(filedevices.playback_device(raw), AudioFormat("pcm", rate_hz), reply, paced=False)
-    assert finished.frames == rate_hz and finished.rate_hz == rate_hz
+    assert finished.frames == rate_hz
+    assert finished.rate_hz == rate_hz
     # the PCM is opened at the agent's rate: ALSA (plug, dmix) converts, not Python
     assert filedevices.read_output(raw) == reply
 
@@ -236,7 +242,8 @@ def test_speaker_that_appears_late_is_picked_up(alsa_dir: Path) -> None:
     pb.start()
     try:
         error = events.kind("device_error")
-        assert "not found" in error.detail and "aplay -L" in error.detail
+        assert "not found" in error.detail
+        assert "aplay -L" in error.detail
         pb.write(pcm([5] * 100))  # while the speaker is missing: discarded, counted
         late_dir.mkdir()
         events.kind("opened")

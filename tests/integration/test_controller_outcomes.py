@@ -137,7 +137,8 @@ def test_a_conversation_that_broke_off_is_shown_not_reopened_and_the_line_says_s
     [line] = error_lines(caplog)
     assert "the service crashed (unknown_websocket_crash, close 1011)" in line
     assert "press the button" in line
-    assert "tries again" not in line and "trying again" not in line, line
+    assert "tries again" not in line, line
+    assert "trying again" not in line, line
 
 
 def test_a_failed_opening_is_retried_and_the_line_says_when(caplog: pytest.LogCaptureFixture) -> None:
@@ -148,7 +149,8 @@ def test_a_failed_opening_is_retried_and_the_line_says_when(caplog: pytest.LogCa
         connections = service.connections
     assert connections == 2
     [line] = error_lines(caplog)
-    assert "the service crashed" in line and "(trying again in " in line, line
+    assert "the service crashed" in line, line
+    assert "(trying again in " in line, line
 
 
 def test_a_safety_violation_is_not_retried_even_while_connecting(caplog: pytest.LogCaptureFixture) -> None:
@@ -160,7 +162,8 @@ def test_a_safety_violation_is_not_retried_even_while_connecting(caplog: pytest.
         connections = service.connections
     assert connections == 1
     [line] = error_lines(caplog)
-    assert "content policy" in line and "trying again" not in line
+    assert "content policy" in line
+    assert "trying again" not in line
 
 
 def test_the_status_counts_text_parts_rich_content_and_mcp_decisions() -> None:

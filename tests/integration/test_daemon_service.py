@@ -39,7 +39,8 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
     with Rig(tmp_path, silence(30.0), systemd=systemd, notifier=notifier, audio={"reopen_max_s": 0.1}) as rig:
         assert notify.wait_for("READY=1")
         notify.wait_for("WATCHDOG=1")
-        assert rig.d.watchdog is not None and rig.d.stall_s == pytest.approx(2.125)
+        assert rig.d.watchdog is not None
+        assert rig.d.stall_s == pytest.approx(2.125)
 
         # Make the controller hang the way a bug would: a command whose answer never returns.
         release = threading.Event()
@@ -73,11 +74,13 @@ def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: N
             assert notify.wait_for("READY=1").startswith("READY=1")
             sock = str(tmp_path / "run" / "control.sock")
             ok, text = request(sock, "status")
-            assert ok and json.loads(text)["state"] == "idle"
+            assert ok
+            assert json.loads(text)["state"] == "idle"
             assert request(sock, "press") == (True, "")  # the on-screen button
             notify.wait_for("STATUS=listening")
             status = json.loads(request(sock, "status")[1])
-            assert status["state"] == "listening" and status["conversation_id"].startswith("conv_")
+            assert status["state"] == "listening"
+            assert status["conversation_id"].startswith("conv_")
             notify.wait_for("WATCHDOG=1")
 
             proc.send_signal(signal.SIGHUP)  # reload: the conversation ends, the daemon comes back
@@ -90,7 +93,8 @@ def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: N
             code = proc.wait(timeout=15)  # the unit's TimeoutStopSec
             stderr = proc.stderr.read() if proc.stderr else ""
         assert code == 0, stderr
-        assert "threads still running" not in stderr and "Traceback" not in stderr
+        assert "threads still running" not in stderr
+        assert "Traceback" not in stderr
         assert not (tmp_path / "run" / "control.sock").exists()
         assert not (tmp_path / "run" / "status.json").exists()
     finally:
@@ -168,7 +172,9 @@ def test_a_stop_is_no_stuck_worker(tmp_path: Path, caplog: pytest.LogCaptureFixt
     systemd = SystemdConfig(status_file="", control_socket="", watchdog=True)
     with Rig(tmp_path, silence(30.0), systemd=systemd) as rig:
         dog, prefetcher = rig.d.watchdog, rig.d.signed_urls
-        assert dog is not None and dog.alive and prefetcher is not None
+        assert dog is not None
+        assert dog.alive
+        assert prefetcher is not None
         rounds: list[bool] = []
 
         class SlowPrefetcher:
@@ -196,7 +202,8 @@ def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
         assert dog is not None
         assert dog.wait_rounds(2, WAIT_S)
         doc = json.loads((tmp_path / "run" / "status.json").read_text())
-        assert doc["state"] == "listening" and doc["conversation_id"].startswith("conv_")
+        assert doc["state"] == "listening"
+        assert doc["conversation_id"].startswith("conv_")
         assert set(doc["counters"]) >= {"conversations", "errors", "xruns", "ping_ms"}
         assert doc["counters"]["conversations"] == 1
         text = prom.read_text()
@@ -218,7 +225,8 @@ def test_a_missing_microphone_shows_the_error_until_it_appears(
         assert "ready without it" not in caplog.text  # its failure, not a timeout, made the daemon ready
         rig.wait_state("error")
         assert rig.d.status().last_error.startswith("microphone:")
-        assert rig.d.controller is not None and rig.d.controller.machine.state.value == "idle"
+        assert rig.d.controller is not None
+        assert rig.d.controller.machine.state.value == "idle"
         mark = rig.tel.mark()
         raw.write_bytes(content)  # ... now it has
         rig.wait_state("idle", after=mark)
@@ -246,7 +254,8 @@ def test_the_microphone_coming_back_leaves_a_newer_error_shown(tmp_path: Path) -
         rig.wait_state("connecting", after=mark)
         rig.wait_state("error", after=mark)
         refused = rig.d.status().last_error
-        assert refused and not refused.startswith("microphone:")
+        assert refused
+        assert not refused.startswith("microphone:")
         raw.write_bytes(content)
         rig.wait_captured(1.0)
         handled_so_far(rig)  # the microphone's "works again" included
@@ -289,7 +298,8 @@ def test_a_bad_reload_keeps_the_running_configuration(
             os.kill(os.getpid(), signal.SIGHUP)
             notify.wait_for("RELOADING=1")
             ready = notify.wait_for("READY=1")
-            assert "STATUS=reload refused" in ready and "lights-tool" in ready
+            assert "STATUS=reload refused" in ready
+            assert "lights-tool" in ready
             assert gate_mode() == "toggle"
             assert request(sock, "start")[0]  # ... and it still works
             notify.wait_for("STATUS=listening")

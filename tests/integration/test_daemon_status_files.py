@@ -24,7 +24,8 @@ def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: P
         rig.d.command("start")
         rig.wait_state("listening")
         dog = rig.d.watchdog
-        assert dog is not None and dog.wait_rounds(2, WAIT_S)
+        assert dog is not None
+        assert dog.wait_rounds(2, WAIT_S)
         text = prom.read_text()
         assert 'voice_appliance_state{state="listening"} 1' in text
     # the daemon's stop, with the conversation still running

@@ -162,7 +162,8 @@ def test_a_stop_that_never_ends_is_cut_at_the_deadline() -> None:
         [sys.executable, "-c", STUCK_STOP, "1.0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=WAIT_S)
     finally:
