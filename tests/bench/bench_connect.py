@@ -169,7 +169,8 @@ def run(rounds: int, delays_ms: list[int]) -> list[dict[str, object]]:
                     for _ in range(rounds):
                         for mode in modes:
                             if mode == "prefetch":
-                                assert source is not None and source.wait_ready(WAIT_S)
+                                assert source is not None
+                                assert source.wait_ready(WAIT_S)
                             a = AgentConfig(
                                 agent_id=emu.agent_id, base_url=base, connection="public" if public else "signed_url"
                             )

@@ -208,7 +208,8 @@ def soak(minutes: float, sample_s: float, max_conversation_s: float, work: Path,
     final: dict[str, Any] = {}
     agent_end: dict[str, Any] = {}
     try:
-        assert emu.stdout is not None and emu.stdin is not None
+        assert emu.stdout is not None
+        assert emu.stdin is not None
         hello = json.loads(emu.stdout.readline())
         dev = subprocess.Popen(
             [sys.executable, me, "--role", "device", "--base-url", hello["base_url"], "--agent-id",

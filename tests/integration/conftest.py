@@ -13,6 +13,7 @@ from device.bench import clockedcard
 from device.bench.clockedcard import ClockedCard
 from device.drivers import filedevices
 from tests.contract.checking import contract_check  # noqa: F401 (autouse: every message against the contract)
+from tests.integration.daemonrig import NotifySocket
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +45,11 @@ def clocked_card(alsa_dir: Path) -> Iterator[ClockedCard]:
             yield card
         finally:
             card.stop()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    """A stand-in for systemd's notification socket in tmp_path, closed afterwards."""
+    n = NotifySocket(tmp_path / "notify.sock")
+    yield n
+    n.close()

@@ -78,7 +78,8 @@ def test_blocks_equal_the_input_samples_block_by_block(alsa_dir: Path) -> None:
         assert block.pcm == expected[i * BLOCK_BYTES : (i + 1) * BLOCK_BYTES], f"block {i} differs"
     times = [b.captured_at_s for b in blocks]
     assert times == sorted(times)
-    assert cap.stats["blocks"] >= 20 and cap.stats["overruns"] == 0
+    assert cap.stats["blocks"] >= 20
+    assert cap.stats["overruns"] == 0
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("left", 1000), ("right", -3000), ("mix", -1000)])
@@ -119,8 +120,10 @@ def test_microphone_that_appears_late_is_picked_up(alsa_dir: Path) -> None:
     cap = capture(AudioConfig(capture_device=device, reopen_max_s=0.5), rec)
     try:
         first = rec.event("device_error")
-        assert "not found" in first.detail and "arecord -L" in first.detail
-        assert first.retry_in_s is not None and 0 < first.retry_in_s <= 0.5
+        assert "not found" in first.detail
+        assert "arecord -L" in first.detail
+        assert first.retry_in_s is not None
+        assert 0 < first.retry_in_s <= 0.5
         assert rec.blocks.empty()
         assert cap.alive  # waiting, not crashed
         filedevices.prepare_input(_raw_of(alsa_dir, struct.pack("<h", 1234) * 4000), raw)  # plugged in

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import struct
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,7 @@ from device.core.convert import ulaw_decode
 from device.drivers import filedevices
 from device.drivers.earcons import load_earcons
 from device.drivers.playback import Playback
-from tests.support import Collector
-
-TIMEOUT_S = 20.0
-
-
-class Events(Collector[PlaybackEvent]):
-    """Collects playback events; tests wait on them instead of sleeping."""
-
-    def wait_for(self, pred: Callable[[PlaybackEvent], bool], timeout_s: float = TIMEOUT_S) -> PlaybackEvent:
-        return self.wait_first(pred, timeout_s, what=lambda: f"no such event; got {[e.kind for e in self.items]}")
-
-    def kind(self, kind: str, reply_id: int | None = None) -> PlaybackEvent:
-        return self.wait_for(lambda e: e.kind == kind and (reply_id is None or e.reply_id == reply_id))
-
-    def of(self, kind: str) -> list[PlaybackEvent]:
-        return self.matching(lambda e: e.kind == kind)
+from tests.integration.audiorig import Events
 
 
 def pcm(samples: list[int]) -> bytes:
@@ -80,7 +64,8 @@ def test_output_equals_agent_audio_nothing_lost_or_duplicated(alsa_dir: Path) ->
         pb.stop()
     assert filedevices.read_output(out) == reply
     assert pb.stats["frames_written"] == 48123
-    assert pb.stats["underruns"] == 0 and pb.stats["overflow_frames"] == 0
+    assert pb.stats["underruns"] == 0
+    assert pb.stats["overflow_frames"] == 0
 
 
 def test_software_volume_scales_the_output(alsa_dir: Path) -> None:
@@ -126,12 +111,15 @@ def test_flush_mid_reply_leaves_at_most_one_chunk_and_next_reply_is_clean(alsa_d
     n_old = sum(1 for s in got if s > 0)
     assert got[:n_old] == samples_of(old)[:n_old]  # the old reply, uncorrupted, then cut
     assert got[n_old:] == samples_of(new)  # the next reply complete, nothing old after it
-    assert report.was_playing and report.reply_id == 1 and report.discarded_frames > 0
+    assert report.was_playing
+    assert report.reply_id == 1
+    assert report.discarded_frames > 0
     chunk = 1000
     assert flushed.frames <= chunk  # written after the request
     assert n_old == report.reply_frames_written + flushed.frames
     assert n_old < 16000 * 4 - report.discarded_frames + chunk
-    assert flushed.latency_ms is not None and flushed.reply_id == 1
+    assert flushed.latency_ms is not None
+    assert flushed.reply_id == 1
     assert pb.stats["flushes"] == 1
 
 
@@ -144,7 +132,8 @@ def test_flush_when_idle_is_harmless(alsa_dir: Path) -> None:
         flushed = events.kind("flushed")
     finally:
         pb.stop()
-    assert not report.was_playing and report.reply_id == 0
+    assert not report.was_playing
+    assert report.reply_id == 0
     assert flushed.frames == 0
 
 
@@ -170,7 +159,8 @@ def test_other_pcm_rates_reach_the_device_unchanged(alsa_dir: Path, rate_hz: int
     raw = alsa_dir / f"rate{rate_hz}.raw"
     reply = pcm([int(8000 * ((i * 440 / rate_hz) % 1.0 - 0.5)) for i in range(rate_hz)])  # 1 s sawtooth
     _, finished = play_reply(filedevices.playback_device(raw), AudioFormat("pcm", rate_hz), reply, paced=False)
-    assert finished.frames == rate_hz and finished.rate_hz == rate_hz
+    assert finished.frames == rate_hz
+    assert finished.rate_hz == rate_hz
     # the PCM is opened at the agent's rate: ALSA (plug, dmix) converts, not Python
     assert filedevices.read_output(raw) == reply
 
@@ -252,7 +242,8 @@ def test_speaker_that_appears_late_is_picked_up(alsa_dir: Path) -> None:
     pb.start()
     try:
         error = events.kind("device_error")
-        assert "not found" in error.detail and "aplay -L" in error.detail
+        assert "not found" in error.detail
+        assert "aplay -L" in error.detail
         pb.write(pcm([5] * 100))  # while the speaker is missing: discarded, counted
         late_dir.mkdir()
         events.kind("opened")

@@ -37,7 +37,8 @@ def test_the_demo_in_fast_mode_writes_all_four_artefacts(tmp_path: Path, capsys:
     doc = json.loads((out / "report.json").read_text())
     assert report.validate(doc) == []
     assert code == 0, printed
-    assert doc["outcome"]["ok"] and doc["outcome"]["ended_by"] == "agent_ended"
+    assert doc["outcome"]["ok"]
+    assert doc["outcome"]["ended_by"] == "agent_ended"
     assert printed.startswith("PASS")
 
     # what the agent received: the question and the barge-in, nothing while the button was up
@@ -45,7 +46,8 @@ def test_the_demo_in_fast_mode_writes_all_four_artefacts(tmp_path: Path, capsys:
     assert _voiced_s(user_pcm, rate) > 3.0
     # what the user heard: the agent's speech
     agent_pcm, rate = _wav(out / "agent_audio.wav")
-    assert rate == 16000 and _voiced_s(agent_pcm, rate) > 2.0
+    assert rate == 16000
+    assert _voiced_s(agent_pcm, rate) > 2.0
     ET.parse(out / "timeline.svg")
 
     # the demo's story, as measured
@@ -56,7 +58,8 @@ def test_the_demo_in_fast_mode_writes_all_four_artefacts(tmp_path: Path, capsys:
     assert all(t["first_agent_audio_written_s"] is not None for t in doc["turns"])
     assert all(t["latency_ms"] is not None and t["latency_ms"] > 0 for t in doc["turns"])
     assert any(i["source"] == "local" for i in doc["interruptions"])
-    assert doc["press_to_first_frame_sent_ms"] and doc["protocol_violations"] == []
+    assert doc["press_to_first_frame_sent_ms"]
+    assert doc["protocol_violations"] == []
     assert [t["role"] for t in doc["transcript"]].count("user") == 2
 
 
@@ -93,7 +96,8 @@ def test_an_agent_url_nobody_listens_on_fails_the_run(tmp_path: Path) -> None:
     assert doc["outcome"]["ok"] is False
     assert doc["agent"]["kind"] == "external"
     assert doc["artefacts"]["user_audio_wav"] is None
-    assert (out / "agent_audio.wav").exists() and (out / "timeline.svg").exists()
+    assert (out / "agent_audio.wav").exists()
+    assert (out / "timeline.svg").exists()
 
 
 def test_a_private_agent_without_a_key_is_refused_before_anything_runs(
@@ -128,7 +132,8 @@ def test_the_file_card_timeline_counts_from_the_microphones_first_sample(
     code = main(["bench", "--card", "file", "--fast", "--no-progress", "--out", str(out)])
     printed = capsys.readouterr().out
     doc = json.loads((out / "report.json").read_text())
-    assert code == 0 and doc["outcome"]["ended_by"] == "agent_ended", printed
+    assert code == 0, printed
+    assert doc["outcome"]["ended_by"] == "agent_ended", printed
     assert [t["role"] for t in doc["transcript"]].count("user") == 2  # the barge-in question reached the agent
     user_pcm, rate = _wav(out / "user_audio.wav")
     assert _voiced_s(user_pcm, rate) > 3.0

@@ -65,7 +65,8 @@ def test_mic_measures_the_room_and_plays_the_recording_back(alsa_dir: Path) -> N
     results, text = run_part(cfg, "mic", Options(seconds=3.0))
     assert [r.verdict for r in results] == ["PASS"], text
     assert "usable for the VAD" in results[0].detail
-    assert "3.0 s: level" in text and "noise floor -6" in text  # -60 dBFS noise, then -23 dBFS RMS speech
+    assert "3.0 s: level" in text
+    assert "noise floor -6" in text  # -60 dBFS noise, then -23 dBFS RMS speech
     assert text.count("dBFS  peak") == 3  # the meter, one line per second of audio when not a terminal
     played = filedevices.read_output(out)
     assert len(played) == 3 * RATE * 2  # the whole recording came back
@@ -81,7 +82,8 @@ def test_mic_clipping_fails_from_the_command_line_without_ansi(alsa_dir: Path) -
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL mic       clipping" in proc.stdout and "lower the capture gain by about" in proc.stdout
+    assert "FAIL mic       clipping" in proc.stdout
+    assert "lower the capture gain by about" in proc.stdout
     assert "\x1b" not in proc.stdout
     assert not filedevices.read_output(out)  # --no-playback
 
@@ -129,7 +131,8 @@ def test_leds_walk_every_state_with_its_name() -> None:
     assert ui.seen == {
         "idle": (0.0, 0.0, 0.2), "listening": (0.0, 1.0, 0.0), "speaking": (0.0, 0.0, 1.0), "muted": (1.0, 0.0, 0.0),
     }
-    assert factory.pin(5).state == 0 and factory.pin(13).state == 0  # switched off at the end
+    assert factory.pin(5).state == 0
+    assert factory.pin(13).state == 0  # switched off at the end
 
 
 def test_button_prints_presses_releases_long_presses_and_the_mute_switch() -> None:
@@ -177,7 +180,8 @@ def test_button_without_presses_warns_with_the_wiring() -> None:
         results, _text = run_part(load_config(None, environ={}), "button", Options(seconds=0.2, pin_factory=factory))
     finally:
         factory.reset()
-    assert results[0].verdict == "WARN" and "BCM 17 to ground" in results[0].fix
+    assert results[0].verdict == "WARN"
+    assert "BCM 17 to ground" in results[0].fix
 
 
 def test_vad_shows_speech_then_silence(alsa_dir: Path) -> None:
@@ -189,7 +193,8 @@ def test_vad_shows_speech_then_silence(alsa_dir: Path) -> None:
     assert results[0].verdict == "PASS", text
     lines = [line for line in text.splitlines() if "dBFS" in line]
     assert "#" in lines[0]  # speech heard at every aggressiveness
-    assert "#" not in lines[-1] and "-120.0 dBFS" in lines[-1]  # the silent tail: nothing
+    assert "#" not in lines[-1]
+    assert "-120.0 dBFS" in lines[-1]  # the silent tail: nothing
     assert " 2*" in lines[0]  # the configured aggressiveness is marked
 
 
@@ -229,7 +234,8 @@ def test_on_a_terminal_the_meter_redraws_one_line_and_verdicts_have_colour(alsa_
                           "--config", "/nonexistent", "--set", f"audio.capture_device={cfg.audio.capture_device}"])
     assert rc == 0, shown
     assert shown.count("\r\x1b[2K 0.") + shown.count("\r\x1b[2K  0.") >= 5  # redrawn in place, 10 blocks a second
-    assert "\x1b[32mPASS\x1b[0m mic" in shown and "\x1b[1m== mic:" in shown
+    assert "\x1b[32mPASS\x1b[0m mic" in shown
+    assert "\x1b[1m== mic:" in shown
 
 
 def test_plain_flag_and_all_parts_in_sequence(alsa_dir: Path, tmp_path: Path) -> None:
@@ -291,8 +297,10 @@ def test_ctrl_c_ends_the_live_view_with_a_verdict() -> None:
         os.close(master)
     text = shown.decode()
     assert "WARN button    no press seen" in text
-    assert "interrupted (Ctrl-C)" in text and "== vad" not in text  # the sequence stopped there
-    assert "FAIL mic" in text and rc == 1  # the earlier parts' verdicts still count
+    assert "interrupted (Ctrl-C)" in text
+    assert "== vad" not in text  # the sequence stopped there
+    assert "FAIL mic" in text
+    assert rc == 1  # the earlier parts' verdicts still count
 
 
 def test_a_running_daemon_is_named(tmp_path: Path) -> None:
@@ -323,5 +331,6 @@ def test_speaker_with_a_missing_mixer_control_fails_with_the_fix(alsa_dir: Path)
     cfg, out = audio_cfg(alsa_dir, b"", "audio.mixer_control=NoSuchControl", "audio.mixer_card=default")
     results, _text = run_part(cfg, "speaker", Options())
     assert [r.verdict for r in results] == ["FAIL"]
-    assert "NoSuchControl" in results[0].detail and "scontrols" in results[0].detail
+    assert "NoSuchControl" in results[0].detail
+    assert "scontrols" in results[0].detail
     assert not filedevices.read_output(out)  # nothing played at an unknown volume

@@ -34,18 +34,22 @@ def test_the_demo_on_the_clocked_card_reports_heard_audio(tmp_path: Path, capsys
     doc = json.loads((out / "report.json").read_text())
     assert report.validate(doc) == []
     assert code == 0, printed
-    assert doc["card"] == "clocked" and "clocked card" in printed and "heard after it" in printed
+    assert doc["card"] == "clocked"
+    assert "clocked card" in printed
+    assert "heard after it" in printed
 
     # every reply was heard, no sooner than it was written
     assert len(doc["turns"]) == 2
     for t in doc["turns"]:
         assert t["first_agent_audio_heard_s"] is not None
         assert t["first_agent_audio_heard_s"] >= t["first_agent_audio_written_s"] - CLOCK_ERROR_MS / 1000
-        assert t["latency_ms"] is not None and t["written_latency_ms"] is not None
+        assert t["latency_ms"] is not None
+        assert t["written_latency_ms"] is not None
     # interruptions: at most one 62.5 ms chunk of the old reply heard after each
     assert {i["source"] for i in doc["interruptions"]} >= {"local"}
     for i in doc["interruptions"]:
-        assert i["old_audio_ms_after"] is not None and i["old_audio_ms_after"] <= 62.5 + CLOCK_ERROR_MS
+        assert i["old_audio_ms_after"] is not None
+        assert i["old_audio_ms_after"] <= 62.5 + CLOCK_ERROR_MS
 
     # what the agent received: all the speech said while the button was held
     demo = fixtures.demo_input()
@@ -60,5 +64,6 @@ def test_the_demo_on_the_clocked_card_reports_heard_audio(tmp_path: Path, capsys
     assert _sound_s(user, rate) >= _sound_s(held, 16000) - 0.02
     # what the user heard: the agent's replies, as long as the run, on the run's clock
     heard, rate = _wav(out / "agent_audio.wav")
-    assert rate == 16000 and _sound_s(heard, rate) > 2.0
+    assert rate == 16000
+    assert _sound_s(heard, rate) > 2.0
     assert len(heard) / rate == pytest.approx(doc["duration_s"], abs=0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import array
 import queue
 import subprocess
 import tempfile
@@ -15,26 +14,10 @@ from device.bench.clockedcard import ClockedCard
 from device.core.audioevents import Block, CaptureEvent
 from device.core.config import AudioConfig
 from device.drivers.capture import Capture
+from tests.integration.audiorig import loud_samples, sound_spans
 from tests.support import sine
 
 TIMEOUT_S = 20.0
-
-
-def loud_samples(pcm: bytes, threshold: int = 1000) -> list[int]:
-    a = array.array("h", pcm)
-    return [i for i, x in enumerate(a) if abs(x) > threshold]
-
-
-def sound_spans(pcm: bytes, rate_hz: int, threshold: int = 200, gap_s: float = 0.005) -> list[tuple[int, int]]:
-    """(first, end) sample of each stretch of sound; gaps shorter than ``gap_s`` (zero crossings) are joined."""
-    spans: list[tuple[int, int]] = []
-    gap = int(gap_s * rate_hz)
-    for i in loud_samples(pcm, threshold):
-        if spans and i - spans[-1][1] <= gap:
-            spans[-1] = (spans[-1][0], i + 1)
-        else:
-            spans.append((i, i + 1))
-    return spans
 
 
 def test_the_speaker_recording_hears_what_is_played_on_the_monotonic_clock(clocked_card: ClockedCard) -> None:
@@ -82,7 +65,7 @@ def test_the_microphone_hears_the_room(clocked_card: ClockedCard) -> None:
 def test_capture_through_the_sound_server_starts_without_a_lost_microphone(alsa_dir: Path) -> None:
     """A fresh sound server without a low-latency client on the room delivers the pulse plugin's first
     4000-frame period after ~1.9 s (measured here: 1.95 s): a slow start, never 'no audio for 2 s',
-    which failed whenever the machine added 50 ms (one run in two in the issue)."""
+    which failed whenever the machine added 50 ms (one run in two on a loaded machine)."""
     for _ in range(3):
         with tempfile.TemporaryDirectory(prefix="va-card-") as directory:
             card = ClockedCard.start(Path(directory), listen_to_room=False)

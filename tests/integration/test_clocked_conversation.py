@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, fast_scenario, speech
 
 from device.bench import clockedcard
 from device.bench.clockedcard import ClockedCard
 from device.core.config import SystemdConfig
 from device.drivers.control import ControlError, request
 from device.emulator.scenario import Turn
+from tests.integration.daemonrig import WAIT_S, Rig, fast_scenario, speech
 
 QUESTION = speech("Could you tell me what the weather will be like tomorrow morning, please?")
 

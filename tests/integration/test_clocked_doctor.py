@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_clocked_card import sound_spans
 
 from device.bench.clockedcard import ClockedCard
 from device.commands.doctor import AudioProbe, Context, Finding, Status, run_checks, sound_server_routes
+from tests.integration.audiorig import sound_spans
 from tests.support import sine
 
 PULSE_HOOK = Path("/etc/alsa/conf.d/99-pulse.conf")
@@ -45,8 +45,10 @@ def test_pipewire_as_alsa_default_is_a_warning_with_the_fix(tmp_path: Path) -> N
     warn = [f for f in findings if f.status is Status.WARN]
     assert [f.status for f in findings[:2]] == [Status.OK, Status.OK]  # it opens now, as root, today
     assert len(warn) == 1
-    assert "PipeWire" in warn[0].detail and "99-pipewire-default.conf" in warn[0].detail
-    assert "plughw:CARD=" in warn[0].fix and "provisioning/asound" in warn[0].fix
+    assert "PipeWire" in warn[0].detail
+    assert "99-pipewire-default.conf" in warn[0].detail
+    assert "plughw:CARD=" in warn[0].fix
+    assert "provisioning/asound" in warn[0].fix
 
 
 def test_a_named_card_or_no_sound_server_is_fine(tmp_path: Path) -> None:
@@ -79,4 +81,6 @@ def test_against_pulseaudio_default_really_goes_to_the_server_and_doctor_says_so
     findings = audio_findings(tmp_path, 'capture_device = "default"\nplayback_device = "default"',
                               [PULSE_HOOK.parent])
     warn = [f for f in findings if f.status is Status.WARN]
-    assert len(warn) == 1 and "PulseAudio" in warn[0].detail and "99-pulse.conf" in warn[0].detail
+    assert len(warn) == 1
+    assert "PulseAudio" in warn[0].detail
+    assert "99-pulse.conf" in warn[0].detail

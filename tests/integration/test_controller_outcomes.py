@@ -5,7 +5,7 @@ The real controller drives real sessions against a hand-written WebSocket
 server that plays the service, or the emulator (no ALSA here: playback is not
 part of these cases). Retries happen only while a conversation is being opened; a
 conversation that broke off is shown as an error and never reopened on its
-own, and the log line says exactly that (issue 10 item 14).
+own, and the log line says exactly that.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from test_daemon_support import Recorder
-from test_session_events import drain, metadata, public_agent
-from test_session_support import WAIT_S, Hooks, agent_for, fast_scenario, running, scripted
 from websockets.sync.server import ServerConnection
 
 from device.app.controller import Controller
@@ -31,6 +28,18 @@ from device.drivers.secrets import Secret
 from device.drivers.session import Session
 from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
+from tests.integration.daemonrig import Recorder
+from tests.integration.sessionrig import (
+    WAIT_S,
+    Hooks,
+    agent_for,
+    drain,
+    fast_scenario,
+    metadata,
+    public_agent,
+    running,
+    scripted,
+)
 
 
 def error_event(code: int, error_type: str, message: str = "") -> str:
@@ -128,7 +137,8 @@ def test_a_conversation_that_broke_off_is_shown_not_reopened_and_the_line_says_s
     [line] = error_lines(caplog)
     assert "the service crashed (unknown_websocket_crash, close 1011)" in line
     assert "press the button" in line
-    assert "tries again" not in line and "trying again" not in line, line
+    assert "tries again" not in line, line
+    assert "trying again" not in line, line
 
 
 def test_a_failed_opening_is_retried_and_the_line_says_when(caplog: pytest.LogCaptureFixture) -> None:
@@ -139,7 +149,8 @@ def test_a_failed_opening_is_retried_and_the_line_says_when(caplog: pytest.LogCa
         connections = service.connections
     assert connections == 2
     [line] = error_lines(caplog)
-    assert "the service crashed" in line and "(trying again in " in line, line
+    assert "the service crashed" in line, line
+    assert "(trying again in " in line, line
 
 
 def test_a_safety_violation_is_not_retried_even_while_connecting(caplog: pytest.LogCaptureFixture) -> None:
@@ -151,7 +162,8 @@ def test_a_safety_violation_is_not_retried_even_while_connecting(caplog: pytest.
         connections = service.connections
     assert connections == 1
     [line] = error_lines(caplog)
-    assert "content policy" in line and "trying again" not in line
+    assert "content policy" in line
+    assert "trying again" not in line
 
 
 def test_the_status_counts_text_parts_rich_content_and_mcp_decisions() -> None:

@@ -7,7 +7,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (
+
+from device.core.config import ButtonConfig, GateConfig, SessionConfig
+from device.emulator.scenario import Fault, Turn
+from tests.integration.daemonrig import (
     BLOCK_S,
     CHUNK_FRAMES,
     MUTE_PIN,
@@ -20,9 +23,6 @@ from test_daemon_support import (
     silence,
     speech,
 )
-
-from device.core.config import ButtonConfig, GateConfig, SessionConfig
-from device.emulator.scenario import Fault, Turn
 
 QUESTION = speech("What can you do for me today?")
 LEAD_S = 1.25  # speech starts here in the input file
@@ -40,7 +40,8 @@ def seconds(pcm: bytes) -> float:
 def assert_device_shows_the_transcript(rig: Rig, said: str) -> None:
     """The device passed the service's final transcript of the user on (telemetry: status, ctl events, timeline)."""
     shown = rig.tel.wait("transcript", lambda r: r.data["role"] == "user" and not r.data["tentative"])
-    assert said and shown.data["text"] == said
+    assert said
+    assert shown.data["text"] == said
 
 
 def test_push_to_talk_conversation_and_the_first_words_reach_the_agent(tmp_path: Path) -> None:
@@ -64,7 +65,9 @@ def test_push_to_talk_conversation_and_the_first_words_reach_the_agent(tmp_path:
         status = json.loads((tmp_path / "status.json").read_text()) if (tmp_path / "status.json").exists() else {}
         rig.d.stop()
 
-        assert record.violations == [] and record.close_code == 1000 and record.closed_by == "client"
+        assert record.violations == []
+        assert record.close_code == 1000
+        assert record.closed_by == "client"
         heard = record.user_audio_pcm
         assert samples_equal_somewhere(QUESTION, heard)  # every sample of the question, first words included
         assert_device_shows_the_transcript(rig, record.turns[0].user_transcript)
@@ -95,12 +98,15 @@ def test_toggle_mode_and_a_long_press_ends_the_conversation(tmp_path: Path) -> N
         rig.button.drive_high()
         record = rig.emu.wait_for_conversation_end(timeout_s=WAIT_S)
         assert finished.data["frames"] > 0
-        assert record.closed_by == "client" and record.close_code == 1000 and record.violations == []
+        assert record.closed_by == "client"
+        assert record.close_code == 1000
+        assert record.violations == []
         assert samples_equal_somewhere(QUESTION, record.user_audio_pcm)
         # after the second press the gate closed: only zeros followed the question
         heard = record.user_audio_pcm
         after = heard[heard.find(QUESTION) + len(QUESTION) + 2 * 16000 :]
-        assert after and is_silent(after)
+        assert after
+        assert is_silent(after)
 
 
 def test_voice_mode_starts_on_speech_and_the_idle_timeout_ends_it(tmp_path: Path) -> None:
@@ -116,7 +122,8 @@ def test_voice_mode_starts_on_speech_and_the_idle_timeout_ends_it(tmp_path: Path
         assert rig.tel.of("button") == []
         assert samples_equal_somewhere(QUESTION, record.user_audio_pcm)
         assert_device_shows_the_transcript(rig, record.turns[0].user_transcript)
-        assert record.closed_by == "client" and record.violations == []
+        assert record.closed_by == "client"
+        assert record.violations == []
 
 
 def test_voice_mode_after_a_press_hears_the_user_once_the_listening_cue_is_over(tmp_path: Path) -> None:
@@ -209,7 +216,8 @@ def test_mute_switch_and_command_force_zeros_and_show_muted(tmp_path: Path) -> N
         heard = record.user_audio_pcm
         # what was captured after the switch closed is zeros: the question never reached the agent
         assert not samples_equal_somewhere(QUESTION[: 2 * 4000], heard)
-        assert heard and is_silent(heard[-2 * 16000 :])
+        assert heard
+        assert is_silent(heard[-2 * 16000 :])
         assert rig.factory.pin(RED).state == 1  # muted shows steady red
 
 
@@ -238,4 +246,5 @@ def test_network_drop_shows_the_error_and_the_next_press_recovers(
         assert len({s.state for s in red.states}) >= 2  # it blinked
         rig.d.command("stop")
         second = rig.emu.wait_for_conversation_end(index=1, timeout_s=WAIT_S)
-        assert second.violations == [] and second.closed_by == "client"
+        assert second.violations == []
+        assert second.closed_by == "client"

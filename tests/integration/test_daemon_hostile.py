@@ -20,12 +20,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_daemon_support import WAIT_S, Rig, silence
-from test_session_support import scripted
 from websockets.sync.server import ServerConnection
 
 from device.core.config import Config, SystemdConfig
 from device.core.protocol import MAX_FIELD_CHARS
+from tests.integration.daemonrig import WAIT_S, Rig, silence
+from tests.integration.sessionrig import scripted
 
 ROOT = Path(__file__).resolve().parents[2]
 FORGED = "\n<0>forged emergency\r\x1b[2J\x1b]0;title\x07"
@@ -86,16 +86,21 @@ def test_a_two_megabyte_conversation_id_and_a_forging_error_stay_short_and_clean
             rig.d.command("start")
             rig.wait_state("listening")
             dog = rig.d.watchdog
-            assert dog is not None and dog.wait_rounds(2, WAIT_S)  # status.json written in the conversation
+            assert dog is not None
+            assert dog.wait_rounds(2, WAIT_S)  # status.json written in the conversation
 
             answer = ctl_status(sock)
             assert answer.returncode == 0, answer.stderr[-500:]
             status = json.loads(answer.stdout)
-            assert status["state"] == "listening" and len(answer.stdout) < CTL_ANSWER_LIMIT
+            assert status["state"] == "listening"
+            assert len(answer.stdout) < CTL_ANSWER_LIMIT
             shown = status["conversation_id"]
-            assert shown.startswith("conv_AAA") and len(shown) <= MAX_FIELD_CHARS and not CONTROLS.search(shown)
+            assert shown.startswith("conv_AAA")
+            assert len(shown) <= MAX_FIELD_CHARS
+            assert not CONTROLS.search(shown)
             on_disk = status_file.read_text()
-            assert len(on_disk) < 4096 and json.loads(on_disk)["conversation_id"] == shown
+            assert len(on_disk) < 4096
+            assert json.loads(on_disk)["conversation_id"] == shown
 
             mark = rig.tel.mark()
             release.set()
@@ -104,7 +109,9 @@ def test_a_two_megabyte_conversation_id_and_a_forging_error_stay_short_and_clean
             answer = ctl_status(sock)
             assert answer.returncode == 0, answer.stderr[-500:]
             last_error = json.loads(answer.stdout)["last_error"]
-            assert last_error and not CONTROLS.search(last_error) and len(last_error) < 2000, last_error
+            assert last_error, last_error
+            assert not CONTROLS.search(last_error), last_error
+            assert len(last_error) < 2000, last_error
             assert not CONTROLS.search(str(ended.data["detail"]))
             assert len(status_file.read_text()) < 4096
     finally:

@@ -16,12 +16,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
-from test_daemon_service import NotifySocket, write_config
-from test_daemon_support import WAIT_S, fast_scenario, run_daemon, silence
-
 from device.core.errors import ExitCode
 from device.drivers.control import request
 from device.emulator.server import Emulator
+from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, run_daemon, silence, write_config
 
 
 @contextmanager
@@ -104,7 +102,8 @@ def test_a_second_daemon_refuses_and_touches_nothing_of_the_first(tmp_path: Path
             "(sudo systemctl stop voice-appliance, if it is the service), or give this one its own "
             "systemd.control_socket and systemd.status_file"
         ], b_stderr
-        assert "ready" not in b_stderr and "READY=1" not in notify_b.drain()
+        assert "ready" not in b_stderr
+        assert "READY=1" not in notify_b.drain()
         # A's socket, status file and textfile are A's, and A still answers on its socket.
         assert os.stat(sock).st_ino == socket_id
         assert pid_answering(sock) == a.pid
@@ -113,7 +112,8 @@ def test_a_second_daemon_refuses_and_touches_nothing_of_the_first(tmp_path: Path
 
         a.send_signal(signal.SIGTERM)
         assert ended(a, 15) == 0
-    assert not os.path.exists(sock) and not status_file.exists()
+    assert not os.path.exists(sock)
+    assert not status_file.exists()
     assert "voice_appliance_up 0\n" in prom.read_text()  # A's own clean stop
 
 

@@ -12,24 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_service import NotifySocket, write_config
-from test_daemon_support import WAIT_S, fast_scenario, serve_with_operator, silence
 
 from device.core.config import Config, load_config
 from device.drivers import filedevices
 from device.drivers.control import request
 from device.drivers.secrets import Secret
 from device.emulator.server import Emulator
+from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, serve_with_operator, silence, write_config
 from tests.support import make_fifo
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path / "notify.sock")
-    yield n
-    n.close()
 
 
 @contextlib.contextmanager
@@ -84,14 +76,16 @@ def test_a_hostile_reload_is_refused_and_the_kiosk_keeps_running(
             proc.send_signal(signal.SIGHUP)
             assert reason in notify.wait_for("STATUS=reload refused")
             ok, text = request(sock, "status")  # still serving, with the old configuration
-            assert ok and json.loads(text)["state"] == "idle", text
+            assert ok, text
+            assert json.loads(text)["state"] == "idle", text
             proc.send_signal(signal.SIGTERM)
             notify.wait_for("STOPPING=1")
             code = proc.wait(WAIT_S)
         log = (tmp_path / "daemon.log").read_text()
         assert code == 0, log
         refused = [line for line in log.splitlines() if "reload refused, keeping the running configuration" in line]
-        assert len(refused) == 1 and reason in refused[0], log
+        assert len(refused) == 1, log
+        assert reason in refused[0], log
         assert "Traceback" not in log
     finally:
         emu.stop()
@@ -115,7 +109,8 @@ def test_a_bug_in_loading_the_new_configuration_refuses_the_reload(
             os.kill(os.getpid(), signal.SIGHUP)
             assert "RuntimeError: a bug in the loader" in notify.wait_for("STATUS=reload refused")
             ok, text = request(cfg.systemd.control_socket, "status")
-            assert ok and json.loads(text)["state"] == "idle", text
+            assert ok, text
+            assert json.loads(text)["state"] == "idle", text
 
         assert serve_with_operator(cfg, Secret("emulator-key", "test"), broken_loader, operator) == 0
     finally:

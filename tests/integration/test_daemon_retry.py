@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 import webrtcvad
-from test_daemon_support import (
+
+from device.bench import fixtures, wavfile
+from device.core.config import Config, GateConfig, SessionConfig
+from device.emulator.scenario import Fault, Turn
+from tests.integration.daemonrig import (
     BLOCK_S,
     RATE_HZ,
     WAIT_S,
@@ -28,10 +32,6 @@ from test_daemon_support import (
     silence,
     speech,
 )
-
-from device.bench import fixtures, wavfile
-from device.core.config import Config, GateConfig, SessionConfig
-from device.emulator.scenario import Fault, Turn
 from tests.support import LocalHttp, QuietHandler
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
@@ -100,7 +100,8 @@ def test_the_agent_hears_the_whole_question_when_the_first_connection_is_retried
     assert nonzero_s(heard) == pytest.approx(seconds(q), abs=BLOCK_S + 0.01)
     assert voiced_s(heard) == pytest.approx(voiced_s(q), abs=0.1)
     assert samples_equal_somewhere(q, heard)
-    assert record.turns and record.turns[0].reply_audio_s > 0  # and the agent answered it
+    assert record.turns
+    assert record.turns[0].reply_audio_s > 0  # and the agent answered it
     assert status["counters"]["audio_dropped_s"] == 0
 
 
@@ -142,7 +143,8 @@ def test_the_bench_faults_scenario_keeps_the_question(tmp_path: Path) -> None:
     doc = json.loads((out / "report.json").read_text())
     user_pcm, info = wavfile.read_wav(out / "user_audio.wav")
     assert info.rate_hz == RATE_HZ
-    assert doc["press_to_first_frame_sent_ms"] and doc["press_to_first_frame_sent_ms"][0] > 1000  # it was retried
+    assert doc["press_to_first_frame_sent_ms"]
+    assert doc["press_to_first_frame_sent_ms"][0] > 1000  # it was retried
     assert samples_equal_somewhere(question(), user_pcm)  # every sample of the question reached the agent
     users = [t["text"] for t in doc["transcript"] if t["role"] == "user"]
     assert users[:2] == ["Hello?", "Still there?"]  # the question and the barge-in were both heard
@@ -221,6 +223,8 @@ def test_a_rate_limited_connection_is_retried_within_retry_max_s_whatever_retry_
         rig.d.command("stop")
     assert rig.rest.requests == 2
     errors = [r.getMessage() for r in caplog.records if "rate limiting" in r.getMessage()]
-    assert len(errors) == 1 and not re.search(r"\b(inf|nan)\b", errors[0]), errors
+    assert len(errors) == 1, errors
+    assert not re.search(r"\b(inf|nan)\b", errors[0]), errors
     waited = re.search(r"\(trying again in ([0-9.]+) s\)", errors[0])
-    assert waited is not None and float(waited.group(1)) <= 1.0, errors[0]
+    assert waited is not None, errors[0]
+    assert float(waited.group(1)) <= 1.0, errors[0]

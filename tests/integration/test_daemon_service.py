@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import signal
-import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (
+
+from device.app.controller import Command
+from device.app.daemon import serve
+from device.core.config import SystemdConfig, load_config
+from device.drivers.control import request
+from device.drivers.notify import Notifier
+from device.drivers.secrets import Secret
+from device.emulator.scenario import Fault
+from device.emulator.server import Emulator
+from tests.integration.daemonrig import (
     WAIT_S,
+    NotifySocket,
     Rig,
     fast_scenario,
     run_daemon,
@@ -22,62 +29,8 @@ from test_daemon_support import (
     silence,
     speech,
     with_session,
+    write_config,
 )
-
-from device.app.controller import Command
-from device.app.daemon import serve
-from device.core.config import SystemdConfig, load_config
-from device.drivers import filedevices
-from device.drivers.control import request
-from device.drivers.notify import Notifier
-from device.drivers.secrets import Secret
-from device.emulator.scenario import Fault
-from device.emulator.server import Emulator
-
-
-class NotifySocket:
-    """A stand-in for systemd's notification socket: a real AF_UNIX datagram socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(WAIT_S)
-        self.messages: list[str] = []
-
-    def next(self, timeout_s: float = WAIT_S) -> str:
-        self.sock.settimeout(timeout_s)
-        msg = self.sock.recv(4096).decode()
-        self.messages.append(msg)
-        return msg
-
-    def wait_for(self, fragment: str, timeout_s: float = WAIT_S) -> str:
-        """The next message containing ``fragment`` (others are kept in ``messages``)."""
-        while True:
-            msg = self.next(timeout_s)
-            if fragment in msg:
-                return msg
-
-    def drain(self) -> list[str]:
-        out = []
-        self.sock.settimeout(0)
-        try:
-            while True:
-                out.append(self.sock.recv(4096).decode())
-        except BlockingIOError:
-            pass
-        self.messages += out
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path / "notify.sock")
-    yield n
-    n.close()
 
 
 def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifySocket) -> None:
@@ -86,7 +39,8 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
     with Rig(tmp_path, silence(30.0), systemd=systemd, notifier=notifier, audio={"reopen_max_s": 0.1}) as rig:
         assert notify.wait_for("READY=1")
         notify.wait_for("WATCHDOG=1")
-        assert rig.d.watchdog is not None and rig.d.stall_s == pytest.approx(2.125)
+        assert rig.d.watchdog is not None
+        assert rig.d.stall_s == pytest.approx(2.125)
 
         # Make the controller hang the way a bug would: a command whose answer never returns.
         release = threading.Event()
@@ -112,44 +66,6 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
         assert rig.d.watchdog.stuck == []
 
 
-def write_config(tmp_path: Path, emu: Emulator, input_pcm: bytes, playback_device: str = "") -> Path:
-    """A config for `voice-appliance run`: file devices, the emulator, the control socket; [systemd] comes last."""
-    conf = filedevices.install(tmp_path / "alsa")
-    playback_device = playback_device or filedevices.playback_device(tmp_path / "out.raw", fixed_16k=True)
-    raw = tmp_path / "in.raw"
-    raw.write_bytes(input_pcm + silence(4.0))
-    key = tmp_path / "api_key"
-    key.write_text("emulator-key\n")
-    key.chmod(0o600)
-    group = grp.getgrgid(os.getgid()).gr_name
-    text = f"""
-[agent]
-agent_id = "{emu.agent_id}"
-base_url = "{emu.base_url}"
-connection = "signed_url"
-api_key_file = "{key}"
-
-[audio]
-capture_device = '{filedevices.capture_device(raw)}'
-playback_device = '{playback_device}'
-pace_realtime = true
-earcons = false
-
-[gate]
-mode = "toggle"
-
-[systemd]
-status_file = "{tmp_path / "run" / "status.json"}"
-control_socket = "{tmp_path / "run" / "control.sock"}"
-control_group = "{group}"
-watchdog = true
-"""
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    assert conf.exists()
-    return path
-
-
 def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: NotifySocket) -> None:
     emu = Emulator(fast_scenario(), speech="tone").start()
     try:
@@ -158,11 +74,13 @@ def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: N
             assert notify.wait_for("READY=1").startswith("READY=1")
             sock = str(tmp_path / "run" / "control.sock")
             ok, text = request(sock, "status")
-            assert ok and json.loads(text)["state"] == "idle"
+            assert ok
+            assert json.loads(text)["state"] == "idle"
             assert request(sock, "press") == (True, "")  # the on-screen button
             notify.wait_for("STATUS=listening")
             status = json.loads(request(sock, "status")[1])
-            assert status["state"] == "listening" and status["conversation_id"].startswith("conv_")
+            assert status["state"] == "listening"
+            assert status["conversation_id"].startswith("conv_")
             notify.wait_for("WATCHDOG=1")
 
             proc.send_signal(signal.SIGHUP)  # reload: the conversation ends, the daemon comes back
@@ -175,7 +93,8 @@ def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: N
             code = proc.wait(timeout=15)  # the unit's TimeoutStopSec
             stderr = proc.stderr.read() if proc.stderr else ""
         assert code == 0, stderr
-        assert "threads still running" not in stderr and "Traceback" not in stderr
+        assert "threads still running" not in stderr
+        assert "Traceback" not in stderr
         assert not (tmp_path / "run" / "control.sock").exists()
         assert not (tmp_path / "run" / "status.json").exists()
     finally:
@@ -253,7 +172,9 @@ def test_a_stop_is_no_stuck_worker(tmp_path: Path, caplog: pytest.LogCaptureFixt
     systemd = SystemdConfig(status_file="", control_socket="", watchdog=True)
     with Rig(tmp_path, silence(30.0), systemd=systemd) as rig:
         dog, prefetcher = rig.d.watchdog, rig.d.signed_urls
-        assert dog is not None and dog.alive and prefetcher is not None
+        assert dog is not None
+        assert dog.alive
+        assert prefetcher is not None
         rounds: list[bool] = []
 
         class SlowPrefetcher:
@@ -281,7 +202,8 @@ def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
         assert dog is not None
         assert dog.wait_rounds(2, WAIT_S)
         doc = json.loads((tmp_path / "run" / "status.json").read_text())
-        assert doc["state"] == "listening" and doc["conversation_id"].startswith("conv_")
+        assert doc["state"] == "listening"
+        assert doc["conversation_id"].startswith("conv_")
         assert set(doc["counters"]) >= {"conversations", "errors", "xruns", "ping_ms"}
         assert doc["counters"]["conversations"] == 1
         text = prom.read_text()
@@ -303,7 +225,8 @@ def test_a_missing_microphone_shows_the_error_until_it_appears(
         assert "ready without it" not in caplog.text  # its failure, not a timeout, made the daemon ready
         rig.wait_state("error")
         assert rig.d.status().last_error.startswith("microphone:")
-        assert rig.d.controller is not None and rig.d.controller.machine.state.value == "idle"
+        assert rig.d.controller is not None
+        assert rig.d.controller.machine.state.value == "idle"
         mark = rig.tel.mark()
         raw.write_bytes(content)  # ... now it has
         rig.wait_state("idle", after=mark)
@@ -331,7 +254,8 @@ def test_the_microphone_coming_back_leaves_a_newer_error_shown(tmp_path: Path) -
         rig.wait_state("connecting", after=mark)
         rig.wait_state("error", after=mark)
         refused = rig.d.status().last_error
-        assert refused and not refused.startswith("microphone:")
+        assert refused
+        assert not refused.startswith("microphone:")
         raw.write_bytes(content)
         rig.wait_captured(1.0)
         handled_so_far(rig)  # the microphone's "works again" included
@@ -374,7 +298,8 @@ def test_a_bad_reload_keeps_the_running_configuration(
             os.kill(os.getpid(), signal.SIGHUP)
             notify.wait_for("RELOADING=1")
             ready = notify.wait_for("READY=1")
-            assert "STATUS=reload refused" in ready and "lights-tool" in ready
+            assert "STATUS=reload refused" in ready
+            assert "lights-tool" in ready
             assert gate_mode() == "toggle"
             assert request(sock, "start")[0]  # ... and it still works
             notify.wait_for("STATUS=listening")

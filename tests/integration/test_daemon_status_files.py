@@ -1,4 +1,4 @@
-"""The Prometheus textfile after the daemon's real stop (issue 10, item 13).
+"""The Prometheus textfile after the daemon's real stop shows it stopped, not busy.
 
 A stop in the middle of a conversation used to leave the last state in the
 textfile for good (``state="connecting"} 1``), so a fleet dashboard showed a
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_daemon_support import WAIT_S, Rig, silence
-
 from device.core.config import SystemdConfig
+from tests.integration.daemonrig import WAIT_S, Rig, silence
 
 
 def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: Path) -> None:
@@ -25,7 +24,8 @@ def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: P
         rig.d.command("start")
         rig.wait_state("listening")
         dog = rig.d.watchdog
-        assert dog is not None and dog.wait_rounds(2, WAIT_S)
+        assert dog is not None
+        assert dog.wait_rounds(2, WAIT_S)
         text = prom.read_text()
         assert 'voice_appliance_state{state="listening"} 1' in text
     # the daemon's stop, with the conversation still running

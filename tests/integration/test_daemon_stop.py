@@ -13,12 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_daemon_service import NotifySocket, write_config
-from test_daemon_support import WAIT_S, fast_scenario, silence
 
 from device.drivers import filedevices
 from device.drivers.control import request
 from device.emulator.server import Emulator
+from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, silence, write_config
 from tests.support import ROOT
 
 # A speaker writing into a FIFO. Unlike the project's va_out devices this one truncates
@@ -163,7 +162,8 @@ def test_a_stop_that_never_ends_is_cut_at_the_deadline() -> None:
         [sys.executable, "-c", STUCK_STOP, "1.0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=WAIT_S)
     finally:

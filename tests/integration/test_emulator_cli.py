@@ -77,7 +77,9 @@ def run_cli(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[st
 
 def test_describe_scenario_and_list_faults() -> None:
     described = run_cli("--describe-scenario")
-    assert described.returncode == 0 and "[timing]" in described.stdout and "end_of_turn_silence_ms" in described.stdout
+    assert described.returncode == 0
+    assert "[timing]" in described.stdout
+    assert "end_of_turn_silence_ms" in described.stdout
     faults = run_cli("--list-faults")
     assert faults.returncode == 0
     for kind in ("close", "drop", "quota", "oversized_frame", "refuse_upgrade", "signed_url_error"):
@@ -89,15 +91,18 @@ def test_a_bad_scenario_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("[timing]\nspeeed = 3\n")
     r = run_cli("--scenario", str(bad))
     assert r.returncode == 78
-    assert "timing.speeed" in r.stderr and "did you mean 'speed'" in r.stderr
+    assert "timing.speeed" in r.stderr
+    assert "did you mean 'speed'" in r.stderr
     r = run_cli("--fault", "explode")
-    assert r.returncode == 78 and "unknown fault kind" in r.stderr
+    assert r.returncode == 78
+    assert "unknown fault kind" in r.stderr
 
 
 def test_a_port_in_use_says_what_to_do() -> None:
     with Emulator(speech="tone") as emu:
         r = run_cli("--port", str(emu.port), *QUICK)
-    assert r.returncode == 69 and "choose another --port" in r.stderr
+    assert r.returncode == 69
+    assert "choose another --port" in r.stderr
 
 
 @contextmanager
@@ -153,9 +158,12 @@ def test_a_clean_run_exits_0_after_the_conversations(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert f"listening on http://127.0.0.1:{port}" in out
-    assert "API key from $VOICE_APPLIANCE_EMULATOR_API_KEY" in out and "cli-test-key" not in out + err
-    assert "1 conversation(s)" in out and "no protocol violations" in out
-    assert len(list(rec.glob("*.events.json"))) == 1 and len(list(rec.glob("*.user.wav"))) == 1
+    assert "API key from $VOICE_APPLIANCE_EMULATOR_API_KEY" in out
+    assert "cli-test-key" not in out + err
+    assert "1 conversation(s)" in out
+    assert "no protocol violations" in out
+    assert len(list(rec.glob("*.events.json"))) == 1
+    assert len(list(rec.glob("*.user.wav"))) == 1
 
 
 def test_violations_are_listed_and_make_the_exit_status_1(tmp_path: Path) -> None:
@@ -167,7 +175,8 @@ def test_violations_are_listed_and_make_the_exit_status_1(tmp_path: Path) -> Non
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert "2 protocol violation(s)" in out
-    assert "pong_unknown_event_id" in out and "invalid_json" in out
+    assert "pong_unknown_event_id" in out
+    assert "invalid_json" in out
 
 
 def test_faults_from_the_command_line_and_sigterm(tmp_path: Path) -> None:
@@ -179,7 +188,8 @@ def test_faults_from_the_command_line_and_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0
-    assert "faults: close" in out and "closed 1011" in out
+    assert "faults: close" in out
+    assert "closed 1011" in out
 
 
 @pytest.mark.parametrize("key_source", ["file", "default"])
@@ -203,7 +213,8 @@ def test_the_api_key_clients_must_send(tmp_path: Path, key_source: str) -> None:
     try:
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
-            assert time.monotonic() < deadline and proc.poll() is None
+            assert time.monotonic() < deadline
+            assert proc.poll() is None
             time.sleep(0.05)
         port = int(port_file.read_text())
         wrong = requests.get(

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_session_support import (
+from device.core.config import ToolsConfig
+from device.core.protocol import AgentAudio, AgentResponse, ToolCallFinished
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import ToolCall, Turn
+from tests.contract.checking import ContractLog
+from tests.contract.validator import FROM_AGENT, TO_AGENT
+from tests.integration.sessionrig import (
     WAIT_S,
     Hooks,
     agent_for,
@@ -21,13 +27,6 @@ from test_session_support import (
     started,
     wait_reply_played,
 )
-
-from device.core.config import ToolsConfig
-from device.core.protocol import AgentAudio, AgentResponse, ToolCallFinished
-from device.drivers.tools import ToolRegistry
-from device.emulator.scenario import ToolCall, Turn
-from tests.contract.checking import ContractLog
-from tests.contract.validator import FROM_AGENT, TO_AGENT
 
 
 def test_every_device_message_conforms(contract_check: ContractLog) -> None:
@@ -105,7 +104,8 @@ def test_every_device_message_conforms(contract_check: ContractLog) -> None:
     ):
         assert sent.get(type_, 0) > 0, f"the device sent no {type_}"
     assert contract_check.counts[FROM_AGENT].get("client_tool_call") == 2
-    assert not contract_check.problems and not record.violations, (contract_check.report(), record.violations)
+    assert not contract_check.problems, (contract_check.report(), record.violations)
+    assert not record.violations, (contract_check.report(), record.violations)
 
 
 def test_the_device_accepts_alignment_on_every_audio_event_at_full_rate(contract_check: ContractLog) -> None:
@@ -124,7 +124,9 @@ def test_the_device_accepts_alignment_on_every_audio_event_at_full_rate(contract
             stats = session.stats
     sent = [e for e in record.events if e["type"] == "audio" and e["direction"] == "from_agent"]
     received = events.of(AgentAudio)
-    assert len(sent) > 50 and len(received) == len(sent)
+    assert len(sent) > 50
+    assert len(received) == len(sent)
     assert sum(len(a.audio) for a in received) == sum(e["bytes"] for e in sent)
     assert stats["malformed_messages"] == stats["unknown_events"] == stats["agent_audio_dropped"] == 0, stats
-    assert contract_check.counts[FROM_AGENT]["audio"] == len(sent) and not contract_check.problems
+    assert contract_check.counts[FROM_AGENT]["audio"] == len(sent)
+    assert not contract_check.problems

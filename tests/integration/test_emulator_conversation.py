@@ -129,19 +129,25 @@ def test_a_whole_conversation_with_a_tool_call(emu: Emulator, speech: bytes) -> 
         c.recv_until_closed(10)
         assert (c.close_code, c.close_reason) == (1000, "Agent ended the conversation")
         ids = [m["audio_event"]["event_id"] for m in c.of_type("audio")]
-        assert ids == sorted(ids) and len(set(ids)) == 4  # one increasing id per reply
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 4  # one increasing id per reply
 
     rec = emu.wait_for_conversation_end(timeout_s=5)
     assert rec.conversation_id == meta["conversation_id"]
-    assert rec.violations == [] and rec.closed_by == "server" and rec.close_code == 1000
+    assert rec.violations == []
+    assert rec.closed_by == "server"
+    assert rec.close_code == 1000
     assert [t.trigger for t in rec.turns] == ["first_message", "speech", "speech", "speech"]
     assert rec.turns[2].tool_calls[0].result == "all fine"
-    assert rec.initiation is not None and rec.initiation["dynamic_variables"] == {"kiosk_id": "kiosk-7"}
+    assert rec.initiation is not None
+    assert rec.initiation["dynamic_variables"] == {"kiosk_id": "kiosk-7"}
     assert rec.user_audio_pcm == sent_audio
     # The recording: an event log with audio summarised, and exactly the audio that arrived.
-    assert rec.events_path is not None and rec.wav_path is not None
+    assert rec.events_path is not None
+    assert rec.wav_path is not None
     log = json.loads(rec.events_path.read_text())
-    assert log["conversation_id"] == rec.conversation_id and log["close_code"] == 1000
+    assert log["conversation_id"] == rec.conversation_id
+    assert log["close_code"] == 1000
     chunk = next(e for e in log["events"] if e["type"] == "user_audio_chunk")
     assert set(chunk) == {"t_s", "direction", "type", "bytes", "duration_ms", "peak"}
     assert all("audio_base_64" not in json.dumps(e) for e in log["events"])
@@ -205,11 +211,13 @@ def test_interruption_over_the_socket(tmp_path: Path, speech: bytes) -> None:
         play_out(c, emu, 1)
         later = [m for m in c.received[cut:] if m["type"] == "audio"]
         # The next reply reuses the interrupted id: a client dropping "<=" would go silent here.
-        assert later and {m["audio_event"]["event_id"] for m in later} == {1}
+        assert later
+        assert {m["audio_event"]["event_id"] for m in later} == {1}
         new_reply = Synthesizer("tone").render(TURNS[0].reply, sc.agent.output)
         assert b"".join(base64.b64decode(m["audio_event"]["audio_base_64"]) for m in later) == new_reply
     rec = emu.conversations[0]
-    assert rec.turns[0].interrupted and rec.turns[0].interrupted_t_s is not None
+    assert rec.turns[0].interrupted
+    assert rec.turns[0].interrupted_t_s is not None
     assert rec.turns[0].chunks_sent < rec.turns[0].chunks_total
 
 
@@ -221,10 +229,12 @@ def test_pings_and_measured_round_trips(speech: bytes) -> None:
                 c.recv_until("ping")
             pings = [m["ping_event"] for m in c.of_type("ping")]
             assert pings[0]["ping_ms"] is None
-            assert isinstance(pings[2]["ping_ms"], int) and pings[2]["ping_ms"] >= 0
+            assert isinstance(pings[2]["ping_ms"], int)
+            assert pings[2]["ping_ms"] >= 0
             assert len({p["event_id"] for p in pings}) == 3
         rec = emu.wait_for_conversation_end(timeout_s=5)
-        assert len(rec.ping_rtts_ms) >= 2 and rec.violations == []
+        assert len(rec.ping_rtts_ms) >= 2
+        assert rec.violations == []
 
 
 def test_a_client_that_ignores_pings_is_reported() -> None:
@@ -250,9 +260,11 @@ def test_a_closed_gate_sends_only_zeros_and_the_record_proves_it(emu: Emulator) 
         c.send_init()
         c.stream_audio(silence(2))
     rec = emu.wait_for_conversation_end(timeout_s=5)
-    assert rec.user_audio_pcm == silence(2) and pcmlib.peak(rec.user_audio_pcm) == 0
+    assert rec.user_audio_pcm == silence(2)
+    assert pcmlib.peak(rec.user_audio_pcm) == 0
     chunks = rec.events_of("user_audio_chunk", "to_agent")
-    assert len(chunks) == 8 and {e["peak"] for e in chunks} == {0}
+    assert len(chunks) == 8
+    assert {e["peak"] for e in chunks} == {0}
     assert [t.trigger for t in rec.turns] == ["first_message"]
 
 
@@ -343,7 +355,8 @@ def test_stop_does_not_hang_on_a_client_that_stopped_reading() -> None:
         emu.stop()
     assert not stuck, "Emulator.stop() hung on a client that does not read"
     rec = emu.conversations[0]
-    assert rec.ended and rec.closed_by == "server"
+    assert rec.ended
+    assert rec.closed_by == "server"
     with Emulator(scenario(), port=emu.port, speech="tone") as again:  # the port is free again
         assert again.port == emu.port
 

@@ -61,7 +61,8 @@ def audio_before_close(c: ProtocolClient) -> int:
 def test_close_mid_reply(code: int) -> None:
     c, emu = run_first_message(scenario(f"close:reply=0,after_chunks=2,code={code}"))
     try:
-        assert c.close_code == code and audio_before_close(c) == 2
+        assert c.close_code == code
+        assert audio_before_close(c) == 2
         rec = emu.wait_for_conversation_end(timeout_s=5)
         assert (rec.close_code, rec.closed_by) == (code, "server")
         assert rec.violations == []
@@ -93,7 +94,8 @@ def test_malformed_unknown_and_broken_audio_events_mid_reply() -> None:
     )
     try:
         types = [m["type"] for m in c.received]
-        assert types.count("<not json>") == 1 and types.count("mcp_tool_call") == 1
+        assert types.count("<not json>") == 1
+        assert types.count("mcp_tool_call") == 1
         audio = [m["audio_event"]["audio_base_64"] for m in c.of_type("audio")]
         with pytest.raises(binascii.Error):
             base64.b64decode(audio[3], validate=True)
@@ -166,7 +168,8 @@ def test_no_user_audio_ends_with_an_error_event_and_1002() -> None:
             got = c.recv_until_closed(5)  # ...until it stops
         assert got[-1]["type"] == "error"
         assert got[-1]["error_event"]["error_type"] == "transport_receive_timeout"
-        assert c.close_code == 1002 and "transport_receive_timeout" in c.close_reason
+        assert c.close_code == 1002
+        assert "transport_receive_timeout" in c.close_reason
     finally:
         emu.stop()
 

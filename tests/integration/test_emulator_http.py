@@ -58,7 +58,8 @@ def refused_close(url: str) -> tuple[int | None, str]:
 
 def test_signed_url_points_back_at_the_emulator_and_opens_a_conversation(emu: Emulator) -> None:
     r = get(emu, SIGNED)
-    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "application/json"
     url = r.json()["signed_url"]
     assert url.startswith(f"ws://127.0.0.1:{emu.port}/v1/convai/conversation?agent_id=agent_emulator&")
     assert "conversation_signature=" in url
@@ -84,19 +85,22 @@ def test_signed_url_uses_the_host_the_client_asked_for(emu: Emulator) -> None:
 )
 def test_bad_keys_get_401(emu: Emulator, key: str | None, status: int, detail: str) -> None:
     r = get(emu, SIGNED, key=key)
-    assert r.status_code == status and r.json()["detail"]["status"] == detail
+    assert r.status_code == status
+    assert r.json()["detail"]["status"] == detail
     assert KEY not in r.text
 
 
 def test_unknown_agent_gets_404(emu: Emulator) -> None:
     r = get(emu, SIGNED, agent_id="agent_nobody")
-    assert r.status_code == 404 and r.json()["detail"]["status"] == "agent_not_found"
+    assert r.status_code == 404
+    assert r.json()["detail"]["status"] == "agent_not_found"
     assert get(emu, "/v1/elsewhere").status_code == 404
 
 
 def test_token_endpoint(emu: Emulator) -> None:
     r = get(emu, "/v1/convai/conversation/token")
-    assert r.status_code == 200 and len(r.json()["token"]) > 20
+    assert r.status_code == 200
+    assert len(r.json()["token"]) > 20
     assert get(emu, "/v1/convai/conversation/token", key="nope").status_code == 401
     assert [(q["path"], q["status"]) for q in emu.http_requests] == [
         ("/v1/convai/conversation/token", 200),
@@ -114,7 +118,8 @@ def test_rate_limited_then_served() -> None:
         first, second, third = (get(emu, SIGNED) for _ in range(3))
         assert first.status_code == second.status_code == 429
         assert first.headers["Retry-After"] == "3"
-        assert third.status_code == 200 and "signed_url" in third.json()
+        assert third.status_code == 200
+        assert "signed_url" in third.json()
     finally:
         emu.stop()
 
@@ -148,7 +153,8 @@ def test_a_private_agent_refuses_bad_signatures_with_1008(emu: Emulator, how: st
         "other_agent": emu.signed_url().replace("agent_emulator", "agent_other"),
     }[how]
     code, reason = refused_close(url)
-    assert code == 1008 and reason
+    assert code == 1008
+    assert reason
     assert emu.conversations == []  # refused before any conversation began
     assert emu.refusals[0]["code"] == 1008
 
@@ -207,15 +213,18 @@ def open_with(url: str, *subprotocols: str) -> tuple[str | None, dict[str, Any]]
 
 def test_the_convai_subprotocol_is_selected_when_requested(emu: Emulator) -> None:
     selected, first = open_with(emu.signed_url(), "convai")
-    assert selected == "convai" and first["type"] == "conversation_initiation_metadata"
+    assert selected == "convai"
+    assert first["type"] == "conversation_initiation_metadata"
     selected, first = open_with(emu.signed_url())  # the device asks for none: none is selected
-    assert selected is None and first["type"] == "conversation_initiation_metadata"
+    assert selected is None
+    assert first["type"] == "conversation_initiation_metadata"
 
 
 def test_a_conversation_token_as_bearer_subprotocol_admits_a_private_agent(emu: Emulator) -> None:
     token = get(emu, "/v1/convai/conversation/token").json()["token"]
     selected, first = open_with(emu.public_url(), "convai", f"bearer.{token}")
-    assert selected == "convai" and first["type"] == "conversation_initiation_metadata"  # the token is never echoed
+    assert selected == "convai"
+    assert first["type"] == "conversation_initiation_metadata"  # the token is never echoed
 
 
 @pytest.mark.parametrize("bearer", ["bearer.1.0~0000", "bearer.made-up"])
@@ -225,4 +234,5 @@ def test_a_bad_bearer_token_is_refused(emu: Emulator, bearer: str) -> None:
             ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=5)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008

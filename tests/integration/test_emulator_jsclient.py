@@ -101,12 +101,14 @@ def test_a_text_only_conversation(contract_check: ContractLog) -> None:
     assert said in (["Hello from the emulator.", *replies], replies), said
     assert of(events, "tool") == [{"event": "tool", "name": "device_status", "parameters": {}}]
     pings = of(events, "ping")
-    assert len(pings) >= 2 and len(record.ping_rtts_ms) >= len(pings) - 1  # answered (the last may cross the close)
+    assert len(pings) >= 2
+    assert len(record.ping_rtts_ms) >= len(pings) - 1  # answered (the last may cross the close)
     init = record.initiation or {}
     assert init["conversation_config_override"]["conversation"] == {"text_only": True}
     assert init["source_info"]["source"] == "js_sdk"
     assert [t.user_transcript for t in record.turns if t.user_transcript] == ["What can you do?", "How is the kiosk?"]
-    assert (record.close_code, record.closed_by) == (1000, "client") and not record.violations
+    assert (record.close_code, record.closed_by) == (1000, "client")
+    assert not record.violations
     assert contract_check.counts[FROM_AGENT].get("audio", 0) == 0  # text only
     for type_ in ("user_message", "contextual_update", "user_activity", "pong", "client_tool_result", "feedback"):
         assert contract_check.counts[TO_AGENT].get(type_, 0) > 0, type_
@@ -133,13 +135,17 @@ def test_a_voice_conversation_with_alignment(
     assert rc == 0, shown(events, stderr)
     done = of(events, "done")[0]
     said = [e["message"] for e in of(events, "message") if e["source"] == "ai"]
-    assert said[-1] == "I can answer questions." and set(said) <= {"Hello from the emulator.", said[-1]}
+    assert said[-1] == "I can answer questions."
+    assert set(said) <= {"Hello from the emulator.", said[-1]}
     heard = [e["message"] for e in of(events, "message") if e["source"] == "user"]
     assert heard[:1] == ["What can you do?"]
     sent_audio = sum(e["bytes"] for e in record.events if e["type"] == "audio" and e["direction"] == "from_agent")
-    assert done["speaker_bytes"] == done["audio_bytes"] > 0 and done["audio_bytes"] <= sent_audio
-    assert done["mic_bytes"] > 0 and len(record.user_audio_pcm) > len(user_speech_16k_js)
-    assert record.ping_rtts_ms and (record.close_code, record.closed_by) == (1000, "client")
+    assert done["speaker_bytes"] == done["audio_bytes"] > 0
+    assert done["audio_bytes"] <= sent_audio
+    assert done["mic_bytes"] > 0
+    assert len(record.user_audio_pcm) > len(user_speech_16k_js)
+    assert record.ping_rtts_ms
+    assert (record.close_code, record.closed_by) == (1000, "client")
     assert not record.violations, record.violations
     assert contract_check.counts[TO_AGENT].get("user_audio_chunk", 0) > 10
 
@@ -170,4 +176,5 @@ def test_the_device_hosts_match_the_js_clients_locations() -> None:
     for location, region in {"global": "global", "eu-residency": "eu", "in-residency": "in"}.items():
         assert origins[location] == f"wss://{REGION_HOSTS[region]}", location
     # The SDK's "us" location is the global host; the device's "us" region is the US-only host.
-    assert origins["us"] == "wss://api.elevenlabs.io" and REGION_HOSTS["us"] == "api.us.elevenlabs.io"
+    assert origins["us"] == "wss://api.elevenlabs.io"
+    assert REGION_HOSTS["us"] == "api.us.elevenlabs.io"

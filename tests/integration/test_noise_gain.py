@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_daemon_support import WAIT_S, Rig, samples_equal_somewhere
-
 from device.core.config import GateConfig, SessionConfig
 from tests import speechgen as g
+from tests.integration.daemonrig import WAIT_S, Rig, samples_equal_somewhere
 
 pytestmark = g.needs_tools
 
@@ -51,7 +50,8 @@ def test_with_suppression_the_agent_hears_less_noise(tmp_path: Path) -> None:
     # Off: the agent gets the microphone's samples unchanged (a long run of them, noise and question).
     assert samples_equal_somewhere(pcm[lead - 16000:lead + 48000], off)
     began = pcm.find(off[first_sent(off):first_sent(off) + 64])
-    assert began >= 0 and began + 32000 <= lead  # the measured stretch is noise alone
+    assert began >= 0
+    assert began + 32000 <= lead  # the measured stretch is noise alone
     on = received(tmp_path / "on", pcm, noise_suppression=3)
     assert not samples_equal_somewhere(pcm[lead - 16000:lead + 48000], on)
     # The same kind of stretch, heard by the agent without and with suppression: measured about -17 dB.

@@ -9,20 +9,6 @@ import time
 import types
 
 import pytest
-from test_session_support import (
-    WAIT_S,
-    Hooks,
-    agent_for,
-    blocks,
-    fast_scenario,
-    make_session,
-    messages_to_agent,
-    running,
-    scripted,
-    speak,
-    started,
-    wait_reply_played,
-)
 from websockets.sync.server import ServerConnection
 
 from device.core.audioformat import SUPPORTED, parse_format
@@ -41,6 +27,20 @@ from device.core.protocol import (
 from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import ToolCall as ScenarioToolCall
 from device.emulator.scenario import Turn
+from tests.integration.sessionrig import (
+    WAIT_S,
+    Hooks,
+    agent_for,
+    blocks,
+    fast_scenario,
+    make_session,
+    messages_to_agent,
+    running,
+    scripted,
+    speak,
+    started,
+    wait_reply_played,
+)
 
 
 def marked(n_blocks: int, start: int = 0) -> list[bytes]:

@@ -17,22 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_session_support import (
-    WAIT_S,
-    Hooks,
-    fast_scenario,
-    make_session,
-    messages_to_agent,
-    running,
-    scripted,
-    speak,
-    started,
-    wait_reply_played,
-)
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
-from device.core.config import AgentConfig, ToolsConfig
+from device.core.config import ToolsConfig
 from device.core.conversation import MAX_UNKNOWN_TYPES, SERVER_LOG_LINES
 from device.core.protocol import (
     AgentResponse,
@@ -46,19 +33,23 @@ from device.core.protocol import (
 from device.drivers.logs import setup_logging
 from device.drivers.tools import ToolRegistry
 from device.emulator.scenario import DEFAULT_CLIENT_EVENTS, Fault
+from tests.integration.sessionrig import (
+    WAIT_S,
+    Hooks,
+    drain,
+    fast_scenario,
+    make_session,
+    messages_to_agent,
+    metadata,
+    public_agent,
+    running,
+    scripted,
+    speak,
+    started,
+    wait_reply_played,
+)
 
 DEEP = 100_000
-
-
-def metadata(conversation_id: str = "conv_scripted") -> str:
-    return json.dumps({
-        "type": "conversation_initiation_metadata",
-        "conversation_initiation_metadata_event": {
-            "conversation_id": conversation_id,
-            "agent_output_audio_format": "pcm_16000",
-            "user_input_audio_format": "pcm_16000",
-        },
-    })
 
 
 def ping(event_id: int) -> str:
@@ -78,19 +69,6 @@ def recv_until(ws: ServerConnection, pred: Callable[[dict[str, Any]], bool], see
         seen.append(msg)
         if pred(msg):
             return
-
-
-def drain(ws: ServerConnection) -> None:
-    """Until the device closes (answering its close frame)."""
-    try:
-        while True:
-            ws.recv(timeout=WAIT_S)
-    except (ConnectionClosed, TimeoutError):
-        pass
-
-
-def public_agent(port: int) -> AgentConfig:
-    return AgentConfig(agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}", connect_timeout_s=5.0)
 
 
 def converse(script: Callable[[ServerConnection], None]) -> tuple[Any, Any]:

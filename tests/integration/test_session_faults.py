@@ -11,7 +11,15 @@ import struct
 import threading
 
 import pytest
-from test_session_support import (
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection
+
+from device.core.config import AgentConfig, SessionConfig, ToolsConfig
+from device.core.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded, SessionEvent
+from device.drivers.session import Session
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import Fault
+from tests.integration.sessionrig import (
     WAIT_S,
     Events,
     Hooks,
@@ -24,14 +32,6 @@ from test_session_support import (
     started,
     wait_reply_played,
 )
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import ServerConnection
-
-from device.core.config import AgentConfig, SessionConfig, ToolsConfig
-from device.core.protocol import AgentAudio, AgentResponse, Connected, Outcome, ServerError, SessionEnded, SessionEvent
-from device.drivers.session import Session
-from device.drivers.tools import ToolRegistry
-from device.emulator.scenario import Fault
 from tests.support import FixedUrl
 
 

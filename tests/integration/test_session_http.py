@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from test_session_support import EMULATOR_KEY, WAIT_S, agent_for, fast_scenario, make_session, running, started
 from websockets.sync.server import ServerConnection, serve
 
 from device.core.config import AgentConfig
@@ -28,6 +27,7 @@ from device.core.protocol import Connected, Outcome
 from device.drivers.agent_http import AgentHttp, SignedUrlSource
 from device.drivers.secrets import Secret
 from device.emulator.scenario import Fault
+from tests.integration.sessionrig import EMULATOR_KEY, WAIT_S, agent_for, fast_scenario, make_session, running, started
 from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
 
 
@@ -351,7 +351,7 @@ def test_stop_while_fetching_ends_locally() -> None:
 
 
 def test_stop_interrupts_a_signed_url_request_waiting_for_its_answer() -> None:
-    """Issue 10, item 11: even with the longest http_timeout_s, a stop does not wait for the answer."""
+    """Even with the longest http_timeout_s, a stop does not wait for the answer."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)

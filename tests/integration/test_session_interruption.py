@@ -7,11 +7,11 @@ import json
 import threading
 
 import pytest
-from test_session_support import WAIT_S, fast_scenario, make_session, running, speak, started
 from websockets.sync.server import ServerConnection, serve
 
 from device.core.config import AgentConfig
 from device.core.protocol import AgentAudio, AgentResponse, Connected, Interruption, UserTranscript
+from tests.integration.sessionrig import WAIT_S, fast_scenario, make_session, running, speak, started
 
 LONG_FIRST = "Hello. I am the emulated agent, and I am here to help you with anything you need today."
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import array
 import time
 
-from test_session_support import WAIT_S, fast_scenario, make_session, running, started, wait_reply_played
-
 from device.core.protocol import AgentAudio, AgentResponse, Connected, Outcome, SessionEnded
 from device.emulator.scenario import Fault
+from tests.integration.sessionrig import WAIT_S, fast_scenario, make_session, running, started, wait_reply_played
 
 
 def marked(value: int, n_blocks: int) -> list[bytes]:

@@ -13,12 +13,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_session_events import drain, metadata, public_agent
-from test_session_support import WAIT_S, agent_for, fast_scenario, make_session, running, scripted, started
 from websockets.sync.server import ServerConnection
 
 from device.core.protocol import ERROR_TYPES, Connected, Outcome, ServerError, SessionEnded
 from device.emulator.scenario import ERROR_TYPE_CODES, Fault
+from tests.integration.sessionrig import (
+    WAIT_S,
+    agent_for,
+    drain,
+    fast_scenario,
+    make_session,
+    metadata,
+    public_agent,
+    running,
+    scripted,
+    started,
+)
 
 # A reason text that the old English matching misread ("timeout" → "the device sent no audio").
 MISLEADING_REASON = "timeout"

@@ -9,7 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_session_support import (
+
+from device.core.config import ToolsConfig, ToolSpec
+from device.core.protocol import AgentAudio, AgentResponse, Ping, ToolCallFinished, ToolCallStarted
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import ToolCall as ScenarioToolCall
+from device.emulator.scenario import Turn
+from tests.integration.sessionrig import (
     WAIT_S,
     Hooks,
     fast_scenario,
@@ -21,12 +27,6 @@ from test_session_support import (
     started,
     wait_reply_played,
 )
-
-from device.core.config import ToolsConfig, ToolSpec
-from device.core.protocol import AgentAudio, AgentResponse, Ping, ToolCallFinished, ToolCallStarted
-from device.drivers.tools import ToolRegistry
-from device.emulator.scenario import ToolCall as ScenarioToolCall
-from device.emulator.scenario import Turn
 
 LONG = "This is a long answer with many words so that the audio keeps streaming for a good while longer."
 

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 
 import pytest
 import websocket
-from test_session_support import WAIT_S, agent_for, fast_scenario, make_session, running, started
 
 from device.core.protocol import Connected
 from device.drivers.agent_http import AgentHttp, AgentHttpError, SignedUrlSource
 from device.drivers.secrets import RedactingFilter, Secret
 from device.emulator.scenario import Fault
+from tests.integration.sessionrig import WAIT_S, agent_for, fast_scenario, make_session, running, started
 from tests.support import FixedUrl
 
 KEY = "sk_live_secret_key_7f3a9c1b2d"

@@ -21,7 +21,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from test_session_support import (
+
+from device.core.config import ToolsConfig, ToolSpec
+from device.core.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
+from device.drivers import filedevices
+from device.drivers.control import request
+from device.drivers.tools import ToolRegistry
+from device.emulator.scenario import ToolCall as ScenarioToolCall
+from device.emulator.scenario import Turn
+from tests.integration.sessionrig import (
     WAIT_S,
     Hooks,
     fast_scenario,
@@ -31,14 +39,6 @@ from test_session_support import (
     started,
     wait_reply_played,
 )
-
-from device.core.config import ToolsConfig, ToolSpec
-from device.core.protocol import AgentResponse, Outcome, SessionEnded, ToolCallFinished, ToolCallStarted
-from device.drivers import filedevices
-from device.drivers.control import request
-from device.drivers.tools import ToolRegistry
-from device.emulator.scenario import ToolCall as ScenarioToolCall
-from device.emulator.scenario import Turn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -281,7 +281,7 @@ watchdog = false
 
 
 def test_sigterm_ends_the_daemon_while_a_python_tool_hangs(tmp_path: Path) -> None:
-    """Issue 10 item 1: a hung callable kept the process alive ~59 s after SIGTERM (systemd kills at 15 s).
+    """SIGTERM ends the daemon while its tools hang, well within systemd's 15 s (a hung callable once held it ~59 s).
 
     The real daemon runs as a process; the agent calls four tools (tools.max_concurrent_calls) that
     hang for 120 s — a Python callable that sleeps, one that ignores SIGTERM and starts a process

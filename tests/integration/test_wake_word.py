@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_daemon_support import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
-
 from device.core.config import GateConfig, SessionConfig, WakeConfig
 from device.drivers.status import to_json, to_prometheus
 from device.emulator.scenario import Turn
 from tests import speechgen as g
+from tests.integration.daemonrig import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
 
 pytestmark = g.needs_tools
 
@@ -62,7 +61,9 @@ def test_the_wake_word_starts_a_conversation_and_the_question_after_it_arrives_w
         assert is_silent(heard[: heard.find(QUESTION)][: -2 * 16000 // 2])
         assert WAKE_AT_S < hit.t_s - r.tel.of("captured")[0].t_s + 0.25 < WAKE_AT_S + len(wake) / 32000 + 0.5
         assert r.tel.of("button") == []
-        assert c["wake_detections"] == 1 and c["false_wakes"] == 0 and c["conversations"] == 1
+        assert c["wake_detections"] == 1
+        assert c["false_wakes"] == 0
+        assert c["conversations"] == 1
 
 
 def test_speech_without_the_wake_word_starts_nothing(tmp_path: Path) -> None:
@@ -86,7 +87,8 @@ def test_a_wake_word_nobody_follows_counts_as_a_false_wake(tmp_path: Path) -> No
         r.wait_state("idle", after=mark)
         c = counters(r)
         r.d.stop()
-    assert c["wake_detections"] == 1 and c["false_wakes"] == 1
+    assert c["wake_detections"] == 1
+    assert c["false_wakes"] == 1
 
 
 def test_barge_in_by_wake_word_cuts_the_agent_off(tmp_path: Path) -> None:
@@ -110,4 +112,5 @@ def test_barge_in_by_wake_word_cuts_the_agent_off(tmp_path: Path) -> None:
     at_s = wakes[1].t_s - r.tel.of("captured")[0].t_s + 0.25
     assert second_at_s < at_s < second_at_s + len(wake) / 32000 + 0.5, (at_s, second_at_s)
     assert interruption.data["local"] is True
-    assert c["barge_ins"] == 1 and c["wake_detections"] == 2
+    assert c["barge_ins"] == 1
+    assert c["wake_detections"] == 2

@@ -192,7 +192,8 @@ def test_install_builds_the_venv_user_and_config(root: Path) -> None:
     assert tuple(int(x) for x in res.stdout.split(".")[:2]) >= (0, 10)  # built from PyPI, not Debian's 0.8.4
     groups = {line.split(":")[0]: line.strip().split(":")[3].split(",")
               for line in (root / "etc" / "group").read_text().splitlines()}
-    assert "voice-appliance" in groups["audio"] and "voice-appliance" in groups["gpio"]
+    assert "voice-appliance" in groups["audio"]
+    assert "voice-appliance" in groups["gpio"]
     etc = root / "etc" / "voice-appliance"
     gid = int(next(line.split(":")[2] for line in (root / "etc" / "group").read_text().splitlines()
                    if line.startswith("voice-appliance:")))
@@ -229,25 +230,28 @@ def assert_exactly_pinned(root: Path) -> None:
 
 
 def test_the_venv_holds_exactly_the_pinned_versions(root: Path) -> None:
-    """Issue 16: pip ran as root with unpinned dependencies; now every distribution is constraints.txt's."""
+    """Every distribution in the venv is the version constraints.txt pins (pip runs as root: nothing unpinned)."""
     assert_exactly_pinned(root)
     assert "requests" not in venv_distributions(root)  # Debian's, through --system-site-packages
 
 
 def test_the_kiosk_install_leaves_the_tools_out(root: Path) -> None:
-    """Issue 14, item 2: no emulator or bench on a kiosk unless --with-tools; the CLI names the flag."""
+    """No emulator or bench on a kiosk unless --with-tools; the CLI names the flag."""
     package = root / VENV_SITE.lstrip("/") / "device"
-    assert (package / "daemon.py").exists() and (package / "data" / "bench" / "question.wav").exists()
-    assert not (package / "emulator").exists() and not (package / "bench").exists()
+    assert (package / "daemon.py").exists()
+    assert (package / "data" / "bench" / "question.wav").exists()
+    assert not (package / "emulator").exists()
+    assert not (package / "bench").exists()
     assert "websockets" not in venv_distributions(root)
     for tool in ("emulator", "bench"):
         res = in_root(root, "/opt/voice-appliance/bin/voice-appliance", tool)
         assert res.returncode == 69, res.stdout + res.stderr
-        assert "--with-tools" in res.stderr and "Traceback" not in res.stderr
+        assert "--with-tools" in res.stderr
+        assert "Traceback" not in res.stderr
 
 
 def test_install_says_the_plaintext_key_file_is_still_there(root: Path) -> None:
-    """Issue 16, item 5: not a terminal, no --remove-key-file: the file stays and the command to remove it is shown."""
+    """Not a terminal, no --remove-key-file: the file stays and the command to remove it is shown."""
     key_file = INSTALL_OUTPUT["key_file"]
     assert Path(key_file).exists()
     advice = f"the plaintext key is still in {key_file}: remove it with: shred -u '{key_file}'"
@@ -273,7 +277,8 @@ def test_install_again_keeps_the_config_and_tightens_the_key(root: Path) -> None
 
 def test_units_verify_clean_inside_the_installed_system(root: Path) -> None:
     res = in_root(root, "systemd-analyze", "verify", "--man=no", UNIT, FIRSTBOOT)
-    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", res.stderr
 
 
 # -- installs that fail, and offline installs (each in a fresh root of its own) -------------
@@ -290,7 +295,7 @@ def fresh_root(base_root: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_failed_install_leaves_nothing_half_created_and_says_how_to_resume(fresh_root: Path, tmp_path: Path) -> None:
-    """Issue 16, item 4: pip fails (no network, the index at a closed port): no venv, no user, the key file kept."""
+    """pip fails (no network, the index at a closed port): no venv, no user, the key file kept."""
     key_file = tmp_path / "key.txt"
     key_file.write_text(FIXTURE_KEY + "\n")
     env = {**_install_env(), "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "5"}
@@ -302,9 +307,11 @@ def test_a_failed_install_leaves_nothing_half_created_and_says_how_to_resume(fre
         assert not os.path.lexists(fresh_root / gone), f"{gone} left behind:\n{out}"
     assert "voice-appliance:" not in (fresh_root / "etc" / "passwd").read_text()
     assert not list((fresh_root / "var" / "tmp").glob("voice-appliance-src.*"))
-    assert "install failed at pip install" in res.stderr and "nothing else was changed" in res.stderr, out
+    assert "install failed at pip install" in res.stderr, out
+    assert "nothing else was changed" in res.stderr, out
     assert "run the same command again" in res.stderr
-    assert key_file.exists() and "remove it" not in out  # never removed when the install failed
+    assert key_file.exists()
+    assert "remove it" not in out  # never removed when the install failed
 
 
 WHEELHOUSE_INPUTS = (REPO / "provisioning" / "constraints.txt", REPO / "pyproject.toml",
@@ -336,7 +343,7 @@ COMPILERS = ("gcc", "cc", "c89", "c99", "cpp")
 def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
     fresh_root: Path, wheelhouse: Path, tmp_path: Path,
 ) -> None:
-    """Issue 16 "Done when": install.sh --wheelhouse in a network namespace without network, compilers removed."""
+    """install.sh --wheelhouse installs offline: in a network namespace without network, compilers removed."""
     # No compiler in the root: a source build would fail (the boot root has install.sh's build tools).
     bin_dir = fresh_root / "usr" / "bin"
     for f in bin_dir.iterdir():
@@ -363,11 +370,14 @@ def test_an_offline_install_from_a_wheelhouse_needs_no_network_and_no_compiler(
     res2 = in_root(fresh_root, "/opt/voice-appliance/bin/python", "-c", imports)
     assert res2.returncode == 0, res2.stderr
     assert_exactly_pinned(fresh_root)
-    assert not leftover.exists() and not (fresh_root / "opt" / "voice-appliance" / "half-built").exists()
+    assert not leftover.exists()
+    assert not (fresh_root / "opt" / "voice-appliance" / "half-built").exists()
     # Asked on the terminal, answered y: the plaintext key file is gone, the key installed root-only.
-    assert "remove it now? [y/N]" in out and not key_file.exists()
+    assert "remove it now? [y/N]" in out
+    assert not key_file.exists()
     installed = fresh_root / "etc" / "voice-appliance" / "api_key"
-    assert installed.read_text() == FIXTURE_KEY + "\n" and stat.S_IMODE(installed.stat().st_mode) == 0o600
+    assert installed.read_text() == FIXTURE_KEY + "\n"
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o600
     assert FIXTURE_KEY not in out
     assert "voice-appliance:" in (fresh_root / "etc" / "passwd").read_text()
 
@@ -436,7 +446,8 @@ def machine(root: Path, agent: Agent, tmp_path_factory: pytest.TempPathFactory) 
     assert not Path(f"/proc/{m.pid1}").exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{m.group}"))
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert f" {root}/proc " not in mounts and f" {root}/run " not in mounts
+    assert f" {root}/proc " not in mounts
+    assert f" {root}/run " not in mounts
 
 
 def state(m: Machine) -> dict[str, str]:
@@ -468,14 +479,16 @@ def test_first_boot_applied_the_boot_partition_and_wiped_the_key(machine: Machin
     assert (boot / "voice-appliance.toml.applied").exists()
     key = root / "etc" / "voice-appliance" / "api_key"
     st = key.stat()
-    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0) and key.read_text() == EMU_KEY + "\n"
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
+    assert key.read_text() == EMU_KEY + "\n"
     assert "agent_id" in (root / "etc" / "voice-appliance" / "config.toml").read_text()
     assert EMU_KEY not in machine.journal(FIRSTBOOT)
 
 
 def test_service_is_ready_with_a_status_line(daemon: Machine, root: Path) -> None:
     s = state(daemon)
-    assert s["SubState"] == "running" and s["StatusText"], s
+    assert s["SubState"] == "running", s
+    assert s["StatusText"], s
     status = daemon.run("cat", "/run/voice-appliance/status.json").stdout
     assert '"state"' in status
     assert EMU_KEY not in daemon.journal(UNIT)
@@ -489,8 +502,10 @@ def test_doctor_sees_what_the_service_sees(daemon: Machine) -> None:
     details = {r["check"]: " | ".join(x["detail"] for x in rows if x["check"] == r["check"]) for r in rows}
     assert "/etc/voice-appliance/api_key" in details["credentials"]  # found through LoadCredential=
     # the audio devices exist only in the unit's ALSA_CONFIG_PATH (the drop-in): doctor used it
-    assert "va_in:" in details["audio"] and "active (running)" in details["service"]
-    assert res.returncode == 0 and EMU_KEY not in res.stdout + res.stderr
+    assert "va_in:" in details["audio"]
+    assert "active (running)" in details["service"]
+    assert res.returncode == 0
+    assert EMU_KEY not in res.stdout + res.stderr
 
 
 def as_user(user: str, *argv: str, group: str = "") -> tuple[str, ...]:
@@ -505,7 +520,8 @@ def test_control_socket_is_for_its_group_and_drives_a_conversation(daemon: Machi
     outsider = daemon.run(
         *as_user("nobody", "voice-appliance", "ctl", "--socket", sock, "status", group="nogroup"), check=False
     )
-    assert outsider.returncode == 77 and "not allowed" in outsider.stderr
+    assert outsider.returncode == 77
+    assert "not allowed" in outsider.stderr
     emu = agent.emulator
     daemon.run(*as_user("kioskui", "voice-appliance", "ctl", "start"))
     wait_for(lambda: "conversation" in state(daemon)["StatusText"], 30, "STATUS= to show the conversation")
@@ -525,7 +541,8 @@ def test_reload_keeps_the_same_process(daemon: Machine) -> None:
     before = state(daemon)
     daemon.run("systemctl", "reload", UNIT, timeout_s=60)
     after = wait_for(lambda: (s := state(daemon))["ActiveState"] == "active" and s, 30, "active after reload")
-    assert after["MainPID"] == before["MainPID"] and after["NRestarts"] == before["NRestarts"]
+    assert after["MainPID"] == before["MainPID"]
+    assert after["NRestarts"] == before["NRestarts"]
 
 
 def test_watchdog_restarts_a_stuck_daemon(daemon: Machine) -> None:
@@ -551,7 +568,7 @@ def test_stop_is_clean_within_the_stop_timeout(daemon: Machine) -> None:
 
 
 def test_stop_interrupts_a_signed_url_request_that_never_answers(daemon: Machine, root: Path) -> None:
-    """Issue 10, item 11: the worst case, agent.http_timeout_s at its maximum (120 s) and the
+    """The worst case, agent.http_timeout_s at its maximum (120 s) and the
     prefetcher's signed-URL request in flight to a server that accepts and never answers: the
     unit still stops by itself within TimeoutStopSec (Result=success, not timeout/SIGKILL)."""
     drop = root / "etc" / "systemd" / "system" / f"{UNIT}.d" / "hanging-agent.conf"
@@ -585,7 +602,8 @@ def test_stop_interrupts_a_signed_url_request_that_never_answers(daemon: Machine
             journal = daemon.run("journalctl", "-u", UNIT, "--since", since, "--no-pager", "-o", "cat",
                                  check=False, timeout_s=20).stdout
             assert (s["ActiveState"], s["Result"]) == ("inactive", "success"), f"{s}\n{journal[-3000:]}"
-            assert "SIGKILL" not in journal and "timed out" not in journal.lower(), journal[-3000:]
+            assert "SIGKILL" not in journal, journal[-3000:]
+            assert "timed out" not in journal.lower(), journal[-3000:]
             print(f"\nsystemctl stop with a hanging signed-URL request (http_timeout_s = 120): {stop_s:.2f} s")
         finally:
             drop.unlink()

@@ -44,7 +44,8 @@ def test_install_rejects_an_unknown_option_with_usage() -> None:
         [str(REPO / "provisioning" / "install.sh"), "--frobnicate"], capture_output=True, text=True, timeout=30
     )
     assert res.returncode != 0
-    assert "unknown option --frobnicate" in res.stderr and "--root DIR" in res.stderr
+    assert "unknown option --frobnicate" in res.stderr
+    assert "--root DIR" in res.stderr
 
 
 def _install(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -56,7 +57,7 @@ def _install(*args: str, input: str | None = None) -> subprocess.CompletedProces
 @needs_root
 @pytest.mark.parametrize("inner", [" ", "\t", "\n", "\r\n"], ids=["space", "tab", "newline", "crlf"])
 def test_install_refuses_a_key_with_whitespace_inside_and_never_prints_it(tmp_path: Path, inner: str) -> None:
-    """Issue 16: `tr -d '[:space:]'` joined "sk_abc def" into one wrong key; now it is refused before any change."""
+    """A key with whitespace inside is refused before any change (`tr -d '[:space:]'` would make one wrong key)."""
     target = tmp_path / "root"
     target.mkdir()
     half = KEY[:16], KEY[16:]
@@ -64,11 +65,15 @@ def test_install_refuses_a_key_with_whitespace_inside_and_never_prints_it(tmp_pa
     key_file.write_text(f"{half[0]}{inner}{half[1]}\n")
     res = _install("--root", str(target), "--no-apt", "--api-key-file", str(key_file))
     assert res.returncode == 1
-    assert "whitespace inside" in res.stderr and str(key_file) in res.stderr
-    assert half[0] not in res.stdout + res.stderr and half[1] not in res.stdout + res.stderr
-    assert list(target.iterdir()) == [] and key_file.exists()
+    assert "whitespace inside" in res.stderr
+    assert str(key_file) in res.stderr
+    assert half[0] not in res.stdout + res.stderr
+    assert half[1] not in res.stdout + res.stderr
+    assert list(target.iterdir()) == []
+    assert key_file.exists()
     res = _install("--root", str(target), "--no-apt", "--api-key-stdin", input=f"{half[0]}{inner}{half[1]}")
-    assert res.returncode == 1 and "standard input has whitespace inside" in res.stderr
+    assert res.returncode == 1
+    assert "standard input has whitespace inside" in res.stderr
     assert half[0] not in res.stdout + res.stderr
 
 
@@ -80,21 +85,26 @@ def test_install_accepts_a_notepad_key_with_bom_crlf_and_blanks_around(tmp_path:
     key_file.write_bytes(b"\xef\xbb\xbf  " + KEY.encode() + b" \r\n\r\n")
     res = _install("--root", str(target), "--no-apt", "--api-key-file", str(key_file))
     # Past the key: the next step finds the (empty) root without Debian's packages.
-    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
-    assert "API key" not in res.stderr and KEY not in res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "Debian packages missing" in res.stderr, res.stderr
+    assert "API key" not in res.stderr
+    assert KEY not in res.stderr
     empty = tmp_path / "empty.txt"
     empty.write_text(" \r\n")
     res = _install("--root", str(target), "--no-apt", "--api-key-file", str(empty))
-    assert res.returncode == 1 and "is empty" in res.stderr
+    assert res.returncode == 1
+    assert "is empty" in res.stderr
 
 
 @needs_root
 def test_install_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) -> None:
     res = _install("--root", str(tmp_path), "--no-apt", "--extras", "wake,bench")
     assert res.returncode == 1
-    assert "unknown extra 'bench'" in res.stderr and "valid: wake,dsp,apa102" in res.stderr
+    assert "unknown extra 'bench'" in res.stderr
+    assert "valid: wake,dsp,apa102" in res.stderr
     res = _install("--root", str(tmp_path), "--no-apt", "--remove-key-file")
-    assert res.returncode == 1 and "only with --api-key-file" in res.stderr
+    assert res.returncode == 1
+    assert "only with --api-key-file" in res.stderr
 
 
 @pytest.mark.parametrize("prefix", [
@@ -112,9 +122,11 @@ def test_install_refuses_a_prefix_the_units_and_sed_cannot_hold_before_changing_
     res = _install("--root", str(target), "--no-apt", *args)
     assert res.returncode == 1
     assert res.stderr.startswith(f"install.sh: error: --prefix {prefix}: "), res.stderr
-    assert "letters, digits" in res.stderr and "systemd units" in res.stderr
+    assert "letters, digits" in res.stderr
+    assert "systemd units" in res.stderr
     assert len(res.stderr.replace(prefix, "PREFIX").splitlines()) == 1, res.stderr
-    assert res.stdout == "" and list(target.iterdir()) == []
+    assert res.stdout == ""
+    assert list(target.iterdir()) == []
 
 
 @needs_root
@@ -123,7 +135,8 @@ def test_install_takes_a_plain_prefix_with_dots_dashes_and_a_trailing_slash(tmp_
     target.mkdir()
     res = _install("--root", str(target), "--no-apt", "--prefix", "/opt/kiosk_2.0-b+c/")
     # Past the prefix: the next step finds the (empty) root without Debian's packages.
-    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "Debian packages missing" in res.stderr, res.stderr
     assert "--prefix" not in res.stderr
 
 
@@ -145,7 +158,8 @@ def test_uninstall_removes_only_a_virtual_environment_at_the_prefix(tmp_path: Pa
     res = subprocess.run([str(REPO / "provisioning" / "uninstall.sh"), "--root", str(target), "--prefix", "/usr/"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert (usr / "bin" / "python").exists() and (usr / "lib").is_dir()
+    assert (usr / "bin" / "python").exists()
+    assert (usr / "lib").is_dir()
     assert "left /usr as it is: it is not a virtual environment (no pyvenv.cfg)" in res.stderr
 
 
@@ -157,10 +171,12 @@ def test_install_refuses_a_prefix_that_holds_something_else(tmp_path: Path) -> N
     res = _install("--root", str(target), "--no-apt", "--prefix", "/usr")
     assert res.returncode == 1
     assert "--prefix /usr already holds something other than a virtual environment" in res.stderr, res.stderr
-    assert sorted(p.name for p in usr.iterdir()) == ["bin", "lib"] and [p.name for p in target.iterdir()] == ["usr"]
+    assert sorted(p.name for p in usr.iterdir()) == ["bin", "lib"]
+    assert [p.name for p in target.iterdir()] == ["usr"]
     (target / "opt" / "voice-appliance").mkdir(parents=True)  # an empty directory made for it is fine
     res = _install("--root", str(target), "--no-apt")
-    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "Debian packages missing" in res.stderr, res.stderr
 
 
 @pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils (arecord)")
@@ -177,7 +193,8 @@ def test_asound_templates_parse_down_to_the_sound_card(tmp_path: Path, template:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
         # No card here: alsa-lib must get as far as looking the card up.
         assert res.returncode != 0
-        assert "Unknown PCM" not in res.stderr and "parse error" not in res.stderr.lower(), res.stderr
+        assert "Unknown PCM" not in res.stderr, res.stderr
+        assert "parse error" not in res.stderr.lower(), res.stderr
         assert "card" in res.stderr.lower(), res.stderr
 
 
@@ -217,7 +234,8 @@ def test_first_boot_installs_a_notepad_key_root_only_and_wipes_it(tmp_path: Path
     key_file = etc / "api_key"
     assert key_file.read_text() == KEY + "\n"
     st = key_file.stat()
-    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == 0
     assert not (boot / "voice-appliance-api-key.txt").exists()
     assert KEY not in res.stdout + res.stderr
 
@@ -233,10 +251,12 @@ def test_first_boot_applies_a_valid_config_once_and_keeps_the_old_one(tmp_path: 
     assert "agent_new" in (etc / "config.toml").read_text()
     assert "agent_old" in (etc / "config.toml.bak").read_text()
     assert stat.S_IMODE((etc / "config.toml").stat().st_mode) == 0o640
-    assert not (boot / "voice-appliance.toml").exists() and (boot / "voice-appliance.toml.applied").exists()
+    assert not (boot / "voice-appliance.toml").exists()
+    assert (boot / "voice-appliance.toml.applied").exists()
     # Once: a second boot finds nothing to do and changes nothing.
     res = _run_first_boot(boot, etc, env)
-    assert res.returncode == 0 and res.stdout == ""
+    assert res.returncode == 0
+    assert res.stdout == ""
 
 
 @needs_root
@@ -250,8 +270,11 @@ def test_first_boot_refuses_an_invalid_config_and_says_why_on_the_boot_partition
     assert "agent_old" in (etc / "config.toml").read_text()
     assert (boot / "voice-appliance.toml.invalid").exists()
     error = (boot / "voice-appliance-error.txt").read_bytes().decode()
-    assert "NOT applied" in error and "agent.regoin" in error and "region" in error
-    assert "voice-appliance.toml" in error and ".config.toml." not in error  # names the user's file
+    assert "NOT applied" in error
+    assert "agent.regoin" in error
+    assert "region" in error
+    assert "voice-appliance.toml" in error
+    assert ".config.toml." not in error  # names the user's file
     assert error.endswith("\r\n")  # readable in Notepad
 
 
@@ -260,25 +283,30 @@ def test_first_boot_refuses_an_empty_key_and_still_wipes_the_file(tmp_path: Path
     boot, etc, env = _first_boot(tmp_path)
     (boot / "voice-appliance-api-key.txt").write_text("\r\n")
     res = _run_first_boot(boot, etc, env)
-    assert res.returncode == 1 and "empty" in res.stdout
-    assert not (etc / "api_key").exists() and not (boot / "voice-appliance-api-key.txt").exists()
+    assert res.returncode == 1
+    assert "empty" in res.stdout
+    assert not (etc / "api_key").exists()
+    assert not (boot / "voice-appliance-api-key.txt").exists()
 
 
 @needs_root
 def test_first_boot_never_leaves_an_inline_key_on_the_boot_partition(tmp_path: Path) -> None:
-    """Issue 10, item 15: the refused config kept the key readable as voice-appliance.toml.invalid."""
+    """A refused config does not keep the key readable (as voice-appliance.toml.invalid, say)."""
     boot, etc, env = _first_boot(tmp_path)
     config = f'[agent]\r\nagent_id = "agent_new"\r\napi_key = "{KEY}"\r\nregion = "eu"\r\n'
     (boot / "voice-appliance.toml").write_text(config)
     res = _run_first_boot(boot, etc, env)
     assert res.returncode == 1  # api_key is no config key: refused, as before
     invalid = (boot / "voice-appliance.toml.invalid").read_text()
-    assert KEY not in invalid and 'api_key = "REMOVED-SECRET"' in invalid
-    assert 'agent_id = "agent_new"' in invalid and 'region = "eu"' in invalid  # the rest is still there to fix
+    assert KEY not in invalid
+    assert 'api_key = "REMOVED-SECRET"' in invalid
+    assert 'agent_id = "agent_new"' in invalid
+    assert 'region = "eu"' in invalid  # the rest is still there to fix
     for f in boot.iterdir():
         assert KEY.encode() not in f.read_bytes(), f.name
     assert KEY not in res.stdout + res.stderr
-    assert "removed what looked like an API key" in res.stdout and "voice-appliance-api-key.txt" in res.stdout
+    assert "removed what looked like an API key" in res.stdout
+    assert "voice-appliance-api-key.txt" in res.stdout
     assert "agent.api_key" in (boot / "voice-appliance-error.txt").read_text()
 
 
@@ -289,7 +317,8 @@ def test_first_boot_scrubs_a_key_from_an_applied_config_too(tmp_path: Path) -> N
     res = _run_first_boot(boot, etc, env)
     assert res.returncode == 0, res.stdout + res.stderr
     applied = (boot / "voice-appliance.toml.applied").read_text()
-    assert KEY not in applied and 'agent_id = "agent_new"' in applied
+    assert KEY not in applied
+    assert 'agent_id = "agent_new"' in applied
     assert "removed what looked like an API key" in res.stdout
 
 
@@ -329,10 +358,13 @@ def test_first_boot_takes_nothing_but_a_plain_file_and_leaves_the_rest_alone(
     res = _run_first_boot(boot, etc, env)  # bounded: a FIFO opened for reading would block here
     assert res.returncode == 1, res.stdout + res.stderr
     lines = [line for line in res.stdout.splitlines() if why in line]
-    assert len(lines) == 1 and f"{boot / name} {why}" in lines[0] and "left it as it is" in lines[0], res.stdout
+    assert len(lines) == 1, res.stdout
+    assert f"{boot / name} {why}" in lines[0], res.stdout
+    assert "left it as it is" in lines[0], res.stdout
     assert res.stderr == ""
     assert victim.read_bytes() == VICTIM
-    assert not (etc / "api_key").exists() and not (etc / "config.toml").exists()
+    assert not (etc / "api_key").exists()
+    assert not (etc / "config.toml").exists()
     assert [p.name for p in boot.iterdir()] == [name]  # untouched: still there, nothing written next to it
     assert (boot / name).is_symlink() == (kind == "symlink")
 
@@ -355,7 +387,8 @@ def test_first_boot_replaces_a_link_where_it_writes_on_the_boot_partition(
     assert res.returncode == (0 if output.endswith(".applied") else 1), res.stdout + res.stderr
     assert victim.read_bytes() == VICTIM
     written = boot / output
-    assert not written.is_symlink() and written.is_file()
+    assert not written.is_symlink()
+    assert written.is_file()
     assert "agent_new" in written.read_text() or "NOT applied" in written.read_text()
     assert KEY not in written.read_text()
     assert sorted(p.name for p in boot.iterdir() if p.name.startswith(".")) == []  # no temporary file left
@@ -365,7 +398,8 @@ def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Pat
     res = subprocess.run([str(REPO / "provisioning" / "wheelhouse.sh"), "--extras", "wake,bench", str(tmp_path / "w")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
-    assert "unknown extra 'bench'" in res.stderr and "valid: wake,dsp,apa102" in res.stderr
+    assert "unknown extra 'bench'" in res.stderr
+    assert "valid: wake,dsp,apa102" in res.stderr
     assert not (tmp_path / "w").exists()
 
 
@@ -378,9 +412,11 @@ def test_a_wheelhouse_of_wheels_only_needs_no_build_tools(tmp_path: Path) -> Non
     wheels.mkdir()
     (wheels / "pyalsaaudio-0.11.0-cp311-cp311-linux_aarch64.whl").write_bytes(b"")
     res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(wheels))
-    assert res.returncode == 1 and "Debian packages missing" in res.stderr, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "Debian packages missing" in res.stderr, res.stderr
     missing = res.stderr.split("Debian packages missing", 1)[1].split(";", 1)[0].split()
-    assert "python3-venv" in missing and "alsa-utils" in missing
+    assert "python3-venv" in missing
+    assert "alsa-utils" in missing
     assert not {"gcc", "libc6-dev", "python3-dev", "libasound2-dev"} & set(missing), missing
     # A source archive in it would be compiled: then the build tools are needed.
     (wheels / "webrtcvad-wheels-2.0.14.post1.tar.gz").write_bytes(b"")
@@ -388,4 +424,5 @@ def test_a_wheelhouse_of_wheels_only_needs_no_build_tools(tmp_path: Path) -> Non
     assert "gcc" in res.stderr.split("Debian packages missing", 1)[1].split(";", 1)[0].split()
     assert list(target.iterdir()) == []
     res = _install("--root", str(target), "--no-apt", "--wheelhouse", str(tmp_path / "nowhere"))
-    assert res.returncode == 1 and "no such directory" in res.stderr
+    assert res.returncode == 1
+    assert "no such directory" in res.stderr

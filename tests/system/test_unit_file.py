@@ -50,14 +50,16 @@ def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("unit", [UNIT_PATH, FIRSTBOOT_UNIT_PATH], ids=lambda p: p.name)
 def test_units_verify_clean(tmp_path: Path, unit: Path) -> None:
     res = _verify(_copy_for_verify(tmp_path, unit))
-    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", res.stderr
 
 
 @needs_analyze
 @pytest.mark.parametrize("drop_in", DROP_INS, ids=lambda p: p.name)
 def test_each_drop_in_verifies_clean(tmp_path: Path, drop_in: Path) -> None:
     res = _verify(_copy_for_verify(tmp_path, UNIT_PATH, (drop_in,)))
-    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", res.stderr
 
 
 def _exposure(unit: Path) -> tuple[float, str]:
@@ -121,8 +123,10 @@ def test_config_and_credential_errors_do_not_restart() -> None:
 
 def test_notify_watchdog_and_runtime_directory() -> None:
     s = service()
-    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
-    assert s["WatchdogSec"] and int(s["WatchdogSec"][0]) > 0
+    assert s["Type"] == ["notify"]
+    assert s["NotifyAccess"] == ["main"]
+    assert s["WatchdogSec"]
+    assert int(s["WatchdogSec"][0]) > 0
     assert s["RuntimeDirectory"] == ["voice-appliance"]
     assert s["User"] == ["voice-appliance"]
     assert set(s["SupplementaryGroups"][0].split()) == {"audio", "gpio"}
@@ -138,12 +142,16 @@ def test_key_comes_from_a_credential_with_an_empty_fallback() -> None:
 
 def test_token_broker_drop_in_removes_every_credential() -> None:
     s = service(UNIT_PATH, UNIT_PATH.parent / "drop-ins" / "token-broker.conf")
-    assert s.get("LoadCredential") == [] and s.get("SetCredential") == []
+    assert s.get("LoadCredential") == []
+    assert s.get("SetCredential") == []
 
 
 def test_devices_the_kiosk_needs_are_allowed() -> None:
     s = service()
     allowed = " ".join(s["DeviceAllow"])
-    assert "char-alsa" in allowed and "char-gpiochip" in allowed
+    assert "char-alsa" in allowed
+    assert "char-gpiochip" in allowed
     binds = " ".join(s["BindPaths"])
-    assert "/dev/snd" in binds and "/dev/gpiochip0" in binds and "/dev/gpiochip4" in binds  # Pi 5: gpiochip4
+    assert "/dev/snd" in binds
+    assert "/dev/gpiochip0" in binds
+    assert "/dev/gpiochip4" in binds  # Pi 5: gpiochip4

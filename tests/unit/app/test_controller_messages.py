@@ -1,4 +1,4 @@
-"""The controller's own error lines promise no retry it will not make (issue 10 item 14)."""
+"""The controller's own error lines promise no retry it will not make."""
 
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ def test_turn_latency_and_the_device_share_with_the_emulator_s_records() -> None
     assert first["first_agent_audio_written_s"] == pytest.approx(6.55)
     assert first["latency_ms"] == pytest.approx(1800.0)
     assert first["device_share_ms"] == pytest.approx(154.0)
-    assert first["interrupted"] is True and first["user_text"] == "Please turn the volume down"
+    assert first["interrupted"] is True
+    assert first["user_text"] == "Please turn the volume down"
     assert second["first_agent_audio_written_s"] == pytest.approx(12.42)
     assert second["latency_ms"] == pytest.approx(1000 * (12.42 - 10.75))
     assert fig.reply_received_to_written_ms["count"] == 2
@@ -99,7 +100,8 @@ def test_counters_and_texts() -> None:
     assert fig.conversation_s == pytest.approx(18.6)
     assert fig.session_outcomes == ["local"]
     assert fig.xruns == {"capture_overruns": 0, "playback_underruns": 1}
-    assert fig.ping_ms["count"] == 8 and fig.ping_ms["max"] == 27
+    assert fig.ping_ms["count"] == 8
+    assert fig.ping_ms["max"] == 27
     assert [c["name"] for c in fig.tool_calls] == ["set_volume"]
     assert [(t["role"], t["cut"]) for t in fig.transcript] == [
         ("user", False), ("agent", False), ("agent", True), ("user", False), ("agent", False)
@@ -137,7 +139,8 @@ def test_the_verdict(outcomes: list[str], played: int, violations: int, ok: bool
     still_going = analysis.verdict(fig, violations, timed_out=True, error=None)
     assert still_going[0] == ok
     if ok:
-        assert still_going[1] == "max_wait" and "still going" in still_going[2]
+        assert still_going[1] == "max_wait"
+        assert "still going" in still_going[2]
     assert analysis.verdict(fig, 0, timed_out=False, error="boom") == (False, "error", "boom")
 
 
@@ -198,4 +201,5 @@ def test_without_the_emulator_an_interruption_between_chunks_starts_a_new_reply(
     assert [t["first_agent_audio_received_s"] for t in fig.turns] == [pytest.approx(1.0), pytest.approx(1.1)]
     assert [t["first_agent_audio_written_s"] for t in fig.turns] == [pytest.approx(1.0), pytest.approx(1.12)]
     assert [t["interrupted"] for t in fig.turns] == [True, False]
-    assert fig.interruptions[0]["event_id"] == 4 and fig.interruptions[0]["old_audio_ms_after"] is None
+    assert fig.interruptions[0]["event_id"] == 4
+    assert fig.interruptions[0]["old_audio_ms_after"] is None

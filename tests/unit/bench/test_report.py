@@ -147,7 +147,8 @@ def test_the_summary_tells_pass_or_fail_and_the_figures() -> None:
     doc = valid_doc()
     text = report.summary(doc)
     assert text.startswith("PASS: conversation completed")
-    assert "1050 ms" in text and "155 ms" in text
+    assert "1050 ms" in text
+    assert "155 ms" in text
     assert "interruption (agent) at 9.70 s: 0 ms of the old reply" in text
     assert "protocol violations: 0" in text
     doc["outcome"] = {"ok": False, "ended_by": "network", "detail": "the connection dropped", "exit_code": 1}

@@ -36,7 +36,10 @@ def test_a_busy_thread_s_cpu_is_attributed_to_it_by_name() -> None:
 
 def test_samples_describe_this_process() -> None:
     s = resources.sample()
-    assert s.rss_mb > 1 and s.fds > 0 and s.threads >= 1 and s.cpu_s > 0
+    assert s.rss_mb > 1
+    assert s.fds > 0
+    assert s.threads >= 1
+    assert s.cpu_s > 0
     assert resources.peak_rss_mb() >= s.rss_mb * 0.5
 
 

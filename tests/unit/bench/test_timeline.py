@@ -58,7 +58,8 @@ def test_led_patterns_are_drawn_in_their_colour() -> None:
     assert timeline.text_colour_on("#00ff00") == "#111"
     root = _render([Ev(T0, "led", {"state": "listening", "outputs": {"red": "on #ff0000", "green": "off"}})])
     texts = _texts(root)
-    assert "LED red" in texts and "LED green" in texts
+    assert "LED red" in texts
+    assert "LED green" in texts
     fills = {r.get("fill") for r in root.iter(f"{SVG}rect")}
     assert "#ff0000" in fills
 
@@ -80,7 +81,8 @@ def test_labels_never_overlap_in_the_event_row() -> None:
     ys = sorted(
         float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if (t.text or "").startswith("tool tool")
     )
-    assert len(ys) == 5 and len(set(ys)) == 5
+    assert len(ys) == 5
+    assert len(set(ys)) == 5
 
 
 def test_a_label_at_the_right_edge_stays_in_the_picture() -> None:
@@ -145,15 +147,18 @@ def test_rows_are_stacked_in_order_and_everything_stays_in_the_picture() -> None
     height = float(root.get("height", 0))
     label_y = {t.text: float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.get("font-weight") == "bold"}
     ys = [label_y[row] for row in ROWS]
-    assert ys == sorted(ys) and len(set(ys)) == len(ys)
+    assert ys == sorted(ys)
+    assert len(set(ys)) == len(ys)
     for r in root.iter(f"{SVG}rect"):
         if r.get("x") is None:  # the page's background
             continue
         assert float(r.get("x", 0)) + float(r.get("width", 0)) <= timeline.WIDTH_PX + 0.05
-        assert float(r.get("y", 0)) >= 0 and float(r.get("y", 0)) + float(r.get("height", 0)) <= height
+        assert float(r.get("y", 0)) >= 0
+        assert float(r.get("y", 0)) + float(r.get("height", 0)) <= height
     # the axis ticks sit below the events row, above the bottom
     ticks = [float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.text == "20"]
-    assert ticks and label_y["events"] < ticks[0] < height
+    assert ticks
+    assert label_y["events"] < ticks[0] < height
 
 
 def test_without_latency_spans_there_is_no_latency_row_and_the_rows_below_move_up() -> None:
@@ -176,7 +181,8 @@ def test_each_interruption_gets_a_guide_through_every_row() -> None:
     state_top = timeline.TOP_PX
     events_y = next(float(t.get("y", 0)) for t in root.iter(f"{SVG}text") if t.text == "events")
     for g in guides:
-        assert float(g.get("y1", 0)) == state_top and float(g.get("y2", 0)) > events_y
+        assert float(g.get("y1", 0)) == state_top
+        assert float(g.get("y2", 0)) > events_y
     xs = sorted(float(g.get("x1", 0)) for g in guides)
     plot_px = timeline.WIDTH_PX - timeline.LABEL_PX - timeline.RIGHT_PX
     assert xs == [pytest.approx(timeline.LABEL_PX + t / 20 * plot_px, abs=0.05) for t in (9.0, 9.7)]

@@ -46,9 +46,11 @@ def test_clipping_fails_and_asks_for_less_gain() -> None:
     assert stats.clipped_fraction > 0.1
     verdicts = bringup.mic_verdicts(stats, "alsamixer -c X")
     fail = [v for v in verdicts if v.verdict == "FAIL"]
-    assert fail and "clipping" in fail[0].detail
+    assert fail
+    assert "clipping" in fail[0].detail
     assert bringup.suggest_gain_db(stats) <= -6
-    assert "lower the capture gain" in fail[0].fix and "alsamixer -c X" in fail[0].fix
+    assert "lower the capture gain" in fail[0].fix
+    assert "alsamixer -c X" in fail[0].fix
 
 
 def test_quiet_speech_suggests_a_gain_that_does_not_clip() -> None:
@@ -72,16 +74,20 @@ def test_dc_offset_and_noise_floor_warn() -> None:
 
 def test_digital_silence_is_a_failure_with_the_likely_causes() -> None:
     (v,) = bringup.mic_verdicts(bringup.analyse(bytes(32000), RATE), "alsamixer")
-    assert v.verdict == "FAIL" and "silence" in v.detail and "muted" in v.fix
+    assert v.verdict == "FAIL"
+    assert "silence" in v.detail
+    assert "muted" in v.fix
     (empty,) = bringup.mic_verdicts(bringup.analyse(b"", RATE), "x")
-    assert empty.verdict == "FAIL" and "no audio" in empty.detail
+    assert empty.verdict == "FAIL"
+    assert "no audio" in empty.detail
 
 
 def test_meter_shows_level_and_clipping() -> None:
     quiet = bringup.meter(bringup.block_level(sine(-40, 0.1)), width=30)
     loud = bringup.meter(bringup.block_level(sine(0.5, 0.1)), width=30)
     assert quiet.count("#") == 8  # -43 dBFS RMS on a -60..0 scale
-    assert "CLIP" in loud and "CLIP" not in quiet
+    assert "CLIP" in loud
+    assert "CLIP" not in quiet
 
 
 def test_tone_has_its_frequency_level_and_length() -> None:
@@ -90,14 +96,16 @@ def test_tone_has_its_frequency_level_and_length() -> None:
     assert bringup.dominant_frequency_hz(pcm, RATE) == pytest.approx(440, abs=2)
     assert bringup.block_level(pcm).peak_dbfs == pytest.approx(-12, abs=0.1)
     s = array("h", pcm)
-    assert abs(s[0]) < 100 and abs(s[-1]) < 100  # faded: no click
+    assert abs(s[0]) < 100
+    assert abs(s[-1]) < 100  # faded: no click
 
 
 def test_vad_advice() -> None:
     heard = [VadSummary(0, 100, 60), VadSummary(1, 100, 50), VadSummary(2, 100, 40), VadSummary(3, 100, 0)]
     assert bringup.vad_advice(heard, 2).verdict == "PASS"
     deaf = bringup.vad_advice(heard, 3)
-    assert deaf.verdict == "WARN" and "lower gate.vad_aggressiveness" in deaf.fix
+    assert deaf.verdict == "WARN"
+    assert "lower gate.vad_aggressiveness" in deaf.fix
     assert "3: 0 %" in deaf.detail
     assert bringup.vad_advice([], 2).verdict == "FAIL"
     assert bringup.vad_strip([True, False, True]) == "#.#"

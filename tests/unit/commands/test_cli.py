@@ -32,17 +32,20 @@ def test_each_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str])
         build_parser().parse_args([name, "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert f"voice-appliance {name}" in out and "--log-level" in out
+    assert f"voice-appliance {name}" in out
+    assert "--log-level" in out
 
 
 def test_no_subcommand_prints_usage_and_exits_2() -> None:
     r = cli()
-    assert r.returncode == 2 and "usage:" in r.stderr
+    assert r.returncode == 2
+    assert "usage:" in r.stderr
 
 
 def test_version() -> None:
     r = cli("version")
-    assert r.returncode == 0 and r.stdout.startswith("voice-appliance ")
+    assert r.returncode == 0
+    assert r.stdout.startswith("voice-appliance ")
 
 
 def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
@@ -50,14 +53,16 @@ def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
     bad.write_text('[agent]\nagent_id = "a"\n[gate]\nmode = "shout"\n')
     r = cli("run", "--config", str(bad))
     assert r.returncode == 78
-    assert "gate.mode" in r.stderr and "use one of" in r.stderr
+    assert "gate.mode" in r.stderr
+    assert "use one of" in r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_missing_config_file_exits_78(tmp_path: Path) -> None:
     r = cli("run", "--config", str(tmp_path / "absent.toml"))
-    assert r.returncode == 78 and "copy the example" in r.stderr
+    assert r.returncode == 78
+    assert "copy the example" in r.stderr
 
 
 def test_group_readable_key_file_refused_with_the_fix(tmp_path: Path) -> None:
@@ -76,18 +81,21 @@ def test_check_validates_and_prints_without_the_key(tmp_path: Path) -> None:
     key.chmod(0o600)
     r = cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={key}")
     assert r.returncode == 0, r.stderr
-    assert "valid, 1 warning(s)" in r.stdout and '"agent_id": "agent_0123456789abcdef"' in r.stdout
+    assert "valid, 1 warning(s)" in r.stdout
+    assert '"agent_id": "agent_0123456789abcdef"' in r.stdout
     assert KEY not in r.stdout + r.stderr
 
 
 def test_check_needs_a_key_for_signed_urls() -> None:
     r = cli("run", "--check", "--config", str(EXAMPLE))
-    assert r.returncode == 77 and "/etc/voice-appliance/api_key" in r.stderr
+    assert r.returncode == 77
+    assert "/etc/voice-appliance/api_key" in r.stderr
 
 
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     r = cli("run", "--check", env={"VOICE_APPLIANCE_CONFIG": str(tmp_path / "x.toml")})
-    assert r.returncode == 78 and str(tmp_path / "x.toml") in r.stderr
+    assert r.returncode == 78
+    assert str(tmp_path / "x.toml") in r.stderr
 
 
 def test_internal_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,7 +118,8 @@ def test_internal_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: p
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     err = capsys.readouterr().err
-    assert "internal error: ZeroDivisionError" in err and KEY not in err
+    assert "internal error: ZeroDivisionError" in err
+    assert KEY not in err
 
 
 def test_a_reader_that_went_away_is_not_an_internal_error() -> None:

@@ -115,7 +115,9 @@ SERVICE_CASES = [
 @pytest.mark.parametrize(("props", "status", "detail", "fix"), SERVICE_CASES)
 def test_service_state_is_explained(props: dict[str, str], status: Status, detail: str, fix: str) -> None:
     f = interpret_service(props)
-    assert f.status is status and detail in f.detail and fix in f.fix
+    assert f.status is status
+    assert detail in f.detail
+    assert fix in f.fix
 
 
 def test_table_puts_the_fix_under_its_line_and_counts() -> None:
@@ -126,7 +128,8 @@ def test_table_puts_the_fix_under_its_line_and_counts() -> None:
     ])
     lines = text.splitlines()
     fail_at = next(i for i, ln in enumerate(lines) if ln.startswith("FAIL"))
-    assert "microphone gone" in lines[fail_at] and lines[fail_at + 1].strip() == "→ plug it in"
+    assert "microphone gone" in lines[fail_at]
+    assert lines[fail_at + 1].strip() == "→ plug it in"
     assert lines[-1].startswith("1 problem(s) to fix, 1 warning(s)")
 
 
@@ -139,7 +142,8 @@ def test_a_crashing_check_is_a_fail_line_and_the_others_still_run(
     monkeypatch.setitem(doctor.CHECKS, "user", broken)
     findings = run_checks(make_ctx(tmp_path, offline=True), ["user", "service"])
     assert [f.check for f in findings] == ["user", "service"]
-    assert findings[0].status is Status.FAIL and "boom" in findings[0].detail
+    assert findings[0].status is Status.FAIL
+    assert "boom" in findings[0].detail
 
 
 # -- config -----------------------------------------------------------------------
@@ -148,7 +152,8 @@ def test_a_crashing_check_is_a_fail_line_and_the_others_still_run(
 def test_config_ok_names_agent_and_mode(tmp_path: Path) -> None:
     findings = run_checks(make_ctx(tmp_path, "[gate]\nmode = \"toggle\"\n"), ["config"])
     assert statuses(findings, "config") == [Status.OK]
-    assert "agent_test" in findings[0].detail and "toggle" in findings[0].detail
+    assert "agent_test" in findings[0].detail
+    assert "toggle" in findings[0].detail
 
 
 @needs("pymicro_wakeword", "wake")
@@ -156,25 +161,30 @@ def test_config_ok_names_agent_and_mode(tmp_path: Path) -> None:
 def test_config_shows_the_wake_word_and_noise_processing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = "[gate]\nmode = \"wake_word\"\n[wake]\nmodel = \"alexa\"\n[audio]\nauto_gain_dbfs = 3\n"
     [ok] = run_checks(make_ctx(tmp_path, body), ["config"])
-    assert ok.status is Status.OK and "wake word: microwakeword alexa" in ok.detail
+    assert ok.status is Status.OK
+    assert "wake word: microwakeword alexa" in ok.detail
     assert "auto gain -3 dBFS" in ok.detail
     monkeypatch.setitem(sys.modules, "pymicro_wakeword", None)  # a machine without the wake extra
     [fail] = run_checks(make_ctx(tmp_path, body), ["config"])
-    assert fail.status is Status.FAIL and "64-bit Raspberry Pi OS" in fail.detail
+    assert fail.status is Status.FAIL
+    assert "64-bit Raspberry Pi OS" in fail.detail
 
 
 def test_config_error_names_the_key(tmp_path: Path) -> None:
     findings = run_checks(make_ctx(tmp_path, "[audio]\ncapture_devise = \"x\"\n"), ["config", "audio"])
     config = [f for f in findings if f.check == "config"]
-    assert config[0].status is Status.FAIL and "audio.capture_devise" in config[0].detail
-    assert "capture_device" in config[0].detail and "--check" in config[0].fix
+    assert config[0].status is Status.FAIL
+    assert "audio.capture_devise" in config[0].detail
+    assert "capture_device" in config[0].detail
+    assert "--check" in config[0].fix
     assert statuses(findings, "audio") == [Status.SKIP]
 
 
 def test_shipped_example_config_is_flagged_as_a_placeholder(tmp_path: Path) -> None:
     ctx = Context(config_path=REPO / "examples" / "config.toml", environ={})
     findings = run_checks(ctx, ["config"])
-    assert findings[0].status is Status.WARN and "placeholder" in findings[0].detail
+    assert findings[0].status is Status.WARN
+    assert "placeholder" in findings[0].detail
 
 
 # -- credentials ------------------------------------------------------------------
@@ -193,14 +203,17 @@ def test_root_only_key_file_is_ok_and_never_printed(tmp_path: Path) -> None:
     findings = run_checks(ctx, ["credentials"])
     assert Status.FAIL not in statuses(findings, "credentials")
     assert any(f.status is Status.OK and "one key" in f.detail for f in findings)
-    assert ctx.key is not None and ctx.key.reveal() == KEY
-    assert KEY not in all_text(findings) and KEY not in repr(ctx.key)
+    assert ctx.key is not None
+    assert ctx.key.reveal() == KEY
+    assert KEY not in all_text(findings)
+    assert KEY not in repr(ctx.key)
 
 
 def test_group_readable_key_file_fails_with_the_chmod(tmp_path: Path) -> None:
     path = _key(tmp_path, KEY, 0o640)
     findings = run_checks(make_ctx(tmp_path), ["credentials"])
-    assert findings[0].status is Status.FAIL and findings[0].fix == f"sudo chmod 600 {path}"
+    assert findings[0].status is Status.FAIL
+    assert findings[0].fix == f"sudo chmod 600 {path}"
     assert KEY not in all_text(findings)
 
 
@@ -210,7 +223,8 @@ def test_group_readable_key_file_fails_with_the_chmod(tmp_path: Path) -> None:
 def test_malformed_key_file_fails(tmp_path: Path, text: str, why: str) -> None:
     _key(tmp_path, text, 0o600)
     findings = run_checks(make_ctx(tmp_path), ["credentials"])
-    assert findings[-1].status is Status.FAIL and why in findings[-1].detail
+    assert findings[-1].status is Status.FAIL
+    assert why in findings[-1].detail
 
 
 def test_a_fifo_or_a_nul_filled_key_file_fails_as_it_does_for_the_daemon(tmp_path: Path) -> None:
@@ -222,7 +236,8 @@ def test_a_fifo_or_a_nul_filled_key_file_fails_as_it_does_for_the_daemon(tmp_pat
     fifo.unlink()
     _key(tmp_path, "\0" * 64, 0o600)
     findings = run_checks(make_ctx(tmp_path), ["credentials"])
-    assert findings[-1].status is Status.FAIL and "control or invisible character" in findings[-1].detail
+    assert findings[-1].status is Status.FAIL
+    assert "control or invisible character" in findings[-1].detail
 
 
 def test_a_fifo_as_the_systemd_credential_is_not_waited_on(tmp_path: Path) -> None:
@@ -231,7 +246,8 @@ def test_a_fifo_as_the_systemd_credential_is_not_waited_on(tmp_path: Path) -> No
     fifo = make_fifo(cred / "elevenlabs_api_key")
     ctx = make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)})
     findings = unless_blocked_on(fifo, lambda: run_checks(ctx, ["credentials"]))
-    assert findings[-1].status is Status.FAIL and "systemd credential" in findings[-1].detail
+    assert findings[-1].status is Status.FAIL
+    assert "systemd credential" in findings[-1].detail
     assert "FIFO" in findings[-1].detail
 
 
@@ -244,7 +260,8 @@ def test_missing_key_says_how_to_install_it(tmp_path: Path) -> None:
 
 def test_environment_key_is_a_development_warning(tmp_path: Path) -> None:
     findings = run_checks(make_ctx(tmp_path, environ={"ELEVENLABS_API_KEY": KEY}), ["credentials"])
-    assert findings[0].status is Status.WARN and "development" in findings[0].detail
+    assert findings[0].status is Status.WARN
+    assert "development" in findings[0].detail
     assert KEY not in all_text(findings)
 
 
@@ -256,7 +273,8 @@ def test_systemd_credential_directory_is_read_first(tmp_path: Path) -> None:
     _key(tmp_path, KEY, 0o644)  # would FAIL, but the credential wins as it does for the daemon
     ctx = make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)})
     findings = run_checks(ctx, ["credentials"])
-    assert findings[-1].status is Status.OK and "systemd credential" in findings[-1].detail
+    assert findings[-1].status is Status.OK
+    assert "systemd credential" in findings[-1].detail
 
 
 def test_a_blank_systemd_credential_is_no_key_as_for_the_daemon(tmp_path: Path) -> None:
@@ -266,11 +284,13 @@ def test_a_blank_systemd_credential_is_no_key_as_for_the_daemon(tmp_path: Path) 
     (cred / "elevenlabs_api_key").write_text("\n")
     findings = run_checks(make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)}), ["credentials"])
     assert [f.status for f in findings] == [Status.FAIL]
-    assert "no API key" in findings[0].detail and str(tmp_path / "api_key") in findings[0].detail
+    assert "no API key" in findings[0].detail
+    assert str(tmp_path / "api_key") in findings[0].detail
     assert "systemd credential" not in findings[0].detail  # not "the credential is empty": it stands for none
     _key(tmp_path, KEY + "\n", 0o600)  # the key file behind LoadCredential= is what counts next
     findings = run_checks(make_ctx(tmp_path, environ={"CREDENTIALS_DIRECTORY": str(cred)}, euid=0), ["credentials"])
-    assert findings[-1].status is Status.OK and "one key" in findings[-1].detail
+    assert findings[-1].status is Status.OK
+    assert "one key" in findings[-1].detail
 
 
 @pytest.mark.parametrize("pasted", [KEY, "sk/" + "x" * 300, "x" * 5000])
@@ -278,22 +298,26 @@ def test_a_key_pasted_as_api_key_file_is_never_quoted(tmp_path: Path, pasted: st
     ctx = make_ctx(tmp_path, f'api_key_file = "{pasted}"\n', key_file="")
     findings = run_checks(ctx, ["credentials"])
     assert [f.status for f in findings] == [Status.FAIL], all_text(findings)
-    assert "not the path of an existing file" in findings[0].detail and "sudoedit" in findings[0].fix
-    assert pasted not in all_text(findings) and pasted[:12] not in all_text(findings)
+    assert "not the path of an existing file" in findings[0].detail
+    assert "sudoedit" in findings[0].fix
+    assert pasted not in all_text(findings)
+    assert pasted[:12] not in all_text(findings)
 
 
 def test_a_missing_key_file_path_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "keys" / "api_key"
     missing.parent.mkdir()
     findings = run_checks(make_ctx(tmp_path, f'api_key_file = "{missing}"\n', key_file=""), ["credentials"])
-    assert findings[0].status is Status.FAIL and f"{missing} does not exist" in findings[0].detail
+    assert findings[0].status is Status.FAIL
+    assert f"{missing} does not exist" in findings[0].detail
 
 
 def test_broker_mode_warns_about_a_key_left_on_the_device(tmp_path: Path) -> None:
     path = _key(tmp_path, KEY, 0o600)
     ctx = make_ctx(tmp_path, 'connection = "broker"\nbroker_url = "https://broker.example"\n')
     findings = run_checks(ctx, ["credentials"])
-    assert findings[0].status is Status.WARN and f"shred -u {path}" in findings[0].fix
+    assert findings[0].status is Status.WARN
+    assert f"shred -u {path}" in findings[0].fix
     path.unlink()
     assert run_checks(ctx, ["credentials"])[0].status is Status.OK
 
@@ -327,7 +351,8 @@ def test_alsa_utils_probe_opens_both_devices_at_16k(alsa_files: Path) -> None:
     assert statuses(findings, "audio") == [Status.OK, Status.OK], render_table(findings)
     # aplay really played the 50 ms of silence (padded to a whole period) into the file
     played = filedevices.read_output(alsa_files / "out.raw")
-    assert len(played) >= 2 * 800 and played == bytes(len(played))
+    assert len(played) >= 2 * 800
+    assert played == bytes(len(played))
 
 
 @pytest.mark.skipif(shutil.which("arecord") is None, reason="needs alsa-utils")
@@ -336,8 +361,10 @@ def test_missing_microphone_fails_and_says_which_key(alsa_files: Path) -> None:
     ctx.audio_probe = AlsaUtilsProbe()
     findings = run_checks(ctx, ["audio"])
     mic = findings[0]
-    assert mic.status is Status.FAIL and "no_such_mic" in mic.detail
-    assert "audio.capture_device" in mic.fix and "arecord -L" in mic.fix
+    assert mic.status is Status.FAIL
+    assert "no_such_mic" in mic.detail
+    assert "audio.capture_device" in mic.fix
+    assert "arecord -L" in mic.fix
     assert findings[1].status is Status.OK
 
 
@@ -365,7 +392,8 @@ def test_gpio_not_needed_when_nothing_is_wired(tmp_path: Path) -> None:
 def test_gpio_without_chips_is_a_warning_not_a_failure(tmp_path: Path) -> None:
     (tmp_path / "dev").mkdir()
     findings = run_checks(make_ctx(tmp_path), ["gpio"])
-    assert findings[0].status is Status.WARN and "ctl press" in findings[0].fix
+    assert findings[0].status is Status.WARN
+    assert "ctl press" in findings[0].fix
 
 
 def test_gpio_mock_factory_is_flagged(tmp_path: Path) -> None:
@@ -379,7 +407,8 @@ def test_gpio_chips_are_listed(tmp_path: Path) -> None:
     (dev / "gpiochip0").touch()
     (dev / "gpiochip4").touch()
     findings = run_checks(make_ctx(tmp_path), ["gpio"])
-    assert "gpiochip0" in findings[0].detail and "gpiochip4" in findings[0].detail
+    assert "gpiochip0" in findings[0].detail
+    assert "gpiochip4" in findings[0].detail
 
 
 # -- network (real sockets on loopback) --------------------------------------------
@@ -403,7 +432,8 @@ def test_reachable_http_host_and_public_agent(tmp_path: Path, listener: socket.s
     ctx.config_path.write_text(f'[agent]\nagent_id = "agent_test"\n{body}')
     findings = run_checks(ctx, ["network"])
     assert [f.status for f in findings] == [Status.OK, Status.OK], render_table(findings)
-    assert f"localhost:{port}" in findings[0].detail and "TCP" in findings[0].detail
+    assert f"localhost:{port}" in findings[0].detail
+    assert "TCP" in findings[0].detail
 
 
 def test_refused_connection_fails(tmp_path: Path, listener: socket.socket) -> None:
@@ -414,7 +444,8 @@ def test_refused_connection_fails(tmp_path: Path, listener: socket.socket) -> No
         f'[agent]\nagent_id = "agent_test"\nconnection = "public"\nbase_url = "http://127.0.0.1:{port}"\n'
     )
     findings = run_checks(ctx, ["network"])
-    assert findings[0].status is Status.FAIL and "cannot connect" in findings[0].detail
+    assert findings[0].status is Status.FAIL
+    assert "cannot connect" in findings[0].detail
 
 
 def test_dns_failure_says_to_check_dns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -423,8 +454,10 @@ def test_dns_failure_says_to_check_dns(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)  # the edge of the world: the resolver
     findings = run_checks(make_ctx(tmp_path, 'region = "eu"\n'), ["network"])
-    assert findings[0].status is Status.FAIL and "DNS" in findings[0].detail
-    assert "api.eu.residency.elevenlabs.io" in findings[0].detail and "resolv" in findings[0].fix
+    assert findings[0].status is Status.FAIL
+    assert "DNS" in findings[0].detail
+    assert "api.eu.residency.elevenlabs.io" in findings[0].detail
+    assert "resolv" in findings[0].fix
 
 
 @pytest.fixture
@@ -470,14 +503,16 @@ def _https_ctx(tmp_path: Path, port: int, ca_bundle: str = "") -> Context:
 def test_untrusted_certificate_points_at_ca_bundle(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
     port, _cert = tls_server
     findings = run_checks(_https_ctx(tmp_path, port), ["network"])
-    assert findings[0].status is Status.FAIL and "certificate not trusted" in findings[0].detail
+    assert findings[0].status is Status.FAIL
+    assert "certificate not trusted" in findings[0].detail
     assert "agent.ca_bundle" in findings[0].fix
 
 
 def test_trusted_with_ca_bundle(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
     port, cert = tls_server
     findings = run_checks(_https_ctx(tmp_path, port, str(cert)), ["network"])
-    assert findings[0].status is Status.OK and "TLS" in findings[0].detail, render_table(findings)
+    assert findings[0].status is Status.OK, render_table(findings)
+    assert "TLS" in findings[0].detail, render_table(findings)
 
 
 def test_a_fifo_as_ca_bundle_fails_instead_of_hanging(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
@@ -514,7 +549,8 @@ def test_signed_url_proves_key_and_agent(
     )
     findings = run_checks(ctx, ["network"])
     agent = findings[-1]
-    assert agent.status is status and words in agent.detail, render_table(findings)
+    assert agent.status is status, render_table(findings)
+    assert words in agent.detail, render_table(findings)
     assert key not in all_text(findings)
 
 
@@ -556,7 +592,8 @@ def test_an_https_broker_handing_out_plaintext_ws_is_refused_unless_loopback(
     agent = findings[-1]
     assert agent.status is status, render_table(findings)
     if status is Status.FAIL:
-        assert "unencrypted ws://" in agent.detail and "wss://" in agent.detail
+        assert "unencrypted ws://" in agent.detail
+        assert "wss://" in agent.detail
     assert token not in all_text(findings)
 
 
@@ -573,7 +610,9 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     bad.write_text("[agent]\nagent_id = 'a'\n[gate]\nmode = 'push_to_tlak'\n")
     assert main(["doctor", "--config", str(bad), "--only", "config"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "gate.mode" in out and "push_to_talk" in out
+    assert "FAIL" in out
+    assert "gate.mode" in out
+    assert "push_to_talk" in out
 
     assert main(["doctor", "--only", "config,nonsense"]) == 78
     assert "unknown check(s) nonsense" in capsys.readouterr().err
@@ -589,8 +628,10 @@ def test_service_check_reads_systemctl(tmp_path: Path) -> None:
     (tmp_path / "systemd").mkdir()
     ctx = make_ctx(tmp_path, systemd_dir=tmp_path / "systemd", run=systemctl)
     findings = run_checks(ctx, ["service"])
-    assert findings[0].status is Status.FAIL and "exit 78" in findings[0].detail
-    assert calls and calls[0][:3] == ["systemctl", "show", "voice-appliance.service"]
+    assert findings[0].status is Status.FAIL
+    assert "exit 78" in findings[0].detail
+    assert calls
+    assert calls[0][:3] == ["systemctl", "show", "voice-appliance.service"]
 
 
 def test_unit_environment_keeps_what_changes_the_checks(tmp_path: Path) -> None:
@@ -598,7 +639,8 @@ def test_unit_environment_keeps_what_changes_the_checks(tmp_path: Path) -> None:
              "ALSA_CONFIG_PATH=/usr/share/alsa/alsa.conf:/etc/x.conf LANG=C.UTF-8 LG_WD=/run/voice-appliance\n")
 
     def systemctl(argv: Sequence[str], timeout_s: float, stdin: bytes | None) -> CommandResult:
-        assert list(argv[:2]) == ["systemctl", "show"] and "Environment" in argv
+        assert list(argv[:2]) == ["systemctl", "show"]
+        assert "Environment" in argv
         return CommandResult(0, shown, "")
 
     (tmp_path / "systemd").mkdir()

@@ -1,4 +1,4 @@
-"""`run --check` and the optional-extra commands as a user meets them (issue 16, item 5)."""
+"""`run --check` and the optional-extra commands as a user meets them."""
 
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ def test_placeholder_agent_id_is_a_warning(tmp_path: Path) -> None:
     r = cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={key_file(tmp_path)}")
     assert r.returncode == 0, r.stderr
     assert "warning: agent.agent_id is still the example's placeholder" in r.stdout
-    assert "set agent_id in [agent]" in r.stdout and "OK" not in r.stdout.splitlines()[0]
+    assert "set agent_id in [agent]" in r.stdout
+    assert "OK" not in r.stdout.splitlines()[0]
 
 
 def test_a_real_agent_id_is_plainly_ok(tmp_path: Path) -> None:
     r = cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={key_file(tmp_path)}",
             "--set", "agent.agent_id=agent_real")
-    assert r.returncode == 0 and r.stdout.splitlines()[0].endswith(" OK") and "warning" not in r.stdout
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0].endswith(" OK")
+    assert "warning" not in r.stdout
 
 
 def test_a_key_pasted_into_api_key_file_is_never_printed(tmp_path: Path) -> None:
@@ -41,7 +44,8 @@ def test_a_key_pasted_into_api_key_file_is_never_printed(tmp_path: Path) -> None
     r = cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={PASTED}",
             env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert r.returncode == 0, r.stderr
-    assert PASTED not in r.stdout + r.stderr and KEY not in r.stdout + r.stderr
+    assert PASTED not in r.stdout + r.stderr
+    assert KEY not in r.stdout + r.stderr
     assert '"api_key_file": "<redacted: not a file path' in r.stdout
     assert "agent.api_key_file does not look like a file path" in r.stdout
 
@@ -64,4 +68,5 @@ def test_emulator_and_bench_without_the_bench_extra_exit_69_with_advice(tmp_path
         assert "internal error" not in r.stderr
         assert "needs the optional 'bench' extra" in r.stderr
         # The venv's own pip and the extra's requirement (with its version where the metadata has it).
-        assert f"{sys.prefix}/bin/pip install " in r.stderr and "websockets" in r.stderr.split("pip install ", 1)[1]
+        assert f"{sys.prefix}/bin/pip install " in r.stderr
+        assert "websockets" in r.stderr.split("pip install ", 1)[1]

@@ -89,49 +89,67 @@ def test_parse_cards_and_lists() -> None:
 
 def test_parse_stream_channels_and_rates() -> None:
     s = soundcards.parse_stream(MONO_STREAM)
-    assert s["playback"].channels == (1,) and s["playback"].rates_hz == (48000,)
+    assert s["playback"].channels == (1,)
+    assert s["playback"].rates_hz == (48000,)
     assert s["capture"].rates_hz == (16000, 48000)
     cont = soundcards.parse_stream("Playback:\n  Channels: 2\n  Rates: 8000 - 44100 (continuous)\n")["playback"]
-    assert cont.rate_range_hz == (8000, 44100) and cont.best_rate_hz() == 44100
+    assert cont.rate_range_hz == (8000, 44100)
+    assert cont.best_rate_hz() == 44100
 
 
 def test_mono_usb_speakerphone_gets_usb_mono_with_its_real_name() -> None:
     cards = soundcards.detect_from(CARDS, ARECORD_L, APLAY_L, {2: MONO_STREAM})
     p = soundcards.propose(cards)
-    assert p is not None and p.template == "usb-mono"
-    assert p.mic.id == "UACDemoV10" and p.speaker is p.mic and p.speaker_channels == 1
+    assert p is not None
+    assert p.template == "usb-mono"
+    assert p.mic.id == "UACDemoV10"
+    assert p.speaker is p.mic
+    assert p.speaker_channels == 1
     text = soundcards.render(soundcards.read_template(p.template), p)
-    assert text.count('default "UACDemoV10"') == 2 and 'default "Device"' not in text
+    assert text.count('default "UACDemoV10"') == 2
+    assert 'default "Device"' not in text
     speaker = text.split("pcm.kiosk_speaker {", 1)[1].split("\n}", 1)[0]
-    assert "            channels 1\n" in speaker and "            rate 48000\n" in speaker
+    assert "            channels 1\n" in speaker
+    assert "            rate 48000\n" in speaker
 
 
 def test_stereo_usb_card_gets_the_usb_template_at_a_rate_it_takes() -> None:
     stream = MONO_STREAM.replace("    Channels: 1\n    Endpoint: 0x01", "    Channels: 2\n    Endpoint: 0x01").replace(
         "Rates: 48000", "Rates: 44100")
     p = soundcards.propose(soundcards.detect_from(CARDS, ARECORD_L, APLAY_L, {2: stream}))
-    assert p is not None and p.template == "usb" and p.speaker_channels == 2 and p.speaker_rate_hz == 44100
+    assert p is not None
+    assert p.template == "usb"
+    assert p.speaker_channels == 2
+    assert p.speaker_rate_hz == 44100
     text = soundcards.render(soundcards.read_template("usb"), p)
     speaker = text.split("pcm.kiosk_speaker {", 1)[1].split("\n}", 1)[0]
-    assert "rate 44100" in speaker and "channels 2" in speaker and 'default "UACDemoV10"' in speaker
+    assert "rate 44100" in speaker
+    assert "channels 2" in speaker
+    assert 'default "UACDemoV10"' in speaker
 
 
 def test_usb_microphone_with_the_jack_gets_the_headphones_template() -> None:
     aplay = "card 0: Headphones [bcm2835 Headphones], device 0: bcm2835 Headphones [x]\n"
     arecord = "card 2: UACDemoV10 [UACDemoV1.0], device 0: USB Audio [USB Audio]\n"
     p = soundcards.propose(soundcards.detect_from(CARDS, arecord, aplay))
-    assert p is not None and p.template == "headphones" and p.speaker is not None and p.speaker.id == "Headphones"
+    assert p is not None
+    assert p.template == "headphones"
+    assert p.speaker is not None
+    assert p.speaker.id == "Headphones"
     text = soundcards.render(soundcards.read_template(p.template), p)
-    assert 'default "UACDemoV10"' in text and "hw:CARD=Headphones,DEV=0" in text
+    assert 'default "UACDemoV10"' in text
+    assert "hw:CARD=Headphones,DEV=0" in text
 
 
 def test_hat_gets_the_2mic_template_with_its_card_name() -> None:
     renamed = HAT_CARDS.replace("seeed2micvoicec", "seeed2micvoic_1")
     cards = soundcards.detect_from(renamed, "card 3: seeed2micvoic_1 [x], device 0: y [z]\n", "")
     p = soundcards.propose(cards)
-    assert p is not None and p.template == "2mic-hat"
+    assert p is not None
+    assert p.template == "2mic-hat"
     text = soundcards.render(soundcards.read_template(p.template), p)
-    assert "hw:CARD=seeed2micvoic_1,DEV=0" in text and "seeed2micvoicec" not in text
+    assert "hw:CARD=seeed2micvoic_1,DEV=0" in text
+    assert "seeed2micvoicec" not in text
 
 
 def test_no_microphone_no_proposal() -> None:
@@ -143,7 +161,10 @@ def test_detect_reads_a_fake_proc_asound(tmp_path: Path) -> None:
     root = fake_root(tmp_path, CARDS, {2: MONO_STREAM}, {0: "p", 1: "p", 2: "cp"})
     cards = soundcards.detect(root)
     usb = [c for c in cards if c.id == "UACDemoV10"]
-    assert usb and usb[0].capture and usb[0].playback and usb[0].kind == "usb"
+    assert usb
+    assert usb[0].capture
+    assert usb[0].playback
+    assert usb[0].kind == "usb"
     assert usb[0].streams["playback"].channels == (1,)
     assert [c.kind for c in cards] == ["headphones", "hdmi", "usb"]
 
@@ -155,17 +176,21 @@ def test_check_proposes_then_writes_with_a_backup(tmp_path: Path) -> None:
     (etc / "asound.conf").write_text("# mine\n")
     lines: list[str] = []
     (r,) = soundcards.check(root, write=False, line=lines.append)
-    assert r.verdict == "WARN" and "--write" in r.fix
+    assert r.verdict == "WARN"
+    assert "--write" in r.fix
     assert any("usb-mono.conf with CARD UACDemoV10" in line for line in lines)
     assert (etc / "asound.conf").read_text() == "# mine\n"  # nothing written without --write
     (w,) = soundcards.check(root, write=True, line=lines.append)
     assert w.verdict == "PASS"
     written = (etc / "asound.conf").read_text()
-    assert 'default "UACDemoV10"' in written and (etc / "asound.conf").stat().st_mode & 0o777 == 0o644
+    assert 'default "UACDemoV10"' in written
+    assert (etc / "asound.conf").stat().st_mode & 0o777 == 0o644
     backups = list(etc.glob("asound.conf.bak-*"))
-    assert len(backups) == 1 and backups[0].read_text() == "# mine\n"
+    assert len(backups) == 1
+    assert backups[0].read_text() == "# mine\n"
     (again,) = soundcards.check(root, write=False, line=lines.append)
-    assert again.verdict == "PASS" and "already matches" in again.detail
+    assert again.verdict == "PASS"
+    assert "already matches" in again.detail
 
 
 def test_install_leaves_an_identical_file_alone(tmp_path: Path) -> None:
@@ -174,12 +199,14 @@ def test_install_leaves_an_identical_file_alone(tmp_path: Path) -> None:
     assert soundcards.install("a\n", dest, now=lambda: t) is None
     assert soundcards.install("a\n", dest, now=lambda: t) is None
     backup = soundcards.install("b\n", dest, now=lambda: t)
-    assert backup == tmp_path / "asound.conf.bak-20260102-030405" and backup.read_text() == "a\n"
+    assert backup == tmp_path / "asound.conf.bak-20260102-030405"
+    assert backup.read_text() == "a\n"
 
 
 def test_no_cards_is_a_failure_with_advice(tmp_path: Path) -> None:
     (r,) = soundcards.check(tmp_path, write=False, line=lambda _: None)
-    assert r.verdict == "FAIL" and "no sound card" in r.detail
+    assert r.verdict == "FAIL"
+    assert "no sound card" in r.detail
 
 
 # -- alsa-lib reads what we write ---------------------------------------------------------
@@ -235,13 +262,15 @@ def test_alsa_lib_parses_each_rendered_template_and_looks_for_the_real_card(
     or the template's placeholder card would give another message.)
     """
     p = soundcards.propose(soundcards.detect_from(cards, arecord, aplay, streams))
-    assert p is not None and p.template == template
+    assert p is not None
+    assert p.template == template
     conf = tmp_path / "asound.conf"
     conf.write_text(soundcards.render(soundcards.read_template(template), p))
     mic_err = _alsa_open_error(conf, "arecord", "kiosk_mic")
     speaker_err = _alsa_open_error(conf, "aplay", "kiosk_speaker")
     default_err = _alsa_open_error(conf, "arecord", "default")
-    assert "Unknown PCM" not in mic_err + speaker_err and "parse" not in (mic_err + speaker_err).lower()
+    assert "Unknown PCM" not in mic_err + speaker_err
+    assert "parse" not in (mic_err + speaker_err).lower()
     mic_card = p.mic.id
     assert f"Cannot get card index for {mic_card}" in mic_err or f"'{mic_card}'" in mic_err, mic_err
     assert f"Cannot get card index for {speaker_card}" in speaker_err or f"'{speaker_card}'" in speaker_err, speaker_err

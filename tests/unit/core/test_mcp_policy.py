@@ -15,7 +15,8 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "config.toml"
 
 def test_by_default_every_mcp_tool_is_denied() -> None:
     registry = ToolRegistry(load_config(None, environ={}).tools)
-    assert not registry.mcp_approves("lookup_exhibit") and not registry.mcp_approves("")
+    assert not registry.mcp_approves("lookup_exhibit")
+    assert not registry.mcp_approves("")
 
 
 def test_the_shipped_example_documents_the_key_and_denies_by_default() -> None:
@@ -27,8 +28,10 @@ def test_listed_tools_are_approved_and_only_they(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[tools]\nmcp_approve = ["lookup_exhibit", "opening_hours"]\n', encoding="utf-8")
     registry = ToolRegistry(load_config(path, environ={}).tools)
-    assert registry.mcp_approves("lookup_exhibit") and registry.mcp_approves("opening_hours")
-    assert not registry.mcp_approves("open_door") and not registry.mcp_approves("LOOKUP_EXHIBIT")
+    assert registry.mcp_approves("lookup_exhibit")
+    assert registry.mcp_approves("opening_hours")
+    assert not registry.mcp_approves("open_door")
+    assert not registry.mcp_approves("LOOKUP_EXHIBIT")
 
 
 def test_a_plain_string_is_a_config_error_naming_the_key(tmp_path: Path) -> None:

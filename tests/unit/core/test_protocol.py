@@ -170,7 +170,8 @@ def test_message_just_under_the_limit_is_accepted() -> None:
     raw = json.dumps(audio_msg(pcm))
     assert len(raw) <= MAX_MESSAGE_BYTES
     ev = decode_server_message(raw, PCM_16000, 0.0)
-    assert isinstance(ev, AgentAudio) and len(ev.audio) == len(pcm)
+    assert isinstance(ev, AgentAudio)
+    assert len(ev.audio) == len(pcm)
 
 
 @pytest.mark.parametrize(
@@ -344,7 +345,9 @@ def test_error_event_fields_that_are_not_strings_are_not_rendered(field: str) ->
     deep = "[" * 900 + "]" * 900
     raw = f'{{"type": "error", "error_event": {{"code": 1002, "{field}": {deep}}}}}'
     ev = decode_server_message(raw, PCM_16000, 0.0)
-    assert isinstance(ev, ServerError) and ev.code == 1002 and "[" not in ev.message + ev.error_type
+    assert isinstance(ev, ServerError)
+    assert ev.code == 1002
+    assert "[" not in ev.message + ev.error_type
 
 
 @pytest.mark.parametrize("event_id", ["²", "9" * 5000, "١٢"])
@@ -355,7 +358,8 @@ def test_odd_digit_strings_as_ids_are_malformed_or_read(event_id: str) -> None:
     except MalformedMessage as e:
         assert e.kind == "missing_field"
     else:
-        assert isinstance(ev, Interruption) and ev.event_id == int(event_id)
+        assert isinstance(ev, Interruption)
+        assert ev.event_id == int(event_id)
 
 
 JSON_LEAVES = st.one_of(
@@ -428,7 +432,8 @@ def strings_of(event: object) -> dict[str, str]:
 def test_clean_text_escapes_controls_and_marks_a_cut() -> None:
     assert clean_text("conv_1") == "conv_1"
     assert clean_text("a\nb\x1b[31m") == "a\\nb\\x1b[31m"
-    assert clean_text("x" * 201) == "x" * 199 + "…" and len(clean_text("\x1b" * 1000)) == MAX_FIELD_CHARS
+    assert clean_text("x" * 201) == "x" * 199 + "…"
+    assert len(clean_text("\x1b" * 1000)) == MAX_FIELD_CHARS
 
 
 @settings(RELAXED, max_examples=40)
@@ -458,8 +463,10 @@ def test_a_two_megabyte_conversation_id_is_cut_and_escaped() -> None:
             "conversation_id": huge, "agent_output_audio_format": "pcm_16000", "user_input_audio_format": "pcm_16000",
         },
     })
-    assert isinstance(ev, Connected) and len(ev.conversation_id) == MAX_FIELD_CHARS
-    assert ev.conversation_id.startswith("conv_AAA") and ev.conversation_id.endswith("…")
+    assert isinstance(ev, Connected)
+    assert len(ev.conversation_id) == MAX_FIELD_CHARS
+    assert ev.conversation_id.startswith("conv_AAA")
+    assert ev.conversation_id.endswith("…")
 
 
 def test_the_error_events_text_is_escaped_not_dropped() -> None:
@@ -471,7 +478,9 @@ def test_a_transcript_keeps_its_text_with_controls_escaped() -> None:
     ev = dec({"type": "agent_response", "agent_response_event": {"agent_response": "Steps:\n1. \x1b[1mgo\x1b[0m"}})
     assert ev == AgentResponse("Steps:\\n1. \\x1b[1mgo\\x1b[0m")
     long = dec({"type": "user_transcript", "user_transcription_event": {"user_transcript": "w " * 20_000}})
-    assert isinstance(long, UserTranscript) and len(long.text) == MAX_TEXT_CHARS and long.text.endswith("…")
+    assert isinstance(long, UserTranscript)
+    assert len(long.text) == MAX_TEXT_CHARS
+    assert long.text.endswith("…")
 
 
 def test_an_unusable_format_name_of_megabytes_makes_a_short_error() -> None:
@@ -483,12 +492,14 @@ def test_an_unusable_format_name_of_megabytes_makes_a_short_error() -> None:
                     "conversation_id": "c", "agent_output_audio_format": name, "user_input_audio_format": "pcm_16000",
                 },
             })
-        assert len(str(info.value)) < 600 and not CONTROLS.search(str(info.value)), str(info.value)[:300]
+        assert len(str(info.value)) < 600, str(info.value)[:300]
+        assert not CONTROLS.search(str(info.value)), str(info.value)[:300]
 
 
 def test_a_close_reason_is_escaped_in_the_detail() -> None:
     _, detail = classify_close(1011, "bad\x1b[2Jthing")
-    assert "\x1b" not in detail and "bad\\x1b[2Jthing" in detail
+    assert "\x1b" not in detail
+    assert "bad\\x1b[2Jthing" in detail
 
 
 # -- encoding ---------------------------------------------------------------------
@@ -576,7 +587,8 @@ def test_text_messages_need_text() -> None:
 
 def test_interruption_drops_lower_ids_and_keeps_equal_and_higher() -> None:
     f = InterruptionFilter()
-    assert f.admit(1) and f.admit(5)
+    assert f.admit(1)
+    assert f.admit(5)
     f.interrupt(5)
     assert not f.admit(4)
     assert f.admit(5), "the new reply may reuse the interruption's id (the SDK's <= bug)"
@@ -634,7 +646,8 @@ def test_close_codes_become_distinct_outcomes(code: int | None, reason: str, out
 
 def test_close_reason_in_detail_is_bounded_and_single_line() -> None:
     _, detail = classify_close(1011, "bad\nthing " * 200)
-    assert "\n" not in detail and len(detail) < 300
+    assert "\n" not in detail
+    assert len(detail) < 300
 
 
 @pytest.mark.parametrize(
@@ -657,10 +670,12 @@ def test_http_statuses(status: int, outcome: Outcome) -> None:
 def test_every_outcome_has_advice_and_only_transient_ones_retry() -> None:
     assert {o for o in Outcome if o.retryable} == {Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.NETWORK}
     for o in Outcome:
-        assert o.advice and o.advice[0].islower()
+        assert o.advice
+        assert o.advice[0].islower()
     assert len({o.advice for o in Outcome}) == len(Outcome)
     ended = SessionEnded(Outcome.QUOTA, "the service closed the conversation (1002)", 1002)
-    assert ended.message.startswith("the service closed") and "credits" in ended.message
+    assert ended.message.startswith("the service closed")
+    assert "credits" in ended.message
 
 
 def test_retry_after() -> None:
@@ -752,23 +767,28 @@ def test_error_type_decides_the_outcome(error_type: str) -> None:
     for reason in ("", "receive timeout: token expired, check quota"):
         outcome, detail = classify_end(code, reason, ServerError(code, "Something went wrong.", error_type))
         assert outcome is EXPECTED[error_type], (reason, outcome)
-        assert error_type in detail and f"close {code}" in detail and "Something went wrong." in detail
+        assert error_type in detail
+        assert f"close {code}" in detail
+        assert "Something went wrong." in detail
 
 
 def test_error_type_decides_even_when_the_line_drops_before_the_close_frame() -> None:
     outcome, detail = classify_end(None, "", ServerError(1002, "", "llm_timeout"))
-    assert outcome is Outcome.SERVER_ERROR and "no close frame" in detail
+    assert outcome is Outcome.SERVER_ERROR
+    assert "no close frame" in detail
 
 
 def test_an_llm_timeout_is_not_reported_as_missing_audio() -> None:
     ended = SessionEnded(*classify_end(1002, "timeout", ServerError(1002, "LLM timed out", "llm_timeout")), 1002)
     assert ended.outcome is Outcome.SERVER_ERROR
-    assert "language model" in ended.message and "audio" not in ended.message
+    assert "language model" in ended.message
+    assert "audio" not in ended.message
 
 
 def test_a_safety_violation_is_not_retried_and_says_why() -> None:
     ended = SessionEnded(*classify_end(1002, "", ServerError(1002, "", "safety_violation")), 1002)
-    assert ended.outcome is Outcome.SAFETY and not ended.outcome.retryable
+    assert ended.outcome is Outcome.SAFETY
+    assert not ended.outcome.retryable
     assert "policy" in ended.message
 
 
@@ -776,13 +796,16 @@ def test_a_missing_dynamic_variable_gets_advice_about_dynamic_variables() -> Non
     said = "Missing required dynamic variables in first message: {'visitor_name'}"
     err = ServerError(1008, said, "missing_dynamic_variable")
     ended = SessionEnded(*classify_end(1008, "", err), 1008)
-    assert ended.outcome is Outcome.MISSING_VARIABLE and not ended.outcome.retryable
-    assert "[agent.dynamic_variables]" in ended.message and "visitor_name" in ended.message
+    assert ended.outcome is Outcome.MISSING_VARIABLE
+    assert not ended.outcome.retryable
+    assert "[agent.dynamic_variables]" in ended.message
+    assert "visitor_name" in ended.message
 
 
 def test_max_duration_is_reported_as_such_without_any_reason_text() -> None:
     ended = SessionEnded(*classify_end(1000, "", ServerError(1000, "", "max_duration_exceeded")), 1000)
-    assert ended.outcome is Outcome.MAX_DURATION and "maximum duration" in ended.message
+    assert ended.outcome is Outcome.MAX_DURATION
+    assert "maximum duration" in ended.message
 
 
 @pytest.mark.parametrize("error_type", ["unknown", "", "a_type_added_next_year"])
@@ -799,4 +822,5 @@ def test_no_advice_promises_an_automatic_retry() -> None:
     # Retries happen only while connecting, and the controller says so itself ("trying again in N s");
     # the same advice also ends conversations that broke off, which are never reopened on their own.
     for o in Outcome:
-        assert "tries again" not in o.advice and "try again with" not in o.advice, o
+        assert "tries again" not in o.advice, o
+        assert "try again with" not in o.advice, o

@@ -51,7 +51,8 @@ WAIT_S = 30.0
 def test_each_region_has_its_rest_and_socket_urls(region: str) -> None:
     ep = endpoints_for(AgentConfig(agent_id="agent_x", region=region))  # type: ignore[arg-type]
     host = REGION_HOSTS[region]
-    assert ep.rest_base == f"https://{host}" and ep.ws_base == f"wss://{host}"
+    assert ep.rest_base == f"https://{host}"
+    assert ep.ws_base == f"wss://{host}"
     assert signed_url_request(ep, "agent_x") == (
         f"https://{host}/v1/convai/conversation/get-signed-url?agent_id=agent_x"
     )
@@ -155,7 +156,8 @@ def client(cfg: AgentConfig, key: str | None = KEY, **kw: Any) -> AgentHttp:
 def test_signed_url_is_fetched_with_the_key_header(server: Server) -> None:
     with client(agent(server.port)) as http:
         signed = http.fetch_signed_url()
-    assert "token=SIGNED_TOKEN_1" in signed.url and signed.url.endswith("&source=voice-appliance&version=0.2.0")
+    assert "token=SIGNED_TOKEN_1" in signed.url
+    assert signed.url.endswith("&source=voice-appliance&version=0.2.0")
     path, headers = server.script.requests[0]
     assert path == "/v1/convai/conversation/get-signed-url?agent_id=agent_x"
     assert headers["xi-api-key"] == KEY
@@ -165,7 +167,8 @@ def test_signed_url_is_fetched_with_the_key_header(server: Server) -> None:
 def test_signed_url_mode_without_a_key_says_where_to_put_it(server: Server) -> None:
     with client(agent(server.port), key=None) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.outcome is Outcome.AUTH and "elevenlabs_api_key" in str(info.value)
+    assert info.value.outcome is Outcome.AUTH
+    assert "elevenlabs_api_key" in str(info.value)
     assert server.script.requests == []
 
 
@@ -194,7 +197,8 @@ def test_an_answer_without_a_signed_url_is_a_protocol_error(server: Server, body
     server.script.default = Answer(200, body)
     with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.outcome is Outcome.PROTOCOL and '{"signed_url"' in str(info.value)
+    assert info.value.outcome is Outcome.PROTOCOL
+    assert '{"signed_url"' in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -212,8 +216,10 @@ def test_client_errors_are_classified_and_not_retried(
     server.script.default = Answer(status, {"detail": {"status": "x", "message": f"the key {KEY} is invalid"}})
     with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.outcome is outcome and info.value.status == status
-    assert words in str(info.value) and "the key <redacted> is invalid" in str(info.value)
+    assert info.value.outcome is outcome
+    assert info.value.status == status
+    assert words in str(info.value)
+    assert "the key <redacted> is invalid" in str(info.value)
     assert KEY not in str(info.value)
     assert len(server.script.requests) == 1
 
@@ -222,7 +228,8 @@ def test_rate_limit_reports_retry_after_without_retrying(server: Server) -> None
     server.script.default = Answer(429, {"detail": "too many"}, {"Retry-After": "17"})
     with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.outcome is Outcome.RATE_LIMITED and info.value.retry_after_s == 17.0
+    assert info.value.outcome is Outcome.RATE_LIMITED
+    assert info.value.retry_after_s == 17.0
     assert "(HTTP 429, Retry-After 17 s)" in str(info.value)
     assert len(server.script.requests) == 1
 
@@ -239,7 +246,8 @@ def test_server_errors_give_up_after_the_attempts(server: Server) -> None:
     server.script.default = Answer(502, b"bad gateway")
     with client(agent(server.port), attempts=2) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.outcome is Outcome.SERVER_ERROR and "HTTP 502" in str(info.value)
+    assert info.value.outcome is Outcome.SERVER_ERROR
+    assert "HTTP 502" in str(info.value)
     assert len(server.script.requests) == 2
 
 
@@ -247,7 +255,8 @@ def test_a_retry_after_longer_than_the_cap_is_not_waited_for(server: Server) -> 
     server.script.default = Answer(503, b"", {"Retry-After": "3600"})
     with client(agent(server.port), attempts=3) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.retry_after_s == 3600.0 and len(server.script.requests) == 1
+    assert info.value.retry_after_s == 3600.0
+    assert len(server.script.requests) == 1
 
 
 @pytest.mark.parametrize("retry_after", ["inf", "nan", "-5"])
@@ -275,7 +284,8 @@ def test_retry_backoff_is_cancellable(server: Server) -> None:
             http.fetch_signed_url(cancel)
     finally:
         canceller.join(WAIT_S)
-    assert info.value.outcome is Outcome.LOCAL and len(server.script.requests) == 1
+    assert info.value.outcome is Outcome.LOCAL
+    assert len(server.script.requests) == 1
 
 
 def test_a_fetch_cancelled_before_it_starts_asks_nothing(server: Server) -> None:
@@ -283,7 +293,8 @@ def test_a_fetch_cancelled_before_it_starts_asks_nothing(server: Server) -> None
     cancel.set()
     with client(agent(server.port)) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url(cancel)
-    assert info.value.outcome is Outcome.LOCAL and server.script.requests == []
+    assert info.value.outcome is Outcome.LOCAL
+    assert server.script.requests == []
 
 
 # -- network failure classes --------------------------------------------------------------------
@@ -300,7 +311,8 @@ def test_dns_failure() -> None:
 def test_connection_refused_is_retried_then_reported() -> None:
     with client(agent(free_port()), attempts=2) as http, pytest.raises(AgentHttpError) as info:
         http.fetch_signed_url()
-    assert info.value.outcome is Outcome.NETWORK and "refused" in str(info.value)
+    assert info.value.outcome is Outcome.NETWORK
+    assert "refused" in str(info.value)
     assert http.requests_made == 2
 
 
@@ -312,7 +324,8 @@ def test_a_server_that_never_answers_times_out() -> None:
         with client(cfg, attempts=1) as http, pytest.raises(AgentHttpError) as info:
             http.fetch_signed_url()
     assert info.value.outcome is Outcome.NETWORK
-    assert "did not answer within 0.5 s" in str(info.value) and "agent.http_timeout_s" in str(info.value)
+    assert "did not answer within 0.5 s" in str(info.value)
+    assert "agent.http_timeout_s" in str(info.value)
 
 
 def test_tls_verification_is_always_on(cert: tuple[Path, Path]) -> None:
@@ -324,7 +337,8 @@ def test_tls_verification_is_always_on(cert: tuple[Path, Path]) -> None:
     finally:
         srv.close()
     assert info.value.outcome is Outcome.NETWORK
-    assert "TLS check of 127.0.0.1" in str(info.value) and "agent.ca_bundle" in str(info.value)
+    assert "TLS check of 127.0.0.1" in str(info.value)
+    assert "agent.ca_bundle" in str(info.value)
     assert http.requests_made == 1, "a certificate failure is not retried"
 
 
@@ -355,7 +369,8 @@ def test_an_https_endpoint_may_not_hand_out_a_plaintext_signed_url(cert: tuple[P
     finally:
         srv.close()
     assert info.value.outcome is Outcome.PROTOCOL
-    assert "wss://" in str(info.value) and "SIGNED_TOKEN_2" not in str(info.value)
+    assert "wss://" in str(info.value)
+    assert "SIGNED_TOKEN_2" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -456,10 +471,12 @@ def test_prefetch_keeps_one_url_ready_and_hands_each_out_once(server: Server) ->
     try:
         assert source.wait_ready(WAIT_S)
         first = source.take()
-        assert first is not None and "token=T1" in first
+        assert first is not None
+        assert "token=T1" in first
         assert source.wait_ready(WAIT_S), "taking one fetches the next"
         second = source.take()
-        assert second is not None and "token=T2" in second
+        assert second is not None
+        assert "token=T2" in second
         assert source.hits == 2
     finally:
         source.close()
@@ -483,11 +500,13 @@ def test_prefetch_failure_leaves_a_miss_and_the_error(server: Server) -> None:
     try:
         assert source.wait_attempts(1, WAIT_S)
         assert source.take(wait_s=WAIT_S) is None
-        assert source.last_error is not None and source.last_error.outcome is Outcome.AUTH
+        assert source.last_error is not None
+        assert source.last_error.outcome is Outcome.AUTH
         assert "rejected the API key" in str(source.last_error)
     finally:
         source.close()
-    assert source.misses == 1 and source.failures == 1, "the failure backoff (30 s) holds the next try"
+    assert source.misses == 1, "the failure backoff (30 s) holds the next try"
+    assert source.failures == 1, "the failure backoff (30 s) holds the next try"
 
 
 HOSTILE_RETRY_AFTER = [
@@ -512,11 +531,14 @@ def test_the_prefetcher_tries_again_within_retry_max_s_whatever_retry_after_says
         assert source.wait_ready(WAIT_S), "the prefetcher stopped trying"
     finally:
         source.close()
-    assert len(server.script.requests) == 2 and source.failures == 1
+    assert len(server.script.requests) == 2
+    assert source.failures == 1
     lines = [r.getMessage() for r in caplog.records if "prefetching a signed URL failed" in r.getMessage()]
-    assert len(lines) == 1 and not re.search(r"\b(inf|nan)\b", lines[0])
+    assert len(lines) == 1
+    assert not re.search(r"\b(inf|nan)\b", lines[0])
     waited = re.search(r"next try in ([0-9.]+) s", lines[0])
-    assert waited is not None and float(waited.group(1)) <= 1.0
+    assert waited is not None
+    assert float(waited.group(1)) <= 1.0
 
 
 def test_an_expired_url_is_never_handed_out(server: Server) -> None:
@@ -538,7 +560,7 @@ def test_query_of_requests_carries_only_the_agent_id(server: Server) -> None:
     assert parse_qs(urlsplit(path).query) == {"agent_id": ["agent_x"]}
 
 
-# -- a stop interrupts a request in flight; the reply size is capped (issue 10, items 11 and 12) -------
+# -- a stop interrupts a request in flight; the reply size is capped ------------------------------------
 
 
 class RawServer:
@@ -624,8 +646,10 @@ def test_a_stop_interrupts_a_request_waiting_for_its_answer(tls: bool, cert: tup
     finally:
         srv.close()
         http.close()
-    assert len(errors) == 1 and isinstance(errors[0], AgentHttpError)
-    assert errors[0].outcome is Outcome.LOCAL and "cancelled" in str(errors[0])
+    assert len(errors) == 1
+    assert isinstance(errors[0], AgentHttpError)
+    assert errors[0].outcome is Outcome.LOCAL
+    assert "cancelled" in str(errors[0])
 
 
 def test_closing_the_prefetcher_interrupts_its_request_in_flight() -> None:
@@ -636,7 +660,9 @@ def test_closing_the_prefetcher_interrupts_its_request_in_flight() -> None:
         src.start()
         assert srv.asked.wait(WAIT_S)
         src.stop(WAIT_S)  # raises WorkerStuckError if the request holds the thread
-        assert not src.alive and src.last_error is not None and "cancelled" in str(src.last_error)
+        assert not src.alive
+        assert src.last_error is not None
+        assert "cancelled" in str(src.last_error)
     finally:
         src.close()
         srv.close()
@@ -655,7 +681,8 @@ def test_an_oversized_reply_is_refused_without_reading_it(content_length: bool) 
     finally:
         srv.close()
     assert info.value.outcome is Outcome.PROTOCOL
-    assert "more than 64 KiB" in str(info.value) and "refused" in str(info.value)
+    assert "more than 64 KiB" in str(info.value)
+    assert "refused" in str(info.value)
     assert srv.sent < size  # the client stopped reading; the server could not send it all
 
 

@@ -80,7 +80,8 @@ def test_states_show_the_rgb_presets_colours_on_every_led() -> None:
              lambda *_: None, spi_factory=factory, clock=lambda: now[0])
     g.open()
     try:
-        assert opened == [(0, 1, 8_000_000)] and g.unavailable == []
+        assert opened == [(0, 1, 8_000_000)]
+        assert g.unavailable == []
         g.show("muted")
         assert led_frames(spi.frames[-1], 3) == [(0xE8, 0, 0, 255)] * 3  # red: B, G, R
         g.show("idle")
@@ -93,7 +94,8 @@ def test_states_show_the_rgb_presets_colours_on_every_led() -> None:
         assert spi.wait_for(lambda f: led_frames(f, 3) == [(0xE8, 0, 0, 255)] * 3)
     finally:
         g.close()
-    assert spi.closed and led_frames(spi.frames[-1], 3) == [(0xE8, 0, 0, 0)] * 3  # dark after close
+    assert spi.closed
+    assert led_frames(spi.frames[-1], 3) == [(0xE8, 0, 0, 0)] * 3  # dark after close
     assert not [t for t in threading.enumerate() if t.name == "leds-status"]
 
 
@@ -116,7 +118,8 @@ def test_missing_spi_is_a_warning_not_a_crash() -> None:
     g = Gpio(NO_BUTTON, chain_config(), lambda *_: None, spi_factory=no_spi)
     g.open()
     try:
-        assert len(g.unavailable) == 1 and "LED status (SPI 0.1" in g.unavailable[0]
+        assert len(g.unavailable) == 1
+        assert "LED status (SPI 0.1" in g.unavailable[0]
         g.show("idle")  # nothing to drive: no error
     finally:
         g.close()
@@ -127,7 +130,8 @@ def test_real_opener_explains_spi_setup() -> None:
     g.open()
     try:
         (reason,) = g.unavailable
-        assert "SPI 5.3" in reason and ("spidev is not installed" in reason or "enable SPI" in reason)
+        assert "SPI 5.3" in reason
+        assert "spidev is not installed" in reason or "enable SPI" in reason
     finally:
         g.close()
 

@@ -64,7 +64,8 @@ def test_socket_is_group_restricted(server: tuple[ControlServer, FakeController]
     srv, _ = server
     st = srv.path.stat()
     assert stat.S_ISSOCK(st.st_mode)
-    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_gid == os.getgid()
 
 
 def test_unknown_group_leaves_the_socket_owner_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,7 +165,8 @@ def test_press_release_mute_unmute_post_the_same_events_as_the_hardware(
         ("MuteEvent", True, "ctl"),
         ("MuteEvent", False, "ctl"),
     ]
-    assert isinstance(fake.events[0], ButtonEvent) and isinstance(fake.events[2], MuteEvent)
+    assert isinstance(fake.events[0], ButtonEvent)
+    assert isinstance(fake.events[2], MuteEvent)
 
 
 def test_commands_get_the_controllers_answer(server: tuple[ControlServer, FakeController]) -> None:
@@ -173,9 +175,12 @@ def test_commands_get_the_controllers_answer(server: tuple[ControlServer, FakeCo
     assert request(path, "start") == (True, "connecting")
     assert request(path, "context The shop closes at six") == (False, "no conversation is running; start one first")
     cmd = fake.events[-1]
-    assert isinstance(cmd, Command) and cmd.name == "context" and cmd.text == "The shop closes at six"
+    assert isinstance(cmd, Command)
+    assert cmd.name == "context"
+    assert cmd.text == "The shop closes at six"
     ok, text = request(path, "status")
-    assert ok and json.loads(text) == {"state": "connecting", "counters": {"conversations": 0}}
+    assert ok
+    assert json.loads(text) == {"state": "connecting", "counters": {"conversations": 0}}
 
 
 @pytest.mark.parametrize(
@@ -190,7 +195,8 @@ def test_commands_get_the_controllers_answer(server: tuple[ControlServer, FakeCo
 def test_bad_requests_say_what_to_send(server: tuple[ControlServer, FakeController], line: str, fragment: str) -> None:
     srv, fake = server
     ok, text = request(str(srv.path), line)
-    assert not ok and fragment in text
+    assert not ok
+    assert fragment in text
     assert fake.events == []
 
 
@@ -232,10 +238,12 @@ def test_ctl_command_line(server: tuple[ControlServer, FakeController], capsys: 
     assert json.loads(out) == {"state": "idle", "counters": {"conversations": 0}}
     assert main(["ctl", "--socket", path, "context", "Opening", "hours", "9-5"]) == 1
     assert "no conversation is running" in capsys.readouterr().err
-    assert isinstance(fake.events[-1], Command) and fake.events[-1].text == "Opening hours 9-5"
+    assert isinstance(fake.events[-1], Command)
+    assert fake.events[-1].text == "Opening hours 9-5"
     assert main(["ctl", "--socket", path, "context"]) == 2
     assert main(["ctl", "--socket", path, "context", "Opening hours:\n9-5,\r\nclosed Sundays\n"]) == 1
-    assert isinstance(fake.events[-1], Command) and fake.events[-1].text == "Opening hours: 9-5, closed Sundays"
+    assert isinstance(fake.events[-1], Command)
+    assert fake.events[-1].text == "Opening hours: 9-5, closed Sundays"
 
 
 def test_ctl_without_a_daemon_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,12 +259,13 @@ def test_server_stops_cleanly_and_removes_its_socket(tmp_path: Path) -> None:
     client.connect(str(srv.path))  # a client that stays connected does not keep it alive
     try:
         srv.close()
-        assert not srv.alive and not srv.path.exists()
+        assert not srv.alive
+        assert not srv.path.exists()
     finally:
         client.close()
 
 
-# -- hostile and slow clients (issue 10, item 4) -----------------------------------------------------
+# -- hostile and slow clients ------------------------------------------------------------------------
 
 
 def _connect(path: Path) -> socket.socket:
@@ -292,7 +301,8 @@ def test_idle_and_non_reading_clients_do_not_lock_out_a_normal_client(
         for i in range(20):
             assert request(str(srv.path), "press" if i % 2 == 0 else "release") == (True, "")
         ok, text = request(str(srv.path), "status")
-        assert ok and json.loads(text)["state"] == "idle"
+        assert ok
+        assert json.loads(text)["state"] == "idle"
         assert request(str(srv.path), "start") == (True, "connecting")
         assert [type(e).__name__ for e in fake.events] == ["ButtonEvent"] * 20 + ["Command"]
     finally:

@@ -50,7 +50,8 @@ def test_button_to_ground_press_and_release(factory: Any) -> None:
     g, rec = make(factory, ButtonConfig(pin=17, pull_up=True, bounce_ms=20))
     try:
         pin = factory.pin(17)
-        assert pin.pull == "up" and pin.bounce == pytest.approx(0.02)
+        assert pin.pull == "up"
+        assert pin.bounce == pytest.approx(0.02)
         pin.drive_low()
         pin.drive_high()
         assert rec.events == [("button", True), ("button", False)]
@@ -62,7 +63,8 @@ def test_button_to_3v3_with_pull_down(factory: Any) -> None:
     g, rec = make(factory, ButtonConfig(pin=22, pull_up=False, bounce_ms=0))
     try:
         pin = factory.pin(22)
-        assert pin.pull == "down" and pin.bounce is None
+        assert pin.pull == "down"
+        assert pin.bounce is None
         pin.drive_high()
         assert rec.events == [("button", True)]
     finally:
@@ -97,7 +99,8 @@ def test_mute_switch_reports_changes_and_its_position_at_start(factory: Any) -> 
 def test_no_button_configured(factory: Any) -> None:
     g, _ = make(factory, ButtonConfig(pin=None))
     try:
-        assert g.button is None and g.unavailable == []
+        assert g.button is None
+        assert g.unavailable == []
     finally:
         g.close()
 
@@ -111,10 +114,12 @@ def test_rgb_preset_shows_each_state_in_colour(factory: Any) -> None:
         g.show("muted")
         assert (r.state, gr.state, b.state) == (1, 0, 0)
         g.show("idle")
-        assert (r.state, gr.state) == (0, 0) and b.state == pytest.approx(0x33 / 255)
+        assert (r.state, gr.state) == (0, 0)
+        assert b.state == pytest.approx(0x33 / 255)
         g.show("error")  # blink: red toggles on and off, the others stay dark
         assert eventually(lambda: {s.state for s in r.states[-4:]} >= {0, 1})
-        assert gr.state == 0 and b.state == 0
+        assert gr.state == 0
+        assert b.state == 0
         g.show("speaking")
         assert (r.state, gr.state, b.state) == (0, 0, 1)
     finally:
@@ -161,9 +166,11 @@ def test_pin_conflict_is_a_warning_not_a_crash(factory: Any, caplog: pytest.LogC
     leds = LedsConfig(preset="custom", output=(LedOutput("a", "led", (17,)),))  # same pin as the button
     g, _ = make(factory, ButtonConfig(pin=17), leds)
     try:
-        assert g.button is not None and "a" not in g.leds
+        assert g.button is not None
+        assert "a" not in g.leds
         assert any("LED a (BCM 17" in u for u in g.unavailable)
-        assert "GPIO unavailable" in caplog.text and "ctl press" in caplog.text
+        assert "GPIO unavailable" in caplog.text
+        assert "ctl press" in caplog.text
         g.show("listening")  # nothing to drive, nothing breaks
     finally:
         g.close()
@@ -179,7 +186,8 @@ def test_no_gpio_on_this_machine_is_a_warning(
     g = Gpio(ButtonConfig(mute_pin=27), LedsConfig(), lambda a, t: None, lambda a, t: None)
     g.open()
     try:
-        assert g.button is None and g.leds == {}
+        assert g.button is None
+        assert g.leds == {}
         assert len(g.unavailable) == 3  # button, mute switch, RGB LED
         assert "GPIO unavailable for button" in caplog.text
         g.show("idle")

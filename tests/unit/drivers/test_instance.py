@@ -23,7 +23,8 @@ def test_the_lock_is_held_until_released_and_names_its_holder(tmp_path: Path) ->
     cfg = systemd(tmp_path)
     first = claim(cfg)
     try:
-        assert first.held and first.path == tmp_path / "c.sock.lock"
+        assert first.held
+        assert first.path == tmp_path / "c.sock.lock"
         assert stat.S_IMODE(os.stat(tmp_path / "c.sock.lock").st_mode) == 0o600  # nobody else can hold it
         with pytest.raises(AlreadyRunningError) as err:
             claim(cfg)  # another open of the file: flock refuses it, as it would another process

@@ -56,7 +56,10 @@ def test_the_stderr_handler_writes_no_raw_control_and_no_forged_line(
 ) -> None:
     out = _stream_output(False, monkeypatch)
     lines = out.splitlines()
-    assert "\x1b" not in out and "\r" not in out and "\u2028" not in out and "\x07" not in out
+    assert "\x1b" not in out
+    assert "\r" not in out
+    assert "\u2028" not in out
+    assert "\x07" not in out
     records = [line for line in lines if not line.startswith("  ")]  # a traceback's lines are indented
     assert len(records) == 2, lines
     assert records[0].endswith("session: the service reported an error: " + ESCAPED)
@@ -71,7 +74,9 @@ def test_the_syslog_prefix_fallback_gives_every_line_the_records_priority(
 ) -> None:
     out = _stream_output(True, monkeypatch)
     lines = out.splitlines()
-    assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
+    assert "\x1b" not in out
+    assert "\r" not in out
+    assert "\u2028" not in out
     assert lines[0] == "<4>device.drivers.session: session: the service reported an error: " + ESCAPED
     assert lines[1] == "<3>device.drivers.session: session: internal error with " + ESCAPED
     assert all(line.startswith("<3>") for line in lines[1:]), lines  # the traceback at the error's priority
@@ -91,7 +96,8 @@ def test_the_journal_handler_gets_one_line_messages(root_restored: None) -> None
     assert sent[0][0] == "device.drivers.session: session: the service reported an error: " + ESCAPED
     first_line, _, traceback = sent[1][0].partition("\n")
     assert first_line == "device.drivers.session: session: internal error with " + ESCAPED
-    assert "\x1b" not in traceback and traceback.startswith("Traceback")  # one MESSAGE field: lines kept
+    assert "\x1b" not in traceback
+    assert traceback.startswith("Traceback")  # one MESSAGE field: lines kept
     assert [f["PRIORITY"] for _, f in sent] == ["4", "3"]
 
 

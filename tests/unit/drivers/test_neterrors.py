@@ -80,7 +80,8 @@ def test_causes_survive_cycles_and_stop() -> None:
 def test_every_kind_has_a_line_naming_the_host_and_the_step(kind: NetFailure) -> None:
     line = describe(kind, OSError(), host="agent.example", what="opening the conversation", timeout_s=5,
                     timeout_key="agent.connect_timeout_s")
-    assert "while opening the conversation" in line and "; " in line  # what happened; what to do
+    assert "while opening the conversation" in line
+    assert "; " in line  # what happened; what to do
     assert kind is NetFailure.PROXY or "agent.example" in line
 
 

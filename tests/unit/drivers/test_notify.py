@@ -53,7 +53,9 @@ def test_messages_reach_the_socket(notify_socket: tuple[socket.socket, str]) -> 
     assert sock.recv(4096).decode() == "STOPPING=1\nSTATUS=stopping"
     n.reloading()
     msg = sock.recv(4096).decode().split("\n")
-    assert msg[0] == "RELOADING=1" and msg[1].startswith("MONOTONIC_USEC=") and int(msg[1].split("=")[1]) > 0
+    assert msg[0] == "RELOADING=1"
+    assert msg[1].startswith("MONOTONIC_USEC=")
+    assert int(msg[1].split("=")[1]) > 0
     n.close()
 
 
@@ -73,13 +75,16 @@ def test_abstract_socket_address() -> None:
 
 def test_outside_systemd_everything_is_a_quiet_no_op() -> None:
     n = Notifier({})
-    assert not n.enabled and n.watchdog_interval_s is None
-    assert n.ready() is False and n.watchdog() is False
+    assert not n.enabled
+    assert n.watchdog_interval_s is None
+    assert n.ready() is False
+    assert n.watchdog() is False
 
 
 def test_socket_gone_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing")})
-    assert n.status("a") is False and n.status("b") is False
+    assert n.status("a") is False
+    assert n.status("b") is False
     assert len([r for r in caplog.records if "cannot notify systemd" in r.getMessage()]) == 1
     n.close()
 
@@ -172,7 +177,8 @@ def test_housekeeping_tick_runs_and_its_failure_is_not_fatal() -> None:
     dog.start()
     try:
         assert dog.wait_rounds(3, 5)
-        assert len(calls) >= 3 and dog.alive
+        assert len(calls) >= 3
+        assert dog.alive
         assert dog.pings == 0  # not under systemd: no pings, but housekeeping runs
     finally:
         dog.stop()

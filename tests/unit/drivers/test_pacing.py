@@ -33,7 +33,8 @@ def test_drop_empties_the_clock() -> None:
     clock = PlaybackClock(1000, 100)
     clock.wrote(100, 0.0)
     clock.drop()
-    assert clock.delay_frames(0.0) == 0 and not clock.ran_dry(0.0)
+    assert clock.delay_frames(0.0) == 0
+    assert not clock.ran_dry(0.0)
 
 
 def test_block_pacer_deadlines() -> None:
@@ -77,4 +78,5 @@ def test_paced_playback_reports_an_underrun_like_alsa() -> None:
     assert dev.write(b"\x00\x00" * 5) == 5  # and ready again
     assert len(sink.data) == 2 * 25
     dev.drop()
-    assert sink.drops == 1 and dev.delay_frames() == 0
+    assert sink.drops == 1
+    assert dev.delay_frames() == 0

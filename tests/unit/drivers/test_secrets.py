@@ -34,13 +34,15 @@ def test_systemd_credential_comes_first(tmp_path: Path) -> None:
     (cred / "elevenlabs_api_key").write_text("from-credential-123\n")
     other = key_file(tmp_path, 0o600)
     key = load_api_key(str(other), {"CREDENTIALS_DIRECTORY": str(cred), "ELEVENLABS_API_KEY": "envkey123"})
-    assert key is not None and key.reveal() == "from-credential-123"
+    assert key is not None
+    assert key.reveal() == "from-credential-123"
     assert "credential" in key.source
 
 
 def test_root_only_key_file(tmp_path: Path) -> None:
     key = load_api_key(str(key_file(tmp_path, 0o600)), {})
-    assert key is not None and key.reveal() == KEY
+    assert key is not None
+    assert key.reveal() == KEY
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o644, 0o604])
@@ -66,14 +68,18 @@ def test_missing_or_malformed_key_file(tmp_path: Path) -> None:
 
 def test_environment_is_the_last_resort(tmp_path: Path) -> None:
     key = load_api_key("", {"ELEVENLABS_API_KEY": "dev-key-123"})
-    assert key is not None and key.reveal() == "dev-key-123"
+    assert key is not None
+    assert key.reveal() == "dev-key-123"
     assert load_api_key("", {}) is None
 
 
 def test_secret_does_not_print_itself() -> None:
     s = Secret(KEY, "test")
-    assert KEY not in repr(s) and KEY not in str(s) and KEY not in f"{s}"
-    assert KEY not in repr([s]) and KEY not in repr({"k": s})
+    assert KEY not in repr(s)
+    assert KEY not in str(s)
+    assert KEY not in f"{s}"
+    assert KEY not in repr([s])
+    assert KEY not in repr({"k": s})
 
 
 def test_redact_signed_urls_headers_and_params() -> None:
@@ -117,7 +123,8 @@ def test_no_log_path_leaks_the_key_or_token(captured_root: io.StringIO) -> None:
     assert out.count(REDACTED) >= 8
     assert KEY not in out
     assert TOKEN not in out
-    assert "connect failed" in out and "Traceback" in out  # the line itself survives
+    assert "connect failed" in out
+    assert "Traceback" in out  # the line itself survives
 
 
 def test_empty_credential_counts_as_no_key(tmp_path: Path) -> None:
@@ -127,7 +134,8 @@ def test_empty_credential_counts_as_no_key(tmp_path: Path) -> None:
     assert load_api_key("", {"CREDENTIALS_DIRECTORY": str(cred)}) is None
     other = key_file(tmp_path, 0o600)
     key = load_api_key(str(other), {"CREDENTIALS_DIRECTORY": str(cred)})
-    assert key is not None and key.reveal() == KEY
+    assert key is not None
+    assert key.reveal() == KEY
 
 
 # -- the CLI as the unit runs it: exit codes and what reaches the journal ----------------------------------
@@ -147,7 +155,9 @@ def test_a_key_file_that_is_not_utf8_exits_77_not_70(tmp_path: Path, content: by
     path.chmod(0o600)
     r = cli("run", "--check", "--log-level", "debug", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={path}")
     assert r.returncode == 77, r.stderr
-    assert "not UTF-8" in r.stderr and str(path) in r.stderr and "internal error" not in r.stderr
+    assert "not UTF-8" in r.stderr
+    assert str(path) in r.stderr
+    assert "internal error" not in r.stderr
     with pytest.raises(CredentialError, match="not UTF-8"):
         load_api_key(str(path), {})
 
@@ -165,19 +175,22 @@ def test_a_key_pasted_as_api_key_file_is_never_echoed(value: str, caplog: pytest
     caplog.set_level(logging.DEBUG)
     with pytest.raises(CredentialError) as err:
         load_api_key(value, {})
-    assert value not in str(err.value) and value[1:] not in str(err.value)
+    assert value not in str(err.value)
+    assert value[1:] not in str(err.value)
     assert "/etc/voice-appliance/api_key" in str(err.value)  # where the key belongs
     assert value[1:] not in caplog.text
     r = cli("run", "--check", "--log-level", "debug", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={value}")
     assert r.returncode == 77, r.stderr
-    assert value[1:] not in r.stdout + r.stderr and "api_key_file" in r.stderr
+    assert value[1:] not in r.stdout + r.stderr
+    assert "api_key_file" in r.stderr
 
 
 def test_a_missing_key_file_at_a_real_path_is_named(tmp_path: Path) -> None:
     path = tmp_path / "api-key"  # a typo of a real path: naming it helps and leaks nothing
     with pytest.raises(CredentialError) as err:
         load_api_key(str(path), {})
-    assert f"{path} does not exist" in str(err.value) and f"sudo install -m 600 /dev/null {path}" in str(err.value)
+    assert f"{path} does not exist" in str(err.value)
+    assert f"sudo install -m 600 /dev/null {path}" in str(err.value)
 
 
 @pytest.mark.parametrize("content", ["\n", "", "  \n", "\t\r\n"])
@@ -194,7 +207,8 @@ def test_a_whitespace_only_credential_is_no_key(tmp_path: Path, content: str) ->
     private = cli("run", "--check", "--config", str(EXAMPLE), env=env)
     assert private.returncode == 77
     assert "none was found: put it in /etc/voice-appliance/api_key" in private.stderr  # where the key goes
-    assert "empty" not in private.stderr and "alone on one line" not in private.stderr
+    assert "empty" not in private.stderr
+    assert "alone on one line" not in private.stderr
 
 
 def test_a_malformed_credential_is_still_refused(tmp_path: Path) -> None:
@@ -228,7 +242,8 @@ def test_a_fifo_as_the_systemd_credential_is_refused_at_once(tmp_path: Path) -> 
     make_fifo(creds / "elevenlabs_api_key")
     r = cli("run", "--check", "--config", str(EXAMPLE), env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert r.returncode == 77, r.stderr
-    assert "systemd credential" in r.stderr and "FIFO (named pipe), not a regular file" in r.stderr
+    assert "systemd credential" in r.stderr
+    assert "FIFO (named pipe), not a regular file" in r.stderr
 
 
 def test_a_huge_file_of_nul_bytes_is_refused_unread(tmp_path: Path) -> None:
@@ -253,7 +268,8 @@ def test_a_key_with_a_control_or_invisible_character_is_refused(tmp_path: Path, 
     r = check_key(path)
     assert r.returncode == 77, r.stderr
     assert f"the key file {path} holds a control or invisible character" in r.stderr
-    assert KEY not in r.stdout + r.stderr and KEY[:12] not in r.stderr
+    assert KEY not in r.stdout + r.stderr
+    assert KEY[:12] not in r.stderr
 
 
 def test_a_notepad_key_with_a_byte_order_mark_is_the_key(tmp_path: Path) -> None:
@@ -261,4 +277,5 @@ def test_a_notepad_key_with_a_byte_order_mark_is_the_key(tmp_path: Path) -> None
     path.write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n")  # as provisioning/install.sh accepts it
     path.chmod(0o600)
     key = load_api_key(str(path), {})
-    assert key is not None and key.reveal() == KEY
+    assert key is not None
+    assert key.reveal() == KEY

@@ -25,9 +25,12 @@ ST = Status(
 
 def test_status_json_has_state_and_counters() -> None:
     doc = json.loads(to_json(ST, now_epoch_s=0.0))
-    assert doc["version"] == 1 and doc["updated_at"] == "1970-01-01T00:00:00Z"
-    assert doc["state"] == "listening" and doc["conversation_id"] == "conv_123"
-    assert doc["counters"]["conversations"] == 2 and doc["counters"]["xruns"] == 3
+    assert doc["version"] == 1
+    assert doc["updated_at"] == "1970-01-01T00:00:00Z"
+    assert doc["state"] == "listening"
+    assert doc["conversation_id"] == "conv_123"
+    assert doc["counters"]["conversations"] == 2
+    assert doc["counters"]["xruns"] == 3
     assert doc["counters"]["ping_ms"] == 42.0
     assert set(doc["counters"]) == set(METRICS)  # every counter present, zero when unknown
     assert doc["counters"]["barge_ins"] == 0
@@ -40,14 +43,15 @@ def test_prometheus_textfile_is_well_formed() -> None:
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
     assert 'voice_appliance_state{state="listening"} 1' in text
     assert 'voice_appliance_state{state="idle"} 0' in text
-    assert 'voice_appliance_state{state="stopped"} 0' in text and "voice_appliance_up 1\n" in text
+    assert 'voice_appliance_state{state="stopped"} 0' in text
+    assert "voice_appliance_up 1\n" in text
     assert "voice_appliance_conversations_total 2" in text
     assert "# TYPE voice_appliance_conversations_total counter" in text
     assert "voice_appliance_ping_ms 42" in text
 
 
 def test_prometheus_values_are_exact() -> None:
-    """Issue 10: ``:g`` wrote 1234567 as 1.23457e+06 and 2592001.5 s as 2.592e+06."""
+    """Values are written in full: ``:g`` would write 1234567 as 1.23457e+06 and 2592001.5 s as 2.592e+06."""
     st = Status(counters={"blocks_sent": 1234567, "uptime_s": 2592001.5, "ping_ms": 0.1, "errors": 10**15})
     text = to_prometheus(st)
     assert "voice_appliance_blocks_sent_total 1234567\n" in text
@@ -87,7 +91,8 @@ def test_a_stop_leaves_files_another_process_put_in_place_of_ours(tmp_path: Path
     files.remove()
     assert {p: p.read_text() for p in (status, prom)} == before
     theirs.remove()  # its own files it does remove
-    assert not status.exists() and "voice_appliance_up 0\n" in prom.read_text()
+    assert not status.exists()
+    assert "voice_appliance_up 0\n" in prom.read_text()
 
 def test_status_line_says_state_conversation_and_last_error() -> None:
     assert status_line(ST) == "listening, conversation conv_123, ping 42 ms, 2 conversations"
@@ -100,7 +105,8 @@ def test_write_atomic_replaces_in_one_rename(tmp_path: Path) -> None:
     path.write_text("old")
     inode_before = path.stat().st_ino
     write_atomic(path, "new")
-    assert path.read_text() == "new" and path.stat().st_ino != inode_before
+    assert path.read_text() == "new"
+    assert path.stat().st_ino != inode_before
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     assert os.listdir(tmp_path) == ["status.json"]  # no temporary file left behind
 
@@ -139,7 +145,8 @@ def test_telemetry_bus_fans_out_and_survives_a_bad_subscriber() -> None:
     assert [(r.t_s, r.kind, dict(r.data)) for r in got] == [(5.0, "button", {"action": "press", "source": "gpio"})]
     assert isinstance(got[0], Telemetry)
     bus.publish("xrun", None, kind="underrun")  # a data key may be called "kind"
-    assert got[-1].kind == "xrun" and got[-1].data["kind"] == "underrun"
+    assert got[-1].kind == "xrun"
+    assert got[-1].data["kind"] == "underrun"
     got.clear()
     unsubscribe()
     bus.publish("button", action="release")

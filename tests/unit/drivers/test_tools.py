@@ -183,7 +183,8 @@ def call(reg: ToolRegistry, name: str, params: dict[str, Any], call_id: str = "c
     replies = Replies()
     reg.call(name, call_id, params, replies)
     result = replies.one()
-    assert result.call_id == call_id and result.name == name
+    assert result.call_id == call_id
+    assert result.name == name
     return result
 
 
@@ -194,7 +195,8 @@ def test_set_volume_reaches_the_device() -> None:
     hooks = Hooks()
     reg = ToolRegistry(cfg(), hooks)
     result = call(reg, "set_volume", {"percent": 35.4})
-    assert not result.is_error and "35" in result.result
+    assert not result.is_error
+    assert "35" in result.result
     assert hooks.volumes == [35]
 
 
@@ -202,7 +204,8 @@ def test_set_volume_reaches_the_device() -> None:
 def test_set_volume_rejects_bad_values_with_an_error_result(params: dict[str, Any]) -> None:
     hooks = Hooks()
     result = call(ToolRegistry(cfg(), hooks), "set_volume", params)
-    assert result.is_error and "0 to 100" in result.result
+    assert result.is_error
+    assert "0 to 100" in result.result
     assert hooks.volumes == []
 
 
@@ -215,20 +218,23 @@ def test_device_status_is_json() -> None:
 def test_end_conversation_asks_the_device() -> None:
     hooks = Hooks()
     result = call(ToolRegistry(cfg(), hooks), "end_conversation", {})
-    assert not result.is_error and hooks.end_requests == 1
+    assert not result.is_error
+    assert hooks.end_requests == 1
 
 
 def test_only_the_configured_builtins_are_offered() -> None:
     reg = ToolRegistry(cfg(builtin=("device_status",)), Hooks())
     assert reg.names == ("device_status",)
     result = call(reg, "set_volume", {"percent": 10})
-    assert result.is_error and "unknown tool 'set_volume'" in result.result
+    assert result.is_error
+    assert "unknown tool 'set_volume'" in result.result
 
 
 def test_unknown_tool_gets_an_error_naming_what_is_offered() -> None:
     result = call(ToolRegistry(cfg(), Hooks()), "launch_rocket", {"target": "moon"})
     assert result.is_error
-    assert "launch_rocket" in result.result and "set_volume" in result.result
+    assert "launch_rocket" in result.result
+    assert "set_volume" in result.result
 
 
 # -- Python callables ---------------------------------------------------------------
@@ -244,24 +250,28 @@ def test_callable_gets_parameters_as_keywords(user_module: ModuleType) -> None:
 def test_callable_exception_becomes_an_error_result(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("broken", user_module, "broken")), Hooks())
     result = call(reg, "broken", {})
-    assert result.is_error and "RuntimeError: the door controller is offline" in result.result
+    assert result.is_error
+    assert "RuntimeError: the door controller is offline" in result.result
 
 
 def test_parameters_that_do_not_fit_are_an_error_result(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("greet", user_module, "greet")), Hooks())
     result = call(reg, "greet", {"nom": "x"})
-    assert result.is_error and "rejected the parameters" in result.result
+    assert result.is_error
+    assert "rejected the parameters" in result.result
 
 
 def test_a_tool_failure_is_the_agents_message(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("refuses", user_module, "refuses")), Hooks())
     result = call(reg, "refuses", {})
-    assert result.is_error and result.result == "the door is locked for the night"
+    assert result.is_error
+    assert result.result == "the door is locked for the night"
 
 
 def test_a_callables_prints_do_not_become_its_result(user_module: ModuleType) -> None:
     result = call(ToolRegistry(cfg(py_tool("chatty", user_module, "chatty")), Hooks()), "chatty", {})
-    assert not result.is_error and result.result == "the answer"
+    assert not result.is_error
+    assert result.result == "the answer"
 
 
 def test_a_callable_answers_in_utf8_whatever_the_locale(
@@ -270,13 +280,15 @@ def test_a_callable_answers_in_utf8_whatever_the_locale(
     monkeypatch.setenv("LC_ALL", "C")
     monkeypatch.setenv("LANG", "C")
     result = call(ToolRegistry(cfg(py_tool("gruss", user_module, "gruss")), Hooks()), "gruss", {"name": "Zoë"})
-    assert not result.is_error and result.result == "Grüß dich, Zoë 🎟"
+    assert not result.is_error
+    assert result.result == "Grüß dich, Zoë 🎟"
 
 
 def test_a_callable_answers_without_waiting_for_threads_it_left(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("leaves", user_module, "leaves_a_thread", timeout_s=60)), Hooks())
     result = call(reg, "leaves", {})  # would time out after 60 s if its process waited for the thread
-    assert not result.is_error and result.result == "answered"
+    assert not result.is_error
+    assert result.result == "answered"
 
 
 def test_a_callable_runs_in_its_own_process_without_the_api_key(
@@ -285,7 +297,8 @@ def test_a_callable_runs_in_its_own_process_without_the_api_key(
     monkeypatch.setenv("ELEVENLABS_API_KEY", "sk_env_key_for_test_987")
     result = call(ToolRegistry(cfg(py_tool("whoami", user_module, "whoami")), Hooks()), "whoami", {})
     answer = json.loads(result.result)
-    assert answer["pid"] != os.getpid() and answer["key"] == "absent"
+    assert answer["pid"] != os.getpid()
+    assert answer["key"] == "absent"
 
 
 def test_a_timed_out_callable_is_killed_and_answers_once(user_module: ModuleType, signals: Signals) -> None:
@@ -293,7 +306,8 @@ def test_a_timed_out_callable_is_killed_and_answers_once(user_module: ModuleType
     replies = Replies()
     reg.call("slow", "c9", {}, replies)
     result = replies.one()
-    assert result.is_error and "timed out after 2 s" in result.result
+    assert result.is_error
+    assert "timed out after 2 s" in result.result
     reg.close()
     try:
         pid = signals.pid()  # sent before the timeout, unless the machine was too busy to start Python
@@ -307,7 +321,8 @@ def test_a_tool_without_its_own_timeout_uses_the_tools_default(user_module: Modu
     spec = ToolSpec(name="slow", callable=f"{user_module.__name__}:slow")
     reg = ToolRegistry(ToolsConfig(timeout_s=0.25, tool=(spec,)), Hooks())
     result = call(reg, "slow", {})
-    assert result.is_error and "timed out after 0.25 s" in result.result
+    assert result.is_error
+    assert "timed out after 0.25 s" in result.result
     reg.close()
 
 
@@ -319,12 +334,14 @@ def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType, sign
     handle.cancel()
     assert handle.done
     result = replies.one()
-    assert result.is_error and "cancelled" in result.result
-    assert reg.active_calls == 0 and gone(pid)
+    assert result.is_error
+    assert "cancelled" in result.result
+    assert reg.active_calls == 0
+    assert gone(pid)
 
 
 def test_a_hung_callable_cannot_hold_the_process(user_module: ModuleType, signals: Signals) -> None:
-    """Issue 10 item 1: closing the tools ends a hung Python tool; nothing of it is left to wait for.
+    """Closing the tools ends a hung Python tool; nothing of it is left to wait for.
 
     (Before, it ran in a non-daemon thread of the daemon that no stop could end: the process
     lived until the function returned. The thread guard and the pid check both catch that.)
@@ -336,7 +353,8 @@ def test_a_hung_callable_cannot_hold_the_process(user_module: ModuleType, signal
     assert pid != os.getpid()
     reg.close()
     (result,) = replies.wait(1)
-    assert result.is_error and "cancelled" in result.result
+    assert result.is_error
+    assert "cancelled" in result.result
     assert gone(pid)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("tool")]
 
@@ -367,9 +385,11 @@ def test_results_are_redacted_and_bounded(user_module: ModuleType) -> None:
     register_secret("sk_leaky_secret_123456")
     reg = ToolRegistry(cfg(py_tool("leaky", user_module, "leaky"), py_tool("huge", user_module, "huge")), Hooks())
     leaky = call(reg, "leaky", {})
-    assert "sk_leaky_secret_123456" not in leaky.result and REDACTED in leaky.result
+    assert "sk_leaky_secret_123456" not in leaky.result
+    assert REDACTED in leaky.result
     huge = call(reg, "huge", {})
-    assert len(huge.result) < MAX_RESULT_CHARS + 100 and "cut" in huge.result
+    assert len(huge.result) < MAX_RESULT_CHARS + 100
+    assert "cut" in huge.result
 
 
 def test_many_concurrent_calls_each_get_exactly_one_result(user_module: ModuleType) -> None:
@@ -403,7 +423,8 @@ ECHO_DOUBLE = "import json, sys; p = json.load(sys.stdin); print(p['n'] * 2)"
 def test_command_gets_json_on_stdin_and_returns_stdout() -> None:
     reg = ToolRegistry(cfg(cmd_tool("double", ECHO_DOUBLE)), Hooks())
     result = call(reg, "double", {"n": 21})
-    assert not result.is_error and result.result == "42"
+    assert not result.is_error
+    assert result.result == "42"
 
 
 def test_command_parameters_are_never_interpreted_by_a_shell(tmp_path: Path) -> None:
@@ -418,7 +439,9 @@ def test_command_parameters_are_never_interpreted_by_a_shell(tmp_path: Path) -> 
 def test_command_failure_reports_exit_status_and_stderr() -> None:
     code = "import sys; sys.stderr.write('relay not found\\n'); sys.exit(3)"
     result = call(ToolRegistry(cfg(cmd_tool("relay", code)), Hooks()), "relay", {})
-    assert result.is_error and "status 3" in result.result and "relay not found" in result.result
+    assert result.is_error
+    assert "status 3" in result.result
+    assert "relay not found" in result.result
 
 
 def test_command_timeout_kills_it(tmp_path: Path) -> None:
@@ -426,7 +449,8 @@ def test_command_timeout_kills_it(tmp_path: Path) -> None:
     code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     reg = ToolRegistry(cfg(cmd_tool("hang", code, timeout_s=3.0)), Hooks())
     result = call(reg, "hang", {})
-    assert result.is_error and "timed out after 3 s" in result.result
+    assert result.is_error
+    assert "timed out after 3 s" in result.result
     if pidfile.exists():  # (on a very loaded machine Python may not even have started)
         with pytest.raises(ProcessLookupError):  # killed and reaped
             os.kill(int(pidfile.read_text()), 0)
@@ -446,7 +470,8 @@ def test_cancelling_a_command_kills_it() -> None:
     reg.call("hang", "c1", {}, replies)
     reg.close()
     result = replies.one()
-    assert result.is_error and "cancelled" in result.result
+    assert result.is_error
+    assert "cancelled" in result.result
 
 
 # -- configuration errors -----------------------------------------------------------------
@@ -500,7 +525,8 @@ def test_a_cancel_is_not_held_up_by_a_process_the_tool_hid(signals: Signals) -> 
     try:
         pid = signals.pid()
         reg.close()  # before: the thread read the pipes until the 60 s timeout (WorkerStuckError here)
-        assert "cancelled" in replies.one().result and gone(pid)
+        assert "cancelled" in replies.one().result
+        assert gone(pid)
     finally:
         os.kill(grandchild, 9)
         assert exits(grandchild)
@@ -514,7 +540,8 @@ def test_a_tool_that_exits_is_answered_though_a_process_it_started_holds_its_out
     grandchild = signals.pid("grandchild")
     try:
         result = replies.one()  # before: "timed out after 60 s"
-        assert not result.is_error and result.result == "door opened"
+        assert not result.is_error
+        assert result.result == "door opened"
     finally:
         os.kill(grandchild, 9)
         assert exits(grandchild)
@@ -540,7 +567,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Signals) -> None:
-    """Issue 10 item 9: 300 calls made 310 threads and 300 processes; the default limit is 4."""
+    """Calls beyond the limit (default 4) are refused at once; unlimited, 300 calls made 310 threads, 300 processes."""
     code = (
         "import os, socket, time\n"
         "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
@@ -554,7 +581,8 @@ def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Sign
     for i in range(n):
         reg.call("wait", f"id{i}", {}, replies)
     refused = list(replies.results)  # answered at once, on the caller's thread
-    assert len(refused) == n - 4 and reg.active_calls == 4
+    assert len(refused) == n - 4
+    assert reg.active_calls == 4
     assert all(r.is_error and "was not run" in r.result and "4 tool calls" in r.result for r in refused)
     running = {signals.pid() for _ in range(4)}
     assert set(children_of(os.getpid())) <= running  # no fifth process
@@ -566,20 +594,24 @@ def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Sign
 
 
 def test_a_huge_unknown_tool_name_is_not_echoed_whole(caplog: pytest.LogCaptureFixture) -> None:
-    """Issue 10 item 10: a 1 MB tool name came back whole in the error result."""
+    """A 1 MB tool name or parameter is cut short in the error result and the log lines, not echoed whole."""
     caplog.set_level(logging.DEBUG, logger="device.drivers.tools")
     name = "x" * 1_000_000
     reg = ToolRegistry(cfg(), Hooks())
     replies = Replies()
     reg.call(name, "c1", {}, replies)
     result = replies.one()
-    assert result.is_error and result.call_id == "c1"
-    assert "unknown tool 'xxxx" in result.result and "1000000 characters" in result.result
-    assert len(result.result) < 1000 and len(result.name) < 200  # the name reaches the session's log lines
+    assert result.is_error
+    assert result.call_id == "c1"
+    assert "unknown tool 'xxxx" in result.result
+    assert "1000000 characters" in result.result
+    assert len(result.result) < 1000
+    assert len(result.name) < 200  # the name reaches the session's log lines
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
     # Parameters echoed into a result are bounded as well.
     volume = call(reg, "set_volume", {"percent": "y" * 1_000_000})
-    assert volume.is_error and "not a number" in volume.result
+    assert volume.is_error
+    assert "not a number" in volume.result
     assert len(volume.result) < MAX_RESULT_CHARS + 100
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
 
@@ -600,13 +632,15 @@ def test_each_python_call_takes_a_process_started_ahead_of_it(user_module: Modul
     assert first == ahead
     join_call_threads()  # the call's thread starts the next process once it has answered
     (ahead,) = children_of(os.getpid())
-    assert ahead != first and gone(first)
+    assert ahead != first
+    assert gone(first)
     second = json.loads(call(reg, "whoami", {}, "c2").result)["pid"]
     assert second == ahead  # one process per call
     join_call_threads()
     (spare,) = children_of(os.getpid())
     reg.close()
-    assert gone(spare) and children_of(os.getpid()) == []
+    assert gone(spare)
+    assert children_of(os.getpid()) == []
 
 
 def test_the_process_started_ahead_ends_with_its_daemon(user_module: ModuleType, tmp_path: Path) -> None:
@@ -633,7 +667,8 @@ def test_the_process_started_ahead_ends_with_its_daemon(user_module: ModuleType,
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
         (spare,) = children_of(proc.pid)
         proc.kill()
         proc.wait(WAIT_S)

@@ -121,7 +121,8 @@ def test_your_own_model_by_path(tmp_path: Path) -> None:
                                               "wake.threshold=0.9"])
     det = WakeDetector(cfg.wake)
     try:
-        assert det.info.name == "my_word" and det.info.cutoff == 0.9
+        assert det.info.name == "my_word"
+        assert det.info.cutoff == 0.9
         assert feed(det, clip("alexa", "en-us"))
     finally:
         det.close()
@@ -179,7 +180,9 @@ def test_without_the_engine_the_error_says_what_to_install(monkeypatch: pytest.M
     with pytest.raises(ConfigError) as e:
         load_config(environ={}, overrides=["gate.mode=wake_word"])
     text = str(e.value)
-    assert text.startswith("wake.engine:") and "voice-appliance[wake]" in text and "64-bit" in text
+    assert text.startswith("wake.engine:")
+    assert "voice-appliance[wake]" in text
+    assert "64-bit" in text
 
 
 def _cli(tmp_path: Path, *args: str, hide: str = "", hands_free: bool = True) -> subprocess.CompletedProcess[str]:

@@ -33,7 +33,8 @@ def test_a_wake_before_the_wait_is_not_lost() -> None:
     t = threading.Thread(target=lambda: results.append(waker.wait(30.0)), name="early-waiter")
     t.start()
     t.join(10.0)
-    assert not t.is_alive() and results == [[]]  # the pending wake ended the wait
+    assert not t.is_alive()
+    assert results == [[]]  # the pending wake ended the wait
     r, w = os.pipe()
     try:
         os.write(w, b"x")
@@ -53,8 +54,10 @@ def test_wake_after_close_is_harmless() -> None:
 
 def test_alsa_errors_say_what_to_do() -> None:
     missing = _hint("microphone", "hw:9", OSError("No such file or directory [hw:9]"), 16000, 1)
-    assert "arecord -L" in missing and "audio.capture_device" in missing
+    assert "arecord -L" in missing
+    assert "audio.capture_device" in missing
     busy = _hint("speaker", "hw:0", OSError("Device or resource busy [hw:0]"), 22050, 1)
     assert "dmix" in busy
     fmt = _hint("speaker", "hw:0", OSError("Invalid argument [hw:0]"), 22050, 1)
-    assert "plughw" in fmt and "22050" in fmt
+    assert "plughw" in fmt
+    assert "22050" in fmt

@@ -29,7 +29,8 @@ def test_named_non_daemon_and_stops_promptly() -> None:
     w = Looper(on_exit=exits.append)
     w.start()
     assert w.running.wait(5)
-    assert w._thread.name == "looper" and not w._thread.daemon
+    assert w._thread.name == "looper"
+    assert not w._thread.daemon
     w.stop(timeout_s=5)
     assert not w.alive
     assert exits == [WorkerExited("looper", None, True)]
@@ -61,7 +62,8 @@ def test_exception_reported_once_with_the_error() -> None:
     assert done.wait(5)
     w.stop()
     assert len(exits) == 1
-    assert isinstance(exits[0].error, ValueError) and not exits[0].stopped
+    assert isinstance(exits[0].error, ValueError)
+    assert not exits[0].stopped
 
 
 def test_a_thread_that_will_not_stop_is_an_error() -> None:

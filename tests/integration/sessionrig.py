@@ -217,3 +217,27 @@ def scripted(
     thread = threading.Thread(target=server.serve_forever, name="scripted-server")
     thread.start()
     return server, port, thread, closes
+
+
+def metadata(conversation_id: str = "conv_scripted") -> str:
+    return json.dumps({
+        "type": "conversation_initiation_metadata",
+        "conversation_initiation_metadata_event": {
+            "conversation_id": conversation_id,
+            "agent_output_audio_format": "pcm_16000",
+            "user_input_audio_format": "pcm_16000",
+        },
+    })
+
+
+def drain(ws: ServerConnection) -> None:
+    """Until the device closes (answering its close frame)."""
+    try:
+        while True:
+            ws.recv(timeout=WAIT_S)
+    except (ConnectionClosed, TimeoutError):
+        pass
+
+
+def public_agent(port: int) -> AgentConfig:
+    return AgentConfig(agent_id="a", connection="public", base_url=f"http://127.0.0.1:{port}", connect_timeout_s=5.0)

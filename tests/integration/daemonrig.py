@@ -10,8 +10,10 @@ when the capture reaches them (synchronised on the daemon's telemetry).
 
 from __future__ import annotations
 
+import grp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -283,3 +285,79 @@ def serve_with_operator(cfg: Config, key: Secret | None, loader: Loader, operato
     if failures:
         raise failures[0]
     return code
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket: a real AF_UNIX datagram socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(WAIT_S)
+        self.messages: list[str] = []
+
+    def next(self, timeout_s: float = WAIT_S) -> str:
+        self.sock.settimeout(timeout_s)
+        msg = self.sock.recv(4096).decode()
+        self.messages.append(msg)
+        return msg
+
+    def wait_for(self, fragment: str, timeout_s: float = WAIT_S) -> str:
+        """The next message containing ``fragment`` (others are kept in ``messages``)."""
+        while True:
+            msg = self.next(timeout_s)
+            if fragment in msg:
+                return msg
+
+    def drain(self) -> list[str]:
+        out = []
+        self.sock.settimeout(0)
+        try:
+            while True:
+                out.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        self.messages += out
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def write_config(tmp_path: Path, emu: Emulator, input_pcm: bytes, playback_device: str = "") -> Path:
+    """A config for `voice-appliance run`: file devices, the emulator, the control socket; [systemd] comes last."""
+    conf = filedevices.install(tmp_path / "alsa")
+    playback_device = playback_device or filedevices.playback_device(tmp_path / "out.raw", fixed_16k=True)
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(input_pcm + silence(4.0))
+    key = tmp_path / "api_key"
+    key.write_text("emulator-key\n")
+    key.chmod(0o600)
+    group = grp.getgrgid(os.getgid()).gr_name
+    text = f"""
+[agent]
+agent_id = "{emu.agent_id}"
+base_url = "{emu.base_url}"
+connection = "signed_url"
+api_key_file = "{key}"
+
+[audio]
+capture_device = '{filedevices.capture_device(raw)}'
+playback_device = '{playback_device}'
+pace_realtime = true
+earcons = false
+
+[gate]
+mode = "toggle"
+
+[systemd]
+status_file = "{tmp_path / "run" / "status.json"}"
+control_socket = "{tmp_path / "run" / "control.sock"}"
+control_group = "{group}"
+watchdog = true
+"""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert conf.exists()
+    return path
