@@ -29,7 +29,7 @@ from typing import Any
 
 from device.core.audioformat import AudioFormat
 from device.core.errors import ProtocolError
-from device.drivers.logs import escape_controls
+from device.core.text import escape_controls
 
 # Largest server message accepted (the service sends frames over 1 MiB).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
