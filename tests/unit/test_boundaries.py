@@ -1,16 +1,17 @@
 """The package's boundaries, as executable rules (docs/ARCHITECTURE.md explains them).
 
-Each rule reads the import statements of every module under ``device/`` (with
-``ast``, nothing is imported) and names the modules that break it. Every rule
-is also run against a planted violation, so none of them can pass vacuously,
-and every rule's name must appear in the architecture page, so the page cannot
-drift from what is enforced.
+Each rule reads the import statements of every module under ``device/`` (with ``ast``, nothing is
+imported) and names the modules that break it. What is pure is where a module lives: everything under
+``device/core/``. Every rule is also run against a planted violation, so none of them can pass
+vacuously, and every rule's name must appear in the architecture page, so the page cannot drift from
+what is enforced.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class Imp:
 
 
 Tree = Mapping[str, tuple[Imp, ...]]  # module name ("device.core.gate") → what it imports
+Sources = Mapping[str, str]  # module name → its text
 
 
 def module_name(rel: Path) -> str:
@@ -61,14 +63,22 @@ def imports_of(source: str, module: str, is_package: bool = False) -> tuple[Imp,
     return tuple(found)
 
 
-def load_tree(root: Path = ROOT, planted: Mapping[str, str] | None = None) -> dict[str, tuple[Imp, ...]]:
-    """The real package, plus ``planted`` module texts (path relative to the repository → source)."""
-    sources = {p.relative_to(root).as_posix(): p.read_text() for p in (root / "device").rglob("*.py")}
-    sources.update(planted or {})
+def load_sources(root: Path = ROOT, planted: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The real package's module texts, plus ``planted`` ones (path relative to the repository → source)."""
+    texts = {p.relative_to(root).as_posix(): p.read_text() for p in (root / "device").rglob("*.py")}
+    texts.update(planted or {})
+    return {rel: text for rel, text in texts.items()}
+
+
+def tree_of(texts: Mapping[str, str]) -> dict[str, tuple[Imp, ...]]:
     return {
         module_name(Path(rel)): imports_of(text, module_name(Path(rel)), rel.endswith("__init__.py"))
-        for rel, text in sources.items()
+        for rel, text in texts.items()
     }
+
+
+def load_tree(root: Path = ROOT, planted: Mapping[str, str] | None = None) -> dict[str, tuple[Imp, ...]]:
+    return tree_of(load_sources(root, planted))
 
 
 def uses(imp: str, target: str) -> bool:
@@ -79,25 +89,60 @@ def under(module: str, package: str) -> bool:
     return uses(module, package)
 
 
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
 # -- the rules ------------------------------------------------------------------------------------
 
-# A library that touches hardware or the network has exactly one owner: that module translates its
+# A library from outside the standard library has exactly one owner: that module translates its
 # exceptions into DeviceError, holds its threads and handles, and is the one place a test swaps out.
+# Firmware owners live in device/drivers/; the tools' own libraries in the tool that needs them.
 OWNERS: Mapping[str, frozenset[str]] = {
     "alsaaudio": frozenset({"device.drivers.alsa"}),
     "gpiozero": frozenset({"device.drivers.gpio"}),
+    "spidev": frozenset({"device.drivers.apa102"}),
     "websocket": frozenset({"device.drivers.session"}),
     "requests": frozenset({"device.drivers.agent_http"}),
     "urllib3": frozenset({"device.drivers.agent_http"}),
-    # webrtcvad is C code with its own frame rules; the gate (kiosk) and the emulator's VAD (tool) wrap it.
-    "webrtcvad": frozenset({"device.core.gate", "device.emulator.vad"}),
-    # The hands-free stages (may not exist yet): one wrapper each, so an engine can be swapped or absent.
+    "systemd": frozenset({"device.drivers.logs"}),
+    # webrtcvad is C code with its own frame rules; the kiosk's VAD and the emulator's wrap it.
+    "webrtcvad": frozenset({"device.drivers.vad", "device.emulator.vad"}),
+    # The hands-free engines (optional extras): one wrapper each, so an engine can be swapped or absent.
     "pymicro_wakeword": frozenset({"device.drivers.wake"}),
     "pyopen_wakeword": frozenset({"device.drivers.wake"}),
     "webrtc_noise_gain": frozenset({"device.drivers.dsp"}),
     # The emulator's server library is a [bench] extra: a kiosk must run without it.
     "websockets": frozenset({"device.emulator.server", "device.emulator.client"}),
 }
+TOOL_PACKAGES = ("device.emulator", "device.bench")
+
+
+def one_owner(tree: Tree) -> list[str]:
+    """Each outside library is imported by its owners only; an unlisted one has no owner yet."""
+    out = []
+    for mod, imps in tree.items():
+        for imp in imps:
+            lib = top(imp.name)
+            if lib == "device" or lib in sys.stdlib_module_names or lib == "__future__":
+                continue
+            owners = OWNERS.get(lib)
+            if owners is None:
+                out.append(f"{mod} imports {lib}, which has no owner in OWNERS")
+            elif mod not in owners:
+                out.append(f"{mod} imports {lib} (only {', '.join(sorted(owners))} may)")
+    return sorted(set(out))
+
+
+def owners_at_the_edge(owners: Mapping[str, frozenset[str]] = OWNERS) -> list[str]:
+    """A firmware module that owns a library is a driver."""
+    return [
+        f"{mod} owns {lib} but is not under device.drivers"
+        for lib, mods in owners.items()
+        for mod in sorted(mods)
+        if not under(mod, "device.drivers") and not any(under(mod, t) for t in TOOL_PACKAGES)
+    ]
+
 
 # The tools (emulator, bench) are reached only through their commands, so the kiosk's own code runs
 # without them and a change to a tool cannot change what a kiosk does.
@@ -105,29 +150,6 @@ TOOLS: Mapping[str, tuple[str, ...]] = {
     "device.emulator": ("device.commands", "device.emulator", "device.bench"),
     "device.bench": ("device.commands", "device.bench"),
 }
-
-# Pure logic has no threads of its own and no I/O, so it is tested directly and fast; importing it
-# (also through a package's __init__) must not pull in a module that owns hardware or the network.
-PURE = (
-    "device.core.protocol", "device.core.gate", "device.app.controller", "device.core.ringbuffer", "device.core.config",
-)
-IO_MODULES = (
-    "alsaaudio", "gpiozero", "websocket", "websockets", "requests", "urllib3", "socket", "ssl", "select",
-    "subprocess", "device.drivers.alsa", "device.drivers.capture", "device.drivers.playback", "device.drivers.gpio",
-    "device.drivers.session", "device.drivers.agent_http", "device.drivers.control", "device.drivers.notify",
-    "device.app.daemon",
-)
-# Native engines a pure module may wrap, imported inside the function that needs them only.
-LAZY_ONLY = ("webrtcvad", "pymicro_wakeword", "pyopen_wakeword", "webrtc_noise_gain")
-
-
-def one_owner(tree: Tree) -> list[str]:
-    return [
-        f"{mod} imports {lib} (only {', '.join(sorted(owners))} may)"
-        for mod, imps in tree.items()
-        for lib, owners in OWNERS.items()
-        if mod not in owners and any(uses(i.name, lib) for i in imps)
-    ]
 
 
 def tools_apart(tree: Tree) -> list[str]:
@@ -139,75 +161,231 @@ def tools_apart(tree: Tree) -> list[str]:
     ]
 
 
-def reach(tree: Tree, start: str) -> dict[str, str]:
-    """Every module importing ``start`` loads (with the packages above it) → the module that imported it.
+# The core is pure logic: the standard library minus threads, sockets, processes, signals and the
+# file system's writers, and other core modules -- also inside a function. It is tested directly, in
+# milliseconds, and its time comes in as an argument.
+CORE = "device.core"
+NOT_IN_CORE = (
+    "threading", "_thread", "queue", "socket", "ssl", "select", "selectors", "subprocess", "multiprocessing",
+    "asyncio", "signal", "concurrent", "http", "urllib.request", "tempfile", "shutil",
+)
 
-    Only module-level imports load at once; an import inside a function loads when that runs.
-    """
-    parents = [".".join(start.split(".")[:n]) for n in range(1, start.count(".") + 1)]
-    seen: dict[str, str] = dict.fromkeys(parents, start)  # importing a.b.c runs a/__init__ and a/b/__init__
-    todo = [start, *parents]
-    while todo:
-        mod = todo.pop()
-        for imp in tree.get(mod, ()):
-            if imp.lazy:
+
+def core_is_pure(tree: Tree) -> list[str]:
+    out = []
+    for mod, imps in tree.items():
+        if not under(mod, CORE):
+            continue
+        for imp in imps:
+            name = imp.name
+            if top(name) == "device":
+                if not under(name, CORE):
+                    out.append(f"{mod} imports {name} (the core imports only the core)")
+            elif top(name) == "__future__":
                 continue
-            parts = imp.name.split(".")
-            for n in range(1, len(parts) + 1):
-                name = ".".join(parts[:n])
-                if name not in seen and name != start:
-                    seen[name] = mod
-                    todo.append(name)
-    return seen
+            elif top(name) not in sys.stdlib_module_names:
+                out.append(f"{mod} imports {name} (a library: only a driver may)")
+            elif any(uses(name, banned) for banned in NOT_IN_CORE):
+                out.append(f"{mod} imports {name} (threads, sockets, processes: not in the core)")
+    return sorted(set(out))
 
 
-def pure_stays_pure(tree: Tree) -> list[str]:
-    out: list[str] = []
-    for mod in PURE:
-        loaded = reach(tree, mod)
-        out += [f"{mod} loads {io} (through {loaded[io]})" for io in IO_MODULES if io in loaded]
-        out += [f"{mod} imports {io}" for i in tree.get(mod, ()) for io in IO_MODULES
-                if uses(i.name, io) and io not in loaded]  # not even inside a function
-        out += [f"{mod} imports {lib} at module level" for i in tree.get(mod, ()) for lib in LAZY_ONLY
-                if uses(i.name, lib) and not i.lazy]
+# Layers: the core below the drivers below the app below the commands.
+LAYERS: Mapping[str, tuple[str, ...]] = {
+    "device.drivers": ("device.app", "device.commands"),
+    "device.app": ("device.commands",),
+}
+
+
+def layers_hold(tree: Tree) -> list[str]:
+    return sorted({
+        f"{mod} imports {imp.name} ({layer} may not reach {above})"
+        for mod, imps in tree.items()
+        for layer, forbidden in LAYERS.items()
+        if under(mod, layer)
+        for imp in imps
+        for above in forbidden
+        if uses(imp.name, above)
+    })
+
+
+def _graph(tree: Tree) -> dict[str, set[str]]:
+    """Module → the device modules it imports (lazy ones too: a cycle is a cycle when the function runs)."""
+    return {
+        mod: {i.name for i in imps if i.name in tree and i.name != mod}
+        for mod, imps in tree.items()
+    }
+
+
+def _cycles(graph: Mapping[str, set[str]]) -> Iterator[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    counter = 0
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        yield sorted(component)
+            elif child not in index:
+                index[child] = low[child] = counter
+                counter += 1
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(sorted(graph.get(child, ())))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+
+
+def no_cycles(tree: Tree) -> list[str]:
+    return [f"import cycle: {' -> '.join(c)}" for c in _cycles(_graph(tree))]
+
+
+# No class in the firmware so large that it hides its parts (the tools are exempt).
+MAX_CLASS_LINES = 350
+
+
+def small_classes(texts: Sources) -> list[str]:
+    out = []
+    for rel, text in texts.items():
+        mod = module_name(Path(rel))
+        if any(under(mod, t) for t in TOOL_PACKAGES):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_CLASS_LINES:
+                    out.append(f"{mod}.{node.name} is {lines} lines (at most {MAX_CLASS_LINES})")
     return out
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str
-    check: Callable[[Tree], list[str]]
+    check: Callable[[Mapping[str, str]], list[str]]  # module texts by path → complaints
     plant: Mapping[str, str]  # a violation: repository path → module text
     expect: str  # part of the complaint it must raise
 
 
+def on_tree(check: Callable[[Tree], list[str]]) -> Callable[[Mapping[str, str]], list[str]]:
+    return lambda texts: check(tree_of(texts))
+
+
 RULES = (
-    Rule("one-owner-per-library", one_owner,
-         {"device/bench/pins.py": "from gpiozero.pins.mock import MockFactory\n"}, "device.bench.pins"),
-    Rule("tools-apart", tools_apart,
-         {"device/telemetry_extra.py": "from device.emulator import Emulator\n"}, "device.telemetry_extra"),
-    Rule("pure-stays-pure", pure_stays_pure,
-         {"device/levels.py": "import socket\n", "device/core/ringbuffer.py": "from device import levels\n"},
-         "device.core.ringbuffer loads socket (through device.levels)"),
+    Rule("one-owner-per-library", on_tree(one_owner),
+         {"device/bench/pins.py": "from gpiozero.pins.mock import MockFactory\n"},
+         "device.bench.pins imports gpiozero"),
+    Rule("tools-apart", on_tree(tools_apart),
+         {"device/app/telemetry_extra.py": "from device.emulator import Emulator\n"}, "device.app.telemetry_extra"),
+    Rule("core-is-pure", on_tree(core_is_pure),
+         {"device/core/levels.py": "def f():\n    import threading\n"}, "device.core.levels imports threading"),
+    Rule("layers", on_tree(layers_hold),
+         {"device/drivers/lights.py": "from device.app import controller\n"},
+         "device.drivers.lights imports device.app"),
+    Rule("no-import-cycles", on_tree(no_cycles),
+         {"device/core/a.py": "from device.core import b\n",
+          "device/core/b.py": "def f():\n    import device.core.a\n"},
+         "import cycle: device.core.a -> device.core.b"),
+    Rule("small-classes", small_classes,
+         {"device/app/big.py": "class Big:\n" + "    x = 1\n" * MAX_CLASS_LINES}, "device.app.big.Big is 351 lines"),
 )
+
+
+# Where the tree does not keep a rule yet: the restructuring's open items (docs/ARCHITECTURE.md, "Not
+# there yet"). A violation not listed fails the test, and so does a listed one that is gone, so the list
+# can only shrink.
+PENDING: Mapping[str, frozenset[str]] = {
+    "one-owner-per-library": frozenset({
+        "device.core.gate imports webrtcvad (only device.drivers.vad, device.emulator.vad may)",
+    }),
+    "core-is-pure": frozenset({
+        "device.core.config imports device.drivers.dsp (the core imports only the core)",
+        "device.core.config imports device.drivers.dsp.check_available (the core imports only the core)",
+        "device.core.config imports device.drivers.userfiles (the core imports only the core)",
+        "device.core.config imports device.drivers.userfiles.MIB (the core imports only the core)",
+        "device.core.config imports device.drivers.userfiles.UnsuitableFile (the core imports only the core)",
+        "device.core.config imports device.drivers.userfiles.read_file (the core imports only the core)",
+        "device.core.config imports device.drivers.userfiles.size_text (the core imports only the core)",
+        "device.core.config imports device.drivers.wake (the core imports only the core)",
+        "device.core.config imports device.drivers.wake.resolve_model (the core imports only the core)",
+        "device.core.gate imports webrtcvad (a library: only a driver may)",
+    }),
+    "layers": frozenset({
+        "device.drivers.control imports device.app.controller (device.drivers may not reach device.app)",
+        "device.drivers.control imports device.app.controller.ButtonEvent (device.drivers may not reach device.app)",
+        "device.drivers.control imports device.app.controller.Command (device.drivers may not reach device.app)",
+        "device.drivers.control imports device.app.controller.MuteEvent (device.drivers may not reach device.app)",
+    }),
+    "no-import-cycles": frozenset({
+        "import cycle: device.core.config -> device.core.ledpatterns -> device.drivers.wake",
+        "import cycle: device.emulator -> device.emulator.client -> device.emulator.conversation -> "
+        "device.emulator.faults -> device.emulator.outbox -> device.emulator.recording -> device.emulator.replies -> "
+        "device.emulator.server -> device.emulator.speech -> device.emulator.vad",
+    }),
+    "small-classes": frozenset({
+        "device.app.controller.Controller is 676 lines (at most 350)",
+        "device.app.daemon.Daemon is 401 lines (at most 350)",
+    }),
+}
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_the_tree_keeps_the_rule(rule: Rule) -> None:
-    assert rule.check(load_tree()) == []
+    assert sorted(set(rule.check(load_sources())) - PENDING.get(rule.name, frozenset())) == []
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if r.name in PENDING], ids=lambda r: r.name)
+def test_a_pending_violation_that_is_gone_leaves_the_list(rule: Rule) -> None:
+    assert sorted(PENDING[rule.name] - set(rule.check(load_sources()))) == []
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_a_planted_violation_breaks_the_rule(rule: Rule) -> None:
-    complaints = rule.check(load_tree(planted=rule.plant))
-    assert complaints, f"{rule.name} did not notice {dict(rule.plant)}"
+    complaints = rule.check(load_sources(planted=rule.plant))
     assert any(rule.expect in c for c in complaints), complaints
 
 
+def test_every_library_owner_is_a_driver() -> None:
+    assert owners_at_the_edge() == []
+
+
+def test_an_owner_outside_the_drivers_is_named() -> None:
+    assert owners_at_the_edge({"spidev": frozenset({"device.app.leds"})}) == [
+        "device.app.leds owns spidev but is not under device.drivers"
+    ]
+
+
+def test_a_library_nobody_owns_is_named() -> None:
+    planted = {"device/drivers/yamlish.py": "import yaml\n"}
+    assert "device.drivers.yamlish imports yaml, which has no owner in OWNERS" in one_owner(load_tree(planted=planted))
+
+
 def test_a_lazy_import_still_counts_for_ownership() -> None:
-    planted = {"device/tools_x.py": "def f():\n    import requests.adapters\n"}
+    planted = {"device/drivers/tools_x.py": "def f():\n    import requests.adapters\n"}
     assert [c for c in one_owner(load_tree(planted=planted)) if "tools_x" in c] == [
-        "device.tools_x imports requests (only device.drivers.agent_http may)"
+        "device.drivers.tools_x imports requests (only device.drivers.agent_http may)"
     ]
 
 
@@ -217,18 +395,19 @@ def test_relative_imports_are_resolved() -> None:
     )
 
 
-def test_a_pure_module_may_not_name_io_even_inside_a_function() -> None:
-    planted = {
-        "device/core/gate.py": (
-            "def vad():\n    import webrtcvad\n\ndef send():\n    from device.drivers import session\n"
-        )
-    }
-    assert pure_stays_pure(load_tree(planted=planted)) == ["device.core.gate imports device.drivers.session"]
+def test_the_core_may_not_reach_a_driver_even_inside_a_function() -> None:
+    planted = {"device/core/gate.py": "def send():\n    from device.drivers import session\n"}
+    assert [c for c in core_is_pure(load_tree(planted=planted)) if c.startswith("device.core.gate ")] == [
+        "device.core.gate imports device.drivers (the core imports only the core)",
+        "device.core.gate imports device.drivers.session (the core imports only the core)",
+    ]
 
 
-def test_a_native_engine_in_a_pure_module_is_imported_on_use_only() -> None:
-    planted = {"device/core/gate.py": "import webrtcvad\n"}
-    assert pure_stays_pure(load_tree(planted=planted)) == ["device.core.gate imports webrtcvad at module level"]
+def test_a_native_library_in_the_core_is_named() -> None:
+    planted = {"device/core/gate.py": "def vad():\n    import webrtcvad\n"}
+    assert [c for c in core_is_pure(load_tree(planted=planted)) if c.startswith("device.core.gate ")] == [
+        "device.core.gate imports webrtcvad (a library: only a driver may)"
+    ]
 
 
 def test_type_checking_imports_do_not_count() -> None:
@@ -236,22 +415,19 @@ def test_type_checking_imports_do_not_count() -> None:
     assert imports_of(text, "device.core.gate") == (Imp("typing", False), Imp("typing.TYPE_CHECKING", False))
 
 
-def test_a_pure_module_may_not_reach_io_through_a_package() -> None:
-    planted = {"device/core/__init__.py": "from device.drivers.capture import Capture\n"}
-    assert "device.core.ringbuffer loads device.drivers.capture (through device.core)" in pure_stays_pure(
-        load_tree(planted=planted)
-    )
+def test_a_module_importing_itself_through_its_package_is_no_cycle() -> None:
+    assert no_cycles({"device.core.a": (Imp("device.core", False), Imp("device.core.a", False)),
+                      "device.core": ()}) == []
 
 
 def _names(rules: Iterable[Rule]) -> list[str]:
     return [r.name for r in rules]
 
 
-def test_the_architecture_page_names_every_rule_library_and_pure_module() -> None:
+def test_the_architecture_page_names_every_rule_and_library() -> None:
     page = PAGE.read_text()
     assert [n for n in _names(RULES) if f"`{n}`" not in page] == []
     assert [lib for lib in OWNERS if f"`{lib}`" not in page] == []
-    assert [m for m in PURE if f"`{m}`" not in page] == []
 
 
 def test_no_file_points_at_documents_outside_the_repository() -> None:
@@ -259,8 +435,8 @@ def test_no_file_points_at_documents_outside_the_repository() -> None:
     outside = "shared/" + "docs"  # split, so this file does not match itself
     hits = [
         p.relative_to(ROOT).as_posix()
-        for top in ("device", "tests", "provisioning", "systemd", "docs")
-        for p in (ROOT / top).rglob("*")
+        for top_dir in ("device", "tests", "provisioning", "systemd", "docs")
+        for p in (ROOT / top_dir).rglob("*")
         if p.is_file() and p.suffix in (".py", ".sh", ".md", ".toml", ".service") and outside in p.read_text()
     ]
     assert hits == []
