@@ -238,7 +238,7 @@ def test_the_venv_holds_exactly_the_pinned_versions(root: Path) -> None:
 def test_the_kiosk_install_leaves_the_tools_out(root: Path) -> None:
     """No emulator or bench on a kiosk unless --with-tools; the CLI names the flag."""
     package = root / VENV_SITE.lstrip("/") / "device"
-    assert (package / "daemon.py").exists()
+    assert (package / "app" / "daemon.py").exists()
     assert (package / "data" / "bench" / "question.wav").exists()
     assert not (package / "emulator").exists()
     assert not (package / "bench").exists()
