@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from device.app.controller import (
     BlockEvent,
@@ -35,13 +35,23 @@ from device.app.controller import (
     SessionLike,
 )
 from device.app.telemetry import TelemetryBus
+from device.core.audioevents import Block, PlaybackEvent
 from device.core.config import Config
 from device.core.errors import DeviceError, ExitCode, WorkerStuckError
+from device.core.protocol import SessionEvent
 from device.drivers.instance import InstanceLock, claim
 from device.drivers.notify import Notifier, Watchdog
 from device.drivers.secrets import Secret
 from device.drivers.status import STARTING, Status, StatusFiles, status_line
 from device.drivers.worker import Worker, WorkerExited
+
+if TYPE_CHECKING:  # imported where they are built: each configuration loads only what it uses
+    from device.drivers.agent_http import AgentHttp, SignedUrlSource
+    from device.drivers.capture import Capture
+    from device.drivers.control import ControlServer
+    from device.drivers.gpio import Gpio
+    from device.drivers.playback import Playback
+    from device.drivers.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,14 @@ STOP_JOIN_S = 5.0
 READY_WAIT_S = 10.0
 
 
+class PinFactory(Protocol):
+    """A gpiozero pin factory (``gpiozero.pins.Factory``: a Pi's, or the mock one), handed to the GPIO driver."""
+
+    def pin(self, spec: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 class Daemon:
     """The kiosk: build, start, stop (and reload) every part."""
 
@@ -60,7 +78,7 @@ class Daemon:
         cfg: Config,
         api_key: Secret | None,
         *,
-        pin_factory: Any = None,
+        pin_factory: PinFactory | None = None,
         notifier: Notifier | None = None,
         telemetry: TelemetryBus | None = None,
     ) -> None:
@@ -84,16 +102,16 @@ class Daemon:
 
     def _clear_parts(self) -> None:
         self.controller: Controller | None = None
-        self.capture: Any = None
-        self.playback: Any = None
-        self.gpio: Any = None
-        self.control: Any = None
-        self.signed_urls: Any = None
+        self.capture: Capture | None = None
+        self.playback: Playback | None = None
+        self.gpio: Gpio | None = None
+        self.control: ControlServer | None = None
+        self.signed_urls: SignedUrlSource | None = None
         self.watchdog: Watchdog | None = None
         self.status_files: StatusFiles | None = None
-        self._http: Any = None
-        self._prefetch_http: Any = None
-        self._tools: Any = None
+        self._http: AgentHttp | None = None
+        self._prefetch_http: AgentHttp | None = None
+        self._tools: ToolRegistry | None = None
 
     # -- lifetime -------------------------------------------------------------------------
     def start(self) -> None:
@@ -329,7 +347,8 @@ class Daemon:
     def _start_parts(self) -> None:
         from device.drivers.control import ControlError
 
-        assert self.controller is not None and self.watchdog is not None
+        assert self.controller is not None and self.watchdog is not None  # _build() made every part
+        assert self.gpio is not None and self.playback is not None and self.capture is not None
         self.gpio.open()  # before the controller: its first state shows on the LEDs
         self.playback.start()
         self.controller.start()
@@ -392,16 +411,18 @@ class Daemon:
             self.fatal.set()
 
     # -- wiring callbacks (other threads) -------------------------------------------------------------
-    def _make_session(self, on_event: Callable[[Any], None]) -> SessionLike:
+    def _make_session(self, on_event: Callable[[SessionEvent], None]) -> SessionLike:
         from device.drivers.session import Session
 
+        tools = self._tools
+        assert tools is not None, "sessions are made by the running controller, after _build()"
         with self._lock:
             self.sessions_made += 1
             n = self.sessions_made
         return Session(
             self.cfg.agent,
             self.cfg.session,
-            self._tools,
+            tools,
             self.api_key,
             on_event,
             self.signed_urls,
@@ -409,14 +430,14 @@ class Daemon:
             name=f"session-{n}",
         )
 
-    def _on_block(self, block: Any) -> None:
+    def _on_block(self, block: Block) -> None:
         controller = self.controller
         if controller is not None:
             controller.post(BlockEvent(block.pcm, block.seq, block.captured_at_s))
         if self.telemetry.active:
             self.telemetry.publish("captured", block.captured_at_s, seq=block.seq)
 
-    def _on_playback_event(self, event: Any) -> None:
+    def _on_playback_event(self, event: PlaybackEvent) -> None:
         controller = self.controller
         if controller is not None:
             controller.post(PlaybackNote(event))
@@ -459,6 +480,8 @@ class Daemon:
 
 
 Loader = Callable[[], tuple[Config, Secret | None]]
+# What signal.signal() takes and gives back: a function, SIG_DFL / SIG_IGN, or None (not set from Python).
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 # From the start of the stop to the end of the process, whatever a thread does: below the unit's
@@ -471,7 +494,7 @@ def serve(
     api_key: Secret | None,
     reload_config: Loader | None = None,
     *,
-    pin_factory: Any = None,
+    pin_factory: PinFactory | None = None,
     stop_event: threading.Event | None = None,
     hard_exit: bool = False,
     stop_deadline_s: float = STOP_DEADLINE_S,
@@ -494,7 +517,7 @@ def serve(
         reload_requested.set()
 
     installed = threading.current_thread() is threading.main_thread()
-    previous: dict[signal.Signals, Any] = {}
+    previous: dict[signal.Signals, SignalHandler] = {}
     if installed:
         handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
         for sig, handler in handlers.items():
@@ -521,8 +544,8 @@ def serve(
         finally:
             if deadline_armed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
     left = lingering_threads()
     if left:  # the interpreter would wait for them: say which, so it can be fixed
         log.error("threads still running after the stop: %s (please report this)", ", ".join(left))

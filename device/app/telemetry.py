@@ -5,29 +5,33 @@ the bench's report writer receive them synchronously on the publishing
 thread, so a callback must be quick and must not block. A failing callback
 is logged (rate-limited) and never disturbs the publisher.
 
-Kinds and their data:
+Kinds and their data (:data:`TelemetryKind` lists them; a unit test checks it
+against every ``publish`` call and every kind the bench reads):
 
-=============  ==============================================================
-state          state, previous, cause, conversation_id
-led            state, outputs {name: pattern}
-captured       seq (a block left the microphone; t_s is its capture time)
-gate           open, level_dbfs, seq, speech
-block_sent     seq, captured_at_s, open, nbytes
-agent_audio    event_id, nbytes, received_at_s
-reply_started  reply_id, latency_ms
-reply_finished reply_id, frames
-earcon         name (listening, done, error), phase (started, finished)
-interruption   event_id, local (True: a press cut the agent off)
-flushed        old_audio_ms_after, latency_ms, dropped_frames
-button         action (press, release, long_press), source
-mute           muted, source
-ping           ping_ms
-xrun           kind (underrun, overrun), detail
-session_end    outcome, detail, close_code
-transcript     role (user, agent), text, tentative
-tool_call      name, is_error, phase (started, finished)
-error          message, source
-=============  ==============================================================
+==============  ==============================================================
+state           state, machine_state, previous, cause, conversation_id
+led             state (the bench adds outputs {name: pattern})
+captured        seq (a block left the microphone; t_s is its capture time)
+gate            open, level_dbfs, seq, speech
+block_sent      seq, captured_at_s, open, nbytes
+wake            model, score (the wake word was heard; t_s is where it ended)
+agent_audio     event_id, nbytes, received_at_s
+reply_started   reply_id, latency_ms, rate_hz
+reply_finished  reply_id, frames
+earcon          name (listening, done, error), phase (started, finished)
+interruption    event_id, local (True: a press or the wake word cut the agent off), by
+flushed         old_audio_ms_after, frames_after, latency_ms, dropped_frames
+playback        kind (opened and the speaker's other reports), detail
+button          action (press, release, long_press), source
+mute            muted, source
+ping            ping_ms
+xrun            kind (underrun, overrun), detail
+session_end     outcome, detail, close_code
+transcript      role (user, agent), text, tentative (user) or correction (agent)
+tool_call       name, call_id, is_error, phase (started, finished)
+mcp_approval    name, approved
+error           message, source
+==============  ==============================================================
 """
 
 from __future__ import annotations
@@ -38,9 +42,35 @@ import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 log = logging.getLogger(__name__)
+
+TelemetryKind = Literal[
+    "state",
+    "led",
+    "captured",
+    "gate",
+    "block_sent",
+    "wake",
+    "agent_audio",
+    "reply_started",
+    "reply_finished",
+    "earcon",
+    "interruption",
+    "flushed",
+    "playback",
+    "button",
+    "mute",
+    "ping",
+    "xrun",
+    "session_end",
+    "transcript",
+    "tool_call",
+    "mcp_approval",
+    "error",
+]
+KINDS: frozenset[str] = frozenset(get_args(TelemetryKind))
 
 
 @dataclass(frozen=True)
@@ -48,7 +78,7 @@ class Telemetry:
     """One observation: ``t_s`` is ``time.monotonic()`` of this process."""
 
     t_s: float
-    kind: str
+    kind: TelemetryKind
     data: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
 
 
@@ -79,7 +109,7 @@ class TelemetryBus:
 
         return unsubscribe
 
-    def publish(self, kind: str, /, t_s: float | None = None, **data: Any) -> None:
+    def publish(self, kind: TelemetryKind, /, t_s: float | None = None, **data: Any) -> None:
         """Send one record (``t_s`` defaults to now); data keys may include ``kind``."""
         subscribers = self._subscribers
         if not subscribers:

@@ -48,6 +48,7 @@ from device.commands import soundcards
 from device.commands.common import add_set_option, config_path
 from device.core.config import ENV_PREFIX, Config, load_config
 from device.core.errors import AudioError, ConfigError, CredentialError
+from device.drivers.neterrors import NetFailure, classify, explain
 from device.drivers.secrets import (
     CREDENTIAL_NAME,
     ENV_VAR,
@@ -813,6 +814,29 @@ def _targets(cfg: Config) -> list[tuple[str, str]]:
     return out
 
 
+# Doctor's own timeout covers connecting and the TLS handshake: a silent peer is a connect timeout.
+_DOCTOR_FAILURES: Mapping[type[BaseException], NetFailure] = {TimeoutError: NetFailure.CONNECT_TIMEOUT}
+
+
+def _how_to_look(kind: NetFailure, port: int) -> str:
+    """Where to look on the kiosk itself, after the advice the daemon's log line gives."""
+    if kind is NetFailure.DNS:
+        return "ping -c1 1.1.1.1; resolvectl status (or /etc/resolv.conf)"
+    if kind is NetFailure.TLS:
+        return "timedatectl shows the clock: a Pi has no battery clock, systemd-timesyncd must reach an NTP server"
+    return f"is outgoing port {port} open? a firewall or a proxy (HTTPS_PROXY) may block it"
+
+
+def _unreachable(label: str, host: str, port: int, e: BaseException, timeout_s: float) -> Finding:
+    """A failed DNS lookup, connection or TLS handshake, worded as the daemon's log says it (neterrors)."""
+    kind = classify(e, _DOCTOR_FAILURES) or NetFailure.FAILED
+    failed, advice = explain(kind, e, host=f"{host}:{port}", what="connecting", timeout_s=timeout_s,
+                             timeout_key="doctor's timeout")
+    said = getattr(e, "verify_message", None) if kind is NetFailure.TLS else None
+    detail = f"{label}: {failed}" + (f" ({said})" if said and said not in failed else "")
+    return Finding("network", Status.FAIL, detail, f"{advice}: {_how_to_look(kind, port)}")
+
+
 def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -822,14 +846,11 @@ def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
     t0 = time.monotonic()
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        return Finding(
-            "network", Status.FAIL, f"{where}: DNS lookup failed: {e.strerror}",
-            "check the network and DNS: ping -c1 1.1.1.1; resolvectl status (or /etc/resolv.conf)",
-        )
+    except OSError as e:
+        return _unreachable(label, host, port, e, timeout_s)
     t_dns = time.monotonic()
     sock: socket.socket | None = None
-    error: OSError | None = None
+    error: OSError = TimeoutError("no address to connect to")
     for family, kind, proto, _name, addr in infos:
         try:
             sock = socket.socket(family, kind, proto)
@@ -842,12 +863,7 @@ def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
                 sock.close()
             sock = None
     if sock is None:
-        why = getattr(error, "strerror", None) or str(error) or "timed out"
-        return Finding(
-            "network", Status.FAIL, f"{where}: cannot connect: {why}",
-            "check the firewall / proxy (HTTPS_PROXY) and that outgoing port "
-            f"{port} is open",
-        )
+        return _unreachable(label, host, port, error, timeout_s)
     t_tcp = time.monotonic()
     timings = f"DNS {1000 * (t_dns - t0):.0f} ms, TCP {1000 * (t_tcp - t_dns):.0f} ms"
     try:
@@ -865,17 +881,8 @@ def _reach(label: str, url: str, ca_bundle: str, timeout_s: float) -> Finding:
             try:
                 with context.wrap_socket(sock, server_hostname=host) as tls:
                     version = tls.version()
-            except ssl.SSLCertVerificationError as e:
-                reason = e.verify_message or str(e)
-                if "not yet valid" in reason or "expired" in reason:
-                    fix = ("the clock is probably wrong (a Pi has no battery clock): timedatectl; "
-                           "check that systemd-timesyncd reaches an NTP server")
-                else:
-                    fix = ("a TLS-inspecting proxy? put its CA certificate in a file and set "
-                           "agent.ca_bundle to it")
-                return Finding("network", Status.FAIL, f"{where}: certificate not trusted: {reason}", fix)
-            except (ssl.SSLError, OSError) as e:
-                return Finding("network", Status.FAIL, f"{where}: TLS failed: {e}", "check the proxy / firewall")
+            except OSError as e:  # ssl.SSLError is an OSError
+                return _unreachable(label, host, port, e, timeout_s)
             timings += f", TLS {1000 * (time.monotonic() - t_tcp):.0f} ms ({version})"
     finally:
         sock.close()

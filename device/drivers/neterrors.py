@@ -121,3 +121,13 @@ def describe(kind: NetFailure, e: BaseException, *, host: str, what: str, timeou
         NetFailure.FAILED: f"connection to {host} failed while {what}; check the network",
     }
     return lines[kind]
+
+
+
+def explain(
+    kind: NetFailure, e: BaseException, *, host: str, what: str, timeout_s: float, timeout_key: str
+) -> tuple[str, str]:
+    """:func:`describe`'s line in its two parts, (what failed, what to do): for a report with a column each."""
+    line = describe(kind, e, host=host, what=what, timeout_s=timeout_s, timeout_key=timeout_key)
+    failed, _, advice = line.partition("; ")  # every line is "what failed; what to do"
+    return failed, advice

@@ -445,7 +445,21 @@ def test_refused_connection_fails(tmp_path: Path, listener: socket.socket) -> No
     )
     findings = run_checks(ctx, ["network"])
     assert findings[0].status is Status.FAIL
-    assert "cannot connect" in findings[0].detail
+    assert f"connection to 127.0.0.1:{port} refused" in findings[0].detail
+    assert f"port {port}" in findings[0].fix
+
+
+def test_a_peer_that_never_answers_the_tls_handshake_is_a_connect_timeout(
+    tmp_path: Path, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]  # the kernel accepts the connection; nobody ever speaks TLS on it
+    ctx = make_ctx(tmp_path, timeout_s=0.3)
+    ctx.config_path.write_text(
+        f'[agent]\nagent_id = "agent_test"\nconnection = "public"\nbase_url = "https://127.0.0.1:{port}"\n'
+    )
+    findings = run_checks(ctx, ["network"])
+    assert findings[0].status is Status.FAIL
+    assert findings[0].detail == f"agent host: connecting to 127.0.0.1:{port} timed out after 0.3 s while connecting"
 
 
 def test_dns_failure_says_to_check_dns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -504,7 +518,9 @@ def test_untrusted_certificate_points_at_ca_bundle(tmp_path: Path, tls_server: t
     port, _cert = tls_server
     findings = run_checks(_https_ctx(tmp_path, port), ["network"])
     assert findings[0].status is Status.FAIL
-    assert "certificate not trusted" in findings[0].detail
+    assert "TLS check of localhost" in findings[0].detail
+    assert "certificate verify failed" in findings[0].detail
+    assert "self-signed" in findings[0].detail
     assert "agent.ca_bundle" in findings[0].fix
 
 

@@ -11,7 +11,7 @@ import requests
 import urllib3
 import websocket
 
-from device.drivers.neterrors import NetFailure, causes, classify, describe, tls_reason
+from device.drivers.neterrors import NetFailure, causes, classify, describe, explain, tls_reason
 
 
 def chained(outer: BaseException, inner: BaseException) -> BaseException:
@@ -83,6 +83,16 @@ def test_every_kind_has_a_line_naming_the_host_and_the_step(kind: NetFailure) ->
     assert "while opening the conversation" in line
     assert "; " in line  # what happened; what to do
     assert kind is NetFailure.PROXY or "agent.example" in line
+
+
+@pytest.mark.parametrize("kind", list(NetFailure))
+def test_explain_splits_the_line_into_what_failed_and_what_to_do(kind: NetFailure) -> None:
+    e = OSError()
+    failed, advice = explain(kind, e, host="agent.example", what="connecting", timeout_s=5.0, timeout_key="k")
+    assert failed
+    assert advice.startswith("check ")
+    assert f"{failed}; {advice}" == describe(kind, e, host="agent.example", what="connecting", timeout_s=5.0,
+                                             timeout_key="k")
 
 
 def test_the_rest_side_decides_on_types_not_on_class_names_or_text() -> None:
