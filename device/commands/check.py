@@ -33,11 +33,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from device.app.settings import load_settings
 from device.commands import bringup
 from device.commands.bringup import Result
 from device.commands.common import add_set_option, config_path
 from device.core.audioformat import CAPTURE_RATE_HZ
-from device.core.config import Config, LedsConfig, load_config
+from device.core.config import Config, LedsConfig
 from device.core.errors import AudioError, DeviceError
 
 PARTS = ("mic", "speaker", "leds", "button", "vad")
@@ -467,9 +468,9 @@ def run_parts(cfg: Config, parts: Sequence[str], ui: Ui, stop: threading.Event, 
 def load(args: argparse.Namespace, ui: Ui) -> Config:
     path = config_path(args)
     if path.exists():
-        return load_config(path, overrides=args.overrides)
+        return load_settings(path, overrides=args.overrides)
     ui.line(f"note: {path} does not exist; checking with the defaults (and --set)")
-    return load_config(None, overrides=args.overrides)
+    return load_settings(None, overrides=args.overrides)
 
 
 def service_running(cfg: Config) -> bool:

@@ -15,8 +15,9 @@ import pytest
 from test_daemon_service import NotifySocket, write_config
 from test_daemon_support import WAIT_S, fast_scenario, serve_with_operator, silence
 
-from device.core.config import Config, load_config
+from device.core.config import Config
 from device.drivers import filedevices
+from device.drivers.configfile import load_config
 from device.drivers.control import request
 from device.drivers.secrets import Secret
 from device.emulator.server import Emulator

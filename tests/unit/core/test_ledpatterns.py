@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from device.core.config import LedOutput, LedsConfig, load_config
+from device.app.settings import load_settings
+from device.core.config import LedOutput, LedsConfig
 from device.core.errors import ConfigError
 from device.core.ledpatterns import OFF, STATES, Pattern, parse_color, parse_pattern, resolve
 
@@ -113,5 +114,5 @@ def test_config_file_errors_name_the_key(tmp_path: Path, text: str, key: str, fr
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=fragment) as err:
-        load_config(path, environ={})
+        load_settings(path, environ={})
     assert err.value.key == key
