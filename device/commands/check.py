@@ -306,7 +306,7 @@ def _gpio(cfg: Config, opt: Options, leds: LedsConfig, on_button: Any, on_mute: 
 
 
 def check_leds(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.core.ledpatterns import STATES
+    from device.core.display import STATES
 
     plan_outputs = ", ".join(f"{o.name} ({o.kind})" for o in cfg.leds.output) or f"preset {cfg.leds.preset}"
     ui.heading(f"leds: {plan_outputs}, {opt.dwell_s:g} s per state")

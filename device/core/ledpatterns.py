@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from device.core.config import LedOutput, LedsConfig
+from device.core.display import STATES  # the states an LED pattern can be given for
 from device.core.errors import ConfigError
 
 Mode = Literal["off", "on", "blink", "pulse"]
 Rgb = tuple[float, float, float]
-
-# The states an LED pattern can be given for (controller.DISPLAY_STATES).
-# "woken": the wake word was heard and the conversation is connecting (gate.mode = "wake_word").
-STATES = ("idle", "woken", "connecting", "listening", "thinking", "speaking", "error", "muted")
 
 DEFAULT_PERIOD_S = {"blink": 1.0, "pulse": 2.0}
 MIN_PERIOD_S = 0.05
