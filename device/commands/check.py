@@ -388,7 +388,7 @@ def check_button(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> li
 
 
 def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.core.gate import webrtc_vad
+    from device.drivers.vad import WebrtcVad
 
     seconds = opt.seconds or DEFAULT_SECONDS["vad"]
     mine = cfg.gate.vad_aggressiveness
@@ -396,7 +396,7 @@ def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
         f"vad: {seconds:g} s from {cfg.audio.capture_device!r}; '#' = speech per 30 ms frame at aggressiveness "
         f"0-3 (* = configured, gate.vad_aggressiveness)"
     )
-    vads = [webrtc_vad(level) for level in range(4)]
+    vads = [WebrtcVad(level) for level in range(4)]
     frame_bytes = CAPTURE_RATE_HZ * VAD_FRAME_MS // 1000 * 2
     counts = [[0, 0] for _ in vads]
     pending = bytearray()
@@ -410,7 +410,7 @@ def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
                 del pending[:frame_bytes]
                 heard += 1
                 for level, vad in enumerate(vads):
-                    speech = vad.is_speech(frame, CAPTURE_RATE_HZ)
+                    speech = vad.is_speech(frame)
                     line[level].append(speech)
                     counts[level][0] += 1
                     counts[level][1] += int(speech)

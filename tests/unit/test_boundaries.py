@@ -89,8 +89,8 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "websocket": frozenset({"device.drivers.session"}),
     "requests": frozenset({"device.drivers.agent_http"}),
     "urllib3": frozenset({"device.drivers.agent_http"}),
-    # webrtcvad is C code with its own frame rules; the gate (kiosk) and the emulator's VAD (tool) wrap it.
-    "webrtcvad": frozenset({"device.core.gate", "device.emulator.vad"}),
+    # webrtcvad is C code with its own frame rules; the kiosk's VAD (given to the gate) and the emulator's wrap it.
+    "webrtcvad": frozenset({"device.drivers.vad", "device.emulator.vad"}),
     # The hands-free stages (may not exist yet): one wrapper each, so an engine can be swapped or absent.
     "pymicro_wakeword": frozenset({"device.drivers.wake"}),
     "pyopen_wakeword": frozenset({"device.drivers.wake"}),
