@@ -53,6 +53,7 @@ from device.core.protocol import (
 from device.core.retry import retry_delay_s
 from device.drivers import dsp
 from device.drivers.status import Status
+from device.drivers.vad import WebrtcVad
 from device.drivers.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)
@@ -639,7 +640,7 @@ class Controller(Worker):
         self._clock = clock
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_SIZE)
         self.machine = Machine(MachineSettings.from_config(cfg), clock())
-        self.gate = Gate(cfg.gate)
+        self.gate = Gate(cfg.gate, WebrtcVad(cfg.gate.vad_aggressiveness))
         self.button = ButtonTracker(cfg.button.long_press_s, cfg.gate.mode != "push_to_talk")
         self.closer = SessionCloser()
         self._session: SessionLike | None = None

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from device import __version__
+from device.app.settings import check_resources, load_settings
 from device.bench import analysis, clockedcard, fixtures, report, resources, script, timeline, wavfile
 from device.bench.progress import Progress
 from device.core.audioformat import CAPTURE_RATE_HZ
-from device.core.config import AudioConfig, Config, load_config
+from device.core.config import AudioConfig, Config
 from device.core.errors import ConfigError, CredentialError, DeviceError, ExitCode, UnavailableError
 from device.drivers.capture import BLOCK_S
 from device.drivers.secrets import Secret, load_api_key, redact
@@ -173,7 +174,7 @@ def bench_config(
 
     ``pace_realtime``: the file card has no clock (the workers pace it); the clocked card has one.
     """
-    user = load_config(config_path, overrides=list(overrides))
+    user = load_settings(config_path, overrides=list(overrides))
     forced: dict[str, dict[str, Any]] = {
         "audio": {"capture_device": capture, "playback_device": playback, "pace_realtime": pace_realtime,
                   "capture_channels": 1, "mixer_control": ""},
@@ -202,7 +203,7 @@ def bench_config(
             changes[section] = dataclasses.replace(getattr(user, section), **values)
         except TypeError as e:  # a field this build's config does not have
             raise ConfigError(f"the bench cannot set {section}: {e}", section) from None
-    return dataclasses.replace(user, **changes).require_agent()
+    return check_resources(dataclasses.replace(user, **changes)).require_agent()
 
 
 class Runner:

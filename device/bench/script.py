@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from device.core.config import read_toml
 from device.core.errors import ConfigError
+from device.drivers.configfile import read_toml
 
 Action = Literal["press", "release", "mute", "unmute", "ctl", "end"]
 ACTIONS = ("press", "release", "click", "hold", "mute", "unmute", "ctl", "end")

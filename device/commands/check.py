@@ -33,11 +33,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from device.app.settings import load_settings
 from device.commands import bringup
 from device.commands.bringup import Result
 from device.commands.common import add_set_option, config_path
 from device.core.audioformat import CAPTURE_RATE_HZ
-from device.core.config import Config, LedsConfig, load_config
+from device.core.config import Config, LedsConfig
 from device.core.errors import AudioError, DeviceError
 
 PARTS = ("mic", "speaker", "leds", "button", "vad")
@@ -305,7 +306,7 @@ def _gpio(cfg: Config, opt: Options, leds: LedsConfig, on_button: Any, on_mute: 
 
 
 def check_leds(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.core.ledpatterns import STATES
+    from device.core.display import STATES
 
     plan_outputs = ", ".join(f"{o.name} ({o.kind})" for o in cfg.leds.output) or f"preset {cfg.leds.preset}"
     ui.heading(f"leds: {plan_outputs}, {opt.dwell_s:g} s per state")
@@ -387,7 +388,7 @@ def check_button(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> li
 
 
 def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
-    from device.core.gate import webrtc_vad
+    from device.drivers.vad import WebrtcVad
 
     seconds = opt.seconds or DEFAULT_SECONDS["vad"]
     mine = cfg.gate.vad_aggressiveness
@@ -395,7 +396,7 @@ def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
         f"vad: {seconds:g} s from {cfg.audio.capture_device!r}; '#' = speech per 30 ms frame at aggressiveness "
         f"0-3 (* = configured, gate.vad_aggressiveness)"
     )
-    vads = [webrtc_vad(level) for level in range(4)]
+    vads = [WebrtcVad(level) for level in range(4)]
     frame_bytes = CAPTURE_RATE_HZ * VAD_FRAME_MS // 1000 * 2
     counts = [[0, 0] for _ in vads]
     pending = bytearray()
@@ -409,7 +410,7 @@ def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
                 del pending[:frame_bytes]
                 heard += 1
                 for level, vad in enumerate(vads):
-                    speech = vad.is_speech(frame, CAPTURE_RATE_HZ)
+                    speech = vad.is_speech(frame)
                     line[level].append(speech)
                     counts[level][0] += 1
                     counts[level][1] += int(speech)
@@ -467,9 +468,9 @@ def run_parts(cfg: Config, parts: Sequence[str], ui: Ui, stop: threading.Event, 
 def load(args: argparse.Namespace, ui: Ui) -> Config:
     path = config_path(args)
     if path.exists():
-        return load_config(path, overrides=args.overrides)
+        return load_settings(path, overrides=args.overrides)
     ui.line(f"note: {path} does not exist; checking with the defaults (and --set)")
-    return load_config(None, overrides=args.overrides)
+    return load_settings(None, overrides=args.overrides)
 
 
 def service_running(cfg: Config) -> bool:

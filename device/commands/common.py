@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from device.core.config import DEFAULT_CONFIG_PATH, Config, load_config
+from device.app.settings import load_settings
+from device.core.config import DEFAULT_CONFIG_PATH, Config
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def config_path(args: argparse.Namespace) -> Path:
 
 
 def load_from_args(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args), overrides=getattr(args, "overrides", []))
+    return load_settings(config_path(args), overrides=getattr(args, "overrides", []))
 
 
 # The packages provisioning/install.sh leaves out of a kiosk unless --with-tools.

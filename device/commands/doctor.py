@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device.app.settings import load_settings
 from device.commands import soundcards
 from device.commands.common import add_set_option, config_path
-from device.core.config import ENV_PREFIX, Config, load_config
+from device.core.config import ENV_PREFIX, Config
 from device.core.errors import AudioError, ConfigError, CredentialError
 from device.drivers.neterrors import NetFailure, classify, explain
 from device.drivers.secrets import (
@@ -354,7 +355,7 @@ def _service_account() -> tuple[int, list[int]] | None:
 def check_config(ctx: Context) -> list[Finding]:
     path = ctx.config_path
     try:
-        cfg = load_config(path, environ=ctx.environ, overrides=list(ctx.overrides)).require_agent()
+        cfg = load_settings(path, environ=ctx.environ, overrides=list(ctx.overrides)).require_agent()
     except ConfigError as e:
         return [Finding(
             "config", Status.FAIL, str(e),

@@ -8,29 +8,33 @@ turns it into exit code 78 so systemd does not restart-loop.
 Each field documents its unit in its name (``_s``, ``_ms``, ``_hz``) and its
 meaning in ``metadata["help"]``; ``metadata`` may also carry ``min``/``max``.
 Allowed string values are expressed with ``Literal`` types.
+
+Pure: :func:`parse_config` turns what a TOML file held, the environment and the
+``--set`` overrides into a :class:`Config`. Reading the file is
+:mod:`device.drivers.configfile`'s; settings that need a library or a file (the
+wake-word model, the dsp library) and the LED plan are checked after parsing by
+the module that owns them (:mod:`device.app.settings` runs those checks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
-import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 from device.core.errors import ConfigError, DeviceError
-from device.drivers.userfiles import MIB, UnsuitableFile, read_file, size_text
 
 DEFAULT_CONFIG_PATH = Path("/etc/voice-appliance/config.toml")
 ENV_PREFIX = "VOICE_APPLIANCE_"
-CONFIG_MAX_BYTES = 1 * MIB  # the example with every comment is 8 KiB
 MAX_NESTING = 32  # levels of tables and arrays in a free-form value (custom_llm_extra_body)
 
 Region = Literal["global", "us", "eu", "in", "sg"]
@@ -245,11 +249,7 @@ class LedsConfig:
         default_factory=_empty_map,
         metadata={"help": "per state, per output: off, on, blink PERIOD_S, pulse PERIOD_S, with an optional #rrggbb"},
     )
-
-    def __post_init__(self) -> None:
-        from device.core.ledpatterns import resolve  # pure; imported here to avoid an import cycle
-
-        resolve(self)  # raises ConfigError naming the bad key
+    # The outputs and patterns are checked together by device.core.ledpatterns.resolve, after parsing.
 
 
 @dataclass(frozen=True)
@@ -356,17 +356,6 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     systemd: SystemdConfig = field(default_factory=SystemdConfig)
-
-    def __post_init__(self) -> None:
-        # Optional libraries: a setting that needs one fails here, on load, with what to install.
-        if self.audio.noise_suppression or self.audio.auto_gain_dbfs:
-            from device.drivers.dsp import check_available
-
-            check_available()
-        if self.gate.mode == "wake_word":
-            from device.drivers.wake import resolve_model
-
-            resolve_model(self.wake)
 
     def require_agent(self) -> Config:
         """Check what the daemon needs beyond well-formed values."""
@@ -567,56 +556,15 @@ _NON_CONFIG_ENV = {"VOICE_APPLIANCE_CONFIG", "VOICE_APPLIANCE_LOG_LEVEL", "VOICE
 _TEST_ENV_PREFIX = "VOICE_APPLIANCE_TEST_"
 
 
-def read_toml(
-    path: Path,
-    what: str = "config file",
-    missing_hint: str = "copy the example: sudo install -D -m 644 examples/config.toml {path}",
-) -> dict[str, Any]:
-    """Read a TOML file; errors name the file (as ``what``), the line and the fix.
+@contextlib.contextmanager
+def failures_as_config_errors(path: Path | None) -> Iterator[None]:
+    """Turn any failure inside into a :class:`~device.core.errors.ConfigError` (a DeviceError passes as it is).
 
-    ``missing_hint`` (with ``{path}``) says what to do when the file is absent. Only a
-    regular file of at most ``CONFIG_MAX_BYTES`` is read (a FIFO would block the reload).
+    A value no check foresaw must not end the process as an internal error, at start
+    (exit 70, restarted in a loop) or on reload. ``path`` names the file in the message.
     """
     try:
-        raw = read_file(path, CONFIG_MAX_BYTES)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist; {missing_hint.format(path=path)}") from None
-    except UnsuitableFile as e:
-        raise ConfigError(
-            f"{what} {path} cannot be used: {e.strerror}; it must be a plain TOML text file "
-            f"(at most {size_text(CONFIG_MAX_BYTES)})"
-        ) from None
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read {what} {path}: {e.strerror}; check its permissions "
-            f"(the service user must be able to read it)"
-        ) from None
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {path} is not valid TOML: {e}; fix the syntax at that line") from None
-    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
-        raise ConfigError(
-            f"{what} {path} nests arrays or inline tables too deeply to read; no setting needs more than a "
-            "few levels: remove the extra brackets"
-        ) from None
-
-
-def load_config(
-    path: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> Config:
-    """Load defaults < file < environment < ``section.key=value`` overrides.
-
-    Every failure is a :class:`~device.core.errors.DeviceError` (a ConfigError unless an
-    optional library says otherwise): a value no check foresaw must not end the
-    process as an internal error, at start (exit 70, restarted in a loop) or on reload.
-    """
-    try:
-        return _load_config(path, environ, overrides)
+        yield
     except (DeviceError, MemoryError):
         raise
     except Exception as e:
@@ -627,12 +575,26 @@ def load_config(
         ) from e
 
 
-def _load_config(
-    path: Path | None, environ: Mapping[str, str] | None, overrides: list[str] | tuple[str, ...]
+def parse_config(
+    data: Mapping[str, Any],
+    environ: Mapping[str, str],
+    overrides: Sequence[str] = (),
+    path: Path | None = None,
 ) -> Config:
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_toml(path)
+    """Defaults < ``data`` (a TOML file's tables) < ``environ`` < ``section.key=value`` overrides.
+
+    ``path`` is the file ``data`` came from, for the messages. Every failure is a
+    :class:`~device.core.errors.DeviceError` (see :func:`failures_as_config_errors`).
+    """
+    with failures_as_config_errors(path):
+        # A copy, tables included: the overrides are merged into it.
+        tables = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        return _parse_config(tables, environ, overrides, path)
+
+
+def _parse_config(
+    data: dict[str, Any], environ: Mapping[str, str], overrides: Sequence[str], path: Path | None
+) -> Config:
     for section, value in data.items():
         if section not in SECTIONS:
             close = difflib.get_close_matches(section, list(SECTIONS), n=1)
@@ -642,7 +604,7 @@ def _load_config(
             )
         if not isinstance(value, dict):
             raise ConfigError(f"expected a [{section}] table in {path}, got a plain value", section)
-    for dotted, text in env_overrides(os.environ if environ is None else environ):
+    for dotted, text in env_overrides(environ):
         _apply_override(data, dotted, text, "environment")
     for item in overrides:
         dotted, sep, text = item.partition("=")

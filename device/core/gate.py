@@ -14,7 +14,7 @@ What opens the gate, by mode:
 
 * ``push_to_talk`` — the button is held;
 * ``toggle`` — a press opens, the next press closes;
-* ``voice`` — webrtcvad hears speech (with pre-roll and hang-over);
+* ``voice`` — the VAD hears speech (with pre-roll and hang-over);
 * ``always_open`` — always, during a conversation;
 * ``wake_word`` — closed while idle (the wake-word detector listens, nothing
   is sent); a detection (:meth:`Gate.wake`) opens it from the sample where the
@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,7 +42,7 @@ from device.core.config import GateConfig
 BYTES_PER_SAMPLE = 2
 VAD_FRAME_MS = 10
 VAD_FRAME_SAMPLES = CAPTURE_RATE_HZ * VAD_FRAME_MS // 1000
-# A block counts as speech when webrtcvad marks at least this much of it.
+# A block counts as speech when the VAD marks at least this much of it.
 SPEECH_MIN_MS = 90
 # Keep this much input history for the time-lines (a block is 250 ms).
 HISTORY_S = 5.0
@@ -54,14 +53,12 @@ Ranges = list[tuple[int, int]]  # disjoint, sorted [start, end) sample ranges
 
 
 class Vad(Protocol):
-    def is_speech(self, buf: bytes, sample_rate: int) -> bool: ...
+    """Voice activity detection: whether one ``VAD_FRAME_MS`` frame (S16LE mono at the capture rate) is speech.
 
+    :class:`device.drivers.vad.WebrtcVad` on the kiosk; whoever builds the gate passes it in.
+    """
 
-def webrtc_vad(aggressiveness: int) -> Vad:
-    import webrtcvad  # imported on use: the gate's pure parts do not need it
-
-    vad: Vad = webrtcvad.Vad(aggressiveness)
-    return vad
+    def is_speech(self, frame: bytes) -> bool: ...
 
 
 class Timeline:
@@ -177,7 +174,7 @@ class GateOutput:
 
     chunks: tuple[Chunk, ...]  # in order; pre-roll first when a voice turn starts
     open: bool  # the block itself carries microphone samples
-    speech: bool  # webrtcvad heard speech in what the guard let through
+    speech: bool  # the VAD heard speech in what the guard let through
     level_dbfs: float
     turn_started: bool  # voice/always_open: speech began
     turn_ended: bool  # voice/always_open: speech ended (hang-over elapsed)
@@ -186,9 +183,10 @@ class GateOutput:
 class Gate:
     """Decides per block what the agent hears. Owned by the controller thread."""
 
-    def __init__(self, cfg: GateConfig, vad_factory: Callable[[int], Vad] = webrtc_vad) -> None:
+    def __init__(self, cfg: GateConfig, vad: Vad) -> None:
+        """``vad`` judges speech (made with ``cfg.vad_aggressiveness``)."""
         self.cfg = cfg
-        self._vad = vad_factory(cfg.vad_aggressiveness)
+        self._vad = vad
         self._talk = Timeline()  # button intent (push_to_talk, toggle)
         self._muted = Timeline()
         self._audible = Timeline()  # agent audio playing, tail included
@@ -347,7 +345,7 @@ class Gate:
             first = -(-a // VAD_FRAME_SAMPLES)
             for i in range(first, b // VAD_FRAME_SAMPLES):
                 frame = heard[i * frame_bytes:(i + 1) * frame_bytes]
-                if len(frame) == frame_bytes and self._vad.is_speech(frame, CAPTURE_RATE_HZ):
+                if len(frame) == frame_bytes and self._vad.is_speech(frame):
                     hits += 1
                     if hits >= need:
                         return True

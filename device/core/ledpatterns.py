@@ -16,19 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from device.core.config import LedOutput, LedsConfig
+from device.core.display import STATES  # the states an LED pattern can be given for
 from device.core.errors import ConfigError
-
-if TYPE_CHECKING:  # config.py imports this module to validate; avoid the cycle at run time
-    from device.core.config import LedOutput, LedsConfig
 
 Mode = Literal["off", "on", "blink", "pulse"]
 Rgb = tuple[float, float, float]
-
-# The states an LED pattern can be given for (controller.DISPLAY_STATES).
-# "woken": the wake word was heard and the conversation is connecting (gate.mode = "wake_word").
-STATES = ("idle", "woken", "connecting", "listening", "thinking", "speaking", "error", "muted")
 
 DEFAULT_PERIOD_S = {"blink": 1.0, "pulse": 2.0}
 MIN_PERIOD_S = 0.05
@@ -162,8 +157,6 @@ THREE_PINS = {"green": 5, "amber": 6, "red": 13}
 
 def preset_outputs(preset: str) -> tuple[LedOutput, ...]:
     """The outputs a preset drives (default BCM pins; override with preset = custom)."""
-    from device.core.config import LedOutput
-
     if preset == "rgb":
         return (LedOutput("status", "rgbled", RGB_PINS, True),)
     if preset == "three":

@@ -19,15 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device import __version__
+from device.core.display import STARTING, STATES, STOPPED
 
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA_VERSION = 1
-STATES = ("idle", "woken", "connecting", "listening", "thinking", "speaking", "error", "muted")
-# Shown by the daemon until the microphone has delivered its first block (not a state of the controller).
-STARTING = "starting"
-# Only in the Prometheus textfile: what a clean stop leaves behind (with voice_appliance_up 0).
-STOPPED = "stopped"
 
 # name -> (prometheus type, help). Counters only grow while the service runs.
 METRICS: Mapping[str, tuple[str, str]] = {

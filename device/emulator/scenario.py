@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from device.core.audioformat import SUPPORTED, AudioFormat, parse_format
-from device.core.config import build_section, read_toml
+from device.core.config import build_section
 from device.core.errors import ConfigError, ProtocolError
+from device.drivers.configfile import read_toml
 
 OVERRIDABLE = ("prompt", "first_message", "language", "voice_id", "text_only", "client_events")
 AfterLast = Literal["cycle", "repeat_last", "end_call"]

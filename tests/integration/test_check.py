@@ -19,8 +19,9 @@ import pytest
 
 from device.commands import bringup, check
 from device.commands.check import Options, Ui
-from device.core.config import Config, load_config
+from device.core.config import Config
 from device.drivers import filedevices
+from device.drivers.configfile import load_config
 from device.drivers.gpio import mock_factory
 
 RATE = 16000

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from device.core.config import Config, load_config
+from device.core.config import Config
 from device.drivers import filedevices
+from device.drivers.configfile import load_config
 from device.drivers.control import request
 from device.drivers.secrets import Secret
 from device.emulator.server import Emulator

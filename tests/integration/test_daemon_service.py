@@ -13,7 +13,8 @@ import pytest
 
 from device.app.controller import Command
 from device.app.daemon import serve
-from device.core.config import SystemdConfig, load_config
+from device.core.config import SystemdConfig
+from device.drivers.configfile import load_config
 from device.drivers.control import request
 from device.drivers.notify import Notifier
 from device.drivers.secrets import Secret

@@ -301,7 +301,7 @@ def test_doctor_proposes_the_asound_conf_for_a_uacdemo_card(tmp_path: Path) -> N
     root = fake_root(tmp_path, CARDS, {2: MONO_STREAM}, {0: "p", 2: "cp"})
     ctx = doctor.Context(config_path=tmp_path / "none.toml", environ={}, asound_root=root,
                          audio_probe=FailingProbe())  # type: ignore[arg-type]
-    ctx.cfg = doctor.load_config(None, environ={})
+    ctx.cfg = doctor.load_settings(None, environ={})
     fail = [f for f in doctor.check_audio(ctx) if f.status is doctor.Status.FAIL]
     assert len(fail) == 1
     assert "provisioning/asound/usb-mono.conf with card UACDemoV10" in fail[0].fix

@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from device.core.config import GateConfig
-from device.core.gate import BLOCK_S, Gate, Timeline, apply_ranges, level_dbfs, subtract
+from device.core.gate import (
+    BLOCK_S,
+    SPEECH_MIN_MS,
+    VAD_FRAME_MS,
+    VAD_FRAME_SAMPLES,
+    Gate,
+    Timeline,
+    apply_ranges,
+    level_dbfs,
+    subtract,
+)
+from device.drivers.vad import WebrtcVad
 
 N = 4000  # samples per block
 BLOCK_BYTES = N * 2
@@ -48,6 +59,11 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed", "-t", "raw", str(raw)],
                    check=True, timeout=30)
     return Path(raw).read_bytes()
+
+
+def make_gate(cfg: GateConfig) -> Gate:
+    """A gate with real webrtcvad, as the controller builds it."""
+    return Gate(cfg, WebrtcVad(cfg.vad_aggressiveness))
 
 
 def blocks_of(pcm: bytes) -> list[bytes]:
@@ -99,7 +115,7 @@ def test_level_dbfs() -> None:
 
 
 def test_closed_gate_sends_zeros_of_the_same_length() -> None:
-    gate = Gate(GateConfig(mode="push_to_talk"))
+    gate = make_gate(GateConfig(mode="push_to_talk"))
     out = gate.process(ramp(), captured_at_s=100.0, seq=7)
     (chunk,) = out.chunks
     assert chunk.pcm == b"\0" * BLOCK_BYTES and not chunk.open and not out.open
@@ -107,7 +123,7 @@ def test_closed_gate_sends_zeros_of_the_same_length() -> None:
 
 
 def test_push_to_talk_press_and_release_cut_inside_the_block() -> None:
-    gate = Gate(GateConfig(mode="push_to_talk"))
+    gate = make_gate(GateConfig(mode="push_to_talk"))
     block_end = 100.0
     start = block_end - BLOCK_S
     assert gate.press(start + 0.1) is True  # 1600 samples into the block
@@ -124,7 +140,7 @@ def test_push_to_talk_press_and_release_cut_inside_the_block() -> None:
 
 
 def test_mute_forces_zeros_even_while_pressed_and_from_the_right_sample() -> None:
-    gate = Gate(GateConfig(mode="push_to_talk"))
+    gate = make_gate(GateConfig(mode="push_to_talk"))
     gate.press(99.0)
     gate.set_muted(100.0 - BLOCK_S + 0.125, True)  # half way through the block
     pcm = gate.process(ramp(), 100.0).chunks[0].pcm
@@ -139,7 +155,7 @@ def test_mute_forces_zeros_even_while_pressed_and_from_the_right_sample() -> Non
 
 
 def test_toggle_press_opens_and_next_press_closes() -> None:
-    gate = Gate(GateConfig(mode="toggle"))
+    gate = make_gate(GateConfig(mode="toggle"))
     assert gate.press(1.0) is True
     assert gate.release(1.1) is None  # releasing changes nothing
     assert gate.process(ramp(), 2.0).open
@@ -148,7 +164,7 @@ def test_toggle_press_opens_and_next_press_closes() -> None:
 
 
 def test_toggle_press_while_agent_speaks_is_barge_in_and_opens() -> None:
-    gate = Gate(GateConfig(mode="toggle", barge_in="button"))
+    gate = make_gate(GateConfig(mode="toggle", barge_in="button"))
     gate.press(1.0)
     gate.agent_started(1.5)  # agent starts while the user's toggle is still open
     assert gate.press(2.0) is None  # does not close
@@ -159,7 +175,7 @@ def test_toggle_press_while_agent_speaks_is_barge_in_and_opens() -> None:
 
 
 def test_echo_guard_closes_voice_gate_while_agent_speaks_plus_tail(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="voice", echo_tail_ms=500, barge_in="button", preroll_ms=0))
+    gate = make_gate(GateConfig(mode="voice", echo_tail_ms=500, barge_in="button", preroll_ms=0))
     gate.set_active(True)
     t = 100.0
     gate.agent_started(t - 10)
@@ -178,7 +194,7 @@ def test_echo_guard_closes_voice_gate_while_agent_speaks_plus_tail(speech: bytes
 
 @pytest.mark.parametrize(("barge_in", "opens"), [("button", True), ("none", False), ("voice", True)])
 def test_push_to_talk_while_agent_speaks_depends_on_barge_in(barge_in: str, opens: bool) -> None:
-    gate = Gate(GateConfig(mode="push_to_talk", barge_in=barge_in))  # type: ignore[arg-type]
+    gate = make_gate(GateConfig(mode="push_to_talk", barge_in=barge_in))  # type: ignore[arg-type]
     gate.agent_started(1.0)
     gate.press(2.0)
     out = gate.process(ramp(), 3.0)
@@ -187,7 +203,7 @@ def test_push_to_talk_while_agent_speaks_depends_on_barge_in(barge_in: str, open
 
 
 def test_flushed_agent_has_no_echo_tail(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="voice", echo_tail_ms=3000, preroll_ms=0))
+    gate = make_gate(GateConfig(mode="voice", echo_tail_ms=3000, preroll_ms=0))
     gate.set_active(True)
     gate.agent_started(0.0)
     gate.agent_stopped(10.0, flushed=True)
@@ -196,7 +212,7 @@ def test_flushed_agent_has_no_echo_tail(speech: bytes) -> None:
 
 
 def test_voice_barge_in_lets_speech_through_while_agent_speaks(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="voice", barge_in="voice", preroll_ms=0))
+    gate = make_gate(GateConfig(mode="voice", barge_in="voice", preroll_ms=0))
     gate.set_active(True)
     gate.agent_started(0.0)
     outs = [gate.process(b, 10.0 + i * BLOCK_S) for i, b in enumerate(blocks_of(speech))]
@@ -207,7 +223,7 @@ def test_voice_barge_in_lets_speech_through_while_agent_speaks(speech: bytes) ->
 
 
 def test_voice_mode_silence_stays_closed() -> None:
-    gate = Gate(GateConfig(mode="voice"))
+    gate = make_gate(GateConfig(mode="voice"))
     gate.set_active(True)
     for i in range(8):
         out = gate.process(b"\0" * BLOCK_BYTES, 10.0 + i * BLOCK_S)
@@ -215,7 +231,7 @@ def test_voice_mode_silence_stays_closed() -> None:
 
 
 def test_voice_mode_opens_on_speech_with_preroll_and_closes_after_hangover(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="voice", preroll_ms=500, hangover_ms=750))
+    gate = make_gate(GateConfig(mode="voice", preroll_ms=500, hangover_ms=750))
     gate.set_active(True)
     quiet = tone(amplitude=30, hz=50)  # room noise, not speech
     stream = [quiet, quiet, quiet, *blocks_of(speech), *[b"\0" * BLOCK_BYTES] * 8]
@@ -239,7 +255,7 @@ def test_voice_mode_opens_on_speech_with_preroll_and_closes_after_hangover(speec
 
 
 def test_preroll_never_contains_muted_audio(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="voice", preroll_ms=500))
+    gate = make_gate(GateConfig(mode="voice", preroll_ms=500))
     gate.set_active(True)
     gate.set_muted(0.0, True)
     noise = tone(amplitude=30, hz=50)
@@ -252,7 +268,7 @@ def test_preroll_never_contains_muted_audio(speech: bytes) -> None:
 
 
 def test_always_open_opens_only_in_a_conversation_and_reports_turns(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="always_open", hangover_ms=250))
+    gate = make_gate(GateConfig(mode="always_open", hangover_ms=250))
     assert not gate.process(b"\0" * BLOCK_BYTES, 1.0).open
     gate.set_active(True)
     out = gate.process(ramp(), 1.25)
@@ -265,17 +281,62 @@ def test_always_open_opens_only_in_a_conversation_and_reports_turns(speech: byte
 
 
 def test_idle_speech_opens_for_start_on_speech(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="voice", start_on_speech=True, preroll_ms=250))
+    gate = make_gate(GateConfig(mode="voice", start_on_speech=True, preroll_ms=250))
     outs = [gate.process(b, 1.0 + i * BLOCK_S) for i, b in enumerate([b"\0" * BLOCK_BYTES, *blocks_of(speech)])]
     started = next(o for o in outs if o.turn_started)
     assert started.open and len(started.chunks) == 2
+
+
+# -- the injected VAD (a fake: no audio engine, milliseconds) --------------------------
+
+
+class FakeVad:
+    """Says speech for the first ``speech_frames`` frames it is asked about; records every frame."""
+
+    def __init__(self, speech_frames: int = 0) -> None:
+        self.left = speech_frames
+        self.frames: list[bytes] = []
+
+    def is_speech(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        self.left -= 1
+        return self.left >= 0
+
+
+def test_the_vad_is_asked_about_whole_frames_of_what_the_guard_let_through() -> None:
+    vad = FakeVad()
+    gate = Gate(GateConfig(mode="voice"), vad)
+    gate.set_muted(BLOCK_S / 2, True)  # the second half of the block is muted
+    gate.process(ramp(), BLOCK_S)
+    assert len(vad.frames) == (N // 2) // VAD_FRAME_SAMPLES
+
+
+def test_every_frame_the_vad_sees_is_one_vad_frame_long() -> None:
+    vad = FakeVad()
+    Gate(GateConfig(mode="voice"), vad).process(ramp(), BLOCK_S)
+    assert {len(f) for f in vad.frames} == {VAD_FRAME_SAMPLES * 2}
+
+
+def test_a_block_is_speech_once_the_vad_hears_speech_min_ms_of_it() -> None:
+    frames = SPEECH_MIN_MS // VAD_FRAME_MS
+    assert Gate(GateConfig(mode="voice"), FakeVad(frames)).process(ramp(), BLOCK_S).speech
+
+
+def test_a_block_with_less_speech_than_speech_min_ms_is_not_speech() -> None:
+    frames = SPEECH_MIN_MS // VAD_FRAME_MS - 1
+    assert not Gate(GateConfig(mode="voice"), FakeVad(frames)).process(ramp(), BLOCK_S).speech
+
+
+def test_speech_the_vad_hears_opens_the_voice_gate_and_starts_a_turn() -> None:
+    out = Gate(GateConfig(mode="voice", preroll_ms=0), FakeVad(speech_frames=1000)).process(ramp(), BLOCK_S)
+    assert (out.open, out.turn_started) == (True, True)
 
 
 # -- wake_word mode ---------------------------------------------------------------
 
 
 def test_wake_word_gate_sends_nothing_while_idle_and_reports_no_turn(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="wake_word"))
+    gate = make_gate(GateConfig(mode="wake_word"))
     for i, block in enumerate(blocks_of(speech)):
         out = gate.process(block, (i + 1) * BLOCK_S)
         assert not out.open and not out.turn_started and all(not c.open for c in out.chunks)
@@ -283,7 +344,7 @@ def test_wake_word_gate_sends_nothing_while_idle_and_reports_no_turn(speech: byt
 
 
 def test_wake_opens_from_the_detection_sample_and_the_turn_starts_with_the_words_after_it(speech: bytes) -> None:
-    gate = Gate(GateConfig(mode="wake_word", hangover_ms=500))
+    gate = make_gate(GateConfig(mode="wake_word", hangover_ms=500))
     gate.set_active(True)  # the controller starts the conversation on the detection
     wake_at = 1000  # the wake word ended 1000 samples into the first block
     gate.wake(wake_at / 16000)
@@ -296,7 +357,7 @@ def test_wake_opens_from_the_detection_sample_and_the_turn_starts_with_the_words
 
 
 def test_after_wake_always_open_keeps_the_gate_open_for_the_conversation() -> None:
-    gate = Gate(GateConfig(mode="wake_word", after_wake="always_open"))
+    gate = make_gate(GateConfig(mode="wake_word", after_wake="always_open"))
     gate.set_active(True)
     gate.wake(0.0)
     assert all(gate.process(ramp(), (i + 1) * BLOCK_S).open for i in range(8))
@@ -305,7 +366,7 @@ def test_after_wake_always_open_keeps_the_gate_open_for_the_conversation() -> No
 
 
 def test_wake_word_barge_in_ends_the_echo_guard_at_the_wake_word() -> None:
-    gate = Gate(GateConfig(mode="wake_word", barge_in="wake_word", echo_tail_ms=300))
+    gate = make_gate(GateConfig(mode="wake_word", barge_in="wake_word", echo_tail_ms=300))
     gate.set_active(True)
     gate.agent_started(0.0)
     assert not gate.process(ramp(), BLOCK_S).open  # the agent speaks: the guard holds
@@ -316,7 +377,7 @@ def test_wake_word_barge_in_ends_the_echo_guard_at_the_wake_word() -> None:
 
 
 def test_other_barge_in_modes_keep_the_guard_over_a_wake() -> None:
-    gate = Gate(GateConfig(mode="wake_word", barge_in="none"))
+    gate = make_gate(GateConfig(mode="wake_word", barge_in="none"))
     gate.set_active(True)
     gate.agent_started(0.0)
     gate.wake(BLOCK_S / 2)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from device.core.config import LedOutput, LedsConfig, load_config
+from device.app.settings import load_settings
+from device.core.config import LedOutput, LedsConfig
+from device.core.display import STATES
 from device.core.errors import ConfigError
-from device.core.ledpatterns import OFF, STATES, Pattern, parse_color, parse_pattern, resolve
+from device.core.ledpatterns import OFF, Pattern, parse_color, parse_pattern, preset_patterns, resolve
 
 
 @pytest.mark.parametrize(
@@ -113,5 +115,16 @@ def test_config_file_errors_name_the_key(tmp_path: Path, text: str, key: str, fr
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=fragment) as err:
-        load_config(path, environ={})
+        load_settings(path, environ={})
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("preset", ["rgb", "three"])
+def test_every_preset_gives_every_display_state_a_pattern(preset: str) -> None:
+    assert sorted(preset_patterns(preset)) == sorted(STATES)
+
+
+@pytest.mark.parametrize("preset", ["rgb", "three"])
+def test_every_preset_pattern_names_every_output_of_the_preset(preset: str) -> None:
+    names = {o.name for o in resolve(LedsConfig(preset=preset)).outputs}  # type: ignore[arg-type]
+    assert all(set(per_output) == names for per_output in preset_patterns(preset).values())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from device.core.config import load_config
 from device.core.errors import ConfigError
+from device.drivers.configfile import load_config
 from device.drivers.tools import ToolRegistry
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "config.toml"

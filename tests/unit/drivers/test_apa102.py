@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from device.core.config import ButtonConfig, ConfigError, LedOutput, LedsConfig, load_config
+from device.core.config import ButtonConfig, ConfigError, LedOutput, LedsConfig
 from device.core.ledpatterns import parse_pattern
 from device.drivers import apa102
+from device.drivers.configfile import load_config
 from device.drivers.gpio import Gpio
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from device.core.config import load_config
+from device.app.settings import load_settings
 from device.core.errors import ConfigError
 from device.drivers import dsp
 from tests import speechgen as g
@@ -73,12 +73,12 @@ def test_settings_without_the_library_are_a_config_error_that_says_what_to_insta
 ) -> None:
     monkeypatch.setitem(sys.modules, "webrtc_noise_gain", None)  # import fails as if not installed
     with pytest.raises(ConfigError) as e:
-        load_config(environ={}, overrides=["audio.noise_suppression=2"])
+        load_settings(environ={}, overrides=["audio.noise_suppression=2"])
     assert "voice-appliance[dsp]" in str(e.value)
     assert "audio.noise_suppression = 0" in str(e.value)
     with pytest.raises(ConfigError):
-        load_config(environ={}, overrides=["audio.auto_gain_dbfs=10"])
-    load_config(environ={}, overrides=["audio.noise_suppression=0"])  # off needs nothing
+        load_settings(environ={}, overrides=["audio.auto_gain_dbfs=10"])
+    load_settings(environ={}, overrides=["audio.noise_suppression=0"])  # off needs nothing
     assert dsp.describe(2, 0).startswith("unavailable")
 
 
@@ -87,4 +87,4 @@ def test_settings_without_the_library_are_a_config_error_that_says_what_to_insta
 )
 def test_out_of_range_values_are_refused(key: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"audio.{key}"):
-        load_config(environ={}, overrides=[f"audio.{key}={value}"])
+        load_settings(environ={}, overrides=[f"audio.{key}={value}"])

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from device.core.config import WakeConfig, load_config
+from device.app.settings import load_settings
+from device.core.config import WakeConfig
 from device.core.errors import ConfigError
 from device.drivers.wake import WakeDetector, resolve_model
 from tests import speechgen as g
@@ -117,7 +118,7 @@ def test_your_own_model_by_path(tmp_path: Path) -> None:
     (tmp_path / "my_word.json").write_text(
         (tmp_path / "my_word.json").read_text().replace("alexa.tflite", "my_word.tflite")
     )
-    cfg = load_config(environ={}, overrides=["gate.mode=wake_word", f"wake.model={tmp_path / 'my_word.json'}",
+    cfg = load_settings(environ={}, overrides=["gate.mode=wake_word", f"wake.model={tmp_path / 'my_word.json'}",
                                               "wake.threshold=0.9"])
     det = WakeDetector(cfg.wake)
     try:
@@ -132,7 +133,7 @@ def test_your_own_model_by_path(tmp_path: Path) -> None:
 def test_config_errors_name_the_key_and_the_fix(tmp_path: Path) -> None:
     def check(overrides: list[str], *words: str) -> None:
         with pytest.raises(ConfigError) as e:
-            load_config(environ={}, overrides=overrides)
+            load_settings(environ={}, overrides=overrides)
         for w in words:
             assert w in str(e.value), str(e.value)
 
@@ -146,7 +147,7 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path: Path) -> None:
     check(["gate.barge_in=wake_word"], "gate.barge_in", "gate.mode")
     check(["gate.mode=wake_word", "wake.threshold=1.5"], "wake.threshold")
     # The engine is checked only when the wake word is used.
-    load_config(environ={}, overrides=["wake.model=hey_siri"])
+    load_settings(environ={}, overrides=["wake.model=hey_siri"])
     assert resolve_model(WakeConfig(engine="openwakeword", model="hey_rhasspy")).cutoff == 0.5
 
 
@@ -178,7 +179,7 @@ def test_a_model_path_must_be_a_regular_file_of_a_models_size(tmp_path: Path) ->
 def test_without_the_engine_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pymicro_wakeword", None)  # as on a machine without the wake extra
     with pytest.raises(ConfigError) as e:
-        load_config(environ={}, overrides=["gate.mode=wake_word"])
+        load_settings(environ={}, overrides=["gate.mode=wake_word"])
     text = str(e.value)
     assert text.startswith("wake.engine:")
     assert "voice-appliance[wake]" in text
