@@ -25,18 +25,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
 
-from device.app.controller import (
-    BlockEvent,
-    ButtonEvent,
-    Command,
-    Controller,
-    MuteEvent,
-    PlaybackNote,
-    SessionLike,
-)
+from device.app.controller import Controller, SessionLike
 from device.app.telemetry import TelemetryBus
 from device.core.config import Config
 from device.core.errors import DeviceError, ExitCode, WorkerStuckError
+from device.core.events import BlockEvent, ButtonEvent, Command, MuteEvent, PlaybackNote
 from device.drivers.instance import InstanceLock, claim
 from device.drivers.notify import Notifier, Watchdog
 from device.drivers.secrets import Secret

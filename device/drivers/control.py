@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.app.controller import ButtonEvent, Command, MuteEvent
 from device.core.errors import DeviceError, ExitCode
+from device.core.events import ButtonEvent, Command, MuteEvent
 from device.drivers.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from test_daemon_support import (
     with_session,
 )
 
-from device.app.controller import Command
 from device.app.daemon import serve
 from device.core.config import SystemdConfig, load_config
+from device.core.events import Command
 from device.drivers import filedevices
 from device.drivers.control import request
 from device.drivers.notify import Notifier
