@@ -25,7 +25,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
 
-from device.app.controller import Controller, SessionLike
+from device.app.agent import SessionLike
+from device.app.controller import Controller
 from device.app.telemetry import TelemetryBus
 from device.core.config import Config
 from device.core.errors import DeviceError, ExitCode, WorkerStuckError

@@ -94,7 +94,7 @@ _FAIL_ACTIONS = (Action.STOP_SESSION, Action.EARCON_ERROR, Action.REPORT_ERROR)
 # Conditional rules are resolved by Machine._resolve (see the markers below).
 RETRY_OR_FAIL = Rule(State.ERROR, _FAIL_ACTIONS)  # CONNECTING failed: maybe retry automatically
 # A failed attempt that is retried at once: the user may be mid-sentence, so no earcon (the LEDs show
-# the error) and the press's audio carries over to the next attempt (Controller._settle_held).
+# the error) and the press's audio carries over to the next attempt (MicPath.settle).
 RETRY = Rule(State.ERROR, (Action.STOP_SESSION, Action.REPORT_ERROR))
 BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only when barge-in is allowed
 WAKE_WORD_BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only with gate.barge_in = "wake_word"
