@@ -1,57 +1,60 @@
 """The controller: the only owner of the appliance's state.
 
-Two layers:
+The decisions are made by pure objects of :mod:`device.core`, each tested on
+its own: the :class:`~device.core.machine.Machine` (states, transitions,
+deadlines), the :class:`~device.core.micpath.MicPath` (what the microphone
+sends, holds and hears), the :class:`~device.core.replyfilter.ReplyFilter`
+(which of the agent's audio is played). :class:`Controller` is the worker that
+owns them: it consumes a bounded queue of the small frozen events of
+:mod:`device.core.events` posted by the other workers, hands each to its
+handler (:data:`QUEUE_HANDLERS`), and carries out the machine's actions.
 
-* :class:`Machine` — the pure state machine: a transition table
-  (:data:`TABLE`) from (state, input kind) to a target state and actions, plus
-  a deadline for every state so the kiosk can never stay stuck. No threads, no
-  I/O; tested table-driven over every pair.
-* :class:`Controller` — the worker that owns the machine, the gate and the
-  conversation: it consumes a bounded queue of small frozen events posted by
-  the other workers (capture blocks, playback and session events, button,
-  control commands), feeds the machine, and carries out its actions.
+Its three edges, on the controller thread too: :class:`~device.app.agent.AgentLink`
+(the session and its events), :class:`~device.app.speaker.Speaker` (playback and
+its events) and :class:`~device.app.reporter.Reporter` (counters, status
+snapshot, the state on the LEDs and in the telemetry).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import enum
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
+from device.app.agent import AgentLink, SessionFactory
+from device.app.reporter import Reporter
+from device.app.speaker import PlaybackLike, Speaker
 from device.app.telemetry import TelemetryBus
-from device.core.audioformat import CAPTURE_RATE_HZ
-from device.core.config import Config, SessionConfig
-from device.core.gate import Chunk, Gate, GateOutput
-from device.core.protocol import (
-    AgentAudio,
-    AgentResponse,
-    AgentResponseCorrection,
-    AgentResponsePart,
-    Connected,
-    Interruption,
-    McpApproval,
-    Outcome,
-    Ping,
-    RichContent,
-    ServerError,
-    SessionEnded,
-    SessionEvent,
-    TentativeAgentResponse,
-    ToolCallFinished,
-    ToolCallStarted,
-    UserTranscript,
-    VadScore,
+from device.core.audioevents import CaptureEvent
+from device.core.config import Config
+from device.core.events import (
+    BlockEvent,
+    ButtonEvent,
+    Command,
+    DeviceFault,
+    MuteEvent,
+    PlaybackNote,
+    SessionNote,
 )
-from device.core.retry import retry_delay_s
+from device.core.gate import Gate
+from device.core.machine import (
+    CONVERSATION,
+    Action,
+    ButtonTracker,
+    Input,
+    Kind,
+    Machine,
+    MachineSettings,
+    State,
+)
+from device.core.micpath import MicPath, WakeWord, WakeWordDetector
 from device.drivers import dsp
+from device.drivers.logs import RateLimitedLog
 from device.drivers.status import Status
 from device.drivers.vad import WebrtcVad
 from device.drivers.worker import Worker, WorkerExited
@@ -59,566 +62,31 @@ from device.drivers.worker import Worker, WorkerExited
 log = logging.getLogger(__name__)
 
 
-class State(enum.StrEnum):
-    IDLE = "idle"  # no socket: conversations are billed by the minute
-    CONNECTING = "connecting"  # session starting; audio since the press is held
-    LISTENING = "listening"  # connected, the user's turn
-    THINKING = "thinking"  # the user finished, waiting for the agent
-    SPEAKING = "speaking"  # the agent's reply is audible
-    ENDING = "ending"  # the agent closed the conversation, its last words still play
-    ERROR = "error"  # a failure is shown; a press (or the retry timer) reconnects
-    MUTED = "muted"  # idle with the microphone forced off
-
-
-CONVERSATION = frozenset({State.CONNECTING, State.LISTENING, State.THINKING, State.SPEAKING})
-
-# What the LEDs and the status show (ENDING looks like SPEAKING).
-DISPLAY: Mapping[State, str] = {s: ("speaking" if s is State.ENDING else s.value) for s in State}
-
-
-class Kind(enum.StrEnum):
-    PRESS = "press"  # button or on-screen button pressed
-    LONG_PRESS = "long_press"  # held for button.long_press_s (not in push_to_talk)
-    START = "start"  # ctl start
-    STOP = "stop"  # ctl stop, the end_conversation tool
-    MUTE = "mute"
-    UNMUTE = "unmute"
-    TURN_START = "turn_start"  # the user began speaking (gate)
-    TURN_END = "turn_end"  # the user finished (release, toggle off, hang-over, final transcript)
-    ACTIVITY = "activity"  # the user is speaking (keeps the idle timer from firing)
-    CONNECTED = "connected"
-    REPLY_STARTED = "reply_started"  # first sample of agent audio written
-    REPLY_FINISHED = "reply_finished"  # playback drained
-    INTERRUPTION = "interruption"  # the server says the agent was interrupted
-    ENDED = "ended"  # the session closed normally
-    FAILED = "failed"  # the session failed
-    TIMEOUT = "timeout"  # the state's deadline passed
-    MAX_DURATION = "max_duration"  # the conversation's deadline passed
-    SHUTDOWN = "shutdown"
-    WAKE = "wake"  # the wake word was heard (gate.mode = "wake_word")
-
-
-class Action(enum.StrEnum):
-    START_SESSION = "start_session"
-    STOP_SESSION = "stop_session"
-    FLUSH = "flush"  # drop the agent's queued audio now
-    EARCON_LISTENING = "earcon_listening"
-    EARCON_DONE = "earcon_done"
-    EARCON_ERROR = "earcon_error"
-    REPORT_ERROR = "report_error"  # log the failure's one line (what to do)
-    REPORT_MUTED = "report_muted"
-
-
 @dataclass(frozen=True)
-class Input:
-    """One input to the machine."""
-
-    kind: Kind
-    retryable: bool = False  # FAILED: worth an automatic retry
-    retry_after_s: float | None = None  # FAILED: the server asked for this delay (waited up to retry_max_s)
-    message: str = ""  # FAILED: one line, what happened and what to do
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A transition: the target (None: stay) and the actions, in order."""
-
-    target: State | None = None
-    actions: tuple[Action, ...] = ()
-    refresh: bool = False  # restart the state's deadline (activity)
-
-
-STAY = Rule()
-_STOP_ACTIONS = (Action.STOP_SESSION, Action.EARCON_DONE)
-_FAIL_ACTIONS = (Action.STOP_SESSION, Action.EARCON_ERROR, Action.REPORT_ERROR)
-
-# Conditional rules are resolved by Machine._resolve (see the markers below).
-RETRY_OR_FAIL = Rule(State.ERROR, _FAIL_ACTIONS)  # CONNECTING failed: maybe retry automatically
-# A failed attempt that is retried at once: the user may be mid-sentence, so no earcon (the LEDs show
-# the error) and the press's audio carries over to the next attempt (Controller._settle_held).
-RETRY = Rule(State.ERROR, (Action.STOP_SESSION, Action.REPORT_ERROR))
-BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only when barge-in is allowed
-WAKE_BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only with gate.barge_in = "wake_word"
-SPEECH_START = Rule(State.CONNECTING, (Action.START_SESSION,))  # only with gate.start_on_speech
-ERROR_TIMEOUT = Rule(State.IDLE)  # or CONNECTING when a retry is due
-
-_in_conversation = {
-    Kind.LONG_PRESS: Rule(State.IDLE, _STOP_ACTIONS),
-    Kind.STOP: Rule(State.IDLE, _STOP_ACTIONS),
-    Kind.MAX_DURATION: Rule(State.IDLE, _STOP_ACTIONS),
-    Kind.SHUTDOWN: Rule(State.IDLE, (Action.STOP_SESSION,)),
-    Kind.ENDED: Rule(State.IDLE, _STOP_ACTIONS),
-    Kind.FAILED: Rule(State.ERROR, _FAIL_ACTIONS),
-    Kind.INTERRUPTION: Rule(None, (Action.FLUSH,)),  # audio may be queued before it is audible
-}
-
-TABLE: Mapping[tuple[State, Kind], Rule] = {
-    # idle: nothing runs; a press (or speech, if configured) starts a conversation
-    (State.IDLE, Kind.PRESS): Rule(State.CONNECTING, (Action.START_SESSION,)),
-    (State.IDLE, Kind.START): Rule(State.CONNECTING, (Action.START_SESSION,)),
-    (State.IDLE, Kind.TURN_START): SPEECH_START,
-    (State.IDLE, Kind.MUTE): Rule(State.MUTED),
-    # the cue confirms the wake word at once; the words after it are already being held for the agent
-    (State.IDLE, Kind.WAKE): Rule(State.CONNECTING, (Action.START_SESSION, Action.EARCON_LISTENING)),
-    # muted: the microphone is off until unmuted
-    (State.MUTED, Kind.UNMUTE): Rule(State.IDLE),
-    (State.MUTED, Kind.PRESS): Rule(None, (Action.EARCON_ERROR, Action.REPORT_MUTED)),
-    (State.MUTED, Kind.START): Rule(None, (Action.EARCON_ERROR, Action.REPORT_MUTED)),
-    # connecting
-    **{(State.CONNECTING, k): r for k, r in _in_conversation.items()},
-    (State.CONNECTING, Kind.CONNECTED): Rule(State.LISTENING, (Action.EARCON_LISTENING,)),
-    (State.CONNECTING, Kind.FAILED): RETRY_OR_FAIL,
-    (State.CONNECTING, Kind.TIMEOUT): RETRY_OR_FAIL,
-    (State.CONNECTING, Kind.INTERRUPTION): STAY,
-    # listening: the user's turn; the idle timeout ends a conversation nobody uses
-    **{(State.LISTENING, k): r for k, r in _in_conversation.items()},
-    (State.LISTENING, Kind.TURN_END): Rule(State.THINKING),
-    (State.LISTENING, Kind.TURN_START): Rule(refresh=True),
-    (State.LISTENING, Kind.ACTIVITY): Rule(refresh=True),
-    (State.LISTENING, Kind.PRESS): Rule(refresh=True),
-    (State.LISTENING, Kind.REPLY_STARTED): Rule(State.SPEAKING),
-    (State.LISTENING, Kind.TIMEOUT): Rule(State.IDLE, _STOP_ACTIONS),
-    # thinking: waiting for the agent
-    **{(State.THINKING, k): r for k, r in _in_conversation.items()},
-    (State.THINKING, Kind.REPLY_STARTED): Rule(State.SPEAKING),
-    (State.THINKING, Kind.TURN_START): Rule(State.LISTENING),
-    (State.THINKING, Kind.PRESS): Rule(State.LISTENING),
-    (State.THINKING, Kind.TIMEOUT): Rule(State.LISTENING),
-    # speaking: the agent's reply is audible
-    **{(State.SPEAKING, k): r for k, r in _in_conversation.items()},
-    (State.SPEAKING, Kind.REPLY_FINISHED): Rule(State.LISTENING),
-    (State.SPEAKING, Kind.INTERRUPTION): Rule(State.LISTENING, (Action.FLUSH,)),
-    (State.SPEAKING, Kind.PRESS): BARGE_IN,
-    (State.SPEAKING, Kind.WAKE): WAKE_BARGE_IN,
-    (State.SPEAKING, Kind.TIMEOUT): Rule(State.LISTENING, (Action.FLUSH,)),
-    (State.SPEAKING, Kind.ENDED): Rule(State.ENDING, (Action.STOP_SESSION,)),
-    (State.SPEAKING, Kind.FAILED): Rule(State.ERROR, (Action.FLUSH, *_FAIL_ACTIONS)),
-    (State.SPEAKING, Kind.LONG_PRESS): Rule(State.IDLE, (Action.FLUSH, *_STOP_ACTIONS)),
-    (State.SPEAKING, Kind.STOP): Rule(State.IDLE, (Action.FLUSH, *_STOP_ACTIONS)),
-    (State.SPEAKING, Kind.MAX_DURATION): Rule(State.IDLE, (Action.FLUSH, *_STOP_ACTIONS)),
-    (State.SPEAKING, Kind.SHUTDOWN): Rule(State.IDLE, (Action.FLUSH, Action.STOP_SESSION)),
-    # ending: the socket is closed, the agent's last words play out
-    (State.ENDING, Kind.REPLY_FINISHED): Rule(State.IDLE, (Action.EARCON_DONE,)),
-    (State.ENDING, Kind.PRESS): Rule(State.CONNECTING, (Action.FLUSH, Action.START_SESSION)),
-    (State.ENDING, Kind.START): Rule(State.CONNECTING, (Action.FLUSH, Action.START_SESSION)),
-    (State.ENDING, Kind.LONG_PRESS): Rule(State.IDLE, (Action.FLUSH,)),
-    (State.ENDING, Kind.STOP): Rule(State.IDLE, (Action.FLUSH,)),
-    (State.ENDING, Kind.TIMEOUT): Rule(State.IDLE, (Action.FLUSH,)),
-    (State.ENDING, Kind.SHUTDOWN): Rule(State.IDLE, (Action.FLUSH,)),
-    # error: shown for error_hold_s (or until the automatic retry); a press retries now
-    (State.ERROR, Kind.PRESS): Rule(State.CONNECTING, (Action.START_SESSION,)),
-    (State.ERROR, Kind.START): Rule(State.CONNECTING, (Action.START_SESSION,)),
-    (State.ERROR, Kind.TIMEOUT): ERROR_TIMEOUT,
-    (State.ERROR, Kind.LONG_PRESS): Rule(State.IDLE),
-    (State.ERROR, Kind.STOP): Rule(State.IDLE),
-    (State.ERROR, Kind.MUTE): Rule(State.MUTED),
-    (State.ERROR, Kind.SHUTDOWN): Rule(State.IDLE),
-}
-
-
-@dataclass(frozen=True)
-class MachineSettings:
-    """What the machine needs from the config."""
-
-    session: SessionConfig = field(default_factory=SessionConfig)
-    barge_in: str = "button"
-    start_on_speech: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> MachineSettings:
-        return cls(cfg.session, cfg.gate.barge_in, cfg.gate.start_on_speech)
-
-
-class Machine:
-    """The pure state machine. ``handle``/``poll`` return the actions to carry out."""
-
-    def __init__(self, settings: MachineSettings, now_s: float, rng: random.Random | None = None) -> None:
-        self.settings = settings
-        self.state = State.IDLE
-        self.since_s = now_s
-        self.deadline_s: float | None = None
-        self.conversation_deadline_s: float | None = None
-        self.muted = False
-        self.device_fault = False  # a microphone or speaker is missing (shown as an error)
-        self.attempts = 0  # automatic retries made for the current press
-        self.retry_pending = False
-        self.last_error = ""
-        self.conversations = 0
-        self.errors = 0
-        self.last_rule: Rule = STAY
-        self.last_kind = Kind.SHUTDOWN  # the input handled last (the cause of a transition)
-        self.woken = False  # connecting because the wake word was heard (shown as "woken")
-        self._rng = rng or random.Random()
-
-    @property
-    def display(self) -> str:
-        """What the LEDs show: the state, except that a missing audio device shows as an error
-        and a muted microphone as muted (errors win)."""
-        if self.device_fault and self.state not in CONVERSATION:
-            return "error"
-        if self.muted and self.state is not State.ERROR:
-            return "muted"
-        if self.woken and self.state is State.CONNECTING:
-            return "woken"
-        return DISPLAY[self.state]
-
-    def timeout_for(self, state: State) -> float | None:
-        s = self.settings.session
-        return {
-            State.CONNECTING: s.connecting_timeout_s,
-            State.LISTENING: s.idle_timeout_s,
-            State.THINKING: s.thinking_timeout_s,
-            State.SPEAKING: s.speaking_timeout_s,
-            State.ENDING: s.speaking_timeout_s,
-            State.ERROR: s.error_hold_s,
-        }.get(state)
-
-    def next_deadline_s(self) -> float | None:
-        deadlines = [d for d in (self.deadline_s, self.conversation_deadline_s) if d is not None]
-        return min(deadlines) if deadlines else None
-
-    def poll(self, now_s: float) -> list[Action]:
-        """Fire the conversation's or the state's deadline when it has passed."""
-        if (
-            self.conversation_deadline_s is not None
-            and now_s >= self.conversation_deadline_s
-            and self.state in CONVERSATION
-        ):
-            return self.handle(Input(Kind.MAX_DURATION), now_s)
-        if self.deadline_s is not None and now_s >= self.deadline_s:
-            return self.handle(Input(Kind.TIMEOUT, retryable=True, message=self._timeout_message()), now_s)
-        return []
-
-    def _timeout_message(self) -> str:
-        if self.state is State.CONNECTING:
-            return (
-                f"no connection to the agent within {self.settings.session.connecting_timeout_s:g} s; "
-                "check the network, then press the button to try again"
-            )
-        return ""
-
-    def handle(self, event: Input, now_s: float) -> list[Action]:
-        """Apply one input; return the actions in the order to carry them out."""
-        self.last_kind = event.kind
-        if event.kind is Kind.MUTE:
-            self.muted = True
-        elif event.kind is Kind.UNMUTE:
-            self.muted = False
-        rule = self._resolve(TABLE.get((self.state, event.kind), STAY), event, now_s)
-        self.last_rule = rule
-        if rule.refresh:
-            self._set_deadline(self.state, now_s)
-        target = rule.target
-        if target is State.IDLE and self.muted:
-            target = State.MUTED
-        if target is State.ERROR:
-            self.errors += 1
-            self.last_error = event.message or "the conversation failed"
-        if target is not None and target is not self.state:
-            self._enter(target, now_s, event)
-        return list(rule.actions)
-
-    def _resolve(self, rule: Rule, event: Input, now_s: float) -> Rule:
-        if rule is BARGE_IN and self.settings.barge_in == "none":
-            return STAY
-        if rule is WAKE_BARGE_IN and self.settings.barge_in != "wake_word":
-            return STAY
-        if rule is SPEECH_START and not self.settings.start_on_speech:
-            return STAY
-        if rule is ERROR_TIMEOUT and self.retry_pending:
-            return Rule(State.CONNECTING, (Action.START_SESSION,))
-        if rule is RETRY_OR_FAIL and self._will_retry(self.state, event):
-            return RETRY
-        return rule
-
-    def _will_retry(self, previous: State, event: Input) -> bool:
-        """A failed connection attempt is retried automatically (attempts left, worth retrying)."""
-        return (
-            previous is State.CONNECTING
-            and event.retryable
-            and self.attempts < self.settings.session.retry_attempts
-        )
-
-    @property
-    def between_attempts(self) -> bool:
-        """An automatic retry of the connection is due: the attempt goes on (the press's audio is kept)."""
-        return self.state is State.ERROR and self.retry_pending
-
-    def _enter(self, target: State, now_s: float, event: Input) -> None:
-        previous = self.state
-        self.state = target
-        self.since_s = now_s
-        if target is State.CONNECTING and previous is not State.ERROR:
-            self.woken = event.kind is Kind.WAKE
-        if target is State.CONNECTING:
-            if previous not in CONVERSATION:
-                self.conversation_deadline_s = now_s + self.settings.session.max_duration_s
-            if not (previous is State.ERROR and event.kind is Kind.TIMEOUT):
-                self.attempts = 0  # a person asked: start the retry count again
-            self.retry_pending = False
-        elif target is State.LISTENING and previous is State.CONNECTING:
-            self.conversations += 1
-            self.attempts = 0
-            self.last_error = ""
-        elif target not in CONVERSATION:
-            self.conversation_deadline_s = None
-        if target is State.ERROR:
-            self.retry_pending = False
-            delay_s = None
-            s = self.settings.session
-            if self._will_retry(previous, event):
-                delay_s = retry_delay_s(
-                    self.attempts, s.retry_initial_s, s.retry_max_s, event.retry_after_s, rng=self._rng
-                )
-                self.attempts += 1
-                self.retry_pending = True
-            self.deadline_s = now_s + (delay_s if delay_s is not None else self.settings.session.error_hold_s)
-        else:
-            self._set_deadline(target, now_s)
-
-    def _set_deadline(self, state: State, now_s: float) -> None:
-        timeout_s = self.timeout_for(state)
-        self.deadline_s = None if timeout_s is None else now_s + timeout_s
-
-
-class ButtonTracker:
-    """Press/release from any source (GPIO, control socket) as one logical button.
-
-    The button is down while any source holds it; a hold of ``long_press_s``
-    is a long press, reported once per press. Long-press detection lives here,
-    not in gpiozero, so the on-screen button behaves exactly like the physical one.
-    """
-
-    def __init__(self, long_press_s: float, long_press_enabled: bool = True) -> None:
-        self.long_press_s = long_press_s
-        self.long_press_enabled = long_press_enabled
-        self._held: set[str] = set()
-        self.pressed_at_s: float | None = None
-        self._long_reported = False
-
-    @property
-    def down(self) -> bool:
-        return bool(self._held)
-
-    def press(self, source: str, t_s: float) -> bool:
-        """True when this press is the logical press (the button was up)."""
-        was_down = self.down
-        self._held.add(source)
-        if was_down:
-            return False
-        self.pressed_at_s = t_s
-        self._long_reported = False
-        return True
-
-    def release(self, source: str, t_s: float) -> bool:
-        """True when this release is the logical release (the last source let go)."""
-        if source not in self._held:
-            return False
-        self._held.discard(source)
-        if self.down:
-            return False
-        self.pressed_at_s = None
-        return True
-
-    def long_press_due_s(self) -> float | None:
-        if not self.long_press_enabled or self.pressed_at_s is None or self._long_reported:
-            return None
-        return self.pressed_at_s + self.long_press_s
-
-    def poll(self, now_s: float) -> bool:
-        due = self.long_press_due_s()
-        if due is not None and now_s >= due:
-            self._long_reported = True
-            return True
-        return False
-
-
-class HeldAudio:
-    """What the gate produced since the press, until a connection attempt succeeds (pure).
-
-    A session holds the audio captured before its socket opens, but a session
-    whose attempt fails takes it along. This copy lets an automatic retry hand
-    the whole question to the next session. Bounded like the session's send
-    backlog (``session.send_backlog_s``): beyond it the oldest is dropped.
-    Amounts are seconds of microphone audio (chunks the gate let through).
-    """
-
-    def __init__(self, max_s: float) -> None:
-        self._max_bytes = int(max_s * CAPTURE_RATE_HZ) * 2
-        self._chunks: collections.deque[Chunk] = collections.deque()
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._chunks)
-
-    @property
-    def chunks(self) -> tuple[Chunk, ...]:
-        return tuple(self._chunks)
-
-    def add(self, chunk: Chunk) -> float:
-        """Keep ``chunk``; returns the microphone seconds dropped to stay within the bound."""
-        self._chunks.append(chunk)
-        self._bytes += len(chunk.pcm)
-        dropped_s = 0.0
-        while self._bytes > self._max_bytes and len(self._chunks) > 1:
-            dropped_s += self._pop()
-        return dropped_s
-
-    def clear(self) -> float:
-        """Forget everything (delivered, or given up); returns the microphone seconds in it."""
-        dropped_s = 0.0
-        while self._chunks:
-            dropped_s += self._pop()
-        return dropped_s
-
-    def _pop(self) -> float:
-        old = self._chunks.popleft()
-        self._bytes -= len(old.pcm)
-        return len(old.pcm) / 2 / CAPTURE_RATE_HZ if old.open else 0.0
-
-
-# -- the worker ------------------------------------------------------------------------------------------------
-
-
-class SessionLike(Protocol):
-    """What the controller needs of :class:`device.drivers.session.Session`."""
-
-    def start(self) -> None: ...
-    def stop(self, timeout_s: float | None = None) -> None: ...
-    def send_audio(self, pcm: bytes, captured_at_s: float) -> None: ...
-    def send_contextual_update(self, text: str) -> None: ...
-    def send_user_message(self, text: str) -> None: ...
-
-
-class PlaybackLike(Protocol):
-    """What the controller needs of :class:`device.drivers.playback.Playback`."""
-
-    def set_format(self, fmt: Any) -> None: ...
-    def write(self, audio: bytes, received_at_s: float | None = None) -> None: ...
-    def flush(self) -> Any: ...
-    def play_earcon(self, name: str) -> bool: ...
-
-
-SessionFactory = Callable[[Callable[[SessionEvent], None]], SessionLike]
-
-
-@dataclass(frozen=True)
-class ButtonEvent:
-    """The button (``source`` "gpio") or the on-screen button ("ctl") went down or up."""
-
-    source: str
-    pressed: bool
-    t_s: float
-
-
-@dataclass(frozen=True)
-class MuteEvent:
-    """The mute switch ("switch") or a control command ("ctl") muted or unmuted."""
-
-    source: str
-    muted: bool
-    t_s: float
-
-
-Reply = Callable[[bool, str], None]
-
-
-@dataclass(frozen=True)
-class Command:
-    """A control command: start, stop, context TEXT, message TEXT; ``reply(ok, text)`` answers it."""
-
-    name: str
-    text: str = ""
-    reply: Reply | None = None
-
-
-@dataclass(frozen=True)
-class BlockEvent:
-    """One captured block (see :class:`device.core.audioevents.Block`)."""
-
-    pcm: bytes = field(repr=False)
-    seq: int
-    captured_at_s: float
-
-
-@dataclass(frozen=True)
-class PlaybackNote:
-    """A :class:`device.core.audioevents.PlaybackEvent` for the controller."""
-
-    event: Any
-
-
-@dataclass(frozen=True)
-class SessionNote:
-    """An event of conversation number ``gen``; events of an older one are ignored."""
-
-    gen: int
-    event: SessionEvent
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A device failed (``ok`` False: microphone or speaker missing) or works again (``ok`` True)."""
-
-    source: str  # "microphone", "speaker"
-    message: str = ""
-    ok: bool = False
-
-
-@dataclass(frozen=True)
-class _Wake:
-    pass
+class _Unblock:
+    """Put on the queue by :meth:`Controller.wake` so that a waiting ``get`` returns (stop)."""
 
 
 QUEUE_SIZE = 1024
 # The controller beats at least this often when nothing happens.
 BEAT_S = 0.5
-# Local barge-in: after a press cut the agent off, its reply's later audio is dropped until
-# the service starts a new turn (interruption, the user's transcript, or a reply with a newer id).
-_NO_EVENT_ID = -1
-_ENDED_OK = (Outcome.NORMAL, Outcome.AGENT_ENDED, Outcome.MAX_DURATION, Outcome.LOCAL)
-_DROP_LOG_EVERY = 100
-# Session events the kiosk cannot show but an operator may want to see (status, metrics).
-_COUNTED_EVENTS: Mapping[type, str] = {
-    AgentResponsePart: "agent_text_parts",
-    RichContent: "rich_content",
-}
+_DROP_LOG_INTERVAL_S = 10.0  # a full queue is reported at once, then at most this often
 
 
-class SessionCloser(Worker):
-    """Ends old sessions off the controller thread (closing can wait on the network)."""
+def make_mic_path(cfg: Config) -> MicPath:
+    """The microphone path with the engines ``cfg`` asks for (the wake-word engines load only in wake_word mode)."""
+    gate = Gate(cfg.gate, WebrtcVad(cfg.gate.vad_aggressiveness))
+    noise_gain = dsp.make(cfg.audio.noise_suppression, cfg.audio.auto_gain_dbfs)
+    detector: WakeWordDetector | None = None
+    if cfg.gate.mode == "wake_word":
+        from device.drivers.wake import WakeDetector
 
-    def __init__(self, on_exit: Callable[[WorkerExited], None] | None = None) -> None:
-        super().__init__("session-closer", on_exit)
-        self._queue: queue.Queue[SessionLike | None] = queue.Queue()
-        self.closed = 0
-
-    def submit(self, session: SessionLike) -> None:
-        self._queue.put(session)
-
-    def wake(self) -> None:
-        self._queue.put(None)
-
-    def run(self) -> None:
-        while True:
-            self.beat()
-            try:
-                session = self._queue.get(timeout=BEAT_S) if not self.stopping else self._queue.get_nowait()
-            except queue.Empty:
-                if self.stopping:
-                    return
-                continue
-            if session is None:
-                continue
-            try:
-                session.stop()
-            except Exception:
-                log.exception("ending a conversation failed")
-            self.closed += 1
+        detector = WakeDetector(cfg.wake)
+    return MicPath(gate, cfg.session.send_backlog_s, noise_gain=noise_gain, detector=detector)
 
 
 class Controller(Worker):
-    """Owns the state: consumes the event queue, drives the machine, gate, session, playback and LEDs."""
+    """Owns the state: consumes the event queue, feeds the core's objects and carries out their decisions."""
 
     def __init__(
         self,
@@ -633,58 +101,20 @@ class Controller(Worker):
     ) -> None:
         super().__init__("controller", on_exit)
         self.cfg = cfg
-        self._make_session = make_session
-        self._playback = playback
         self.telemetry = telemetry or TelemetryBus()
-        self._show = show
         self._clock = clock
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_SIZE)
         self.machine = Machine(MachineSettings.from_config(cfg), clock())
-        self.gate = Gate(cfg.gate, WebrtcVad(cfg.gate.vad_aggressiveness))
+        self.mic = make_mic_path(cfg)
         self.button = ButtonTracker(cfg.button.long_press_s, cfg.gate.mode != "push_to_talk")
-        self.closer = SessionCloser()
-        self._session: SessionLike | None = None
-        self._held = HeldAudio(cfg.session.send_backlog_s)  # the press's audio until a connection succeeds
+        self.report = Reporter(self.telemetry, show, clock, cfg.gate.mode)
+        self.speaker = Speaker(playback, cfg.audio.earcons, self.mic, self.report, self._feed, self._on_fault)
+        self.agent = AgentLink(make_session, self.speaker, self.report, self.post, self._feed, self.mic.user_spoke)
         self._deferred: list[Input] = []
-        self._gen = 0
         self._mute_sources: set[str] = set()
-        self._playing: set[str] = set()  # what the speaker plays now: "reply", "earcon"
         self._faults: dict[str, str] = {}  # devices missing now: source -> the last_error it set
         self._started_by_speech = False
-        # Noise suppression / automatic gain, applied once to every block that is used.
-        self._dsp = dsp.make(cfg.audio.noise_suppression, cfg.audio.auto_gain_dbfs)
-        self._wake: Any = None  # device.drivers.wake.WakeDetector in wake_word mode
-        if cfg.gate.mode == "wake_word":
-            from device.drivers.wake import WakeDetector  # the engines load only in this mode
-
-            self._wake = WakeDetector(cfg.wake)
-        self._woke_seq: int | None = None  # the block the wake word ended in (this conversation)
-        self._wake_fed_seq: int | None = None  # the last block the detector heard
-        self._woke_heard_user = False  # the user spoke after the wake word
-        self.conversation_id = ""
-        self._discard_le_id = _NO_EVENT_ID  # local barge-in: drop audio with event_id <= this
-        self._last_audio_id = _NO_EVENT_ID
-        self._shown = ""
-        self._started_at_s = clock()
-        self.counters: dict[str, float] = {
-            "barge_ins": 0,
-            "interruptions": 0,
-            "blocks_sent": 0,
-            "blocks_open": 0,
-            "dropped_events": 0,
-            "playback_underruns": 0,
-            "capture_overruns": 0,
-            "audio_errors": 0,
-            "audio_dropped_s": 0.0,
-            "ping_ms": 0,
-            **dict.fromkeys(_COUNTED_EVENTS.values(), 0),
-            "mcp_approved": 0,
-            "mcp_denied": 0,
-            "wake_detections": 0,
-            "false_wakes": 0,  # a wake word that led to no user speech
-        }
-        self._lock = threading.Lock()
-        self._snapshot = Status(gate_mode=cfg.gate.mode)
+        self._drop_log = RateLimitedLog(log, _DROP_LOG_INTERVAL_S, clock=clock)
         self.idle = threading.Event()  # set while nothing is running (tests, reload)
         self.idle.set()
 
@@ -695,11 +125,9 @@ class Controller(Worker):
             self._queue.put_nowait(event)
             return True
         except queue.Full:
-            with self._lock:
-                self.counters["dropped_events"] += 1
-                dropped = self.counters["dropped_events"]
-            if dropped == 1 or dropped % _DROP_LOG_EVERY == 0:
-                log.warning("controller queue full: %d event(s) dropped (is a worker stuck?)", dropped)
+            dropped = self.report.count("dropped_events")
+            self._drop_log.warning("queue_full", "controller queue full: %d event(s) dropped (is a worker stuck?)",
+                                   dropped)
             return False
 
     def press(self, source: str = "ctl") -> None:
@@ -708,30 +136,39 @@ class Controller(Worker):
     def release(self, source: str = "ctl") -> None:
         self.post(ButtonEvent(source, False, self._clock()))
 
-    def session_callback(self, gen: int) -> Callable[[SessionEvent], None]:
-        def on_event(event: SessionEvent) -> None:
-            self.post(SessionNote(gen, event))
-
-        return on_event
+    def on_capture_event(self, event: CaptureEvent) -> None:
+        """Capture events arrive on the capture thread: turn them into queue events."""
+        if event.kind == "overrun":
+            self.report.count("capture_overruns")
+            self.telemetry.publish("xrun", event.t_s, kind="overrun", detail="")
+        elif event.kind == "device_error":
+            self.post(DeviceFault("microphone", event.detail or "the microphone failed"))
+        elif event.kind == "opened":
+            self.post(DeviceFault("microphone", ok=True))
 
     @property
     def status(self) -> Status:
         """The latest snapshot (built on the controller thread)."""
-        return self._snapshot
+        return self.report.status
+
+    @property
+    def counters(self) -> dict[str, float]:
+        return self.report.counters
 
     def start(self) -> None:
-        self.closer.start()
+        self.agent.closer.start()
         super().start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         try:
             super().stop(timeout_s)
         finally:
-            self.closer.stop(max(timeout_s, 30.0))  # a session may take its connect timeout to end
+            self.agent.closer.stop(max(timeout_s, 30.0))  # a session may take its connect timeout to end
 
     def wake(self) -> None:
+        """Unblock the queue's wait (the thread then sees the stop flag)."""
         with contextlib.suppress(queue.Full):  # a full queue: the loop is busy and will see the flag
-            self._queue.put_nowait(_Wake())
+            self._queue.put_nowait(_Unblock())
 
     # -- the thread -----------------------------------------------------------------------
     def run(self) -> None:
@@ -748,7 +185,7 @@ class Controller(Worker):
                     event = self._queue.get(timeout=wait_s)
                 except queue.Empty:
                     event = None
-                if event is not None and not isinstance(event, _Wake):
+                if event is not None and not isinstance(event, _Unblock):
                     try:
                         self._dispatch(event)
                     except Exception:
@@ -768,17 +205,14 @@ class Controller(Worker):
             self._apply(before, actions, now, self.machine.last_kind)
 
     def _shutdown(self) -> None:
-        now = self._clock()
         try:
-            self._feed(Input(Kind.SHUTDOWN), now)
+            self._feed(Input(Kind.SHUTDOWN), self._clock())
         finally:
-            if self._session is not None:
-                self._end_session()
-            if self._wake is not None:
-                self._wake.close()
+            if self.agent.session is not None:
+                self.agent.end()
+            self.mic.close()
             self.idle.set()
 
-    # -- dispatch ---------------------------------------------------------------------------
     def _dispatch(self, event: object) -> None:
         handler = QUEUE_HANDLERS.get(type(event))
         if handler is None:
@@ -786,15 +220,7 @@ class Controller(Worker):
         else:
             handler(self, event)
 
-    def _on_session_note(self, note: SessionNote) -> None:
-        if note.gen == self._gen and self._session is not None:
-            self._on_session_event(note.event)
-        else:
-            log.debug("ignored %s of an old conversation", type(note.event).__name__)
-
-    def _on_playback_note(self, note: PlaybackNote) -> None:
-        self._on_playback_event(note.event)
-
+    # -- the machine ------------------------------------------------------------------------
     def _feed(self, event: Input, now: float) -> None:
         before = self.machine.state
         actions = self.machine.handle(event, now)
@@ -804,64 +230,55 @@ class Controller(Worker):
         for action in actions:
             self._act(action, now, cause)
         if self.machine.state is not before:
-            self._settle_held(before)
-            self._settle_wake()
-        self._refresh_snapshot()  # before telling anyone: whoever hears of the change can read it
+            self._settle(before, now)
+        self.report.refresh(self.machine, self.agent.conversation_id)  # before telling anyone of the change
         if self.machine.state is not before:
-            self._entered(before, now, cause)
-        elif self.machine.display != self._shown:  # e.g. muted during a conversation
+            self._entered(before, cause)
+        elif self.machine.display != self.report.shown:  # e.g. muted during a conversation
             self._publish_state(cause.value, before)
         while self._deferred:  # inputs raised while carrying out the actions, in order
             self._feed(self._deferred.pop(0), now)
 
-    def _entered(self, before: State, now: float, cause: Kind) -> None:
+    def _settle(self, before: State, now: float) -> None:
+        settled = self.mic.settle(before, self.machine, now)
+        if settled.lost_s > 0:
+            self.report.dropped(settled.lost_s)
+            log.warning("%.2f s of the user's speech never reached the agent (no connection)", settled.lost_s)
+        if settled.false_wake:
+            self.report.count("false_wakes")
+            log.info("the wake word led to no question (false wake?)")
+
+    def _entered(self, before: State, cause: Kind) -> None:
         state = self.machine.state
-        reason = cause.value
-        log.info("state %s -> %s (%s)", before.value, state.value, reason)
+        log.info("state %s -> %s (%s)", before.value, state.value, cause.value)
         if state in CONVERSATION or self.machine.between_attempts:
-            # Between automatic attempts the press goes on: a held button keeps the gate open.
-            self.gate.set_active(True)
             self.idle.clear()
         else:
-            self.gate.reset(now)
-            self._discard_le_id = _NO_EVENT_ID
+            self.agent.replies.resume()
             if state in (State.IDLE, State.MUTED):
                 self.idle.set()
-        self._publish_state(reason, before)
+        self._publish_state(cause.value, before)
 
     def _publish_state(self, cause: str, before: State | None = None) -> None:
-        display = self.machine.display
-        self.telemetry.publish(
-            "state",
-            state=display,
-            machine_state=self.machine.state.value,
-            previous=DISPLAY[before] if before is not None else "",
-            cause=cause,
-            conversation_id=self.conversation_id,
-        )
-        if display != self._shown:
-            self._shown = display
-            if self._show is not None:
-                try:
-                    self._show(display)
-                except Exception:
-                    log.exception("showing %s on the LEDs failed", display)
-            self.telemetry.publish("led", state=display)
+        self.report.publish_state(self.machine, cause, before, self.agent.conversation_id)
 
     def _act(self, action: Action, now: float, cause: Kind) -> None:
         if action is Action.START_SESSION:
-            self._start_session(now, cause)
+            self._started_by_speech = cause in (Kind.TURN_START, Kind.WAKE_WORD)
+            error = self.agent.start(self.mic.held)
+            if error is not None:
+                self._deferred.append(Input(Kind.FAILED, retryable=False, message=error))
         elif action is Action.STOP_SESSION:
-            self._end_session()
+            self.agent.end()
         elif action is Action.FLUSH:
             self._flush(now, cause)
         elif action is Action.EARCON_LISTENING:
             # "Talk now" is for someone who pressed; whoever started it by speaking is talking already,
             # and a cue would only close the echo guard over their words.
-            if not self._started_by_speech or cause is Kind.WAKE:
-                self._earcon("listening")
+            if not self._started_by_speech or cause is Kind.WAKE_WORD:
+                self.speaker.earcon("listening")
         elif action in (Action.EARCON_DONE, Action.EARCON_ERROR):
-            self._earcon(action.value.removeprefix("earcon_"))
+            self.speaker.earcon(action.value.removeprefix("earcon_"))
         elif action is Action.REPORT_ERROR:
             m = self.machine
             retry = ""
@@ -872,246 +289,22 @@ class Controller(Worker):
         elif action is Action.REPORT_MUTED:
             log.warning("the microphone is muted; turn the mute switch off (or run `voice-appliance ctl unmute`)")
 
-    # -- conversation ------------------------------------------------------------------------
-    def _start_session(self, now: float, cause: Kind) -> None:
-        if self._session is not None:
-            self._end_session()
-        self._started_by_speech = cause in (Kind.TURN_START, Kind.WAKE)
-        self._gen += 1
-        self.conversation_id = ""
-        self._discard_le_id = _NO_EVENT_ID
-        self._last_audio_id = _NO_EVENT_ID
-        try:
-            session = self._make_session(self.session_callback(self._gen))
-            for chunk in self._held.chunks:  # an earlier attempt of this press failed: its audio goes first
-                session.send_audio(chunk.pcm, chunk.captured_at_s)
-            session.start()
-        except Exception as e:  # e.g. a configuration the session refuses: show it, do not crash
-            log.debug("starting the conversation failed", exc_info=True)
-            message = str(e) or type(e).__name__
-            self._deferred.append(Input(Kind.FAILED, retryable=False, message=message))
-            return
-        self._session = session
-
-    def _settle_held(self, before: State) -> None:
-        """The state changed: the press's audio was delivered, still waits for an attempt, or is lost."""
-        state = self.machine.state
-        if state is State.LISTENING and before is State.CONNECTING:
-            self._held.clear()  # the connected session holds it now and sends it first
-        elif state is not State.CONNECTING and not self.machine.between_attempts:
-            lost_s = self._held.clear()  # every attempt failed (or the press was given up)
-            if lost_s > 0:
-                self._count_dropped(lost_s)
-                log.warning("%.2f s of the user's speech never reached the agent (no connection)", lost_s)
-
-    def _count_dropped(self, seconds: float) -> None:
-        with self._lock:
-            self.counters["audio_dropped_s"] = round(self.counters["audio_dropped_s"] + seconds, 3)
-
-    def _end_session(self) -> None:
-        session, self._session = self._session, None
-        self._gen += 1  # whatever it still says is stale
-        if session is not None:
-            self.closer.submit(session)
-
     def _flush(self, now: float, cause: Kind) -> None:
-        if self._playback is not None:
-            try:
-                self._playback.flush()
-            except Exception:
-                log.exception("flushing playback failed")
-        self._playing.clear()  # the flush cleared replies and queued cues alike
-        self.gate.agent_stopped(now, flushed=True)
-        if cause in (Kind.PRESS, Kind.TIMEOUT, Kind.WAKE):
-            # We cut the reply short, not the service: drop the rest of it when it still arrives.
-            self._discard_le_id = self._last_audio_id
-        if cause in (Kind.PRESS, Kind.WAKE):
-            with self._lock:
-                self.counters["barge_ins"] += 1
-            log.info("barge-in: the agent's reply was cut off by a %s", "press" if cause is Kind.PRESS else "wake word")
-            self.telemetry.publish(
-                "interruption", now, event_id=self._last_audio_id, local=True,
-                by="press" if cause is Kind.PRESS else "wake word",
-            )
+        self.speaker.flush(now)
+        replies = self.agent.replies
+        replies.flushed(cause)  # cut short here (not by the service): the rest of the reply is dropped
+        if cause in (Kind.PRESS, Kind.WAKE_WORD):
+            self.report.count("barge_ins")
+            by = "press" if cause is Kind.PRESS else "wake word"
+            log.info("barge-in: the agent's reply was cut off by a %s", by)
+            self.telemetry.publish("interruption", now, event_id=replies.last_id, local=True, by=by)
 
-    def _earcon(self, name: str) -> None:
-        if self._playback is None or not self.cfg.audio.earcons:
-            return
-        try:
-            self._playback.play_earcon(name)
-        except Exception:
-            log.exception("playing the %s earcon failed", name)
-
-    def _on_session_event(self, event: SessionEvent) -> None:
-        """Hand a session event to its handler in :data:`SESSION_HANDLERS` (the first class of its MRO listed)."""
-        for cls in type(event).__mro__:
-            handler = SESSION_HANDLERS.get(cls)
-            if handler is not None:
-                handler(self, event, self._clock())
-                return
-        log.debug("session event %s not used", type(event).__name__)
-
-    # One handler per session event type, each given the event and the time it is handled.
-    def _on_agent_audio(self, event: AgentAudio, now: float) -> None:
-        if event.event_id <= self._discard_le_id:
-            return  # the rest of a reply the user cut off
-        self._discard_le_id = _NO_EVENT_ID
-        self._last_audio_id = event.event_id
-        if self._playback is not None:
-            self._playback.write(event.audio, event.received_at_s)
-        self.telemetry.publish(
-            "agent_audio", now, event_id=event.event_id, nbytes=len(event.audio), received_at_s=event.received_at_s
-        )
-
-    def _on_connected(self, event: Connected, now: float) -> None:
-        self.conversation_id = event.conversation_id
-        if self._playback is not None:
-            self._playback.set_format(event.output_format)
-        self._feed(Input(Kind.CONNECTED), now)
-
-    def _on_interruption(self, event: Interruption, now: float) -> None:
-        self._discard_le_id = _NO_EVENT_ID  # the session's own rule takes over
-        with self._lock:
-            self.counters["interruptions"] += 1
-        self.telemetry.publish("interruption", now, event_id=event.event_id, local=False)
-        self._feed(Input(Kind.INTERRUPTION), now)
-
-    def _on_user_transcript(self, event: UserTranscript, now: float) -> None:
-        self.telemetry.publish("transcript", now, role="user", text=event.text, tentative=event.tentative)
-        if event.tentative:
-            self._feed(Input(Kind.ACTIVITY), now)
-        else:
-            self._discard_le_id = _NO_EVENT_ID
-            if event.text.strip():
-                self._woke_heard_user = True  # a wake word that led to a question
-            self._feed(Input(Kind.TURN_END), now)
-
-    def _on_agent_response(self, event: AgentResponse | AgentResponseCorrection, now: float) -> None:
-        self.telemetry.publish(
-            "transcript", now, role="agent", text=event.text, correction=isinstance(event, AgentResponseCorrection)
-        )
-
-    def _on_ping(self, event: Ping, now: float) -> None:
-        if event.ping_ms is not None:
-            with self._lock:
-                self.counters["ping_ms"] = event.ping_ms
-        self.telemetry.publish("ping", now, ping_ms=event.ping_ms)
-
-    def _on_tool_call(self, event: ToolCallStarted | ToolCallFinished, now: float) -> None:
-        finished = isinstance(event, ToolCallFinished)
-        self.telemetry.publish(
-            "tool_call",
-            now,
-            name=event.name,
-            call_id=event.call_id,
-            phase="finished" if finished else "started",
-            is_error=isinstance(event, ToolCallFinished) and event.is_error,
-        )
-
-    def _on_counted(self, event: AgentResponsePart | RichContent, now: float) -> None:
-        with self._lock:
-            self.counters[_COUNTED_EVENTS[type(event)]] += 1
-
-    def _on_mcp_approval(self, event: McpApproval, now: float) -> None:
-        with self._lock:
-            self.counters["mcp_approved" if event.approved else "mcp_denied"] += 1
-        self.telemetry.publish("mcp_approval", now, name=event.tool_name, approved=event.approved)
-
-    def _on_server_error(self, event: ServerError, now: float) -> None:
-        self.telemetry.publish("error", now, message=event.message, source="agent")
-
-    def _on_session_ended(self, event: SessionEnded, now: float) -> None:
-        self.telemetry.publish(
-            "session_end", now, outcome=event.outcome.name, detail=event.detail, close_code=event.close_code
-        )
-        if event.outcome in _ENDED_OK:
-            log.info("conversation %s ended: %s", self.conversation_id or "-", event.message)
-            self._feed(Input(Kind.ENDED), now)
-        else:
-            self._feed(Input(Kind.FAILED, event.outcome.retryable, event.retry_after_s, event.message), now)
-
-    def _on_playback_event(self, event: Any) -> None:
-        kind = getattr(event, "kind", "")
-        t_s = float(getattr(event, "t_s", self._clock()))
-        now = self._clock()
-        if kind == "reply_started":
-            self._audible(t_s, "reply", True)
-            self.telemetry.publish(
-                "reply_started", t_s, reply_id=event.reply_id, latency_ms=event.latency_ms, rate_hz=event.rate_hz
-            )
-            self._feed(Input(Kind.REPLY_STARTED), now)
-        elif kind == "reply_finished":
-            self._audible(t_s, "reply", False)
-            self.telemetry.publish("reply_finished", t_s, reply_id=event.reply_id, frames=event.frames)
-            self._feed(Input(Kind.REPLY_FINISHED), now)
-        elif kind == "flushed":
-            self.telemetry.publish(
-                "flushed",
-                t_s,
-                old_audio_ms_after=event.ms,
-                frames_after=event.frames,
-                latency_ms=event.latency_ms,
-                dropped_frames=event.dropped_frames,
-            )
-        elif kind == "underrun":
-            with self._lock:
-                self.counters["playback_underruns"] += 1
-            self.telemetry.publish("xrun", t_s, kind="underrun", detail=event.detail)
-        elif kind == "device_error":
-            self._on_fault(Fault("speaker", event.detail or "the speaker failed"))
-        elif kind == "opened":
-            self._on_fault(Fault("speaker", ok=True))
-            self.telemetry.publish("playback", t_s, kind=kind, detail=getattr(event, "detail", ""))
-        elif kind in ("earcon_started", "earcon_finished"):
-            # a cue is audible: keep it out of the microphone like the agent's voice -- except the cue
-            # that answers a wake word: the user goes on talking over it ("hey jarvis, when does ...")
-            if not (self._wake is not None and event.detail == "listening"):
-                self._audible(t_s, "earcon", kind == "earcon_started")
-            self.telemetry.publish(
-                "earcon", t_s, name=event.detail, phase="started" if kind == "earcon_started" else "finished"
-            )
-        else:
-            self.telemetry.publish("playback", t_s, kind=kind, detail=getattr(event, "detail", ""))
-
-    def _audible(self, t_s: float, source: str, playing: bool) -> None:
-        """The speaker plays (a reply, a cue) or fell silent: the echo guard follows the union."""
-        was = bool(self._playing)
-        if playing:
-            self._playing.add(source)
-        else:
-            self._playing.discard(source)
-        if self._playing and not was:
-            self.gate.agent_started(t_s)
-        elif was and not self._playing:
-            self.gate.agent_stopped(t_s)
-
-    def on_capture_event(self, event: Any) -> None:
-        """Capture events arrive on the capture thread: turn them into queue events."""
-        kind = getattr(event, "kind", "")
-        if kind == "overrun":
-            with self._lock:
-                self.counters["capture_overruns"] += 1
-            self.telemetry.publish("xrun", getattr(event, "t_s", None), kind="overrun", detail="")
-        elif kind == "device_error":
-            self.post(Fault("microphone", getattr(event, "detail", "") or "the microphone failed"))
-        elif kind == "opened":
-            self.post(Fault("microphone", ok=True))
-
-    # -- blocks ----------------------------------------------------------------------------------
+    # -- the microphone ------------------------------------------------------------------------
     def _on_block(self, block: BlockEvent) -> None:
-        state = self.machine.state
-        listening_idle = state in (State.IDLE,) and self.cfg.gate.start_on_speech
-        attempting = state in CONVERSATION or self.machine.between_attempts
-        wake_listening = self._wake_listening(state)
-        if not attempting and not listening_idle and not self.gate.talking and not wake_listening:
-            return  # nothing runs and nothing could start: the microphone goes nowhere
-        pcm = block.pcm if self._dsp is None else self._dsp.process(block.pcm)
-        if wake_listening and self._on_wake_block(pcm, block) is None and self.machine.state is State.IDLE:
-            return  # idle, no wake word: nothing leaves the device
-        out = self.gate.process(pcm, block.captured_at_s, block.seq)
-        if out.speech and self._woke_seq is not None and block.seq > self._woke_seq:
-            self._woke_heard_user = True
-        now = self._clock()
+        heard = self.mic.process(block, self.machine, self._on_wake_word)
+        if heard is None:
+            return
+        out, now = heard.gated, self._clock()
         if self.telemetry.active:
             self.telemetry.publish(
                 "gate", block.captured_at_s, open=out.open, level_dbfs=round(out.level_dbfs, 1), seq=block.seq,
@@ -1119,78 +312,19 @@ class Controller(Worker):
             )
         if out.turn_started:
             self._feed(Input(Kind.TURN_START), now)
-        self._send(out)
+        route = self.mic.route(out.chunks, self.machine)
+        if route.dropped_s:
+            self.report.dropped(route.dropped_s)
+        self.agent.send(route.send)
         if out.turn_ended:
             self._feed(Input(Kind.TURN_END), now)
-        if out.speech or (out.open and self.gate.talking):
+        if heard.activity:
             self._feed(Input(Kind.ACTIVITY), now)
 
-    # -- wake word ------------------------------------------------------------------------------
-    def _wake_listening(self, state: State) -> bool:
-        """The detector hears this block: idle (to start), and with barge-in by wake word the whole
-        conversation (it acts only while the agent speaks, but keeps hearing so that it is not deaf
-        while its model's context -- over a second of audio -- fills again)."""
-        if self._wake is None or self.gate.muted:
-            return False
-        return state is State.IDLE or (state in CONVERSATION and self.cfg.gate.barge_in == "wake_word")
-
-    def _on_wake_block(self, pcm: bytes, block: BlockEvent) -> Any:
-        if self._wake_fed_seq is not None and block.seq != self._wake_fed_seq + 1:
-            # The detector did not hear the blocks in between (a conversation, mute): what it still
-            # holds is old audio -- e.g. the wake word that started this conversation -- not the room now.
-            self._wake.reset()
-        self._wake_fed_seq = block.seq
-        detection = self._wake.process(pcm, block.captured_at_s)
-        if detection is None or self.machine.state not in (State.IDLE, State.SPEAKING):
-            return None
-        now = self._clock()
-        n = len(pcm) // 2
-        t_s = block.captured_at_s - (n - detection.offset_samples) / CAPTURE_RATE_HZ
-        with self._lock:
-            self.counters["wake_detections"] += 1
-        self.telemetry.publish("wake", t_s, model=self._wake.info.name, score=round(detection.score, 3))
-        starting = self.machine.state is State.IDLE
-        self._feed(Input(Kind.WAKE), now)
-        if self.machine.state in CONVERSATION:
-            if starting:
-                self._woke_seq, self._woke_heard_user = block.seq, False
-            self.gate.wake(t_s)
-        return detection
-
-    def _settle_wake(self) -> None:
-        """Out of the conversation: count a wake that led to no user speech; the detector starts afresh."""
-        if self.machine.state in CONVERSATION or self.machine.between_attempts:
-            return
-        if self._woke_seq is not None and not self._woke_heard_user:
-            with self._lock:
-                self.counters["false_wakes"] += 1
-            log.info("the wake word led to no question (false wake?)")
-        self._woke_seq = None
-        if self._wake is not None:
-            self._wake.reset()
-
-    def _send(self, out: GateOutput) -> None:
-        session = self._session
-        # Until a connection attempt succeeds, every chunk is also kept for a possible retry.
-        holding = self.machine.state is State.CONNECTING or self.machine.between_attempts
-        if not holding and (session is None or self.machine.state not in CONVERSATION):
-            return
-        for chunk in out.chunks:
-            if holding:
-                lost_s = self._held.add(chunk)
-                if lost_s:
-                    self._count_dropped(lost_s)
-            if session is None or self.machine.state not in CONVERSATION:
-                continue
-            session.send_audio(chunk.pcm, chunk.captured_at_s)
-            with self._lock:
-                self.counters["blocks_sent"] += 1
-                self.counters["blocks_open"] += int(chunk.open)
-            if self.telemetry.active:
-                self.telemetry.publish(
-                    "block_sent", seq=chunk.seq, captured_at_s=chunk.captured_at_s, open=chunk.open,
-                    nbytes=len(chunk.pcm),
-                )
+    def _on_wake_word(self, word: WakeWord) -> None:
+        self.report.count("wake_detections")
+        self.telemetry.publish("wake", word.t_s, model=word.model, score=round(word.score, 3))
+        self._feed(Input(Kind.WAKE_WORD), self._clock())
 
     # -- inputs --------------------------------------------------------------------------------------
     def _on_button(self, event: ButtonEvent) -> None:
@@ -1199,7 +333,7 @@ class Controller(Worker):
             if not self.button.press(event.source, event.t_s):
                 return
             self.telemetry.publish("button", event.t_s, action="press", source=event.source)
-            changed = self.gate.press(event.t_s)
+            changed = self.mic.press(event.t_s)
             self._feed(Input(Kind.PRESS), now)
             if changed is False:  # toggle: the second press ends the user's turn
                 self._feed(Input(Kind.TURN_END), now)
@@ -1207,7 +341,7 @@ class Controller(Worker):
             if not self.button.release(event.source, event.t_s):
                 return
             self.telemetry.publish("button", event.t_s, action="release", source=event.source)
-            if self.gate.release(event.t_s) is False:
+            if self.mic.release(event.t_s) is False:
                 self._feed(Input(Kind.TURN_END), now)
 
     def _on_mute(self, event: MuteEvent) -> None:
@@ -1219,7 +353,7 @@ class Controller(Worker):
         muted = bool(self._mute_sources)
         if muted == was:
             return  # e.g. ctl unmute while the switch still mutes: the switch wins
-        self.gate.set_muted(event.t_s, muted)
+        self.mic.set_muted(event.t_s, muted)
         log.info("microphone %s (%s)", "muted" if muted else "unmuted", event.source)
         self.telemetry.publish("mute", event.t_s, muted=muted, source=event.source)
         self._feed(Input(Kind.MUTE if muted else Kind.UNMUTE), self._clock())
@@ -1236,7 +370,7 @@ class Controller(Worker):
         elif cmd.name == "stop":
             self._feed(Input(Kind.STOP), now)
         elif cmd.name in ("context", "message"):
-            session = self._session
+            session = self.agent.session
             if session is None or self.machine.state not in CONVERSATION:
                 ok, text = False, "no conversation is running; start one first"
             elif cmd.name == "context":
@@ -1248,7 +382,7 @@ class Controller(Worker):
         if cmd.reply is not None:
             cmd.reply(ok, text or self.machine.display)
 
-    def _on_fault(self, fault: Fault) -> None:
+    def _on_fault(self, fault: DeviceFault) -> None:
         """A device failed or came back: the error shows for as long as one is missing."""
         now = self._clock()
         before = self.machine.state
@@ -1262,8 +396,7 @@ class Controller(Worker):
         else:
             if fault.source in self._faults:
                 return  # still failing: the audio worker retries (and logs, rate-limited)
-            with self._lock:
-                self.counters["audio_errors"] += 1
+            self.report.count("audio_errors")
             self.telemetry.publish("error", now, message=fault.message, source=fault.source)
             self._faults[fault.source] = self.machine.last_error = f"{fault.source}: {fault.message}"
         self.machine.device_fault = bool(self._faults)
@@ -1271,28 +404,15 @@ class Controller(Worker):
             # Without a microphone or speaker the conversation cannot go on.
             self._feed(Input(Kind.FAILED, retryable=False, message=self.machine.last_error), now)
             return
-        self._refresh_snapshot()
-        if self.machine.display != self._shown:
+        self.report.refresh(self.machine, self.agent.conversation_id)
+        if self.machine.display != self.report.shown:
             self._publish_state(f"{fault.source} {'back' if fault.ok else 'failed'}", before)
 
-    # -- status ---------------------------------------------------------------------------------------
-    def _refresh_snapshot(self) -> None:
-        m = self.machine
-        with self._lock:
-            counters = dict(self.counters)
-        counters["conversations"] = m.conversations
-        counters["errors"] = m.errors + counters["audio_errors"]
-        counters["xruns"] = counters["playback_underruns"] + counters["capture_overruns"]
-        counters["uptime_s"] = round(self._clock() - self._started_at_s, 1)
-        self._snapshot = Status(
-            state=m.display,
-            muted=m.muted,
-            conversation_id=self.conversation_id if m.state in CONVERSATION else "",
-            last_error=m.last_error,
-            state_for_s=self._clock() - m.since_s,
-            gate_mode=self.cfg.gate.mode,
-            counters=counters,
-        )
+    def _on_session_note(self, note: SessionNote) -> None:
+        self.agent.on_note(note, self._clock())
+
+    def _on_playback_note(self, note: PlaybackNote) -> None:
+        self.speaker.on_event(note.event, self._clock())
 
 
 # What the controller's queue carries: event type → handler.
@@ -1303,24 +423,5 @@ QUEUE_HANDLERS: Mapping[type, Callable[[Controller, Any], None]] = {
     ButtonEvent: Controller._on_button,
     MuteEvent: Controller._on_mute,
     Command: Controller._on_command,
-    Fault: Controller._on_fault,
+    DeviceFault: Controller._on_fault,
 }
-
-# The controller's dispatch of session events, table-driven like the Machine's TABLE: event type →
-# handler. The kiosk does not use the types in SESSION_EVENTS_UNUSED (the test checks every type is in one).
-SESSION_HANDLERS: Mapping[type, Callable[[Controller, Any, float], None]] = {
-    AgentAudio: Controller._on_agent_audio,
-    Connected: Controller._on_connected,
-    Interruption: Controller._on_interruption,
-    UserTranscript: Controller._on_user_transcript,
-    AgentResponse: Controller._on_agent_response,
-    AgentResponseCorrection: Controller._on_agent_response,
-    Ping: Controller._on_ping,
-    ToolCallStarted: Controller._on_tool_call,
-    ToolCallFinished: Controller._on_tool_call,
-    **dict.fromkeys(_COUNTED_EVENTS, Controller._on_counted),
-    McpApproval: Controller._on_mcp_approval,
-    ServerError: Controller._on_server_error,
-    SessionEnded: Controller._on_session_ended,
-}
-SESSION_EVENTS_UNUSED: frozenset[type] = frozenset({TentativeAgentResponse, VadScore})

@@ -25,19 +25,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from device.app.controller import (
-    BlockEvent,
-    ButtonEvent,
-    Command,
-    Controller,
-    MuteEvent,
-    PlaybackNote,
-    SessionLike,
-)
+from device.app.agent import SessionLike
+from device.app.controller import Controller
 from device.app.telemetry import TelemetryBus
 from device.core.audioevents import Block, PlaybackEvent
 from device.core.config import Config
 from device.core.errors import DeviceError, ExitCode, WorkerStuckError
+from device.core.events import BlockEvent, ButtonEvent, Command, MuteEvent, PlaybackNote
 from device.core.protocol import SessionEvent
 from device.drivers.instance import InstanceLock, claim
 from device.drivers.notify import Notifier, Watchdog

@@ -104,7 +104,7 @@ def machine_state(data: Mapping[str, Any]) -> str:
     """The controller's own state (the displayed one says "muted" during a muted conversation)."""
     return str(_get(data, "machine_state", "state", "to", "new", default=""))
 # How a conversation ended when the session itself reported nothing: the cause of the
-# controller's move out of the conversation (device/app/controller.py Kind values).
+# controller's move out of the conversation (device/core/machine.py Kind values).
 END_CAUSES = {
     "timeout": "idle_timeout",
     "long_press": "local",

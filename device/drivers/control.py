@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.app.controller import ButtonEvent, Command, MuteEvent
 from device.core.controlproto import (
     BUSY_ANSWER,
     HELP_ANSWER,
@@ -52,6 +51,7 @@ from device.core.controlproto import (
     status_answer,
 )
 from device.core.errors import DeviceError, ExitCode
+from device.core.events import ButtonEvent, Command, MuteEvent
 from device.drivers.worker import Worker, WorkerExited
 
 log = logging.getLogger(__name__)

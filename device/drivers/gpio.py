@@ -7,7 +7,7 @@ warning, never a crash: the kiosk still runs, driven through the control
 socket. Callbacks arrive on gpiozero's threads and only post events.
 
 Long presses are not detected here but in the controller
-(:class:`device.app.controller.ButtonTracker`), so the physical button and the
+(:class:`device.core.machine.ButtonTracker`), so the physical button and the
 on-screen one behave exactly alike.
 """
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from device.app.controller import Command
 from device.app.daemon import serve
 from device.core.config import SystemdConfig
+from device.core.events import Command
 from device.drivers.configfile import load_config
 from device.drivers.control import request
 from device.drivers.notify import Notifier

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from device.app.controller import Input, Kind, Machine, MachineSettings, State
 from device.core.config import SessionConfig
+from device.core.machine import Input, Kind, Machine, MachineSettings, State
 
 
 def connecting(retry_attempts: int) -> Machine:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from device.app.controller import ButtonEvent, Command, MuteEvent
 from device.cli import main
+from device.core.events import ButtonEvent, Command, MuteEvent
 from device.drivers import control
 from device.drivers.control import ControlServer, request
 from tests.support import cli

@@ -1,4 +1,4 @@
-"""The controller's state machine, table-driven over every (state, input) pair."""
+"""The appliance's state machine, table-driven over every (state, input) pair."""
 
 from __future__ import annotations
 
@@ -7,19 +7,17 @@ import random
 
 import pytest
 
-from device.app.controller import (
+from device.core.config import SessionConfig
+from device.core.machine import (
     CONVERSATION,
     Action,
     ButtonTracker,
-    HeldAudio,
     Input,
     Kind,
     Machine,
     MachineSettings,
     State,
 )
-from device.core.config import SessionConfig
-from device.core.gate import Chunk
 
 A = Action
 S = State
@@ -34,7 +32,7 @@ RETRY = [A.STOP_SESSION, A.REPORT_ERROR]  # retried at once: no earcon over the 
 # and do nothing.
 SPEC: dict[tuple[State, Kind], tuple[State, list[Action]]] = {
     (S.IDLE, K.PRESS): (S.CONNECTING, [A.START_SESSION]),
-    (S.IDLE, K.WAKE): (S.CONNECTING, [A.START_SESSION, A.EARCON_LISTENING]),
+    (S.IDLE, K.WAKE_WORD): (S.CONNECTING, [A.START_SESSION, A.EARCON_LISTENING]),
     (S.IDLE, K.START): (S.CONNECTING, [A.START_SESSION]),
     (S.IDLE, K.MUTE): (S.MUTED, []),
     (S.MUTED, K.UNMUTE): (S.IDLE, []),
@@ -259,15 +257,15 @@ def test_barge_in_none_ignores_a_press_while_speaking() -> None:
 
 def test_wake_word_barges_in_only_with_barge_in_wake_word() -> None:
     m = machine(S.SPEAKING, barge_in="wake_word")
-    assert m.handle(Input(K.WAKE), 1.0) == [A.FLUSH] and m.state is S.LISTENING
+    assert m.handle(Input(K.WAKE_WORD), 1.0) == [A.FLUSH] and m.state is S.LISTENING
     for other in ("button", "none", "voice"):
         m = machine(S.SPEAKING, barge_in=other)
-        assert m.handle(Input(K.WAKE), 1.0) == [] and m.state is S.SPEAKING
+        assert m.handle(Input(K.WAKE_WORD), 1.0) == [] and m.state is S.SPEAKING
 
 
 def test_a_wake_shows_woken_until_connected() -> None:
     m = machine()
-    m.handle(Input(K.WAKE), 1.0)
+    m.handle(Input(K.WAKE_WORD), 1.0)
     assert m.state is S.CONNECTING and m.display == "woken"
     m.handle(Input(K.CONNECTED), 1.5)
     assert m.display == "listening"
@@ -340,61 +338,3 @@ def test_long_press_disabled_in_push_to_talk() -> None:
     b = ButtonTracker(long_press_s=2.0, long_press_enabled=False)
     b.press("gpio", 0.0)
     assert b.long_press_due_s() is None and b.poll(100.0) is False
-
-
-def test_a_full_queue_drops_and_counts_instead_of_blocking_the_poster() -> None:
-    from device.app.controller import QUEUE_SIZE, Controller, MuteEvent
-    from device.core.config import Config
-
-    def no_session(on_event: object) -> object:
-        raise AssertionError("not used")
-
-    c = Controller(Config(), no_session, None)  # type: ignore[arg-type]  # not started: nothing drains the queue
-    assert all(c.post(MuteEvent("ctl", True, 0.0)) for _ in range(QUEUE_SIZE))
-    assert c.post(MuteEvent("ctl", True, 0.0)) is False
-    assert c.counters["dropped_events"] == 1
-
-
-# -- the press's audio across connection attempts ------------------------------------------------
-
-
-def chunk(seq: int, open_: bool = True, seconds: float = 0.25) -> Chunk:
-    return Chunk(bytes([1, 0]) * int(16000 * seconds), captured_at_s=seq * seconds, seq=seq, open=open_)
-
-
-def test_held_audio_keeps_every_chunk_in_order_and_counts_only_microphone_audio_when_cleared() -> None:
-    held = HeldAudio(max_s=10.0)
-    chunks = [chunk(0, open_=False), chunk(1), chunk(2), chunk(3, open_=False)]
-    assert [held.add(c) for c in chunks] == [0.0] * 4
-    assert held.chunks == tuple(chunks)
-    assert held.clear() == pytest.approx(0.5)  # two open chunks; zeros from a closed gate are not speech
-    assert len(held) == 0 and held.clear() == 0.0
-
-
-def test_held_audio_is_bounded_like_the_send_backlog_dropping_the_oldest() -> None:
-    held = HeldAudio(max_s=1.0)  # four 250 ms chunks
-    dropped = [held.add(chunk(i)) for i in range(6)]
-    assert dropped == [0.0, 0.0, 0.0, 0.0, pytest.approx(0.25), pytest.approx(0.25)]
-    assert [c.seq for c in held.chunks] == [2, 3, 4, 5]
-
-
-# -- the controller's dispatch tables ------------------------------------------------------------
-
-
-def test_every_session_event_type_is_handled_or_declared_unused() -> None:
-    import typing
-
-    from device.app.controller import SESSION_EVENTS_UNUSED, SESSION_HANDLERS
-    from device.core.protocol import SessionEvent
-
-    types = set(typing.get_args(SessionEvent))
-    assert set(SESSION_HANDLERS) | SESSION_EVENTS_UNUSED == types  # a new event type must be decided on
-    assert not set(SESSION_HANDLERS) & SESSION_EVENTS_UNUSED
-
-
-def test_every_queue_event_type_has_a_handler() -> None:
-    from device.app import controller
-
-    posted = {controller.BlockEvent, controller.SessionNote, controller.PlaybackNote, controller.ButtonEvent,
-              controller.MuteEvent, controller.Command, controller.Fault}
-    assert set(controller.QUEUE_HANDLERS) == posted
