@@ -25,9 +25,10 @@ from enum import Enum
 from typing import Any
 
 from device.core.audioformat import AudioFormat
+from device.emulator import inbound, wire
 from device.emulator import pcm as pcmlib
-from device.emulator import wire
 from device.emulator.faults import FaultRunner
+from device.emulator.inbound import INIT_TYPE, Problem
 from device.emulator.outbox import (
     FROM_AGENT,
     TO_AGENT,
@@ -61,28 +62,6 @@ __all__ = [
     "add_message_tap",
     "remove_message_tap",
 ]
-
-INIT_TYPE = "conversation_initiation_client_data"
-INITIATION_FIELDS = frozenset(
-    {
-        "type",
-        "conversation_config_override",
-        "custom_llm_extra_body",
-        "dynamic_variables",
-        "user_id",
-        "source_info",
-        "tool_mock_config",
-    }
-)
-# Override paths the emulator understands, by the name used in allowed_overrides.
-OVERRIDE_PATHS = {
-    ("agent", "prompt", "prompt"): "prompt",
-    ("agent", "first_message"): "first_message",
-    ("agent", "language"): "language",
-    ("tts", "voice_id"): "voice_id",
-    ("conversation", "text_only"): "text_only",
-    ("conversation", "client_events"): "client_events",
-}
 
 # Close codes and reasons the emulator uses (what the device must classify).
 CLOSE_NO_INITIATION = (1008, "No conversation initiation received")
@@ -383,17 +362,9 @@ class Conversation:
             return
         with self.record.locked():
             self.record.initiation = json.loads(json.dumps(msg))
-        if self.scenario.strict.unknown_initiation_fields:
-            unknown = sorted(set(msg) - INITIATION_FIELDS)
-            if unknown:
-                self._violate(now, "unknown_field", f"{INIT_TYPE} has unknown field(s) {unknown}")
-        self._check_initiation_fields(now, msg)
-        overrides = msg.get("conversation_config_override") or {}
-        found: dict[str, Any] = {}
-        if isinstance(overrides, dict):
-            for path, value in _leaves(overrides):
-                name = OVERRIDE_PATHS.get(path, ".".join(path))
-                found[name] = value
+        strict = self.scenario.strict
+        self._violations(now, inbound.initiation_problems(msg, unknown_fields=strict.unknown_initiation_fields))
+        found = inbound.overrides(msg)
         for name in found:
             if name not in self.agent.allowed_overrides:
                 self._out.error(now, "override_error", f"Override for field '{name}' is not allowed by config.")
@@ -413,29 +384,10 @@ class Conversation:
         delays = [f.delay_s for f in self._faults if f.kind == "slow_metadata"]
         self._metadata_due_s = now + max(delays, default=0.0)
 
-    def _check_initiation_fields(self, now: float, msg: dict[str, Any]) -> None:
-        for key in ("conversation_config_override", "custom_llm_extra_body", "source_info"):
-            if key in msg and not isinstance(msg[key], dict):
-                self._violate(now, "bad_field", f"{INIT_TYPE}.{key} must be an object, not {_tname(msg[key])}")
-        if "dynamic_variables" in msg:
-            dv = msg["dynamic_variables"]
-            if not isinstance(dv, dict):
-                self._violate(now, "bad_field", f"{INIT_TYPE}.dynamic_variables must be an object")
-            else:
-                for k, v in dv.items():
-                    if not isinstance(v, (str, int, float, bool)):
-                        self._violate(
-                            now,
-                            "bad_field",
-                            f"dynamic variable {k!r} is {_tname(v)}; values must be strings, numbers or booleans",
-                        )
-        if "user_id" in msg and not isinstance(msg["user_id"], str):
-            self._violate(now, "bad_field", f"{INIT_TYPE}.user_id must be a string")
-
     def _on_pong(self, now: float, msg: dict[str, Any]) -> None:
-        eid = msg.get("event_id")
-        if not isinstance(eid, int) or isinstance(eid, bool):
-            self._violate(now, "pong_bad_event_id", f"pong event_id must be the ping's integer, got {eid!r}")
+        eid, problems = inbound.pong_event_id(msg)
+        self._violations(now, problems)
+        if eid is None:
             return
         sent = self._pings.pop(eid, None)
         if sent is None:
@@ -447,24 +399,11 @@ class Conversation:
             self.record.ping_rtts_ms.append(round(rtt_ms, 3))
 
     def _on_tool_result(self, now: float, msg: dict[str, Any]) -> None:
-        call_id = msg.get("tool_call_id")
-        result = msg.get("result")
-        is_error = msg.get("is_error", False)
-        if not isinstance(call_id, str):
-            self._violate(
-                now, "tool_result_bad_field", f"client_tool_result needs a string tool_call_id, got {call_id!r}"
-            )
+        got, problems = inbound.tool_result(msg)
+        self._violations(now, problems)
+        if got is None:
             return
-        if not isinstance(result, str):
-            self._violate(
-                now, "tool_result_bad_field", f"client_tool_result.result must be a string, got {_tname(result)}"
-            )
-            result = json.dumps(result)
-        if not isinstance(is_error, bool):
-            self._violate(
-                now, "tool_result_bad_field", f"client_tool_result.is_error must be true or false, got {is_error!r}"
-            )
-            is_error = bool(is_error)
+        call_id, result, is_error = got.call_id, got.result, got.is_error
         if call_id in self._calls_done:
             self._violate(now, "tool_result_duplicate", f"second client_tool_result for tool_call_id {call_id!r}")
             return
@@ -486,32 +425,17 @@ class Conversation:
             self._pending = None
 
     def _on_contextual_update(self, now: float, msg: dict[str, Any]) -> None:
-        if not isinstance(msg.get("text"), str):
-            self._violate(now, "bad_field", "contextual_update needs a string text")
-        if "context_id" in msg and not isinstance(msg["context_id"], str):
-            self._violate(now, "bad_field", "contextual_update.context_id must be a string")
+        self._violations(now, inbound.contextual_update_problems(msg))
 
     def _on_user_message(self, now: float, msg: dict[str, Any]) -> None:
-        text = msg.get("text")
-        if text is not None and not isinstance(text, str):
-            self._violate(now, "bad_field", f"user_message.text must be a string or null, not {_tname(text)}")
-            return
-        if "rich_content_id" in msg and not isinstance(msg["rich_content_id"], str):
-            self._violate(now, "bad_field", "user_message.rich_content_id must be a string")
+        text, problems = inbound.user_message_text(msg)
+        self._violations(now, problems)
         self._user_text(now, text)
 
     def _on_multimodal_message(self, now: float, msg: dict[str, Any]) -> None:
-        part = msg.get("text")
-        if part is not None and not (isinstance(part, dict) and part.get("type") == "user_message"):
-            self._violate(now, "bad_field", "multimodal_message.text must be a user_message object or null")
-            return
-        file = msg.get("file")
-        if file is not None and not (
-            isinstance(file, dict) and file.get("type") == "file_input" and isinstance(file.get("file_id"), str)
-        ):
-            self._violate(now, "bad_field", 'multimodal_message.file must be {"type": "file_input", "file_id": …}')
-        text = part.get("text") if isinstance(part, dict) else None
-        self._user_text(now, text if isinstance(text, str) else None)
+        text, problems = inbound.multimodal_message_text(msg)
+        self._violations(now, problems)
+        self._user_text(now, text)
 
     def _user_text(self, now: float, text: str | None) -> None:
         """A typed user turn; null or blank text (the document allows both) starts none."""
@@ -527,28 +451,14 @@ class Conversation:
             self._reprompt_at_s = now + self.timing.turn_timeout_s
 
     def _on_feedback(self, now: float, msg: dict[str, Any]) -> None:
-        eid = msg.get("event_id")
-        if "score" not in msg or msg["score"] not in ("like", "dislike", None):  # null clears the feedback
-            self._violate(
-                now, "bad_field", f'feedback score must be "like", "dislike" or null, got {msg.get("score")!r}'
-            )
-        if not isinstance(eid, int) or isinstance(eid, bool) or eid not in self._reply_ids:
-            self._violate(now, "bad_field", f"feedback event_id {eid!r} is not the event_id of an agent reply")
+        self._violations(now, inbound.feedback_problems(msg, self._reply_ids))
 
     def _on_mcp_approval(self, now: float, msg: dict[str, Any]) -> None:
-        call_id, approved = msg.get("tool_call_id"), msg.get("is_approved")
-        if not isinstance(call_id, str) or not isinstance(approved, bool):
-            self._violate(
-                now,
-                "bad_field",
-                "mcp_tool_approval_result needs a string tool_call_id and a boolean is_approved",
-            )
-            return
-        if not self._fault_runner.approve(now, call_id, approved):
-            self._violate(
-                now, "mcp_approval_unknown_id", f"mcp_tool_approval_result for {call_id!r}, which awaits no approval"
-            )
-            return
+        got, problems = inbound.mcp_approval(msg)
+        self._violations(now, problems)
+        if got is not None and not self._fault_runner.approve(now, *got):
+            detail = f"mcp_tool_approval_result for {got[0]!r}, which awaits no approval"
+            self._violate(now, "mcp_approval_unknown_id", detail)
 
     # -- turn-taking ---------------------------------------------------------
     def _on_speech_started(self, now: float, ev: SpeechStarted) -> None:
@@ -886,23 +796,12 @@ class Conversation:
             self._out.send(now, wire.agent_response_correction(r.text, words_prefix(r.text, heard), r.event_id))
 
     # -- helpers -------------------------------------------------------------
+    def _violations(self, now: float, problems: list[Problem]) -> None:
+        for rule, detail in problems:
+            self._violate(now, rule, detail)
+
     def _violate(self, now: float, rule: str, detail: str) -> None:
         v = Violation(self.record.conversation_id, rule, detail, now)
         self.record.add_violation(v)
         self.record.add_event(now, TO_AGENT, "violation", rule=rule, detail=detail)
         log.warning("protocol violation in %s: %s: %s", v.conversation_id, rule, detail)
-
-
-def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    out: list[tuple[tuple[str, ...], Any]] = []
-    for k, v in tree.items():
-        path = (*prefix, str(k))
-        if isinstance(v, dict) and path not in OVERRIDE_PATHS:
-            out += _leaves(v, path)
-        else:
-            out.append((path, v))
-    return out
-
-
-def _tname(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
