@@ -43,9 +43,11 @@ from device.emulator.outbox import (
     remove_message_tap,
     tap,
 )
+from device.emulator.pings import Pinger
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
-from device.emulator.replies import Pending, Reply, plan_chunks, send_chunk, words_prefix
+from device.emulator.replies import Pending, Reply, TurnScript, plan_chunks, send_chunk, words_prefix
 from device.emulator.scenario import QUOTA_REASON, Scenario, Turn
+from device.emulator.toolcalls import Answer, ToolCalls
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,6 @@ CLOSE_MAX_DURATION = (1000, "Maximum conversation duration reached")
 # The document lists only 1000/1002/1008/1011: a shutdown is an unexpected end (1011), not 1001.
 CLOSE_STOPPING = (1011, "Emulator shutting down")
 CLOSE_INTERNAL = (1011, "Internal error")
-AFTER_LAST_GOODBYE = "That is all I can help with today. Goodbye!"
 
 
 class ConversationState(Enum):
@@ -128,25 +129,20 @@ class Conversation:
         self._next_score_s = 0.0
         self._tentative_sent = False
         self._speech_start_t_s: float | None = None
-        self._pings: dict[int, float] = {}
-        self._pings_flagged: set[int] = set()
-        self._next_ping_s: float | None = None
-        self._rtt_ms: int | None = None
-        self._cursor = 0
+        self._pinger = Pinger(self.timing.ping_interval_s, self.timing.pong_timeout_s)
+        self._script = TurnScript(scenario.turns, self.agent.after_last_turn)
         self._pending: Pending | None = None
         self._reply: Reply | None = None
         self._replies_started = 0
         self._reprompt_at_s: float | None = None
         self._interrupted_id: int | None = None
         self._reply_ids: set[int] = set()
-        self._calls_open: dict[str, ToolCallRecord] = {}
-        self._calls_done: set[str] = set()
-        self._calls_timed_out: set[str] = set()
-        self._call_numbers = itertools.count(1)  # client tool calls and agent tool responses
+        call_numbers = itertools.count(1)  # client tool calls and agent tool responses share them
+        self._tool_calls = ToolCalls(record.conversation_id, self.timing.tool_timeout_s, call_numbers)
         self._client_events = frozenset(self.agent.client_events)
         self._text_only = False
         self._fault_runner = FaultRunner(
-            self._faults, self._out, end_call_reason=self.agent.end_call_reason, call_numbers=self._call_numbers
+            self._faults, self._out, end_call_reason=self.agent.end_call_reason, call_numbers=call_numbers
         )
 
     # -- entry points --------------------------------------------------------
@@ -226,10 +222,8 @@ class Conversation:
         if t.max_duration_s:
             times.append(self._opened_s + t.max_duration_s)
         times += self._fault_runner.deadlines()
-        if self._next_ping_s is not None:
-            times.append(self._next_ping_s)
-        times += [sent + t.pong_timeout_s for eid, sent in self._pings.items() if eid not in self._pings_flagged]
-        times += [call.sent_t_s + t.tool_timeout_s for call in self._calls_open.values()]
+        times += self._pinger.deadlines()
+        times += self._tool_calls.deadlines()
         if self._pending is not None and self._pending.tool_call is None:
             times.append(self._pending.start_at_s)
         if self._reply is not None:
@@ -389,12 +383,10 @@ class Conversation:
         self._violations(now, problems)
         if eid is None:
             return
-        sent = self._pings.pop(eid, None)
-        if sent is None:
+        rtt_ms = self._pinger.pong(now, eid)
+        if rtt_ms is None:
             self._violate(now, "pong_unknown_event_id", f"pong for event_id {eid}, which is not an outstanding ping")
             return
-        rtt_ms = (now - sent) * 1000
-        self._rtt_ms = round(rtt_ms)
         with self.record.locked():
             self.record.ping_rtts_ms.append(round(rtt_ms, 3))
 
@@ -404,18 +396,16 @@ class Conversation:
         if got is None:
             return
         call_id, result, is_error = got.call_id, got.result, got.is_error
-        if call_id in self._calls_done:
+        answer, call = self._tool_calls.answer(call_id)
+        if answer is Answer.DUPLICATE:
             self._violate(now, "tool_result_duplicate", f"second client_tool_result for tool_call_id {call_id!r}")
             return
-        call = self._calls_open.pop(call_id, None)
+        if answer is Answer.LATE:
+            self._out.event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
+            return
         if call is None:
-            if call_id in self._calls_timed_out:
-                self._calls_done.add(call_id)
-                self._out.event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
-                return
             self._violate(now, "tool_result_unknown_id", f"client_tool_result for unknown tool_call_id {call_id!r}")
             return
-        self._calls_done.add(call_id)
         with self.record.locked():
             call.result, call.is_error, call.result_t_s = result, is_error, now
         p = self._pending
@@ -473,7 +463,7 @@ class Conversation:
             # The user went on talking before the agent began: that turn is not over.
             with self.record.locked():
                 p.record.cancelled = True
-            self._cursor = p.cursor_before
+            self._script.cursor = p.cursor_before
             self._pending = None
 
     def _on_speech_ended(self, now: float, ev: SpeechEnded) -> None:
@@ -495,27 +485,8 @@ class Conversation:
             and self._vad.speech_so_far_s() * 1000 >= self.timing.tentative_after_ms
         ):
             self._tentative_sent = True
-            text = self._peek_turn().transcript or "…"
+            text = self._script.peek().transcript or "…"
             self._out.send(now, wire.tentative_user_transcript(words_prefix(text, 0.5), self._turn_event_id()))
-
-    def _peek_turn(self) -> Turn:
-        turns = self.scenario.turns
-        if self._cursor < len(turns):
-            return turns[self._cursor]
-        if self.agent.after_last_turn == "cycle":
-            return turns[0]
-        if self.agent.after_last_turn == "repeat_last":
-            return turns[-1]
-        return Turn(reply=AFTER_LAST_GOODBYE, end_call=True)
-
-    def _next_turn(self) -> Turn:
-        turn = self._peek_turn()
-        turns = self.scenario.turns
-        if self._cursor < len(turns):
-            self._cursor += 1
-        elif self.agent.after_last_turn == "cycle":
-            self._cursor = 1
-        return turn
 
     def _user_turn(self, now: float, trigger: str, typed: str | None, ev: SpeechEnded | None) -> TurnRecord:
         p = self._pending
@@ -523,8 +494,8 @@ class Conversation:
             with self.record.locked():
                 p.record.cancelled = True
             self._pending = None
-        cursor_before = self._cursor
-        turn = self._next_turn()
+        cursor_before = self._script.cursor
+        turn = self._script.take()
         if typed is not None:
             transcript = typed
         else:
@@ -605,8 +576,7 @@ class Conversation:
         )
         self._out.send(now, metadata)
         self._phase = ConversationState.ACTIVE
-        if self.timing.ping_interval_s:
-            self._next_ping_s = now + self.timing.ping_interval_s
+        self._pinger.start(now)
         if self._first_message.strip():
             record = TurnRecord(index=0, trigger="first_message")
             with self.record.locked():
@@ -616,23 +586,17 @@ class Conversation:
                 # The service synthesises before it speaks; some clients (the official JS one) listen
                 # for messages only after handling the metadata and lose what arrives with it.
                 first = Turn(reply=self._first_message)
-                self._pending = Pending(first, record, now + delay_s, self._cursor)
+                self._pending = Pending(first, record, now + delay_s, self._script.cursor)
             else:
                 self._begin_reply(now, self._first_message, record, False)
         else:
             self._arm_reprompt(now)
 
     def _check_pings(self, now: float) -> None:
-        t = self.timing
-        for eid, sent in self._pings.items():
-            if eid not in self._pings_flagged and now - sent >= t.pong_timeout_s:
-                self._pings_flagged.add(eid)
-                self._violate(now, "pong_missing", f"no pong for ping {eid} within {t.pong_timeout_s:g} s")
-        if self._next_ping_s is not None and now >= self._next_ping_s:
-            eid = self._new_event_id()
-            self._pings[eid] = now
-            self._out.send(now, wire.ping(eid, self._rtt_ms))
-            self._next_ping_s = max(self._next_ping_s + t.ping_interval_s, now + t.ping_interval_s / 2)
+        for eid in self._pinger.late(now):
+            self._violate(now, "pong_missing", f"no pong for ping {eid} within {self.timing.pong_timeout_s:g} s")
+        if self._pinger.due(now):
+            self._out.send(now, self._pinger.ping(now, self._new_event_id()))
 
     # -- tools ---------------------------------------------------------------
     def _start_pending(self, now: float, p: Pending) -> None:
@@ -641,15 +605,13 @@ class Conversation:
             self._pending = None
             self._begin_reply(now, p.turn.reply, p.record, p.turn.end_call)
             return
-        call_id = f"toolu_{self.record.conversation_id[-8:]}_{next(self._call_numbers):03d}"
         params = json.loads(json.dumps(dict(tool.parameters)))
-        call = ToolCallRecord(name=tool.name, call_id=call_id, parameters=params, sent_t_s=now)
+        call = self._tool_calls.open(now, tool.name, params)
         with self.record.locked():
             p.record.tool_calls.append(call)
         p.tool_call = call
         p.tool_deadline_s = now + self.timing.tool_timeout_s
-        self._calls_open[call_id] = call
-        self._out.send(now, wire.client_tool_call(tool.name, call_id, params, self._turn_event_id()))
+        self._out.send(now, wire.client_tool_call(tool.name, call.call_id, params, self._turn_event_id()))
 
     def _tool_timed_out(self, now: float, p: Pending) -> None:
         call = p.tool_call
@@ -660,8 +622,7 @@ class Conversation:
         self._begin_reply(now, text, p.record, p.turn.end_call)
 
     def _call_unanswered(self, now: float, call: ToolCallRecord) -> None:
-        self._calls_open.pop(call.call_id, None)
-        self._calls_timed_out.add(call.call_id)
+        self._tool_calls.give_up(call)
         with self.record.locked():
             call.timed_out = True
         self._violate(
@@ -673,9 +634,8 @@ class Conversation:
     def _check_abandoned_calls(self, now: float) -> None:
         """Calls whose reply was abandoned (the user spoke on) still owe exactly one result."""
         waiting = self._pending.tool_call if self._pending is not None else None
-        for call in list(self._calls_open.values()):
-            if call is not waiting and now >= call.sent_t_s + self.timing.tool_timeout_s:
-                self._call_unanswered(now, call)
+        for call in self._tool_calls.overdue(now, waiting):
+            self._call_unanswered(now, call)
 
     def _tool_reply_text(self, turn: Turn, result: str, is_error: bool) -> str:
         assert turn.tool is not None
