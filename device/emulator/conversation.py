@@ -19,7 +19,6 @@ import binascii
 import itertools
 import json
 import logging
-import random
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -45,8 +44,9 @@ from device.emulator.outbox import (
 )
 from device.emulator.pings import Pinger
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
-from device.emulator.replies import Pending, Reply, TurnScript, plan_chunks, send_chunk, words_prefix
+from device.emulator.replies import Pending, TurnScript, words_prefix
 from device.emulator.scenario import QUOTA_REASON, Scenario, Turn
+from device.emulator.speaker import Speaker
 from device.emulator.toolcalls import Answer, ToolCalls
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
 
@@ -100,14 +100,11 @@ class Conversation:
         self.agent = scenario.agent
         self.timing = scenario.timing
         self.record = record
-        self._render = render
         self._clock = clock
-        self._rng = random.Random(seed)
         self.input_fmt = self.agent.input
         self.output_fmt = self.agent.output
         self._phase = ConversationState.NEW
         self._out = Outbox(record)
-        self._event_id = 0
         self._first_message = self.agent.first_message
         self._vad = TurnDetector(
             self.input_fmt.rate_hz,
@@ -132,17 +129,21 @@ class Conversation:
         self._pinger = Pinger(self.timing.ping_interval_s, self.timing.pong_timeout_s)
         self._script = TurnScript(scenario.turns, self.agent.after_last_turn)
         self._pending: Pending | None = None
-        self._reply: Reply | None = None
-        self._replies_started = 0
         self._reprompt_at_s: float | None = None
-        self._interrupted_id: int | None = None
-        self._reply_ids: set[int] = set()
         call_numbers = itertools.count(1)  # client tool calls and agent tool responses share them
         self._tool_calls = ToolCalls(record.conversation_id, self.timing.tool_timeout_s, call_numbers)
-        self._client_events = frozenset(self.agent.client_events)
-        self._text_only = False
         self._fault_runner = FaultRunner(
             self._faults, self._out, end_call_reason=self.agent.end_call_reason, call_numbers=call_numbers
+        )
+        self._speaker = Speaker(
+            self._out,
+            record,
+            self._fault_runner,
+            agent=self.agent,
+            timing=self.timing,
+            render=render,
+            clock=clock,
+            seed=seed,
         )
 
     # -- entry points --------------------------------------------------------
@@ -178,7 +179,7 @@ class Conversation:
             self._violate(now, "not_an_object", f"a JSON {type(msg).__name__}, not an object: {data[:80]!r}")
             return self._out.flush()
         tap(TO_AGENT, msg)
-        if self._text_only:  # a text-only client sends no audio: its messages keep the session alive
+        if self._speaker.text_only:  # a text-only client sends no audio: its messages keep the session alive
             self._last_audio_s = now
         if "user_audio_chunk" in msg:
             self._on_audio(now, msg)
@@ -226,10 +227,7 @@ class Conversation:
         times += self._tool_calls.deadlines()
         if self._pending is not None and self._pending.tool_call is None:
             times.append(self._pending.start_at_s)
-        if self._reply is not None:
-            if self._reply.streaming:
-                times.append(self._reply.chunk_due_s(self._reply.next_chunk, t.speed))
-            times.append(self._reply.play_end_s)
+        times += self._speaker.deadlines()
         if self._reprompt_at_s is not None:
             times.append(self._reprompt_at_s)
         return min(times) if times else None
@@ -286,7 +284,7 @@ class Conversation:
             elif isinstance(ev, SpeechEnded):
                 self._on_speech_ended(now, ev)
         self._maybe_tentative(now)
-        if "vad_score" in self._client_events and now >= self._next_score_s:
+        if "vad_score" in self._speaker.client_events and now >= self._next_score_s:
             score = self._vad.take_score()
             if score is not None:
                 self._out.send(now, wire.vad_score(round(score, 3)))
@@ -366,9 +364,9 @@ class Conversation:
         if isinstance(found.get("first_message"), str):
             self._first_message = found["first_message"]
         if found.get("text_only") is True:
-            self._text_only = True
+            self._speaker.text_only = True
         if isinstance(found.get("client_events"), list):
-            self._client_events = frozenset(str(e) for e in found["client_events"])
+            self._speaker.client_events = frozenset(str(e) for e in found["client_events"])
         if any(f.kind == "quota" for f in self._faults):
             self._out.close(now, 1002, QUOTA_REASON)
             return
@@ -411,7 +409,7 @@ class Conversation:
         p = self._pending
         if p is not None and p.tool_call is call:
             p.tool_deadline_s = None
-            self._begin_reply(now, self._tool_reply_text(p.turn, result, is_error), p.record, p.turn.end_call)
+            self._speaker.begin(now, self._tool_reply_text(p.turn, result, is_error), p.record, p.turn.end_call)
             self._pending = None
 
     def _on_contextual_update(self, now: float, msg: dict[str, Any]) -> None:
@@ -432,8 +430,8 @@ class Conversation:
         if text is None or not text.strip():
             return
         self._reprompt_at_s = None
-        if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
-            self._interrupt(now)
+        if self._speaker.playing(now):
+            self._speaker.interrupt(now)
         self._user_turn(now, "user_message", text, None)
 
     def _on_user_activity(self, now: float, msg: dict[str, Any]) -> None:
@@ -441,7 +439,7 @@ class Conversation:
             self._reprompt_at_s = now + self.timing.turn_timeout_s
 
     def _on_feedback(self, now: float, msg: dict[str, Any]) -> None:
-        self._violations(now, inbound.feedback_problems(msg, self._reply_ids))
+        self._violations(now, inbound.feedback_problems(msg, self._speaker.reply_ids))
 
     def _on_mcp_approval(self, now: float, msg: dict[str, Any]) -> None:
         got, problems = inbound.mcp_approval(msg)
@@ -456,8 +454,8 @@ class Conversation:
         self._reprompt_at_s = None
         self._tentative_sent = False
         self._speech_start_t_s = ev.t_s
-        if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
-            self._interrupt(now)
+        if self._speaker.playing(now):
+            self._speaker.interrupt(now)
         p = self._pending
         if p is not None and p.tool_call is None:
             # The user went on talking before the agent began: that turn is not over.
@@ -479,14 +477,14 @@ class Conversation:
 
     def _maybe_tentative(self, now: float) -> None:
         if (
-            "tentative_user_transcript" in self._client_events
+            "tentative_user_transcript" in self._speaker.client_events
             and not self._tentative_sent
             and self._vad.in_speech
             and self._vad.speech_so_far_s() * 1000 >= self.timing.tentative_after_ms
         ):
             self._tentative_sent = True
             text = self._script.peek().transcript or "…"
-            self._out.send(now, wire.tentative_user_transcript(words_prefix(text, 0.5), self._turn_event_id()))
+            self._out.send(now, wire.tentative_user_transcript(words_prefix(text, 0.5), self._speaker.turn_event_id()))
 
     def _user_turn(self, now: float, trigger: str, typed: str | None, ev: SpeechEnded | None) -> TurnRecord:
         p = self._pending
@@ -501,8 +499,8 @@ class Conversation:
         else:
             speech_s = ev.speech_s if ev else 0.0
             transcript = turn.transcript or f"[{speech_s:.1f} s of speech]"
-            if "user_transcript" in self._client_events:
-                self._out.send(now, wire.user_transcript(transcript, self._turn_event_id()))
+            if "user_transcript" in self._speaker.client_events:
+                self._out.send(now, wire.user_transcript(transcript, self._speaker.turn_event_id()))
         record = TurnRecord(index=len(self.record.turns), trigger=trigger, user_transcript=transcript)
         if ev is not None:
             record.speech_start_t_s = self._speech_start_t_s
@@ -514,7 +512,7 @@ class Conversation:
     def _arm_reprompt(self, now: float) -> None:
         if (
             self.timing.turn_timeout_s
-            and self._reply is None
+            and self._speaker.reply is None
             and self._pending is None
             and not self._vad.in_speech
             and self.state is ConversationState.ACTIVE
@@ -552,23 +550,22 @@ class Conversation:
                 self._tool_timed_out(now, p)
             elif p.tool_call is None and now >= p.start_at_s:
                 self._start_pending(now, p)
-        self._stream(now)
+        self._speaker.stream(now)
         if self.closed:
             return
-        r = self._reply
-        if r is not None and not r.streaming and now >= r.play_end_s:
-            self._reply = None
+        r = self._speaker.finished(now)
+        if r is not None:
             if r.end_call and not r.interrupted:
                 self._out.close(now, 1000, self.agent.end_call_reason)
                 return
             self._arm_reprompt(now)
         if self._reprompt_at_s is not None and now >= self._reprompt_at_s:
             self._reprompt_at_s = None
-            if self._reply is None and self._pending is None and not self._vad.in_speech:
+            if self._speaker.reply is None and self._pending is None and not self._vad.in_speech:
                 record = TurnRecord(index=len(self.record.turns), trigger="reprompt")
                 with self.record.locked():
                     self.record.turns.append(record)
-                self._begin_reply(now, self.agent.reprompt, record, False)
+                self._speaker.begin(now, self.agent.reprompt, record, False)
 
     def _activate(self, now: float) -> None:
         metadata = wire.conversation_initiation_metadata(
@@ -588,7 +585,7 @@ class Conversation:
                 first = Turn(reply=self._first_message)
                 self._pending = Pending(first, record, now + delay_s, self._script.cursor)
             else:
-                self._begin_reply(now, self._first_message, record, False)
+                self._speaker.begin(now, self._first_message, record, False)
         else:
             self._arm_reprompt(now)
 
@@ -596,14 +593,14 @@ class Conversation:
         for eid in self._pinger.late(now):
             self._violate(now, "pong_missing", f"no pong for ping {eid} within {self.timing.pong_timeout_s:g} s")
         if self._pinger.due(now):
-            self._out.send(now, self._pinger.ping(now, self._new_event_id()))
+            self._out.send(now, self._pinger.ping(now, self._speaker.new_event_id()))
 
     # -- tools ---------------------------------------------------------------
     def _start_pending(self, now: float, p: Pending) -> None:
         tool = p.turn.tool
         if tool is None:
             self._pending = None
-            self._begin_reply(now, p.turn.reply, p.record, p.turn.end_call)
+            self._speaker.begin(now, p.turn.reply, p.record, p.turn.end_call)
             return
         params = json.loads(json.dumps(dict(tool.parameters)))
         call = self._tool_calls.open(now, tool.name, params)
@@ -611,7 +608,7 @@ class Conversation:
             p.record.tool_calls.append(call)
         p.tool_call = call
         p.tool_deadline_s = now + self.timing.tool_timeout_s
-        self._out.send(now, wire.client_tool_call(tool.name, call.call_id, params, self._turn_event_id()))
+        self._out.send(now, wire.client_tool_call(tool.name, call.call_id, params, self._speaker.turn_event_id()))
 
     def _tool_timed_out(self, now: float, p: Pending) -> None:
         call = p.tool_call
@@ -619,7 +616,7 @@ class Conversation:
         self._call_unanswered(now, call)
         self._pending = None
         text = self.agent.tool_timeout_reply.replace("{name}", call.name)
-        self._begin_reply(now, text, p.record, p.turn.end_call)
+        self._speaker.begin(now, text, p.record, p.turn.end_call)
 
     def _call_unanswered(self, now: float, call: ToolCallRecord) -> None:
         self._tool_calls.give_up(call)
@@ -641,119 +638,6 @@ class Conversation:
         assert turn.tool is not None
         template = (turn.tool.error_reply or self.agent.tool_error_reply) if is_error else turn.reply
         return template.replace("{name}", turn.tool.name).replace("{result}", result)
-
-    # -- replies -------------------------------------------------------------
-    def _new_event_id(self) -> int:
-        self._event_id += 1
-        return self._event_id
-
-    def _turn_event_id(self) -> int:
-        """The event_id the coming reply will most likely get: transcripts and tool calls of a turn carry it.
-
-        Taking a fresh id for each would shift every reply's id; the document only asks for an integer.
-        """
-        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
-            return self._interrupted_id
-        return self._event_id + 1
-
-    def _begin_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
-        if self._text_only:
-            self._begin_text_reply(now, text, record, end_call)
-            return
-        audio = self._render(text, self.output_fmt)
-        now = self._clock()  # synthesis takes a while: the reply starts when it is done
-        audio = audio[: len(audio) - len(audio) % self.output_fmt.bytes_per_frame]
-        if not audio:  # nothing to say still takes a moment of sound
-            audio = bytes(self.output_fmt.bytes_per_frame * (self.output_fmt.rate_hz // 10))
-        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
-            event_id = self._interrupted_id
-        else:
-            event_id = self._new_event_id()
-        self._interrupted_id = None
-        bounds = plan_chunks(len(audio), self.output_fmt, self._rng, self.timing.chunk_min_ms, self.timing.chunk_max_ms)
-        duration_s = self.output_fmt.duration_s(len(audio))
-        speed = self.timing.speed
-        last_s = self.output_fmt.duration_s(bounds[-1][1] - bounds[-1][0]) if bounds else 0.0
-        play_end = now + max(duration_s, (duration_s - last_s) / speed + last_s)
-        reply = Reply(
-            text, event_id, self._replies_started, audio, self.output_fmt, bounds, now, play_end, record, end_call
-        )
-        self._replies_started += 1
-        self._reply_ids.add(event_id)
-        with self.record.locked():
-            record.reply_text = text
-            record.event_id = event_id
-            record.reply_audio_s = duration_s
-            record.chunks_total = len(bounds)
-            record.reply_play_end_t_s = play_end
-        self._reply = reply
-        self._stream(now)
-
-    def _begin_text_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
-        """Text-only mode (conversation.text_only override): the reply is text, at once."""
-        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
-            event_id = self._interrupted_id
-        else:
-            event_id = self._new_event_id()
-        self._interrupted_id = None
-        reply = Reply(text, event_id, self._replies_started, b"", self.output_fmt, [], now, now, record, end_call)
-        self._replies_started += 1
-        self._reply_ids.add(event_id)
-        with self.record.locked():
-            record.reply_text = text
-            record.event_id = event_id
-            record.reply_play_end_t_s = now
-        self._reply = reply
-        self._send_response(now, reply)
-        self._fault_runner.inject(now, reply, 0, at_end=True)
-
-    def _send_response(self, now: float, r: Reply) -> None:
-        """The reply's text: streamed parts (when enabled), then agent_response."""
-        r.response_sent = True
-        if "agent_chat_response_part" in self._client_events:
-            words = r.text.split(" ")
-            parts = (
-                [("start", "")] + [("delta", w if i == 0 else " " + w) for i, w in enumerate(words)] + [("stop", "")]
-            )
-            for kind, text in parts:
-                self._out.send(now, wire.agent_chat_response_part(text, kind, r.event_id))
-        if "agent_response" in self._client_events:
-            self._out.send(now, wire.agent_response(r.text, r.event_id))
-
-    def _stream(self, now: float) -> None:
-        r = self._reply
-        while r is not None and r.streaming and not self.closed:
-            i = r.next_chunk
-            if r.chunk_due_s(i, self.timing.speed) > now:
-                return
-            self._fault_runner.inject(now, r, i)
-            if self.closed or r.interrupted:
-                return
-            send_chunk(self._out, now, r, i, alignment=self.agent.alignment)
-            r.next_chunk += 1
-            with self.record.locked():
-                r.record.chunks_sent = r.next_chunk
-                if r.record.reply_first_audio_sent_t_s is None:
-                    r.record.reply_first_audio_sent_t_s = now
-                r.record.reply_last_audio_sent_t_s = now
-            if not r.response_sent:
-                self._send_response(now, r)
-            if not r.streaming:
-                self._fault_runner.inject(now, r, r.next_chunk, at_end=True)
-
-    def _interrupt(self, now: float) -> None:
-        r = self._reply
-        assert r is not None
-        r.interrupted = True
-        self._reply = None
-        self._interrupted_id = r.event_id
-        self._out.send(now, wire.interruption(r.event_id))
-        with self.record.locked():
-            r.record.interrupted = True
-            r.record.interrupted_t_s = now
-        if r.response_sent and "agent_response_correction" in self._client_events:
-            heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
-            self._out.send(now, wire.agent_response_correction(r.text, words_prefix(r.text, heard), r.event_id))
 
     # -- helpers -------------------------------------------------------------
     def _violations(self, now: float, problems: list[Problem]) -> None:
