@@ -119,9 +119,8 @@ class Conversation:
         self._init_deadline_s = now + self.timing.init_timeout_s
         self._metadata_due_s: float | None = None
         self._last_audio_s = now
-        self._first_audio_s: float | None = None
-        self._audio_in_s = 0.0
-        self._rate_flagged = False
+        strict = scenario.strict
+        self._audio_rate = inbound.AudioRate(self.input_fmt.name, strict.audio_rate_factor, strict.audio_burst_s)
         self._early_flagged = False
         self._next_score_s = 0.0
         self._tentative_sent = False
@@ -275,7 +274,7 @@ class Conversation:
             self._early(now, "user_audio_chunk")
             return
         self._last_audio_s = now
-        self._check_rate(now, duration_s)
+        self._violations(now, self._audio_rate.feed(now, duration_s))
         if self.state is not ConversationState.ACTIVE:
             return
         for ev in self._vad.feed(pcm, now):
@@ -289,25 +288,6 @@ class Conversation:
             if score is not None:
                 self._out.send(now, wire.vad_score(round(score, 3)))
                 self._next_score_s = now + self.timing.vad_score_interval_ms / 1000
-
-    def _check_rate(self, now: float, duration_s: float) -> None:
-        strict = self.scenario.strict
-        if self._first_audio_s is None:
-            self._first_audio_s = now
-        self._audio_in_s += duration_s
-        if not strict.audio_rate_factor or self._rate_flagged:
-            return
-        elapsed_s = now - self._first_audio_s
-        allowed_s = elapsed_s * strict.audio_rate_factor + strict.audio_burst_s
-        if self._audio_in_s > allowed_s:
-            self._rate_flagged = True
-            self._violate(
-                now,
-                "audio_rate",
-                f"{self._audio_in_s:.2f} s of audio arrived in {elapsed_s:.2f} s; at "
-                f"{self.input_fmt.name} a client sends about real time (allowed: "
-                f"{strict.audio_rate_factor}× plus a {strict.audio_burst_s} s burst)",
-            )
 
     def _on_message(self, now: float, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

@@ -4,7 +4,7 @@ Each function takes one parsed message and returns what it carries (when it
 is usable) and the rules it breaks, as :class:`Problem` values in the order
 the conversation records them as violations. What a message *means* for
 the conversation (a turn, a tool's result, an approval) is the
-conversation's business.
+conversation's business. :class:`AudioRate` watches the pace of the audio.
 """
 
 from __future__ import annotations
@@ -172,6 +172,36 @@ def mcp_approval(msg: dict[str, Any]) -> tuple[tuple[str, bool] | None, list[Pro
         detail = "mcp_tool_approval_result needs a string tool_call_id and a boolean is_approved"
         return None, [Problem("bad_field", detail)]
     return (call_id, approved), []
+
+
+class AudioRate:
+    """The client's audio against real time: more than ``factor``× it plus ``burst_s`` breaks a rule (0: no limit)."""
+
+    def __init__(self, format_name: str, factor: float, burst_s: float) -> None:
+        self._format_name = format_name
+        self._factor = factor
+        self._burst_s = burst_s
+        self._first_s: float | None = None
+        self._audio_s = 0.0
+        self._flagged = False
+
+    def feed(self, now: float, duration_s: float) -> list[Problem]:
+        """``duration_s`` of audio arrived at ``now``; a problem the first time the pace is too fast."""
+        if self._first_s is None:
+            self._first_s = now
+        self._audio_s += duration_s
+        if not self._factor or self._flagged:
+            return []
+        elapsed_s = now - self._first_s
+        if self._audio_s <= elapsed_s * self._factor + self._burst_s:
+            return []
+        self._flagged = True
+        detail = (
+            f"{self._audio_s:.2f} s of audio arrived in {elapsed_s:.2f} s; at "
+            f"{self._format_name} a client sends about real time (allowed: "
+            f"{self._factor}× plus a {self._burst_s} s burst)"
+        )
+        return [Problem("audio_rate", detail)]
 
 
 def tname(value: Any) -> str:

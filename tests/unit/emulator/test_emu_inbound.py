@@ -97,3 +97,19 @@ def test_an_mcp_approval_is_read() -> None:
 def test_an_mcp_approval_without_a_boolean_is_unusable() -> None:
     got, problems = inbound.mcp_approval({"tool_call_id": "m1", "is_approved": "yes"})
     assert got is None and rules(problems) == ["bad_field"]
+
+
+def test_audio_at_real_time_breaks_no_rule() -> None:
+    rate = inbound.AudioRate("pcm_16000", 1.5, 1.0)
+    assert [rate.feed(t * 0.25, 0.25) for t in range(40)] == [[]] * 40
+
+
+def test_audio_much_faster_than_real_time_breaks_the_rule_once() -> None:
+    rate = inbound.AudioRate("pcm_16000", 1.5, 1.0)
+    found = [p.rule for t in range(40) for p in rate.feed(t * 0.01, 0.25)]
+    assert found == ["audio_rate"]
+
+
+def test_without_a_factor_any_pace_is_allowed() -> None:
+    rate = inbound.AudioRate("pcm_16000", 0, 1.0)
+    assert [rate.feed(0.0, 10.0) for _ in range(3)] == [[]] * 3
