@@ -10,6 +10,14 @@ metadata, turn-taking with webrtcvad, replies streamed faster than real time
 in variable-size chunks with a per-reply playback clock, interruptions,
 pings, client tools, the service's timeouts, injected faults, and a check of
 every client message against the protocol (violations are recorded).
+
+The Conversation keeps the handshake, the turn-taking, the client tools and
+the service's timeouts; its parts are modules of their own: ``outbox`` (the
+actions and the record's events), ``inbound`` (each client message read and
+checked), ``speaker`` (the agent's replies as they stream), ``faults`` (the
+reply-level faults, one handler per kind), ``pings``, ``toolcalls`` and
+``replies`` (the turn script, pending replies, chunks); ``wire`` builds
+every message.
 """
 
 from __future__ import annotations
