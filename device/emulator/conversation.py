@@ -10,6 +10,14 @@ metadata, turn-taking with webrtcvad, replies streamed faster than real time
 in variable-size chunks with a per-reply playback clock, interruptions,
 pings, client tools, the service's timeouts, injected faults, and a check of
 every client message against the protocol (violations are recorded).
+
+The Conversation keeps the handshake, the turn-taking, the client tools and
+the service's timeouts; its parts are modules of their own: ``outbox`` (the
+actions and the record's events), ``inbound`` (each client message read and
+checked), ``speaker`` (the agent's replies as they stream), ``faults`` (the
+reply-level faults, one handler per kind), ``pings``, ``toolcalls`` and
+``replies`` (the turn script, pending replies, chunks); ``wire`` builds
+every message.
 """
 
 from __future__ import annotations
@@ -19,15 +27,15 @@ import binascii
 import itertools
 import json
 import logging
-import random
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 from device.core.audioformat import AudioFormat
+from device.emulator import inbound, wire
 from device.emulator import pcm as pcmlib
-from device.emulator import wire
 from device.emulator.faults import FaultRunner
+from device.emulator.inbound import INIT_TYPE, Problem
 from device.emulator.outbox import (
     FROM_AGENT,
     TO_AGENT,
@@ -42,9 +50,12 @@ from device.emulator.outbox import (
     remove_message_tap,
     tap,
 )
+from device.emulator.pings import Pinger
 from device.emulator.recording import ConversationRecord, ToolCallRecord, TurnRecord, Violation
-from device.emulator.replies import Pending, Reply, plan_chunks, send_chunk, words_prefix
+from device.emulator.replies import Pending, TurnScript, words_prefix
 from device.emulator.scenario import QUOTA_REASON, Scenario, Turn
+from device.emulator.speaker import Speaker
+from device.emulator.toolcalls import Answer, ToolCalls
 from device.emulator.vad import SpeechEnded, SpeechStarted, TurnDetector
 
 log = logging.getLogger(__name__)
@@ -62,28 +73,6 @@ __all__ = [
     "remove_message_tap",
 ]
 
-INIT_TYPE = "conversation_initiation_client_data"
-INITIATION_FIELDS = frozenset(
-    {
-        "type",
-        "conversation_config_override",
-        "custom_llm_extra_body",
-        "dynamic_variables",
-        "user_id",
-        "source_info",
-        "tool_mock_config",
-    }
-)
-# Override paths the emulator understands, by the name used in allowed_overrides.
-OVERRIDE_PATHS = {
-    ("agent", "prompt", "prompt"): "prompt",
-    ("agent", "first_message"): "first_message",
-    ("agent", "language"): "language",
-    ("tts", "voice_id"): "voice_id",
-    ("conversation", "text_only"): "text_only",
-    ("conversation", "client_events"): "client_events",
-}
-
 # Close codes and reasons the emulator uses (what the device must classify).
 CLOSE_NO_INITIATION = (1008, "No conversation initiation received")
 CLOSE_INACTIVITY = 1002
@@ -91,7 +80,6 @@ CLOSE_MAX_DURATION = (1000, "Maximum conversation duration reached")
 # The document lists only 1000/1002/1008/1011: a shutdown is an unexpected end (1011), not 1001.
 CLOSE_STOPPING = (1011, "Emulator shutting down")
 CLOSE_INTERNAL = (1011, "Internal error")
-AFTER_LAST_GOODBYE = "That is all I can help with today. Goodbye!"
 
 
 class ConversationState(Enum):
@@ -120,14 +108,11 @@ class Conversation:
         self.agent = scenario.agent
         self.timing = scenario.timing
         self.record = record
-        self._render = render
         self._clock = clock
-        self._rng = random.Random(seed)
         self.input_fmt = self.agent.input
         self.output_fmt = self.agent.output
         self._phase = ConversationState.NEW
         self._out = Outbox(record)
-        self._event_id = 0
         self._first_message = self.agent.first_message
         self._vad = TurnDetector(
             self.input_fmt.rate_hz,
@@ -142,32 +127,30 @@ class Conversation:
         self._init_deadline_s = now + self.timing.init_timeout_s
         self._metadata_due_s: float | None = None
         self._last_audio_s = now
-        self._first_audio_s: float | None = None
-        self._audio_in_s = 0.0
-        self._rate_flagged = False
+        strict = scenario.strict
+        self._audio_rate = inbound.AudioRate(self.input_fmt.name, strict.audio_rate_factor, strict.audio_burst_s)
         self._early_flagged = False
         self._next_score_s = 0.0
         self._tentative_sent = False
         self._speech_start_t_s: float | None = None
-        self._pings: dict[int, float] = {}
-        self._pings_flagged: set[int] = set()
-        self._next_ping_s: float | None = None
-        self._rtt_ms: int | None = None
-        self._cursor = 0
+        self._pinger = Pinger(self.timing.ping_interval_s, self.timing.pong_timeout_s)
+        self._script = TurnScript(scenario.turns, self.agent.after_last_turn)
         self._pending: Pending | None = None
-        self._reply: Reply | None = None
-        self._replies_started = 0
         self._reprompt_at_s: float | None = None
-        self._interrupted_id: int | None = None
-        self._reply_ids: set[int] = set()
-        self._calls_open: dict[str, ToolCallRecord] = {}
-        self._calls_done: set[str] = set()
-        self._calls_timed_out: set[str] = set()
-        self._call_numbers = itertools.count(1)  # client tool calls and agent tool responses
-        self._client_events = frozenset(self.agent.client_events)
-        self._text_only = False
+        call_numbers = itertools.count(1)  # client tool calls and agent tool responses share them
+        self._tool_calls = ToolCalls(record.conversation_id, self.timing.tool_timeout_s, call_numbers)
         self._fault_runner = FaultRunner(
-            self._faults, self._out, end_call_reason=self.agent.end_call_reason, call_numbers=self._call_numbers
+            self._faults, self._out, end_call_reason=self.agent.end_call_reason, call_numbers=call_numbers
+        )
+        self._speaker = Speaker(
+            self._out,
+            record,
+            self._fault_runner,
+            agent=self.agent,
+            timing=self.timing,
+            render=render,
+            clock=clock,
+            seed=seed,
         )
 
     # -- entry points --------------------------------------------------------
@@ -203,7 +186,7 @@ class Conversation:
             self._violate(now, "not_an_object", f"a JSON {type(msg).__name__}, not an object: {data[:80]!r}")
             return self._out.flush()
         tap(TO_AGENT, msg)
-        if self._text_only:  # a text-only client sends no audio: its messages keep the session alive
+        if self._speaker.text_only:  # a text-only client sends no audio: its messages keep the session alive
             self._last_audio_s = now
         if "user_audio_chunk" in msg:
             self._on_audio(now, msg)
@@ -247,16 +230,11 @@ class Conversation:
         if t.max_duration_s:
             times.append(self._opened_s + t.max_duration_s)
         times += self._fault_runner.deadlines()
-        if self._next_ping_s is not None:
-            times.append(self._next_ping_s)
-        times += [sent + t.pong_timeout_s for eid, sent in self._pings.items() if eid not in self._pings_flagged]
-        times += [call.sent_t_s + t.tool_timeout_s for call in self._calls_open.values()]
+        times += self._pinger.deadlines()
+        times += self._tool_calls.deadlines()
         if self._pending is not None and self._pending.tool_call is None:
             times.append(self._pending.start_at_s)
-        if self._reply is not None:
-            if self._reply.streaming:
-                times.append(self._reply.chunk_due_s(self._reply.next_chunk, t.speed))
-            times.append(self._reply.play_end_s)
+        times += self._speaker.deadlines()
         if self._reprompt_at_s is not None:
             times.append(self._reprompt_at_s)
         return min(times) if times else None
@@ -304,7 +282,7 @@ class Conversation:
             self._early(now, "user_audio_chunk")
             return
         self._last_audio_s = now
-        self._check_rate(now, duration_s)
+        self._violations(now, self._audio_rate.feed(now, duration_s))
         if self.state is not ConversationState.ACTIVE:
             return
         for ev in self._vad.feed(pcm, now):
@@ -313,30 +291,11 @@ class Conversation:
             elif isinstance(ev, SpeechEnded):
                 self._on_speech_ended(now, ev)
         self._maybe_tentative(now)
-        if "vad_score" in self._client_events and now >= self._next_score_s:
+        if "vad_score" in self._speaker.client_events and now >= self._next_score_s:
             score = self._vad.take_score()
             if score is not None:
                 self._out.send(now, wire.vad_score(round(score, 3)))
                 self._next_score_s = now + self.timing.vad_score_interval_ms / 1000
-
-    def _check_rate(self, now: float, duration_s: float) -> None:
-        strict = self.scenario.strict
-        if self._first_audio_s is None:
-            self._first_audio_s = now
-        self._audio_in_s += duration_s
-        if not strict.audio_rate_factor or self._rate_flagged:
-            return
-        elapsed_s = now - self._first_audio_s
-        allowed_s = elapsed_s * strict.audio_rate_factor + strict.audio_burst_s
-        if self._audio_in_s > allowed_s:
-            self._rate_flagged = True
-            self._violate(
-                now,
-                "audio_rate",
-                f"{self._audio_in_s:.2f} s of audio arrived in {elapsed_s:.2f} s; at "
-                f"{self.input_fmt.name} a client sends about real time (allowed: "
-                f"{strict.audio_rate_factor}× plus a {strict.audio_burst_s} s burst)",
-            )
 
     def _on_message(self, now: float, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -383,17 +342,9 @@ class Conversation:
             return
         with self.record.locked():
             self.record.initiation = json.loads(json.dumps(msg))
-        if self.scenario.strict.unknown_initiation_fields:
-            unknown = sorted(set(msg) - INITIATION_FIELDS)
-            if unknown:
-                self._violate(now, "unknown_field", f"{INIT_TYPE} has unknown field(s) {unknown}")
-        self._check_initiation_fields(now, msg)
-        overrides = msg.get("conversation_config_override") or {}
-        found: dict[str, Any] = {}
-        if isinstance(overrides, dict):
-            for path, value in _leaves(overrides):
-                name = OVERRIDE_PATHS.get(path, ".".join(path))
-                found[name] = value
+        strict = self.scenario.strict
+        self._violations(now, inbound.initiation_problems(msg, unknown_fields=strict.unknown_initiation_fields))
+        found = inbound.overrides(msg)
         for name in found:
             if name not in self.agent.allowed_overrides:
                 self._out.error(now, "override_error", f"Override for field '{name}' is not allowed by config.")
@@ -401,9 +352,9 @@ class Conversation:
         if isinstance(found.get("first_message"), str):
             self._first_message = found["first_message"]
         if found.get("text_only") is True:
-            self._text_only = True
+            self._speaker.text_only = True
         if isinstance(found.get("client_events"), list):
-            self._client_events = frozenset(str(e) for e in found["client_events"])
+            self._speaker.client_events = frozenset(str(e) for e in found["client_events"])
         if any(f.kind == "quota" for f in self._faults):
             self._out.close(now, 1002, QUOTA_REASON)
             return
@@ -413,113 +364,62 @@ class Conversation:
         delays = [f.delay_s for f in self._faults if f.kind == "slow_metadata"]
         self._metadata_due_s = now + max(delays, default=0.0)
 
-    def _check_initiation_fields(self, now: float, msg: dict[str, Any]) -> None:
-        for key in ("conversation_config_override", "custom_llm_extra_body", "source_info"):
-            if key in msg and not isinstance(msg[key], dict):
-                self._violate(now, "bad_field", f"{INIT_TYPE}.{key} must be an object, not {_tname(msg[key])}")
-        if "dynamic_variables" in msg:
-            dv = msg["dynamic_variables"]
-            if not isinstance(dv, dict):
-                self._violate(now, "bad_field", f"{INIT_TYPE}.dynamic_variables must be an object")
-            else:
-                for k, v in dv.items():
-                    if not isinstance(v, (str, int, float, bool)):
-                        self._violate(
-                            now,
-                            "bad_field",
-                            f"dynamic variable {k!r} is {_tname(v)}; values must be strings, numbers or booleans",
-                        )
-        if "user_id" in msg and not isinstance(msg["user_id"], str):
-            self._violate(now, "bad_field", f"{INIT_TYPE}.user_id must be a string")
-
     def _on_pong(self, now: float, msg: dict[str, Any]) -> None:
-        eid = msg.get("event_id")
-        if not isinstance(eid, int) or isinstance(eid, bool):
-            self._violate(now, "pong_bad_event_id", f"pong event_id must be the ping's integer, got {eid!r}")
+        eid, problems = inbound.pong_event_id(msg)
+        self._violations(now, problems)
+        if eid is None:
             return
-        sent = self._pings.pop(eid, None)
-        if sent is None:
+        rtt_ms = self._pinger.pong(now, eid)
+        if rtt_ms is None:
             self._violate(now, "pong_unknown_event_id", f"pong for event_id {eid}, which is not an outstanding ping")
             return
-        rtt_ms = (now - sent) * 1000
-        self._rtt_ms = round(rtt_ms)
         with self.record.locked():
             self.record.ping_rtts_ms.append(round(rtt_ms, 3))
 
     def _on_tool_result(self, now: float, msg: dict[str, Any]) -> None:
-        call_id = msg.get("tool_call_id")
-        result = msg.get("result")
-        is_error = msg.get("is_error", False)
-        if not isinstance(call_id, str):
-            self._violate(
-                now, "tool_result_bad_field", f"client_tool_result needs a string tool_call_id, got {call_id!r}"
-            )
+        got, problems = inbound.tool_result(msg)
+        self._violations(now, problems)
+        if got is None:
             return
-        if not isinstance(result, str):
-            self._violate(
-                now, "tool_result_bad_field", f"client_tool_result.result must be a string, got {_tname(result)}"
-            )
-            result = json.dumps(result)
-        if not isinstance(is_error, bool):
-            self._violate(
-                now, "tool_result_bad_field", f"client_tool_result.is_error must be true or false, got {is_error!r}"
-            )
-            is_error = bool(is_error)
-        if call_id in self._calls_done:
+        call_id, result, is_error = got.call_id, got.result, got.is_error
+        answer, call = self._tool_calls.answer(call_id)
+        if answer is Answer.DUPLICATE:
             self._violate(now, "tool_result_duplicate", f"second client_tool_result for tool_call_id {call_id!r}")
             return
-        call = self._calls_open.pop(call_id, None)
+        if answer is Answer.LATE:
+            self._out.event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
+            return
         if call is None:
-            if call_id in self._calls_timed_out:
-                self._calls_done.add(call_id)
-                self._out.event(now, TO_AGENT, "late_tool_result", tool_call_id=call_id)
-                return
             self._violate(now, "tool_result_unknown_id", f"client_tool_result for unknown tool_call_id {call_id!r}")
             return
-        self._calls_done.add(call_id)
         with self.record.locked():
             call.result, call.is_error, call.result_t_s = result, is_error, now
         p = self._pending
         if p is not None and p.tool_call is call:
             p.tool_deadline_s = None
-            self._begin_reply(now, self._tool_reply_text(p.turn, result, is_error), p.record, p.turn.end_call)
+            self._speaker.begin(now, self._tool_reply_text(p.turn, result, is_error), p.record, p.turn.end_call)
             self._pending = None
 
     def _on_contextual_update(self, now: float, msg: dict[str, Any]) -> None:
-        if not isinstance(msg.get("text"), str):
-            self._violate(now, "bad_field", "contextual_update needs a string text")
-        if "context_id" in msg and not isinstance(msg["context_id"], str):
-            self._violate(now, "bad_field", "contextual_update.context_id must be a string")
+        self._violations(now, inbound.contextual_update_problems(msg))
 
     def _on_user_message(self, now: float, msg: dict[str, Any]) -> None:
-        text = msg.get("text")
-        if text is not None and not isinstance(text, str):
-            self._violate(now, "bad_field", f"user_message.text must be a string or null, not {_tname(text)}")
-            return
-        if "rich_content_id" in msg and not isinstance(msg["rich_content_id"], str):
-            self._violate(now, "bad_field", "user_message.rich_content_id must be a string")
+        text, problems = inbound.user_message_text(msg)
+        self._violations(now, problems)
         self._user_text(now, text)
 
     def _on_multimodal_message(self, now: float, msg: dict[str, Any]) -> None:
-        part = msg.get("text")
-        if part is not None and not (isinstance(part, dict) and part.get("type") == "user_message"):
-            self._violate(now, "bad_field", "multimodal_message.text must be a user_message object or null")
-            return
-        file = msg.get("file")
-        if file is not None and not (
-            isinstance(file, dict) and file.get("type") == "file_input" and isinstance(file.get("file_id"), str)
-        ):
-            self._violate(now, "bad_field", 'multimodal_message.file must be {"type": "file_input", "file_id": …}')
-        text = part.get("text") if isinstance(part, dict) else None
-        self._user_text(now, text if isinstance(text, str) else None)
+        text, problems = inbound.multimodal_message_text(msg)
+        self._violations(now, problems)
+        self._user_text(now, text)
 
     def _user_text(self, now: float, text: str | None) -> None:
         """A typed user turn; null or blank text (the document allows both) starts none."""
         if text is None or not text.strip():
             return
         self._reprompt_at_s = None
-        if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
-            self._interrupt(now)
+        if self._speaker.playing(now):
+            self._speaker.interrupt(now)
         self._user_turn(now, "user_message", text, None)
 
     def _on_user_activity(self, now: float, msg: dict[str, Any]) -> None:
@@ -527,28 +427,14 @@ class Conversation:
             self._reprompt_at_s = now + self.timing.turn_timeout_s
 
     def _on_feedback(self, now: float, msg: dict[str, Any]) -> None:
-        eid = msg.get("event_id")
-        if "score" not in msg or msg["score"] not in ("like", "dislike", None):  # null clears the feedback
-            self._violate(
-                now, "bad_field", f'feedback score must be "like", "dislike" or null, got {msg.get("score")!r}'
-            )
-        if not isinstance(eid, int) or isinstance(eid, bool) or eid not in self._reply_ids:
-            self._violate(now, "bad_field", f"feedback event_id {eid!r} is not the event_id of an agent reply")
+        self._violations(now, inbound.feedback_problems(msg, self._speaker.reply_ids))
 
     def _on_mcp_approval(self, now: float, msg: dict[str, Any]) -> None:
-        call_id, approved = msg.get("tool_call_id"), msg.get("is_approved")
-        if not isinstance(call_id, str) or not isinstance(approved, bool):
-            self._violate(
-                now,
-                "bad_field",
-                "mcp_tool_approval_result needs a string tool_call_id and a boolean is_approved",
-            )
-            return
-        if not self._fault_runner.approve(now, call_id, approved):
-            self._violate(
-                now, "mcp_approval_unknown_id", f"mcp_tool_approval_result for {call_id!r}, which awaits no approval"
-            )
-            return
+        got, problems = inbound.mcp_approval(msg)
+        self._violations(now, problems)
+        if got is not None and not self._fault_runner.approve(now, *got):
+            detail = f"mcp_tool_approval_result for {got[0]!r}, which awaits no approval"
+            self._violate(now, "mcp_approval_unknown_id", detail)
 
     # -- turn-taking ---------------------------------------------------------
     def _on_speech_started(self, now: float, ev: SpeechStarted) -> None:
@@ -556,14 +442,14 @@ class Conversation:
         self._reprompt_at_s = None
         self._tentative_sent = False
         self._speech_start_t_s = ev.t_s
-        if self._reply is not None and not self._reply.interrupted and now < self._reply.play_end_s:
-            self._interrupt(now)
+        if self._speaker.playing(now):
+            self._speaker.interrupt(now)
         p = self._pending
         if p is not None and p.tool_call is None:
             # The user went on talking before the agent began: that turn is not over.
             with self.record.locked():
                 p.record.cancelled = True
-            self._cursor = p.cursor_before
+            self._script.cursor = p.cursor_before
             self._pending = None
 
     def _on_speech_ended(self, now: float, ev: SpeechEnded) -> None:
@@ -579,33 +465,14 @@ class Conversation:
 
     def _maybe_tentative(self, now: float) -> None:
         if (
-            "tentative_user_transcript" in self._client_events
+            "tentative_user_transcript" in self._speaker.client_events
             and not self._tentative_sent
             and self._vad.in_speech
             and self._vad.speech_so_far_s() * 1000 >= self.timing.tentative_after_ms
         ):
             self._tentative_sent = True
-            text = self._peek_turn().transcript or "…"
-            self._out.send(now, wire.tentative_user_transcript(words_prefix(text, 0.5), self._turn_event_id()))
-
-    def _peek_turn(self) -> Turn:
-        turns = self.scenario.turns
-        if self._cursor < len(turns):
-            return turns[self._cursor]
-        if self.agent.after_last_turn == "cycle":
-            return turns[0]
-        if self.agent.after_last_turn == "repeat_last":
-            return turns[-1]
-        return Turn(reply=AFTER_LAST_GOODBYE, end_call=True)
-
-    def _next_turn(self) -> Turn:
-        turn = self._peek_turn()
-        turns = self.scenario.turns
-        if self._cursor < len(turns):
-            self._cursor += 1
-        elif self.agent.after_last_turn == "cycle":
-            self._cursor = 1
-        return turn
+            text = self._script.peek().transcript or "…"
+            self._out.send(now, wire.tentative_user_transcript(words_prefix(text, 0.5), self._speaker.turn_event_id()))
 
     def _user_turn(self, now: float, trigger: str, typed: str | None, ev: SpeechEnded | None) -> TurnRecord:
         p = self._pending
@@ -613,15 +480,15 @@ class Conversation:
             with self.record.locked():
                 p.record.cancelled = True
             self._pending = None
-        cursor_before = self._cursor
-        turn = self._next_turn()
+        cursor_before = self._script.cursor
+        turn = self._script.take()
         if typed is not None:
             transcript = typed
         else:
             speech_s = ev.speech_s if ev else 0.0
             transcript = turn.transcript or f"[{speech_s:.1f} s of speech]"
-            if "user_transcript" in self._client_events:
-                self._out.send(now, wire.user_transcript(transcript, self._turn_event_id()))
+            if "user_transcript" in self._speaker.client_events:
+                self._out.send(now, wire.user_transcript(transcript, self._speaker.turn_event_id()))
         record = TurnRecord(index=len(self.record.turns), trigger=trigger, user_transcript=transcript)
         if ev is not None:
             record.speech_start_t_s = self._speech_start_t_s
@@ -633,7 +500,7 @@ class Conversation:
     def _arm_reprompt(self, now: float) -> None:
         if (
             self.timing.turn_timeout_s
-            and self._reply is None
+            and self._speaker.reply is None
             and self._pending is None
             and not self._vad.in_speech
             and self.state is ConversationState.ACTIVE
@@ -671,23 +538,22 @@ class Conversation:
                 self._tool_timed_out(now, p)
             elif p.tool_call is None and now >= p.start_at_s:
                 self._start_pending(now, p)
-        self._stream(now)
+        self._speaker.stream(now)
         if self.closed:
             return
-        r = self._reply
-        if r is not None and not r.streaming and now >= r.play_end_s:
-            self._reply = None
+        r = self._speaker.finished(now)
+        if r is not None:
             if r.end_call and not r.interrupted:
                 self._out.close(now, 1000, self.agent.end_call_reason)
                 return
             self._arm_reprompt(now)
         if self._reprompt_at_s is not None and now >= self._reprompt_at_s:
             self._reprompt_at_s = None
-            if self._reply is None and self._pending is None and not self._vad.in_speech:
+            if self._speaker.reply is None and self._pending is None and not self._vad.in_speech:
                 record = TurnRecord(index=len(self.record.turns), trigger="reprompt")
                 with self.record.locked():
                     self.record.turns.append(record)
-                self._begin_reply(now, self.agent.reprompt, record, False)
+                self._speaker.begin(now, self.agent.reprompt, record, False)
 
     def _activate(self, now: float) -> None:
         metadata = wire.conversation_initiation_metadata(
@@ -695,8 +561,7 @@ class Conversation:
         )
         self._out.send(now, metadata)
         self._phase = ConversationState.ACTIVE
-        if self.timing.ping_interval_s:
-            self._next_ping_s = now + self.timing.ping_interval_s
+        self._pinger.start(now)
         if self._first_message.strip():
             record = TurnRecord(index=0, trigger="first_message")
             with self.record.locked():
@@ -706,40 +571,32 @@ class Conversation:
                 # The service synthesises before it speaks; some clients (the official JS one) listen
                 # for messages only after handling the metadata and lose what arrives with it.
                 first = Turn(reply=self._first_message)
-                self._pending = Pending(first, record, now + delay_s, self._cursor)
+                self._pending = Pending(first, record, now + delay_s, self._script.cursor)
             else:
-                self._begin_reply(now, self._first_message, record, False)
+                self._speaker.begin(now, self._first_message, record, False)
         else:
             self._arm_reprompt(now)
 
     def _check_pings(self, now: float) -> None:
-        t = self.timing
-        for eid, sent in self._pings.items():
-            if eid not in self._pings_flagged and now - sent >= t.pong_timeout_s:
-                self._pings_flagged.add(eid)
-                self._violate(now, "pong_missing", f"no pong for ping {eid} within {t.pong_timeout_s:g} s")
-        if self._next_ping_s is not None and now >= self._next_ping_s:
-            eid = self._new_event_id()
-            self._pings[eid] = now
-            self._out.send(now, wire.ping(eid, self._rtt_ms))
-            self._next_ping_s = max(self._next_ping_s + t.ping_interval_s, now + t.ping_interval_s / 2)
+        for eid in self._pinger.late(now):
+            self._violate(now, "pong_missing", f"no pong for ping {eid} within {self.timing.pong_timeout_s:g} s")
+        if self._pinger.due(now):
+            self._out.send(now, self._pinger.ping(now, self._speaker.new_event_id()))
 
     # -- tools ---------------------------------------------------------------
     def _start_pending(self, now: float, p: Pending) -> None:
         tool = p.turn.tool
         if tool is None:
             self._pending = None
-            self._begin_reply(now, p.turn.reply, p.record, p.turn.end_call)
+            self._speaker.begin(now, p.turn.reply, p.record, p.turn.end_call)
             return
-        call_id = f"toolu_{self.record.conversation_id[-8:]}_{next(self._call_numbers):03d}"
         params = json.loads(json.dumps(dict(tool.parameters)))
-        call = ToolCallRecord(name=tool.name, call_id=call_id, parameters=params, sent_t_s=now)
+        call = self._tool_calls.open(now, tool.name, params)
         with self.record.locked():
             p.record.tool_calls.append(call)
         p.tool_call = call
         p.tool_deadline_s = now + self.timing.tool_timeout_s
-        self._calls_open[call_id] = call
-        self._out.send(now, wire.client_tool_call(tool.name, call_id, params, self._turn_event_id()))
+        self._out.send(now, wire.client_tool_call(tool.name, call.call_id, params, self._speaker.turn_event_id()))
 
     def _tool_timed_out(self, now: float, p: Pending) -> None:
         call = p.tool_call
@@ -747,11 +604,10 @@ class Conversation:
         self._call_unanswered(now, call)
         self._pending = None
         text = self.agent.tool_timeout_reply.replace("{name}", call.name)
-        self._begin_reply(now, text, p.record, p.turn.end_call)
+        self._speaker.begin(now, text, p.record, p.turn.end_call)
 
     def _call_unanswered(self, now: float, call: ToolCallRecord) -> None:
-        self._calls_open.pop(call.call_id, None)
-        self._calls_timed_out.add(call.call_id)
+        self._tool_calls.give_up(call)
         with self.record.locked():
             call.timed_out = True
         self._violate(
@@ -763,146 +619,21 @@ class Conversation:
     def _check_abandoned_calls(self, now: float) -> None:
         """Calls whose reply was abandoned (the user spoke on) still owe exactly one result."""
         waiting = self._pending.tool_call if self._pending is not None else None
-        for call in list(self._calls_open.values()):
-            if call is not waiting and now >= call.sent_t_s + self.timing.tool_timeout_s:
-                self._call_unanswered(now, call)
+        for call in self._tool_calls.overdue(now, waiting):
+            self._call_unanswered(now, call)
 
     def _tool_reply_text(self, turn: Turn, result: str, is_error: bool) -> str:
         assert turn.tool is not None
         template = (turn.tool.error_reply or self.agent.tool_error_reply) if is_error else turn.reply
         return template.replace("{name}", turn.tool.name).replace("{result}", result)
 
-    # -- replies -------------------------------------------------------------
-    def _new_event_id(self) -> int:
-        self._event_id += 1
-        return self._event_id
-
-    def _turn_event_id(self) -> int:
-        """The event_id the coming reply will most likely get: transcripts and tool calls of a turn carry it.
-
-        Taking a fresh id for each would shift every reply's id; the document only asks for an integer.
-        """
-        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
-            return self._interrupted_id
-        return self._event_id + 1
-
-    def _begin_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
-        if self._text_only:
-            self._begin_text_reply(now, text, record, end_call)
-            return
-        audio = self._render(text, self.output_fmt)
-        now = self._clock()  # synthesis takes a while: the reply starts when it is done
-        audio = audio[: len(audio) - len(audio) % self.output_fmt.bytes_per_frame]
-        if not audio:  # nothing to say still takes a moment of sound
-            audio = bytes(self.output_fmt.bytes_per_frame * (self.output_fmt.rate_hz // 10))
-        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
-            event_id = self._interrupted_id
-        else:
-            event_id = self._new_event_id()
-        self._interrupted_id = None
-        bounds = plan_chunks(len(audio), self.output_fmt, self._rng, self.timing.chunk_min_ms, self.timing.chunk_max_ms)
-        duration_s = self.output_fmt.duration_s(len(audio))
-        speed = self.timing.speed
-        last_s = self.output_fmt.duration_s(bounds[-1][1] - bounds[-1][0]) if bounds else 0.0
-        play_end = now + max(duration_s, (duration_s - last_s) / speed + last_s)
-        reply = Reply(
-            text, event_id, self._replies_started, audio, self.output_fmt, bounds, now, play_end, record, end_call
-        )
-        self._replies_started += 1
-        self._reply_ids.add(event_id)
-        with self.record.locked():
-            record.reply_text = text
-            record.event_id = event_id
-            record.reply_audio_s = duration_s
-            record.chunks_total = len(bounds)
-            record.reply_play_end_t_s = play_end
-        self._reply = reply
-        self._stream(now)
-
-    def _begin_text_reply(self, now: float, text: str, record: TurnRecord, end_call: bool) -> None:
-        """Text-only mode (conversation.text_only override): the reply is text, at once."""
-        if self.agent.reuse_event_id_after_interruption and self._interrupted_id is not None:
-            event_id = self._interrupted_id
-        else:
-            event_id = self._new_event_id()
-        self._interrupted_id = None
-        reply = Reply(text, event_id, self._replies_started, b"", self.output_fmt, [], now, now, record, end_call)
-        self._replies_started += 1
-        self._reply_ids.add(event_id)
-        with self.record.locked():
-            record.reply_text = text
-            record.event_id = event_id
-            record.reply_play_end_t_s = now
-        self._reply = reply
-        self._send_response(now, reply)
-        self._fault_runner.inject(now, reply, 0, at_end=True)
-
-    def _send_response(self, now: float, r: Reply) -> None:
-        """The reply's text: streamed parts (when enabled), then agent_response."""
-        r.response_sent = True
-        if "agent_chat_response_part" in self._client_events:
-            words = r.text.split(" ")
-            parts = (
-                [("start", "")] + [("delta", w if i == 0 else " " + w) for i, w in enumerate(words)] + [("stop", "")]
-            )
-            for kind, text in parts:
-                self._out.send(now, wire.agent_chat_response_part(text, kind, r.event_id))
-        if "agent_response" in self._client_events:
-            self._out.send(now, wire.agent_response(r.text, r.event_id))
-
-    def _stream(self, now: float) -> None:
-        r = self._reply
-        while r is not None and r.streaming and not self.closed:
-            i = r.next_chunk
-            if r.chunk_due_s(i, self.timing.speed) > now:
-                return
-            self._fault_runner.inject(now, r, i)
-            if self.closed or r.interrupted:
-                return
-            send_chunk(self._out, now, r, i, alignment=self.agent.alignment)
-            r.next_chunk += 1
-            with self.record.locked():
-                r.record.chunks_sent = r.next_chunk
-                if r.record.reply_first_audio_sent_t_s is None:
-                    r.record.reply_first_audio_sent_t_s = now
-                r.record.reply_last_audio_sent_t_s = now
-            if not r.response_sent:
-                self._send_response(now, r)
-            if not r.streaming:
-                self._fault_runner.inject(now, r, r.next_chunk, at_end=True)
-
-    def _interrupt(self, now: float) -> None:
-        r = self._reply
-        assert r is not None
-        r.interrupted = True
-        self._reply = None
-        self._interrupted_id = r.event_id
-        self._out.send(now, wire.interruption(r.event_id))
-        with self.record.locked():
-            r.record.interrupted = True
-            r.record.interrupted_t_s = now
-        if r.response_sent and "agent_response_correction" in self._client_events:
-            heard = (now - r.play_start_s) / max(1e-6, self.output_fmt.duration_s(len(r.audio)))
-            self._out.send(now, wire.agent_response_correction(r.text, words_prefix(r.text, heard), r.event_id))
-
     # -- helpers -------------------------------------------------------------
+    def _violations(self, now: float, problems: list[Problem]) -> None:
+        for rule, detail in problems:
+            self._violate(now, rule, detail)
+
     def _violate(self, now: float, rule: str, detail: str) -> None:
         v = Violation(self.record.conversation_id, rule, detail, now)
         self.record.add_violation(v)
         self.record.add_event(now, TO_AGENT, "violation", rule=rule, detail=detail)
         log.warning("protocol violation in %s: %s: %s", v.conversation_id, rule, detail)
-
-
-def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    out: list[tuple[tuple[str, ...], Any]] = []
-    for k, v in tree.items():
-        path = (*prefix, str(k))
-        if isinstance(v, dict) and path not in OVERRIDE_PATHS:
-            out += _leaves(v, path)
-        else:
-            out.append((path, v))
-    return out
-
-
-def _tname(value: Any) -> str:
-    return "null" if value is None else type(value).__name__

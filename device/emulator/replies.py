@@ -1,14 +1,16 @@
-"""The agent's replies (pure): what waits to be said, and a reply's audio as it streams.
+"""The agent's replies (pure): which turn comes next, what waits to be said, a reply's audio as it streams.
 
-A :class:`Pending` reply waits for its thinking time or for a tool result; a
-:class:`Reply` streams its audio in variable-size chunks, faster than real
-time, while its playback clock says how much of it the client has played.
+The :class:`TurnScript` walks the scenario's turns; a :class:`Pending` reply
+waits for its thinking time or for a tool result; a :class:`Reply` streams
+its audio in variable-size chunks, faster than real time, while its playback
+clock says how much of it the client has played.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,36 @@ from device.core.audioformat import AudioFormat
 from device.emulator import wire
 from device.emulator.outbox import FROM_AGENT, Outbox, Send
 from device.emulator.recording import ToolCallRecord, TurnRecord
-from device.emulator.scenario import Turn
+from device.emulator.scenario import AfterLast, Turn
+
+AFTER_LAST_GOODBYE = "That is all I can help with today. Goodbye!"
+
+
+class TurnScript:
+    """The scenario's turns in order, then what ``after_last`` says: cycle, repeat the last, or end the call."""
+
+    def __init__(self, turns: Sequence[Turn], after_last: AfterLast) -> None:
+        self._turns = turns
+        self._after_last = after_last
+        self.cursor = 0  # the next turn's index (rewound when a turn is taken back)
+
+    def peek(self) -> Turn:
+        """The turn :meth:`take` will give."""
+        if self.cursor < len(self._turns):
+            return self._turns[self.cursor]
+        if self._after_last == "cycle":
+            return self._turns[0]
+        if self._after_last == "repeat_last":
+            return self._turns[-1]
+        return Turn(reply=AFTER_LAST_GOODBYE, end_call=True)
+
+    def take(self) -> Turn:
+        turn = self.peek()
+        if self.cursor < len(self._turns):
+            self.cursor += 1
+        elif self._after_last == "cycle":
+            self.cursor = 1
+        return turn
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A reply's audio as it streams: its chunks, their frames and what is heard of it."""
+"""Replies: which turn comes next, a reply's chunks, their frames and what is heard of it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ import random
 from device.core.audioformat import parse_format
 from device.emulator.outbox import Outbox, Send
 from device.emulator.recording import TurnRecord
-from device.emulator.replies import Reply, chunk_alignment, padding_alignment, plan_chunks, send_chunk, words_prefix
+from device.emulator.replies import (
+    AFTER_LAST_GOODBYE,
+    Reply,
+    TurnScript,
+    chunk_alignment,
+    padding_alignment,
+    plan_chunks,
+    send_chunk,
+    words_prefix,
+)
+from device.emulator.scenario import AfterLast, Turn
 
 FMT = parse_format("pcm_16000")
 
@@ -87,3 +97,41 @@ def test_a_reply_cut_at_half_was_heard_by_half_its_words() -> None:
 
 def test_a_reply_cut_at_once_was_not_heard() -> None:
     assert words_prefix("one two three four", 0.0) == ""
+
+
+# -- the turn script -----------------------------------------------------------------------------
+
+TURNS = (Turn(reply="one"), Turn(reply="two"))
+
+
+def taken(after_last: AfterLast, n: int) -> list[str]:
+    script = TurnScript(TURNS, after_last)
+    return [script.take().reply for _ in range(n)]
+
+
+def test_turns_are_taken_in_order_then_cycle() -> None:
+    assert taken("cycle", 5) == ["one", "two", "one", "two", "one"]
+
+
+def test_after_the_last_turn_it_may_repeat() -> None:
+    assert taken("repeat_last", 4) == ["one", "two", "two", "two"]
+
+
+def test_after_the_last_turn_it_may_say_goodbye_and_end() -> None:
+    script = TurnScript(TURNS, "end_call")
+    for _ in TURNS:
+        script.take()
+    assert script.take() == Turn(reply=AFTER_LAST_GOODBYE, end_call=True)
+
+
+def test_peeking_does_not_take() -> None:
+    script = TurnScript(TURNS, "cycle")
+    assert (script.peek().reply, script.take().reply) == ("one", "one")
+
+
+def test_a_turn_taken_back_comes_again() -> None:
+    script = TurnScript(TURNS, "cycle")
+    before = script.cursor
+    script.take()
+    script.cursor = before
+    assert script.take().reply == "one"
