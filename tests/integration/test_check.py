@@ -23,6 +23,8 @@ from device.core.config import Config, load_config
 from device.drivers import filedevices
 from device.drivers.gpio import mock_factory
 
+pytestmark = pytest.mark.realtime
+
 RATE = 16000
 ROOT = Path(__file__).resolve().parents[2]
 

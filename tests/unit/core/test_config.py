@@ -222,6 +222,7 @@ def test_nan_and_inf_never_reach_the_agent_as_json(tmp_path: Path, text: str, ke
     assert err.value.key == key and "JSON has no nan or inf" in str(err.value)
 
 
+@pytest.mark.realtime
 def test_nan_makes_the_daemon_exit_78_naming_the_key() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
     r = subprocess.run(
@@ -236,6 +237,7 @@ def test_nan_makes_the_daemon_exit_78_naming_the_key() -> None:
 # -- hostile files: the daemon must refuse them with one line, at start (78) and on reload ----------
 
 
+@pytest.mark.realtime
 def test_a_deeply_nested_config_exits_78_with_the_reason(tmp_path: Path) -> None:
     path = write(tmp_path, '[agent]\nagent_id = "a"\nconnection = "public"\nx = ' + "[" * 50_000 + "]" * 50_000 + "\n")
     r = cli("run", "--check", "--config", str(path))
@@ -244,6 +246,7 @@ def test_a_deeply_nested_config_exits_78_with_the_reason(tmp_path: Path) -> None
     assert "internal error" not in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+@pytest.mark.realtime
 def test_deeply_nested_tables_in_a_free_form_value_are_refused(tmp_path: Path) -> None:
     """Dotted table headers nest without recursion in the TOML parser, so the depth is checked on load."""
     header = "[agent.custom_llm_extra_body." + ".".join(["a"] * 50_000) + "]"
@@ -265,6 +268,7 @@ def test_any_failure_while_loading_is_a_config_error() -> None:
     assert "voice-appliance run --check" in str(err.value)
 
 
+@pytest.mark.realtime
 def test_a_fifo_as_the_config_file_is_refused_at_once(tmp_path: Path) -> None:
     fifo = make_fifo(tmp_path / "config.toml")
     r = cli("run", "--check", "--config", str(fifo))  # before: open() waited for a writer (cli's timeout)

@@ -12,6 +12,8 @@ import queue
 import time
 from collections.abc import Sequence
 
+import pytest
+
 from device.core.audioevents import Block, CaptureEvent
 from device.core.config import AudioConfig
 from device.drivers.capture import STALL_S, Capture
@@ -73,6 +75,7 @@ class Backend:
         return self.mic
 
 
+@pytest.mark.realtime
 def test_a_first_period_later_than_the_stall_time_is_no_error() -> None:
     mic = SlowMic(first_after_s=STALL_S + 0.3, blocks=1)
     blocks: queue.Queue[Block] = queue.Queue()
@@ -91,6 +94,7 @@ def test_a_first_period_later_than_the_stall_time_is_no_error() -> None:
     assert cap.stats["device_errors"] == 0
 
 
+@pytest.mark.realtime
 def test_a_stream_that_stops_delivering_is_still_declared_lost() -> None:
     mic = SlowMic(first_after_s=0.0, blocks=1)
     events: queue.Queue[CaptureEvent] = queue.Queue()
