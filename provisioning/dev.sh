@@ -6,6 +6,9 @@
 #   provisioning/dev.sh setup   install system packages and .venv only
 #   provisioning/dev.sh demo    set up, then run the bench demo (the main job)
 #   provisioning/dev.sh test    set up, then lint, type-check and run every test
+#   provisioning/dev.sh test-fast
+#                               set up, then run the fast tier only: no real-time and no
+#                               systemd tests (pytest -m "not realtime and not system")
 #   provisioning/dev.sh bench   set up, then run the benchmarks in tests/bench
 #   provisioning/dev.sh arm [arm64|armhf|all]
 #                               install.sh, run --check, doctor, the bench demo and
@@ -120,13 +123,17 @@ case "$cmd" in
         "$venv/bin/python" -m pytest "$@"
         test_arm
         ;;
+    test-fast)
+        setup
+        exec "$venv/bin/python" -m pytest -m "not realtime and not system" "$@"
+        ;;
     bench)
         setup bench,test,wake,baseline
         exec "$venv/bin/python" -m pytest -p no:cacheprovider tests/bench -s "$@"
         ;;
     arm) arm_check "$@" ;;
     *)
-        echo "usage: provisioning/dev.sh setup|demo|test|bench|arm [args…]" >&2
+        echo "usage: provisioning/dev.sh setup|demo|test|test-fast|bench|arm [args…]" >&2
         exit 2
         ;;
 esac

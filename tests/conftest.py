@@ -1,4 +1,8 @@
-"""Suite-wide guards: no test may leave a thread or a child process running; in CI, no test may skip."""
+"""Suite-wide guards: no test may leave a thread or a child process running; in CI, no test may skip.
+
+Also the tiers: every test under tests/system is marked ``system``; a run that leaves the
+``realtime`` tests out (the fast tier) draws fewer hypothesis examples per property.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,37 @@ from tests.support import self_signed_cert
 # No wall-clock limits (the machines are shared, and the ARM check runs the unit
 # tests under qemu, 5-10x slower): no per-example deadline, no speed health check.
 settings.register_profile("no-deadline", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The fast tier's share of the examples: the same properties, a quarter of the search (tests.support.examples).
+settings.register_profile("fast", settings.get_profile("no-deadline"), max_examples=25)
 settings.load_profile("no-deadline")
+
+SYSTEM_TESTS = Path(__file__).resolve().parent / "system"
+
+
+def _leaves_out_realtime(markexpr: str) -> bool:
+    """Whether ``-m markexpr`` deselects a test marked only ``realtime``."""
+    if not markexpr:
+        return False
+    from _pytest.mark.expression import Expression  # the parser -m itself uses
+
+    try:
+        expression = Expression.compile(markexpr)
+    except Exception:  # SyntaxError here, ParseError in older pytest
+        return False  # pytest itself reports the bad expression
+    return not expression.evaluate(lambda name, **_: name == "realtime")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An explicit --hypothesis-profile wins; the full run (CI) keeps every example.
+    if config.getoption("hypothesis_profile", None) is None and _leaves_out_realtime(config.option.markexpr):
+        settings.load_profile("fast")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/system boots systemd or builds a Debian root: ``system``, whatever the module says."""
+    for item in items:
+        if item.path.is_relative_to(SYSTEM_TESTS):
+            item.add_marker(pytest.mark.system)
 
 # Threads started by libraries that own them for the process lifetime.
 _ALLOWED_PREFIXES = ("pytest_timeout", "asyncio_")

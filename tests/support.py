@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import pytest
+from hypothesis import settings
 
 T = TypeVar("T")
 
@@ -266,3 +267,19 @@ def read_http_head(conn: socket.socket) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+def cases(full: int) -> range:
+    """Seeds for a test over ``full`` cases: all of them in the full run, a quarter (at least one) otherwise."""
+    return range(max(1, full * settings.default.max_examples // 100))
+
+
+def examples(full: int) -> int:
+    """A property's max_examples: ``full`` in the full run, the same share of a smaller profile's count otherwise.
+
+    tests/conftest.py loads the "fast" profile (25 examples instead of hypothesis' 100) when the
+    real-time tests are left out; a property that sets its own count scales with it, and never
+    drops below 10.
+    """
+    return max(10, full * settings.default.max_examples // 100)
+

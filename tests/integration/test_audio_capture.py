@@ -17,6 +17,8 @@ from device.core.config import AudioConfig
 from device.drivers import filedevices
 from device.drivers.capture import Capture
 
+pytestmark = pytest.mark.realtime
+
 TIMEOUT_S = 20.0
 BLOCK_BYTES = 8000
 

@@ -18,6 +18,8 @@ from device.drivers.earcons import load_earcons
 from device.drivers.playback import Playback
 from tests.integration.audiorig import Events
 
+pytestmark = pytest.mark.realtime
+
 
 def pcm(samples: list[int]) -> bytes:
     return struct.pack(f"<{len(samples)}h", *samples)

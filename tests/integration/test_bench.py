@@ -15,6 +15,8 @@ import webrtcvad
 from device.bench import report
 from device.cli import main
 
+pytestmark = pytest.mark.realtime
+
 pytest.importorskip("websockets", reason="the emulator needs the bench extra (websockets)")
 
 

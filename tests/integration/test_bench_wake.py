@@ -11,6 +11,8 @@ import pytest
 from device.bench import report
 from device.cli import main
 
+pytestmark = pytest.mark.realtime
+
 pytest.importorskip("websockets", reason="the emulator needs the bench extra (websockets)")
 pytest.importorskip("pyopen_wakeword", reason="the wake extra is not installed")
 

@@ -24,6 +24,8 @@ from device.drivers import filedevices
 from device.drivers.configfile import load_config
 from device.drivers.gpio import mock_factory
 
+pytestmark = pytest.mark.realtime
+
 RATE = 16000
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,6 +12,8 @@ import pytest
 from device.bench import clockedcard, fixtures, report, script
 from device.cli import main
 
+pytestmark = pytest.mark.realtime
+
 pytest.importorskip("websockets", reason="the emulator needs the bench extra (websockets)")
 CLOCK_ERROR_MS = 15.0  # the speaker recorder places heard samples within this
 

@@ -17,6 +17,8 @@ from device.drivers.capture import Capture
 from tests.integration.audiorig import loud_samples, sound_spans
 from tests.support import sine
 
+pytestmark = pytest.mark.realtime
+
 TIMEOUT_S = 20.0
 
 

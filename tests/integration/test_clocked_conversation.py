@@ -20,6 +20,8 @@ from device.drivers.control import ControlError, request
 from device.emulator.scenario import Turn
 from tests.integration.daemonrig import WAIT_S, Rig, fast_scenario, speech
 
+pytestmark = pytest.mark.realtime
+
 QUESTION = speech("Could you tell me what the weather will be like tomorrow morning, please?")
 
 

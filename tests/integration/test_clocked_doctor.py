@@ -13,6 +13,8 @@ from device.commands.doctor import AudioProbe, Context, Finding, Status, run_che
 from tests.integration.audiorig import sound_spans
 from tests.support import sine
 
+pytestmark = pytest.mark.realtime
+
 PULSE_HOOK = Path("/etc/alsa/conf.d/99-pulse.conf")
 
 

@@ -22,6 +22,8 @@ from device.drivers.playback import Playback
 from tests.integration.audiorig import Events, sound_spans
 from tests.support import sine
 
+pytestmark = pytest.mark.realtime
+
 CHUNK_MS = 62.5
 CLOCK_ERROR_MS = 15.0  # the recorder's latency plus the sink's rendering step: how exactly "heard at" is known
 TAIL_S = 0.5  # recording after the last event: what the card still had would be heard by then

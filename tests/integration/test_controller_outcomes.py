@@ -41,6 +41,8 @@ from tests.integration.sessionrig import (
     scripted,
 )
 
+pytestmark = pytest.mark.realtime
+
 
 def error_event(code: int, error_type: str, message: str = "") -> str:
     return json.dumps({"type": "error", "error_event": {"code": code, "message": message, "error_type": error_type}})

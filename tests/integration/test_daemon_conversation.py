@@ -24,6 +24,8 @@ from tests.integration.daemonrig import (
     speech,
 )
 
+pytestmark = pytest.mark.realtime
+
 QUESTION = speech("What can you do for me today?")
 LEAD_S = 1.25  # speech starts here in the input file
 PRESS_S = 1.0  # the press comes a little before it

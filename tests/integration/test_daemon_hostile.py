@@ -27,6 +27,8 @@ from device.core.protocol import MAX_FIELD_CHARS
 from tests.integration.daemonrig import WAIT_S, Rig, silence
 from tests.integration.sessionrig import scripted
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parents[2]
 FORGED = "\n<0>forged emergency\r\x1b[2J\x1b]0;title\x07"
 HUGE_ID = "conv_" + ("A" * 998 + FORGED) * 2000  # over 2 MB

@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
+import pytest
+
 from device.core.errors import ExitCode
 from device.drivers.control import request
 from device.emulator.server import Emulator
 from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, run_daemon, silence, write_config
+
+pytestmark = pytest.mark.realtime
 
 
 @contextmanager

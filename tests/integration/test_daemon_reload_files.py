@@ -22,6 +22,8 @@ from device.emulator.server import Emulator
 from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, serve_with_operator, silence, write_config
 from tests.support import make_fifo
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

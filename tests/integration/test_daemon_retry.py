@@ -34,6 +34,8 @@ from tests.integration.daemonrig import (
 )
 from tests.support import LocalHttp, QuietHandler
 
+pytestmark = pytest.mark.realtime
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 PRESS_S = 1.0
 LEAD_S = 1.25  # the question starts here in the input file

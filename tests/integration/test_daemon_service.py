@@ -33,6 +33,8 @@ from tests.integration.daemonrig import (
     write_config,
 )
 
+pytestmark = pytest.mark.realtime
+
 
 def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifySocket) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})  # ping every 0.2 s

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from device.core.config import SystemdConfig
 from tests.integration.daemonrig import WAIT_S, Rig, silence
+
+pytestmark = pytest.mark.realtime
 
 
 def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from device.emulator.server import Emulator
 from tests.integration.daemonrig import WAIT_S, NotifySocket, fast_scenario, silence, write_config
 from tests.support import ROOT
 
+pytestmark = pytest.mark.realtime
+
 # A speaker writing into a FIFO. Unlike the project's va_out devices this one truncates
 # ("truncate false" would make the file plugin write to a new regular file beside the FIFO).
 FIFO_ASOUNDRC = """\

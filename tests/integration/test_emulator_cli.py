@@ -18,6 +18,8 @@ import requests
 from device.cli import build_parser
 from device.emulator import Emulator, ProtocolClient
 
+pytestmark = pytest.mark.realtime
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 QUICK = [
     "--speech",

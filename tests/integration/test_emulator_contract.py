@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from device.core.config import ToolsConfig
 from device.core.protocol import AgentAudio, AgentResponse, ToolCallFinished
 from device.drivers.tools import ToolRegistry
@@ -27,6 +29,8 @@ from tests.integration.sessionrig import (
     started,
     wait_reply_played,
 )
+
+pytestmark = pytest.mark.realtime
 
 
 def test_every_device_message_conforms(contract_check: ContractLog) -> None:

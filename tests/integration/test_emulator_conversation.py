@@ -23,6 +23,8 @@ from device.emulator import pcm as pcmlib
 from device.emulator.scenario import load_scenario
 from device.emulator.speech import Synthesizer
 
+pytestmark = pytest.mark.realtime
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 BLOCK = 8000
 # Fast, quiet settings: audio is pushed faster than real time here, so the rate rule is off

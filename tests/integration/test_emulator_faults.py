@@ -14,6 +14,8 @@ from websockets.exceptions import ConnectionClosed
 from device.emulator import ConversationRecord, Emulator, ProtocolClient, Scenario, default_scenario
 from device.emulator.scenario import QUOTA_REASON, parse_fault_spec
 
+pytestmark = pytest.mark.realtime
+
 FAST = {"speed": 20.0, "response_delay_ms": 50, "ping_interval_s": 0, "turn_timeout_s": 0}
 
 

@@ -16,6 +16,8 @@ from websockets.typing import Subprotocol
 from device.emulator import Emulator, ProtocolClient, Scenario, default_scenario
 from device.emulator.scenario import parse_fault_spec
 
+pytestmark = pytest.mark.realtime
+
 KEY = "test-key-123456"
 SIGNED = "/v1/convai/conversation/get-signed-url"
 

@@ -30,10 +30,13 @@ JS_DIR = ROOT / ".cache" / "jsclient"
 PEER = ROOT / "tests" / "contract" / "jsclient" / "peer.mjs"
 WAIT_S = 60.0
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (JS_DIR / "node_modules" / "@elevenlabs" / "client").is_dir(),
-    reason="the official JS client is not installed: run provisioning/dev.sh setup (needs Node.js >= 18 and npm)",
-)
+pytestmark = [
+    pytest.mark.realtime,
+    pytest.mark.skipif(
+        shutil.which("node") is None or not (JS_DIR / "node_modules" / "@elevenlabs" / "client").is_dir(),
+        reason="the official JS client is not installed: run provisioning/dev.sh setup (needs Node.js >= 18 and npm)",
+    ),
+]
 
 
 def run_peer(config: dict[str, Any]) -> tuple[int, list[dict[str, Any]], str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from device.core.config import GateConfig, SessionConfig
 from tests import speechgen as g
 from tests.integration.daemonrig import WAIT_S, Rig, samples_equal_somewhere
 
-pytestmark = g.needs_tools
+pytestmark = [pytest.mark.realtime, g.needs_tools]
 
 NOISE_S = 2.0
 

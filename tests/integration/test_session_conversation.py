@@ -42,6 +42,8 @@ from tests.integration.sessionrig import (
     wait_reply_played,
 )
 
+pytestmark = pytest.mark.realtime
+
 
 def marked(n_blocks: int, start: int = 0) -> list[bytes]:
     """Capture blocks whose samples carry their block number (to check order and loss)."""

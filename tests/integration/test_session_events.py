@@ -49,6 +49,8 @@ from tests.integration.sessionrig import (
     wait_reply_played,
 )
 
+pytestmark = pytest.mark.realtime
+
 DEEP = 100_000
 
 

@@ -34,6 +34,8 @@ from tests.integration.sessionrig import (
 )
 from tests.support import FixedUrl
 
+pytestmark = pytest.mark.realtime
+
 
 def run_until_end(scenario_changes: dict[str, object], **agent_kw: object) -> tuple[SessionEnded, object, object]:
     with running(fast_scenario(**scenario_changes)) as emu:

@@ -30,6 +30,8 @@ from device.emulator.scenario import Fault
 from tests.integration.sessionrig import EMULATOR_KEY, WAIT_S, agent_for, fast_scenario, make_session, running, started
 from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
 
+pytestmark = pytest.mark.realtime
+
 
 def quick_http(agent: AgentConfig, key: str | None) -> AgentHttp:
     """The session's REST client with short backoff, so failing tests stay fast."""

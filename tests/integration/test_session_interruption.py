@@ -13,6 +13,8 @@ from device.core.config import AgentConfig
 from device.core.protocol import AgentAudio, AgentResponse, Connected, Interruption, UserTranscript
 from tests.integration.sessionrig import WAIT_S, fast_scenario, make_session, running, speak, started
 
+pytestmark = pytest.mark.realtime
+
 LONG_FIRST = "Hello. I am the emulated agent, and I am here to help you with anything you need today."
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import array
 import time
 
+import pytest
+
 from device.core.protocol import AgentAudio, AgentResponse, Connected, Outcome, SessionEnded
 from device.emulator.scenario import Fault
 from tests.integration.sessionrig import WAIT_S, fast_scenario, make_session, running, started, wait_reply_played
+
+pytestmark = pytest.mark.realtime
 
 
 def marked(value: int, n_blocks: int) -> list[bytes]:

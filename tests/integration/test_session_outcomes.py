@@ -30,6 +30,8 @@ from tests.integration.sessionrig import (
     started,
 )
 
+pytestmark = pytest.mark.realtime
+
 # A reason text that the old English matching misread ("timeout" → "the device sent no audio").
 MISLEADING_REASON = "timeout"
 DOCUMENTED_CODE = {"max_duration_exceeded": 1000, "unknown_websocket_crash": 1011}

@@ -28,6 +28,8 @@ from tests.integration.sessionrig import (
     wait_reply_played,
 )
 
+pytestmark = pytest.mark.realtime
+
 LONG = "This is a long answer with many words so that the audio keeps streaming for a good while longer."
 
 

@@ -25,6 +25,8 @@ from device.emulator.scenario import Fault
 from tests.integration.sessionrig import WAIT_S, agent_for, fast_scenario, make_session, running, started
 from tests.support import FixedUrl
 
+pytestmark = pytest.mark.realtime
+
 KEY = "sk_live_secret_key_7f3a9c1b2d"
 DEVICE_TOKEN = "brk_device_token_5e8d2a41"
 WATCHED = (

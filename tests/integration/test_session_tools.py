@@ -40,6 +40,8 @@ from tests.integration.sessionrig import (
     wait_reply_played,
 )
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from device.core.config import GateConfig, SessionConfig, WakeConfig
 from device.drivers.status import to_json, to_prometheus
 from device.emulator.scenario import Turn
 from tests import speechgen as g
 from tests.integration.daemonrig import WAIT_S, Rig, fast_scenario, is_silent, samples_equal_somewhere, silence, speech
 
-pytestmark = g.needs_tools
+pytestmark = [pytest.mark.realtime, g.needs_tools]
 
 QUESTION = speech("What can you do for me today?")
 WAKE_AT_S = 1.5

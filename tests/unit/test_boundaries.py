@@ -10,6 +10,7 @@ what is enforced.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ def module_name(rel: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
+def _parse(source: str) -> ast.Module:
+    """One parse per text in a run: a dozen rules and their planted variants read the same tree."""
+    return ast.parse(source)
+
+
+@functools.cache
 def imports_of(source: str, module: str, is_package: bool = False) -> tuple[Imp, ...]:
     """Every module ``source`` imports (``from a import b`` counts as ``a`` and ``a.b``)."""
     found: list[Imp] = []
@@ -63,13 +71,18 @@ def imports_of(source: str, module: str, is_package: bool = False) -> tuple[Imp,
                 found.extend(Imp(f"{base}.{a.name}", inner) for a in child.names)
             visit(child, inner)
 
-    visit(ast.parse(source), False)
+    visit(_parse(source), False)
     return tuple(found)
+
+
+@functools.cache
+def _read_tree(root: Path) -> Mapping[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in (root / "device").rglob("*.py")}
 
 
 def load_sources(root: Path = ROOT, planted: Mapping[str, str] | None = None) -> dict[str, str]:
     """The real package's module texts, plus ``planted`` ones (path relative to the repository → source)."""
-    texts = {p.relative_to(root).as_posix(): p.read_text() for p in (root / "device").rglob("*.py")}
+    texts = dict(_read_tree(root))
     texts.update(planted or {})
     return {rel: text for rel, text in texts.items()}
 
@@ -282,7 +295,7 @@ def small_classes(texts: Sources) -> list[str]:
         mod = module_name(Path(rel))
         if any(under(mod, t) for t in TOOL_PACKAGES):
             continue
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(_parse(text)):
             if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_CLASS_LINES:

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FAIL_ON_SKIP_ENV
+
+pytestmark = pytest.mark.realtime
 
 ROOT = Path(__file__).resolve().parents[2]
 

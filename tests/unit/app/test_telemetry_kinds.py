@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def _trees(paths: list[Path]) -> list[tuple[Path, ast.AST]]:
     return [(p, ast.parse(p.read_text(), str(p))) for p in paths]
 
 
+@functools.cache
 def _publish_calls() -> list[tuple[str, ast.Call]]:
     found = []
     for path, tree in _trees(sorted(DEVICE.rglob("*.py"))):

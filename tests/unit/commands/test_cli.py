@@ -19,6 +19,7 @@ KEY = "sk_test_0123456789abcdef0123"
 
 
 
+@pytest.mark.realtime
 def test_top_level_help_lists_every_subcommand() -> None:
     r = cli("--help")
     assert r.returncode == 0
@@ -36,18 +37,21 @@ def test_each_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str])
     assert "--log-level" in out
 
 
+@pytest.mark.realtime
 def test_no_subcommand_prints_usage_and_exits_2() -> None:
     r = cli()
     assert r.returncode == 2
     assert "usage:" in r.stderr
 
 
+@pytest.mark.realtime
 def test_version() -> None:
     r = cli("version")
     assert r.returncode == 0
     assert r.stdout.startswith("voice-appliance ")
 
 
+@pytest.mark.realtime
 def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[agent]\nagent_id = "a"\n[gate]\nmode = "shout"\n')
@@ -59,12 +63,14 @@ def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.realtime
 def test_missing_config_file_exits_78(tmp_path: Path) -> None:
     r = cli("run", "--config", str(tmp_path / "absent.toml"))
     assert r.returncode == 78
     assert "copy the example" in r.stderr
 
 
+@pytest.mark.realtime
 def test_group_readable_key_file_refused_with_the_fix(tmp_path: Path) -> None:
     key = tmp_path / "api_key"
     key.write_text(KEY)
@@ -75,6 +81,7 @@ def test_group_readable_key_file_refused_with_the_fix(tmp_path: Path) -> None:
     assert KEY not in r.stdout + r.stderr
 
 
+@pytest.mark.realtime
 def test_check_validates_and_prints_without_the_key(tmp_path: Path) -> None:
     key = tmp_path / "api_key"
     key.write_text(KEY)
@@ -86,12 +93,14 @@ def test_check_validates_and_prints_without_the_key(tmp_path: Path) -> None:
     assert KEY not in r.stdout + r.stderr
 
 
+@pytest.mark.realtime
 def test_check_needs_a_key_for_signed_urls() -> None:
     r = cli("run", "--check", "--config", str(EXAMPLE))
     assert r.returncode == 77
     assert "/etc/voice-appliance/api_key" in r.stderr
 
 
+@pytest.mark.realtime
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     r = cli("run", "--check", env={"VOICE_APPLIANCE_CONFIG": str(tmp_path / "x.toml")})
     assert r.returncode == 78
@@ -122,6 +131,7 @@ def test_internal_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert KEY not in err
 
 
+@pytest.mark.realtime
 def test_a_reader_that_went_away_is_not_an_internal_error() -> None:
     # `voice-appliance bench --schema | head -1`: the reader closes the pipe before the output is written.
     read_end, write_end = os.pipe()

@@ -368,6 +368,7 @@ def test_missing_microphone_fails_and_says_which_key(alsa_files: Path) -> None:
     assert findings[1].status is Status.OK
 
 
+@pytest.mark.realtime
 def test_audio_through_the_cli_uses_the_audio_engine(alsa_files: Path) -> None:
     """The default probe (the audio engine's ALSA module when it imports), in a fresh process."""
     cfg = write_config(alsa_files / "config.toml", _audio_body(alsa_files))
@@ -549,6 +550,7 @@ def emulator() -> Iterator[object]:
         yield emu
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize(("agent_id", "key", "status", "words"), [
     (None, KEY, Status.OK, "signed URL issued"),
     (None, "sk_wrong_key_0000000000", Status.FAIL, "401"),

@@ -17,6 +17,8 @@ import pytest
 
 from device.commands.common import TOOL_PACKAGES
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "config.toml"
 

@@ -197,6 +197,7 @@ def test_nan_and_inf_never_reach_the_agent_as_json(tmp_path: Path, text: str, ke
     assert err.value.key == key and "JSON has no nan or inf" in str(err.value)
 
 
+@pytest.mark.realtime
 def test_nan_makes_the_daemon_exit_78_naming_the_key() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_APPLIANCE_", "ELEVENLABS_"))}
     r = subprocess.run(
@@ -211,6 +212,7 @@ def test_nan_makes_the_daemon_exit_78_naming_the_key() -> None:
 # -- hostile files: the daemon must refuse them with one line, at start (78) and on reload ----------
 
 
+@pytest.mark.realtime
 def test_deeply_nested_tables_in_a_free_form_value_are_refused(tmp_path: Path) -> None:
     """Dotted table headers nest without recursion in the TOML parser, so the depth is checked on load."""
     header = "[agent.custom_llm_extra_body." + ".".join(["a"] * 50_000) + "]"

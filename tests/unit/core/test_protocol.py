@@ -58,9 +58,10 @@ from device.core.protocol import (
     initiation_message,
     parse_retry_after,
 )
+from tests.support import examples
 
 # The machine is shared: no deadlines, no speed health checks.
-RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=examples(150))
 
 PCM_22050 = AudioFormat("pcm", 22050)
 ULAW_8000 = AudioFormat("ulaw", 8000)
@@ -399,7 +400,7 @@ NASTY = st.sampled_from(["²", "١٢", "9" * 4400, float("nan"), float("inf"), -
 
 
 @pytest.mark.parametrize("typed", TYPED_WRAPPERS, ids=[f"{k}.{w}" for k, w in TYPED_WRAPPERS])
-@settings(RELAXED, max_examples=50)
+@settings(RELAXED, max_examples=examples(50))
 @given(
     fields=st.fixed_dictionaries({}, optional={f: NASTY | JSON_VALUES for f in FIELDS}),
     extra=st.dictionaries(st.sampled_from(["type", *(w for _, w in TYPED_WRAPPERS)]), JSON_VALUES, max_size=2),
@@ -436,7 +437,7 @@ def test_clean_text_escapes_controls_and_marks_a_cut() -> None:
     assert len(clean_text("\x1b" * 1000)) == MAX_FIELD_CHARS
 
 
-@settings(RELAXED, max_examples=40)
+@settings(RELAXED, max_examples=examples(40))
 @pytest.mark.parametrize("typed", TYPED_WRAPPERS, ids=[f"{k}.{w}" for k, w in TYPED_WRAPPERS])
 @given(fields=st.fixed_dictionaries({}, optional={f: HOSTILE_TEXT for f in FIELDS}), etype=HOSTILE_TEXT)
 def test_every_string_from_the_service_is_short_and_has_no_control_character(

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device.core.ringbuffer import RingBuffer
+from tests.support import examples
 
 # An operation: ("w", data) writes, ("r", n) reads up to n bytes, ("c", 0) clears.
 ops = st.lists(
@@ -19,7 +20,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(capacity=st.integers(min_value=1, max_value=64), operations=ops)
 def test_behaves_like_a_bounded_fifo(capacity: int, operations: list[tuple[str, object]]) -> None:
     ring = RingBuffer(capacity)
@@ -44,7 +45,7 @@ def test_behaves_like_a_bounded_fifo(capacity: int, operations: list[tuple[str, 
     assert ring.read(capacity) == bytes(model)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=30), read_size=st.integers(1, 200))
 def test_everything_written_comes_out_once_in_order_when_it_fits(chunks: list[bytes], read_size: int) -> None:
     ring = RingBuffer(sum(map(len, chunks)) + 1)

@@ -316,6 +316,7 @@ def test_connection_refused_is_retried_then_reported() -> None:
     assert http.requests_made == 2
 
 
+@pytest.mark.realtime
 def test_a_server_that_never_answers_times_out() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -519,6 +520,7 @@ HOSTILE_RETRY_AFTER = [
 ]
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize(("status", "retry_after"), HOSTILE_RETRY_AFTER)
 def test_the_prefetcher_tries_again_within_retry_max_s_whatever_retry_after_says(
     server: Server, status: int, retry_after: str, caplog: pytest.LogCaptureFixture

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import queue
 
+import pytest
+
 from device.core.audioevents import Block, CaptureEvent
 from device.core.config import AudioConfig
 from device.drivers.capture import STALL_S, Capture
@@ -36,6 +38,7 @@ def test_a_running_stream_is_lost_after_the_stall_time_from_its_last_frames() ->
     assert stall_deadline_s(100.0, 100.1) < 100.0 + FIRST_DATA_S  # once running, the start allowance is gone
 
 
+@pytest.mark.realtime
 def test_a_first_period_later_than_the_stall_time_is_no_error() -> None:
     mic = FakeCapture([Delayed(STALL_S + 0.3, bytes([7]) * BLOCK)], device="slow-mic")  # clocked like a sound server
     blocks: queue.Queue[Block] = queue.Queue()
@@ -54,6 +57,7 @@ def test_a_first_period_later_than_the_stall_time_is_no_error() -> None:
     assert cap.stats["device_errors"] == 0
 
 
+@pytest.mark.realtime
 def test_a_stream_that_stops_delivering_is_still_declared_lost() -> None:
     mic = FakeCapture([bytes([7]) * BLOCK], device="slow-mic")  # one block, then silence
     events: queue.Queue[CaptureEvent] = queue.Queue()

@@ -121,6 +121,7 @@ def test_a_stop_leaves_a_socket_that_replaced_its_own(tmp_path: Path) -> None:
         other.close()
 
 
+@pytest.mark.realtime
 def test_ctl_not_allowed_names_the_configured_group(tmp_path: Path) -> None:
     """As a user who may not connect (nobody, when the tests run as root): the advice names control_group."""
     with tempfile.TemporaryDirectory(prefix="ctl-perm-") as name:

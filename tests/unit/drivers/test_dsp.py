@@ -40,6 +40,7 @@ def test_off_is_no_processor_at_all() -> None:
     assert dsp.make(0, 0) is None
 
 
+@pytest.mark.realtime
 @needs("webrtc_noise_gain", "dsp")
 def test_suppression_lowers_noise_far_more_than_speech_so_snr_improves() -> None:
     noisy, noise_only, spoken = _noisy(5.0)
@@ -59,6 +60,7 @@ def test_a_stronger_level_suppresses_more() -> None:
     assert drops[1] > drops[0] + 6.0  # measured: 6 dB at level 1, 20 dB at level 4
 
 
+@pytest.mark.realtime
 @needs("webrtc_noise_gain", "dsp")
 def test_automatic_gain_raises_quiet_speech() -> None:
     quiet = g.scale(g.speak(QUESTION + ", and where can I buy a ticket"), -24.0)

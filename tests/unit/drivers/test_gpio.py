@@ -127,6 +127,7 @@ def test_rgb_preset_shows_each_state_in_colour(factory: Any) -> None:
     assert (r.state, gr.state, b.state) == (0, 0, 0)  # closing leaves the LED dark
 
 
+@pytest.mark.realtime
 def test_three_leds_preset(factory: Any) -> None:
     g, _ = make(factory, leds=LedsConfig(preset="three"))
     green, amber, red = (factory.pin(p) for p in (5, 6, 13))

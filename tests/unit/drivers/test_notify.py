@@ -137,6 +137,7 @@ def test_stale_workers_names_dead_and_silent_ones() -> None:
         w.stop()
 
 
+@pytest.mark.realtime
 def test_watchdog_pings_only_while_every_worker_is_fresh(notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms

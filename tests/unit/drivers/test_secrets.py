@@ -146,6 +146,7 @@ EXAMPLE = ROOT / "examples" / "config.toml"
 
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize(
     "content", [b"\xff\xfe" + KEY.encode("utf-16-le"), b"sk_live_\xe9\xe8\n"], ids=["utf-16", "latin-1"]
 )
@@ -170,6 +171,7 @@ PASTED = [
 ]
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("value", PASTED, ids=["key", "long-key", "token-with-slash", "slash-key"])
 def test_a_key_pasted_as_api_key_file_is_never_echoed(value: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -193,6 +195,7 @@ def test_a_missing_key_file_at_a_real_path_is_named(tmp_path: Path) -> None:
     assert f"sudo install -m 600 /dev/null {path}" in str(err.value)
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("content", ["\n", "", "  \n", "\t\r\n"])
 def test_a_whitespace_only_credential_is_no_key(tmp_path: Path, content: str) -> None:
     """The unit's fallback SetCredential=elevenlabs_api_key:\\n stands for "no key installed"."""
@@ -228,6 +231,7 @@ def check_key(path: Path, env: dict[str, str] | None = None) -> subprocess.Compl
     return cli("run", "--check", "--config", str(EXAMPLE), "--set", f"agent.api_key_file={path}", env=env)
 
 
+@pytest.mark.realtime
 def test_a_fifo_as_the_key_file_is_refused_at_once(tmp_path: Path) -> None:
     fifo = make_fifo(tmp_path / "api_key")
     r = check_key(fifo)  # before: open() waited for a writer, for ever
@@ -236,6 +240,7 @@ def test_a_fifo_as_the_key_file_is_refused_at_once(tmp_path: Path) -> None:
     assert len(r.stderr.splitlines()) == 1
 
 
+@pytest.mark.realtime
 def test_a_fifo_as_the_systemd_credential_is_refused_at_once(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
@@ -246,6 +251,7 @@ def test_a_fifo_as_the_systemd_credential_is_refused_at_once(tmp_path: Path) -> 
     assert "FIFO (named pipe), not a regular file" in r.stderr
 
 
+@pytest.mark.realtime
 def test_a_huge_file_of_nul_bytes_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "api_key"
     with path.open("wb") as f:
@@ -256,6 +262,7 @@ def test_a_huge_file_of_nul_bytes_is_refused_unread(tmp_path: Path) -> None:
     assert f"the key file {path} cannot be used: it holds 64 MiB, over the 4 KiB limit" in r.stderr
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize(
     "content",
     [b"\0" * 100, KEY.encode() + b"\0\n", b"sk_live\x1b[2J" + KEY.encode(), ("sk_\u200b" + KEY).encode()],

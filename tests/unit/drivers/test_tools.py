@@ -240,6 +240,7 @@ def test_unknown_tool_gets_an_error_naming_what_is_offered() -> None:
 # -- Python callables ---------------------------------------------------------------
 
 
+@pytest.mark.realtime
 def test_callable_gets_parameters_as_keywords(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("lookup", user_module, "lookup")), Hooks())
     result = call(reg, "lookup", {"room": "B12", "floor": 2})
@@ -247,6 +248,7 @@ def test_callable_gets_parameters_as_keywords(user_module: ModuleType) -> None:
     assert json.loads(result.result) == {"room": "B12", "floor": 2, "open": True}
 
 
+@pytest.mark.realtime
 def test_callable_exception_becomes_an_error_result(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("broken", user_module, "broken")), Hooks())
     result = call(reg, "broken", {})
@@ -254,6 +256,7 @@ def test_callable_exception_becomes_an_error_result(user_module: ModuleType) -> 
     assert "RuntimeError: the door controller is offline" in result.result
 
 
+@pytest.mark.realtime
 def test_parameters_that_do_not_fit_are_an_error_result(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("greet", user_module, "greet")), Hooks())
     result = call(reg, "greet", {"nom": "x"})
@@ -261,6 +264,7 @@ def test_parameters_that_do_not_fit_are_an_error_result(user_module: ModuleType)
     assert "rejected the parameters" in result.result
 
 
+@pytest.mark.realtime
 def test_a_tool_failure_is_the_agents_message(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("refuses", user_module, "refuses")), Hooks())
     result = call(reg, "refuses", {})
@@ -268,12 +272,14 @@ def test_a_tool_failure_is_the_agents_message(user_module: ModuleType) -> None:
     assert result.result == "the door is locked for the night"
 
 
+@pytest.mark.realtime
 def test_a_callables_prints_do_not_become_its_result(user_module: ModuleType) -> None:
     result = call(ToolRegistry(cfg(py_tool("chatty", user_module, "chatty")), Hooks()), "chatty", {})
     assert not result.is_error
     assert result.result == "the answer"
 
 
+@pytest.mark.realtime
 def test_a_callable_answers_in_utf8_whatever_the_locale(
     user_module: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -284,6 +290,7 @@ def test_a_callable_answers_in_utf8_whatever_the_locale(
     assert result.result == "Grüß dich, Zoë 🎟"
 
 
+@pytest.mark.realtime
 def test_a_callable_answers_without_waiting_for_threads_it_left(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("leaves", user_module, "leaves_a_thread", timeout_s=60)), Hooks())
     result = call(reg, "leaves", {})  # would time out after 60 s if its process waited for the thread
@@ -291,6 +298,7 @@ def test_a_callable_answers_without_waiting_for_threads_it_left(user_module: Mod
     assert result.result == "answered"
 
 
+@pytest.mark.realtime
 def test_a_callable_runs_in_its_own_process_without_the_api_key(
     user_module: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,6 +309,7 @@ def test_a_callable_runs_in_its_own_process_without_the_api_key(
     assert answer["key"] == "absent"
 
 
+@pytest.mark.realtime
 def test_a_timed_out_callable_is_killed_and_answers_once(user_module: ModuleType, signals: Signals) -> None:
     reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=2.0)), Hooks())
     replies = Replies()
@@ -317,6 +326,7 @@ def test_a_timed_out_callable_is_killed_and_answers_once(user_module: ModuleType
     assert [r.result for r in replies.results] == [result.result]
 
 
+@pytest.mark.realtime
 def test_a_tool_without_its_own_timeout_uses_the_tools_default(user_module: ModuleType) -> None:
     spec = ToolSpec(name="slow", callable=f"{user_module.__name__}:slow")
     reg = ToolRegistry(ToolsConfig(timeout_s=0.25, tool=(spec,)), Hooks())
@@ -326,6 +336,7 @@ def test_a_tool_without_its_own_timeout_uses_the_tools_default(user_module: Modu
     reg.close()
 
 
+@pytest.mark.realtime
 def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType, signals: Signals) -> None:
     reg = ToolRegistry(cfg(py_tool("slow", user_module, "slow", timeout_s=60)), Hooks())
     replies = Replies()
@@ -340,6 +351,7 @@ def test_cancel_gives_exactly_one_cancelled_result(user_module: ModuleType, sign
     assert gone(pid)
 
 
+@pytest.mark.realtime
 def test_a_hung_callable_cannot_hold_the_process(user_module: ModuleType, signals: Signals) -> None:
     """Closing the tools ends a hung Python tool; nothing of it is left to wait for.
 
@@ -359,6 +371,7 @@ def test_a_hung_callable_cannot_hold_the_process(user_module: ModuleType, signal
     assert not [t.name for t in threading.enumerate() if t.name.startswith("tool")]
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("kind", ["callable", "command"])
 def test_cancelling_kills_what_the_tool_started(user_module: ModuleType, signals: Signals, kind: str) -> None:
     code = (
@@ -381,6 +394,7 @@ def test_cancelling_kills_what_the_tool_started(user_module: ModuleType, signals
     assert exits(grandchild), "what the tool started was killed with it"
 
 
+@pytest.mark.realtime
 def test_results_are_redacted_and_bounded(user_module: ModuleType) -> None:
     register_secret("sk_leaky_secret_123456")
     reg = ToolRegistry(cfg(py_tool("leaky", user_module, "leaky"), py_tool("huge", user_module, "huge")), Hooks())
@@ -392,6 +406,7 @@ def test_results_are_redacted_and_bounded(user_module: ModuleType) -> None:
     assert "cut" in huge.result
 
 
+@pytest.mark.realtime
 def test_many_concurrent_calls_each_get_exactly_one_result(user_module: ModuleType) -> None:
     names = ["lookup", "broken", "nope", "device_status"] * 5
     reg = ToolRegistry(
@@ -420,6 +435,7 @@ def test_many_concurrent_calls_each_get_exactly_one_result(user_module: ModuleTy
 ECHO_DOUBLE = "import json, sys; p = json.load(sys.stdin); print(p['n'] * 2)"
 
 
+@pytest.mark.realtime
 def test_command_gets_json_on_stdin_and_returns_stdout() -> None:
     reg = ToolRegistry(cfg(cmd_tool("double", ECHO_DOUBLE)), Hooks())
     result = call(reg, "double", {"n": 21})
@@ -427,6 +443,7 @@ def test_command_gets_json_on_stdin_and_returns_stdout() -> None:
     assert result.result == "42"
 
 
+@pytest.mark.realtime
 def test_command_parameters_are_never_interpreted_by_a_shell(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = f"$(touch {marker}); `touch {marker}` ; touch {marker}"
@@ -436,6 +453,7 @@ def test_command_parameters_are_never_interpreted_by_a_shell(tmp_path: Path) -> 
     assert not marker.exists()
 
 
+@pytest.mark.realtime
 def test_command_failure_reports_exit_status_and_stderr() -> None:
     code = "import sys; sys.stderr.write('relay not found\\n'); sys.exit(3)"
     result = call(ToolRegistry(cfg(cmd_tool("relay", code)), Hooks()), "relay", {})
@@ -444,6 +462,7 @@ def test_command_failure_reports_exit_status_and_stderr() -> None:
     assert "relay not found" in result.result
 
 
+@pytest.mark.realtime
 def test_command_timeout_kills_it(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
@@ -456,6 +475,7 @@ def test_command_timeout_kills_it(tmp_path: Path) -> None:
             os.kill(int(pidfile.read_text()), 0)
 
 
+@pytest.mark.realtime
 def test_command_does_not_inherit_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ELEVENLABS_API_KEY", "sk_env_key_for_test_987")
     code = "import os; print(os.environ.get('ELEVENLABS_API_KEY', 'absent'), os.environ['TOOL_CALL_ID'])"
@@ -463,6 +483,7 @@ def test_command_does_not_inherit_the_api_key(monkeypatch: pytest.MonkeyPatch) -
     assert result.result == "absent call-77"
 
 
+@pytest.mark.realtime
 def test_cancelling_a_command_kills_it() -> None:
     code = "import sys, time; sys.stdin.read(); time.sleep(60)"
     reg = ToolRegistry(cfg(cmd_tool("hang", code, timeout_s=60)), Hooks())
@@ -499,6 +520,7 @@ def test_duplicate_tool_names_are_a_config_error(user_module: ModuleType) -> Non
         ToolRegistry(cfg(py_tool("set_volume", user_module, "lookup")), Hooks())
 
 
+@pytest.mark.realtime
 def test_without_hooks_there_are_no_builtins(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("lookup", user_module, "lookup")), None)
     assert reg.names == ("lookup",)
@@ -517,6 +539,7 @@ def escaping_tool(signals: Signals, then: str) -> str:
     )
 
 
+@pytest.mark.realtime
 def test_a_cancel_is_not_held_up_by_a_process_the_tool_hid(signals: Signals) -> None:
     reg = ToolRegistry(cfg(cmd_tool("hider", escaping_tool(signals, "time.sleep(120)"), 60)), Hooks())
     replies = Replies()
@@ -532,6 +555,7 @@ def test_a_cancel_is_not_held_up_by_a_process_the_tool_hid(signals: Signals) -> 
         assert exits(grandchild)
 
 
+@pytest.mark.realtime
 def test_a_tool_that_exits_is_answered_though_a_process_it_started_holds_its_output(signals: Signals) -> None:
     code = escaping_tool(signals, "print('door opened')")
     reg = ToolRegistry(cfg(cmd_tool("hider", code, 60)), Hooks())
@@ -566,6 +590,7 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.realtime
 def test_calls_beyond_the_limit_are_answered_at_once_with_an_error(signals: Signals) -> None:
     """Calls beyond the limit (default 4) are refused at once; unlimited, 300 calls made 310 threads, 300 processes."""
     code = (
@@ -625,6 +650,7 @@ def join_call_threads() -> None:
             t.join(WAIT_S)
 
 
+@pytest.mark.realtime
 def test_each_python_call_takes_a_process_started_ahead_of_it(user_module: ModuleType) -> None:
     reg = ToolRegistry(cfg(py_tool("whoami", user_module, "whoami")), Hooks())
     (ahead,) = children_of(os.getpid())  # started with the tools
@@ -643,6 +669,7 @@ def test_each_python_call_takes_a_process_started_ahead_of_it(user_module: Modul
     assert children_of(os.getpid()) == []
 
 
+@pytest.mark.realtime
 def test_the_process_started_ahead_ends_with_its_daemon(user_module: ModuleType, tmp_path: Path) -> None:
     """Even a daemon that dies without closing its tools (SIGKILL) leaves no Python tool process."""
     script = tmp_path / "daemon.py"

@@ -54,6 +54,7 @@ def clip(text: str, voice: str) -> bytes:
     return g.silence(1.0) + g.speak(text, voice) + g.silence(1.5)
 
 
+@pytest.mark.realtime
 @HANDS_FREE
 @pytest.mark.parametrize(("engine", "model", "phrase"), [("openwakeword", "hey_jarvis", "hey jarvis"),
                                                           ("microwakeword", "alexa", "alexa")])
@@ -74,6 +75,7 @@ def test_the_wake_word_is_heard_in_several_voices_near_its_end(engine: str, mode
     assert heard >= len(VOICES) - 1
 
 
+@pytest.mark.realtime
 @HANDS_FREE
 @pytest.mark.parametrize(("engine", "model"), [("openwakeword", "hey_jarvis"), ("microwakeword", "alexa")])
 def test_other_speech_and_noise_are_not_the_wake_word(engine: str, model: str) -> None:
@@ -200,6 +202,7 @@ def _cli(tmp_path: Path, *args: str, hide: str = "", hands_free: bool = True) ->
                           capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
 
 
+@pytest.mark.realtime
 @HANDS_FREE
 def test_run_check_shows_the_wake_engine_model_and_noise_processing(tmp_path: Path) -> None:
     r = _cli(tmp_path)
@@ -208,6 +211,7 @@ def test_run_check_shows_the_wake_engine_model_and_noise_processing(tmp_path: Pa
     assert "noise suppression 2, auto gain off" in r.stdout
 
 
+@pytest.mark.realtime
 @HANDS_FREE
 @pytest.mark.parametrize("hidden", ["pymicro_wakeword", "webrtc_noise_gain"])
 def test_run_check_exits_78_when_a_library_is_missing(tmp_path: Path, hidden: str) -> None:
@@ -217,6 +221,7 @@ def test_run_check_exits_78_when_a_library_is_missing(tmp_path: Path, hidden: st
     assert len(r.stderr.strip().splitlines()) == 1  # one line: what happened and what to do
 
 
+@pytest.mark.realtime
 def test_without_any_hands_free_library_the_kiosk_still_runs_as_before(tmp_path: Path) -> None:
     # A 32-bit install without the extras: nothing imports the engines or webrtc-noise-gain unless asked.
     r = _cli(tmp_path, hide="pymicro_wakeword,pyopen_wakeword,webrtc_noise_gain", hands_free=False)

@@ -38,6 +38,7 @@ from device.emulator.speech import Synthesizer
 from tests.contract import checking
 from tests.contract.checking import ContractLog
 from tests.contract.validator import DOCUMENT, FROM_AGENT, TO_AGENT, Contract, contract, translate
+from tests.support import cases
 
 contract_check = checking.contract_check  # autouse: every message of every test here is validated
 SCENARIOS = sorted((Path(__file__).parents[3] / "examples" / "scenarios").glob("*.toml"))
@@ -118,7 +119,7 @@ def opt_in_everything(scenario: Scenario) -> Scenario:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", cases(5))
 def test_every_example_scenario_speaks_the_contract(
     path: Path, index: int, user_speech_16k: bytes, synth: Synthesizer, contract_check: ContractLog
 ) -> None:

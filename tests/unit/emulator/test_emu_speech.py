@@ -96,6 +96,7 @@ def test_results_are_cached(tone_synth: Synthesizer) -> None:
     assert tone_synth.pcm(TEXT, 24000) is tone_synth.pcm(TEXT, 24000)
 
 
+@pytest.mark.realtime
 @needs_espeak
 def test_espeak_speaks_the_text() -> None:
     synth = Synthesizer("auto")
