@@ -250,7 +250,7 @@ class Gate:
             self._wake_at_s = None
             self._preroll.clear()
 
-    def wake(self, t_s: float) -> None:
+    def wake_word_ended(self, t_s: float) -> None:
         """The wake word ended at ``t_s``: send from there on, as a voice turn (hang-over from ``t_s``).
 
         With ``barge_in = "wake_word"`` it also ends the echo guard at ``t_s``: the words after the

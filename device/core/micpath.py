@@ -215,7 +215,7 @@ class MicPath:
                 if machine.state in CONVERSATION:
                     if word.starts_conversation:
                         self._wake_word_seq, self._question_heard = block.seq, False
-                    self.gate.wake(word.t_s)
+                    self.gate.wake_word_ended(word.t_s)
             elif machine.state is State.IDLE:
                 return None  # idle, no wake word: nothing leaves the device
         out = self.gate.process(pcm, block.captured_at_s, block.seq)

@@ -347,7 +347,7 @@ def test_wake_opens_from_the_detection_sample_and_the_turn_starts_with_the_words
     gate = make_gate(GateConfig(mode="wake_word", hangover_ms=500))
     gate.set_active(True)  # the controller starts the conversation on the detection
     wake_at = 1000  # the wake word ended 1000 samples into the first block
-    gate.wake(wake_at / 16000)
+    gate.wake_word_ended(wake_at / 16000)
     pcm = ramp(N)
     out = gate.process(pcm, BLOCK_S)
     assert out.open and nonzero_span(out.chunks[-1].pcm) == (wake_at, N)  # nothing of the wake word itself
@@ -359,7 +359,7 @@ def test_wake_opens_from_the_detection_sample_and_the_turn_starts_with_the_words
 def test_after_wake_always_open_keeps_the_gate_open_for_the_conversation() -> None:
     gate = make_gate(GateConfig(mode="wake_word", after_wake="always_open"))
     gate.set_active(True)
-    gate.wake(0.0)
+    gate.wake_word_ended(0.0)
     assert all(gate.process(ramp(), (i + 1) * BLOCK_S).open for i in range(8))
     gate.reset(3.0)  # conversation over: closed again
     assert not gate.process(ramp(), 4 * BLOCK_S + 3.0).open
@@ -371,7 +371,7 @@ def test_wake_word_barge_in_ends_the_echo_guard_at_the_wake_word() -> None:
     gate.agent_started(0.0)
     assert not gate.process(ramp(), BLOCK_S).open  # the agent speaks: the guard holds
     gate.agent_stopped(2 * BLOCK_S, flushed=True)  # the controller flushes after the detection...
-    gate.wake(BLOCK_S + 2000 / 16000)  # ...which ended mid-block
+    gate.wake_word_ended(BLOCK_S + 2000 / 16000)  # ...which ended mid-block
     out = gate.process(ramp(), 2 * BLOCK_S)
     assert nonzero_span(out.chunks[-1].pcm) == (2000, N)
 
@@ -380,5 +380,5 @@ def test_other_barge_in_modes_keep_the_guard_over_a_wake() -> None:
     gate = make_gate(GateConfig(mode="wake_word", barge_in="none"))
     gate.set_active(True)
     gate.agent_started(0.0)
-    gate.wake(BLOCK_S / 2)
+    gate.wake_word_ended(BLOCK_S / 2)
     assert not gate.process(ramp(), BLOCK_S).open
