@@ -9,6 +9,7 @@ import os
 import selectors
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -21,7 +22,7 @@ from device.cli import main
 from device.core.events import ButtonEvent, Command, MuteEvent
 from device.drivers import control
 from device.drivers.control import ControlServer, request
-from tests.support import cli
+from tests.support import cli, outsider_python
 
 
 class FakeController:
@@ -134,13 +135,18 @@ def test_ctl_not_allowed_names_the_configured_group(tmp_path: Path) -> None:
         fake = FakeController()
         srv = ControlServer(str(sock), own_group(), fake.post, fake.status)
         srv.start()
-        as_outsider = {"user": "nobody", "group": "nogroup", "extra_groups": []} if os.geteuid() == 0 else {}
+        def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+            # As root the outsider is nobody, on a copy of device/ it can read; otherwise the socket is closed to us.
+            if os.geteuid() == 0:
+                return outsider_python("-m", "device", "ctl", *args)
+            return cli("ctl", *args)
+
         try:
-            if not as_outsider:
+            if os.geteuid() != 0:
                 sock.chmod(0)
-            res = cli("ctl", "--config", str(config), "status", **as_outsider)
+            res = ctl("--config", str(config), "status")
             config.chmod(0)  # --socket works without a readable configuration, which then cannot name the group
-            unread = cli("ctl", "--config", str(config), "--socket", str(sock), "status", **as_outsider)
+            unread = ctl("--config", str(config), "--socket", str(sock), "status")
         finally:
             srv.close()
     assert res.returncode == 77, res.stderr
