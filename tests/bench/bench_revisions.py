@@ -17,7 +17,7 @@ with this venv's interpreter and ``PYTHONPATH`` at that checkout, so only the
 firmware differs. The card is the clocked one (what was heard) when
 PulseAudio is installed.
 
-Run: ``.venv/bin/python tests/bench/bench_revisions.py BEFORE [AFTER] [--runs N]``
+Run: ``.venv/bin/python tests/bench/bench_revisions.py BEFORE [AFTER] [--runs N] [-- BENCH ARGS]``
 (AFTER defaults to the working tree, uncommitted changes included).
 """
 
@@ -102,9 +102,9 @@ def run_demo(tree: Path, out: Path, extra: list[str]) -> Report:
     return doc
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], unit: str) -> str:
     m = _median(values)
-    return "—" if m is None else f"{m:.1f}"
+    return "—" if m is None else f"{m:.2f}" if unit == "s" else f"{m:.1f}"
 
 
 def table(names: tuple[str, str], reports: tuple[list[Report], list[Report]]) -> str:
@@ -112,7 +112,7 @@ def table(names: tuple[str, str], reports: tuple[list[Report], list[Report]]) ->
     for label, unit, values in FIGURES:
         a = [v for r in reports[0] for v in values(r)]
         b = [v for r in reports[1] for v in values(r)]
-        lines.append(f"| {label}{f' ({unit})' if unit else ''} | {_cell(a)} | {_cell(b)} |")
+        lines.append(f"| {label}{f' ({unit})' if unit else ''} | {_cell(a, unit)} | {_cell(b, unit)} |")
     passed = [f"{sum(r['outcome']['ok'] for r in rs)}/{len(rs)}" for rs in reports]
     lines.append(f"| runs passed | {passed[0]} | {passed[1]} |")
     return "\n".join(lines)
@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("after", nargs="?", help="git revision B (default: this working tree)")
     ap.add_argument("--runs", type=int, default=3, help="demo runs per revision (default 3)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "revisions", help="where the reports go")
-    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: passed to voice-appliance bench")
-    args = ap.parse_args(argv)
-    extra = [a for a in args.bench_args if a != "--"]
+    argv = sys.argv[1:] if argv is None else argv
+    # What follows a "--" goes to voice-appliance bench as it is.
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     names = (args.before, args.after or "working tree")
     reports: tuple[list[Report], list[Report]] = ([], [])
     with checkout(args.before) as tree_a, checkout(args.after) as tree_b:
