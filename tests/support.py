@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import math
 import os
+import selectors
 import socket
 import ssl
 import subprocess
@@ -283,3 +284,56 @@ def examples(full: int) -> int:
     """
     return max(10, full * settings.default.max_examples // 100)
 
+
+PROXY_WAIT_S = 30.0
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on loopback (what HTTPS_PROXY names); records each tunnel's target."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._threads = [threading.Thread(target=self._accept, name="proxy-accept")]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._tunnel, args=(conn,), name="proxy-tunnel")
+            self._threads.append(t)
+            t.start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        with client:
+            client.settimeout(PROXY_WAIT_S)
+            head = read_http_head(client)
+            if head is None:
+                return
+            method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
+            self.targets.append(f"{method} {target}")
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=PROXY_WAIT_S) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                upstream.sendall(head.split(b"\r\n\r\n", 1)[1])
+                with selectors.DefaultSelector() as sel:
+                    sel.register(client, selectors.EVENT_READ, upstream)
+                    sel.register(upstream, selectors.EVENT_READ, client)
+                    while not self._stop.is_set():
+                        for key, _ in sel.select(0.05):
+                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                            if not data:
+                                return
+                            key.data.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(PROXY_WAIT_S)
+        self._listener.close()

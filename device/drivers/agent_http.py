@@ -1,8 +1,13 @@
 """REST side of the agent service: hosts, signed URLs, the token broker.
 
-The only module that imports ``requests``. TLS verification is always on
-(``agent.ca_bundle`` may name an extra CA bundle, e.g. for a TLS-inspecting
-proxy); proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``).
+One GET per signed URL, on the standard library's :mod:`http.client`: the default
+kiosk keeps a URL prefetched, so its client is resident at idle, and requests with
+its dependencies costs about 6 MiB more for the same fetch (docs/bench.md, "Idle
+footprint"). It behaves as requests did here: TLS verification is always on
+(``agent.ca_bundle`` names the CA bundle to trust, e.g. a TLS-inspecting proxy's;
+without it ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, then certifi's bundle);
+proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), HTTPS through
+a CONNECT tunnel; no redirects are followed.
 
 Every failure becomes an :class:`AgentHttpError` carrying an
 :class:`~device.core.protocol.Outcome` and a message that says what to do. Neither
@@ -14,23 +19,24 @@ so a button press connects without waiting for the REST round trip.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
+import os
 import random
 import socket
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.request import getproxies_environment, proxy_bypass
 
 import device
 from device.core.config import AgentConfig
@@ -192,18 +198,28 @@ def _service_message(body: bytes) -> str:
     return redact(" ".join(str(detail).split())[:_MAX_BODY_CHARS])
 
 
-# requests' own exception types, for the shared classifier (device.drivers.neterrors).
-_REQUESTS_FAILURES: dict[type[BaseException], NetFailure] = {
-    requests.exceptions.SSLError: NetFailure.TLS,
-    requests.exceptions.ProxyError: NetFailure.PROXY,
-    requests.exceptions.ConnectTimeout: NetFailure.CONNECT_TIMEOUT,
-    requests.exceptions.Timeout: NetFailure.TIMEOUT,
+class _ProxyFailure(OSError):
+    """Reaching the agent through the environment's proxy failed (the proxy, or its tunnel)."""
+
+
+class _UnusableCaBundle(OSError):
+    """The CA bundle to trust could not be read."""
+
+
+class _ConnectTimeout(TimeoutError):
+    """Connecting (TCP, proxy tunnel, TLS handshake) took longer than its timeout."""
+
+
+# This module's own failure types, for the shared classifier (device.drivers.neterrors).
+_FETCH_FAILURES: dict[type[BaseException], NetFailure] = {
+    _ProxyFailure: NetFailure.PROXY,
+    _ConnectTimeout: NetFailure.CONNECT_TIMEOUT,
 }
 
 
-def classify_request_error(e: requests.RequestException, what: str, host: str, timeout_s: float) -> AgentHttpError:
-    """A requests exception → an error naming the failure class (DNS, TLS, proxy, connect, timeout)."""
-    kind = classify(e, _REQUESTS_FAILURES)
+def classify_request_error(e: BaseException, what: str, host: str, timeout_s: float) -> AgentHttpError:
+    """A failed request → an error naming the failure class (DNS, TLS, proxy, connect, timeout)."""
+    kind = classify(e, _FETCH_FAILURES)
     if kind is None:
         return AgentHttpError(Outcome.NETWORK, f"request to {host} failed while {what} ({type(e).__name__})")
     detail = describe(kind, e, host=host, what=what, timeout_s=timeout_s, timeout_key="agent.http_timeout_s")
@@ -224,57 +240,126 @@ class SignedUrl:
         return (time.monotonic() if now_s is None else now_s) - self.fetched_at_s
 
 
-class _TrackingAdapter(HTTPAdapter):
-    """Records every socket it connects, so :meth:`AgentHttp.interrupt` can cut a request in flight."""
-
-    def __init__(self, opened: Callable[[socket.socket], None]) -> None:
-        self._opened = opened  # set before HTTPAdapter.__init__, which builds the pool manager
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self._track(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.PoolManager:
-        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **kwargs)
-        self._track(manager)
-        return manager
-
-    def _track(self, manager: urllib3.PoolManager) -> None:
-        opened = self._opened
-
-        class TrackedHTTP(urllib3.connection.HTTPConnection):
-            def connect(self) -> None:
-                super().connect()
-                opened(self.sock)
-
-        class TrackedHTTPS(urllib3.connection.HTTPSConnection):
-            def connect(self) -> None:
-                super().connect()
-                opened(self.sock)
-
-        class HTTPPool(urllib3.HTTPConnectionPool):
-            ConnectionCls = TrackedHTTP
-
-        class HTTPSPool(urllib3.HTTPSConnectionPool):
-            ConnectionCls = TrackedHTTPS
-
-        # A copy: urllib3 shares its default mapping between all managers.
-        manager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+def _environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url``, or None; requests' rules (select_proxy, no_proxy)."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host or _bypasses_proxy(host, parts.port):
+        return None
+    proxies = getproxies_environment()
+    scheme = parts.scheme.lower()
+    for key in (f"{scheme}://{host}", scheme, f"all://{host}", "all"):
+        if proxies.get(key):
+            return proxies[key]
+    return None
 
 
-def _read_capped(resp: requests.Response, limit: int, deadline: float) -> bytes | None:
+def _bypasses_proxy(host: str, port: int | None) -> bool:
+    """Whether NO_PROXY exempts ``host``: an address in a listed network, a listed address, a name suffix."""
+    entries = [e for e in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").replace(" ", "").split(",")
+               if e]
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in entries:
+        if address is not None:
+            with contextlib.suppress(ValueError):
+                if "/" in entry and address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            if host == entry:
+                return True
+        elif host.endswith(entry) or f"{host}:{port}".endswith(entry):
+            return True
+    try:
+        return bool(proxy_bypass(host))
+    except (TypeError, socket.gaierror):  # as requests: an exemption that cannot be decided is none
+        return False
+
+
+def _default_ca_bundle() -> str | None:
+    """What requests trusted without ``verify``: the environment's bundle, then certifi's (None: the system's)."""
+    named = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if named:
+        return named
+    try:
+        import certifi  # requests' dependency: the bundle a kiosk has always verified with
+    except ImportError:
+        return None
+    return str(certifi.where())
+
+
+def _tls_context(bundle: str | None) -> ssl.SSLContext:
+    """Verifying context (hostname and chain) trusting ``bundle`` (a file or, from the environment, a directory)."""
+    if bundle and os.path.isdir(bundle):
+        context = ssl.create_default_context(capath=bundle)
+    else:
+        context = ssl.create_default_context(cafile=bundle)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _proxy_authorization(proxy: str) -> dict[str, str]:
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return {}
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+
+
+def _connection(
+    url: str, context: ssl.SSLContext | None, timeout_s: float
+) -> tuple[http.client.HTTPConnection, str, dict[str, str], bool]:
+    """(connection, request target, extra headers, through a proxy) for ``url``, not yet connected."""
+    parts = urlsplit(url)
+    secure = parts.scheme.lower() == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    proxy = _environment_proxy(url)
+    if proxy is None:
+        if secure:
+            return http.client.HTTPSConnection(host, port, timeout=timeout_s, context=context), target, {}, False
+        return http.client.HTTPConnection(host, port, timeout=timeout_s), target, {}, False
+    proxy = proxy if "://" in proxy else f"http://{proxy}"
+    via = urlsplit(proxy)
+    if via.scheme.lower() != "http" or not via.hostname:
+        raise _ProxyFailure(f"unsupported proxy scheme {via.scheme!r}; use an http:// proxy")
+    auth = _proxy_authorization(proxy)
+    if secure:
+        tunnel = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=timeout_s, context=context)
+        tunnel.set_tunnel(host, port, headers=auth)
+        return tunnel, target, {}, True
+    plain = http.client.HTTPConnection(via.hostname, via.port or 80, timeout=timeout_s)
+    return plain, urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, "")), auth, True
+
+
+def _connect(conn: http.client.HTTPConnection, proxied: bool) -> None:
+    """Connect, naming a timeout as a connect timeout and any other non-TLS failure through a proxy as the proxy's."""
+    try:
+        conn.connect()
+    except ssl.SSLError:
+        raise
+    except TimeoutError as e:
+        raise _ConnectTimeout("connecting timed out") from e
+    except OSError as e:
+        if proxied:
+            raise _ProxyFailure("the proxy failed") from e
+        raise
+
+
+def _read_capped(resp: http.client.HTTPResponse, limit: int, deadline: float) -> bytes | None:
     """The reply body, or None when it is longer than ``limit`` bytes (read no further than that)."""
-    length = resp.headers.get("Content-Length", "")
+    length = resp.getheader("Content-Length", "") or ""
     if length.isdigit() and int(length) > limit:
         return None
     body = bytearray()
-    for chunk in resp.iter_content(16 * 1024):
+    while chunk := resp.read1(16 * 1024):  # what has arrived, so the deadline is checked as it drips
         body += chunk
         if len(body) > limit:
             return None
         if time.monotonic() > deadline:  # a server dripping bytes must not hold us past the timeout
-            raise requests.exceptions.ReadTimeout("the reply body took too long")
+            raise TimeoutError("the reply body took too long")
     return bytes(body)
 
 
@@ -305,28 +390,22 @@ class AgentHttp:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._rng = rng or random.Random()
-        self._http = requests.Session()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._sockets_lock = threading.Lock()
         self._cancel: threading.Event | None = None  # of the fetch in flight
-        adapter = _TrackingAdapter(self._opened)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
-        # Proxies and REQUESTS_CA_BUNDLE from the environment; verification can never be turned off.
-        self._http.trust_env = True
-        self._http.headers["User-Agent"] = f"{SOURCE_NAME}/{device.__version__}"
+        self._headers = {"User-Agent": f"{SOURCE_NAME}/{device.__version__}", "Accept": "*/*"}
         self._lock = threading.Lock()  # one request at a time per client
         self.requests_made = 0
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing is kept open between requests (a signed URL is fetched every few minutes at most)."""
 
     def interrupt(self) -> None:
         """End a request in flight at once (from any thread): set its cancel Event first, then call this.
 
         Shuts down the client's sockets, so a reply being waited for fails
         immediately instead of after agent.http_timeout_s; the fetch then raises
-        "cancelled". Pooled idle connections are reopened by the next request.
+        "cancelled".
         """
         with self._sockets_lock:
             socks = list(self._sockets)
@@ -403,7 +482,6 @@ class AgentHttp:
         self, url: str, headers: dict[str, str], host: str, what: str, cancel: threading.Event
     ) -> SignedUrl:
         timeout_s = self.agent.http_timeout_s
-        verify: bool | str = self.agent.ca_bundle or True
         if self.agent.ca_bundle:
             try:
                 check_ca_bundle(self.agent.ca_bundle)
@@ -413,31 +491,23 @@ class AgentHttp:
                     f"{e.strerror}; set agent.ca_bundle to a PEM file (or leave it empty for the system store)"
                 ) from None
         broker = self.agent.connection == "broker"
+        connect_timeout_s = min(timeout_s, MAX_CONNECT_TIMEOUT_S)
         with self._lock:
             self.requests_made += 1
             with self._sockets_lock:
                 self._cancel = cancel
             try:
-                resp = self._http.get(
-                    url,
-                    headers=headers,
-                    timeout=(min(timeout_s, MAX_CONNECT_TIMEOUT_S), timeout_s),
-                    verify=verify,
-                    allow_redirects=False,
-                    stream=True,  # so an oversized reply is refused, not read into memory
-                )
-                with resp:
-                    raw = _read_capped(resp, MAX_REPLY_BYTES, time.monotonic() + timeout_s)
-            except (requests.RequestException, OSError) as e:
+                status, reply_headers, raw = self._get(url, headers, connect_timeout_s, timeout_s)
+            except (http.client.HTTPException, OSError) as e:
                 if cancel.is_set():  # interrupt() cut the socket
                     raise AgentHttpError(Outcome.LOCAL, f"{what} was cancelled") from None
-                if isinstance(e, requests.exceptions.ConnectTimeout):
-                    raise classify_request_error(e, what, host, min(timeout_s, MAX_CONNECT_TIMEOUT_S)) from None
-                if isinstance(e, requests.RequestException):
-                    raise classify_request_error(e, what, host, timeout_s) from None
-                raise AgentHttpError(  # e.g. an unreadable ca_bundle
-                    Outcome.NETWORK, f"{what} failed: {e.strerror or e}; check agent.ca_bundle"
-                ) from None
+                if isinstance(e, _ConnectTimeout):
+                    raise classify_request_error(e, what, host, connect_timeout_s) from None
+                if isinstance(e, _UnusableCaBundle):
+                    raise AgentHttpError(
+                        Outcome.NETWORK, f"{what} failed: {e.strerror or e}; check agent.ca_bundle"
+                    ) from None
+                raise classify_request_error(e, what, host, timeout_s) from None
             finally:
                 with self._sockets_lock:
                     self._cancel = None
@@ -446,12 +516,12 @@ class AgentHttp:
         if raw is None:
             raise AgentHttpError(
                 Outcome.PROTOCOL,
-                f"{source} answered HTTP {resp.status_code} with more than {MAX_REPLY_BYTES // 1024} KiB; "
+                f"{source} answered HTTP {status} with more than {MAX_REPLY_BYTES // 1024} KiB; "
                 "a signed URL is under 2 KB, so the reply was refused unread: check agent.base_url / "
                 "agent.broker_url point at the agent service or your token broker",
             )
-        if resp.status_code != 200:
-            raise self._status_error(resp, raw, host, broker)
+        if status != 200:
+            raise self._status_error(status, reply_headers, raw, host, broker)
         try:
             body: Any = json.loads(raw)
         except ValueError:
@@ -471,12 +541,37 @@ class AgentHttp:
             )
         return SignedUrl(add_client_params(signed), fetched_at_s)
 
-    def _status_error(self, resp: requests.Response, raw: bytes, host: str, broker: bool) -> AgentHttpError:
-        status = resp.status_code
+    def _get(
+        self, url: str, headers: dict[str, str], connect_timeout_s: float, timeout_s: float
+    ) -> tuple[int, http.client.HTTPMessage, bytes | None]:
+        """(status, headers, body or None when over MAX_REPLY_BYTES) of one GET on a connection of its own."""
+        context = None
+        if urlsplit(url).scheme.lower() == "https":
+            try:
+                context = _tls_context(self.agent.ca_bundle or _default_ca_bundle())
+            except ssl.SSLError:
+                raise  # not PEM: a TLS failure, as requests reported it
+            except OSError as e:  # e.g. an unreadable ca_bundle
+                raise _UnusableCaBundle(e.errno, e.strerror) from None
+        conn, target, extra, proxied = _connection(url, context, connect_timeout_s)
+        try:
+            _connect(conn, proxied)
+            assert conn.sock is not None  # connected
+            self._opened(conn.sock)
+            conn.sock.settimeout(timeout_s)  # connecting had its own, shorter timeout
+            conn.request("GET", target, headers={**self._headers, **headers, **extra, "Connection": "close"})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, _read_capped(resp, MAX_REPLY_BYTES, time.monotonic() + timeout_s)
+        finally:
+            conn.close()
+
+    def _status_error(
+        self, status: int, reply_headers: http.client.HTTPMessage, raw: bytes, host: str, broker: bool
+    ) -> AgentHttpError:
         outcome = classify_http_status(status)
         said = _service_message(raw)
         said = f" ({said})" if said else ""
-        retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+        retry_after_s = parse_retry_after(reply_headers.get("Retry-After"), time.time())
         who = f"the token broker {host}" if broker else host
         if outcome is Outcome.AUTH:
             what = "refused this device's token" if broker else "rejected the API key"

@@ -1,6 +1,6 @@
 """What went wrong with a network connection: one pure classifier for the REST and WebSocket sides.
 
-:mod:`device.drivers.agent_http` (requests) and :mod:`device.drivers.session` (websocket-client)
+:mod:`device.drivers.agent_http` (http.client) and :mod:`device.drivers.session` (websocket-client)
 both turn a failed connection into one line that says what failed and what to
 do. The library exceptions differ; what they wrap does not: the socket
 module's errors, ``ssl`` errors, OS errors with an errno. :func:`classify`

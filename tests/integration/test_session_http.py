@@ -9,7 +9,6 @@ answers, a name under .invalid, a TLS server with a private certificate.
 from __future__ import annotations
 
 import json
-import selectors
 import socket
 import ssl
 import threading
@@ -28,7 +27,7 @@ from device.drivers.agent_http import AgentHttp, SignedUrlSource
 from device.drivers.secrets import Secret
 from device.emulator.scenario import Fault
 from tests.integration.sessionrig import EMULATOR_KEY, WAIT_S, agent_for, fast_scenario, make_session, running, started
-from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
+from tests.support import ConnectProxy, LocalHttp, QuietHandler, free_port, make_fifo, unless_blocked_on
 
 pytestmark = pytest.mark.realtime
 
@@ -245,57 +244,6 @@ def test_ca_bundle_admits_a_private_ca(tls_agent_server: int, cert: tuple[Path, 
     session, events = make_session(None, agent=agent, key=None)
     with started(session):
         assert events.wait_for(Connected).conversation_id == "tls-1"
-
-
-class ConnectProxy:
-    """An HTTP CONNECT proxy on loopback (what HTTPS_PROXY names); records each tunnel's target."""
-
-    def __init__(self) -> None:
-        self.targets: list[str] = []
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._threads = [threading.Thread(target=self._accept, name="proxy-accept")]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            t = threading.Thread(target=self._tunnel, args=(conn,), name="proxy-tunnel")
-            self._threads.append(t)
-            t.start()
-
-    def _tunnel(self, client: socket.socket) -> None:
-        with client:
-            client.settimeout(WAIT_S)
-            head = read_http_head(client)
-            if head is None:
-                return
-            method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
-            self.targets.append(f"{method} {target}")
-            host, port = target.rsplit(":", 1)
-            with socket.create_connection((host, int(port)), timeout=WAIT_S) as upstream:
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                upstream.sendall(head.split(b"\r\n\r\n", 1)[1])
-                with selectors.DefaultSelector() as sel:
-                    sel.register(client, selectors.EVENT_READ, upstream)
-                    sel.register(upstream, selectors.EVENT_READ, client)
-                    while not self._stop.is_set():
-                        for key, _ in sel.select(0.05):
-                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                            if not data:
-                                return
-                            key.data.sendall(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        for t in list(self._threads):
-            t.join(WAIT_S)
-        self._listener.close()
 
 
 def test_the_socket_goes_through_the_environments_proxy_with_a_private_ca(

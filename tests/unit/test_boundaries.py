@@ -122,6 +122,8 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "websocket": frozenset({"device.drivers.session"}),
     "requests": frozenset({"device.drivers.agent_http"}),
     "urllib3": frozenset({"device.drivers.agent_http"}),
+    # The CA bundle the signed-URL fetch trusts by default (requests' dependency, as requests trusted it).
+    "certifi": frozenset({"device.drivers.agent_http"}),
     "systemd": frozenset({"device.drivers.logs"}),
     # webrtcvad is C code with its own frame rules; the kiosk's VAD (given to the gate) and the emulator's wrap it.
     "webrtcvad": frozenset({"device.drivers.vad", "device.emulator.vad"}),

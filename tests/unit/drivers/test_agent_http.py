@@ -38,7 +38,7 @@ from device.drivers.agent_http import (
     signed_url_request,
 )
 from device.drivers.secrets import Secret
-from tests.support import LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
+from tests.support import ConnectProxy, LocalHttp, QuietHandler, free_port, make_fifo, read_http_head, unless_blocked_on
 
 KEY = "sk_unit_test_key_0123456789"
 WAIT_S = 30.0
@@ -452,6 +452,52 @@ def test_proxy_from_the_environment_is_used(server: Server, monkeypatch: pytest.
     path, headers = server.script.requests[0]
     assert path == "http://agents.kiosk-test.invalid/v1/convai/conversation/get-signed-url?agent_id=agent_x"
     assert headers["xi-api-key"] == KEY
+
+
+PROXY_VARS = ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "https_proxy", "HTTPS_PROXY", "ALL_PROXY",
+              "all_proxy")
+
+
+def test_https_goes_through_the_environments_connect_proxy_with_a_private_ca(
+    cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    srv, proxy = Server(tls=cert), ConnectProxy()
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        cfg = AgentConfig(
+            agent_id="a", base_url=f"https://127.0.0.1:{srv.port}", http_timeout_s=5.0, ca_bundle=str(cert[0])
+        )
+        with client(cfg, attempts=1) as http:
+            assert "SIGNED_TOKEN_1" in http.fetch_signed_url().url
+    finally:
+        proxy.close()
+        srv.close()
+    assert proxy.targets == [f"CONNECT 127.0.0.1:{srv.port}"]
+
+
+@pytest.mark.parametrize("exempt", ["127.0.0.1", "127.0.0.0/8"])
+def test_no_proxy_exempts_an_address_or_its_network(
+    server: Server, monkeypatch: pytest.MonkeyPatch, exempt: str
+) -> None:
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")  # nothing listens: only a bypass works
+    monkeypatch.setenv("NO_PROXY", f"other.example, {exempt}")
+    with client(agent(server.port), attempts=1) as http:
+        assert "SIGNED_TOKEN_1" in http.fetch_signed_url().url
+
+
+def test_a_proxy_that_cannot_be_reached_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    cfg = AgentConfig(agent_id="a", base_url="https://agents.kiosk-test.invalid", http_timeout_s=5.0)
+    with client(cfg, attempts=1) as http, pytest.raises(AgentHttpError) as info:
+        http.fetch_signed_url()
+    assert info.value.outcome is Outcome.NETWORK
+    assert "the HTTP(S) proxy failed while fetching a signed URL" in str(info.value)
 
 
 # -- prefetch ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import http.client
 import socket
 import ssl
 
@@ -101,7 +102,7 @@ def test_the_rest_side_decides_on_types_not_on_class_names_or_text() -> None:
     class NameResolutionError(Exception):  # a look-alike: not a DNS failure
         pass
 
-    e = requests.exceptions.ConnectionError(NameResolutionError("temporary failure in name resolution"))
+    e = http.client.HTTPException(NameResolutionError("temporary failure in name resolution"))
     assert "cannot resolve" not in str(classify_request_error(e, "fetching", "h.example", 1.0))
-    reset = requests.exceptions.ConnectionError(ConnectionResetError(104, "the peer refused to go on"))
+    reset = http.client.HTTPException(ConnectionResetError(104, "the peer refused to go on"))
     assert "connection to h.example reset" in str(classify_request_error(reset, "fetching", "h.example", 1.0))
