@@ -270,9 +270,14 @@ def read_http_head(conn: socket.socket) -> bytes | None:
     return data
 
 
+def _profile_share(full: int) -> int:
+    """``full`` scaled by the loaded hypothesis profile (100 examples: all of it; the fast profile's 25: a quarter)."""
+    return full * settings.default.max_examples // 100
+
+
 def cases(full: int) -> range:
     """Seeds for a test over ``full`` cases: all of them in the full run, a quarter (at least one) otherwise."""
-    return range(max(1, full * settings.default.max_examples // 100))
+    return range(max(1, _profile_share(full)))
 
 
 def examples(full: int) -> int:
@@ -282,7 +287,7 @@ def examples(full: int) -> int:
     real-time tests are left out; a property that sets its own count scales with it, and never
     drops below 10.
     """
-    return max(10, full * settings.default.max_examples // 100)
+    return max(10, _profile_share(full))
 
 
 PROXY_WAIT_S = 30.0

@@ -284,7 +284,7 @@ class Daemon:
         cfg = self.cfg
         self._tools = ToolRegistry(cfg.tools, self)
         if cfg.agent.connection != "public":
-            # requests (and TLS) only for agents that fetch a signed URL: a public agent's
+            # The HTTP client (and TLS) only for agents that fetch a signed URL: a public agent's
             # session makes its own client when a conversation opens.
             from device.drivers.agent_http import AgentHttp, SignedUrlSource
 

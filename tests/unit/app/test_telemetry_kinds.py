@@ -19,13 +19,13 @@ def _trees(paths: list[Path]) -> list[tuple[Path, ast.AST]]:
 
 
 @functools.cache
-def _publish_calls() -> list[tuple[str, ast.Call]]:
+def _publish_calls() -> tuple[tuple[str, ast.Call], ...]:
     found = []
     for path, tree in _trees(sorted(DEVICE.rglob("*.py"))):
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "publish":
                 found.append((f"{path.relative_to(DEVICE)}:{node.lineno}", node))
-    return found
+    return tuple(found)  # cached: shared by every test, so not to be changed by one
 
 
 def _constant_str(node: ast.AST) -> str | None:
