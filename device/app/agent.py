@@ -78,7 +78,7 @@ class SessionCloser(Worker):
     def submit(self, session: SessionLike) -> None:
         self._queue.put(session)
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self._queue.put(None)
 
     def run(self) -> None:

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Unblock:
-    """Put on the queue by :meth:`Controller.wake` so that a waiting ``get`` returns (stop)."""
+    """Put on the queue by :meth:`Controller.unblock` so that a waiting ``get`` returns (stop)."""
 
 
 QUEUE_SIZE = 1024
@@ -165,7 +165,7 @@ class Controller(Worker):
         finally:
             self.agent.closer.stop(max(timeout_s, 30.0))  # a session may take its connect timeout to end
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         """Unblock the queue's wait (the thread then sees the stop flag)."""
         with contextlib.suppress(queue.Full):  # a full queue: the loop is busy and will see the flag
             self._queue.put_nowait(_Unblock())

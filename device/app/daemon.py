@@ -15,6 +15,7 @@ changes state. :func:`serve` is the process main loop used by
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -23,45 +24,30 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from device.app.agent import SessionLike
 from device.app.controller import Controller
+from device.app.parts import Parts, PinFactory
 from device.app.telemetry import TelemetryBus
-from device.core.audioevents import Block, PlaybackEvent
 from device.core.config import Config
-from device.core.errors import DeviceError, ExitCode, WorkerStuckError
-from device.core.events import BlockEvent, ButtonEvent, Command, MuteEvent, PlaybackNote
-from device.core.protocol import SessionEvent
+from device.core.errors import DeviceError, ExitCode
+from device.core.events import ButtonEvent, Command, MuteEvent
 from device.drivers.instance import InstanceLock, claim
-from device.drivers.notify import Notifier, Watchdog
+from device.drivers.notify import Notifier
 from device.drivers.secrets import Secret
-from device.drivers.status import STARTING, Status, StatusFiles, status_line
+from device.drivers.status import STARTING, Status, status_line
 from device.drivers.worker import Worker, WorkerExited
 
-if TYPE_CHECKING:  # imported where they are built: each configuration loads only what it uses
-    from device.drivers.agent_http import AgentHttp, SignedUrlSource
+if TYPE_CHECKING:
     from device.drivers.capture import Capture
-    from device.drivers.control import ControlServer
-    from device.drivers.gpio import Gpio
     from device.drivers.playback import Playback
-    from device.drivers.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 
 STATUS_REWRITE_S = 10.0  # rewrite the status files at least this often (counters, ping)
-STOP_JOIN_S = 5.0
 # READY waits this long at most for the microphone's first block (through a sound server it takes
 # ~2 s; the capture gives up on a silent one after 3.25 s): far inside the unit's TimeoutStartSec.
 READY_WAIT_S = 10.0
-
-
-class PinFactory(Protocol):
-    """A gpiozero pin factory (``gpiozero.pins.Factory``: a Pi's, or the mock one), handed to the GPIO driver."""
-
-    def pin(self, spec: Any) -> Any: ...
-
-    def close(self) -> None: ...
 
 
 class Daemon:
@@ -84,28 +70,51 @@ class Daemon:
         self.fatal = threading.Event()  # a worker died: the process should exit and be restarted
         self.fatal_reason = ""
         self.started_at_s = 0.0
-        self.sessions_made = 0
         self._running = False
         self._starting = False  # parts are up, the microphone has not delivered yet: not ready
-        self._lock = threading.Lock()
+        self._session_numbers = itertools.count(1)  # across reloads: every session thread has its own name
         self._last_written: tuple[object, ...] = ()
         self._last_write_s = 0.0
         self._last_status_line = ""
         self._instance = InstanceLock()  # held from start() to stop(), across reloads
-        self._clear_parts()
+        self.parts = self._new_parts()
 
-    def _clear_parts(self) -> None:
-        self.controller: Controller | None = None
-        self.capture: Capture | None = None
-        self.playback: Playback | None = None
-        self.gpio: Gpio | None = None
-        self.control: ControlServer | None = None
-        self.signed_urls: SignedUrlSource | None = None
-        self.watchdog: Watchdog | None = None
-        self.status_files: StatusFiles | None = None
-        self._http: AgentHttp | None = None
-        self._prefetch_http: AgentHttp | None = None
-        self._tools: ToolRegistry | None = None
+    def _new_parts(self) -> Parts:
+        return Parts(
+            self.cfg,
+            self.api_key,
+            hooks=self,
+            telemetry=self.telemetry,
+            notifier=self.notifier,
+            on_exit=self._worker_exited,
+            tick=self._housekeeping,
+            status=self.status_dict,
+            session_numbers=self._session_numbers,
+            pin_factory=self.pin_factory,
+        )
+
+    def _build(self) -> None:
+        self.parts = self._new_parts()
+        self.parts.build()
+
+    def _stop_parts(self) -> None:
+        errors = self.parts.stop()
+        self.parts = self._new_parts()  # nothing built: every part reads None
+        if errors:
+            self.fatal_reason = "; ".join(errors)
+            self.fatal.set()
+
+    @property
+    def controller(self) -> Controller | None:
+        return self.parts.controller
+
+    @property
+    def capture(self) -> Capture | None:
+        return self.parts.capture
+
+    @property
+    def playback(self) -> Playback | None:
+        return self.parts.playback
 
     # -- lifetime -------------------------------------------------------------------------
     def start(self) -> None:
@@ -118,7 +127,7 @@ class Daemon:
         self._starting = True
         try:
             self._build()
-            self._start_parts()
+            self.parts.start()
             self._wait_until_heard()
         except BaseException:
             self._starting = False
@@ -158,14 +167,14 @@ class Daemon:
         refused = ""
         try:
             self._build()
-            self._start_parts()
+            self.parts.start()
         except Exception as e:  # a bad edit must not take the kiosk down
             refused = f"reload refused: {e or type(e).__name__}"
             log.error("%s; keeping the running configuration", refused)
             self._stop_parts()
             self.cfg, self.api_key = old
             self._build()
-            self._start_parts()
+            self.parts.start()
         self._wait_until_heard()
         self._starting = False
         self._running = True
@@ -215,19 +224,12 @@ class Daemon:
         return self.controller.status.state if self.controller is not None else "stopped"
 
     def workers(self) -> list[Worker]:
-        """The threads whose heartbeat the watchdog checks.
-
-        Not the signed-URL prefetcher nor the sessions' threads: they block in
-        bounded network calls (up to the HTTP/connect timeouts, with retries),
-        which is slow, not stuck. Their death still ends the process.
-        """
-        parts = [self.controller, self.capture, self.playback, self.control]
-        return [w for w in parts if isinstance(w, Worker)]
+        """The threads whose heartbeat the watchdog checks (see :meth:`Parts.workers`)."""
+        return self.parts.workers()
 
     @property
     def stall_s(self) -> float:
-        """systemd.worker_stall_s, raised above the audio workers' longest silent wait (device reopen backoff)."""
-        return max(self.cfg.systemd.worker_stall_s, self.cfg.audio.reopen_max_s * 1.25 + 2.0)
+        return self.parts.stall_s
 
     def status(self) -> Status:
         """The controller's snapshot plus the audio engine's counters."""
@@ -273,179 +275,6 @@ class Daemon:
     def end_conversation(self) -> None:
         self.command("stop")
 
-    # -- building ----------------------------------------------------------------------------------
-    def _build(self) -> None:
-        from device.drivers.capture import Capture
-        from device.drivers.control import ControlServer
-        from device.drivers.gpio import Gpio
-        from device.drivers.playback import Playback
-        from device.drivers.tools import ToolRegistry
-
-        cfg = self.cfg
-        self._tools = ToolRegistry(cfg.tools, self)
-        if cfg.agent.connection != "public":
-            # The HTTP client (and TLS) only for agents that fetch a signed URL: a public agent's
-            # session makes its own client when a conversation opens.
-            from device.drivers.agent_http import AgentHttp, SignedUrlSource
-
-            self._http = AgentHttp(cfg.agent, self.api_key)
-            if cfg.agent.prefetch_signed_url:
-                self._prefetch_http = AgentHttp(cfg.agent, self.api_key)
-                self.signed_urls = SignedUrlSource(
-                    self._prefetch_http,
-                    retry_initial_s=cfg.session.retry_initial_s,
-                    retry_max_s=cfg.session.retry_max_s,
-                    on_exit=self._worker_exited,
-                )
-        self.playback = Playback(cfg.audio, on_event=self._on_playback_event, on_exit=self._worker_exited)
-        self.gpio = Gpio(
-            cfg.button,
-            cfg.leds,
-            self._on_gpio_button,
-            self._on_gpio_mute,
-            pin_factory=self.pin_factory,
-        )
-        controller = Controller(
-            cfg,
-            self._make_session,
-            self.playback,
-            self.telemetry,
-            show=self.gpio.show,
-            on_exit=self._worker_exited,
-        )
-        self.controller = controller
-        self.capture = Capture(
-            cfg.audio,
-            self._on_block,
-            on_exit=self._worker_exited,
-            on_event=controller.on_capture_event,
-        )
-        if cfg.systemd.control_socket:
-            self.control = ControlServer(
-                cfg.systemd.control_socket,
-                cfg.systemd.control_group,
-                controller.post,
-                self.status_dict,
-                on_exit=self._worker_exited,
-            )
-        self.status_files = StatusFiles(cfg.systemd.status_file, cfg.systemd.prometheus_textfile)
-        self.watchdog = Watchdog(
-            self.notifier,
-            self.workers,
-            self.stall_s,
-            tick=self._housekeeping,
-            enabled=cfg.systemd.watchdog,
-            on_exit=self._worker_exited,
-        )
-
-    def _start_parts(self) -> None:
-        from device.drivers.control import ControlError
-
-        assert self.controller is not None and self.watchdog is not None  # _build() made every part
-        assert self.gpio is not None and self.playback is not None and self.capture is not None
-        self.gpio.open()  # before the controller: its first state shows on the LEDs
-        self.playback.start()
-        self.controller.start()
-        if self.signed_urls is not None:
-            self.signed_urls.start()
-        if self.control is not None:
-            try:
-                self.control.start()
-            except ControlError as e:
-                log.warning("%s; running without it", e)
-                self.control = None
-        self.capture.start()
-        self.watchdog.start()
-
-    def _stop_parts(self) -> None:
-        """Stop the watchdog, then inputs, the brain, outputs (the prefetcher alongside). Every part is tried."""
-        errors: list[str] = []
-
-        def attempt(what: str, fn: Callable[[], None]) -> None:
-            try:
-                fn()
-            except WorkerStuckError as e:
-                errors.append(str(e))
-                log.error("%s", e)
-            except Exception:
-                log.exception("stopping %s failed", what)
-
-        if self.watchdog is not None:  # first: a worker that has stopped is not a stuck one
-            attempt("watchdog", self.watchdog.close)
-        prefetcher: threading.Thread | None = None
-        if self.signed_urls is not None:
-            # It may wait out an HTTP request in flight (agent.http_timeout_s), and so may a
-            # conversation that is connecting: both at once, or the stop overruns TimeoutStopSec.
-            prefetcher = threading.Thread(
-                target=attempt, args=("signed_urls", self.signed_urls.close), name="stop-prefetcher"
-            )
-            prefetcher.start()
-        for name in ("capture", "control"):
-            part = getattr(self, name)
-            if part is not None:
-                attempt(name, part.close)
-        if self.controller is not None:
-            attempt("controller", lambda: self.controller.stop(STOP_JOIN_S))  # type: ignore[union-attr]
-        if self.playback is not None:
-            attempt("playback", self.playback.close)
-        if prefetcher is not None:
-            prefetcher.join()  # bounded: close() gives up after http_timeout_s + 5 s
-        if self.gpio is not None:
-            attempt("gpio", self.gpio.close)
-        if self._tools is not None:
-            attempt("tools", self._tools.close)
-        for http in (self._http, self._prefetch_http):
-            if http is not None:
-                attempt("http", http.close)
-        if self.status_files is not None:
-            attempt("status files", self.status_files.remove)
-        self._clear_parts()
-        if errors:
-            self.fatal_reason = "; ".join(errors)
-            self.fatal.set()
-
-    # -- wiring callbacks (other threads) -------------------------------------------------------------
-    def _make_session(self, on_event: Callable[[SessionEvent], None]) -> SessionLike:
-        from device.drivers.session import Session
-
-        tools = self._tools
-        assert tools is not None, "sessions are made by the running controller, after _build()"
-        with self._lock:
-            self.sessions_made += 1
-            n = self.sessions_made
-        return Session(
-            self.cfg.agent,
-            self.cfg.session,
-            tools,
-            self.api_key,
-            on_event,
-            self.signed_urls,
-            http=self._http,
-            name=f"session-{n}",
-        )
-
-    def _on_block(self, block: Block) -> None:
-        controller = self.controller
-        if controller is not None:
-            controller.post(BlockEvent(block.pcm, block.seq, block.captured_at_s))
-        if self.telemetry.active:
-            self.telemetry.publish("captured", block.captured_at_s, seq=block.seq)
-
-    def _on_playback_event(self, event: PlaybackEvent) -> None:
-        controller = self.controller
-        if controller is not None:
-            controller.post(PlaybackNote(event))
-
-    def _on_gpio_button(self, pressed: bool, t_s: float) -> None:
-        controller = self.controller
-        if controller is not None:
-            controller.post(ButtonEvent("gpio", pressed, t_s))
-
-    def _on_gpio_mute(self, muted: bool, t_s: float) -> None:
-        controller = self.controller
-        if controller is not None:
-            controller.post(MuteEvent("switch", muted, t_s))
-
     def _worker_exited(self, event: WorkerExited) -> None:
         if event.stopped and event.error is None:
             return
@@ -466,8 +295,8 @@ class Daemon:
         if key != self._last_written or now - self._last_write_s >= STATUS_REWRITE_S:
             self._last_written = key
             self._last_write_s = now
-            if self.status_files is not None:
-                self.status_files.write(st)
+            if self.parts.status_files is not None:
+                self.parts.status_files.write(st)
 
 
 # -- the process main loop ------------------------------------------------------------------------------

@@ -632,7 +632,7 @@ class SignedUrlSource(Worker):
         self.failures = 0
         self._attempts_done = 0
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self._cancel.set()
         self._http.interrupt()  # a request in flight ends now, not after agent.http_timeout_s
         with self._cond:

@@ -98,7 +98,7 @@ class Capture(Worker):
         """
         return self._settled.wait(timeout_s)
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self._waker.wake()
 
     def stop(self, timeout_s: float = DEFAULT_JOIN_TIMEOUT_S) -> None:

@@ -291,7 +291,7 @@ class ControlServer(Worker):
             self.bind()
         super().start()
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         with self._answer_lock:
             if self._closed:
                 return  # the pipe is gone; its descriptor number may already belong to someone else
@@ -521,7 +521,7 @@ class ControlServer(Worker):
 
         def reply(ok: bool, text: str) -> None:  # called on the controller's thread
             if self._finish(ask, reply_answer(ok, text)):
-                self.wake()
+                self.unblock()
 
         client.ask = ask
         if not self._post(Command(cmd.name, cmd.text, reply)):

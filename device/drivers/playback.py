@@ -104,7 +104,7 @@ class Playback(Worker):
         self._volume.apply()
         super().start()
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self._waker.wake()
 
     def stop(self, timeout_s: float = DEFAULT_JOIN_TIMEOUT_S) -> None:

@@ -213,7 +213,7 @@ class _Receiver(Worker):
     def run(self) -> None:
         self._session._rx_main(self)
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self._session._wake_rx()
 
 
@@ -253,7 +253,7 @@ class _Sender(Worker):
             if self._first_sent_ms is None and self.started_s is not None:
                 self._first_sent_ms = (sent_s - self.started_s) * 1000
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self._outbox.close()
 
     def stats(self) -> dict[str, int | float]:

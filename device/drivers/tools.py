@@ -356,7 +356,7 @@ class _CallWorker(Worker):
         self._started_s = time.monotonic()
         self.replied = False
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         with self._proc_lock:
             if self._proc is not None:
                 _kill_group(self._proc)

@@ -52,7 +52,7 @@ class Worker:
     def run(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         """Unblock ``run()`` after the stop Event was set (override when it blocks elsewhere)."""
 
     @property
@@ -88,7 +88,7 @@ class Worker:
         """Ask the thread to stop, wake it, and join; raise if it will not die."""
         self._stop_event.set()
         try:
-            self.wake()
+            self.unblock()
         except Exception:  # waking is best effort; the join below is the check
             log.debug("waking %s failed", self.name, exc_info=True)
         if not self._started or threading.current_thread() is self._thread:

@@ -87,7 +87,7 @@ def test_a_two_megabyte_conversation_id_and_a_forging_error_stay_short_and_clean
         with ScriptedRig(tmp_path, port, systemd=systemd) as rig:
             rig.d.command("start")
             rig.wait_state("listening")
-            dog = rig.d.watchdog
+            dog = rig.d.parts.watchdog
             assert dog is not None
             assert dog.wait_rounds(2, WAIT_S)  # status.json written in the conversation
 

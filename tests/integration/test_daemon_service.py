@@ -42,7 +42,7 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
     with Rig(tmp_path, silence(30.0), systemd=systemd, notifier=notifier, audio={"reopen_max_s": 0.1}) as rig:
         assert notify.wait_for("READY=1")
         notify.wait_for("WATCHDOG=1")
-        assert rig.d.watchdog is not None
+        assert rig.d.parts.watchdog is not None
         assert rig.d.stall_s == pytest.approx(2.125)
 
         # Make the controller hang the way a bug would: a command whose answer never returns.
@@ -56,7 +56,7 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
         rig.d.controller.post(Command("start", reply=stuck_reply))  # type: ignore[union-attr]
         try:
             assert hanging.wait(WAIT_S)
-            dog = rig.d.watchdog
+            dog = rig.d.parts.watchdog
             assert dog.wait_rounds(1, WAIT_S)
             while "controller" not in dog.stuck:
                 assert dog.wait_rounds(1, WAIT_S)
@@ -66,7 +66,7 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path: Path, notify: NotifyS
         finally:
             release.set()
         notify.wait_for("WATCHDOG=1")  # the controller answers again: pings resume
-        assert rig.d.watchdog.stuck == []
+        assert rig.d.parts.watchdog.stuck == []
 
 
 def test_run_as_a_service_ready_ctl_reload_and_sigterm(tmp_path: Path, notify: NotifySocket) -> None:
@@ -152,7 +152,7 @@ def test_the_stop_does_not_wait_for_the_signed_url_prefetcher_before_ending_the_
     with Rig(tmp_path, silence(30.0)) as rig:
         rig.d.command("start")
         rig.wait_state("listening")
-        prefetcher = rig.d.signed_urls
+        prefetcher = rig.d.parts.signed_urls
         assert prefetcher is not None
         seen: list[bool] = []
 
@@ -167,14 +167,14 @@ def test_the_stop_does_not_wait_for_the_signed_url_prefetcher_before_ending_the_
                 finally:
                     prefetcher.close()
 
-        rig.d.signed_urls = HungPrefetcher()
+        rig.d.parts.signed_urls = HungPrefetcher()
     assert seen == [True]  # the conversation ended while the prefetcher was still being stopped
 
 
 def test_a_stop_is_no_stuck_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     systemd = SystemdConfig(status_file="", control_socket="", watchdog=True)
     with Rig(tmp_path, silence(30.0), systemd=systemd) as rig:
-        dog, prefetcher = rig.d.watchdog, rig.d.signed_urls
+        dog, prefetcher = rig.d.parts.watchdog, rig.d.parts.signed_urls
         assert dog is not None
         assert dog.alive
         assert prefetcher is not None
@@ -187,7 +187,7 @@ def test_a_stop_is_no_stuck_worker(tmp_path: Path, caplog: pytest.LogCaptureFixt
                 rounds.append(dog.alive and dog.wait_rounds(2, WAIT_S))
                 prefetcher.close()
 
-        rig.d.signed_urls = SlowPrefetcher()
+        rig.d.parts.signed_urls = SlowPrefetcher()
     assert len(rounds) == 1
     assert "stopped responding" not in caplog.text  # the stopped capture is no stuck worker
 
@@ -201,7 +201,7 @@ def test_status_file_and_prometheus_textfile(tmp_path: Path) -> None:
     with Rig(tmp_path, silence(20.0), systemd=systemd) as rig:
         rig.d.command("start")
         rig.wait_state("listening")
-        dog = rig.d.watchdog
+        dog = rig.d.parts.watchdog
         assert dog is not None
         assert dog.wait_rounds(2, WAIT_S)
         doc = json.loads((tmp_path / "run" / "status.json").read_text())

@@ -27,7 +27,7 @@ def test_a_stop_in_a_conversation_leaves_the_textfile_saying_stopped(tmp_path: P
     with rig:
         rig.d.command("start")
         rig.wait_state("listening")
-        dog = rig.d.watchdog
+        dog = rig.d.parts.watchdog
         assert dog is not None
         assert dog.wait_rounds(2, WAIT_S)
         text = prom.read_text()

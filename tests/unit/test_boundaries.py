@@ -337,24 +337,9 @@ RULES = (
 )
 
 
-# Where the tree does not keep a rule yet: the restructuring's open items (docs/ARCHITECTURE.md, "Not
-# there yet"). A violation not listed fails the test, and so does a listed one that is gone, so the list
-# can only shrink.
-PENDING: Mapping[str, frozenset[str]] = {
-    "small-classes": frozenset({
-        "device.app.daemon.Daemon is 404 lines (at most 350)",
-    }),
-}
-
-
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_the_tree_keeps_the_rule(rule: Rule) -> None:
-    assert sorted(set(rule.check(load_sources())) - PENDING.get(rule.name, frozenset())) == []
-
-
-@pytest.mark.parametrize("rule", [r for r in RULES if r.name in PENDING], ids=lambda r: r.name)
-def test_a_pending_violation_that_is_gone_leaves_the_list(rule: Rule) -> None:
-    assert sorted(PENDING[rule.name] - set(rule.check(load_sources()))) == []
+    assert sorted(rule.check(load_sources())) == []
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)

@@ -122,7 +122,7 @@ class Beater(Worker):
             self.beat()
             self.wait(0.01)
 
-    def wake(self) -> None:
+    def unblock(self) -> None:
         self.unhang.set()
 
 

@@ -81,7 +81,7 @@ def test_a_thread_that_will_not_stop_is_an_error() -> None:
     w.stop()
 
 
-def test_wake_hook_unblocks_run() -> None:
+def test_the_unblock_hook_unblocks_run() -> None:
     import queue
 
     class QueueWorker(Worker):
@@ -91,9 +91,9 @@ def test_wake_hook_unblocks_run() -> None:
 
         def run(self) -> None:
             while not self.stopping:
-                self.q.get()  # blocks until woken
+                self.q.get()  # blocks until unblocked
 
-        def wake(self) -> None:
+        def unblock(self) -> None:
             self.q.put(None)
 
     w = QueueWorker()
