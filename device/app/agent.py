@@ -187,9 +187,11 @@ class AgentLink:
     def _on_agent_audio(self, event: AgentAudio, now: float) -> None:
         if not self.replies.admit(event.event_id):
             return  # the rest of a reply the user cut off
-        self._speaker.write(event.audio, event.received_at_s)
+        position = self._speaker.write(event.audio, event.received_at_s)
         self._report.telemetry.publish(
-            "agent_audio", now, event_id=event.event_id, nbytes=len(event.audio), received_at_s=event.received_at_s
+            "agent_audio", now, event_id=event.event_id, nbytes=len(event.audio), received_at_s=event.received_at_s,
+            position=position, frames=len(event.audio) // event.fmt.bytes_per_frame, rate_hz=event.fmt.rate_hz,
+            alignment=event.alignment,
         )
 
     def _on_connected(self, event: Connected, now: float) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from device.app.agent import SessionLike
 from device.app.controller import Controller
+from device.app.speaker import publish_reply_chunk
 from device.app.telemetry import TelemetryBus
 from device.core.audioevents import Block, PlaybackEvent
 from device.core.config import Config
@@ -248,6 +249,9 @@ class Parts:
             self._telemetry.publish("captured", block.captured_at_s, seq=block.seq)
 
     def _on_playback_event(self, event: PlaybackEvent) -> None:
+        if event.kind == "reply_chunk":  # many a second, and only for the telemetry: not through the controller
+            publish_reply_chunk(self._telemetry, event)
+            return
         if self.controller is not None:
             self.controller.post(PlaybackNote(event))
 

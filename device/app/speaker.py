@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from device.app.reporter import Reporter
+from device.app.telemetry import TelemetryBus
 from device.core.audioevents import PlaybackEvent, PlaybackEventKind
 from device.core.events import DeviceFault
 from device.core.machine import Input, Kind
@@ -26,7 +27,7 @@ class PlaybackLike(Protocol):
     """What the controller needs of :class:`device.drivers.playback.Playback`."""
 
     def set_format(self, fmt: Any) -> None: ...
-    def write(self, audio: bytes, received_at_s: float | None = None) -> None: ...
+    def write(self, audio: bytes, received_at_s: float | None = None) -> int | None: ...
     def flush(self) -> Any: ...
     def play_earcon(self, name: str) -> bool: ...
 
@@ -50,9 +51,11 @@ class Speaker:
         self._feed = feed
         self._fault = fault
 
-    def write(self, audio: bytes, received_at_s: float | None) -> None:
+    def write(self, audio: bytes, received_at_s: float | None) -> int | None:
+        """Queue agent audio; its stream position (what ``reply_chunk`` events name), None without playback."""
         if self._playback is not None:
-            self._playback.write(audio, received_at_s)
+            return self._playback.write(audio, received_at_s)
+        return None
 
     def set_format(self, fmt: Any) -> None:
         if self._playback is not None:
@@ -119,6 +122,9 @@ class Speaker:
             "earcon", event.t_s, name=event.detail, phase="started" if started else "finished"
         )
 
+    def _on_reply_chunk(self, event: PlaybackEvent, now: float) -> None:
+        publish_reply_chunk(self._report.telemetry, event)
+
     def _on_other(self, event: PlaybackEvent, now: float) -> None:
         self._report.telemetry.publish("playback", event.t_s, kind=event.kind, detail=event.detail)
 
@@ -135,4 +141,14 @@ PLAYBACK_HANDLERS: Mapping[PlaybackEventKind, Callable[[Speaker, PlaybackEvent, 
     "earcon_finished": Speaker._on_earcon,
     "overflow": Speaker._on_other,
     "mixer_unavailable": Speaker._on_other,
+    "reply_chunk": Speaker._on_reply_chunk,  # the parts publish these at once (device/app/parts.py)
 }
+
+
+def publish_reply_chunk(telemetry: TelemetryBus, event: PlaybackEvent) -> None:
+    """A ``reply_chunk`` (many a second: on playback's thread, not through the controller's queue)."""
+    if telemetry.active:
+        telemetry.publish(
+            "reply_chunk", event.t_s, position=event.position, frames=event.frames, rate_hz=event.rate_hz,
+            delay_ms=event.latency_ms,
+        )

@@ -15,7 +15,8 @@ captured        seq (a block left the microphone; t_s is its capture time)
 gate            open, level_dbfs, seq, speech
 block_sent      seq, captured_at_s, open, nbytes
 wake            model, score (the wake word was heard; t_s is where it ended)
-agent_audio     event_id, nbytes, received_at_s
+agent_audio     event_id, nbytes, received_at_s, position, frames, rate_hz, alignment (or None)
+reply_chunk     position, frames, rate_hz, delay_ms (t_s: when the chunk's first frame is heard)
 reply_started   reply_id, latency_ms, rate_hz
 reply_finished  reply_id, frames
 earcon          name (listening, done, error), phase (started, finished)
@@ -54,6 +55,7 @@ TelemetryKind = Literal[
     "block_sent",
     "wake",
     "agent_audio",
+    "reply_chunk",
     "reply_started",
     "reply_finished",
     "earcon",

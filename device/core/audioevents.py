@@ -17,6 +17,7 @@ PlaybackEventKind = Literal[
     "earcon_started",
     "earcon_finished",
     "mixer_unavailable",
+    "reply_chunk",
 ]
 
 
@@ -57,6 +58,10 @@ class PlaybackEvent:
     - ``overflow``: the ring was full, ``frames`` of agent audio were discarded.
     - ``earcon_started`` / ``earcon_finished``: a cue (``detail``) began / was
       heard to its end (or a reply followed it at once).
+    - ``reply_chunk``: a chunk of a reply was handed to the device; ``t_s`` is
+      when its first frame will be heard (the write time plus the device's
+      delay, which is ``latency_ms``), ``position`` is that frame's stream
+      position (:attr:`PlayQueue.stream_position`), ``frames`` its length.
     - ``opened``, ``device_error`` (``detail`` says what to do),
       ``mixer_unavailable`` (software volume is used instead).
 
@@ -71,6 +76,7 @@ class PlaybackEvent:
     latency_ms: float | None = None
     dropped_frames: int = 0
     detail: str = ""
+    position: int = 0
 
     @property
     def ms(self) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import ipaddress
 import math
 import re
 import tomllib
@@ -344,6 +345,49 @@ class SystemdConfig:
 
 
 @dataclass(frozen=True)
+class ScreenConfig:
+    """The kiosk's screen: a local web page with the state and live captions (docs/screen.md)."""
+
+    enabled: bool = _f(False, "serve the screen page and its event stream")
+    bind: str = _f(
+        "127.0.0.1",
+        "address the screen server listens on; anything but 127.0.0.1 / ::1 / localhost needs token_file "
+        "(and is logged as a warning: the captions are the visitors' words)",
+    )
+    port: int = _f(8790, "TCP port of the screen server", min=1, max=65535)
+    token_file: str = _f(
+        "",
+        "root-only file holding the token a remote browser must present (?token=… or Authorization: Bearer); "
+        "required when bind is not loopback (a systemd credential voice_appliance_screen_token wins)",
+    )
+    talk_button: bool = _f(False, "show an on-screen talk button (touch screens): start, press, release, end")
+    keep_history: bool = _f(
+        False, "keep the conversation's captions on screen after it ends (off: cleared when it ends, for privacy)"
+    )
+    max_clients: int = _f(4, "browsers connected at once; more are refused", min=1, max=64)
+
+    def __post_init__(self) -> None:
+        if not self.bind.strip() or any(c.isspace() for c in self.bind):
+            raise ConfigError(f"{self.bind!r} is not an address; write e.g. 127.0.0.1", "screen.bind")
+        if self.enabled and not self.loopback and not self.token_file:
+            raise ConfigError(
+                f"screen.bind = {self.bind!r} lets other machines read the captions; set screen.token_file "
+                "to a root-only file holding a token (or bind 127.0.0.1)",
+                "screen.token_file",
+            )
+
+    @property
+    def loopback(self) -> bool:
+        """Only this machine can connect (127.0.0.0/8, ::1, localhost)."""
+        if self.bind == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.bind.strip("[]")).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -356,6 +400,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     systemd: SystemdConfig = field(default_factory=SystemdConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
 
     def require_agent(self) -> Config:
         """Check what the daemon needs beyond well-formed values."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import collections
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from device.core.audioevents import FlushReport, PlaybackEvent
 from device.core.audioformat import PCM_16000, PLAYBACK_CHUNK_S, AudioFormat
@@ -52,6 +52,7 @@ class Chunk:
 
     data: bytes
     is_reply: bool
+    position: int = field(default=-1, compare=False)  # a reply chunk: stream position of its first frame
 
 
 @dataclass
@@ -102,6 +103,7 @@ class PlayQueue:
         self._reply_first_audio_s = 0.0
         self._reply_started_sent = False
         self._written_total = 0
+        self._stream_in = 0  # frames of agent audio ever stored in the ring (or skipped for a missing device)
         self._events: list[PlaybackEvent] = []
         self._stats = {
             "chunks_written": 0,
@@ -139,6 +141,17 @@ class PlayQueue:
     def stats(self) -> dict[str, int]:
         return {**self._stats, "ring_frames": len(self._ring) // 2}
 
+    @property
+    def stream_position(self) -> int:
+        """Where the next agent audio goes in the stream of all agent audio written (frames).
+
+        Every frame of agent audio :meth:`write` takes has one position; a reply chunk carries
+        the position of its first frame, so what was written can be matched with what is played.
+        The ring holds positions ``stream_position - len(ring)`` to ``stream_position``; a flush
+        skips what it clears.
+        """
+        return self._stream_in
+
     def take_events(self) -> list[PlaybackEvent]:
         """The events produced since the last call, oldest first."""
         events, self._events = self._events, []
@@ -174,6 +187,7 @@ class PlayQueue:
             return False
         if self._device_failed:
             self._stats["dropped_no_device_frames"] += len(pcm) // 2
+            self._stream_in += len(pcm) // 2
             return False
         # after a flush this audio starts the next reply, even before the driver has served the flush
         if self._state is not PlayState.REPLY and self._first_audio_at_s is None:
@@ -182,6 +196,7 @@ class PlayQueue:
             self._state = PlayState.PREBUFFERING
         self._end_of_input = False
         stored = self._ring.write(pcm)
+        self._stream_in += stored // 2
         if stored < len(pcm):
             overflow = (len(pcm) - stored) // 2
             self._stats["overflow_frames"] += overflow
@@ -266,7 +281,7 @@ class PlayQueue:
             return None  # the driver drops or reopens first
         chunk_bytes = 2 * round(self._rate_hz * PLAYBACK_CHUNK_S)
         if self._state is PlayState.REPLY:
-            return Chunk(self._ring.read(chunk_bytes), is_reply=True) if len(self._ring) else None
+            return self._reply_chunk(chunk_bytes) if len(self._ring) else None
         if self._cues and (self._cue is None or self._cue.left is None):
             self._start_cue(now_s)
         if self._cue is not None and self._cue.left is not None:
@@ -275,8 +290,12 @@ class PlayQueue:
             return Chunk(data, is_reply=False)
         if len(self._ring) and self._prebuffered(now_s):
             self._start_reply(now_s)
-            return Chunk(self._ring.read(chunk_bytes), is_reply=True)
+            return self._reply_chunk(chunk_bytes)
         return None
+
+    def _reply_chunk(self, chunk_bytes: int) -> Chunk:
+        position = self._stream_in - len(self._ring) // 2
+        return Chunk(self._ring.read(chunk_bytes), is_reply=True, position=position)
 
     @property
     def awaits_drain(self) -> bool:

@@ -298,6 +298,15 @@ class Connected:
 
 
 @dataclass(frozen=True)
+class Alignment:
+    """When each character of an audio chunk is spoken: milliseconds from the chunk's first sample."""
+
+    chars: tuple[str, ...]
+    starts_ms: tuple[float, ...]
+    durations_ms: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class AgentAudio:
     """A chunk of the agent's speech, still in ``fmt`` (μ-law still encoded)."""
 
@@ -305,6 +314,7 @@ class AgentAudio:
     event_id: int
     fmt: AudioFormat
     received_at_s: float
+    alignment: Alignment | None = field(default=None, repr=False)  # absent, or malformed: no captions timing
 
 
 @dataclass(frozen=True)
@@ -593,6 +603,34 @@ def decode_audio(b64: Any, fmt: AudioFormat) -> bytes:
     return audio
 
 
+MAX_ALIGNMENT_CHARS = 4_000  # a chunk of speech is a second or two: a few dozen characters
+
+
+def decode_alignment(value: Any) -> Alignment | None:
+    """An audio event's optional ``alignment``; None when absent or not usable (the audio still plays).
+
+    Liberal: the three lists must be as long as each other, each char a string and each time a
+    non-negative number; anything else drops the alignment (never the audio).
+    """
+    if not isinstance(value, Mapping):
+        return None
+    chars, starts, durations = (value.get(k) for k in ("chars", "char_start_times_ms", "char_durations_ms"))
+    if not (isinstance(chars, list) and isinstance(starts, list) and isinstance(durations, list)):
+        return None
+    if not (len(chars) == len(starts) == len(durations)) or len(chars) > MAX_ALIGNMENT_CHARS:
+        return None
+    if not all(isinstance(c, str) and len(c) <= 8 for c in chars):
+        return None
+    times = [*starts, *durations]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1e7 for t in times):
+        return None
+    return Alignment(
+        tuple(" " if c.isspace() else clean_text(c, 8) for c in chars),  # a newline reads as a space
+        tuple(float(t) for t in starts),
+        tuple(float(t) for t in durations),
+    )
+
+
 def decode_server_message(
     raw: str | bytes, output_format: AudioFormat | None, received_at_s: float
 ) -> ServerEvent:
@@ -621,7 +659,8 @@ def decode_server_message(
         event_id = _int(w, "event_id", kind)
         if output_format is None:
             raise MalformedMessage("audio_before_metadata", "'audio' before conversation_initiation_metadata")
-        return AgentAudio(decode_audio(w.get("audio_base_64"), output_format), event_id, output_format, received_at_s)
+        audio = decode_audio(w.get("audio_base_64"), output_format)
+        return AgentAudio(audio, event_id, output_format, received_at_s, decode_alignment(w.get("alignment")))
     if kind == "ping":
         w = _wrapper(msg, "ping_event")
         return Ping(_optional_int(w.get("ping_ms")), _int(w, "event_id", kind))

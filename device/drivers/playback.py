@@ -124,19 +124,23 @@ class Playback(Worker):
         if changed:
             self._waker.wake()
 
-    def write(self, audio: bytes, received_at_s: float | None = None) -> None:
-        """Queue agent audio in the current format; never blocks.
+    def write(self, audio: bytes, received_at_s: float | None = None) -> int:
+        """Queue agent audio in the current format; never blocks. Returns its stream position.
 
         ``received_at_s`` (``time.monotonic()`` when it came off the network)
         makes ``reply_started`` measure from arrival rather than from this call.
+        The position (frames, :attr:`PlayQueue.stream_position`) is what the
+        ``reply_chunk`` events name when this audio is handed to the device.
         """
         now = time.monotonic()
         with self._queue_lock:
+            position = self._queue.stream_position
             queued = self._queue.write(audio, now, received_at_s)
             events = self._queue.take_events()
         if queued:
             self._waker.wake()
         self._post(events)
+        return position
 
     def end_of_input(self) -> None:
         """No more audio for the current reply: it finishes as soon as it has been heard."""
@@ -320,11 +324,29 @@ class Playback(Worker):
         if n == 0:
             self._wait_for_room(dev, pending)
             return
+        if pending.offset == 0 and pending.chunk.is_reply:
+            self._report_reply_chunk(dev, pending.chunk, n)
         pending.offset += 2 * n
         complete = pending.remaining == 0
         if complete:
             self._pending = None
         self._locked(self._queue.wrote, pending.chunk, n, complete, time.monotonic())
+
+    def _report_reply_chunk(self, dev: PlaybackDevice, chunk: Chunk, frames: int) -> None:
+        """When the first frame of a reply chunk just handed to the device will be heard (its delay)."""
+        if self._on_event is None:
+            return
+        now = time.monotonic()
+        try:
+            ahead = max(0, dev.delay_frames() - frames)  # what the device holds before this chunk
+        except AudioError:
+            return  # the next write reports the lost device
+        self._emit(
+            PlaybackEvent(
+                "reply_chunk", now + ahead / dev.rate_hz, rate_hz=dev.rate_hz, frames=len(chunk.data) // 2,
+                position=chunk.position, latency_ms=ahead * 1000.0 / dev.rate_hz,
+            )
+        )
 
     def _wait_for_room(self, dev: PlaybackDevice, pending: _Pending) -> None:
         period_s = dev.period_frames / dev.rate_hz

@@ -263,3 +263,35 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+SCREEN_CREDENTIAL_NAME = "voice_appliance_screen_token"
+
+
+def load_screen_token(token_file: str, environ: Mapping[str, str] | None = None) -> Secret | None:
+    """The screen server's token (``screen.token_file``), checked like a key file; None when none is set.
+
+    The systemd credential ``voice_appliance_screen_token`` comes first. The token is never logged.
+    """
+    env = os.environ if environ is None else environ
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / SCREEN_CREDENTIAL_NAME
+        if path.exists():
+            return Secret(_read_key(path, "screen token credential"), f"credential {SCREEN_CREDENTIAL_NAME}")
+    if not token_file:
+        return None
+    path = Path(token_file)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise CredentialError(
+            f"cannot read screen.token_file {path}: {e.strerror or e}; create it with: "
+            f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
+        ) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CredentialError(
+            f"the screen token file {path} is readable by others (mode {stat.filemode(st.st_mode)}); "
+            f"fix it with: sudo chmod 600 {path}"
+        )
+    return Secret(_read_key(path, "screen token file"), f"file {path}")

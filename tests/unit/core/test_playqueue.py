@@ -655,3 +655,20 @@ def test_running_dry_during_a_cue_is_no_underrun() -> None:
     chunk = next_chunk(q, 0.0)
     q.underrun(chunk, 0.0)
     assert q.stats["underruns"] == 0
+
+
+def test_reply_chunks_carry_their_stream_position_and_a_flush_skips_what_it_cleared() -> None:
+    """The position lets the screen match an audio event's characters with the chunk that plays them."""
+    q = opened()
+    assert q.stream_position == 0
+    q.write(frames(2500), 0.0)
+    assert q.stream_position == 2500
+    first = next_chunk(q, 1.0)
+    q.wrote(first, CHUNK_FRAMES, True, 1.0)
+    second = next_chunk(q, 1.0)
+    assert (first.position, second.position) == (0, 1000)
+    q.flush(1.1)  # 500 frames still in the ring: never played
+    assert q.start_flush() is not None
+    q.write(frames(1200), 1.2)
+    assert q.stream_position == 3700
+    assert next_chunk(q, 2.0).position == 2500  # the next reply starts where the new audio went
