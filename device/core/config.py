@@ -348,7 +348,9 @@ class SystemdConfig:
 class ScreenConfig:
     """The kiosk's screen: a local web page with the state and live captions (docs/screen.md)."""
 
-    enabled: bool = _f(False, "serve the screen page and its event stream")
+    enabled: bool = _f(
+        False, "serve the screen page and its event stream (not in this version yet: true is refused on load)"
+    )
     bind: str = _f(
         "127.0.0.1",
         "address the screen server listens on; anything but 127.0.0.1 / ::1 / localhost needs token_file "

@@ -77,3 +77,9 @@ def test_an_unforeseen_failure_in_a_check_is_a_config_error(monkeypatch: pytest.
         load_settings(path, environ={})
     assert str(e.value).startswith(f"the configuration ({path} with the environment and --set) could not be loaded")
 
+
+
+def test_the_screen_is_refused_until_its_server_exists() -> None:
+    with pytest.raises(ConfigError) as err:
+        check_resources(parsed(["screen.enabled=true"]))
+    assert err.value.key == "screen.enabled"
