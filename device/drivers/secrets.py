@@ -154,6 +154,16 @@ def _missing_key_file(value: str) -> CredentialError:
     return CredentialError(f"{PASTED_KEY_FILE}. {PASTED_KEY_FILE_FIX[0].upper()}{PASTED_KEY_FILE_FIX[1:]}")
 
 
+def _private_file_secret(path: Path, st: os.stat_result, what: str) -> Secret:
+    """The secret in ``path`` (stat ``st``), refused while anyone but its owner may read it."""
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CredentialError(
+            f"the {what} {path} is readable by others (mode {stat.filemode(st.st_mode)}); "
+            f"fix it with: sudo chmod 600 {path}"
+        )
+    return Secret(_read_key(path, what), f"file {path}")
+
+
 def load_api_key(
     api_key_file: str, environ: Mapping[str, str] | None = None
 ) -> Secret | None:
@@ -189,12 +199,7 @@ def load_api_key(
                     f"cannot read the key file {path}: {getattr(e, 'strerror', None) or e}"
                 ) from None
             raise _missing_key_file(api_key_file) from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CredentialError(
-                f"the key file {path} is readable by others (mode {stat.filemode(st.st_mode)}); "
-                f"fix it with: sudo chmod 600 {path}"
-            )
-        return Secret(_read_key(path, "key file"), f"file {path}")
+        return _private_file_secret(path, st, "key file")
     if env.get(ENV_VAR):
         log.warning("using the API key from $%s: for development only", ENV_VAR)
         return Secret(env[ENV_VAR].strip(), f"environment {ENV_VAR}")
@@ -289,9 +294,4 @@ def load_screen_token(token_file: str, environ: Mapping[str, str] | None = None)
             f"cannot read screen.token_file {path}: {e.strerror or e}; create it with: "
             f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
         ) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CredentialError(
-            f"the screen token file {path} is readable by others (mode {stat.filemode(st.st_mode)}); "
-            f"fix it with: sudo chmod 600 {path}"
-        )
-    return Secret(_read_key(path, "screen token file"), f"file {path}")
+    return _private_file_secret(path, st, "screen token file")
