@@ -47,7 +47,7 @@ need_venv() {
     # $1: the extras to install (default bench,test; the benchmarks add the
     # official SDK as `baseline`). Debian's own Python 3.11, as on Raspberry
     # Pi OS Bookworm.
-    local extras=${1:-bench,test,wake}
+    local extras=${1:-bench,test,wake,aec}
     local py=/usr/bin/python3
     if [ ! -x "$venv/bin/python" ]; then
         log "creating $venv"
@@ -128,7 +128,7 @@ case "$cmd" in
         exec "$venv/bin/python" -m pytest -m "not realtime and not system" "$@"
         ;;
     bench)
-        setup bench,test,wake,baseline
+        setup bench,test,wake,aec,baseline
         exec "$venv/bin/python" -m pytest -p no:cacheprovider tests/bench -s "$@"
         ;;
     arm) arm_check "$@" ;;

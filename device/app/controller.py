@@ -52,7 +52,7 @@ from device.core.machine import (
     MachineSettings,
     State,
 )
-from device.core.micpath import MicPath, WakeWord, WakeWordDetector
+from device.core.micpath import EchoCanceller, MicPath, WakeWord, WakeWordDetector
 from device.drivers import dsp
 from device.drivers.logs import RateLimitedLog
 from device.drivers.status import Status
@@ -73,16 +73,21 @@ BEAT_S = 0.5
 _DROP_LOG_INTERVAL_S = 10.0  # a full queue is reported at once, then at most this often
 
 
-def make_mic_path(cfg: Config) -> MicPath:
-    """The microphone path with the engines ``cfg`` asks for (the wake-word engines load only in wake_word mode)."""
-    gate = Gate(cfg.gate, WebrtcVad(cfg.gate.vad_aggressiveness))
+def make_mic_path(cfg: Config, echo_canceller: EchoCanceller | None = None) -> MicPath:
+    """The microphone path with the engines ``cfg`` asks for (the wake-word engines load only in wake_word mode).
+
+    ``echo_canceller`` is built with the playback tap it reads (:func:`device.drivers.aec.make`).
+    """
+    gate = Gate(cfg.gate, WebrtcVad(cfg.gate.vad_aggressiveness), echo_cancelled=echo_canceller is not None)
     noise_gain = dsp.make(cfg.audio.noise_suppression, cfg.audio.auto_gain_dbfs)
     detector: WakeWordDetector | None = None
     if cfg.gate.mode == "wake_word":
         from device.drivers.wake import WakeDetector
 
         detector = WakeDetector(cfg.wake)
-    return MicPath(gate, cfg.session.send_backlog_s, noise_gain=noise_gain, detector=detector)
+    double_talk_vad = WebrtcVad(cfg.gate.vad_aggressiveness) if echo_canceller is not None else None
+    return MicPath(gate, cfg.session.send_backlog_s, noise_gain=noise_gain, detector=detector,
+                   echo_canceller=echo_canceller, double_talk_vad=double_talk_vad)
 
 
 class Controller(Worker):
@@ -98,6 +103,7 @@ class Controller(Worker):
         show: Callable[[str], None] | None = None,
         on_exit: Callable[[WorkerExited], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        echo_canceller: EchoCanceller | None = None,
     ) -> None:
         super().__init__("controller", on_exit)
         self.cfg = cfg
@@ -105,7 +111,7 @@ class Controller(Worker):
         self._clock = clock
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_SIZE)
         self.machine = Machine(MachineSettings.from_config(cfg), clock())
-        self.mic = make_mic_path(cfg)
+        self.mic = make_mic_path(cfg, echo_canceller)
         self.button = ButtonTracker(cfg.button.long_press_s, cfg.gate.mode != "push_to_talk")
         self.report = Reporter(self.telemetry, show, clock, cfg.gate.mode)
         self.speaker = Speaker(playback, cfg.audio.earcons, self.mic, self.report, self._feed, self._on_fault)
@@ -290,21 +296,35 @@ class Controller(Worker):
             log.warning("the microphone is muted; turn the mute switch off (or run `voice-appliance ctl unmute`)")
 
     def _flush(self, now: float, cause: Kind) -> None:
+        if cause is Kind.INTERRUPTION and self.mic.echo_canceller is not None and self.mic.gate.barge_in == "voice":
+            self.mic.audit.barged_in(now)  # the service heard the user over the agent: did they say anything?
         self.speaker.flush(now)
         replies = self.agent.replies
         replies.flushed(cause)  # cut short here (not by the service): the rest of the reply is dropped
-        if cause in (Kind.PRESS, Kind.WAKE_WORD):
+        if cause in (Kind.PRESS, Kind.WAKE_WORD, Kind.VOICE):
             self.report.count("barge_ins")
-            by = "press" if cause is Kind.PRESS else "wake word"
+            by = {Kind.PRESS: "press", Kind.WAKE_WORD: "wake word", Kind.VOICE: "voice"}[cause]
             log.info("barge-in: the agent's reply was cut off by a %s", by)
             self.telemetry.publish("interruption", now, event_id=replies.last_id, local=True, by=by)
 
     # -- the microphone ------------------------------------------------------------------------
     def _on_block(self, block: BlockEvent) -> None:
+        false_barge_ins = self.mic.false_barge_ins(block.captured_at_s)
+        if false_barge_ins:
+            total = self.report.count("false_barge_ins", false_barge_ins)
+            log.warning(
+                "false barge-in (%d so far): the user's voice was heard over the agent's, the agent was cut "
+                "off, and the service then heard no words; if this repeats, raise gate.voice_barge_in_ms or "
+                "check the speaker's placement (`voice-appliance check echo`)", total,
+            )
+            self.telemetry.publish("false_barge_in", block.captured_at_s, total=total)
         heard = self.mic.process(block, self.machine, self._on_wake_word)
         if heard is None:
             return
         out, now = heard.gated, self._clock()
+        if heard.voice_barge_in_s is not None:
+            # before the block's chunks go out: they belong to the user's turn the barge-in starts
+            self._feed(Input(Kind.VOICE), now)
         if self.telemetry.active:
             self.telemetry.publish(
                 "gate", block.captured_at_s, open=out.open, level_dbfs=round(out.level_dbfs, 1), seq=block.seq,

@@ -241,6 +241,8 @@ class Daemon:
         if self.playback is not None:
             counters["playback_underruns"] = self.playback.stats.get("underruns", 0)
         counters["xruns"] = counters.get("capture_overruns", 0) + counters.get("playback_underruns", 0)
+        if c is not None and c.mic.echo_canceller is not None:
+            counters.update(c.mic.echo_canceller.stats)
         counters["uptime_s"] = round(time.monotonic() - self.started_at_s, 1)
         return Status(
             state=STARTING if self._starting and c is not None else base.state,

@@ -36,6 +36,7 @@ from device.drivers.status import StatusFiles
 from device.drivers.worker import Worker, WorkerExited
 
 if TYPE_CHECKING:  # imported where they are built: each configuration loads only what it uses
+    from device.drivers.aec import EchoTap
     from device.drivers.agent_http import AgentHttp, SignedUrlSource
     from device.drivers.capture import Capture
     from device.drivers.control import ControlServer
@@ -91,6 +92,7 @@ class Parts:
         self.control: ControlServer | None = None
         self.signed_urls: SignedUrlSource | None = None
         self.watchdog: Watchdog | None = None
+        self.echo_tap: EchoTap | None = None
         self.status_files: StatusFiles | None = None
         self._http: AgentHttp | None = None
         self._prefetch_http: AgentHttp | None = None
@@ -114,6 +116,7 @@ class Parts:
     # -- building --------------------------------------------------------------------------
     def build(self) -> None:
         """Make every part (nothing starts). On a failure, what was made is left for :meth:`stop`."""
+        from device.drivers import aec
         from device.drivers.capture import Capture
         from device.drivers.control import ControlServer
         from device.drivers.gpio import Gpio
@@ -136,10 +139,16 @@ class Parts:
                     retry_max_s=cfg.session.retry_max_s,
                     on_exit=self._on_exit,
                 )
-        self.playback = Playback(cfg.audio, on_event=self._on_playback_event, on_exit=self._on_exit)
+        # Echo cancellation: playback feeds the tap what the speaker will play, the controller's
+        # microphone path cancels it (device.drivers.aec; None when off or not installed).
+        duplex = aec.make(cfg.audio.echo_cancellation)
+        tap, canceller = duplex if duplex is not None else (None, None)
+        self.echo_tap = tap
+        self.playback = Playback(cfg.audio, on_event=self._on_playback_event, on_exit=self._on_exit, echo_tap=tap)
         self.gpio = Gpio(cfg.button, cfg.leds, self._on_gpio_button, self._on_gpio_mute, pin_factory=self._pin_factory)
         controller = Controller(
-            cfg, self._make_session, self.playback, self._telemetry, show=self.gpio.show, on_exit=self._on_exit
+            cfg, self._make_session, self.playback, self._telemetry, show=self.gpio.show, on_exit=self._on_exit,
+            echo_canceller=canceller,
         )
         self.controller = controller
         self.capture = Capture(cfg.audio, self._on_block, on_exit=self._on_exit, on_event=controller.on_capture_event)

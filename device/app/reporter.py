@@ -46,6 +46,7 @@ class Reporter:
             "mcp_denied": 0,
             "wake_detections": 0,
             "false_wakes": 0,  # a wake word that led to no user speech
+            "false_barge_ins": 0,  # a voice barge-in the service then heard no words after
         }
         self._counters_lock = threading.Lock()
         self.status = Status(gate_mode=gate_mode)  # the latest snapshot (built on the controller thread)

@@ -20,7 +20,8 @@ reply_chunk     position, frames, rate_hz, delay_ms (t_s: when the chunk's first
 reply_started   reply_id, latency_ms, rate_hz
 reply_finished  reply_id, frames
 earcon          name (listening, done, error), phase (started, finished)
-interruption    event_id, local (True: a press or the wake word cut the agent off), by
+interruption    event_id, local (True: a press, the wake word or the user's voice cut the agent off), by
+false_barge_in  total (a voice barge-in after which the service heard no words)
 flushed         old_audio_ms_after, frames_after, latency_ms, dropped_frames
 playback        kind (opened and the speaker's other reports), detail
 button          action (press, release, long_press), source
@@ -60,6 +61,7 @@ TelemetryKind = Literal[
     "reply_finished",
     "earcon",
     "interruption",
+    "false_barge_in",
     "flushed",
     "playback",
     "button",

@@ -42,6 +42,7 @@ Region = Literal["global", "us", "eu", "in", "sg"]
 ConnectionMode = Literal["public", "signed_url", "broker"]
 GateMode = Literal["push_to_talk", "toggle", "voice", "always_open", "wake_word"]
 BargeIn = Literal["none", "button", "voice", "wake_word"]
+EchoCancellation = Literal["auto", "on", "off"]
 AfterWake = Literal["voice", "always_open"]
 WakeEngine = Literal["microwakeword", "openwakeword"]
 StereoMode = Literal["mix", "left", "right"]
@@ -147,6 +148,11 @@ class AudioConfig:
     auto_gain_dbfs: int = _f(
         0, "webrtc automatic gain: target level in -dBFS, 1 to 31 (0: off); needs the dsp extra", min=0, max=31
     )
+    echo_cancellation: EchoCancellation = _f(
+        "auto",
+        "take the speaker's sound out of the microphone (WebRTC AEC3; needs the aec extra): auto (on when "
+        "installed), on (refuse to start without it), off (half duplex)",
+    )
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,14 @@ class GateConfig:
     hangover_ms: int = _f(750, "audio still sent after speech stops (voice mode)", min=0, max=5000)
     barge_in: BargeIn = _f(
         "button",
-        "how the user may interrupt the agent: none, button, voice (only with echo cancellation), "
-        "or wake_word (saying the wake word cuts the agent off; gate.mode = wake_word)",
+        "how the user may interrupt the agent: none, button, voice (talking over it; with the kiosk's echo "
+        "cancellation the device judges it -- experimental, see docs/duplex.md), or wake_word (saying the "
+        "wake word cuts the agent off; gate.mode = wake_word)",
+    )
+    voice_barge_in_ms: int = _f(
+        0, "barge_in = voice with the kiosk's echo cancellation: 0 lets the agent service judge (it hears the "
+        "cancelled microphone); more makes the device judge: this much of the user's voice over the agent's "
+        "within a second cuts the agent off (experimental: docs/duplex.md)", min=0, max=1000,
     )
     echo_tail_ms: int = _f(300, "microphone stays closed this long after agent audio ends", min=0, max=3000)
     start_on_speech: bool = _f(False, "start a conversation when speech is heard while idle")

@@ -23,8 +23,10 @@ What opens the gate, by mode:
 
 What closes it whatever the mode: mute, and the echo guard — while the agent's
 audio is playing (plus ``echo_tail_ms``) unless barge-in is allowed:
-``barge_in = "button"`` lets a press/held button through, ``"voice"`` (for
-hardware with echo cancellation) disables the guard, ``"none"`` keeps it,
+``barge_in = "button"`` lets a press/held button through, ``"voice"`` lets the
+user's voice through: with the kiosk's echo canceller (:mod:`device.drivers.aec`)
+from the moment the device hears the user over the agent (:meth:`Gate.barged_in`),
+with a canceller in hardware always (no guard), ``"none"`` keeps it,
 ``"wake_word"`` keeps it but a wake word ends it (:meth:`Gate.wake`).
 """
 
@@ -183,9 +185,15 @@ class GateOutput:
 class Gate:
     """Decides per block what the agent hears. Owned by the controller thread."""
 
-    def __init__(self, cfg: GateConfig, vad: Vad) -> None:
-        """``vad`` judges speech (made with ``cfg.vad_aggressiveness``)."""
+    def __init__(self, cfg: GateConfig, vad: Vad, echo_cancelled: bool = False) -> None:
+        """``vad`` judges speech (made with ``cfg.vad_aggressiveness``); ``echo_cancelled``: the
+        microphone's audio passes an echo canceller first (decides ``barge_in = "auto"``)."""
         self.cfg = cfg
+        self.barge_in = cfg.barge_in
+        # barge_in = "voice" with the kiosk's own canceller: the guard holds until the device hears the
+        # user over the agent (barged_in); with a canceller in hardware there is no guard at all.
+        self._guard_until_barge_in = echo_cancelled and cfg.voice_barge_in_ms > 0
+        self._echo_free = not echo_cancelled  # the canceller has the echo of what plays now (set_echo_free)
         self._vad = vad
         self._talk = Timeline()  # button intent (push_to_talk, toggle)
         self._muted = Timeline()
@@ -212,13 +220,18 @@ class Gate:
     def muted(self) -> bool:
         return self._muted.last
 
+    @property
+    def hands_free(self) -> bool:
+        """In a conversation the gate lets the user's voice through without the button (or it is held)."""
+        return (self._active and self._conv_mode in ("voice", "always_open")) or self.talking
+
     def press(self, t_s: float) -> bool | None:
         """A button press; returns True when it opened the talk intent, False when it closed it."""
         if self.cfg.mode == "push_to_talk" or (self.cfg.mode == "toggle" and not self._talk.last):
             return self._set_talk(t_s, True)
         if self.cfg.mode == "toggle":
             # Pressing while the agent speaks is a barge-in: it opens, never closes.
-            if self._audible.last and self.cfg.barge_in == "button":
+            if self._audible.last and self.barge_in == "button":
                 return None
             return self._set_talk(t_s, False)
         return None
@@ -261,8 +274,17 @@ class Gate:
         # (so a wake word nobody follows ends on the idle timeout, not in a wait for an answer).
         self._vad_open_until_s = max(self._vad_open_until_s, t_s + self.cfg.hangover_ms / 1000)
         self._preroll.clear()
-        if self.cfg.barge_in == "wake_word" and self._audible.value_at(t_s):
+        if self.barge_in == "wake_word" and self._audible.value_at(t_s):
             self._audible.set(t_s, False)
+
+    def set_echo_free(self, free: bool) -> None:
+        """Whether the kiosk's canceller has the echo of what plays now: until then the guard holds, as
+        with ``barge_in = "button"``, and the agent does not hear its own voice leak through."""
+        self._echo_free = free
+
+    def barged_in(self, t_s: float) -> None:
+        """The user began talking over the agent at ``t_s`` (the device's judgement): the guard ends there."""
+        self._audible.set(t_s, False)
 
     def agent_started(self, t_s: float) -> None:
         """The agent's audio became audible."""
@@ -282,10 +304,11 @@ class Gate:
         self.blocks += 1
 
         blocked = self._muted.ranges(start_s, captured_at_s, n)
-        echo = self._audible.ranges(start_s, captured_at_s, n) if self.cfg.barge_in != "voice" else []
+        guarded = self.barge_in != "voice" or self._guard_until_barge_in or not self._echo_free
+        echo = self._audible.ranges(start_s, captured_at_s, n) if guarded else []
         talk = self._talk.ranges(start_s, captured_at_s, n) if self.cfg.mode in ("push_to_talk", "toggle") else []
         # With barge_in = "button" an explicit press beats the echo guard; everything else waits for it.
-        overridden = subtract(echo, talk) if self.cfg.barge_in == "button" else echo
+        overridden = subtract(echo, talk) if self.barge_in in ("button", "voice") else echo
         guard = _merge(blocked + overridden)
         allowed = subtract([(0, n)], guard)
 

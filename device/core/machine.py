@@ -55,6 +55,7 @@ class Kind(enum.StrEnum):
     MAX_DURATION = "max_duration"  # the conversation's deadline passed
     SHUTDOWN = "shutdown"
     WAKE_WORD = "wake"  # the wake word was heard (gate.mode = "wake_word")
+    VOICE = "voice"  # the user talked over the agent (echo cancelled; gate.barge_in = "voice")
 
 
 class Action(enum.StrEnum):
@@ -98,6 +99,7 @@ RETRY_OR_FAIL = Rule(State.ERROR, _FAIL_ACTIONS)  # CONNECTING failed: maybe ret
 RETRY = Rule(State.ERROR, (Action.STOP_SESSION, Action.REPORT_ERROR))
 BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only when barge-in is allowed
 WAKE_WORD_BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only with gate.barge_in = "wake_word"
+VOICE_BARGE_IN = Rule(State.LISTENING, (Action.FLUSH,))  # only with gate.barge_in = "voice"
 SPEECH_START = Rule(State.CONNECTING, (Action.START_SESSION,))  # only with gate.start_on_speech
 ERROR_TIMEOUT = Rule(State.IDLE)  # or CONNECTING when a retry is due
 
@@ -149,6 +151,7 @@ TABLE: Mapping[tuple[State, Kind], Rule] = {
     (State.SPEAKING, Kind.INTERRUPTION): Rule(State.LISTENING, (Action.FLUSH,)),
     (State.SPEAKING, Kind.PRESS): BARGE_IN,
     (State.SPEAKING, Kind.WAKE_WORD): WAKE_WORD_BARGE_IN,
+    (State.SPEAKING, Kind.VOICE): VOICE_BARGE_IN,
     (State.SPEAKING, Kind.TIMEOUT): Rule(State.LISTENING, (Action.FLUSH,)),
     (State.SPEAKING, Kind.ENDED): Rule(State.ENDING, (Action.STOP_SESSION,)),
     (State.SPEAKING, Kind.FAILED): Rule(State.ERROR, (Action.FLUSH, *_FAIL_ACTIONS)),
@@ -281,6 +284,8 @@ class Machine:
         if rule is BARGE_IN and self.settings.barge_in == "none":
             return STAY
         if rule is WAKE_WORD_BARGE_IN and self.settings.barge_in != "wake_word":
+            return STAY
+        if rule is VOICE_BARGE_IN and self.settings.barge_in != "voice":
             return STAY
         if rule is SPEECH_START and not self.settings.start_on_speech:
             return STAY

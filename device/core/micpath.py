@@ -2,11 +2,12 @@
 
 Every block that is used passes these stages once, in order:
 
-1. **echo cancellation** — a slot, a no-op by default (``echo_canceller``): a
-   :class:`Processor` that would take the speaker's sound out of the
-   microphone. It sits first so that every later stage hears the room rather
-   than the agent; it needs the speaker's signal, which its driver would tap
-   from playback. With it the echo guard could give way (``barge_in = "voice"``).
+1. **echo cancellation** (``echo_canceller``, an :class:`EchoCanceller`;
+   :class:`device.drivers.aec.EchoCanceller`): the speaker's sound taken out of
+   the microphone's, against what playback handed ALSA. It sits first so that
+   every later stage hears the room rather than the agent. With it the echo
+   guard gives way (``barge_in = "voice"``) and the user's voice over the
+   agent's cuts the agent off (:class:`device.core.duplex.VoiceBargeIn`).
 2. **noise suppression / automatic gain** (``noise_gain``, a :class:`Processor`;
    the engine's wrapper is :class:`device.drivers.dsp.NoiseGain`).
 3. **the wake-word detector** (``detector``, a :class:`WakeWordDetector`;
@@ -29,13 +30,15 @@ the turn's start to the machine.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from device.core.audioformat import CAPTURE_RATE_HZ
+from device.core.duplex import BargeIn, BargeInAudit, Convergence, FrameLevels, VoiceBargeIn
 from device.core.events import BlockEvent
-from device.core.gate import Chunk, Gate, GateOutput
+from device.core.gate import VAD_FRAME_SAMPLES, Chunk, Gate, GateOutput, Vad
 from device.core.machine import CONVERSATION, State
 
 # The cue that answers a wake word: the user goes on talking over it ("hey jarvis, when does ..."),
@@ -44,9 +47,19 @@ WAKE_CUE = "listening"
 
 
 class Processor(Protocol):
-    """A stage that rewrites a block (same length): echo cancellation, noise suppression, gain."""
+    """A stage that rewrites a block (same length): noise suppression, gain."""
 
     def process(self, pcm: bytes) -> bytes: ...
+
+
+class EchoCanceller(Protocol):
+    """What the path needs of :class:`device.drivers.aec.EchoCanceller`."""
+
+    def cancel(self, pcm: bytes, captured_at_s: float, seq: int) -> tuple[bytes, list[FrameLevels]]: ...
+    @property
+    def stats(self) -> dict[str, float]:
+        """For the status: echo_reduction_db, echo_delay_ms."""
+        ...
 
 
 class Detection(Protocol):
@@ -98,6 +111,7 @@ class Heard:
 
     gated: GateOutput
     activity: bool  # the user is speaking (keeps the idle timeout from firing)
+    voice_barge_in_s: float | None = None  # the user talked over the agent: when the rule was met
 
 
 @dataclass(frozen=True)
@@ -174,11 +188,25 @@ class MicPath:
         *,
         noise_gain: Processor | None = None,
         detector: WakeWordDetector | None = None,
-        echo_canceller: Processor | None = None,
+        echo_canceller: EchoCanceller | None = None,
+        double_talk_vad: Vad | None = None,
     ) -> None:
+        """``double_talk_vad`` (a VAD of its own, not the gate's) judges the cancelled audio while the
+        agent speaks; with an echo canceller and ``barge_in = "voice"`` it makes voice barge-ins."""
         self.gate = gate
         self.detector = detector
-        self._stages = tuple(p for p in (echo_canceller, noise_gain) if p is not None)
+        self.echo_canceller = echo_canceller
+        self._stages = tuple(p for p in (noise_gain,) if p is not None)
+        self._voice: VoiceBargeIn | None = None
+        self._double_talk_vad = double_talk_vad
+        if (echo_canceller is not None and double_talk_vad is not None and gate.barge_in == "voice"
+                and gate.cfg.voice_barge_in_ms > 0):
+            self._voice = VoiceBargeIn(min_ms=gate.cfg.voice_barge_in_ms)
+        self.convergence: Convergence | None = None
+        if echo_canceller is not None:
+            self.convergence = Convergence()
+        self.audit = BargeInAudit()
+        self._previous: Chunk | None = None  # the last block as the agent would have heard it unguarded
         self._held = HeldAudio(held_max_s)
         self._playing: set[str] = set()  # what the speaker plays now: "reply", "earcon"
         self._detector_seq: int | None = None  # the last block the detector heard
@@ -206,6 +234,12 @@ class MicPath:
         if not attempting and not listening_idle and not self.gate.talking and not detector_hears:
             return None  # nothing runs and nothing could start: the microphone goes nowhere
         pcm = block.pcm
+        levels: list[FrameLevels] = []
+        if self.echo_canceller is not None:
+            pcm, levels = self.echo_canceller.cancel(pcm, block.captured_at_s, block.seq)
+            if self.convergence is not None and self.convergence.feed(levels):
+                self.gate.set_echo_free(True)  # from the next block on, the echo guard may give way
+        cancelled = pcm
         for stage in self._stages:
             pcm = stage.process(pcm)
         if detector_hears:
@@ -218,10 +252,51 @@ class MicPath:
                     self.gate.wake_word_ended(word.t_s)
             elif machine.state is State.IDLE:
                 return None  # idle, no wake word: nothing leaves the device
+        barge_in = self._voice_over_agent(cancelled, levels, machine)
+        if barge_in is not None:
+            self.gate.barged_in(barge_in.onset_s)  # the user's words from their first syllable on
         out = self.gate.process(pcm, block.captured_at_s, block.seq)
+        if barge_in is not None:
+            out = self._with_onset(out, barge_in.onset_s, block)
+        self._previous = Chunk(pcm, block.captured_at_s, block.seq, True)
         if out.speech and self._wake_word_seq is not None and block.seq > self._wake_word_seq:
             self._question_heard = True
-        return Heard(out, out.speech or (out.open and self.gate.talking))
+        if out.speech:
+            self.audit.heard_voice(block.captured_at_s)
+        barge_in_s = barge_in.t_s if barge_in is not None else None
+        return Heard(out, out.speech or (out.open and self.gate.talking), barge_in_s)
+
+    def _voice_over_agent(self, cancelled: bytes, levels: list[FrameLevels], machine: MachineView) -> BargeIn | None:
+        """With voice barge-in: the user has been talking over the agent long enough (else None).
+
+        Only while a reply plays, the canceller has converged on it, and the gate listens without
+        the button (push to talk: the button is the way in).
+        """
+        voice, vad, conv = self._voice, self._double_talk_vad, self.convergence
+        if voice is None or vad is None or conv is None:
+            return None
+        if (machine.state is not State.SPEAKING or "reply" not in self._playing or not conv.converged
+                or not self.gate.hands_free):
+            voice.reset()
+            return None
+        frame = VAD_FRAME_SAMPLES * 2
+        speech = [vad.is_speech(cancelled[i * frame : (i + 1) * frame]) for i in range(len(levels))]
+        barge_in = voice.feed(levels, speech)
+        if barge_in is not None:
+            self.audit.barged_in(barge_in.t_s)
+        return barge_in
+
+    def _with_onset(self, out: GateOutput, onset_s: float, block: BlockEvent) -> GateOutput:
+        """The user's first words may lie in the previous block, which the guard kept from the agent:
+        send them again, from the onset on, before this block."""
+        prev = self._previous
+        if prev is None or prev.seq != block.seq - 1 or onset_s >= prev.captured_at_s:
+            return out
+        n = len(prev.pcm) // 2
+        start_s = prev.captured_at_s - n / CAPTURE_RATE_HZ
+        first = max(0, min(n, round((onset_s - start_s) * CAPTURE_RATE_HZ)))
+        pcm = bytes(2 * first) + prev.pcm[2 * first :]
+        return dataclasses.replace(out, chunks=(Chunk(pcm, prev.captured_at_s, prev.seq, True), *out.chunks))
 
     def route(self, chunks: tuple[Chunk, ...], machine: MachineView) -> Route:
         """Hold ``chunks`` until a connection attempt succeeds; send them while a conversation runs."""
@@ -237,7 +312,7 @@ class MicPath:
         while its model's context -- over a second of audio -- fills again)."""
         if self.detector is None or self.gate.muted:
             return False
-        return state is State.IDLE or (state in CONVERSATION and self.gate.cfg.barge_in == "wake_word")
+        return state is State.IDLE or (state in CONVERSATION and self.gate.barge_in == "wake_word")
 
     def _listen(self, pcm: bytes, block: BlockEvent, machine: MachineView) -> WakeWord | None:
         assert self.detector is not None
@@ -278,8 +353,14 @@ class MicPath:
         return Settled(lost_s, false_wake)
 
     def user_spoke(self) -> None:
-        """The service heard the user say something (a final transcript): a wake word led to a question."""
+        """The service heard the user say something (a final transcript): a wake word led to a question,
+        a voice barge-in was the user's."""
         self._question_heard = True
+        self.audit.user_spoke()
+
+    def false_barge_ins(self, now_s: float) -> int:
+        """Voice barge-ins that just turned out false: the service heard no words after them."""
+        return self.audit.due(now_s)
 
     def press(self, t_s: float) -> bool | None:
         """The logical button went down; True when it opened the talk intent, False when it closed it."""
@@ -315,6 +396,9 @@ class MicPath:
             self._playing.discard(source)
         if self._playing and not was:
             self.gate.agent_started(t_s)
+            if self.convergence is not None:  # the echo's delay may have moved: prove the canceller again
+                self.convergence.restart()
+                self.gate.set_echo_free(False)
         elif was and not self._playing:
             self.gate.agent_stopped(t_s)
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from device.core.audioevents import FlushReport, PlaybackEvent
 from device.core.audioformat import AudioFormat
@@ -49,6 +49,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class EchoTapLike(Protocol):
+    """Where playback tells echo cancellation what the speaker will play (:class:`device.drivers.aec.EchoTap`).
+
+    Called on the playback thread; it must be quick and must not raise.
+    """
+
+    def played(self, heard_at_s: float, pcm: bytes, rate_hz: int) -> None: ...
+    def flushed(self, at_s: float) -> None: ...
+
+
 @dataclass
 class _Pending:
     """The chunk in flight: the queue's chunk and the bytes written for it (volume applied)."""
@@ -73,6 +83,7 @@ class Playback(Worker):
         *,
         backend: Backend | None = None,
         name: str = "audio-playback",
+        echo_tap: EchoTapLike | None = None,
     ) -> None:
         super().__init__(name, on_exit)
         if backend is None:
@@ -82,6 +93,7 @@ class Playback(Worker):
         self._cfg = cfg
         self._on_event = on_event
         self._backend = backend
+        self._echo_tap = echo_tap  # told every write and flush (called on this worker's thread)
         self._earcons = EarconSet(load_earcons(cfg))  # ConfigError now rather than at the first cue
         self._waker = Waker()
         # _queue_lock guards the play queue (all it holds and counts); the callers' threads and the
@@ -231,6 +243,8 @@ class Playback(Worker):
                 self._dev.drop()
             except AudioError as e:
                 self._lost_device(e)
+        if self._echo_tap is not None:
+            self._echo_tap.flushed(time.monotonic())  # the speaker will not play what was dropped
         self._locked(self._queue.flush_done, req, dropped, time.monotonic())
 
     def _ensure_device(self) -> bool:
@@ -287,6 +301,8 @@ class Playback(Worker):
         if self._dev is not None:
             dev, self._dev = self._dev, None
             dev.close()
+            if self._echo_tap is not None:
+                self._echo_tap.flushed(time.monotonic())
 
     def _next_chunk(self) -> _Pending | None:
         """The queue's next chunk with the volume applied, or None (nothing ready yet)."""
@@ -324,29 +340,34 @@ class Playback(Worker):
         if n == 0:
             self._wait_for_room(dev, pending)
             return
-        if pending.offset == 0 and pending.chunk.is_reply:
-            self._report_reply_chunk(dev, pending.chunk, n)
+        report = pending.offset == 0 and pending.chunk.is_reply and self._on_event is not None
+        if report or self._echo_tap is not None:
+            self._heard(dev, pending, n, report)
         pending.offset += 2 * n
         complete = pending.remaining == 0
         if complete:
             self._pending = None
         self._locked(self._queue.wrote, pending.chunk, n, complete, time.monotonic())
 
-    def _report_reply_chunk(self, dev: PlaybackDevice, chunk: Chunk, frames: int) -> None:
-        """When the first frame of a reply chunk just handed to the device will be heard (its delay)."""
-        if self._on_event is None:
-            return
+    def _heard(self, dev: PlaybackDevice, pending: _Pending, frames: int, report: bool) -> None:
+        """When the ``frames`` just handed to the device will be heard (its delay): for the echo
+        canceller's reference and, for a reply chunk's first write, the ``reply_chunk`` event."""
         now = time.monotonic()
         try:
-            ahead = max(0, dev.delay_frames() - frames)  # what the device holds before this chunk
+            ahead = max(0, dev.delay_frames() - frames)  # what the device holds before these frames
         except AudioError:
             return  # the next write reports the lost device
-        self._emit(
-            PlaybackEvent(
-                "reply_chunk", now + ahead / dev.rate_hz, rate_hz=dev.rate_hz, frames=len(chunk.data) // 2,
-                position=chunk.position, latency_ms=ahead * 1000.0 / dev.rate_hz,
+        heard_at_s = now + ahead / dev.rate_hz
+        if self._echo_tap is not None:
+            self._echo_tap.played(heard_at_s, pending.data[pending.offset : pending.offset + 2 * frames], dev.rate_hz)
+        if report:
+            chunk = pending.chunk
+            self._emit(
+                PlaybackEvent(
+                    "reply_chunk", heard_at_s, rate_hz=dev.rate_hz, frames=len(chunk.data) // 2,
+                    position=chunk.position, latency_ms=ahead * 1000.0 / dev.rate_hz,
+                )
             )
-        )
 
     def _wait_for_room(self, dev: PlaybackDevice, pending: _Pending) -> None:
         period_s = dev.period_frames / dev.rate_hz

@@ -32,7 +32,8 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "xruns": ("counter", "Audio overruns (microphone) plus underruns (speaker)."),
     "capture_overruns": ("counter", "Microphone overruns."),
     "playback_underruns": ("counter", "Speaker underruns inside a reply."),
-    "barge_ins": ("counter", "Replies cut off by a press or the wake word."),
+    "barge_ins": ("counter", "Replies cut off by a press, the wake word or the user's voice."),
+    "false_barge_ins": ("counter", "Voice barge-ins after which the service heard no words (cut off for nothing)."),
     "wake_detections": ("counter", "Wake words heard (gate.mode = wake_word), barge-ins included."),
     "false_wakes": ("counter", "Conversations a wake word started in which the user then said nothing."),
     "interruptions": ("counter", "Replies the agent service interrupted."),
@@ -45,6 +46,8 @@ METRICS: Mapping[str, tuple[str, str]] = {
     "mcp_denied": ("counter", "MCP tool calls denied (not listed in tools.mcp_approve)."),
     "audio_dropped_s": ("counter", "Seconds of the user's speech that never reached the agent (no connection)."),
     "ping_ms": ("gauge", "Last round-trip estimate the agent service reported, in ms."),
+    "echo_reduction_db": ("gauge", "How much echo cancellation takes off the speaker's echo (median dB; 0: off)."),
+    "echo_delay_ms": ("gauge", "The echo's delay after what ALSA reports (room, microphone buffering, sound server)."),
     "uptime_s": ("gauge", "Seconds since the daemon started."),
 }
 

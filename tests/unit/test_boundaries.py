@@ -131,6 +131,9 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "pymicro_wakeword": frozenset({"device.drivers.wake"}),
     "pyopen_wakeword": frozenset({"device.drivers.wake"}),
     "webrtc_noise_gain": frozenset({"device.drivers.dsp"}),
+    "pywebrtc_audio": frozenset({"device.drivers.aec"}),
+    # numpy: the echo canceller's arrays; the bench's echoing room.
+    "numpy": frozenset({"device.drivers.aec", "device.bench.room"}),
     # The emulator's server library is a [bench] extra: a kiosk must run without it.
     "websockets": frozenset({"device.emulator.server", "device.emulator.client"}),
 }

@@ -21,6 +21,15 @@ def test_the_defaults_pass() -> None:
     assert check_resources(Config()) == Config()
 
 
+def test_echo_cancellation_on_needs_its_library_and_auto_or_off_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pywebrtc_audio", None)
+    with pytest.raises(ConfigError, match=r"voice-appliance\[aec\]") as e:
+        check_resources(parsed(["audio.echo_cancellation=on"]))
+    assert e.value.key == "audio.echo_cancellation"
+    check_resources(parsed(["audio.echo_cancellation=auto"]))
+    check_resources(parsed(["audio.echo_cancellation=off"]))
+
+
 def test_an_led_pattern_for_no_output_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError) as e:
         check_resources(parse_config({"leds": {"patterns": {"idle": {"lamp": "on"}}}}, {}))

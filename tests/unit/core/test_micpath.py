@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from device.core.config import GateConfig, SessionConfig
+from device.core.duplex import FrameLevels
 from device.core.events import BlockEvent
 from device.core.gate import BLOCK_S, Chunk, Gate
 from device.core.machine import Action, Input, Kind, Machine, MachineSettings, State
@@ -87,6 +88,13 @@ class Recorder:
     def process(self, pcm: bytes) -> bytes:
         self.log.append(self.name)
         return array("h", (s + self.add for s in array("h", pcm))).tobytes()
+
+    def cancel(self, pcm: bytes, captured_at_s: float, seq: int) -> tuple[bytes, list[FrameLevels]]:
+        return self.process(pcm), []
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {}
 
 
 class Rig:
