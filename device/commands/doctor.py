@@ -739,6 +739,12 @@ def check_audio(ctx: Context) -> list[Finding]:
             "audio", Status.OK, f"{role} {device!r} opens at {CHECK_RATE_HZ} Hz{channels} ({probe.name})"
         ))
     out += _sound_server_findings(ctx, [a.capture_device, a.playback_device])
+    from device.drivers import aec
+
+    duplex = aec.describe(a.echo_cancellation, cfg.gate.barge_in)
+    half = a.echo_cancellation == "auto" and aec.available() is not None
+    out.append(Finding("audio", Status.WARN if half else Status.OK, f"echo cancellation: {duplex}",
+                       "install.sh --extras aec (64-bit Raspberry Pi OS)" if half else ""))
     if a.mixer_control:
         try:
             probe.mixer(a.mixer_card, a.mixer_control)

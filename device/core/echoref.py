@@ -83,11 +83,12 @@ class EchoReference:
         """Everything meant to be heard from ``at_s`` on was dropped: silence it."""
         start = self._index(at_s)
         if self._end is None or self._end <= start:
+            self._end = None
             return
         stop = self._end
         first = max(start, stop - self._size)
         self._write(first, bytes((stop - first) * BYTES_PER_SAMPLE), 0)
-        self._end = start  # what follows continues from the cut, not from the dropped end
+        self._end = None  # what follows is placed where it is heard: nothing continues a dropped stream
 
     def span(self, end_s: float, samples: int) -> SpanInfo:
         """The ``samples`` heard up to ``end_s`` (silence where nothing played)."""

@@ -238,7 +238,7 @@ class MicPath:
         if self.echo_canceller is not None:
             pcm, levels = self.echo_canceller.cancel(pcm, block.captured_at_s, block.seq)
             if self.convergence is not None and self.convergence.feed(levels):
-                self.gate.set_echo_free(True)  # from the next block on, the echo guard may give way
+                self.gate.set_echo_free(True)  # from this block on, the echo guard may give way
         cancelled = pcm
         for stage in self._stages:
             pcm = stage.process(pcm)

@@ -217,15 +217,17 @@ def make(cfg_value: str) -> tuple[EchoTap, EchoCanceller] | None:
     return tap, EchoCanceller(tap)
 
 
-def describe(cfg_value: str) -> str:
-    """One line for ``run --check`` and ``doctor``."""
+def describe(cfg_value: str, barge_in: str) -> str:
+    """One line for ``run --check`` and ``doctor``: whether the kiosk can hold a full-duplex conversation."""
     if cfg_value == "off":
         return "off (audio.echo_cancellation = \"off\"): half duplex, the microphone closes while the agent speaks"
     reason = available()
     if reason is None:
-        return f"on (WebRTC AEC3, pywebrtc-audio {library_version()}): full duplex"
+        duplex = ("full duplex (gate.barge_in = \"voice\")" if barge_in == "voice"
+                  else "half duplex until gate.barge_in = \"voice\"")
+        return f"on (WebRTC AEC3, pywebrtc-audio {library_version()}): {duplex}"
     if cfg_value == "auto":
-        return f"not available, half duplex: {INSTALL_HINT} (wheels exist for {PLATFORMS})"
+        return f"not available here, so half duplex: {INSTALL_HINT} (wheels exist for {PLATFORMS})"
     return f"unavailable: {reason}"
 
 
