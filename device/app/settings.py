@@ -16,7 +16,6 @@ from pathlib import Path
 
 from device.core import ledpatterns
 from device.core.config import Config, failures_as_config_errors
-from device.core.errors import ConfigError
 from device.drivers import dsp, wake
 from device.drivers.configfile import load_config
 
@@ -29,12 +28,6 @@ def check_resources(cfg: Config) -> Config:
         dsp.check_available()
     if cfg.gate.mode == "wake_word":
         wake.resolve_model(cfg.wake)
-    if cfg.screen.enabled:  # refused rather than ignored: a setting that does nothing would look broken
-        raise ConfigError(
-            "screen.enabled: this version has the screen's settings and captions model, not its server yet; "
-            "leave screen.enabled = false",
-            "screen.enabled",
-        )
     return cfg
 
 
