@@ -27,7 +27,7 @@ from device.app.speaker import publish_reply_chunk
 from device.app.telemetry import TelemetryBus
 from device.core.audioevents import Block, PlaybackEvent
 from device.core.config import Config
-from device.core.errors import WorkerStuckError
+from device.core.errors import CredentialError, WorkerStuckError
 from device.core.events import BlockEvent, ButtonEvent, MuteEvent, PlaybackNote
 from device.core.protocol import SessionEvent
 from device.drivers.notify import Notifier, Watchdog
@@ -157,10 +157,14 @@ class Parts:
             from device.drivers.screen import ScreenServer
             from device.drivers.secrets import load_screen_token
 
-            token = load_screen_token(cfg.screen.token_file)
-            self.screen = ScreenServer(
-                cfg.screen, token, self._telemetry.subscribe, controller.post, on_exit=self._on_exit
-            )
+            try:
+                token = load_screen_token(cfg.screen.token_file)
+            except CredentialError as e:  # the kiosk still talks; without its token the screen must not serve
+                log.error("%s; running without the screen", e)
+            else:
+                self.screen = ScreenServer(
+                    cfg.screen, token, self._telemetry.subscribe, controller.post, on_exit=self._on_exit
+                )
         self.status_files = StatusFiles(cfg.systemd.status_file, cfg.systemd.prometheus_textfile)
         self.watchdog = Watchdog(
             self._notifier, self.workers, self.stall_s, tick=self._tick, enabled=cfg.systemd.watchdog,

@@ -247,6 +247,8 @@ class ScreenServer(Worker):
             return
         if len(self._records) >= MAX_QUEUED_RECORDS:
             self.counts.records_dropped += 1
+            if self.counts.records_dropped == 1:  # once: the thread is stuck or starved, the view may lag
+                log.warning("screen: its thread is not keeping up; telemetry for the screen is being dropped")
             return
         self._records.append(record)
         self._wake()
