@@ -81,16 +81,17 @@ def words_heard(tel: Recorder, event_id: int) -> list[tuple[str, float | None]]:
     return words
 
 
-def shown_times(log: list[dict[str, Any]], reply: str, epoch_to_mono: float) -> list[float]:
-    """When the page first showed 1, 2, … words of ``reply`` (this process's monotonic clock)."""
+def shown_times(log: list[dict[str, Any]], reply: str, epoch_to_mono: float) -> list[tuple[float, float]]:
+    """When the page first showed 1, 2, … words of ``reply`` (this process's monotonic clock), and when the
+    server made that message (``server_s``, the same clock)."""
     target = reply.split()
-    shown: list[float] = []
+    shown: list[tuple[float, float]] = []
     for entry in log:
         words = entry["agent"].split()
         if not words or words != target[: len(words)]:
             continue
         while len(shown) < len(words):
-            shown.append(entry["shown_ms"] / 1000 - epoch_to_mono)
+            shown.append((entry["shown_ms"] / 1000 - epoch_to_mono, float(entry["server_s"])))
     return shown
 
 
@@ -201,9 +202,11 @@ def test_the_page_follows_a_conversation_and_survives_a_restart(rig: Rig, clocke
     assert [w for w, _ in heard_1] == REPLY_1.split()
     shown_1 = shown_times(log_during, REPLY_1, epoch_to_mono)
     assert len(shown_1) == len(heard_1)  # every word, in order
-    page_lag = [s - h for s, (_, h) in zip(shown_1, heard_1, strict=True) if h is not None]
+    page_lag = [s - h for (s, _), (_, h) in zip(shown_1, heard_1, strict=True) if h is not None]
+    server_lag = [m - h for (_, m), (_, h) in zip(shown_1, heard_1, strict=True) if h is not None]
     assert len(page_lag) == len(heard_1)  # every word of it was played
     print(figures("reply 1, word on the page minus word heard", page_lag))
+    print(figures("reply 1, server's message made minus word heard", server_lag))
     print(f"clock offset drift over the test: {drift_s * 1000:.1f} ms")
     assert all(-0.05 < d < SANITY_S for d in page_lag), page_lag  # never before it is heard, never far after
 
@@ -221,6 +224,9 @@ def test_the_page_follows_a_conversation_and_survives_a_restart(rig: Rig, clocke
     unheard = [w for w, at in heard_2 if at is None or at > cut_at + CHUNK_S]
     print(f"reply 2 cut after {len(cut_words)} of {len(REPLY_2.split())} words; "
           f"{len(unheard)} words after the cut never shown")
+    after = [(w, None if at is None else round((at - interruption.t_s) * 1000)) for w, at in heard_2]
+    print(f"reply 2 words heard, ms after the interruption: {after[:len(cut_words) + 2]}; "
+          f"flushed at {[round((r.t_s - interruption.t_s) * 1000) for r in flushed if r.t_s >= second.t_s]} ms")
 
     # State on the page against the LEDs.
     led = [(r.data["state"], r.t_s) for r in rig.tel.items[mark:] if r.kind == "led"]
