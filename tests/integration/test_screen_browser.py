@@ -151,6 +151,7 @@ def test_the_page_follows_a_conversation_and_survives_a_restart(rig: Rig, clocke
         assert shot["lit"] > 0.03 and shot["colors"] > 4
         assert page.eval("document.body.className") == "s-speaking"
         assert "dinosaurs" in page.eval("document.getElementById('lines').textContent")
+        assert page.eval("[...document.querySelectorAll('.line')].every(e => e.dir === 'auto')")  # RTL reads RTL
         rig.tel.wait("reply_finished", after=mark)
         page.wait_for(f"window.__screen.view.lines.some(l => l.text === {REPLY_1!r})", what="the whole reply")
 
