@@ -24,9 +24,10 @@ venv="$here/.venv"
 # Build and test needs: ALSA headers (pyalsaaudio is built from PyPI: Debian's
 # 0.8.4 is too old), libsystemd headers (systemd-python), real speech fixtures
 # (espeak-ng, sox), ALSA plugins for `type file`/plug devices, debootstrap
-# for the boot test.
+# for the boot test, chromium (and a font) for the screen's browser tests.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins shellcheck procps librsvg2-bin
-              alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd pulseaudio pulseaudio-utils)
+              alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd pulseaudio pulseaudio-utils
+              chromium fonts-dejavu-core)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -7,6 +7,7 @@
 #   sudo provisioning/install.sh --api-key-file key.txt --asound usb --start
 #   provisioning/install.sh --root /mnt/sdcard-root     # into another system tree
 #   sudo provisioning/install.sh --wheelhouse /media/usb/wheels   # offline (provisioning/wheelhouse.sh)
+#   sudo provisioning/install.sh --screen              # also the kiosk's screen (docs/screen.md)
 #
 # What it does: Debian packages (build tools for pyalsaaudio, python3-systemd
 # and the other libraries Debian ships in good enough versions), a virtual
@@ -34,6 +35,8 @@ with_tools=0
 extras=""
 wheelhouse=""
 remove_key_file=0
+screen=""
+print_apt=0
 
 # Debian packages: compilers and headers to build pyalsaaudio (Debian's
 # python3-alsaaudio 0.8.4 is too old), alsa-utils for `doctor`, and the
@@ -51,6 +54,14 @@ BUILD_PACKAGES=(python3-dev gcc libc6-dev libasound2-dev)
 KIOSK_EXTRAS=(wake dsp aec apa102)
 # Raspberry Pi OS only (gpiozero's default pin factory there); skipped elsewhere.
 APT_OPTIONAL=(python3-lgpio)
+# --screen: the browser (Raspberry Pi OS's older images call it chromium-browser), and on an
+# image without a desktop, cage: a Wayland compositor that shows one program full screen.
+SCREEN_PACKAGES=(chromium)
+SCREEN_LITE_PACKAGES=(cage)
+SCREEN_USER=voice-appliance-screen
+SCREEN_UNIT=voice-appliance-screen.service
+SCREEN_AUTOSTART=/etc/xdg/autostart/voice-appliance-screen.desktop
+SCREEN_LAUNCHER=/usr/local/bin/voice-appliance-screen
 
 SERVICE_USER=voice-appliance
 UNIT=voice-appliance.service
@@ -88,6 +99,10 @@ usage: provisioning/install.sh [options]
   --no-apt             do not install Debian packages (fail if some are missing)
   --no-enable          do not enable the units
   --start              (re)start the service at the end
+  --screen[=KIND]      also the kiosk's screen: Chromium in kiosk mode on the page of
+                       [screen] (set screen.enabled = true). KIND: desktop (an
+                       autostart entry), lite (cage on tty1, a systemd unit) or auto
+                       (the default: desktop when a desktop session is installed)
   --print-apt-packages print the Debian packages this needs, one a line, and exit
   --packages-only      install the Debian packages only, then exit (prepares an
                        image: the ARM check caches its roots this way)
@@ -118,13 +133,31 @@ while (($#)); do
         --no-apt) do_apt=0 ;;
         --no-enable) do_enable=0 ;;
         --start) do_start=1 ;;
+        --screen) screen=auto ;;
+        --screen=*) screen=${1#*=} ;;
         --packages-only) packages_only=1 ;;
-        --print-apt-packages) printf '%s\n' "${APT_PACKAGES[@]}"; exit 0 ;;
+        --print-apt-packages) print_apt=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
     esac
     shift
 done
+
+case "$screen" in
+    ""|auto|desktop|lite) ;;
+    *) die "--screen=$screen: choose desktop, lite or auto" ;;
+esac
+# A desktop session (labwc, wayfire or LXDE's X11 one) starts the autostart entries; without one, cage.
+has_desktop() { [ -e "$1/usr/bin/labwc" ] || [ -e "$1/usr/bin/wayfire" ] || [ -e "$1/usr/bin/lxsession" ]; }
+if ((print_apt)); then
+    printf '%s\n' "${APT_PACKAGES[@]}"
+    if [ -n "$screen" ]; then
+        printf '%s\n' "${SCREEN_PACKAGES[@]}"
+        [ "$screen" = desktop ] || { [ "$screen" = auto ] && has_desktop "${root%/}"; } \
+            || printf '%s\n' "${SCREEN_LITE_PACKAGES[@]}"
+    fi
+    exit 0
+fi
 
 # The prefix is written into the units (in ExecStart= a space splits the command and % is a
 # specifier) and into sed's replacements (where & and # are special): refused unless it is an
@@ -144,6 +177,9 @@ root=$(cd "$root" 2>/dev/null && pwd) || die "--root: no such directory"
 [ -z "$key_file" ] || ((key_stdin == 0)) || die "--api-key-file and --api-key-stdin: give one of them"
 ((remove_key_file == 0)) || [ -n "$key_file" ] || die "--remove-key-file: only with --api-key-file FILE"
 if [ "$root" = / ]; then R=""; else R=$root; fi
+if [ "$screen" = auto ]; then
+    if has_desktop "$R"; then screen=desktop; else screen=lite; fi
+fi
 # Only a virtual environment is upgraded in place: a directory holding anything else (--prefix
 # /usr out of the autotools habit) is not ours to pip into, nor for uninstall.sh to remove.
 is_venv() { [ -f "$1/pyvenv.cfg" ] && [ -x "$1/bin/python" ]; }
@@ -239,12 +275,16 @@ needed_packages() {
         if ((wheels_only)) && [[ " ${BUILD_PACKAGES[*]} " == *" $p "* ]]; then continue; fi
         echo "$p"
     done
+    [ -z "$screen" ] || printf '%s\n' "${SCREEN_PACKAGES[@]}"
+    [ "$screen" != lite ] || printf '%s\n' "${SCREEN_LITE_PACKAGES[@]}"
 }
 
 install_packages() {
     local missing=() p
     current_step="the Debian packages"
-    for p in $(needed_packages); do is_installed "$p" || missing+=("$p"); done
+    for p in $(needed_packages); do
+        is_installed "$p" || { [ "$p" = chromium ] && is_installed chromium-browser; } || missing+=("$p")
+    done
     if [ -z "$R" ] && ((do_apt)) && [ -z "$wheelhouse" ]; then
         for p in "${APT_OPTIONAL[@]}"; do
             is_installed "$p" || { apt-cache show "$p" >/dev/null 2>&1 && missing+=("$p"); } || true
@@ -402,22 +442,56 @@ install_asound() {
     log "installed /etc/asound.conf for $asound: check its card names with 'arecord -l' and 'aplay -l'"
 }
 
+# --screen: the launcher, then an autostart entry (desktop) or the cage unit and its user (lite).
+install_screen() {
+    [ -n "$screen" ] || return 0
+    current_step="installing the screen ($screen)"
+    install -d "$R/usr/local/bin"
+    install -m 0755 "$src/provisioning/screen-kiosk.sh" "$R$SCREEN_LAUNCHER"
+    if [ "$screen" = desktop ]; then
+        install -d "$R/etc/xdg/autostart"
+        install -m 0644 "$src/provisioning/screen/voice-appliance-screen.desktop" "$R$SCREEN_AUTOSTART"
+        log "installed $SCREEN_AUTOSTART: the screen starts with the desktop session (let it log in by itself: raspi-config, System Options, Boot / Auto Login)"
+        return 0
+    fi
+    local rootopt=() g
+    [ -z "$R" ] || rootopt=(--root "$R")
+    for g in video render input; do has_group "$g" || groupadd "${rootopt[@]}" --system "$g"; done
+    if ! has_user "$SCREEN_USER"; then
+        log "creating system user $SCREEN_USER (the screen's browser)"
+        useradd "${rootopt[@]}" --system --user-group --groups video,render,input \
+            --home-dir "/var/lib/$SCREEN_USER" --no-create-home --shell /usr/sbin/nologin \
+            --comment "voice appliance screen" "$SCREEN_USER"
+    else
+        usermod "${rootopt[@]}" --append --groups video,render,input "$SCREEN_USER"
+    fi
+    install -d "$R$UNIT_DIR"
+    sed "s#/opt/voice-appliance#$prefix#g" "$src/systemd/$SCREEN_UNIT" > "$R$UNIT_DIR/$SCREEN_UNIT"
+    chmod 0644 "$R$UNIT_DIR/$SCREEN_UNIT"
+    log "installed $SCREEN_UNIT: Chromium in cage on tty1 (it replaces the login prompt there)"
+}
+
 enable_units() {
     ((do_enable)) || return 0
     current_step="enabling the units"
+    local units=("$UNIT" "$FIRSTBOOT_UNIT")
+    [ "$screen" != lite ] || units+=("$SCREEN_UNIT")
     if [ -n "$R" ]; then
-        systemctl --root="$R" enable "$UNIT" "$FIRSTBOOT_UNIT" >/dev/null
+        systemctl --root="$R" enable "${units[@]}" >/dev/null
         return 0
     fi
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload
-        systemctl enable "$UNIT" "$FIRSTBOOT_UNIT" >/dev/null
+        systemctl enable "${units[@]}" >/dev/null
         if ((do_start)) || systemctl is-active --quiet "$UNIT"; then
             log "restarting $UNIT"
             systemctl restart "$UNIT" || true
         fi
+        if [ "$screen" = lite ] && ((do_start)); then
+            systemctl restart "$SCREEN_UNIT" || true
+        fi
     else
-        systemctl enable "$UNIT" "$FIRSTBOOT_UNIT" >/dev/null
+        systemctl enable "${units[@]}" >/dev/null
     fi
 }
 
@@ -449,6 +523,7 @@ install_config
 install_key
 install_units
 install_asound
+install_screen
 enable_units
 remove_plain_key_file
 current_step="the end"
@@ -461,5 +536,6 @@ Next:
   2. the API key, if the agent needs one (connection = "signed_url"):
        sudo install -m 600 /dev/null $ETC/api_key && sudoedit $ETC/api_key
   3. sudo systemctl restart voice-appliance && sudo voice-appliance doctor
+$( [ -z "$screen" ] || echo "  4. the screen ($screen): set enabled = true in [screen] of $ETC/config.toml (docs/screen.md)")
 Logs: journalctl -u voice-appliance -f
 EOF

@@ -9,7 +9,7 @@ root=/
 prefix=/opt/voice-appliance
 purge=0
 UNIT_DIR=/usr/local/lib/systemd/system
-UNITS=(voice-appliance.service voice-appliance-firstboot.service)
+UNITS=(voice-appliance.service voice-appliance-firstboot.service voice-appliance-screen.service)
 
 while (($#)); do
     case "$1" in
@@ -38,6 +38,8 @@ elif [ -n "$R" ]; then
 fi
 for u in "${UNITS[@]}"; do rm -f "$R$UNIT_DIR/$u"; done
 rm -f "$R/usr/local/sbin/voice-appliance-first-boot"
+# The screen (install.sh --screen): its launcher and autostart entry (the user voice-appliance-screen stays).
+rm -f "$R/usr/local/bin/voice-appliance-screen" "$R/etc/xdg/autostart/voice-appliance-screen.desktop"
 [ "$(readlink "$R/usr/local/bin/voice-appliance" 2>/dev/null)" = "$prefix/bin/voice-appliance" ] \
     && rm -f "$R/usr/local/bin/voice-appliance"
 # Only a virtual environment: --prefix /usr (the autotools habit) has a bin/python too.

@@ -5,7 +5,7 @@
     parts = Parts(cfg, api_key, hooks=daemon, telemetry=bus, notifier=notifier,
                   on_exit=on_worker_exit, tick=housekeeping, status=daemon.status_dict)
     parts.build()        # makes every part; nothing runs yet
-    parts.start()        # GPIO, playback, controller, prefetcher, control socket, capture, watchdog
+    parts.start()        # GPIO, playback, screen, controller, prefetcher, control socket, capture, watchdog
     errors = parts.stop()  # every part is tried; the workers that would not stop
 
 The daemon makes a new ``Parts`` for each start and reload; the wiring callbacks
@@ -27,7 +27,7 @@ from device.app.speaker import publish_reply_chunk
 from device.app.telemetry import TelemetryBus
 from device.core.audioevents import Block, PlaybackEvent
 from device.core.config import Config
-from device.core.errors import WorkerStuckError
+from device.core.errors import CredentialError, WorkerStuckError
 from device.core.events import BlockEvent, ButtonEvent, MuteEvent, PlaybackNote
 from device.core.protocol import SessionEvent
 from device.drivers.notify import Notifier, Watchdog
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # imported where they are built: each configuration loads onl
     from device.drivers.control import ControlServer
     from device.drivers.gpio import Gpio
     from device.drivers.playback import Playback
+    from device.drivers.screen import ScreenServer
     from device.drivers.tools import DeviceHooks, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Parts:
         self.playback: Playback | None = None
         self.gpio: Gpio | None = None
         self.control: ControlServer | None = None
+        self.screen: ScreenServer | None = None
         self.signed_urls: SignedUrlSource | None = None
         self.watchdog: Watchdog | None = None
         self.echo_tap: EchoTap | None = None
@@ -110,7 +112,7 @@ class Parts:
         bounded network calls (up to the HTTP/connect timeouts, with retries),
         which is slow, not stuck. Their death still ends the process.
         """
-        parts = [self.controller, self.capture, self.playback, self.control]
+        parts = [self.controller, self.capture, self.playback, self.control, self.screen]
         return [w for w in parts if isinstance(w, Worker)]
 
     # -- building --------------------------------------------------------------------------
@@ -160,6 +162,18 @@ class Parts:
                 self._status,
                 on_exit=self._on_exit,
             )
+        if cfg.screen.enabled:
+            from device.drivers.screen import ScreenServer
+            from device.drivers.secrets import load_screen_token
+
+            try:
+                token = load_screen_token(cfg.screen.token_file)
+            except CredentialError as e:  # the kiosk still talks; without its token the screen must not serve
+                log.error("%s; running without the screen", e)
+            else:
+                self.screen = ScreenServer(
+                    cfg.screen, token, self._telemetry.subscribe, controller.post, on_exit=self._on_exit
+                )
         self.status_files = StatusFiles(cfg.systemd.status_file, cfg.systemd.prometheus_textfile)
         self.watchdog = Watchdog(
             self._notifier, self.workers, self.stall_s, tick=self._tick, enabled=cfg.systemd.watchdog,
@@ -169,11 +183,18 @@ class Parts:
     def start(self) -> None:
         """Start in order: the LEDs first (the controller's first state shows on them), the microphone last."""
         from device.drivers.control import ControlError
+        from device.drivers.screen import ScreenError
 
         assert self.controller is not None and self.watchdog is not None, "build() first"
         assert self.gpio is not None and self.playback is not None and self.capture is not None
         self.gpio.open()
         self.playback.start()
+        if self.screen is not None:  # before the controller: the screen sees its first state
+            try:
+                self.screen.start()
+            except ScreenError as e:
+                log.warning("%s; running without the screen", e)
+                self.screen = None
         self.controller.start()
         if self.signed_urls is not None:
             self.signed_urls.start()
@@ -212,7 +233,7 @@ class Parts:
                 target=attempt, args=("signed_urls", self.signed_urls.close), name="stop-prefetcher"
             )
             prefetcher.start()
-        for what, part in (("capture", self.capture), ("control", self.control)):
+        for what, part in (("capture", self.capture), ("control", self.control), ("screen", self.screen)):
             if part is not None:
                 attempt(what, part.close)
         controller = self.controller

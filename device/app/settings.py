@@ -16,7 +16,6 @@ from pathlib import Path
 
 from device.core import ledpatterns
 from device.core.config import Config, failures_as_config_errors
-from device.core.errors import ConfigError
 from device.drivers import aec, dsp, wake
 from device.drivers.configfile import load_config
 
@@ -30,12 +29,6 @@ def check_resources(cfg: Config) -> Config:
     if cfg.gate.mode == "wake_word":
         wake.resolve_model(cfg.wake)
     aec.will_run(cfg.audio.echo_cancellation)  # "on" without the library: refused here
-    if cfg.screen.enabled:  # refused rather than ignored: a setting that does nothing would look broken
-        raise ConfigError(
-            "screen.enabled: this version has the screen's settings and captions model, not its server yet; "
-            "leave screen.enabled = false",
-            "screen.enabled",
-        )
     return cfg
 
 

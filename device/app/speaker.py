@@ -122,9 +122,6 @@ class Speaker:
             "earcon", event.t_s, name=event.detail, phase="started" if started else "finished"
         )
 
-    def _on_reply_chunk(self, event: PlaybackEvent, now: float) -> None:
-        publish_reply_chunk(self._report.telemetry, event)
-
     def _on_other(self, event: PlaybackEvent, now: float) -> None:
         self._report.telemetry.publish("playback", event.t_s, kind=event.kind, detail=event.detail)
 
@@ -141,8 +138,10 @@ PLAYBACK_HANDLERS: Mapping[PlaybackEventKind, Callable[[Speaker, PlaybackEvent, 
     "earcon_finished": Speaker._on_earcon,
     "overflow": Speaker._on_other,
     "mixer_unavailable": Speaker._on_other,
-    "reply_chunk": Speaker._on_reply_chunk,  # the parts publish these at once (device/app/parts.py)
 }
+# Not here: reply_chunk, many a second, published by the parts on playback's thread (publish_reply_chunk),
+# never through the controller.
+NOT_THROUGH_THE_CONTROLLER: frozenset[PlaybackEventKind] = frozenset({"reply_chunk"})
 
 
 def publish_reply_chunk(telemetry: TelemetryBus, event: PlaybackEvent) -> None:

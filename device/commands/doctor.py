@@ -50,6 +50,7 @@ from device.commands.common import add_set_option, config_path
 from device.core.config import ENV_PREFIX, Config
 from device.core.errors import AudioError, ConfigError, CredentialError
 from device.drivers.neterrors import NetFailure, classify, explain
+from device.drivers.screen import summary as screen_summary
 from device.drivers.secrets import (
     CREDENTIAL_NAME,
     ENV_VAR,
@@ -58,6 +59,7 @@ from device.drivers.secrets import (
     UNIT_KEY_FILE,
     Secret,
     is_plainly_a_path,
+    load_screen_token,
     parse_key,
     read_key_bytes,
     register_secret,
@@ -379,7 +381,18 @@ def check_config(ctx: Context) -> list[Finding]:
                 "config", Status.FAIL, f"{path}: the service user {SERVICE_USER} cannot read it",
                 f"sudo chgrp {SERVICE_USER} {path} && sudo chmod 640 {path}",
             ))
-    return out or [Finding("config", Status.OK, detail)]
+    return (out or [Finding("config", Status.OK, detail)]) + _screen_findings(ctx, cfg)
+
+
+def _screen_findings(ctx: Context, cfg: Config) -> list[Finding]:
+    """One line when the screen is on: where it is served, and whether its token can be read."""
+    if not cfg.screen.enabled:
+        return []
+    try:
+        load_screen_token(cfg.screen.token_file, ctx.environ)
+    except CredentialError as e:
+        return [Finding("config", Status.FAIL, str(e), "fix screen.token_file (docs/screen.md)")]
+    return [Finding("config", Status.OK, screen_summary(cfg.screen))]
 
 
 def check_user(ctx: Context) -> list[Finding]:

@@ -9,6 +9,7 @@ from typing import Any
 from device.commands.common import add_set_option, config_path, load_from_args
 from device.core.config import Config, config_to_dict
 from device.drivers import aec
+from device.drivers.screen import summary as screen_summary
 from device.drivers.secrets import Secret, is_plainly_a_path, load_api_key
 from device.drivers.wake import hands_free_summary
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"api key: {'from ' + key.source if key else 'none (not needed for ' + cfg.agent.connection + ')'}")
         print(hands_free_summary(cfg))
         print(f"echo cancellation: {aec.describe(cfg.audio.echo_cancellation, cfg.gate.barge_in)}")
+        print(screen_summary(cfg.screen))
         print(json.dumps(printable(cfg), indent=2, sort_keys=False))
         return 0
     from device.app.daemon import serve

@@ -361,7 +361,7 @@ class ScreenConfig:
     """The kiosk's screen: a local web page with the state and live captions (docs/screen.md)."""
 
     enabled: bool = _f(
-        False, "serve the screen page and its event stream (not in this version yet: true is refused on load)"
+        False, "serve the screen page and its live captions at http://bind:port/ (docs/screen.md)"
     )
     bind: str = _f(
         "127.0.0.1",

@@ -39,6 +39,26 @@ def test_install_lists_what_building_pyalsaaudio_and_the_service_need() -> None:
     assert {"libasound2-dev", "python3-dev", "gcc", "python3-venv", "python3-systemd", "alsa-utils"} <= packages
 
 
+@pytest.mark.parametrize(("kind", "cage"), [("lite", True), ("desktop", False)])
+def test_install_screen_adds_the_browser_and_without_a_desktop_cage(kind: str, cage: bool) -> None:
+    res = subprocess.run(
+        [str(REPO / "provisioning" / "install.sh"), f"--screen={kind}", "--print-apt-packages"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    packages = set(res.stdout.split())
+    assert "chromium" in packages and "python3-systemd" in packages
+    assert ("cage" in packages) is cage
+    plain = subprocess.run([str(REPO / "provisioning" / "install.sh"), "--print-apt-packages"],
+                           capture_output=True, text=True, timeout=30, check=True)
+    assert "chromium" not in plain.stdout.split()  # a kiosk without a screen gets no browser
+
+
+def test_install_refuses_an_unknown_screen_kind() -> None:
+    res = subprocess.run([str(REPO / "provisioning" / "install.sh"), "--screen=tv"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and "choose desktop, lite or auto" in res.stderr
+
+
 def test_install_rejects_an_unknown_option_with_usage() -> None:
     res = subprocess.run(
         [str(REPO / "provisioning" / "install.sh"), "--frobnicate"], capture_output=True, text=True, timeout=30

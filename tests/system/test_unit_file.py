@@ -15,7 +15,7 @@ import pytest
 
 from device.core.errors import ExitCode
 from device.drivers.secrets import CREDENTIAL_NAME
-from tests.system.unitfile import DROP_INS, FIRSTBOOT_UNIT_PATH, UNIT_PATH, service
+from tests.system.unitfile import DROP_INS, FIRSTBOOT_UNIT_PATH, SCREEN_UNIT_PATH, UNIT_PATH, parse_unit, service
 
 # The exposure score the unit must stay at or under (0 best, 10 worst). The
 # unit scores 1.4 with systemd 252; without its hardening block, 9.2.
@@ -47,7 +47,7 @@ def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", [UNIT_PATH, FIRSTBOOT_UNIT_PATH], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", [UNIT_PATH, FIRSTBOOT_UNIT_PATH, SCREEN_UNIT_PATH], ids=lambda p: p.name)
 def test_units_verify_clean(tmp_path: Path, unit: Path) -> None:
     res = _verify(_copy_for_verify(tmp_path, unit))
     assert res.returncode == 0, res.stderr
@@ -155,3 +155,13 @@ def test_devices_the_kiosk_needs_are_allowed() -> None:
     assert "/dev/snd" in binds
     assert "/dev/gpiochip0" in binds
     assert "/dev/gpiochip4" in binds  # Pi 5: gpiochip4
+
+
+def test_the_screen_runs_the_launcher_in_cage_as_its_own_user_on_tty1() -> None:
+    unit = parse_unit(SCREEN_UNIT_PATH.read_text())
+    svc = unit["Service"]
+    assert svc["User"] == ["voice-appliance-screen"]  # not root, not the daemon's user (no key, no audio)
+    assert svc["ExecStart"] == ["/usr/bin/cage -d -- /usr/local/bin/voice-appliance-screen"]
+    assert svc["TTYPath"] == ["/dev/tty1"] and svc["PAMName"] == ["login"]
+    assert "getty@tty1.service" in unit["Unit"]["Conflicts"]
+    assert svc["Environment"].count("VOICE_APPLIANCE_SCREEN_URL=http://127.0.0.1:8790/") == 1

@@ -8,6 +8,7 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO / "systemd"
 UNIT_PATH = SYSTEMD_DIR / "voice-appliance.service"
 FIRSTBOOT_UNIT_PATH = SYSTEMD_DIR / "voice-appliance-firstboot.service"
+SCREEN_UNIT_PATH = SYSTEMD_DIR / "voice-appliance-screen.service"
 DROP_INS = sorted((SYSTEMD_DIR / "drop-ins").glob("*.conf"))
 
 

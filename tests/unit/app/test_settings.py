@@ -88,7 +88,8 @@ def test_an_unforeseen_failure_in_a_check_is_a_config_error(monkeypatch: pytest.
 
 
 
-def test_the_screen_is_refused_until_its_server_exists() -> None:
+def test_the_screen_loads_and_off_loopback_it_needs_a_token() -> None:
+    assert check_resources(parsed(["screen.enabled=true"])).screen.enabled
     with pytest.raises(ConfigError) as err:
-        check_resources(parsed(["screen.enabled=true"]))
-    assert err.value.key == "screen.enabled"
+        parsed(["screen.enabled=true", "screen.bind=0.0.0.0"])
+    assert err.value.key == "screen.token_file"

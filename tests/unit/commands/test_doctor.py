@@ -170,6 +170,22 @@ def test_config_shows_the_wake_word_and_noise_processing(tmp_path: Path, monkeyp
     assert "64-bit Raspberry Pi OS" in fail.detail
 
 
+def test_the_screen_has_one_line_and_an_unsafe_token_file_fails(tmp_path: Path) -> None:
+    assert len(run_checks(make_ctx(tmp_path), ["config"])) == 1  # off: no line for it
+    token = tmp_path / "screen_token"
+    token.write_text("a-screen-token-value\n")
+    token.chmod(0o644)  # readable by everyone
+    body = f'[screen]\nenabled = true\nbind = "0.0.0.0"\ntoken_file = "{token}"\n'
+    findings = run_checks(make_ctx(tmp_path, body), ["config"])
+    assert [f.status for f in findings] == [Status.OK, Status.FAIL]
+    assert "screen.token_file" in findings[1].fix and "a-screen-token-value" not in all_text(findings)
+    token.chmod(0o600)
+    [_, screen] = run_checks(make_ctx(tmp_path, body), ["config"])
+    assert screen.status is Status.OK
+    assert screen.detail == ("screen: http://0.0.0.0:8790/ (read-only, other machines too, token required, "
+                             "up to 4 browsers)")
+
+
 def test_config_error_names_the_key(tmp_path: Path) -> None:
     findings = run_checks(make_ctx(tmp_path, "[audio]\ncapture_devise = \"x\"\n"), ["config", "audio"])
     config = [f for f in findings if f.check == "config"]
