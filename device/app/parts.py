@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # imported where they are built: each configuration loads onl
     from device.drivers.capture import Capture
     from device.drivers.control import ControlServer
     from device.drivers.gpio import Gpio
+    from device.drivers.mqtt import FleetLink
     from device.drivers.playback import Playback
     from device.drivers.tools import DeviceHooks, ToolRegistry
 
@@ -72,6 +73,7 @@ class Parts:
         status: Callable[[], dict[str, object]],
         session_numbers: Iterator[int] | None = None,
         pin_factory: PinFactory | None = None,
+        request_reload: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.api_key = api_key
@@ -84,6 +86,7 @@ class Parts:
         # Session threads are named session-N; the daemon hands every reload's parts the same count.
         self._session_numbers = session_numbers or itertools.count(1)
         self._pin_factory = pin_factory
+        self._request_reload = request_reload or (lambda: log.warning("a reload was asked for; this daemon cannot"))
         self.controller: Controller | None = None
         self.capture: Capture | None = None
         self.playback: Playback | None = None
@@ -92,6 +95,8 @@ class Parts:
         self.signed_urls: SignedUrlSource | None = None
         self.watchdog: Watchdog | None = None
         self.status_files: StatusFiles | None = None
+        self.fleet: FleetLink | None = None  # mqtt.enabled: the fleet channel
+        self._fleet_unsubscribe: Callable[[], None] | None = None
         self._http: AgentHttp | None = None
         self._prefetch_http: AgentHttp | None = None
         self._tools: ToolRegistry | None = None
@@ -151,9 +156,29 @@ class Parts:
                 self._status,
                 on_exit=self._on_exit,
             )
+        if cfg.mqtt.enabled:
+            self._build_fleet(controller)
         self.status_files = StatusFiles(cfg.systemd.status_file, cfg.systemd.prometheus_textfile)
         self.watchdog = Watchdog(
             self._notifier, self.workers, self.stall_s, tick=self._tick, enabled=cfg.systemd.watchdog,
+            on_exit=self._on_exit,
+        )
+
+    def _build_fleet(self, controller: Controller) -> None:
+        from device.drivers.mqtt import FleetLink
+        from device.drivers.secrets import load_mqtt_password
+
+        def volume() -> int | None:
+            return self.playback.volume_percent if self.playback is not None else None
+
+        self.fleet = FleetLink(
+            self.cfg.mqtt,
+            load_mqtt_password(self.cfg.mqtt.password_file),
+            post=controller.post,  # the control socket's path into the controller
+            status=self._status,
+            set_volume=self._hooks.set_volume,  # the volume tool's
+            volume=volume,
+            request_reload=self._request_reload,
             on_exit=self._on_exit,
         )
 
@@ -174,6 +199,9 @@ class Parts:
             except ControlError as e:
                 log.warning("%s; running without it", e)
                 self.control = None
+        if self.fleet is not None:  # it never waits for the broker: connecting is its own thread's
+            self._fleet_unsubscribe = self._telemetry.subscribe(self.fleet.on_telemetry)
+            self.fleet.start()
         self.capture.start()
         self.watchdog.start()
 
@@ -195,6 +223,16 @@ class Parts:
 
         if self.watchdog is not None:  # first: a worker that has stopped is not a stuck one
             attempt("watchdog", self.watchdog.close)
+        fleet: threading.Thread | None = None
+        if self.fleet is not None:
+            # Its goodbye ("offline") and a connect in flight take up to connect_timeout_s: meanwhile the rest stops.
+            if self._fleet_unsubscribe is not None:
+                self._fleet_unsubscribe()
+            link = self.fleet
+            fleet = threading.Thread(
+                target=attempt, args=("mqtt", lambda: link.stop(link.cfg.connect_timeout_s + 3.0)), name="stop-mqtt"
+            )
+            fleet.start()
         prefetcher: threading.Thread | None = None
         if self.signed_urls is not None:
             # It may wait out an HTTP request in flight (agent.http_timeout_s), and so may a
@@ -213,6 +251,8 @@ class Parts:
             attempt("playback", self.playback.close)
         if prefetcher is not None:
             prefetcher.join()  # bounded: close() gives up after http_timeout_s + 5 s
+        if fleet is not None:
+            fleet.join()  # bounded: the worker's stop gives up after connect_timeout_s + 3 s
         if self.gpio is not None:
             attempt("gpio", self.gpio.close)
         if self._tools is not None:

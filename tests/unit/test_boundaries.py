@@ -131,6 +131,8 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "pymicro_wakeword": frozenset({"device.drivers.wake"}),
     "pyopen_wakeword": frozenset({"device.drivers.wake"}),
     "webrtc_noise_gain": frozenset({"device.drivers.dsp"}),
+    # The fleet channel (the [mqtt] extra): one client, one thread.
+    "paho": frozenset({"device.drivers.mqtt"}),
     # The emulator's server library is a [bench] extra: a kiosk must run without it.
     "websockets": frozenset({"device.emulator.server", "device.emulator.client"}),
 }
