@@ -553,3 +553,39 @@ def publish_once(
         client.loop(0.1)
     finally:
         _close_socket(client)
+
+
+def check_lines(cfg: MqttConfig, timeout_s: float = 5.0, *, reach: bool = True) -> list[tuple[str, str]]:
+    """doctor's and ``run --check``'s lines: (ok | warn | fail | skip, text) for the settings and the broker."""
+    from device.core.errors import CredentialError
+    from device.drivers.secrets import load_mqtt_password
+
+    if not cfg.enabled:
+        return [("skip", "mqtt: off (mqtt.enabled = false)")]
+    topics = topics_of(cfg)
+    tls = f"TLS{' (CA ' + cfg.ca_file + ')' if cfg.ca_file else ' (system CAs)'}" if cfg.use_tls else "without TLS"
+    who = f"user {cfg.username}" if cfg.username else "anonymous"
+    text = (
+        f"mqtt: {cfg.host}:{cfg.broker_port} {tls}, {who}, device id {topics.device_id}, "
+        f"transcripts {'published' if cfg.publish_transcripts else 'not published'}"
+    )
+    out = [("warn" if cfg.username and not cfg.use_tls else "ok",
+            text + ("; the password crosses the network in clear: set ca_file (TLS)"
+                    if cfg.username and not cfg.use_tls else ""))]
+    try:
+        password = load_mqtt_password(cfg.password_file)
+    except CredentialError as e:
+        return [*out, ("fail", f"mqtt: {e}")]
+    if cfg.username and password is None:
+        out.append(("warn", "mqtt: a user name without a password (set mqtt.password_file)"))
+    if not reach:
+        return out
+    try:
+        why = probe(cfg, password, timeout_s)
+    except Exception as e:  # a check reports, never raises
+        why = f"{type(e).__name__}: {e}"
+    if why is None:
+        out.append(("ok", f"mqtt: the broker accepted the connection as {who}"))
+    else:
+        out.append(("fail", f"mqtt: {why}"))
+    return out

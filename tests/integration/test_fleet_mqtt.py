@@ -438,3 +438,55 @@ def test_the_configuration_changes_nothing_when_mqtt_is_off(tmp_path: Path) -> N
     with Rig(tmp_path, silence(10.0)) as rig:
         assert rig.d.parts.fleet is None
         assert not [t for t in threading.enumerate() if t.name == "mqtt"]
+
+
+def test_run_check_and_doctor_report_the_settings_and_the_broker(tmp_path: Path, broker: Broker) -> None:
+    from tests.support import cli
+
+    def config(password: str, name: str) -> Path:
+        (tmp_path / name).mkdir()
+        pw = password_file(tmp_path / name, password)
+        path = tmp_path / name / "config.toml"
+        path.write_text(
+            '[agent]\nagent_id = "agent_x"\nconnection = "public"\n'
+            f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.ca_file}"\n'
+            f'username = "{KIOSK_USER}"\npassword_file = "{pw}"\ndevice_id = "{KIOSK_USER}"\n'
+        )
+        return path
+
+    good = cli("run", "--check", "--config", str(config(KIOSK_PASSWORD, "good")))
+    assert good.returncode == 0, good.stderr
+    assert f"mqtt: 127.0.0.1:{broker.port} TLS (CA {broker.ca_file}), user kiosk-1, device id kiosk-1" in good.stdout
+    assert "mqtt: the broker accepted the connection as user kiosk-1" in good.stdout
+    bad = cli("doctor", "--only", "mqtt", "--config", str(config("wrong-pass-42", "bad")))
+    assert "refused the connection" in bad.stdout, bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    for res in (good, bad):
+        assert KIOSK_PASSWORD not in res.stdout + res.stderr and "wrong-pass-42" not in res.stdout + res.stderr
+
+
+def test_remove_discovery_takes_the_kiosk_out_of_home_assistant(tmp_path: Path, broker: Broker) -> None:
+    from tests.support import cli
+
+    cfg = broker.kiosk_config(password_file(tmp_path))
+    link = FleetLink(cfg, load_mqtt_password(cfg.password_file), post=lambda e: True, status=dict,
+                     set_volume=lambda v: None, volume=lambda: None, request_reload=lambda: None)
+    with Watcher(broker) as ha:
+        link.start()
+        try:
+            ha.wait_until(lambda xs: sum(x.topic.startswith("homeassistant/") for x in xs) >= 22)
+        finally:
+            link.stop()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[agent]\nagent_id = "agent_x"\nconnection = "public"\n'
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.ca_file}"\n'
+        f'username = "{KIOSK_USER}"\npassword_file = "{cfg.password_file}"\ndevice_id = "{KIOSK_USER}"\n'
+    )
+    res = cli("fleet", "--remove-discovery", "--if-enabled", "--config", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "removed kiosk-1 from the discovery" in res.stdout
+    with Watcher(broker) as later:
+        later.publish(f"{BASE}/probe-end", "x")  # our own message arrives after every retained one
+        later.wait_for(f"{BASE}/probe-end")
+        assert [r.topic for r in later.items if r.topic.startswith("homeassistant/") or r.topic == STATE] == []
