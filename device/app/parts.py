@@ -287,6 +287,8 @@ class Parts:
             self.controller.post(BlockEvent(block.pcm, block.seq, block.captured_at_s))
         if self._telemetry.active:
             self._telemetry.publish("captured", block.captured_at_s, seq=block.seq)
+        if self.fleet is not None:
+            self.fleet.on_block(block.pcm, block.captured_at_s)
 
     def _on_playback_event(self, event: PlaybackEvent) -> None:
         if event.kind == "reply_chunk":  # many a second, and only for the telemetry: not through the controller

@@ -31,6 +31,7 @@ from device.core import fleet
 from device.core.config import MqttConfig
 from device.core.errors import DeviceError, ExitCode
 from device.core.events import ButtonEvent, Command, MuteEvent
+from device.core.gate import level_dbfs
 from device.core.retry import backoff_delay_s
 from device.drivers.logs import RateLimitedLog
 from device.drivers.secrets import Secret
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 SOURCE = "mqtt"
 LOOP_S = 0.05  # one network loop: how late a queued message leaves at most
 REJECT_LOG_S = 60.0
+LEVEL_EVERY_S = 5.0  # the microphone level of an idle kiosk: one block measured this often (about 1 ms of CPU)
 STOP_FLUSH_S = 1.0  # at a clean stop: time for "offline" to reach the broker
 MACHINE_ID = Path("/etc/machine-id")
 
@@ -243,6 +245,7 @@ class FleetLink(Worker):
         self._gate = fleet.StateGate(cfg.min_publish_interval_s, cfg.state_interval_s)
         self._state: str | None = None
         self._mic_level: float | None = None
+        self._level_at_s = -LEVEL_EVERY_S
         self._limit = fleet.RateLimit(cfg.commands_per_minute)
         self._rejects = RateLimitedLog(log, REJECT_LOG_S)
         self._errors = RateLimitedLog(log, max(REJECT_LOG_S, cfg.retry_max_s))
@@ -284,6 +287,13 @@ class FleetLink(Worker):
                 self._outbox.put(fleet.event_message(self.topics, event))
             elif kind == "transcript" and self.cfg.publish_transcripts and not data.get("tentative"):
                 self._outbox.put(fleet.transcript_message(self.topics, str(data.get("role")), str(data.get("text"))))
+
+    def on_block(self, pcm: bytes, t_s: float) -> None:
+        """A microphone block (the capture thread): its level, every LEVEL_EVERY_S, so an idle kiosk reports one."""
+        if t_s - self._level_at_s < LEVEL_EVERY_S:
+            return
+        self._level_at_s = t_s
+        self._mic_level = level_dbfs(pcm)
 
     # -- the thread -----------------------------------------------------------------------------
     def run(self) -> None:

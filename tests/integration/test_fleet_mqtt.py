@@ -108,6 +108,7 @@ def test_a_kiosk_appears_with_its_entities_and_its_state_follows_a_conversation(
         rig.wait_state("idle", after=mark)
         idle = state_of(ha, lambda s: s["state"] == "idle" and s["conversations"] == 1, seen)
         assert idle["version"] and idle["volume"] == rig.d.playback.volume_percent  # type: ignore[union-attr]
+        assert idle["mic_level_dbfs"] == -120.0  # the input file is digital silence: measured while idle too
 
         # How long each state took from the controller to Home Assistant's side of the broker.
         latencies = []
