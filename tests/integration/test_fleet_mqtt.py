@@ -384,7 +384,9 @@ def test_a_wrong_password_gives_one_clear_line_and_no_retry_storm(
     caplog.set_level(logging.DEBUG)
     wrong = "not-the-password-123"
     cfg = broker.kiosk_config(password_file(tmp_path, wrong), retry_initial_s=0.1, retry_max_s=1.0)
+    fds = len(os.listdir("/proc/self/fd"))
     link = run_link(cfg, 3.0)
+    assert len(os.listdir("/proc/self/fd")) == fds  # every attempt's socket (and paho's socket pair) closed
     assert not link.connected and link.connects == 0
     refused = [r for r in caplog.records if "refused user kiosk-1" in r.getMessage()]
     assert len(refused) == 1, caplog.text
@@ -402,7 +404,9 @@ def test_an_untrusted_certificate_gives_one_clear_line(
     other.mkdir()
     ca, _ = self_signed_cert(other)
     cfg = broker.kiosk_config(password_file(tmp_path), ca_file=str(ca), retry_initial_s=0.1, retry_max_s=1.0)
+    fds = len(os.listdir("/proc/self/fd"))
     link = run_link(cfg, 2.0)
+    assert len(os.listdir("/proc/self/fd")) == fds
     assert link.connects == 0
     lines = [r.getMessage() for r in caplog.records if "does not trust" in r.getMessage()]
     assert len(lines) == 1 and "set ca_file to the CA that signed it" in lines[0], caplog.text
