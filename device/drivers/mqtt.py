@@ -380,9 +380,13 @@ class FleetLink(Worker):
     def _pump(self, client: Any) -> None:
         now = self._clock()
         with self._lock:
-            if self._gate.due(now):
-                self._outbox.put(self._state_message())
-                self._gate.sent(now)
+            due = self._gate.due(now)
+            if due:
+                self._gate.sent(now)  # a change noted from here on makes it due again
+        if due:
+            state = self._state_message()  # outside the lock: the telemetry's publishers never wait on the status
+            with self._lock:
+                self._outbox.put(state)
         while True:
             with self._lock:
                 msg = self._outbox.peek()
