@@ -495,3 +495,42 @@ def test_remove_discovery_takes_the_kiosk_out_of_home_assistant(tmp_path: Path, 
         later.publish(f"{BASE}/probe-end", "x")  # our own message arrives after every retained one
         later.wait_for(f"{BASE}/probe-end")
         assert [r.topic for r in later.items if r.topic.startswith("homeassistant/") or r.topic == STATE] == []
+
+
+def test_the_reload_command_reloads_the_running_service(tmp_path: Path, broker: Broker) -> None:
+    from device.app.daemon import serve
+    from device.drivers.secrets import Secret
+
+    rig = kiosk(tmp_path, broker)
+    rig.emu.start()
+    try:
+        cfg, key = rig.config(), Secret("emulator-key", "test")
+        reloads: list[float] = []
+
+        def reload_config() -> tuple[Any, Any]:
+            reloads.append(time.monotonic())
+            return cfg, key
+
+        stop = threading.Event()
+        codes: list[int] = []
+        server = threading.Thread(
+            target=lambda: codes.append(serve(cfg, key, reload_config, pin_factory=rig.factory, stop_event=stop)),
+            name="serve",
+        )
+        with Watcher(broker) as ha:
+            server.start()
+            try:
+                ha.wait_for(AVAILABILITY, lambda r: r.payload == b"online")
+                seen = len(ha)
+                ha.publish(f"{BASE}/cmd/reload", "PRESS")
+                # The parts come back: offline (the old link's goodbye), then online from the new one.
+                offline = ha.wait_for(AVAILABILITY, lambda r: r.payload == b"offline", seen)
+                ha.wait_for(AVAILABILITY, lambda r: r.payload == b"online", ha.items.index(offline))
+                assert len(reloads) == 1
+            finally:
+                stop.set()
+                server.join(30)
+        assert codes == [0]
+    finally:
+        rig.emu.stop()
+        rig.factory.reset()
