@@ -49,6 +49,13 @@ REQUIRED = {
 }
 
 
+ENTITIES = len(fleet.entities(False))
+
+
+def configs_in(received: list[Any]) -> int:
+    return sum(r.topic.startswith("homeassistant/") for r in received)
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "broker").start()
@@ -95,7 +102,7 @@ def test_a_kiosk_appears_with_its_entities_and_its_state_follows_a_conversation(
         # A Home Assistant that starts later finds everything retained.
         with Watcher(broker) as late:
             late.wait_for(STATE, lambda r: r.retain)
-            late.wait_until(lambda xs: sum(x.topic.startswith("homeassistant/") for x in xs) >= 22)
+            late.wait_until(lambda xs: configs_in(xs) >= ENTITIES)
             assert late.wait_for(AVAILABILITY).payload == b"online"
             configs = check_discovery(late.items)
         assert len(configs) == len(fleet.entities(False))
@@ -479,7 +486,7 @@ def test_remove_discovery_takes_the_kiosk_out_of_home_assistant(tmp_path: Path, 
     with Watcher(broker) as ha:
         link.start()
         try:
-            ha.wait_until(lambda xs: sum(x.topic.startswith("homeassistant/") for x in xs) >= 22)
+            ha.wait_until(lambda xs: configs_in(xs) >= ENTITIES)
         finally:
             link.stop()
     path = tmp_path / "config.toml"
