@@ -43,6 +43,7 @@ SOURCE = "mqtt"
 LOOP_S = 0.05  # one network loop: how late a queued message leaves at most
 REJECT_LOG_S = 60.0
 LEVEL_EVERY_S = 5.0  # the microphone level of an idle kiosk: one block measured this often (about 1 ms of CPU)
+RECHECK_S = 0.5  # while the daemon is starting: how often the state is looked at again
 STOP_FLUSH_S = 1.0  # at a clean stop: time for "offline" to reach the broker
 MACHINE_ID = Path("/etc/machine-id")
 
@@ -246,6 +247,7 @@ class FleetLink(Worker):
         self._state: str | None = None
         self._mic_level: float | None = None
         self._level_at_s = -LEVEL_EVERY_S
+        self._recheck_at_s: float | None = None
         self._limit = fleet.RateLimit(cfg.commands_per_minute)
         self._rejects = RateLimitedLog(log, REJECT_LOG_S)
         self._errors = RateLimitedLog(log, max(REJECT_LOG_S, cfg.retry_max_s))
@@ -380,6 +382,9 @@ class FleetLink(Worker):
     def _pump(self, client: Any) -> None:
         now = self._clock()
         with self._lock:
+            if self._recheck_at_s is not None and now >= self._recheck_at_s:
+                self._recheck_at_s = None
+                self._gate.changed()
             due = self._gate.due(now)
             if due:
                 self._gate.sent(now)  # a change noted from here on makes it due again
@@ -413,6 +418,8 @@ class FleetLink(Worker):
             status, state=self._state, volume=volume, mic_level_dbfs=self._mic_level,
             reconnects=self.reconnects, version=__version__,
         )
+        # "starting" ends without a telemetry record (the daemon's, not the controller's): look again soon.
+        self._recheck_at_s = self._clock() + RECHECK_S if values["state"] == "starting" else None
         return fleet.state_message(self.topics, values)
 
     def _announce(self) -> None:
