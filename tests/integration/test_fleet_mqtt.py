@@ -6,6 +6,7 @@ a plain paho client plays Home Assistant (tests/integration/brokerrig.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -543,3 +544,83 @@ def test_the_reload_command_reloads_the_running_service(tmp_path: Path, broker: 
     finally:
         rig.emu.stop()
         rig.factory.reset()
+
+
+class CuttableLink:
+    """A TCP relay to the broker whose "network" can be cut: bytes stop flowing, nothing is closed (a pulled cable)."""
+
+    def __init__(self, port: int) -> None:
+        import selectors
+
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.cut = threading.Event()
+        self.stop = threading.Event()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.socks: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, name="cuttable-link")
+        self.thread.start()
+
+    def _run(self) -> None:
+        import selectors
+
+        while not self.stop.is_set():
+            for key, _ in self.sel.select(0.05):
+                if key.data is None:
+                    conn, _ = self.listener.accept()
+                    if self.cut.is_set():
+                        self.socks.append(conn)  # accepted, then silence
+                        continue
+                    up = socket.create_connection(("127.0.0.1", self.target))
+                    self.socks += [conn, up]
+                    self.sel.register(conn, selectors.EVENT_READ, up)
+                    self.sel.register(up, selectors.EVENT_READ, conn)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                except OSError:
+                    data = b""
+                if not data:
+                    self.sel.unregister(key.fileobj)
+                    continue
+                if not self.cut.is_set():
+                    with contextlib.suppress(OSError):
+                        key.data.sendall(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for s in [*self.socks, self.listener]:
+            s.close()
+        self.sel.close()
+
+
+def test_a_network_cut_mid_conversation_changes_nothing_for_the_visitor(tmp_path: Path, broker: Broker) -> None:
+    relay = CuttableLink(broker.port)
+    try:
+        with Watcher(broker) as ha, kiosk(tmp_path, broker, seconds=60.0, port=relay.port) as rig:
+            ha.wait_for(AVAILABILITY, lambda r: r.payload == b"online")
+            fleet_link = rig.d.parts.fleet
+            assert fleet_link is not None
+            mark = rig.tel.mark()
+            rig.d.command("start")
+            rig.wait_state("listening", after=mark)
+            relay.cut.set()  # the kiosk's network to the broker goes silent; the agent's does not
+            for _ in range(20):  # the visitor presses and releases: events the broker cannot take now
+                rig.d.press()
+                rig.d.release()
+            # The broker gives the kiosk up (1.5 × keepalive_s): its will says offline.
+            ha.wait_for(AVAILABILITY, lambda r: r.payload == b"offline", timeout_s=15.0)
+            relay.cut.clear()
+            seen = len(ha)
+            got = state_of(ha, lambda s: s["reconnects"] >= 1, seen, timeout_s=20.0)
+            assert got["in_conversation"]
+            assert not rig.tel.of("session_end")  # the conversation went on through the cut
+            assert rig.d.state in ("listening", "thinking", "speaking")
+            rig.d.command("stop")
+            rig.wait_state("idle", after=mark)
+    finally:
+        relay.close()
