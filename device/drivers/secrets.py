@@ -309,7 +309,8 @@ def load_mqtt_password(password_file: str, environ: Mapping[str, str] | None = N
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         path = Path(cred_dir) / MQTT_CREDENTIAL_NAME
-        if path.exists():
+        # As for the API key, a blank credential (a SetCredential= fallback) is none: look further.
+        if path.exists() and not _blank_credential(path):
             return Secret(_read_key(path, "MQTT password credential"), f"credential {MQTT_CREDENTIAL_NAME}")
     if not password_file:
         return None
@@ -322,3 +323,10 @@ def load_mqtt_password(password_file: str, environ: Mapping[str, str] | None = N
             f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
         ) from None
     return _private_file_secret(path, st, "MQTT password file")
+
+
+def _blank_credential(path: Path) -> bool:
+    try:
+        return not read_key_bytes(path).strip()
+    except OSError:
+        return False  # unreadable: _read_key says why

@@ -58,6 +58,10 @@ def test_the_password_comes_from_a_root_only_file_or_the_credential(tmp_path: Pa
     got = load_mqtt_password(str(f), environ={"CREDENTIALS_DIRECTORY": str(creds)})
     assert got is not None and got.reveal() == "from-the-credential"
     assert load_mqtt_password("", environ={}) is None
+    os.chmod(f, 0o600)
+    (creds / MQTT_CREDENTIAL_NAME).write_text("\n")  # the SetCredential= fallback of a unit: no credential
+    got = load_mqtt_password(str(f), environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert got is not None and got.reveal() == "s3cret-broker-pw"
 
 
 class FakeReasonCode:
