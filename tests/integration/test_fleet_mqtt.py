@@ -16,12 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from device.app.telemetry import Telemetry
 from device.core import fleet
 from device.drivers.mqtt import FleetLink
 from device.drivers.secrets import load_mqtt_password
@@ -624,3 +626,101 @@ def test_a_network_cut_mid_conversation_changes_nothing_for_the_visitor(tmp_path
             rig.wait_state("idle", after=mark)
     finally:
         relay.close()
+
+
+class NoAckBroker:
+    """Speaks just enough MQTT 3.1.1 to accept a client, then never acknowledges a publish (a broker wedged on
+    its disk, a saturated bridge): CONNACK, SUBACK and PINGRESP, nothing else."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.publishes = 0
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, name="noack-broker")
+        self.thread.start()
+
+    def _packets(self, conn: socket.socket) -> Iterator[tuple[int, bytes]]:
+        buf = b""
+        while not self.stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= 2:
+                length, mult, i = 0, 1, 1
+                while i < len(buf):
+                    length += (buf[i] & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                    if not buf[i - 1] & 0x80:
+                        break
+                else:
+                    break
+                if len(buf) < i + length:
+                    break
+                yield buf[0], buf[i:i + length]
+                buf = buf[i + length:]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(0.1)
+            self.conns.append(conn)
+            for header, body in self._packets(conn):
+                kind = header >> 4
+                if kind == 1:  # CONNECT
+                    conn.sendall(b"\x20\x02\x00\x00")
+                elif kind == 8:  # SUBSCRIBE (the kiosk's one, of two filters): QoS 1 granted to both
+                    conn.sendall(bytes([0x90, 4]) + body[:2] + b"\x01\x01")
+                elif kind == 12:  # PINGREQ
+                    conn.sendall(b"\xd0\x00")
+                elif kind == 3:
+                    self.publishes += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_a_broker_that_never_acknowledges_keeps_the_queue_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    fake = NoAckBroker()
+    try:
+        cfg = Broker(tmp_path / "unused", tls=False, port=fake.port).kiosk_config(
+            None, username="", queue_size=16, min_publish_interval_s=0.0
+        )
+        lk = FleetLink(cfg, None, post=lambda e: True, status=dict, set_volume=lambda v: None,
+                       volume=lambda: None, request_reload=lambda: None)
+        lk.start()
+        try:
+            assert lk.wait_connected(WAIT_S)
+            deadline = time.monotonic() + WAIT_S
+            while fake.publishes < 16:  # paho's own window (queue_size) is full of unacknowledged configs
+                assert time.monotonic() < deadline, fake.publishes
+                time.sleep(0.02)
+            for i in range(200):  # a busy kiosk: states and button events the broker never takes
+                lk.on_telemetry(Telemetry(time.monotonic(), "state", types.MappingProxyType({"state": f"s{i}"})))
+                lk.on_telemetry(Telemetry(time.monotonic(), "button", types.MappingProxyType({"action": "press"})))
+            time.sleep(0.3)
+            assert len(lk._outbox) <= 16
+            assert lk.dropped > 150  # counted, oldest first
+            assert lk.connected  # the connection itself is fine; only the broker is slow
+        finally:
+            t0 = time.monotonic()
+            lk.stop()
+            assert time.monotonic() - t0 < cfg.connect_timeout_s + 3.0  # the goodbye does not wait for ever
+    finally:
+        fake.close()
