@@ -192,6 +192,7 @@ def test_every_command_works_and_a_malformed_one_changes_nothing(
 
         wait(lambda: sent("contextual_update") and sent("user_message"), "the context and message did not arrive")
         assert "4711" in json.dumps(sent("contextual_update"))
+        rig.tel.wait("transcript", lambda r: r.data["role"] == "agent", after=mark)  # the agent answered it
         command("end", "PRESS")
         rig.wait_state("idle", after=mark)
 
@@ -212,6 +213,7 @@ def test_every_command_works_and_a_malformed_one_changes_nothing(
 
         command("reload", "PRESS")
         assert rig.d.reload_wanted.wait(WAIT_S)  # serve() reloads when it sees it (as on SIGHUP)
+        assert ha.on(f"{BASE}/transcript") == []  # the agent's words did not leave the kiosk: transcripts are off
     assert KIOSK_PASSWORD not in caplog.text
 
 
@@ -724,3 +726,18 @@ def test_a_broker_that_never_acknowledges_keeps_the_queue_bounded_and_counts_wha
             assert time.monotonic() - t0 < cfg.connect_timeout_s + 3.0  # the goodbye does not wait for ever
     finally:
         fake.close()
+
+
+def test_transcripts_are_published_only_when_asked_for(tmp_path: Path, broker: Broker) -> None:
+    with Watcher(broker) as ha, kiosk(tmp_path, broker, publish_transcripts=True) as rig:
+        ha.wait_for(AVAILABILITY, lambda r: r.payload == b"online")
+        ha.wait_for("homeassistant/sensor/kiosk-1/transcript/config")
+        mark = rig.tel.mark()
+        ha.publish(f"{BASE}/cmd/start", "PRESS")
+        rig.wait_state("listening", after=mark)
+        ha.publish(f"{BASE}/cmd/message", "What can you do?")
+        said = rig.tel.wait("transcript", lambda r: r.data["role"] == "agent", after=mark)
+        got = ha.wait_for(f"{BASE}/transcript", lambda r: r.json()["role"] == "agent")
+        assert got.json()["text"] == said.data["text"] and not got.retain
+        ha.publish(f"{BASE}/cmd/end", "PRESS")
+        rig.wait_state("idle", after=mark)
