@@ -304,8 +304,12 @@ class FleetLink(Worker):
             self.beat()
             try:
                 ok = self._session()
-            except Exception:  # the fleet channel must never end the kiosk: log, back off, try again
-                log.exception("mqtt: the connection failed unexpectedly; reconnecting with backoff")
+            except Exception as e:  # the fleet channel must never end the kiosk: log, back off, try again
+                log.debug("mqtt: the connection failed unexpectedly", exc_info=True)
+                self._errors.log(
+                    logging.ERROR, "unexpected", "mqtt: the connection failed unexpectedly (%s: %s); reconnecting "
+                    "with backoff (please report this with the log at --log-level debug)", type(e).__name__, e,
+                )
                 ok = False
             if self.stopping:
                 break
