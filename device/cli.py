@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "doctor": "check audio devices, GPIO, credentials and the network, and say what to fix",
     "check": "bring up the hardware: microphone, speaker, LEDs, button, VAD and the sound card, with verdicts",
     "ctl": "control a running daemon through its local socket",
+    "fleet": "the fleet channel (MQTT): topics, a broker check, removing the kiosk from Home Assistant",
     "version": "print the version",
 }
 

@@ -51,7 +51,7 @@ APT_PACKAGES=(python3 python3-venv python3-dev python3-setuptools python3-wheel 
 BUILD_PACKAGES=(python3-dev gcc libc6-dev libasound2-dev)
 # The extras of pyproject.toml a kiosk may choose (--extras); `bench` (the
 # tools' websockets) comes with --with-tools only.
-KIOSK_EXTRAS=(wake dsp aec apa102)
+KIOSK_EXTRAS=(wake dsp aec apa102 mqtt)
 # Raspberry Pi OS only (gpiozero's default pin factory there); skipped elsewhere.
 APT_OPTIONAL=(python3-lgpio)
 # --screen: the browser (Raspberry Pi OS's older images call it chromium-browser), and on an

@@ -36,6 +36,12 @@ if [ -z "$R" ] && [ -d /run/systemd/system ]; then
 elif [ -n "$R" ]; then
     systemctl --root="$R" disable "${UNITS[@]}" 2>/dev/null || true
 fi
+# The fleet channel: take the kiosk out of Home Assistant (empty retained discovery configs) while the
+# software that knows its topics is still here; live systems only, and only when [mqtt] is on.
+if [ -z "$R" ] && [ -x "$prefix/bin/voice-appliance" ]; then
+    timeout 30 "$prefix/bin/voice-appliance" fleet --remove-discovery --if-enabled \
+        || log "could not remove this kiosk from Home Assistant's MQTT discovery; delete its device there"
+fi
 for u in "${UNITS[@]}"; do rm -f "$R$UNIT_DIR/$u"; done
 rm -f "$R/usr/local/sbin/voice-appliance-first-boot"
 # The screen (install.sh --screen): its launcher and autostart entry (the user voice-appliance-screen stays).

@@ -77,6 +77,7 @@ class Daemon:
         self._last_write_s = 0.0
         self._last_status_line = ""
         self._instance = InstanceLock()  # held from start() to stop(), across reloads
+        self.reload_wanted = threading.Event()  # a reload asked for from inside (the fleet channel): serve() does it
         self.parts = self._new_parts()
 
     def _new_parts(self) -> Parts:
@@ -91,6 +92,7 @@ class Daemon:
             status=self.status_dict,
             session_numbers=self._session_numbers,
             pin_factory=self.pin_factory,
+            request_reload=self.reload_wanted.set,
         )
 
     def _build(self) -> None:
@@ -352,8 +354,9 @@ def serve(
         daemon.start()
         while not stop.is_set() and not daemon.fatal.is_set():
             stop.wait(0.5)
-            if reload_requested.is_set():
+            if reload_requested.is_set() or daemon.reload_wanted.is_set():
                 reload_requested.clear()
+                daemon.reload_wanted.clear()
                 _reload(daemon, reload_config)
     finally:
         deadline_armed = hard_exit and installed

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # imported where they are built: each configuration loads onl
     from device.drivers.capture import Capture
     from device.drivers.control import ControlServer
     from device.drivers.gpio import Gpio
+    from device.drivers.mqtt import FleetLink
     from device.drivers.playback import Playback
     from device.drivers.screen import ScreenServer
     from device.drivers.tools import DeviceHooks, ToolRegistry
@@ -74,6 +75,7 @@ class Parts:
         status: Callable[[], dict[str, object]],
         session_numbers: Iterator[int] | None = None,
         pin_factory: PinFactory | None = None,
+        request_reload: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.api_key = api_key
@@ -86,6 +88,7 @@ class Parts:
         # Session threads are named session-N; the daemon hands every reload's parts the same count.
         self._session_numbers = session_numbers or itertools.count(1)
         self._pin_factory = pin_factory
+        self._request_reload = request_reload or (lambda: log.warning("a reload was asked for; this daemon cannot"))
         self.controller: Controller | None = None
         self.capture: Capture | None = None
         self.playback: Playback | None = None
@@ -96,6 +99,8 @@ class Parts:
         self.watchdog: Watchdog | None = None
         self.echo_tap: EchoTap | None = None
         self.status_files: StatusFiles | None = None
+        self.fleet: FleetLink | None = None  # mqtt.enabled: the fleet channel
+        self._fleet_unsubscribe: Callable[[], None] | None = None
         self._http: AgentHttp | None = None
         self._prefetch_http: AgentHttp | None = None
         self._tools: ToolRegistry | None = None
@@ -174,9 +179,29 @@ class Parts:
                 self.screen = ScreenServer(
                     cfg.screen, token, self._telemetry.subscribe, controller.post, on_exit=self._on_exit
                 )
+        if cfg.mqtt.enabled:
+            self._build_fleet(controller)
         self.status_files = StatusFiles(cfg.systemd.status_file, cfg.systemd.prometheus_textfile)
         self.watchdog = Watchdog(
             self._notifier, self.workers, self.stall_s, tick=self._tick, enabled=cfg.systemd.watchdog,
+            on_exit=self._on_exit,
+        )
+
+    def _build_fleet(self, controller: Controller) -> None:
+        from device.drivers.mqtt import FleetLink
+        from device.drivers.secrets import load_mqtt_password
+
+        def volume() -> int | None:
+            return self.playback.volume_percent if self.playback is not None else None
+
+        self.fleet = FleetLink(
+            self.cfg.mqtt,
+            load_mqtt_password(self.cfg.mqtt.password_file),
+            post=controller.post,  # the control socket's path into the controller
+            status=self._status,
+            set_volume=self._hooks.set_volume,  # the volume tool's
+            volume=volume,
+            request_reload=self._request_reload,
             on_exit=self._on_exit,
         )
 
@@ -204,6 +229,9 @@ class Parts:
             except ControlError as e:
                 log.warning("%s; running without it", e)
                 self.control = None
+        if self.fleet is not None:  # it never waits for the broker: connecting is its own thread's
+            self._fleet_unsubscribe = self._telemetry.subscribe(self.fleet.on_telemetry)
+            self.fleet.start()
         self.capture.start()
         self.watchdog.start()
 
@@ -225,6 +253,16 @@ class Parts:
 
         if self.watchdog is not None:  # first: a worker that has stopped is not a stuck one
             attempt("watchdog", self.watchdog.close)
+        fleet: threading.Thread | None = None
+        if self.fleet is not None:
+            # Its goodbye ("offline") and a connect in flight take up to connect_timeout_s: meanwhile the rest stops.
+            if self._fleet_unsubscribe is not None:
+                self._fleet_unsubscribe()
+            link = self.fleet
+            fleet = threading.Thread(
+                target=attempt, args=("mqtt", lambda: link.stop(link.cfg.connect_timeout_s + 3.0)), name="stop-mqtt"
+            )
+            fleet.start()
         prefetcher: threading.Thread | None = None
         if self.signed_urls is not None:
             # It may wait out an HTTP request in flight (agent.http_timeout_s), and so may a
@@ -243,6 +281,8 @@ class Parts:
             attempt("playback", self.playback.close)
         if prefetcher is not None:
             prefetcher.join()  # bounded: close() gives up after http_timeout_s + 5 s
+        if fleet is not None:
+            fleet.join()  # bounded: the worker's stop gives up after connect_timeout_s + 3 s
         if self.gpio is not None:
             attempt("gpio", self.gpio.close)
         if self._tools is not None:
@@ -277,6 +317,8 @@ class Parts:
             self.controller.post(BlockEvent(block.pcm, block.seq, block.captured_at_s))
         if self._telemetry.active:
             self._telemetry.publish("captured", block.captured_at_s, seq=block.seq)
+        if self.fleet is not None:
+            self.fleet.on_block(block.pcm, block.captured_at_s)
 
     def _on_playback_event(self, event: PlaybackEvent) -> None:
         if event.kind == "reply_chunk":  # many a second, and only for the telemetry: not through the controller

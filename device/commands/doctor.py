@@ -945,6 +945,26 @@ def _check_agent(ctx: Context, cfg: Config) -> Finding:
     return Finding("network", Status.OK, f"agent {cfg.agent.agent_id}: signed URL issued ({source})")
 
 
+def check_mqtt(ctx: Context) -> list[Finding]:
+    """The fleet channel's settings, the password file, and whether the broker takes the kiosk (one line each)."""
+    cfg = ctx.cfg
+    if cfg is None:
+        return [Finding("mqtt", Status.SKIP, "needs a valid config")]
+    if not cfg.mqtt.enabled:
+        return [Finding("mqtt", Status.OK, "off (mqtt.enabled = false)")]
+    from device.drivers.mqtt import check_lines
+
+    levels = {"ok": Status.OK, "warn": Status.WARN, "fail": Status.FAIL, "skip": Status.SKIP}
+    fix = "check [mqtt] in the configuration and the broker (docs/fleet.md)"
+    out = []
+    for level, text in check_lines(cfg.mqtt, ctx.timeout_s, reach=not ctx.offline):
+        status = levels[level]
+        out.append(Finding("mqtt", status, text.removeprefix("mqtt: "), fix if status is Status.FAIL else ""))
+    if ctx.offline:
+        out.append(Finding("mqtt", Status.SKIP, "broker not tried (--offline)"))
+    return out
+
+
 # -- service ----------------------------------------------------------------------
 
 _SHOW_PROPS = (
@@ -982,12 +1002,14 @@ CHECKS: dict[str, Callable[[Context], list[Finding]]] = {
     "audio": check_audio,
     "gpio": check_gpio,
     "network": check_network,
+    "mqtt": check_mqtt,
     "service": check_service,
 }
 
 
 # Checks that read what another one found (the config; the key for the signed URL).
-_NEEDS = {"credentials": {"config"}, "audio": {"config"}, "gpio": {"config"}, "network": {"config", "credentials"}}
+_NEEDS = {"credentials": {"config"}, "audio": {"config"}, "gpio": {"config"}, "network": {"config", "credentials"},
+          "mqtt": {"config"}}
 
 
 def run_checks(ctx: Context, only: Sequence[str] = ()) -> list[Finding]:

@@ -82,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
         print(hands_free_summary(cfg))
         print(f"echo cancellation: {aec.describe(cfg.audio.echo_cancellation, cfg.gate.barge_in)}")
         print(screen_summary(cfg.screen))
+        if cfg.mqtt.enabled:  # the settings and the broker, one line each (the kiosk runs without the broker)
+            from device.drivers.mqtt import check_lines
+            from device.drivers.secrets import load_mqtt_password
+
+            load_mqtt_password(cfg.mqtt.password_file)  # the daemon refuses to start without it: so does --check
+
+            for level, text in check_lines(cfg.mqtt):
+                print(f"{'warning: ' if level != 'ok' else ''}{text}")
         print(json.dumps(printable(cfg), indent=2, sort_keys=False))
         return 0
     from device.app.daemon import serve

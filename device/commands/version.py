@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
         from importlib import metadata
 
         print(f"python {platform.python_version()}")
-        for dist in ("pyalsaaudio", "websocket-client", "requests", "gpiozero", "webrtcvad-wheels", "systemd-python"):
+        for dist in ("pyalsaaudio", "websocket-client", "requests", "gpiozero", "webrtcvad-wheels", "systemd-python",
+                     "paho-mqtt"):
             try:
                 print(f"{dist} {metadata.version(dist)}")
             except metadata.PackageNotFoundError:

@@ -401,6 +401,96 @@ class ScreenConfig:
             return False
 
 
+MQTT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_topic_prefix(value: str, key: str) -> None:
+    """An MQTT topic prefix the kiosk can publish under: levels of plain characters, no wildcards."""
+    if not value or value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ConfigError(
+            f"{value!r} is not a topic prefix; write levels without empty ones, e.g. voice-appliance", key
+        )
+    if any(c in value for c in "+#\x00") or any(c.isspace() for c in value) or len(value) > 128:
+        raise ConfigError(
+            f"{value!r} cannot be a topic prefix (no +, #, blanks or NUL; at most 128 characters)", key
+        )
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The fleet channel: MQTT with Home Assistant discovery (docs/fleet.md). Off by default."""
+
+    enabled: bool = _f(False, "connect to the MQTT broker, publish state and accept commands")
+    host: str = _f("", "broker host name or address (required when enabled)")
+    port: int = _f(0, "broker TCP port (0: 8883 with TLS, 1883 without)", min=0, max=65535)
+    tls: Literal["auto", "on", "off"] = _f(
+        "auto", "TLS to the broker: auto (on when ca_file or a client certificate is given), on, off"
+    )
+    ca_file: str = _f("", "CA certificate(s) that sign the broker's certificate (PEM); empty: the system's CAs")
+    client_cert_file: str = _f("", "client certificate (PEM) when the broker asks for one")
+    client_key_file: str = _f("", "the client certificate's key (root-only file)")
+    username: str = _f("", "user name on the broker (empty: anonymous)")
+    password_file: str = _f(
+        "",
+        "root-only file holding the broker password (a systemd credential voice_appliance_mqtt_password wins); "
+        "never put the password in this file",
+    )
+    device_id: str = _f(
+        "", "this kiosk's id in topics and unique ids (letters, digits, _ and -; empty: derived from the machine id)"
+    )
+    device_name: str = _f("", "the device's name in Home Assistant (empty: Voice kiosk DEVICE_ID)")
+    topic_prefix: str = _f("voice-appliance", "topics are TOPIC_PREFIX/DEVICE_ID/…")
+    discovery: bool = _f(True, "publish Home Assistant discovery configs")
+    discovery_prefix: str = _f("homeassistant", "Home Assistant's discovery prefix")
+    publish_transcripts: bool = _f(
+        False,
+        "publish what visitors say and the agent's replies (off: a kiosk in a public place must not broadcast them)",
+    )
+    keepalive_s: int = _f(15, "MQTT keep-alive; the broker declares the kiosk offline after 1.5 × this", min=5, max=600)
+    connect_timeout_s: float = _f(4.0, "TCP connect, TLS handshake and CONNACK wait", min=0.5, max=30)
+    retry_initial_s: float = _f(1.0, "first reconnect delay (doubles, jittered)", min=0.1, max=60)
+    retry_max_s: float = _f(60.0, "longest reconnect delay (also after a refused password)", min=1, max=3600)
+    state_interval_s: float = _f(30.0, "republish the counters at least this often", min=1, max=3600)
+    min_publish_interval_s: float = _f(
+        0.1, "state publishes closer together than this are merged (the latest wins)", min=0, max=60
+    )
+    commands_per_minute: int = _f(120, "commands accepted per minute; more are dropped (logged once)", min=1, max=6000)
+    queue_size: int = _f(256, "outgoing messages held while the broker is slow or away (oldest state dropped first)",
+                         min=16, max=100000)
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.host.strip():
+            raise ConfigError(
+                "mqtt.enabled = true needs the broker: set host, e.g. host = \"broker.local\"", "mqtt.host"
+            )
+        if any(c.isspace() for c in self.host):
+            raise ConfigError(f"{self.host!r} is not a host name; write e.g. broker.local", "mqtt.host")
+        if self.device_id and not MQTT_NAME_RE.match(self.device_id):
+            raise ConfigError(
+                f"{self.device_id!r} cannot be a device id; use 1 to 64 letters, digits, _ or -", "mqtt.device_id"
+            )
+        _check_topic_prefix(self.topic_prefix, "mqtt.topic_prefix")
+        _check_topic_prefix(self.discovery_prefix, "mqtt.discovery_prefix")
+        if bool(self.client_cert_file) != bool(self.client_key_file):
+            raise ConfigError(
+                "a client certificate needs both client_cert_file and client_key_file", "mqtt.client_key_file"
+            )
+        if self.tls == "off" and (self.ca_file or self.client_cert_file):
+            raise ConfigError(
+                "tls = \"off\" with ca_file or a client certificate: remove them or turn tls on", "mqtt.tls"
+            )
+        if self.password_file and not self.username:
+            raise ConfigError("a password without a user name: set mqtt.username", "mqtt.username")
+
+    @property
+    def use_tls(self) -> bool:
+        return bool(self.ca_file or self.client_cert_file) if self.tls == "auto" else self.tls == "on"
+
+    @property
+    def broker_port(self) -> int:
+        return self.port or (8883 if self.use_tls else 1883)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -415,6 +505,7 @@ class Config:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     systemd: SystemdConfig = field(default_factory=SystemdConfig)
     screen: ScreenConfig = field(default_factory=ScreenConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def require_agent(self) -> Config:
         """Check what the daemon needs beyond well-formed values."""

@@ -295,3 +295,38 @@ def load_screen_token(token_file: str, environ: Mapping[str, str] | None = None)
             f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
         ) from None
     return _private_file_secret(path, st, "screen token file")
+
+
+MQTT_CREDENTIAL_NAME = "voice_appliance_mqtt_password"
+
+
+def load_mqtt_password(password_file: str, environ: Mapping[str, str] | None = None) -> Secret | None:
+    """The MQTT broker password (``mqtt.password_file``), checked like a key file; None when none is set.
+
+    The systemd credential ``voice_appliance_mqtt_password`` comes first. The password is never logged.
+    """
+    env = os.environ if environ is None else environ
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / MQTT_CREDENTIAL_NAME
+        # As for the API key, a blank credential (a SetCredential= fallback) is none: look further.
+        if path.exists() and not _blank_credential(path):
+            return Secret(_read_key(path, "MQTT password credential"), f"credential {MQTT_CREDENTIAL_NAME}")
+    if not password_file:
+        return None
+    path = Path(password_file)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise CredentialError(
+            f"cannot read mqtt.password_file {path}: {e.strerror or e}; create it with: "
+            f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
+        ) from None
+    return _private_file_secret(path, st, "MQTT password file")
+
+
+def _blank_credential(path: Path) -> bool:
+    try:
+        return not read_key_bytes(path).strip()
+    except OSError:
+        return False  # unreadable: _read_key says why

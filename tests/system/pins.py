@@ -15,7 +15,7 @@ from tests.system.unitfile import REPO
 CONSTRAINTS = REPO / "provisioning" / "constraints.txt"
 PYPROJECT = REPO / "pyproject.toml"
 # The extras install.sh may install: --extras (kiosk) and --with-tools (bench).
-KIOSK_EXTRAS = ("wake", "dsp", "apa102")
+KIOSK_EXTRAS = ("wake", "dsp", "apa102", "mqtt")
 INSTALLABLE_EXTRAS = (*KIOSK_EXTRAS, "bench")
 # Debian's package for each distribution install.sh takes from Debian instead of pinning it.
 DEBIAN_PACKAGE = {

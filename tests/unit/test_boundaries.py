@@ -134,6 +134,8 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "pywebrtc_audio": frozenset({"device.drivers.aec"}),
     # numpy: the echo canceller's arrays; the bench's echoing room.
     "numpy": frozenset({"device.drivers.aec", "device.bench.room"}),
+    # The fleet channel (the [mqtt] extra): one client, one thread.
+    "paho": frozenset({"device.drivers.mqtt"}),
     # The emulator's server library is a [bench] extra: a kiosk must run without it.
     "websockets": frozenset({"device.emulator.server", "device.emulator.client"}),
 }

@@ -698,3 +698,28 @@ def test_unit_environment_keeps_what_changes_the_checks(tmp_path: Path) -> None:
         "LG_WD": "/run/voice-appliance",
     }
     assert doctor.unit_environment(make_ctx(tmp_path)) == {}  # no systemd: nothing
+
+
+# -- the fleet channel ----------------------------------------------------------------
+
+
+def test_mqtt_off_is_one_ok_line(tmp_path: Path) -> None:
+    findings = run_checks(make_ctx(tmp_path), ["mqtt"])
+    assert [(f.status, f.detail) for f in findings] == [(Status.OK, "off (mqtt.enabled = false)")]
+
+
+def test_mqtt_settings_and_a_readable_password_file_fail_without_the_broker(tmp_path: Path) -> None:
+    pw = tmp_path / "mqtt_password"
+    pw.write_text("broker-pw-9876\n")
+    os.chmod(pw, 0o644)
+    body = (
+        '[mqtt]\nenabled = true\nhost = "127.0.0.1"\nusername = "lobby-1"\n'
+        f'password_file = "{pw}"\ndevice_id = "lobby-1"\n'
+    )
+    findings = run_checks(make_ctx(tmp_path, body, offline=True), ["mqtt"])
+    assert statuses(findings, "mqtt") == [Status.WARN, Status.FAIL, Status.SKIP]
+    assert "in clear" in findings[0].detail and "readable by others" in findings[1].detail
+    assert "broker-pw-9876" not in all_text(findings)
+    os.chmod(pw, 0o600)
+    findings = run_checks(make_ctx(tmp_path, body, offline=True), ["mqtt"])
+    assert statuses(findings, "mqtt") == [Status.WARN, Status.SKIP]  # --offline: the broker is not tried
