@@ -313,9 +313,9 @@ class Controller(Worker):
         if false_barge_ins:
             total = self.report.count("false_barge_ins", false_barge_ins)
             log.warning(
-                "false barge-in (%d so far): the user's voice was heard over the agent's, the agent was cut "
-                "off, and the service then heard no words; if this repeats, raise gate.voice_barge_in_ms or "
-                "check the speaker's placement (`voice-appliance check echo`)", total,
+                "false barge-in (%d so far): the agent was cut off as if the user talked over it, and the "
+                "service then heard no words; if this repeats, move the speaker away from the microphone or "
+                "lower the volume (docs/duplex.md), or set gate.barge_in = \"button\"", total,
             )
             self.telemetry.publish("false_barge_in", block.captured_at_s, total=total)
         heard = self.mic.process(block, self.machine, self._on_wake_word)

@@ -148,7 +148,7 @@ class Parts:
                 )
         # Echo cancellation: playback feeds the tap what the speaker will play, the controller's
         # microphone path cancels it (device.drivers.aec; None when off or not installed).
-        duplex = aec.make(cfg.audio.echo_cancellation)
+        duplex = aec.make(cfg.audio.echo_cancellation, cfg.gate.barge_in)
         tap, canceller = duplex if duplex is not None else (None, None)
         self.echo_tap = tap
         self.playback = Playback(cfg.audio, on_event=self._on_playback_event, on_exit=self._on_exit, echo_tap=tap)

@@ -28,7 +28,7 @@ def check_resources(cfg: Config) -> Config:
         dsp.check_available()
     if cfg.gate.mode == "wake_word":
         wake.resolve_model(cfg.wake)
-    aec.will_run(cfg.audio.echo_cancellation)  # "on" without the library: refused here
+    aec.will_run(cfg.audio.echo_cancellation, cfg.gate.barge_in)  # "on" without the library: refused here
     return cfg
 
 

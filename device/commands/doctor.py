@@ -755,7 +755,7 @@ def check_audio(ctx: Context) -> list[Finding]:
     from device.drivers import aec
 
     duplex = aec.describe(a.echo_cancellation, cfg.gate.barge_in)
-    half = a.echo_cancellation == "auto" and aec.available() is not None
+    half = a.echo_cancellation == "auto" and cfg.gate.barge_in == "voice" and aec.available() is not None
     out.append(Finding("audio", Status.WARN if half else Status.OK, f"echo cancellation: {duplex}",
                        "install.sh --extras aec (64-bit Raspberry Pi OS)" if half else ""))
     if a.mixer_control:

@@ -151,7 +151,7 @@ class AudioConfig:
     echo_cancellation: EchoCancellation = _f(
         "auto",
         "take the speaker's sound out of the microphone (WebRTC AEC3; needs the aec extra): auto (on when "
-        "installed), on (refuse to start without it), off (half duplex)",
+        "installed and gate.barge_in = voice), on (refuse to start without it), off",
     )
 
 

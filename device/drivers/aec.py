@@ -199,19 +199,24 @@ def _frame_levels(np: Any, near: Any, out: Any, far: Any, start_s: float) -> lis
     ]
 
 
-def will_run(cfg_value: str) -> bool:
-    """Whether ``audio.echo_cancellation`` runs here; ConfigError (exit 78) for "on" without the library."""
+def will_run(cfg_value: str, barge_in: str) -> bool:
+    """Whether ``audio.echo_cancellation`` runs here; ConfigError (exit 78) for "on" without the library.
+
+    "auto" runs it for ``gate.barge_in = "voice"`` only: with any other barge-in the echo guard keeps
+    the agent's voice out anyway, and AEC3 would take a user who talks over the agent out too -- the
+    wake word said over a reply, for one (measured: the bench's hands-free demo then never barged in).
+    """
     if cfg_value == "off":
         return False
     if cfg_value == "on":
         _module()
         return True
-    return available() is None
+    return barge_in == "voice" and available() is None
 
 
-def make(cfg_value: str) -> tuple[EchoTap, EchoCanceller] | None:
-    """The tap and the canceller ``audio.echo_cancellation`` asks for, or None (off, or auto without the library)."""
-    if not will_run(cfg_value):
+def make(cfg_value: str, barge_in: str) -> tuple[EchoTap, EchoCanceller] | None:
+    """The tap and the canceller the settings ask for, or None (see :func:`will_run`)."""
+    if not will_run(cfg_value, barge_in):
         return None
     tap = EchoTap()
     return tap, EchoCanceller(tap)
@@ -221,10 +226,12 @@ def describe(cfg_value: str, barge_in: str) -> str:
     """One line for ``run --check`` and ``doctor``: whether the kiosk can hold a full-duplex conversation."""
     if cfg_value == "off":
         return "off (audio.echo_cancellation = \"off\"): half duplex, the microphone closes while the agent speaks"
+    if cfg_value == "auto" and barge_in != "voice":
+        return f"off (auto: only for gate.barge_in = \"voice\", here {barge_in!r}): half duplex"
     reason = available()
     if reason is None:
         duplex = ("full duplex (gate.barge_in = \"voice\")" if barge_in == "voice"
-                  else "half duplex until gate.barge_in = \"voice\"")
+                  else f"half duplex: gate.barge_in = {barge_in!r}")
         return f"on (WebRTC AEC3, pywebrtc-audio {library_version()}): {duplex}"
     if cfg_value == "auto":
         return f"not available here, so half duplex: {INSTALL_HINT} (wheels exist for {PLATFORMS})"

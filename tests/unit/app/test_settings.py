@@ -25,6 +25,7 @@ def test_echo_cancellation_on_needs_its_library_and_auto_or_off_does_not(monkeyp
     monkeypatch.setitem(sys.modules, "pywebrtc_audio", None)
     with pytest.raises(ConfigError, match=r"voice-appliance\[aec\]") as e:
         check_resources(parsed(["audio.echo_cancellation=on"]))
+    check_resources(parsed(["gate.barge_in=voice"]))  # auto: half duplex, said by doctor, not refused
     assert e.value.key == "audio.echo_cancellation"
     check_resources(parsed(["audio.echo_cancellation=auto"]))
     check_resources(parsed(["audio.echo_cancellation=off"]))
