@@ -26,7 +26,8 @@ venv="$here/.venv"
 # (espeak-ng, sox), ALSA plugins for `type file`/plug devices, debootstrap
 # for the boot test.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins shellcheck procps librsvg2-bin
-              alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd pulseaudio pulseaudio-utils)
+              alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd pulseaudio pulseaudio-utils
+              flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -167,16 +167,22 @@ class _MicroScorer:
         else:
             self._model = mod.MicroWakeWord.from_builtin(mod.Model(info.name))
         self._features = mod.MicroWakeWordFeatures()
+        self._calls = 0
 
     def scores(self, pcm: bytes) -> Iterator[float]:
+        # The model runs once per `stride` feature windows (3: every 30 ms) and answers 0.0 in
+        # between; those are no scores, and would break a run of high ones (core/wakerule.py).
+        stride = max(1, int(getattr(self._model, "stride", 1)))
         for features in self._features.process_streaming(pcm):
             prob = self._model.process_streaming_prob(features)
-            if prob is not None:
+            self._calls += 1
+            if prob is not None and self._calls % stride == 0:
                 yield float(prob)
 
     def reset(self) -> None:
         self._features.reset()
         self._model.reset()
+        self._calls = 0
 
     def close(self) -> None:
         self._model.close()

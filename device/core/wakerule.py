@@ -1,0 +1,69 @@
+"""When a stream of wake-word scores counts as the wake word (pure: no I/O, no threads).
+
+A detector's engine gives a score (0..1) per model step: microWakeWord every 10 ms (already the
+mean of its last 5 raw outputs), openWakeWord every 80 ms. A single step over the cutoff is how
+near misses ("hey Travis", "a Lexus") get through: their scores rise briefly, while a wake word
+keeps a high score for several steps. :class:`WakeRule` therefore asks for the score to stay
+above the cutoff for ``confirm_steps`` steps in a row (score persistence), and then ignores the
+word for ``refractory_s``. ``confirm_steps = 1`` is the plain cutoff. The costs: the detection
+comes ``confirm_steps - 1`` steps later, and no CPU beyond a counter.
+
+Per-model defaults (:data:`DEFAULTS`) were chosen from the wake-word benchmark
+(tests/bench/bench_wake_material.py; figures in docs/hands-free.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuleDefaults:
+    """A model's shipped cutoff and persistence (measured, docs/hands-free.md)."""
+
+    cutoff: float
+    confirm_steps: int
+
+
+# (engine, model) → defaults for a public kiosk. Models not listed: the model's own cutoff, 1 step.
+DEFAULTS: dict[tuple[str, str], RuleDefaults] = {}
+
+
+def defaults_for(engine: str, model: str, own_cutoff: float) -> RuleDefaults:
+    """The shipped cutoff and persistence of a model (its own cutoff and 1 step when not measured)."""
+    return DEFAULTS.get((engine, model), RuleDefaults(own_cutoff, 1))
+
+
+class WakeRule:
+    """Scores in, decisions out: the score above ``cutoff`` for ``confirm_steps`` steps in a row.
+
+    ``step`` is called once per engine step with the time the step's audio ended; it returns
+    True on the step that completes a detection. Owned by one thread.
+    """
+
+    def __init__(self, cutoff: float, confirm_steps: int = 1, refractory_s: float = 2.0) -> None:
+        if not 0.0 <= cutoff <= 1.0:
+            raise ValueError(f"cutoff {cutoff} is not a score between 0 and 1")
+        if confirm_steps < 1:
+            raise ValueError("confirm_steps must be at least 1")
+        self.cutoff = cutoff
+        self.confirm_steps = confirm_steps
+        self.refractory_s = refractory_s
+        self._run = 0
+        self._quiet_until_s = -math.inf
+
+    def step(self, score: float, t_s: float) -> bool:
+        if score <= self.cutoff:
+            self._run = 0
+            return False
+        self._run += 1
+        if self._run < self.confirm_steps or t_s < self._quiet_until_s:
+            return False
+        self._run = 0
+        self._quiet_until_s = t_s + self.refractory_s
+        return True
+
+    def reset(self) -> None:
+        """Forget the run of high scores (the audio it came from is gone); the refractory time stays."""
+        self._run = 0

@@ -1,0 +1,198 @@
+"""Wake-word benchmark on material that is not one synthesizer (tests/wakematerial.py).
+
+Per engine and bundled model: detection rate per condition (10 voices of espeak-ng, flite and
+festival x 3 speeds/pitches x 8 conditions: clean, quiet, loud, reverb, pink 10 dB, four-talker
+babble 20/10/5 dB), and false accepts per hour on ordinary speech and on near-miss speech
+(phrases built to sound like the wake words), each detector fed 10 ms frames as the daemon feeds
+it. Scores are computed once per clip and cached (``<cache>/wake-material/traces``); the decision
+rule (cutoff, persistence: device/core/wakerule.py) is then swept over the cached scores, so the
+curve of detection against false accepts costs nothing more.
+
+Run: ``.venv/bin/python tests/bench/bench_wake_material.py [--engines microwakeword,openwakeword]``
+(the first run synthesizes and scores everything: minutes of CPU; later runs read the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from device.core.config import WakeConfig  # noqa: E402
+from device.core.wakerule import WakeRule  # noqa: E402
+from device.drivers import wake  # noqa: E402
+from tests import wakematerial as m  # noqa: E402
+
+MODELS = {
+    "microwakeword": ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft"),
+    "openwakeword": ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy"),
+}
+STEP_S = {"microwakeword": 0.03, "openwakeword": 0.08}  # one score per model run
+MATERIAL_VERSION = "2"  # bump when wakematerial.py changes what it makes
+CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+CONFIRM = (1, 2, 3, 5, 8, 12)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A detector's scores over one piece of audio: ``scores[i]`` ends at ``(i + 1) * step_s``."""
+
+    scores: np.ndarray
+    step_s: float
+
+
+def _scorer(engine: str, model: str) -> wake.Scorer:
+    info = wake.resolve_model(WakeConfig(engine=engine, model=model))  # type: ignore[arg-type]
+    return wake._MicroScorer(info) if engine == "microwakeword" else wake._OpenScorer(info)
+
+
+def score(scorer: wake.Scorer, pcm: bytes) -> np.ndarray:
+    """Scores of ``pcm`` fed 10 ms at a time, as :class:`device.drivers.wake.WakeDetector` feeds it."""
+    out: list[float] = []
+    for pos in range(0, len(pcm) - wake.FRAME_BYTES + 1, wake.FRAME_BYTES):
+        out.extend(scorer.scores(pcm[pos : pos + wake.FRAME_BYTES]))
+    return np.asarray(out, dtype=np.float32)
+
+
+def _cache_key(*parts: str) -> Path:
+    key = hashlib.sha1("|".join((MATERIAL_VERSION, *parts)).encode()).hexdigest()[:16]
+    return m.CACHE / "traces" / f"{key}.npz"
+
+
+def positive_traces(engine: str, model: str, conditions: Sequence[str] = m.CONDITIONS,
+                    voices: Sequence[m.Voice] = m.VOICES,
+                    variants: Sequence[tuple[float, int]] = m.VARIANTS) -> list[tuple[m.Clip, np.ndarray]]:
+    """Each positive clip with its scores (a fresh detector per clip); cached."""
+    path = _cache_key("pos", engine, model, ",".join(conditions), ",".join(map(str, voices)), repr(variants))
+    clips = list(m.positives(model, tuple(conditions), tuple(voices), tuple(variants)))
+    if path.exists():
+        data = np.load(path)
+        return [(c, data[f"c{i}"]) for i, c in enumerate(clips)]
+    scorer = _scorer(engine, model)
+    traces = []
+    try:
+        for c in clips:
+            scorer.reset()
+            traces.append(score(scorer, m.to_pcm(c.audio)))
+    finally:
+        scorer.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{f"c{i}": t for i, t in enumerate(traces)})
+    return list(zip(clips, traces, strict=True))
+
+
+def negative_trace(engine: str, model: str, kind: str, stream: np.ndarray, tag: str) -> np.ndarray:
+    """Scores over one negative stream (one detector, never reset, as a kiosk idles); cached."""
+    path = _cache_key("neg", engine, model, kind, tag)
+    if path.exists():
+        return np.load(path)["t"]
+    scorer = _scorer(engine, model)
+    try:
+        t = score(scorer, m.to_pcm(stream))
+    finally:
+        scorer.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, t=t)
+    return t
+
+
+def decisions(trace: np.ndarray, step_s: float, cutoff: float, confirm: int, refractory_s: float = 2.0) -> list[float]:
+    """Times of the detections :class:`WakeRule` makes on ``trace``."""
+    rule = WakeRule(cutoff, confirm, refractory_s)
+    hits = np.nonzero(trace > cutoff)[0]
+    out: list[float] = []
+    last = -2
+    for i in hits:  # only steps over the cutoff can complete a detection; a gap resets the run
+        if i != last + 1:
+            rule.step(0.0, 0.0)
+        last = i
+        t = (int(i) + 1) * step_s
+        if rule.step(float(trace[i]), t):
+            out.append(t)
+    return out
+
+
+@dataclass(frozen=True)
+class Figures:
+    detected: dict[str, tuple[int, int]]  # condition → (heard, clips)
+    false_ordinary: int
+    false_near: int
+    ordinary_h: float
+    near_h: float
+
+    @property
+    def rate(self) -> float:
+        heard = sum(h for h, _ in self.detected.values())
+        return heard / max(1, sum(n for _, n in self.detected.values()))
+
+    def per_hour(self, kind: str) -> float:
+        return (self.false_ordinary / self.ordinary_h) if kind == "ordinary" else (self.false_near / self.near_h)
+
+
+def figures(pos: Iterable[tuple[m.Clip, np.ndarray]], neg: dict[str, np.ndarray], step_s: float, cutoff: float,
+            confirm: int, hours: dict[str, float]) -> Figures:
+    detected: dict[str, list[int]] = {}
+    for clip, trace in pos:
+        row = detected.setdefault(clip.cond, [0, 0])
+        row[0] += bool(decisions(trace, step_s, cutoff, confirm))
+        row[1] += 1
+    return Figures({k: (v[0], v[1]) for k, v in detected.items()},
+                   len(decisions(neg["ordinary"], step_s, cutoff, confirm)),
+                   len(decisions(neg["near_miss"], step_s, cutoff, confirm)),
+                   hours["ordinary"], hours["near_miss"])
+
+
+def machine() -> str:
+    return f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engines", default="microwakeword,openwakeword")
+    p.add_argument("--models", default="", help="comma list (default: every bundled model)")
+    args = p.parse_args(argv)
+    missing = m.missing_tools()
+    if missing:
+        print(f"needs {', '.join(missing)}: apt-get install espeak-ng flite festival festvox-kallpc16k "
+              "festvox-kdlpc16k festvox-us-slt-hts sox", file=sys.stderr)
+        return 2
+    print(f"machine: {machine()}")
+    streams = {"ordinary": m.negatives("ordinary"), "near_miss": m.negatives("near_miss")}
+    hours = {k: len(v) / m.RATE_HZ / 3600 for k, v in streams.items()}
+    print(f"negatives: ordinary {hours['ordinary'] * 60:.1f} min, near-miss {hours['near_miss'] * 60:.1f} min "
+          "(clean, pink 10 dB, babble 10 dB in turn)")
+    for engine in args.engines.split(","):
+        for model in MODELS[engine]:
+            if args.models and model not in args.models.split(","):
+                continue
+            info = wake.resolve_model(WakeConfig(engine=engine, model=model))  # type: ignore[arg-type]
+            step_s = STEP_S[engine]
+            pos = positive_traces(engine, model)
+            neg = {k: negative_trace(engine, model, k, v, "all") for k, v in streams.items()}
+            base = figures(pos, neg, step_s, info.cutoff, 1, hours)
+            print(f"\n== {engine} {model}: {len(pos)} positives; today's rule (cutoff {info.cutoff:g}, 1 step)")
+            print("  " + "  ".join(f"{c} {h}/{n}" for c, (h, n) in base.detected.items()))
+            print(f"  detected {base.rate:.1%}; false accepts/h ordinary {base.per_hour('ordinary'):.1f}, "
+                  f"near-miss {base.per_hour('near_miss'):.1f}")
+            print("  cutoff confirm  detected  FA/h ordinary  FA/h near-miss")
+            for cutoff in CUTOFFS:
+                for confirm in CONFIRM:
+                    f = figures(pos, neg, step_s, cutoff, confirm, hours)
+                    print(f"  {cutoff:6.2f} {confirm:7d}  {f.rate:8.1%}  {f.per_hour('ordinary'):13.1f}  "
+                          f"{f.per_hour('near_miss'):14.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
