@@ -44,6 +44,7 @@ GateMode = Literal["push_to_talk", "toggle", "voice", "always_open", "wake_word"
 BargeIn = Literal["none", "button", "voice", "wake_word"]
 AfterWake = Literal["voice", "always_open"]
 WakeEngine = Literal["microwakeword", "openwakeword"]
+WakeVerify = Literal["openwakeword", "off"]
 StereoMode = Literal["mix", "left", "right"]
 LedKind = Literal["led", "pwmled", "rgbled", "apa102"]
 LedPreset = Literal["rgb", "three", "none", "custom"]
@@ -192,10 +193,20 @@ class WakeConfig:
         "path to your own: microwakeword the model's .json (next to its .tflite), openwakeword the .tflite",
     )
     threshold: float = _f(
-        0.0, "score (0..1) that counts as the wake word; 0: the model's own cutoff (openwakeword: 0.5)",
+        0.0, "score (0..1) that counts as the wake word; 0: the shipped default, measured for a public kiosk "
+        "(docs/hands-free.md; otherwise the model's own cutoff, openwakeword 0.5)",
         min=0, max=1,
     )
     refractory_s: float = _f(2.0, "after a detection, ignore the wake word this long", min=0, max=60)
+    verify: WakeVerify = _f(
+        "openwakeword",
+        "confirm each microwakeword detection with openwakeword's model of the same word on the last 2 s of "
+        "audio (CPU only when the word is heard; cuts false wakes from words that sound alike), or off",
+    )
+    verify_threshold: float = _f(
+        0.0, "openwakeword score (0..1) that confirms a detection; 0: the shipped default (docs/hands-free.md)",
+        min=0, max=1,
+    )
 
 
 @dataclass(frozen=True)

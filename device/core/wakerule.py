@@ -20,19 +20,20 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RuleDefaults:
-    """A model's shipped cutoff and persistence (measured, docs/hands-free.md)."""
+    """A model's shipped cutoff, and the verifier's (measured, docs/hands-free.md)."""
 
     cutoff: float
-    confirm_steps: int
+    verify_cutoff: float | None = None  # None: verification not measured for this model, so not shipped
 
 
-# (engine, model) → defaults for a public kiosk. Models not listed: the model's own cutoff, 1 step.
+# (engine, model) → defaults for a public kiosk. Models not listed: the model's own cutoff, and no
+# verification unless wake.verify_threshold asks for it.
 DEFAULTS: dict[tuple[str, str], RuleDefaults] = {}
 
 
 def defaults_for(engine: str, model: str, own_cutoff: float) -> RuleDefaults:
-    """The shipped cutoff and persistence of a model (its own cutoff and 1 step when not measured)."""
-    return DEFAULTS.get((engine, model), RuleDefaults(own_cutoff, 1))
+    """The shipped cutoffs of a model (its own cutoff when not measured)."""
+    return DEFAULTS.get((engine, model), RuleDefaults(own_cutoff))
 
 
 class WakeRule:

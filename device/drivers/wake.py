@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 from device.core.audioformat import CAPTURE_RATE_HZ
 from device.core.config import Config, WakeConfig
 from device.core.errors import ConfigError
+from device.core.wakerule import WakeRule, defaults_for
 from device.drivers.userfiles import KIB, MIB, check_file, read_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ MODEL_MAX_BYTES = 64 * MIB
 DESCRIPTION_MAX_BYTES = 64 * KIB
 # openWakeWord scores every 80 ms; the detector feeds it this much at a time.
 _OWW_CHUNK_FRAMES = 8
+# Verification: the second engine hears the last VERIFY_HELD_S of audio up to the detection, then
+# VERIFY_PAD_S of silence that flushes its feature pipeline (without it the word's end is not scored).
+VERIFY_HELD_S = 2.0
+VERIFY_PAD_S = 0.5
 
 ENGINE_PACKAGES = {"microwakeword": "pymicro-wakeword", "openwakeword": "pyopen-wakeword"}
 INSTALL_HINT = (
@@ -86,6 +90,7 @@ class ModelInfo:
     name: str  # the model's id (file stem)
     path: str  # "" for a bundled model
     cutoff: float  # the score that counts as a detection
+    verify_cutoff: float | None = None  # the second engine's score that confirms one (None: not verified)
 
 
 def resolve_model(cfg: WakeConfig) -> ModelInfo:
@@ -98,7 +103,9 @@ def resolve_model(cfg: WakeConfig) -> ModelInfo:
             cutoff, _ = _description(Path(mww_mod.__file__).parent / "models" / f"{cfg.model}.json")
         else:
             cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD
-        return ModelInfo(cfg.engine, cfg.model, "", cfg.threshold or cutoff)
+        shipped = defaults_for(cfg.engine, cfg.model, cutoff)
+        return ModelInfo(cfg.engine, cfg.model, "", cfg.threshold or shipped.cutoff,
+                         cfg.verify_threshold or shipped.verify_cutoff)
     path = Path(cfg.model)
     if not (path.suffix in (".json", ".tflite") or "/" in cfg.model):
         raise ConfigError(
@@ -119,7 +126,7 @@ def resolve_model(cfg: WakeConfig) -> ModelInfo:
     else:
         _check_model(path)
         cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD
-    return ModelInfo(cfg.engine, path.stem, str(path), cfg.threshold or cutoff)
+    return ModelInfo(cfg.engine, path.stem, str(path), cfg.threshold or cutoff, cfg.verify_threshold or None)
 
 
 def _file_error(path: Path, e: OSError, named_by: Path | None = None) -> ConfigError:
@@ -225,20 +232,51 @@ class Detection:
     score: float
 
 
+def verification(cfg: WakeConfig) -> str | None:
+    """Why detections of ``cfg`` cannot be verified by a second engine, or None when they can."""
+    if cfg.verify == "off":
+        return "off"
+    if cfg.engine != "microwakeword":
+        return "off (openwakeword is the detector)"
+    if cfg.model not in OPENWAKEWORD_MODELS:
+        return f"off (openwakeword has no model of {cfg.model!r})"
+    if resolve_model(cfg).verify_cutoff is None:
+        return "off (not measured for this model; wake.verify_threshold turns it on)"
+    try:
+        _import_engine("openwakeword")
+    except ConfigError as e:
+        return f"unavailable ({e})"
+    return None
+
+
+OPENWAKEWORD_MODELS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy")
+
+
 class WakeDetector:
     """Feeds blocks to an engine 10 ms at a time; reports a detection at most once per refractory time.
 
-    Owned by the controller thread (no locking).
+    A detection (:class:`device.core.wakerule.WakeRule`) of microWakeWord is confirmed by
+    openWakeWord's model of the same word on the held audio (``wake.verify``): the two engines were
+    trained apart and rarely mistake the same near miss. Owned by the controller thread (no locking).
     """
 
-    def __init__(self, cfg: WakeConfig, scorer: Scorer | None = None) -> None:
+    def __init__(self, cfg: WakeConfig, scorer: Scorer | None = None, verifier: Scorer | None = None) -> None:
         self.cfg = cfg
         self.info = resolve_model(cfg)
         if scorer is None:
             scorer = _MicroScorer(self.info) if cfg.engine == "microwakeword" else _OpenScorer(self.info)
         self._scorer = scorer
-        self._quiet_until_s = -math.inf
+        self._rule = WakeRule(self.info.cutoff, 1, cfg.refractory_s)
+        self.verify_off = None if verifier is not None else verification(cfg)
+        if verifier is None and self.verify_off is None:
+            verifier = _OpenScorer(ModelInfo("openwakeword", cfg.model, "", OPENWAKEWORD_DEFAULT_THRESHOLD))
+        elif self.verify_off is not None and self.verify_off.startswith("unavailable"):
+            log.warning("wake word detections are not verified: %s", self.verify_off)
+        self._verifier = verifier
+        self._held = bytearray()  # the last VERIFY_HELD_S of audio, for the verifier
+        self._held_max = 2 * round(VERIFY_HELD_S * CAPTURE_RATE_HZ)
         self.detections = 0
+        self.rejected = 0  # detections the verifier did not confirm
         self.peak_score = 0.0  # highest score since the last reset (for logs and tests)
 
     def process(self, pcm: bytes, captured_at_s: float) -> Detection | None:
@@ -248,29 +286,54 @@ class WakeDetector:
         found: Detection | None = None
         for pos in range(0, n - n % FRAME_SAMPLES, FRAME_SAMPLES):
             frame = pcm[pos * 2:(pos + FRAME_SAMPLES) * 2]
+            if self._verifier is not None:
+                self._held += frame
+                del self._held[: max(0, len(self._held) - self._held_max)]
             for score in self._scorer.scores(frame):
                 self.peak_score = max(self.peak_score, score)
                 end = pos + FRAME_SAMPLES
                 t_s = start_s + end / CAPTURE_RATE_HZ
-                if found is None and score > self.info.cutoff and t_s >= self._quiet_until_s:
-                    found = Detection(end, score)
-                    self._quiet_until_s = t_s + self.cfg.refractory_s
+                if found is None and self._rule.step(score, t_s):
+                    if self._confirmed(score):
+                        found = Detection(end, score)
+                    else:
+                        self.rejected += 1
         if found is not None:
             self.detections += 1
             log.info("wake word %r heard (score %.3f)", self.info.name, found.score)
         return found
 
+    def _confirmed(self, score: float) -> bool:
+        """Whether the verifier hears the wake word in the held audio (always, without a verifier)."""
+        if self._verifier is None:
+            return True
+        self._verifier.reset()
+        held = bytes(self._held) + bytes(2 * round(VERIFY_PAD_S * CAPTURE_RATE_HZ))
+        best = max(self._verifier.scores(held), default=0.0)
+        cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD if self.info.verify_cutoff is None else self.info.verify_cutoff
+        if best > cutoff:
+            return True
+        log.info("wake word %r not confirmed (score %.3f, openwakeword %.3f under %g)", self.info.name, score,
+                 best, cutoff)
+        return False
+
     def reset(self) -> None:
         """Forget the audio heard so far (a conversation started or ended)."""
         self._scorer.reset()
+        self._rule.reset()
+        self._held.clear()
         self.peak_score = 0.0
 
     def close(self) -> None:
         self._scorer.close()
+        if self._verifier is not None:
+            self._verifier.close()
 
     def describe(self) -> str:
         source = self.info.path or "bundled"
-        return f"{self.info.engine} {self.info.name} ({source}), cutoff {self.info.cutoff:g}"
+        verify = (f", verified by openwakeword (cutoff {self.info.verify_cutoff or OPENWAKEWORD_DEFAULT_THRESHOLD:g})"
+                  if self._verifier is not None else f", verification {self.verify_off}")
+        return f"{self.info.engine} {self.info.name} ({source}), cutoff {self.info.cutoff:g}{verify}"
 
 
 def describe(cfg: WakeConfig) -> str:
@@ -279,8 +342,11 @@ def describe(cfg: WakeConfig) -> str:
         info = resolve_model(cfg)
     except ConfigError as e:
         return f"unavailable: {e}"
+    off = verification(cfg)
+    verify = f"verified by openwakeword (cutoff {info.verify_cutoff:g})" if off is None and info.verify_cutoff \
+        else f"verification {off}"
     return (
-        f"{info.engine} {info.name} ({info.path or 'bundled'}), cutoff {info.cutoff:g}, "
+        f"{info.engine} {info.name} ({info.path or 'bundled'}), cutoff {info.cutoff:g}, {verify}, "
         f"refractory {cfg.refractory_s:g} s"
     )
 

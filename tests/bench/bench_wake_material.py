@@ -38,7 +38,7 @@ MODELS = {
     "microwakeword": ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft"),
     "openwakeword": ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy"),
 }
-STEP_S = {"microwakeword": 0.03, "openwakeword": 0.08}  # one score per model run
+STEP_S = {"microwakeword": 0.03, "openwakeword": 0.025}  # measured: audio seconds per score
 MATERIAL_VERSION = "2"  # bump when wakematerial.py changes what it makes
 CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 CONFIRM = (1, 2, 3, 5, 8, 12)
@@ -140,17 +140,81 @@ class Figures:
         return (self.false_ordinary / self.ordinary_h) if kind == "ordinary" else (self.false_near / self.near_h)
 
 
-def figures(pos: Iterable[tuple[m.Clip, np.ndarray]], neg: dict[str, np.ndarray], step_s: float, cutoff: float,
+def step_of(trace: np.ndarray, audio_s: float) -> float:
+    """Seconds of audio per score: measured, not assumed (openWakeWord answers about every 25 ms
+    once warmed up, microWakeWord every 30 ms)."""
+    return audio_s / max(1, len(trace))
+
+
+def figures(pos: Iterable[tuple[m.Clip, np.ndarray]], neg: dict[str, np.ndarray], cutoff: float,
             confirm: int, hours: dict[str, float]) -> Figures:
     detected: dict[str, list[int]] = {}
     for clip, trace in pos:
         row = detected.setdefault(clip.cond, [0, 0])
-        row[0] += bool(decisions(trace, step_s, cutoff, confirm))
+        row[0] += bool(decisions(trace, step_of(trace, len(clip.audio) / m.RATE_HZ), cutoff, confirm))
         row[1] += 1
-    return Figures({k: (v[0], v[1]) for k, v in detected.items()},
-                   len(decisions(neg["ordinary"], step_s, cutoff, confirm)),
-                   len(decisions(neg["near_miss"], step_s, cutoff, confirm)),
+    fa = {k: len(decisions(t, step_of(t, hours[k] * 3600), cutoff, confirm)) for k, t in neg.items()}
+    return Figures({k: (v[0], v[1]) for k, v in detected.items()}, fa["ordinary"], fa["near_miss"],
                    hours["ordinary"], hours["near_miss"])
+
+
+VERIFY_HELD_S = 2.0  # the audio the second engine hears: the last 2 s up to the detection...
+VERIFY_PAD_S = 0.5  # ... then this much silence, which flushes openWakeWord's feature pipeline
+
+
+def verify_score(scorer: wake.Scorer, audio: np.ndarray, t_s: float) -> float:
+    """The second engine's best score on the held audio of a detection at ``t_s`` (as
+    :class:`device.drivers.wake.WakeDetector` verifies: fresh engine, held audio, silence)."""
+    held = audio[max(0, int((t_s - VERIFY_HELD_S) * m.RATE_HZ)) : int(t_s * m.RATE_HZ)]
+    scorer.reset()
+    trace = score(scorer, m.to_pcm(held) + bytes(2 * int(VERIFY_PAD_S * m.RATE_HZ)))
+    return float(trace.max()) if len(trace) else 0.0
+
+
+def verified_figures(model: str, streams: dict[str, np.ndarray], hours: dict[str, float],
+                     cutoffs: Sequence[float], verify_cutoffs: Sequence[float]) -> list[str]:
+    """microWakeWord detections confirmed by openWakeWord on the held audio: the curve."""
+    pos = positive_traces("microwakeword", model)
+    neg = {k: negative_trace("microwakeword", model, k, v, "all") for k, v in streams.items()}
+    path = _cache_key("verify", model, repr(VERIFY_HELD_S), repr(VERIFY_PAD_S))
+    cache: dict[str, float] = {}
+    if path.exists():
+        cache = {k: float(v) for k, v in np.load(path).items()}
+    scorer = _scorer("openwakeword", model)
+    lines = ["  mww cutoff  oww cutoff  detected  FA/h ordinary  FA/h near-miss  (verifications run)"]
+    try:
+        for c1 in cutoffs:
+            pos_scores: list[list[float]] = []
+            for i, (clip, trace) in enumerate(pos):
+                times = decisions(trace, step_of(trace, len(clip.audio) / m.RATE_HZ), c1, 1)
+                row = []
+                for t in times:
+                    key = f"p{i}_{t:.3f}"
+                    if key not in cache:
+                        cache[key] = verify_score(scorer, clip.audio, t)
+                    row.append(cache[key])
+                pos_scores.append(row)
+            neg_scores: dict[str, list[float]] = {}
+            for kind, trace in neg.items():
+                times = decisions(trace, step_of(trace, hours[kind] * 3600), c1, 1)
+                out = []
+                for t in times:
+                    key = f"{kind}_{t:.3f}"
+                    if key not in cache:
+                        cache[key] = verify_score(scorer, streams[kind], t)
+                    out.append(cache[key])
+                neg_scores[kind] = out
+            runs = sum(len(r) for r in pos_scores) + sum(len(v) for v in neg_scores.values())
+            for c2 in verify_cutoffs:
+                rate = sum(any(x > c2 for x in r) for r in pos_scores) / len(pos)
+                fa = {k: sum(x > c2 for x in v) / hours[k] for k, v in neg_scores.items()}
+                lines.append(f"  {c1:10.2f}  {c2:10.2f}  {rate:8.1%}  {fa['ordinary']:13.1f}  "
+                             f"{fa['near_miss']:14.1f}  ({runs})")
+    finally:
+        scorer.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{k: np.float32(v) for k, v in cache.items()})
+    return lines
 
 
 def machine() -> str:
@@ -161,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engines", default="microwakeword,openwakeword")
     p.add_argument("--models", default="", help="comma list (default: every bundled model)")
+    p.add_argument("--verify", default="hey_jarvis",
+                   help="comma list of models to measure microWakeWord + openWakeWord verification for ('' none)")
     args = p.parse_args(argv)
     missing = m.missing_tools()
     if missing:
@@ -177,10 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.models and model not in args.models.split(","):
                 continue
             info = wake.resolve_model(WakeConfig(engine=engine, model=model))  # type: ignore[arg-type]
-            step_s = STEP_S[engine]
             pos = positive_traces(engine, model)
             neg = {k: negative_trace(engine, model, k, v, "all") for k, v in streams.items()}
-            base = figures(pos, neg, step_s, info.cutoff, 1, hours)
+            base = figures(pos, neg, info.cutoff, 1, hours)
             print(f"\n== {engine} {model}: {len(pos)} positives; today's rule (cutoff {info.cutoff:g}, 1 step)")
             print("  " + "  ".join(f"{c} {h}/{n}" for c, (h, n) in base.detected.items()))
             print(f"  detected {base.rate:.1%}; false accepts/h ordinary {base.per_hour('ordinary'):.1f}, "
@@ -188,9 +253,15 @@ def main(argv: list[str] | None = None) -> int:
             print("  cutoff confirm  detected  FA/h ordinary  FA/h near-miss")
             for cutoff in CUTOFFS:
                 for confirm in CONFIRM:
-                    f = figures(pos, neg, step_s, cutoff, confirm, hours)
+                    f = figures(pos, neg, cutoff, confirm, hours)
                     print(f"  {cutoff:6.2f} {confirm:7d}  {f.rate:8.1%}  {f.per_hour('ordinary'):13.1f}  "
                           f"{f.per_hour('near_miss'):14.1f}", flush=True)
+    for model in filter(None, args.verify.split(",")):
+        print(f"\n== microwakeword {model} verified by openwakeword {model} on the held audio "
+              f"({VERIFY_HELD_S:g} s + {VERIFY_PAD_S:g} s of silence)")
+        for line in verified_figures(model, streams, hours, (0.3, 0.5, 0.7, 0.85, 0.97),
+                                     (0.0, 0.2, 0.3, 0.5, 0.7, 0.9)):
+            print(line, flush=True)
     return 0
 
 

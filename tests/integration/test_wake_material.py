@@ -13,7 +13,8 @@ import pytest
 
 from tests import wakematerial as m
 
-pytestmark = pytest.mark.skipif(bool(m.missing_tools()), reason=f"needs {', '.join(m.missing_tools())}")
+pytestmark = [pytest.mark.realtime,
+              pytest.mark.skipif(bool(m.missing_tools()), reason=f"needs {', '.join(m.missing_tools())}")]
 
 
 @pytest.fixture(autouse=True)
