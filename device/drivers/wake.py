@@ -196,7 +196,12 @@ class _MicroScorer:
 
 
 class _OpenScorer:
-    def __init__(self, info: ModelInfo) -> None:
+    """``warm``: reset() keeps the feature pipeline. After a reset openWakeWord's features compute
+    embeddings for seconds of zeros (its autofill) before the first real audio: about 1 CPU s here.
+    The verifier feeds each time 2 s of held audio after its last 0.5 s of silence, which push the
+    old audio out; so it pays that once, here, instead of at every detection."""
+
+    def __init__(self, info: ModelInfo, warm: bool = False) -> None:
         mod = _import_engine("openwakeword")
         if info.path:
             self._model = mod.OpenWakeWord.from_model(info.path)
@@ -204,6 +209,10 @@ class _OpenScorer:
             self._model = mod.OpenWakeWord.from_builtin(mod.Model(info.name))
         self._features = mod.OpenWakeWordFeatures.from_builtin()
         self._pending = b""
+        self._warm = warm
+        if warm:
+            for _ in self.scores(bytes(_OWW_CHUNK_FRAMES * FRAME_BYTES)):
+                pass
 
     def scores(self, pcm: bytes) -> Iterator[float]:
         # The melspectrogram model works on 80 ms steps: keep what does not fill one.
@@ -216,7 +225,8 @@ class _OpenScorer:
 
     def reset(self) -> None:
         self._pending = b""
-        self._features.reset()
+        if not self._warm:
+            self._features.reset()
         self._model.reset()
 
     def close(self) -> None:
@@ -269,7 +279,7 @@ class WakeDetector:
         self._rule = WakeRule(self.info.cutoff, 1, cfg.refractory_s)
         self.verify_off = None if verifier is not None else verification(cfg)
         if verifier is None and self.verify_off is None:
-            verifier = _OpenScorer(ModelInfo("openwakeword", cfg.model, "", OPENWAKEWORD_DEFAULT_THRESHOLD))
+            verifier = _OpenScorer(ModelInfo("openwakeword", cfg.model, "", OPENWAKEWORD_DEFAULT_THRESHOLD), warm=True)
         elif self.verify_off is not None and self.verify_off.startswith("unavailable"):
             log.warning("wake word detections are not verified: %s", self.verify_off)
         self._verifier = verifier

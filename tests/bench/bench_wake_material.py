@@ -176,11 +176,12 @@ def verified_figures(model: str, streams: dict[str, np.ndarray], hours: dict[str
     """microWakeWord detections confirmed by openWakeWord on the held audio: the curve."""
     pos = positive_traces("microwakeword", model)
     neg = {k: negative_trace("microwakeword", model, k, v, "all") for k, v in streams.items()}
-    path = _cache_key("verify", model, repr(VERIFY_HELD_S), repr(VERIFY_PAD_S))
+    path = _cache_key("verify-warm", model, repr(VERIFY_HELD_S), repr(VERIFY_PAD_S))
     cache: dict[str, float] = {}
     if path.exists():
         cache = {k: float(v) for k, v in np.load(path).items()}
-    scorer = _scorer("openwakeword", model)
+    info = wake.resolve_model(WakeConfig(engine="openwakeword", model=model))
+    scorer = wake._OpenScorer(info, warm=True)  # as the detector's verifier
     lines = ["  mww cutoff  oww cutoff  detected  FA/h ordinary  FA/h near-miss  (verifications run)"]
     try:
         for c1 in cutoffs:
@@ -189,7 +190,7 @@ def verified_figures(model: str, streams: dict[str, np.ndarray], hours: dict[str
                 times = decisions(trace, step_of(trace, len(clip.audio) / m.RATE_HZ), c1, 1)
                 row = []
                 for t in times:
-                    key = f"p{i}_{t:.3f}"
+                    key = f"p{i}_{t:.2f}"
                     if key not in cache:
                         cache[key] = verify_score(scorer, clip.audio, t)
                     row.append(cache[key])
@@ -199,7 +200,7 @@ def verified_figures(model: str, streams: dict[str, np.ndarray], hours: dict[str
                 times = decisions(trace, step_of(trace, hours[kind] * 3600), c1, 1)
                 out = []
                 for t in times:
-                    key = f"{kind}_{t:.3f}"
+                    key = f"{kind}_{t:.2f}"
                     if key not in cache:
                         cache[key] = verify_score(scorer, streams[kind], t)
                     out.append(cache[key])
