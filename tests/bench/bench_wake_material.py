@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             pos = positive_traces(engine, model)
             neg = {k: negative_trace(engine, model, k, v, "all") for k, v in streams.items()}
             base = figures(pos, neg, info.cutoff, 1, hours)
-            print(f"\n== {engine} {model}: {len(pos)} positives; today's rule (cutoff {info.cutoff:g}, 1 step)")
+            print(f"\n== {engine} {model}: {len(pos)} positives; the shipped cutoff {info.cutoff:g}, 1 step, "
+                  "no verification")
             print("  " + "  ".join(f"{c} {h}/{n}" for c, (h, n) in base.detected.items()))
             print(f"  detected {base.rate:.1%}; false accepts/h ordinary {base.per_hour('ordinary'):.1f}, "
                   f"near-miss {base.per_hour('near_miss'):.1f}")
