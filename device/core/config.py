@@ -161,6 +161,11 @@ class GateConfig:
     vad_aggressiveness: int = _f(2, "webrtcvad aggressiveness, 0 (least) to 3 (most)", min=0, max=3)
     preroll_ms: int = _f(500, "audio kept from before speech starts (voice mode)", min=0, max=2000)
     hangover_ms: int = _f(750, "audio still sent after speech stops (voice mode)", min=0, max=5000)
+    speech_margin_db: float = _f(
+        9.0, "voice gate: a frame is speech only this far above the room's level between words (a low "
+        "percentile of the last 4 s): in babble, which webrtcvad calls speech, the gate still closes; 0: off",
+        min=0, max=40,
+    )
     barge_in: BargeIn = _f(
         "button",
         "how the user may interrupt the agent: none, button, voice (only with echo cancellation), "
