@@ -313,6 +313,13 @@ class WakeDetector:
             log.info("wake word %r heard (score %.3f)", self.info.name, found.score)
         return found
 
+    def raw_scores(self, pcm: bytes) -> list[float]:
+        """The engine's scores for ``pcm`` (10 ms frames), no decision made (``check wake``)."""
+        out: list[float] = []
+        for pos in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+            out.extend(self._scorer.scores(pcm[pos : pos + FRAME_BYTES]))
+        return out
+
     def _confirmed(self, score: float) -> bool:
         """Whether the verifier hears the wake word in the held audio (always, without a verifier)."""
         if self._verifier is None:
