@@ -1,15 +1,13 @@
-"""When a stream of wake-word scores counts as the wake word (pure: no I/O, no threads).
+"""When a stream of wake-word scores counts as the wake word, and each model's shipped cutoffs (pure).
 
-A detector's engine gives a score (0..1) per model step: microWakeWord every 10 ms (already the
-mean of its last 5 raw outputs), openWakeWord every 80 ms. A single step over the cutoff is how
-near misses ("hey Travis", "a Lexus") get through: their scores rise briefly, while a wake word
-keeps a high score for several steps. :class:`WakeRule` therefore asks for the score to stay
-above the cutoff for ``confirm_steps`` steps in a row (score persistence), and then ignores the
-word for ``refractory_s``. ``confirm_steps = 1`` is the plain cutoff. The costs: the detection
-comes ``confirm_steps - 1`` steps later, and no CPU beyond a counter.
-
-Per-model defaults (:data:`DEFAULTS`) were chosen from the wake-word benchmark
-(tests/bench/bench_wake_material.py; figures in docs/hands-free.md).
+A detector's engine gives a score (0..1) per model step: microWakeWord every 30 ms (already the
+mean of its last 5 raw outputs), openWakeWord about every 25 ms. :class:`WakeRule` takes a score
+over the cutoff for ``confirm_steps`` steps in a row (score persistence; 1 = the plain cutoff) and
+then ignores the word for ``refractory_s``. Measured on near misses ("hey travis", "a lexus"),
+persistence does not separate them from the word for microWakeWord (a near miss it takes holds a
+high score as long as the word does), so the daemon uses 1 step; what does separate them is a
+second engine (drivers/wake.py verification). :data:`DEFAULTS` are the cutoffs chosen from the
+wake-word benchmark (tests/bench/bench_wake_material.py; figures in docs/bench.md).
 """
 
 from __future__ import annotations
