@@ -27,7 +27,8 @@ venv="$here/.venv"
 # for the boot test, chromium (and a font) for the screen's browser tests.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins shellcheck procps librsvg2-bin
               alsa-utils libsystemd-dev espeak-ng sox debootstrap systemd pulseaudio pulseaudio-utils
-              chromium fonts-dejavu-core mosquitto mosquitto-clients python3-paho-mqtt)
+              chromium fonts-dejavu-core mosquitto mosquitto-clients python3-paho-mqtt
+              flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -19,6 +19,7 @@ Definitions (also in docs/bench.md, ``report.json``):
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -497,14 +498,47 @@ def apply_heard(fig: Figures, heard_pcm: bytes, rate_hz: int, first_sample_s: fl
     samples.release()
 
 
-def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -> tuple[bool, str, str]:
-    """(ok, ended_by, detail) of a run."""
+def verdict(
+    fig: Figures,
+    violations: int,
+    timed_out: bool,
+    error: str | None,
+    *,
+    wake: Mapping[str, Any] | None = None,
+    require_wake: bool = False,
+    unanswered: str | None = None,
+) -> tuple[bool, str, str]:
+    """(ok, ended_by, detail) of a run.
+
+    ``require_wake``: nothing was pressed (``--gate wake_word`` without a timeline), so the run
+    passes only if the wake word (``wake``, :func:`wake_figures`) started the first conversation.
+    ``unanswered``: why the agent never answered the user (:func:`unanswered_user`), a failure.
+    """
     if error is not None:
         return False, "error", error
+    detections = len(wake["detections"]) if wake is not None else 0
+    if require_wake and (wake is None or not wake["started_by_wake"]):
+        if fig.conversations == 0:
+            return False, "no_wake", (
+                f"the wake word was not detected ({detections} detection(s)) and nothing was pressed: "
+                "no conversation started"
+            )
+        return False, "no_wake", "the first conversation was not started by the wake word"
+    if require_wake and wake is not None and wake["false_wakes"]:
+        return False, "false_wake", (
+            f"{wake['false_wakes']} conversation(s) the wake word started heard nothing from the user "
+            "(the words after the wake word were lost, or nobody spoke)"
+        )
     if fig.conversations == 0:
         return False, "no_conversation", "no conversation started: check the timeline presses and the gate mode"
-    # Still going at --max-wait-s is no failure by itself: the bench ended it.
     ended_by = "max_wait" if timed_out else (fig.session_outcomes[-1] if fig.session_outcomes else "unknown")
+    if timed_out:
+        # A conversation still open at --max-wait-s never ended: the gate stayed open or the agent
+        # kept talking. The bench cut it off; that is no success.
+        return False, "max_wait", (
+            "the conversation was still going at --max-wait-s (it never ended by itself; a gate that "
+            "never closes, or an agent that never stops?)"
+        )
     bad = [i for i, o in enumerate(fig.session_outcomes) if o not in OK_OUTCOMES]
     if bad:
         outcome = fig.session_outcomes[bad[-1]]
@@ -514,11 +548,111 @@ def verdict(fig: Figures, violations: int, timed_out: bool, error: str | None) -
         )
     if fig.replies_played == 0:
         return False, ended_by, "no agent reply was played"
+    if unanswered is not None:
+        return False, ended_by, unanswered
     if violations:
         return False, ended_by, f"the emulator saw {violations} protocol violation(s)"
     n = fig.replies_played
-    still = " (still going at --max-wait-s: the bench ended it)" if timed_out else ""
-    return True, ended_by, f"{fig.conversations} conversation(s), {n} repl{'y' if n == 1 else 'ies'} played{still}"
+    woke = f", woken by the wake word ({detections} detection(s))" if require_wake else ""
+    return True, ended_by, f"{fig.conversations} conversation(s), {n} repl{'y' if n == 1 else 'ies'} played{woke}"
+
+
+def unanswered_user(events: Iterable[Event], t0_s: float) -> str | None:
+    """Why the agent never answered the user, or None: in some conversation the user's last final
+    words (transcript) were followed by no reply before the conversation ended."""
+    evs = sorted(events, key=lambda e: e.t_s)
+    starts = [e.t_s for e in _times(evs, "reply_started")]
+    said = [e for e in _times(evs, "transcript")
+            if _get(e.data, "role") == "user" and not _get(e.data, "tentative", default=False)]
+    for span in conversation_spans(evs):
+        end = span.end_s if span.end_s is not None else float("inf")
+        inside = [e for e in said if span.start_s <= e.t_s <= end]
+        if not inside:
+            continue
+        last = inside[-1]
+        if not any(last.t_s <= s <= end for s in starts):
+            text = str(_get(last.data, "text", default=""))
+            return (f"the agent never answered the user (their last words, at {last.t_s - t0_s:.1f} s: "
+                    f"{text[:60]!r})")
+    return None
+
+
+WAKE_START_WINDOW_S = 2.0  # a conversation starting this soon after a wake detection was started by it
+
+
+def wake_figures(events: Iterable[Event], t0_s: float, word_end_s: float | None) -> dict[str, Any]:
+    """The wake word's part of a run (report.json ``wake``).
+
+    A conversation was started by the wake word when the last wake detection or press within
+    :data:`WAKE_START_WINDOW_S` before it entered ``connecting`` was a detection. A false wake: a
+    conversation the wake word started in which the user then said nothing (no final transcript).
+    ``word_end_s``: where the first wake word ends in the input (seconds from ``t0_s``), when known.
+    """
+    evs = sorted(events, key=lambda e: e.t_s)
+    wakes = _times(evs, "wake")
+    presses = [e for e in _times(evs, "button") if _get(e.data, "action") == "press"]
+    said = [e for e in _times(evs, "transcript")
+            if _get(e.data, "role") == "user" and not _get(e.data, "tentative", default=False)]
+    starters: set[int] = set()
+    started: list[bool] = []
+    false_wakes = 0
+    for span in conversation_spans(evs):
+        cands = [(e.t_s, i) for i, e in enumerate(wakes) if span.start_s - WAKE_START_WINDOW_S <= e.t_s <= span.start_s]
+        pressed = [e.t_s for e in presses if span.start_s - WAKE_START_WINDOW_S <= e.t_s <= span.start_s]
+        by_wake = bool(cands) and (not pressed or max(cands)[0] >= max(pressed))
+        started.append(by_wake)
+        if by_wake:
+            starters.add(max(cands)[1])
+            end = span.end_s if span.end_s is not None else float("inf")
+            if not any(span.start_s <= e.t_s <= end for e in said):
+                false_wakes += 1
+    detections = [
+        {"at_s": round(e.t_s - t0_s, 4), "score": _r(_num(_get(e.data, "score")), 3) or 0.0,
+         "model": str(_get(e.data, "model", default="")), "started_conversation": i in starters}
+        for i, e in enumerate(wakes)
+    ]
+    delay = None
+    if word_end_s is not None:
+        after = [e.t_s - t0_s for e in wakes if e.t_s - t0_s >= word_end_s - 0.5]
+        if after:
+            delay = round(1000 * (after[0] - word_end_s), 1)
+    return {
+        "detections": detections,
+        "started_by_wake": bool(started) and started[0],
+        "false_wakes": false_wakes,
+        "word_end_s": None if word_end_s is None else round(word_end_s, 3),
+        "detection_delay_ms": delay,
+    }
+
+
+def speech_spans(pcm: bytes, rate_hz: int, *, window_s: float = 0.02, gap_s: float = 0.15,
+                 floor_dbfs: float = -45.0, below_peak_db: float = 30.0) -> list[tuple[float, float]]:
+    """Where there is speech in S16_LE mono PCM: (start, end) seconds, from the level alone.
+
+    A window is loud when above ``floor_dbfs`` and within ``below_peak_db`` of the loudest one; loud
+    windows closer than ``gap_s`` join. Meant for clean bench input (the wake word's end), not a VAD.
+    """
+    samples = memoryview(pcm[: len(pcm) - len(pcm) % 2]).cast("h")
+    step = max(1, round(rate_hz * window_s))
+    levels: list[float] = []
+    for i in range(0, len(samples), step):
+        w = samples[i : i + step]
+        ms = sum(x * x for x in w) / max(1, len(w))
+        levels.append(10 * math.log10(ms / 32768.0**2) if ms > 0 else -120.0)
+    samples.release()
+    if not levels:
+        return []
+    cut = max(floor_dbfs, max(levels) - below_peak_db)
+    spans: list[tuple[float, float]] = []
+    for i, level in enumerate(levels):
+        if level <= cut:
+            continue
+        a, b = i * step / rate_hz, (i + 1) * step / rate_hz
+        if spans and a - spans[-1][1] < gap_s:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((a, b))
+    return spans
 
 
 def playback_segments(

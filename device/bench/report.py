@@ -17,7 +17,8 @@ from typing import Any
 
 from device.core.errors import DeviceError
 
-SCHEMA_VERSION = 2  # 2: card, heard figures (latency_ms and old_audio_ms_after heard on the clocked card)
+SCHEMA_VERSION = 3  # 2: card, heard figures (latency_ms and old_audio_ms_after heard on the clocked card);
+# 3: wake (the wake word's detections, false wakes, detection delay), outcomes no_wake and max_wait as failures
 
 
 class ReportError(DeviceError):
@@ -99,7 +100,9 @@ SCHEMA: dict[str, Any] = {
                     "rate_hz": _int("its sample rate before conversion to 16 kHz mono"),
                     "channels": _int("its channel count before conversion"),
                     "duration_s": _num("its length", 0),
+                    "room_noise": _str("--room-noise: the WAV looped under the input and after it"),
                 },
+                required=["path", "rate_hz", "channels", "duration_s"],
             ),
             "agent": _obj(
                 "the agent the daemon talked to",
@@ -115,7 +118,9 @@ SCHEMA: dict[str, Any] = {
                     "ok": {"type": "boolean", "description": "conversation succeeded and no protocol violation"},
                     "ended_by": _str(
                         "session outcome of the last conversation (normal, agent_ended, local, network, …), "
-                        "or no_conversation, max_wait (still going at --max-wait-s: the bench ended it), error"
+                        "or no_conversation, no_wake (gate wake_word, nothing pressed: the wake word did not "
+                        "start it), false_wake (the wake word started a conversation the user said nothing in), "
+                        "max_wait (still going at --max-wait-s: a failure), error"
                     ),
                     "detail": _str("one line saying what happened"),
                     "exit_code": _int("the process exit code"),
@@ -230,6 +235,36 @@ SCHEMA: dict[str, Any] = {
                     },
                 ),
             ),
+            "wake": {
+                **_obj(
+                    "the wake word (gate wake_word; null otherwise)",
+                    {
+                        "detections": _arr(
+                            "each wake word the detector heard",
+                            _obj(
+                                "one detection",
+                                {
+                                    "at_s": _num("where the word ended (capture time)"),
+                                    "score": _num("the engine's score", 0),
+                                    "model": _str("wake model"),
+                                    "started_conversation": {
+                                        "type": "boolean", "description": "it started a conversation",
+                                    },
+                                },
+                            ),
+                        ),
+                        "started_by_wake": {
+                            "type": "boolean", "description": "the first conversation was started by the wake word",
+                        },
+                        "false_wakes": _int("conversations the wake word started in which the user said nothing"),
+                        "word_end_s": _num(
+                            "end of the first speech in the input (its level), where the wake word ends", nullable=True
+                        ),
+                        "detection_delay_ms": _num("word_end_s → the first detection after it", nullable=True),
+                    },
+                ),
+                "type": ["object", "null"],
+            },
             "artefacts": _obj(
                 "files written next to report.json (names relative to it)",
                 {
@@ -433,6 +468,12 @@ def summary(doc: Mapping[str, Any]) -> str:
         lines.append(
             "tools: " + ", ".join(f"{c['name']}{' (error)' if c['is_error'] else ''}" for c in doc["tool_calls"])
         )
+    wake = doc["wake"]
+    if wake is not None:
+        dets = ", ".join(f"{d['at_s']:.2f} s ({d['score']:.2f})" for d in wake["detections"]) or "none"
+        delay = wake["detection_delay_ms"]
+        lines.append(f"wake word: detections {dets}; false wakes {wake['false_wakes']}"
+                     + (f"; {delay:.0f} ms after the word ended" if delay is not None else ""))
     v = doc["protocol_violations"]
     lines.append(f"protocol violations: {len(v)}")
     lines.extend(f"  {x['rule']}: {x['detail']}" for x in v)

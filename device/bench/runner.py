@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 0.5  # telemetry that trails the end of a conversation (reply_finished, flushes)
 POLL_S = 0.1
+NO_CONVERSATION_GRACE_S = 3.0  # nothing pressed: a wake word this long after the input's end is no longer coming
+PAD_MARGIN_S = 10.0  # the microphone's input outlasts the longest run by this much (see _microphone_audio)
 FIRST_BLOCK_WAIT_S = 30.0  # the daemon's microphone opens within this, even under emulation
 DEVICE_BUFFER_FRAMES = 4000  # what playback keeps queued in ALSA (4 × 62.5 ms at 16 kHz)
 # Threads that are not the daemon's: the bench's own, the built-in emulator's (its connection
@@ -71,6 +73,7 @@ class BenchOptions:
     max_tail_s: float = 90.0  # longest wait for the conversation to end after the last step
     progress: TextIO | None = None
     card: str | None = None  # "clocked", "file"; None: clocked when PulseAudio is installed, else file
+    room_noise: Path | None = None  # a WAV looped under the input and after it (what the room sounds like)
 
 
 @dataclass
@@ -234,6 +237,8 @@ class Runner:
         self.card: clockedcard.ClockedCard | None = None
         self.heard: clockedcard.SpeakerRecording | None = None
         self.room_pcm = b""
+        self.input_pcm = b""  # the input as given (before padding and room noise)
+        self.steps: tuple[script.Step, ...] = ()
 
     # -- preparation ------------------------------------------------------------
     def _input(self) -> tuple[bytes, dict[str, Any]]:
@@ -256,8 +261,10 @@ class Runner:
         if self.demo:
             wake = gate_mode == "wake_word"
             return script.load_steps(fixtures.DEMO_WAKE_TIMELINE if wake else fixtures.DEMO_TIMELINE)
-        # Own audio, no timeline: hold the button while it plays (push to talk),
-        # otherwise a click starts the conversation.
+        # Own audio, no timeline: hold the button while it plays (push to talk); with the wake word
+        # nothing is pressed (the word must start the conversation); otherwise a click starts it.
+        if gate_mode == "wake_word":
+            return ()
         if gate_mode == "push_to_talk":
             return (script.Step(0.2, "press"), script.Step(round(input_s + 0.3, 3), "release"))
         return (script.Step(0.2, "press"), script.Step(0.2 + script.CLICK_S, "release"))
@@ -276,6 +283,20 @@ class Runner:
             sc = sc.with_changes(timing={"speed": 50.0, "response_delay_ms": 30})
         return sc
 
+    def _microphone_audio(self, pcm: bytes, run_max_s: float) -> bytes:
+        """The input, then silence (or the room noise, also under the input) until after the run's end.
+
+        The file card repeats stale buffer contents once its input file ends (recipes.md): that is
+        sound nobody made, and it kept a voice gate open until --max-wait-s. The input therefore
+        lasts longer than the run can, and what follows the user's audio is what the room sounds like.
+        """
+        total = 2 * round((run_max_s + PAD_MARGIN_S) * CAPTURE_RATE_HZ)
+        out = pcm + bytes(max(0, total - len(pcm)))
+        if self.opts.room_noise is None:
+            return out
+        noise, _ = wavfile.read_wav(self.opts.room_noise)
+        return wavfile.mix_under(out, noise)
+
     # -- the run ----------------------------------------------------------------
     def run(self) -> BenchResult:
         try:
@@ -290,10 +311,11 @@ class Runner:
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         pcm, input_info = self._input()
+        if self.opts.room_noise is not None:
+            input_info["room_noise"] = str(self.opts.room_noise)
+        self.input_pcm = pcm
         filedevices.install(self.work)
-        in_raw = self.work / "in.raw"
-        wavfile.write_wav(self.work / "in.wav", pcm, CAPTURE_RATE_HZ)
-        filedevices.prepare_input(self.work / "in.wav", in_raw)
+        in_raw = self.work / "in.raw"  # written once the run's length is known (_prepare_microphone)
         out_raw = self.work / "out.raw"
         capture = filedevices.capture_device(in_raw)
         playback = filedevices.playback_device(out_raw, fixed_16k=True)
@@ -301,7 +323,6 @@ class Runner:
             # The input is said into the room when the run starts; the speaker's monitor is what was heard.
             self.card = clockedcard.ClockedCard.start(self.work / "card")
             capture, playback = self.card.microphone_device, self.card.speaker_device
-            self.room_pcm = pcm
 
         api_key: Secret | None
         scenario_name: str | None = None
@@ -333,9 +354,17 @@ class Runner:
                     "this agent needs a signed URL, and no API key was found: give --api-key-file FILE "
                     "(mode 600), or --set agent.connection=public for a public agent"
                 )
-            steps = self._steps(input_info["duration_s"], cfg.gate.mode)
-            expected_s = max(script.last_at_s(steps) + 6.0, 10.0)
-            self._drive(cfg, api_key, steps, expected_s)
+            steps = self.steps = self._steps(input_info["duration_s"], cfg.gate.mode)
+            expected_s = max(script.last_at_s(steps) + 6.0, input_info["duration_s"] + 3.0, 10.0)
+            run_max_s = max(script.last_at_s(steps), input_info["duration_s"]) + self.opts.max_tail_s
+            mic = self._microphone_audio(pcm, run_max_s)
+            if self.card is not None:
+                # The room is silent after the input by itself; with room noise it plays on.
+                self.room_pcm = pcm if self.opts.room_noise is None else mic
+            else:
+                wavfile.write_wav(self.work / "in.wav", mic, CAPTURE_RATE_HZ)
+                filedevices.prepare_input(self.work / "in.wav", in_raw)
+            self._drive(cfg, api_key, steps, expected_s, input_info["duration_s"])
         finally:
             if self.emulator is not None:
                 self.emulator.stop()
@@ -355,7 +384,8 @@ class Runner:
                 return default_s  # the run reports the microphone's failure itself
         return self.recorder.first_block_s - BLOCK_S
 
-    def _drive(self, cfg: Config, api_key: Secret | None, steps: tuple[script.Step, ...], expected_s: float) -> None:
+    def _drive(self, cfg: Config, api_key: Secret | None, steps: tuple[script.Step, ...], expected_s: float,
+               input_s: float = 0.0) -> None:
         from device.app.daemon import Daemon
 
         factory = self.pin_factory = _mock_pin_factory()
@@ -396,6 +426,10 @@ class Runner:
                             progress.note("end of the timeline")
                         return
                     self._perform(step, button_pin, pressed_low, cfg, progress)
+                if not steps and self.recorder.conversations == 0 and elapsed > input_s + NO_CONVERSATION_GRACE_S:
+                    if progress is not None:
+                        progress.note("the input ended and nothing started a conversation")
+                    return
                 if not pending and elapsed >= last_step_s:
                     done = self._conversation_over()
                     if done and settle_until is None:
@@ -404,7 +438,7 @@ class Runner:
                         settle_until = None
                     if settle_until is not None and now >= settle_until:
                         return
-                    if elapsed > last_step_s + self.opts.max_tail_s:
+                    if elapsed > max(last_step_s, input_s) + self.opts.max_tail_s:
                         self.timed_out = True
                         return
                 if progress is not None:
@@ -490,7 +524,16 @@ class Runner:
         error = self.error
         if error is None and state == "error" and not fig.session_outcomes:
             error = "the daemon reported an error and no conversation ended normally; see the log above"
-        ok, ended_by, detail = analysis.verdict(fig, len(violations), self.timed_out, error)
+        wake = None
+        if cfg.gate.mode == "wake_word":
+            spans = analysis.speech_spans(self.input_pcm, CAPTURE_RATE_HZ)
+            wake = analysis.wake_figures(events, self.t0_s, spans[0][1] if spans else None)
+        # With the wake word and nothing pressed, only the word can have started a conversation.
+        require_wake = cfg.gate.mode == "wake_word" and not any(s.action == "press" for s in self.steps)
+        ok, ended_by, detail = analysis.verdict(
+            fig, len(violations), self.timed_out, error, wake=wake, require_wake=require_wake,
+            unanswered=analysis.unanswered_user(events, self.t0_s),
+        )
         exit_code = 130 if self.interrupted else int(ExitCode.OK if ok else ExitCode.FAILURE)
 
         # artefacts
@@ -541,6 +584,7 @@ class Runner:
             "protocol_violations": violations,
             "tool_calls": fig.tool_calls,
             "transcript": fig.transcript,
+            "wake": wake,
             "artefacts": {"agent_audio_wav": agent_wav.name, "user_audio_wav": user_wav_name,
                           "timeline_svg": "timeline.svg", "timeline_png": None},
         }

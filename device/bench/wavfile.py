@@ -110,6 +110,21 @@ def write_wav(path: Path, pcm: bytes, rate_hz: int) -> None:
         w.writeframes(pcm[: len(pcm) - len(pcm) % 2])
 
 
+def mix_under(pcm: bytes, noise: bytes) -> bytes:
+    """``pcm`` with ``noise`` added (looped to its length, clipped to 16 bits), both S16_LE mono."""
+    a = array.array("h")
+    a.frombytes(pcm[: len(pcm) - len(pcm) % 2])
+    n = array.array("h")
+    n.frombytes(noise[: len(noise) - len(noise) % 2])
+    if not n:
+        return a.tobytes()
+    out = array.array("h", bytes(2 * len(a)))
+    k = len(n)
+    for i, x in enumerate(a):
+        out[i] = max(-32768, min(32767, x + n[i % k]))
+    return out.tobytes()
+
+
 def silence(duration_s: float, rate_hz: int = CAPTURE_RATE_HZ) -> bytes:
     return bytes(2 * round(duration_s * rate_hz))
 

@@ -25,6 +25,10 @@ Timeline file (--timeline), times in seconds from the start:
   at_s = 0.4
   action = "press"        # press, release, click, hold (for_s = …), mute, unmute,
                           # ctl (command = "context …"), end
+With --gate wake_word, --input and no --timeline nothing is pressed: the run
+passes only if the wake word started the conversation (report.json: wake).
+A run still going at --max-wait-s, or where the agent never answered the
+user, fails.
 """
 
 
@@ -55,10 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the sound card: clocked (a private PulseAudio that plays and records in real time: "
                              "figures are what was heard) or file (ALSA file devices: what was written); default: "
                              "clocked when pulseaudio is installed, otherwise file")
+    parser.add_argument("--room-noise", metavar="WAV", type=Path,
+                        help="what the room sounds like: a WAV looped under --input and after it (default: "
+                             "silence after the input)")
     parser.add_argument("--out", metavar="DIR", type=Path, default=Path("bench-out"),
                         help="output folder (default: ./bench-out)")
     parser.add_argument("--max-wait-s", type=float, default=90.0, metavar="S",
-                        help="give up this long after the last timeline step if the conversation goes on (default 90)")
+                        help="give up this long after the last timeline step (or the input's end) if the conversation "
+                             "goes on: a failure (default 90)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress display (the summary is still printed)")
     parser.add_argument("--schema", action="store_true",
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         max_tail_s=args.max_wait_s,
         progress=sys.stderr if args.progress else None,
         card=args.card,
+        room_noise=args.room_noise,
     )
     with quiet_device_logs():
         result = run_bench(opts)

@@ -284,3 +284,49 @@ class PressTracker:
 
 def switch_line(active: bool) -> str:
     return "mute switch: " + ("on (muted)" if active else "off")
+
+
+# -- wake word ---------------------------------------------------------------------
+
+
+def utterance_peaks(scores: Sequence[float], step_s: float, floor: float = 0.05, gap_s: float = 0.5) -> list[float]:
+    """The highest score of each stretch over ``floor`` (stretches closer than ``gap_s`` join)."""
+    peaks: list[float] = []
+    last_i: int | None = None
+    gap = max(1, round(gap_s / step_s))
+    for i, s in enumerate(scores):
+        if s <= floor:
+            continue
+        if last_i is None or i - last_i > gap:
+            peaks.append(s)
+        else:
+            peaks[-1] = max(peaks[-1], s)
+        last_i = i
+    return peaks
+
+
+def wake_advice(word_peaks: Sequence[float], other_peak: float, cutoff: float, said: int) -> Result:
+    """How the wake word scored here against the cutoff, and a ``wake.threshold`` for this room.
+
+    ``word_peaks``: the best score of each utterance while the user said the wake word ``said``
+    times; ``other_peak``: the best score while they talked normally.
+    """
+    heard = sum(p > cutoff for p in word_peaks)
+    scores = ", ".join(f"{p:.2f}" for p in sorted(word_peaks, reverse=True)) or "none"
+    margin = (min(word_peaks) - cutoff) if word_peaks else -cutoff
+    detail = (f"{heard} of {said} wake words over the cutoff {cutoff:g} (scores {scores}; lowest margin "
+              f"{margin:+.2f}); ordinary speech peaked at {other_peak:.2f}"
+              + (" — it would have woken the kiosk" if other_peak > cutoff else ""))
+    best = sorted(word_peaks, reverse=True)[:said]
+    if len(best) < said or not best:
+        return Result("wake", "FAIL" if not best else "WARN", detail,
+                      "say the wake word clearly, about 1 s apart, during the first part; check mic for the level")
+    low = min(best)
+    if low <= other_peak:
+        return Result("wake", "WARN", detail,
+                      "your ordinary speech scores as high as the wake word here: choose another wake word "
+                      "(wake.model) or move the microphone nearer")
+    proposal = round(min(0.99, max(0.05, (low + other_peak) / 2)), 2)
+    verdict: Verdict = "PASS" if heard == said and other_peak <= cutoff else "WARN"
+    return Result("wake", verdict, detail + f"; proposed wake.threshold = {proposal:g}",
+                  "" if verdict == "PASS" else f"set wake.threshold = {proposal:g} for this room and voice")

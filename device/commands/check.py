@@ -9,6 +9,8 @@ service stopped (it holds the sound card and the pins)::
     leds       every state's pattern in turn, with its name
     button     presses, releases and long presses (and the mute switch) as they happen
     vad        what webrtcvad decides per 30 ms frame at every aggressiveness, to tune it
+    wake       say the wake word WAKE_TIMES times, then talk normally: the scores, the margin to the
+               cutoff, false triggers, and a proposed wake.threshold (only when named: it needs you)
     soundcard  the sound cards found and the asound.conf that fits them (--write installs it)
 
 On a terminal the live views redraw one line (plain ANSI, fine over SSH);
@@ -42,7 +44,9 @@ from device.core.config import Config, LedsConfig
 from device.core.errors import AudioError, DeviceError
 
 PARTS = ("mic", "speaker", "leds", "button", "vad")
-DEFAULT_SECONDS = {"mic": 5.0, "button": 20.0, "vad": 10.0}
+DEFAULT_SECONDS = {"mic": 5.0, "button": 20.0, "vad": 10.0, "wake": 12.0}
+WAKE_TIMES = 5
+WAKE_OTHER_S = 8.0  # the second part: ordinary speech
 BLOCK_FRAMES = CAPTURE_RATE_HZ * bringup.BLOCK_MS // 1000
 VAD_FRAME_MS = 30
 VAD_LINE_FRAMES = 16  # one VAD line: 0.48 s
@@ -53,7 +57,8 @@ _COLOURS = {"PASS": "\x1b[32m", "WARN": "\x1b[33m", "FAIL": "\x1b[31m"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_option(parser)
-    parser.add_argument("part", nargs="?", choices=[*PARTS, "soundcard"], help="one part (default: all in turn)")
+    parser.add_argument("part", nargs="?", choices=[*PARTS, "soundcard", "wake"],
+                        help="one part (default: all in turn but wake)")
     parser.add_argument(
         "--seconds", type=float, default=None, metavar="S",
         help="length of the live views: mic (recorded and played back) 5, button 20, vad 10",
@@ -428,6 +433,38 @@ def check_vad(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[
     return [bringup.vad_advice(summaries, mine)]
 
 
+def check_wake(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
+    from device.drivers.wake import WakeDetector
+
+    seconds = opt.seconds or DEFAULT_SECONDS["wake"]
+    det = WakeDetector(cfg.wake)
+    # One recording in two parts (a file microphone restarts at its beginning when opened again).
+    parts: list[list[float]] = [[], []]
+    try:
+        ui.heading(f"wake: {det.describe()}")
+        ui.line(f"say the wake word {WAKE_TIMES} times, about 1 s apart ({seconds:g} s)")
+        at_s = 0.0
+        for block in capture_blocks(cfg, seconds + WAKE_OTHER_S, stop):
+            second = at_s >= seconds
+            if second and not parts[1]:
+                ui.end_live()
+                ui.line(f"now talk normally, anything but the wake word ({WAKE_OTHER_S:g} s)")
+                det.reset()
+            got = det.raw_scores(block) or [0.0]
+            parts[second] += got
+            at_s += len(block) / 2 / CAPTURE_RATE_HZ
+            ui.live(f"{at_s:5.1f} s  score {max(got):.2f}", at_s)
+        ui.end_live()
+    except DeviceError as e:
+        return [_audio_failure("wake", e)]
+    finally:
+        det.close()
+    step_s = (seconds + WAKE_OTHER_S) / max(1, len(parts[0]) + len(parts[1]))
+    word = bringup.utterance_peaks(parts[0], step_s)
+    other = max(bringup.utterance_peaks(parts[1], step_s), default=0.0)
+    return [bringup.wake_advice(word, other, det.info.cutoff, WAKE_TIMES)]
+
+
 def check_soundcard(cfg: Config, ui: Ui, stop: threading.Event, opt: Options) -> list[Result]:
     from device.commands import soundcards
 
@@ -442,6 +479,7 @@ CHECKS: dict[str, Callable[[Config, Ui, threading.Event, Options], list[Result]]
     "leds": check_leds,
     "button": check_button,
     "vad": check_vad,
+    "wake": check_wake,
 }
 
 

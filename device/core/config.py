@@ -45,6 +45,7 @@ BargeIn = Literal["none", "button", "voice", "wake_word"]
 EchoCancellation = Literal["auto", "on", "off"]
 AfterWake = Literal["voice", "always_open"]
 WakeEngine = Literal["microwakeword", "openwakeword"]
+WakeVerify = Literal["openwakeword", "off"]
 StereoMode = Literal["mix", "left", "right"]
 LedKind = Literal["led", "pwmled", "rgbled", "apa102"]
 LedPreset = Literal["rgb", "three", "none", "custom"]
@@ -166,6 +167,11 @@ class GateConfig:
     vad_aggressiveness: int = _f(2, "webrtcvad aggressiveness, 0 (least) to 3 (most)", min=0, max=3)
     preroll_ms: int = _f(500, "audio kept from before speech starts (voice mode)", min=0, max=2000)
     hangover_ms: int = _f(750, "audio still sent after speech stops (voice mode)", min=0, max=5000)
+    speech_margin_db: float = _f(
+        9.0, "voice gate: a frame is speech only this far above the room's level between words (a low "
+        "percentile of the last 4 s): in babble, which webrtcvad calls speech, the gate still closes; 0: off",
+        min=0, max=40,
+    )
     barge_in: BargeIn = _f(
         "button",
         "how the user may interrupt the agent: none, button, voice (talking over it; with the kiosk's echo "
@@ -204,10 +210,20 @@ class WakeConfig:
         "path to your own: microwakeword the model's .json (next to its .tflite), openwakeword the .tflite",
     )
     threshold: float = _f(
-        0.0, "score (0..1) that counts as the wake word; 0: the model's own cutoff (openwakeword: 0.5)",
+        0.0, "score (0..1) that counts as the wake word; 0: the shipped default, measured for a public kiosk "
+        "(docs/hands-free.md; otherwise the model's own cutoff, openwakeword 0.5)",
         min=0, max=1,
     )
     refractory_s: float = _f(2.0, "after a detection, ignore the wake word this long", min=0, max=60)
+    verify: WakeVerify = _f(
+        "openwakeword",
+        "confirm each microwakeword detection with openwakeword's model of the same word on the last 2 s of "
+        "audio (CPU only when the word is heard; cuts false wakes from words that sound alike), or off",
+    )
+    verify_threshold: float = _f(
+        0.0, "openwakeword score (0..1) that confirms a detection; 0: the shipped default (docs/hands-free.md)",
+        min=0, max=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from typing import Protocol
 
 from device.core.audioformat import CAPTURE_BLOCK_FRAMES, CAPTURE_RATE_HZ
 from device.core.config import GateConfig
+from device.core.speechfloor import NoiseFloor
 
 BYTES_PER_SAMPLE = 2
 VAD_FRAME_MS = 10
@@ -209,6 +210,7 @@ class Gate:
         self._preroll: deque[Chunk] = deque(maxlen=preroll_blocks)
         self.blocks = 0
         self.open_blocks = 0
+        self._floor = NoiseFloor() if cfg.speech_margin_db > 0 else None
 
     # -- inputs (all from the controller thread) -----------------------------
     @property
@@ -364,15 +366,31 @@ class Gate:
         frame_bytes = VAD_FRAME_SAMPLES * BYTES_PER_SAMPLE
         need = SPEECH_MIN_MS // VAD_FRAME_MS
         hits = 0
+        floor = self._floor
+        # With a margin every frame's level is needed (the floor learns from all of them).
+        cut = floor.floor_dbfs + self.cfg.speech_margin_db if floor is not None else -math.inf
+        levels: list[float] = []
+        found = False
         for a, b in allowed:
             first = -(-a // VAD_FRAME_SAMPLES)
             for i in range(first, b // VAD_FRAME_SAMPLES):
                 frame = heard[i * frame_bytes:(i + 1) * frame_bytes]
-                if len(frame) == frame_bytes and self._vad.is_speech(frame):
+                if len(frame) != frame_bytes:
+                    continue
+                loud = True
+                if floor is not None:
+                    level = level_dbfs(frame)
+                    levels.append(level)
+                    loud = level >= cut
+                # The VAD hears every frame it heard before the margin existed: it adapts to what it hears.
+                if not found and self._vad.is_speech(frame) and loud:
                     hits += 1
-                    if hits >= need:
-                        return True
-        return False
+                    found = hits >= need
+                if found and floor is None:
+                    return True
+        if floor is not None:
+            floor.add(levels)
+        return found
 
     def _prune(self, before_s: float) -> None:
         for line in (self._talk, self._muted, self._audible):

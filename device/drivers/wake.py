@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 from device.core.audioformat import CAPTURE_RATE_HZ
 from device.core.config import Config, WakeConfig
 from device.core.errors import ConfigError
+from device.core.wakerule import WakeRule, defaults_for
 from device.drivers.userfiles import KIB, MIB, check_file, read_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ MODEL_MAX_BYTES = 64 * MIB
 DESCRIPTION_MAX_BYTES = 64 * KIB
 # openWakeWord scores every 80 ms; the detector feeds it this much at a time.
 _OWW_CHUNK_FRAMES = 8
+# Verification: the second engine hears the last VERIFY_HELD_S of audio up to the detection, then
+# VERIFY_PAD_S of silence that flushes its feature pipeline (without it the word's end is not scored).
+VERIFY_HELD_S = 2.0
+VERIFY_PAD_S = 0.5
 
 ENGINE_PACKAGES = {"microwakeword": "pymicro-wakeword", "openwakeword": "pyopen-wakeword"}
 INSTALL_HINT = (
@@ -86,6 +90,7 @@ class ModelInfo:
     name: str  # the model's id (file stem)
     path: str  # "" for a bundled model
     cutoff: float  # the score that counts as a detection
+    verify_cutoff: float | None = None  # the second engine's score that confirms one (None: not verified)
 
 
 def resolve_model(cfg: WakeConfig) -> ModelInfo:
@@ -98,7 +103,9 @@ def resolve_model(cfg: WakeConfig) -> ModelInfo:
             cutoff, _ = _description(Path(mww_mod.__file__).parent / "models" / f"{cfg.model}.json")
         else:
             cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD
-        return ModelInfo(cfg.engine, cfg.model, "", cfg.threshold or cutoff)
+        shipped = defaults_for(cfg.engine, cfg.model, cutoff)
+        return ModelInfo(cfg.engine, cfg.model, "", cfg.threshold or shipped.cutoff,
+                         cfg.verify_threshold or shipped.verify_cutoff)
     path = Path(cfg.model)
     if not (path.suffix in (".json", ".tflite") or "/" in cfg.model):
         raise ConfigError(
@@ -119,7 +126,7 @@ def resolve_model(cfg: WakeConfig) -> ModelInfo:
     else:
         _check_model(path)
         cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD
-    return ModelInfo(cfg.engine, path.stem, str(path), cfg.threshold or cutoff)
+    return ModelInfo(cfg.engine, path.stem, str(path), cfg.threshold or cutoff, cfg.verify_threshold or None)
 
 
 def _file_error(path: Path, e: OSError, named_by: Path | None = None) -> ConfigError:
@@ -167,23 +174,34 @@ class _MicroScorer:
         else:
             self._model = mod.MicroWakeWord.from_builtin(mod.Model(info.name))
         self._features = mod.MicroWakeWordFeatures()
+        self._calls = 0
 
     def scores(self, pcm: bytes) -> Iterator[float]:
+        # The model runs once per `stride` feature windows (3: every 30 ms) and answers 0.0 in
+        # between; those are no scores, and would break a run of high ones (core/wakerule.py).
+        stride = max(1, int(getattr(self._model, "stride", 1)))
         for features in self._features.process_streaming(pcm):
             prob = self._model.process_streaming_prob(features)
-            if prob is not None:
+            self._calls += 1
+            if prob is not None and self._calls % stride == 0:
                 yield float(prob)
 
     def reset(self) -> None:
         self._features.reset()
         self._model.reset()
+        self._calls = 0
 
     def close(self) -> None:
         self._model.close()
 
 
 class _OpenScorer:
-    def __init__(self, info: ModelInfo) -> None:
+    """``warm``: reset() keeps the feature pipeline. After a reset openWakeWord's features compute
+    embeddings for seconds of zeros (its autofill) before the first real audio: about 1 CPU s here.
+    The verifier feeds each time 2 s of held audio after its last 0.5 s of silence, which push the
+    old audio out; so it pays that once, here, instead of at every detection."""
+
+    def __init__(self, info: ModelInfo, warm: bool = False) -> None:
         mod = _import_engine("openwakeword")
         if info.path:
             self._model = mod.OpenWakeWord.from_model(info.path)
@@ -191,6 +209,10 @@ class _OpenScorer:
             self._model = mod.OpenWakeWord.from_builtin(mod.Model(info.name))
         self._features = mod.OpenWakeWordFeatures.from_builtin()
         self._pending = b""
+        self._warm = warm
+        if warm:
+            for _ in self.scores(bytes(_OWW_CHUNK_FRAMES * FRAME_BYTES)):
+                pass
 
     def scores(self, pcm: bytes) -> Iterator[float]:
         # The melspectrogram model works on 80 ms steps: keep what does not fill one.
@@ -203,7 +225,8 @@ class _OpenScorer:
 
     def reset(self) -> None:
         self._pending = b""
-        self._features.reset()
+        if not self._warm:
+            self._features.reset()
         self._model.reset()
 
     def close(self) -> None:
@@ -219,20 +242,51 @@ class Detection:
     score: float
 
 
+def verification(cfg: WakeConfig) -> str | None:
+    """Why detections of ``cfg`` cannot be verified by a second engine, or None when they can."""
+    if cfg.verify == "off":
+        return "off"
+    if cfg.engine != "microwakeword":
+        return "off (openwakeword is the detector)"
+    if cfg.model not in OPENWAKEWORD_MODELS:
+        return f"off (openwakeword has no model of {cfg.model!r})"
+    if resolve_model(cfg).verify_cutoff is None:
+        return "off (not measured for this model; wake.verify_threshold turns it on)"
+    try:
+        _import_engine("openwakeword")
+    except ConfigError as e:
+        return f"unavailable ({e})"
+    return None
+
+
+OPENWAKEWORD_MODELS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy")
+
+
 class WakeDetector:
     """Feeds blocks to an engine 10 ms at a time; reports a detection at most once per refractory time.
 
-    Owned by the controller thread (no locking).
+    A detection (:class:`device.core.wakerule.WakeRule`) of microWakeWord is confirmed by
+    openWakeWord's model of the same word on the held audio (``wake.verify``): the two engines were
+    trained apart and rarely mistake the same near miss. Owned by the controller thread (no locking).
     """
 
-    def __init__(self, cfg: WakeConfig, scorer: Scorer | None = None) -> None:
+    def __init__(self, cfg: WakeConfig, scorer: Scorer | None = None, verifier: Scorer | None = None) -> None:
         self.cfg = cfg
         self.info = resolve_model(cfg)
         if scorer is None:
             scorer = _MicroScorer(self.info) if cfg.engine == "microwakeword" else _OpenScorer(self.info)
         self._scorer = scorer
-        self._quiet_until_s = -math.inf
+        self._rule = WakeRule(self.info.cutoff, 1, cfg.refractory_s)
+        self.verify_off = None if verifier is not None else verification(cfg)
+        if verifier is None and self.verify_off is None:
+            verifier = _OpenScorer(ModelInfo("openwakeword", cfg.model, "", OPENWAKEWORD_DEFAULT_THRESHOLD), warm=True)
+        elif self.verify_off is not None and self.verify_off.startswith("unavailable"):
+            log.warning("wake word detections are not verified: %s", self.verify_off)
+        self._verifier = verifier
+        self._held = bytearray()  # the last VERIFY_HELD_S of audio, for the verifier
+        self._held_max = 2 * round(VERIFY_HELD_S * CAPTURE_RATE_HZ)
         self.detections = 0
+        self.rejected = 0  # detections the verifier did not confirm
         self.peak_score = 0.0  # highest score since the last reset (for logs and tests)
 
     def process(self, pcm: bytes, captured_at_s: float) -> Detection | None:
@@ -242,29 +296,61 @@ class WakeDetector:
         found: Detection | None = None
         for pos in range(0, n - n % FRAME_SAMPLES, FRAME_SAMPLES):
             frame = pcm[pos * 2:(pos + FRAME_SAMPLES) * 2]
+            if self._verifier is not None:
+                self._held += frame
+                del self._held[: max(0, len(self._held) - self._held_max)]
             for score in self._scorer.scores(frame):
                 self.peak_score = max(self.peak_score, score)
                 end = pos + FRAME_SAMPLES
                 t_s = start_s + end / CAPTURE_RATE_HZ
-                if found is None and score > self.info.cutoff and t_s >= self._quiet_until_s:
-                    found = Detection(end, score)
-                    self._quiet_until_s = t_s + self.cfg.refractory_s
+                if found is None and self._rule.step(score, t_s):
+                    if self._confirmed(score):
+                        found = Detection(end, score)
+                    else:
+                        self.rejected += 1
         if found is not None:
             self.detections += 1
             log.info("wake word %r heard (score %.3f)", self.info.name, found.score)
         return found
 
+    def raw_scores(self, pcm: bytes) -> list[float]:
+        """The engine's scores for ``pcm`` (10 ms frames), no decision made (``check wake``)."""
+        out: list[float] = []
+        for pos in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+            out.extend(self._scorer.scores(pcm[pos : pos + FRAME_BYTES]))
+        return out
+
+    def _confirmed(self, score: float) -> bool:
+        """Whether the verifier hears the wake word in the held audio (always, without a verifier)."""
+        if self._verifier is None:
+            return True
+        self._verifier.reset()
+        held = bytes(self._held) + bytes(2 * round(VERIFY_PAD_S * CAPTURE_RATE_HZ))
+        best = max(self._verifier.scores(held), default=0.0)
+        cutoff = OPENWAKEWORD_DEFAULT_THRESHOLD if self.info.verify_cutoff is None else self.info.verify_cutoff
+        if best > cutoff:
+            return True
+        log.info("wake word %r not confirmed (score %.3f, openwakeword %.3f under %g)", self.info.name, score,
+                 best, cutoff)
+        return False
+
     def reset(self) -> None:
         """Forget the audio heard so far (a conversation started or ended)."""
         self._scorer.reset()
+        self._rule.reset()
+        self._held.clear()
         self.peak_score = 0.0
 
     def close(self) -> None:
         self._scorer.close()
+        if self._verifier is not None:
+            self._verifier.close()
 
     def describe(self) -> str:
         source = self.info.path or "bundled"
-        return f"{self.info.engine} {self.info.name} ({source}), cutoff {self.info.cutoff:g}"
+        verify = (f", verified by openwakeword (cutoff {self.info.verify_cutoff or OPENWAKEWORD_DEFAULT_THRESHOLD:g})"
+                  if self._verifier is not None else f", verification {self.verify_off}")
+        return f"{self.info.engine} {self.info.name} ({source}), cutoff {self.info.cutoff:g}{verify}"
 
 
 def describe(cfg: WakeConfig) -> str:
@@ -273,8 +359,11 @@ def describe(cfg: WakeConfig) -> str:
         info = resolve_model(cfg)
     except ConfigError as e:
         return f"unavailable: {e}"
+    off = verification(cfg)
+    verify = f"verified by openwakeword (cutoff {info.verify_cutoff:g})" if off is None and info.verify_cutoff \
+        else f"verification {off}"
     return (
-        f"{info.engine} {info.name} ({info.path or 'bundled'}), cutoff {info.cutoff:g}, "
+        f"{info.engine} {info.name} ({info.path or 'bundled'}), cutoff {info.cutoff:g}, {verify}, "
         f"refractory {cfg.refractory_s:g} s"
     )
 

@@ -337,3 +337,31 @@ def test_speaker_with_a_missing_mixer_control_fails_with_the_fix(alsa_dir: Path)
     assert "NoSuchControl" in results[0].detail
     assert "scontrols" in results[0].detail
     assert not filedevices.read_output(out)  # nothing played at an unknown volume
+
+
+def test_wake_reports_the_scores_and_proposes_a_threshold(alsa_dir: Path) -> None:
+    pytest.importorskip("pyopen_wakeword", reason="the wake extra is not installed")
+    from device.bench import fixtures, wavfile
+
+    word, _ = wavfile.read_wav(fixtures.WAKE_WAV)  # espeak-ng's "hey jarvis" (1.18 s)
+    other, _ = wavfile.read_wav(fixtures.QUESTION_WAV)
+    first = (wavfile.silence(0.5) + word) * check.WAKE_TIMES  # 8.4 s
+    raw = first + wavfile.silence(10.0 - len(first) / 32000) + other + wavfile.silence(4.0)
+    cfg, _ = audio_cfg(alsa_dir, raw, "wake.engine=openwakeword", "wake.model=hey_jarvis")
+    results, text = run_part(cfg, "wake", Options(seconds=10.0))
+    r = results[0]
+    assert "now talk normally" in text
+    assert r.verdict == "PASS", (r, text)
+    assert f"{check.WAKE_TIMES} of {check.WAKE_TIMES} wake words over the cutoff 0.5" in r.detail
+    proposed = float(r.detail.rsplit("wake.threshold = ", 1)[1])
+    assert 0.05 <= proposed < 0.99
+
+
+def test_wake_advice_says_when_ordinary_speech_scores_like_the_word() -> None:
+    r = bringup.wake_advice([0.9, 0.95, 0.7], 0.8, 0.5, 3)
+    assert r.verdict == "WARN" and "ordinary speech peaked at 0.80 — it would have woken" in r.detail
+    assert "choose another wake word" in r.fix
+    r = bringup.wake_advice([0.9, 0.95, 0.6], 0.1, 0.7, 3)
+    assert r.verdict == "WARN" and "2 of 3 wake words" in r.detail and "wake.threshold = 0.35" in r.fix
+    assert bringup.wake_advice([], 0.0, 0.5, 3).verdict == "FAIL"
+    assert bringup.utterance_peaks([0, 0.3, 0.9, 0.2, 0, 0, 0, 0, 0.6, 0], 0.1, gap_s=0.3) == [0.9, 0.6]

@@ -136,11 +136,12 @@ def test_the_verdict(outcomes: list[str], played: int, violations: int, ok: bool
     if ended_by == "network":
         detail = analysis.verdict(fig, 0, False, None)[2]
         assert detail == "a conversation failed (network): connection refused; check the network"
+    # A conversation still open at --max-wait-s never ended by itself: a failure, whatever else happened.
     still_going = analysis.verdict(fig, violations, timed_out=True, error=None)
-    assert still_going[0] == ok
-    if ok:
+    assert still_going[0] is False
+    if fig.conversations:
         assert still_going[1] == "max_wait"
-        assert "still going" in still_going[2]
+        assert "still going at --max-wait-s" in still_going[2]
     assert analysis.verdict(fig, 0, timed_out=False, error="boom") == (False, "error", "boom")
 
 
@@ -203,3 +204,87 @@ def test_without_the_emulator_an_interruption_between_chunks_starts_a_new_reply(
     assert [t["interrupted"] for t in fig.turns] == [True, False]
     assert fig.interruptions[0]["event_id"] == 4
     assert fig.interruptions[0]["old_audio_ms_after"] is None
+
+
+def _wake_run(*, wake_at: float | None, pressed_at: float | None = None, user_says: bool = True,
+              answered: bool = True) -> list[Ev]:
+    """A conversation opening at 2.0 s (after a wake word and/or a press), the user, maybe a reply."""
+    evs: list[Ev] = [Ev(T0 + 0.0, "state", {"state": "idle"})]
+    if wake_at is not None:
+        evs.append(Ev(T0 + wake_at, "wake", {"model": "hey_jarvis", "score": 0.912}))
+    if pressed_at is not None:
+        evs.append(Ev(T0 + pressed_at, "button", {"action": "press", "source": "button"}))
+    evs.append(Ev(T0 + 2.0, "state", {"state": "connecting"}))
+    evs.append(Ev(T0 + 2.5, "state", {"state": "listening"}))
+    if user_says:
+        evs.append(Ev(T0 + 4.0, "transcript", {"role": "user", "text": "when does it open", "tentative": False}))
+    if answered:
+        evs.append(Ev(T0 + 5.0, "reply_started", {"reply_id": 1}))
+    evs.append(Ev(T0 + 9.0, "state", {"state": "idle", "cause": "timeout"}))
+    return evs
+
+
+def test_wake_figures_say_which_detection_started_the_conversation_and_how_late() -> None:
+    evs = _wake_run(wake_at=1.8)
+    evs.insert(1, Ev(T0 + 0.6, "wake", {"model": "hey_jarvis", "score": 0.71}))  # too early to start it
+    wake = analysis.wake_figures(evs, T0, word_end_s=1.5)
+    assert [d["at_s"] for d in wake["detections"]] == [pytest.approx(0.6), pytest.approx(1.8)]
+    assert [d["started_conversation"] for d in wake["detections"]] == [False, True]
+    assert wake["detections"][1]["score"] == 0.912
+    assert wake["started_by_wake"] is True
+    assert wake["false_wakes"] == 0
+    assert wake["detection_delay_ms"] == pytest.approx(300.0)
+
+
+def test_a_press_after_the_wake_word_started_the_conversation_not_the_word() -> None:
+    wake = analysis.wake_figures(_wake_run(wake_at=1.0, pressed_at=1.9), T0, word_end_s=None)
+    assert wake["started_by_wake"] is False
+    assert wake["detection_delay_ms"] is None
+
+
+def test_a_wake_word_nobody_follows_is_a_false_wake() -> None:
+    wake = analysis.wake_figures(_wake_run(wake_at=1.8, user_says=False, answered=False), T0, word_end_s=None)
+    assert wake["started_by_wake"] is True
+    assert wake["false_wakes"] == 1
+
+
+def _played() -> analysis.Figures:
+    return analysis.Figures(conversations=1, session_outcomes=["idle_timeout"], replies_played=1)
+
+
+def test_the_verdict_with_nothing_pressed_needs_the_wake_word() -> None:
+    missed = analysis.wake_figures([Ev(T0, "state", {"state": "idle"})], T0, word_end_s=1.5)
+    ok, ended_by, detail = analysis.verdict(analysis.Figures(), 0, False, None, wake=missed, require_wake=True)
+    assert (ok, ended_by) == (False, "no_wake")
+    assert "the wake word was not detected (0 detection(s))" in detail
+    heard = analysis.wake_figures(_wake_run(wake_at=1.8), T0, word_end_s=1.5)
+    ok, _, detail = analysis.verdict(_played(), 0, False, None, wake=heard, require_wake=True)
+    assert ok, detail
+    assert "woken by the wake word (1 detection(s))" in detail
+    pressed = analysis.wake_figures(_wake_run(wake_at=1.0, pressed_at=1.9), T0, word_end_s=None)
+    ok, ended_by, _ = analysis.verdict(_played(), 0, False, None, wake=pressed, require_wake=True)
+    assert (ok, ended_by) == (False, "no_wake")
+
+
+def test_an_agent_that_never_answered_the_user_fails_the_run() -> None:
+    assert analysis.unanswered_user(_wake_run(wake_at=1.8), T0) is None
+    why = analysis.unanswered_user(_wake_run(wake_at=1.8, answered=False), T0)
+    assert why is not None and "never answered the user" in why and "when does it open" in why
+    ok, _, detail = analysis.verdict(_played(), 0, False, None, unanswered=why)
+    assert (ok, detail) == (False, why)
+
+
+def test_speech_spans_find_the_end_of_the_first_word() -> None:
+    tone = struct.pack("<1600h", *([8000, -8000] * 800))  # 0.1 s, loud
+    pcm = bytes(3200) + tone * 3 + bytes(1600) + tone * 2 + bytes(8000) + tone
+    spans = analysis.speech_spans(pcm, 16000)
+    # the 50 ms pause is inside the first word; the 250 ms one separates the second
+    assert spans[0] == (pytest.approx(0.1, abs=0.02), pytest.approx(0.65, abs=0.02))  # 20 ms windows
+    assert len(spans) == 2
+
+
+def test_with_nothing_pressed_a_false_wake_fails_the_run() -> None:
+    wake = analysis.wake_figures(_wake_run(wake_at=1.8, user_says=False), T0, word_end_s=None)
+    ok, ended_by, detail = analysis.verdict(_played(), 0, False, None, wake=wake, require_wake=True)
+    assert (ok, ended_by) == (False, "false_wake")
+    assert "heard nothing from the user" in detail

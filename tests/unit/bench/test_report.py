@@ -66,6 +66,7 @@ def valid_doc() -> dict[str, Any]:
         "protocol_violations": [],
         "tool_calls": [{"at_s": 5.9, "name": "set_volume", "is_error": False}],
         "transcript": [{"at_s": 5.7, "role": "user", "text": "Please turn the volume down", "cut": False}],
+        "wake": None,
         "artefacts": {
             "agent_audio_wav": "agent_audio.wav",
             "user_audio_wav": "user_audio.wav",
@@ -87,7 +88,7 @@ def test_a_complete_report_is_valid_and_round_trips(tmp_path: Path) -> None:
     ("mutate", "complaint"),
     [
         (lambda d: d.pop("outcome"), "report.outcome: missing"),
-        (lambda d: d.update(schema_version=1), "report.schema_version: must be 2"),
+        (lambda d: d.update(schema_version=1), f"report.schema_version: must be {report.SCHEMA_VERSION}"),
         (lambda d: d.update(card="usb"), "report.card: must be one of"),
         (lambda d: d.update(mode="slow"), "report.mode: must be one of"),
         (lambda d: d["turns"][1].update(latency_ms="fast"), "report.turns[1].latency_ms: expected number or null"),
@@ -123,7 +124,7 @@ def test_loading_a_report_of_another_version_says_so(tmp_path: Path) -> None:
     doc["schema_version"] = 99
     path = tmp_path / "report.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(report.ReportError, match="schema_version 99; this version reads 2"):
+    with pytest.raises(report.ReportError, match=f"schema_version 99; this version reads {report.SCHEMA_VERSION}"):
         report.load(path)
 
 

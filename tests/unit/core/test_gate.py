@@ -382,3 +382,54 @@ def test_other_barge_in_modes_keep_the_guard_over_a_wake() -> None:
     gate.agent_started(0.0)
     gate.wake_word_ended(BLOCK_S / 2)
     assert not gate.process(ramp(), BLOCK_S).open
+
+
+def _crowd(speech: bytes, seconds: float) -> bytes:
+    """Four copies of the speech, offset and 20 dB down, looped: a crowd talking further away."""
+    s = array("h", speech)
+    n = int(seconds * 16000)
+    out = array("h", bytes(2 * n))
+    for k in range(4):
+        off = k * len(s) // 4
+        for i in range(n):
+            out[i] += s[(i + off) % len(s)] // 10
+    return out.tobytes()
+
+
+def _mixed(a: bytes, b: bytes) -> bytes:
+    x, y = array("h", a), array("h", b)
+    return array("h", (max(-32768, min(32767, p + q)) for p, q in zip(x, y, strict=True))).tobytes()
+
+
+@pytest.mark.parametrize(("margin_db", "closes"), [(0.0, False), (9.0, True)])
+def test_in_a_crowd_the_voice_gate_closes_after_the_user_only_with_a_speech_margin(
+    speech: bytes, margin_db: float, closes: bool
+) -> None:
+    gate = make_gate(GateConfig(mode="voice", speech_margin_db=margin_db))
+    gate.set_active(True)
+    said_s = len(speech) / 32000
+    crowd = _crowd(speech, 4.0 + said_s + 4.0)
+    user = bytes(2 * 4 * 16000) + speech + bytes(2 * 4 * 16000)  # the user speaks from 4 s on
+    outs = [gate.process(b, (i + 1) * BLOCK_S) for i, b in enumerate(blocks_of(_mixed(user, crowd)))]
+    said = [o for i, o in enumerate(outs) if 4.0 < (i + 1) * BLOCK_S <= 4.0 + said_s]
+    assert any(o.open for o in said)  # the user is heard either way
+    ended = [(i + 1) * BLOCK_S for i, o in enumerate(outs) if o.turn_ended and (i + 1) * BLOCK_S > 4.0 + said_s]
+    assert bool(ended) is closes
+    if closes:
+        assert ended[0] - (4.0 + said_s) <= 1.5
+        assert not outs[-1].open  # the crowd alone is not let through
+
+
+def test_the_noise_floor_is_a_low_percentile_of_recent_frames() -> None:
+    from device.core.speechfloor import SILENCE_DBFS, NoiseFloor
+
+    floor = NoiseFloor(window_frames=10, percentile=20.0)
+    assert floor.floor_dbfs == SILENCE_DBFS
+    floor.add([-40.0] * 8 + [-10.0, -10.0])
+    assert floor.floor_dbfs == -40.0
+    floor.add([-20.0] * 10)  # the window moves on
+    assert floor.floor_dbfs == -20.0
+    floor.reset()
+    assert floor.floor_dbfs == SILENCE_DBFS
+    with pytest.raises(ValueError):
+        NoiseFloor(window_frames=0)

@@ -227,3 +227,43 @@ def test_without_any_hands_free_library_the_kiosk_still_runs_as_before(tmp_path:
     r = _cli(tmp_path, hide="pymicro_wakeword,pyopen_wakeword,webrtc_noise_gain", hands_free=False)
     assert r.returncode == 0, r.stderr
     assert "wake word: off (gate.mode = push_to_talk); noise suppression/auto gain: off" in r.stdout
+
+
+def _material_clip(voice: str, text: str) -> bytes:
+    from tests import wakematerial as m
+
+    synth, _, name = voice.partition(":")
+    x = m.speak(m.Voice(synth, name), text)
+    return g.silence(0.5) + m.to_pcm(x) + g.silence(1.5)
+
+
+@HANDS_FREE
+@pytest.mark.skipif(shutil.which("flite") is None, reason="needs flite")
+def test_a_near_miss_the_detector_takes_is_not_confirmed_by_the_second_engine() -> None:
+    # Measured: microWakeWord hey_jarvis at the shipped 0.5 takes flite kal16's "hey jarrod";
+    # openWakeWord's hey_jarvis, hearing the held audio, does not; "hey jarvis" itself passes both.
+    near_miss, word = _material_clip("flite:kal16", "hey jarrod"), _material_clip("flite:kal16", "hey jarvis")
+    plain = WakeDetector(WakeConfig(verify="off", threshold=0.5))
+    verified = WakeDetector(WakeConfig())
+    try:
+        assert "verified by openwakeword (cutoff 0.95)" in verified.describe()
+        assert "verification off" in plain.describe()
+        assert len(feed(plain, near_miss)) == 1
+        assert feed(verified, near_miss) == []
+        assert verified.rejected == 1
+        verified.reset()
+        hits = feed(verified, g.silence(3.0) + word)  # after the refractory time of the rejected one
+        assert len(hits) == 1 and verified.rejected == 1
+    finally:
+        plain.close()
+        verified.close()
+
+
+@HANDS_FREE
+def test_verification_is_off_where_it_was_not_measured_or_cannot_run() -> None:
+    from device.drivers.wake import describe
+
+    assert "verification off (not measured" in describe(WakeConfig(model="alexa"))
+    assert "verification off (openwakeword is the detector)" in describe(WakeConfig(engine="openwakeword"))
+    assert "verified by openwakeword (cutoff 0.7)" in describe(WakeConfig(model="alexa", verify_threshold=0.7))
+    assert "cutoff 0.5, verified by openwakeword (cutoff 0.95)" in describe(WakeConfig())
