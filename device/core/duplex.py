@@ -1,4 +1,9 @@
-"""Full duplex (pure): the user's voice heard over the agent's, and the barge-ins that were not.
+"""Full duplex (pure): when the canceller has the echo, the user's voice over the agent's, false barge-ins.
+
+:class:`Convergence` decides when the echo guard may give way (``barge_in = "voice"`` with
+the kiosk's canceller: the agent service then judges the user's voice). The device-side
+judge below is experimental (``gate.voice_barge_in_ms > 0``): on AEC3's output a leak of the
+echo looks too much like double talk (docs/duplex.md has the measurement).
 
 With echo cancellation the microphone path knows, for every 10 ms frame, how
 loud the microphone was, how loud the cancelled signal is, and how loud the

@@ -5,9 +5,11 @@ Every block that is used passes these stages once, in order:
 1. **echo cancellation** (``echo_canceller``, an :class:`EchoCanceller`;
    :class:`device.drivers.aec.EchoCanceller`): the speaker's sound taken out of
    the microphone's, against what playback handed ALSA. It sits first so that
-   every later stage hears the room rather than the agent. With it the echo
-   guard gives way (``barge_in = "voice"``) and the user's voice over the
-   agent's cuts the agent off (:class:`device.core.duplex.VoiceBargeIn`).
+   every later stage hears the room rather than the agent. With
+   ``barge_in = "voice"`` the echo guard gives way once the canceller has the
+   echo of what plays (:class:`device.core.duplex.Convergence`) and the agent
+   service judges; with ``gate.voice_barge_in_ms`` the device judges instead
+   (:class:`device.core.duplex.VoiceBargeIn`, experimental).
 2. **noise suppression / automatic gain** (``noise_gain``, a :class:`Processor`;
    the engine's wrapper is :class:`device.drivers.dsp.NoiseGain`).
 3. **the wake-word detector** (``detector``, a :class:`WakeWordDetector`;
@@ -192,7 +194,7 @@ class MicPath:
         double_talk_vad: Vad | None = None,
     ) -> None:
         """``double_talk_vad`` (a VAD of its own, not the gate's) judges the cancelled audio while the
-        agent speaks; with an echo canceller and ``barge_in = "voice"`` it makes voice barge-ins."""
+        agent speaks, for the device-side voice barge-in (``gate.voice_barge_in_ms > 0``)."""
         self.gate = gate
         self.detector = detector
         self.echo_canceller = echo_canceller

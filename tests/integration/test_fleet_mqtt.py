@@ -122,12 +122,17 @@ def test_a_kiosk_appears_with_its_entities_and_its_state_follows_a_conversation(
         assert idle["version"] and idle["volume"] == rig.d.playback.volume_percent  # type: ignore[union-attr]
         assert idle["mic_level_dbfs"] == -120.0  # the input file is digital silence: measured while idle too
 
-        # How long each state took from the controller to Home Assistant's side of the broker.
+        # How long each state took from the controller to Home Assistant's side of the broker. A state that
+        # lasted less than the link's rate limit is folded into the next one (the outbox keeps the latest
+        # state per topic): only the states that were published are timed; listening and idle always are.
         latencies = []
+        received = [r for r in ha.items[seen:] if r.topic == STATE and r.payload]
         for rec in rig.tel.matching(lambda r: r.kind == "state", mark):
-            got = ha.wait_for(STATE, lambda r, s=rec.data["state"]: bool(r.payload) and r.json()["state"] == s, seen)
-            latencies.append((got.t_s - rec.t_s) * 1000)
+            got = next((r for r in received if r.json()["state"] == rec.data["state"] and r.t_s >= rec.t_s), None)
+            if got is not None:
+                latencies.append((got.t_s - rec.t_s) * 1000)
         print(f"state to subscriber, ms: {[round(x, 1) for x in latencies]}")
+        assert len(latencies) >= 2
         assert max(latencies) < 1000  # the bound is 200 ms; shared cores get room, the figure is reported
 
         # Home Assistant restarts: it says so, and the discovery comes again.
