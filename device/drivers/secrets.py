@@ -278,23 +278,8 @@ def load_screen_token(token_file: str, environ: Mapping[str, str] | None = None)
 
     The systemd credential ``voice_appliance_screen_token`` comes first. The token is never logged.
     """
-    env = os.environ if environ is None else environ
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        path = Path(cred_dir) / SCREEN_CREDENTIAL_NAME
-        if path.exists():
-            return Secret(_read_key(path, "screen token credential"), f"credential {SCREEN_CREDENTIAL_NAME}")
-    if not token_file:
-        return None
-    path = Path(token_file)
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise CredentialError(
-            f"cannot read screen.token_file {path}: {e.strerror or e}; create it with: "
-            f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
-        ) from None
-    return _private_file_secret(path, st, "screen token file")
+    return _credential_or_file(SCREEN_CREDENTIAL_NAME, "screen token", "screen.token_file", token_file, environ,
+                               blank_is_none=False)
 
 
 MQTT_CREDENTIAL_NAME = "voice_appliance_mqtt_password"
@@ -305,24 +290,32 @@ def load_mqtt_password(password_file: str, environ: Mapping[str, str] | None = N
 
     The systemd credential ``voice_appliance_mqtt_password`` comes first. The password is never logged.
     """
+    # As for the API key, a blank credential (a SetCredential= fallback) is none: look further.
+    return _credential_or_file(MQTT_CREDENTIAL_NAME, "MQTT password", "mqtt.password_file", password_file, environ,
+                               blank_is_none=True)
+
+
+def _credential_or_file(
+    credential: str, what: str, key: str, file: str, environ: Mapping[str, str] | None, *, blank_is_none: bool
+) -> Secret | None:
+    """A secret from the systemd credential ``credential``, else from the root-only file ``file`` (setting ``key``)."""
     env = os.environ if environ is None else environ
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
-        path = Path(cred_dir) / MQTT_CREDENTIAL_NAME
-        # As for the API key, a blank credential (a SetCredential= fallback) is none: look further.
-        if path.exists() and not _blank_credential(path):
-            return Secret(_read_key(path, "MQTT password credential"), f"credential {MQTT_CREDENTIAL_NAME}")
-    if not password_file:
+        path = Path(cred_dir) / credential
+        if path.exists() and not (blank_is_none and _blank_credential(path)):
+            return Secret(_read_key(path, f"{what} credential"), f"credential {credential}")
+    if not file:
         return None
-    path = Path(password_file)
+    path = Path(file)
     try:
         st = path.stat()
     except OSError as e:
         raise CredentialError(
-            f"cannot read mqtt.password_file {path}: {e.strerror or e}; create it with: "
+            f"cannot read {key} {path}: {e.strerror or e}; create it with: "
             f"sudo install -m 600 /dev/null {path} && sudoedit {path}"
         ) from None
-    return _private_file_secret(path, st, "MQTT password file")
+    return _private_file_secret(path, st, f"{what} file")
 
 
 def _blank_credential(path: Path) -> bool:
