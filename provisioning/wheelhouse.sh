@@ -56,7 +56,7 @@ case "$arch" in amd64|arm64|armhf) ;; *) die "--arch $arch: one of amd64, arm64,
 # The same names install.sh --extras accepts (bench comes with --with-tools).
 IFS=, read -r -a wanted <<< "$extras"
 for x in "${wanted[@]}"; do
-    case "$x" in wake|dsp|apa102) ;; *) die "--extras: unknown extra '$x' (valid: wake,dsp,apa102)" ;; esac
+    case "$x" in wake|dsp|aec|apa102|mqtt) ;; *) die "--extras: unknown extra '$x' (valid: wake,dsp,aec,apa102,mqtt)" ;; esac
 done
 
 # The requirements of pyproject.toml's dependencies and the chosen extras,
@@ -72,7 +72,7 @@ debian = set(map(norm, re.search(r"^# debian-provided:(.*)$", open(constraints).
 optional = project["optional-dependencies"]
 unknown = [e for e in extras if e not in optional]
 if unknown:
-    sys.exit(f"wheelhouse.sh: error: unknown extra(s) {','.join(unknown)} (valid: wake,dsp,apa102)")
+    sys.exit(f"wheelhouse.sh: error: unknown extra(s) {','.join(unknown)} (valid: wake,dsp,aec,apa102,mqtt)")
 reqs, todo, seen = list(project["dependencies"]), list(extras), set()
 while todo:
     extra = todo.pop()

@@ -121,7 +121,7 @@ def test_install_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Path) 
     res = _install("--root", str(tmp_path), "--no-apt", "--extras", "wake,bench")
     assert res.returncode == 1
     assert "unknown extra 'bench'" in res.stderr
-    assert "valid: wake,dsp,apa102" in res.stderr
+    assert "valid: wake,dsp,aec,apa102,mqtt" in res.stderr
     res = _install("--root", str(tmp_path), "--no-apt", "--remove-key-file")
     assert res.returncode == 1
     assert "only with --api-key-file" in res.stderr
@@ -419,7 +419,7 @@ def test_wheelhouse_refuses_an_unknown_extra_naming_the_valid_ones(tmp_path: Pat
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert "unknown extra 'bench'" in res.stderr
-    assert "valid: wake,dsp,apa102" in res.stderr
+    assert "valid: wake,dsp,aec,apa102,mqtt" in res.stderr
     assert not (tmp_path / "w").exists()
 
 
