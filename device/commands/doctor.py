@@ -756,7 +756,8 @@ def check_audio(ctx: Context) -> list[Finding]:
 
     duplex = aec.describe(a.echo_cancellation, cfg.gate.barge_in)
     half = a.echo_cancellation == "auto" and cfg.gate.barge_in == "voice" and aec.available() is not None
-    out.append(Finding("audio", Status.WARN if half else Status.OK, f"echo cancellation: {duplex}",
+    # its own line: no sound card here says nothing about whether the kiosk could be full duplex
+    out.append(Finding("duplex", Status.WARN if half else Status.OK, f"echo cancellation: {duplex}",
                        "install.sh --extras aec (64-bit Raspberry Pi OS)" if half else ""))
     if a.mixer_control:
         try:
