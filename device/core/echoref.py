@@ -198,7 +198,6 @@ class EchoDelay:
     """
 
     FRAME_S = 0.01
-    BACK = 5  # frames of slack at the end of the window
 
     def __init__(self, max_s: float = 0.5, window_s: float = 2.0, min_correlation: float = 0.6,
                  hysteresis_s: float = 0.02) -> None:
@@ -219,7 +218,7 @@ class EchoDelay:
         """One block's frame levels (microphone, and the reference as handed over); True when the shift moved."""
         self._near.extend(max(v, -80.0) for v in near_dbfs)
         self._ref.extend(max(v, -80.0) for v in ref_dbfs)
-        keep = self._window + self._max + self.BACK
+        keep = self._window + self._max
         del self._near[: max(0, len(self._near) - keep)]
         del self._ref[: max(0, len(self._ref) - keep)]
         self._since += len(near_dbfs)
@@ -246,14 +245,14 @@ class EchoDelay:
         return True
 
     def _best_lag(self) -> tuple[int, float]:
-        total, n, back = len(self._near), self._window, self.BACK
-        near = self._near[total - back - n : total - back]
+        total, n = len(self._near), self._window
+        near = self._near[total - n :]
         best = (0, -1.0)
         mean_n = sum(near) / n
         dn = [v - mean_n for v in near]
         sn = sum(v * v for v in dn) ** 0.5
         for lag in range(0, self._max):
-            ref = self._ref[total - back - n - lag : total - back - lag]
+            ref = self._ref[total - n - lag : total - lag]
             mean_r = sum(ref) / n
             dr = [v - mean_r for v in ref]
             sr = sum(v * v for v in dr) ** 0.5

@@ -88,7 +88,6 @@ class EchoTap:
         self._ref = EchoReference()
         self._np = _numpy()
         self._log = RateLimitedLog(log, LOG_EVERY_S)
-        self.written_frames = 0
 
     def played(self, heard_at_s: float, pcm: bytes, rate_hz: int) -> None:
         """``pcm`` (S16_LE mono at ``rate_hz``, as written to ALSA) is heard from ``heard_at_s`` on.
@@ -100,7 +99,6 @@ class EchoTap:
                 pcm = self._resample(pcm, rate_hz)
             with self._lock:
                 self._ref.played(heard_at_s, pcm)
-                self.written_frames += len(pcm) // 2
         except Exception as e:
             self._log.log(logging.ERROR, "tap", "echo cancellation's reference failed (%r); playback goes on", e)
 
@@ -108,15 +106,9 @@ class EchoTap:
         with self._lock:
             self._ref.flushed(at_s)
 
-    def span(self, end_s: float, samples: int) -> tuple[bytes, int]:
+    def span(self, end_s: float, samples: int) -> bytes:
         with self._lock:
-            got = self._ref.span(end_s, samples)
-        return got.pcm, got.played_samples
-
-    @property
-    def late_spans(self) -> int:
-        with self._lock:
-            return self._ref.late_spans
+            return self._ref.span(end_s, samples).pcm
 
     def _resample(self, pcm: bytes, rate_hz: int) -> bytes:
         # Linear interpolation is enough for a reference: AEC3 works below 8 kHz of it and adapts
@@ -141,8 +133,6 @@ class EchoCanceller:
         self._proc = self._lib.AudioProcessor(sample_rate=CAPTURE_RATE_HZ, echo_cancellation=True)
         self.clock = CaptureClock()
         self.delay = EchoDelay()
-        self.frames = 0
-        self.frames_with_reference = 0
         self._reductions: collections.deque[float] = collections.deque(maxlen=500)  # echo frames, dB taken off
 
     def cancel(self, pcm: bytes, captured_at_s: float, seq: int) -> tuple[bytes, list[FrameLevels]]:
@@ -153,13 +143,10 @@ class EchoCanceller:
         if whole == 0:
             return pcm, []
         ended_s = self.clock.place(seq, n, captured_at_s)
-        ref_pcm, played = self.tap.span(ended_s, n)
+        ref_pcm = self.tap.span(ended_s, n)
         near = np.frombuffer(pcm, dtype="<i2", count=whole)
         far = np.frombuffer(ref_pcm, dtype="<i2", count=whole)
         out = self._proc.process(near, far)
-        self.frames += whole // FRAME_SAMPLES
-        if played:
-            self.frames_with_reference += whole // FRAME_SAMPLES
         levels = _frame_levels(np, near, out, far, captured_at_s - n / CAPTURE_RATE_HZ)  # on the gate's clock
         self._reductions.extend(f.near_dbfs - f.out_dbfs for f in levels if f.ref_dbfs > -50.0 and f.near_dbfs > -60.0)
         if self.delay.feed([f.near_dbfs for f in levels], [f.ref_dbfs for f in levels]):
